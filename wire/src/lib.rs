@@ -1,0 +1,23 @@
+//! `sluice-wire` is the one definition of the bytes that travel between an
+//! edge SQLite database and the cloud PostgreSQL: the sluice batch format.
+//! The SQLite extension encodes batches, the PostgreSQL extension decodes
+//! them, and the agent only moves them (it reads the header to log and
+//! acknowledge), so the two ends can never disagree about the format.
+//!
+//! - [`batch`]: the data model ([`Batch`], [`BatchHeader`], [`Column`],
+//!   [`Value`]) and [`encode`] / [`decode`] / [`decode_header`].
+//! - [`codec`]: the low-level readers and writers (varints, strings) that
+//!   never panic and never allocate more than the input can justify.
+//! - [`error`]: [`WireError`], whose messages say what is wrong and where.
+//!
+//! The format is documented for people in `docs/wire-format.md`.
+
+pub mod batch;
+pub mod codec;
+pub mod error;
+
+pub use batch::{
+    column_fingerprint, decode, decode_header, encode, Batch, BatchHeader, BatchId, Column,
+    ColumnType, EncodeOptions, Value, FORMAT_VERSION, MAGIC, MAX_BODY_BYTES, MAX_COLUMNS,
+};
+pub use error::WireError;
