@@ -1,0 +1,127 @@
+//! The cloud side: a `tokio-postgres` connection to the PostgreSQL database
+//! with the `sluice` extension. The password comes from a file or the
+//! environment (see [`crate::config::CloudConfig`]) and is never logged.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{Client, NoTls};
+
+use crate::config::{CloudConfig, DEFAULT_PASSWORD_ENV};
+
+pub struct Cloud {
+    client: Client,
+}
+
+/// What `sluice.ingest` reported for one batch.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct IngestOutcome {
+    pub inserted: i64,
+    pub updated: i64,
+    pub skipped: i64,
+    pub replay: bool,
+}
+
+/// Why an ingest failed, and whether trying again can help.
+#[derive(Debug)]
+pub enum IngestError {
+    /// The connection or the server's state: retry, after reconnecting.
+    Transient(anyhow::Error),
+    /// The batch itself was refused (corrupt, unregistered table, unknown
+    /// column, constraint): retrying the same bytes gives the same answer.
+    Rejected(anyhow::Error),
+}
+
+impl Cloud {
+    pub async fn connect(cfg: &CloudConfig) -> anyhow::Result<Cloud> {
+        let mut pg: tokio_postgres::Config = cfg
+            .url
+            .parse()
+            .context("cloud.url is not a valid PostgreSQL connection string")?;
+        pg.connect_timeout(Duration::from_secs(cfg.connect_timeout_secs));
+        pg.application_name("sluice-agent");
+        if let Some(password) = read_password(cfg)? {
+            pg.password(password);
+        }
+        let (client, connection) = pg.connect(NoTls).await.map_err(|e| {
+            anyhow::anyhow!("cannot connect to the cloud database: {}", describe(&e))
+        })?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::warn!(error = %describe(&e), "cloud connection closed");
+            }
+        });
+        Ok(Cloud { client })
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.client.is_closed()
+    }
+
+    /// Applies one batch with `sluice.ingest` in its own transaction.
+    pub async fn ingest(&self, batch: &[u8]) -> Result<IngestOutcome, IngestError> {
+        let row = self
+            .client
+            .query_one(
+                "SELECT inserted, updated, skipped, replay FROM sluice.ingest($1)",
+                &[&batch],
+            )
+            .await
+            .map_err(classify)?;
+        Ok(IngestOutcome {
+            inserted: row.get(0),
+            updated: row.get(1),
+            skipped: row.get(2),
+            replay: row.get(3),
+        })
+    }
+}
+
+fn read_password(cfg: &CloudConfig) -> anyhow::Result<Option<String>> {
+    if let Some(path) = &cfg.password_file {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read cloud.password_file {}", path.display()))?;
+        return Ok(text
+            .lines()
+            .next()
+            .map(str::to_owned)
+            .filter(|s| !s.is_empty()));
+    }
+    let var = cfg.password_env.as_deref().unwrap_or(DEFAULT_PASSWORD_ENV);
+    Ok(std::env::var(var).ok().filter(|s| !s.is_empty()))
+}
+
+/// The server's message (with detail and hint) when there is one.
+fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => {
+            let mut s = format!("{} ({})", db.message(), db.code().code());
+            if let Some(d) = db.detail() {
+                s.push_str(&format!("; detail: {d}"));
+            }
+            if let Some(h) = db.hint() {
+                s.push_str(&format!("; hint: {h}"));
+            }
+            s
+        }
+        None => e.to_string(),
+    }
+}
+
+fn classify(e: tokio_postgres::Error) -> IngestError {
+    let msg = anyhow::anyhow!(describe(&e));
+    let Some(db) = e.as_db_error() else {
+        return IngestError::Transient(msg);
+    };
+    let code = db.code();
+    let class = &code.code()[..2];
+    let transient = matches!(class, "08" | "40" | "53" | "57" | "58")
+        || *code == SqlState::LOCK_NOT_AVAILABLE
+        || *code == SqlState::QUERY_CANCELED;
+    if transient {
+        IngestError::Transient(msg)
+    } else {
+        IngestError::Rejected(msg)
+    }
+}

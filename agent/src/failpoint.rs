@@ -1,0 +1,25 @@
+//! Test-only failpoints. `SLUICE_FAILPOINT=after-ingest:N` makes the agent
+//! stop after its N-th committed ingest, before acknowledging that batch at
+//! the edge: it prints `sluice: failpoint after-ingest:N reached` on stderr and
+//! waits to be killed. The end-to-end tests use this to SIGKILL the agent at
+//! exactly the moment the protocol must survive. Unset in production.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+static INGESTS: AtomicU64 = AtomicU64::new(0);
+
+/// Called after every committed ingest.
+pub fn after_ingest() {
+    let n = INGESTS.fetch_add(1, Ordering::SeqCst) + 1;
+    let Ok(spec) = std::env::var("SLUICE_FAILPOINT") else {
+        return;
+    };
+    if let Some(target) = spec.strip_prefix("after-ingest:") {
+        if target.parse::<u64>().ok() == Some(n) {
+            eprintln!("sluice: failpoint after-ingest:{n} reached");
+            loop {
+                std::thread::sleep(std::time::Duration::from_secs(3600));
+            }
+        }
+    }
+}
