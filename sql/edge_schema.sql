@@ -1,0 +1,96 @@
+-- The default edge schema of sluice (camera analytics), for SQLite with
+-- sluice0.so loaded. Idempotent: safe to run at every start of the pipeline.
+-- Times are ISO-8601 UTC text with milliseconds ('2026-11-22T10:15:03.250Z'),
+-- which SQLite's date functions read and PostgreSQL casts to timestamptz.
+PRAGMA journal_mode = WAL;
+
+-- Cameras of this box. Mutable: a camera is renamed or disabled later.
+CREATE TABLE IF NOT EXISTS cameras (
+  id          INTEGER PRIMARY KEY,
+  camera_id   TEXT NOT NULL UNIQUE,
+  location_id TEXT NOT NULL,
+  name        TEXT,
+  stream_url  TEXT,                      -- local only: may hold credentials
+  enabled     INTEGER NOT NULL DEFAULT 1
+);
+
+-- Analysis sessions. Mutable: ended_at is set when the session closes.
+CREATE TABLE IF NOT EXISTS sessions (
+  id          INTEGER PRIMARY KEY,
+  session_id  TEXT NOT NULL UNIQUE,
+  location_id TEXT NOT NULL,
+  camera_id   TEXT NOT NULL,
+  started_at  TEXT NOT NULL,
+  ended_at    TEXT
+);
+
+-- State changes of a division (a zone of the floor): RED/YELLOW/GREEN.
+CREATE TABLE IF NOT EXISTS division_states (
+  id              INTEGER PRIMARY KEY,
+  session_id      TEXT NOT NULL,
+  camera_id       TEXT NOT NULL,
+  location_id     TEXT NOT NULL,
+  frame_number    INTEGER NOT NULL,
+  video_ts        REAL NOT NULL,          -- seconds into the video
+  recorded_at     TEXT NOT NULL,
+  state           TEXT NOT NULL CHECK (state IN ('RED', 'YELLOW', 'GREEN')),
+  walking_waiters INTEGER NOT NULL DEFAULT 0,
+  service_waiters INTEGER NOT NULL DEFAULT 0,
+  total_staff     INTEGER NOT NULL DEFAULT 0,
+  screenshot_path TEXT                    -- local only
+);
+
+-- State changes of a table in the room.
+CREATE TABLE IF NOT EXISTS table_states (
+  id          INTEGER PRIMARY KEY,
+  session_id  TEXT NOT NULL,
+  camera_id   TEXT NOT NULL,
+  location_id TEXT NOT NULL,
+  table_id    TEXT NOT NULL,
+  recorded_at TEXT NOT NULL,
+  state       TEXT NOT NULL CHECK (state IN ('IDLE', 'BUSY', 'CLEANING')),
+  customers   INTEGER NOT NULL DEFAULT 0,
+  waiters     INTEGER NOT NULL DEFAULT 0
+);
+
+-- Raw per-camera samples, one every few seconds.
+CREATE TABLE IF NOT EXISTS metrics (
+  id            INTEGER PRIMARY KEY,
+  camera_id     TEXT NOT NULL,
+  location_id   TEXT NOT NULL,
+  recorded_at   TEXT NOT NULL,
+  people_count  INTEGER NOT NULL,
+  processing_ms REAL NOT NULL
+);
+
+-- Key frames. Mutable: the description, detections and embedding arrive
+-- after the frame itself.
+CREATE TABLE IF NOT EXISTS key_frames (
+  id          INTEGER PRIMARY KEY,
+  camera_id   TEXT NOT NULL,
+  location_id TEXT NOT NULL,
+  captured_at TEXT NOT NULL,
+  image       BLOB,                       -- compressed image
+  description TEXT,
+  detections  TEXT,                       -- JSON
+  embedding   BLOB                        -- float32 little-endian, set by `sluice embed`
+);
+
+-- Health of the box itself.
+CREATE TABLE IF NOT EXISTS health_metrics (
+  id           INTEGER PRIMARY KEY,
+  location_id  TEXT NOT NULL,
+  recorded_at  TEXT NOT NULL,
+  cpu_pct      REAL,
+  mem_used_mb  REAL,
+  disk_free_mb REAL,
+  temp_c       REAL
+);
+
+SELECT sluice_track('cameras', '{"mutable": true, "local_only": ["stream_url"]}');
+SELECT sluice_track('sessions', '{"mutable": true}');
+SELECT sluice_track('division_states', '{"local_only": ["screenshot_path"]}');
+SELECT sluice_track('table_states');
+SELECT sluice_track('metrics');
+SELECT sluice_track('key_frames', '{"mutable": true}');
+SELECT sluice_track('health_metrics');
