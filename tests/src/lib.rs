@@ -1,1 +1,311 @@
-//! placeholder
+//! The harness of sluice's end-to-end tests: the real `sluice0.so` loaded
+//! into SQLite, the real `sluice` agent binary, and a real PostgreSQL 17 with
+//! the `sluice` extension, started by `scripts/test.sh` (through
+//! `scripts/pg.sh`). Each test gets its own cloud database, so tests run in
+//! parallel. Nothing here skips: a missing server or binary is a failure that
+//! says how to get it.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use rusqlite::Connection;
+
+/// Root of the repository.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn required_env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is not set: run the end-to-end tests through scripts/test.sh, which builds everything and starts PostgreSQL")
+    })
+}
+
+/// URL of the test server's `postgres` database.
+pub fn server_url() -> String {
+    required_env("SLUICE_TEST_PG_URL")
+}
+
+/// Path of the built `sluice0.so`.
+pub fn sqlite_extension() -> PathBuf {
+    PathBuf::from(required_env("SLUICE_SQLITE_EXT"))
+}
+
+/// Path of the built `sluice` binary.
+pub fn agent_binary() -> PathBuf {
+    PathBuf::from(required_env("SLUICE_AGENT_BIN"))
+}
+
+/// A fresh cloud database with the default schema (`migrations/`) applied,
+/// dropped when the value is dropped.
+pub struct CloudDb {
+    pub name: String,
+    pub url: String,
+}
+
+impl CloudDb {
+    pub fn create(test: &str) -> CloudDb {
+        let name = format!("t_{}_{}", test, std::process::id());
+        let mut admin = postgres::Client::connect(&server_url(), postgres::NoTls)
+            .unwrap_or_else(|e| panic!("cannot connect to the test PostgreSQL at {}: {e}", server_url()));
+        admin.batch_execute(&format!("DROP DATABASE IF EXISTS {name}")).unwrap();
+        admin.batch_execute(&format!("CREATE DATABASE {name}")).unwrap();
+        let url = replace_db(&server_url(), &name);
+        let db = CloudDb { name, url };
+        let mut c = db.client();
+        let mut files: Vec<_> = std::fs::read_dir(repo_root().join("migrations"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "sql"))
+            .collect();
+        files.sort();
+        for f in files {
+            let sql = std::fs::read_to_string(&f).unwrap();
+            c.batch_execute(&sql)
+                .unwrap_or_else(|e| panic!("migration {} failed: {}", f.display(), pg_error(&e)));
+        }
+        db
+    }
+
+    pub fn client(&self) -> postgres::Client {
+        postgres::Client::connect(&self.url, postgres::NoTls).unwrap()
+    }
+
+    pub fn count(&self, table: &str) -> i64 {
+        self.client()
+            .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+            .unwrap()
+            .get(0)
+    }
+}
+
+impl Drop for CloudDb {
+    fn drop(&mut self) {
+        if let Ok(mut admin) = postgres::Client::connect(&server_url(), postgres::NoTls) {
+            let _ = admin.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name));
+        }
+    }
+}
+
+fn replace_db(url: &str, db: &str) -> String {
+    match url.rfind('/') {
+        Some(i) if i > "postgres://".len() => format!("{}/{db}", &url[..i]),
+        _ => format!("{url}/{db}"),
+    }
+}
+
+/// The server's message of a PostgreSQL error (what a user would read).
+pub fn pg_error(e: &postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} ({})", db.message(), db.code().code()),
+        None => e.to_string(),
+    }
+}
+
+/// Opens (creating) an edge database with `sluice0.so` loaded and, when
+/// `schema` is true, the default schema of `sql/edge_schema.sql` applied.
+pub fn edge_db(path: &Path, schema: bool) -> Connection {
+    let conn = Connection::open(path).unwrap();
+    // SAFETY: loads the extension under test.
+    unsafe {
+        let _guard = rusqlite::LoadExtensionGuard::new(&conn).unwrap();
+        conn.load_extension(sqlite_extension(), None::<&str>)
+            .unwrap_or_else(|e| panic!("cannot load {}: {e}", sqlite_extension().display()));
+    }
+    if schema {
+        let sql = std::fs::read_to_string(repo_root().join("sql/edge_schema.sql")).unwrap();
+        conn.execute_batch(&sql).unwrap();
+    }
+    conn
+}
+
+/// Writes an agent config for `edge` and `cloud_url` into `dir`.
+pub fn write_config(dir: &Path, edge: &Path, cloud_url: &str, device: &str, batch_rows: u32) -> PathBuf {
+    let path = dir.join("sluice.toml");
+    let text = format!(
+        "[device]\nid = \"{device}\"\n\n[edge]\ndatabase = \"{}\"\nextension = \"{}\"\n\n[cloud]\nurl = \"{cloud_url}\"\n\n[sync]\nbatch_rows = {batch_rows}\nbackoff_initial_ms = 50\nbackoff_max_ms = 500\n",
+        edge.display(),
+        sqlite_extension().display()
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// A `sluice` command with the given arguments and quiet logs.
+pub fn agent(args: &[&str]) -> Command {
+    let mut cmd = Command::new(agent_binary());
+    cmd.args(args).env("SLUICE_LOG", "warn");
+    cmd
+}
+
+/// ISO-8601 UTC text with milliseconds for a Unix time in milliseconds.
+pub fn iso_ms(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        ms.rem_euclid(1000)
+    )
+}
+
+/// `n` simulated `division_states` rows (JSON objects), deterministic in
+/// `seed`, starting at row number `from`.
+pub fn division_states(from: u64, n: u64, seed: u64) -> Vec<serde_json::Value> {
+    let states = ["RED", "YELLOW", "GREEN"];
+    let base_ms: i64 = 1_795_000_000_000;
+    (from..from + n)
+        .map(|i| {
+            let r = splitmix(seed ^ i);
+            let cam = r % 12;
+            serde_json::json!({
+                "session_id": format!("s-{cam}-{}", i / 5000),
+                "camera_id": format!("cam-{cam:02}"),
+                "location_id": "store-042",
+                "frame_number": i * 5,
+                "video_ts": i as f64 * 0.2 + (r % 1000) as f64 / 7.0,
+                "recorded_at": iso_ms(base_ms + i as i64 * 200 + (r % 200) as i64),
+                "state": states[(r >> 8) as usize % 3],
+                "walking_waiters": (r >> 16) % 4,
+                "service_waiters": (r >> 20) % 3,
+                "total_staff": 3 + (r >> 24) % 5,
+                "screenshot_path": format!("/var/lib/pipeline/shots/{i}.jpg"),
+            })
+        })
+        .collect()
+}
+
+fn splitmix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+/// Inserts rows through `sluice_insert`, `chunk` rows per call.
+pub fn insert_rows(conn: &Connection, table: &str, rows: &[serde_json::Value], chunk: usize) {
+    for part in rows.chunks(chunk) {
+        let json = serde_json::Value::Array(part.to_vec()).to_string();
+        let n: i64 = conn
+            .query_row("SELECT sluice_insert(?1, ?2)", rusqlite::params![table, json], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n as usize, part.len());
+    }
+}
+
+/// The synced content of `division_states`, one canonical line per row, by id:
+/// what both sides must agree on.
+pub fn edge_division_states(conn: &Connection) -> Vec<String> {
+    let mut stmt = conn
+        .prepare(
+            "SELECT id, session_id, camera_id, location_id, frame_number, video_ts, recorded_at, \
+             state, walking_waiters, service_waiters, total_staff FROM division_states ORDER BY id",
+        )
+        .unwrap();
+    stmt.query_map([], |r| {
+        Ok(format!(
+            "{}|{}|{}|{}|{}|{:?}|{}|{}|{}|{}|{}",
+            r.get::<_, i64>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, String>(2)?,
+            r.get::<_, String>(3)?,
+            r.get::<_, i64>(4)?,
+            r.get::<_, f64>(5)?,
+            r.get::<_, String>(6)?,
+            r.get::<_, String>(7)?,
+            r.get::<_, i64>(8)?,
+            r.get::<_, i64>(9)?,
+            r.get::<_, i64>(10)?,
+        ))
+    })
+    .unwrap()
+    .map(Result::unwrap)
+    .collect()
+}
+
+/// The same canonical lines from the cloud, for one device.
+pub fn cloud_division_states(client: &mut postgres::Client, device: &str) -> Vec<String> {
+    client
+        .query(
+            "SELECT id, session_id, camera_id, location_id, frame_number, video_ts, \
+             to_char(recorded_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'), \
+             state, walking_waiters, service_waiters, total_staff \
+             FROM division_states WHERE sluice_device = $1 ORDER BY id",
+            &[&device],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| {
+            format!(
+                "{}|{}|{}|{}|{}|{:?}|{}|{}|{}|{}|{}",
+                r.get::<_, i64>(0),
+                r.get::<_, String>(1),
+                r.get::<_, String>(2),
+                r.get::<_, String>(3),
+                r.get::<_, i64>(4),
+                r.get::<_, f64>(5),
+                r.get::<_, String>(6),
+                r.get::<_, String>(7),
+                r.get::<_, i32>(8),
+                r.get::<_, i32>(9),
+                r.get::<_, i32>(10),
+            )
+        })
+        .collect()
+}
+
+/// An order-dependent 64-bit checksum (FNV-1a) over canonical row lines.
+pub fn checksum(lines: &[String]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for l in lines {
+        for b in l.bytes().chain(std::iter::once(b'\n')) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    h
+}
+
+/// Asserts both sides hold exactly the same rows; on a difference, names the
+/// first differing row.
+pub fn assert_same_rows(edge: &[String], cloud: &[String]) {
+    if checksum(edge) == checksum(cloud) && edge.len() == cloud.len() {
+        return;
+    }
+    let first = edge
+        .iter()
+        .zip(cloud)
+        .position(|(a, b)| a != b)
+        .unwrap_or(edge.len().min(cloud.len()));
+    panic!(
+        "edge has {} rows (checksum {:016x}), cloud has {} (checksum {:016x}); first difference at position {first}:\n edge:  {:?}\n cloud: {:?}",
+        edge.len(),
+        checksum(edge),
+        cloud.len(),
+        checksum(cloud),
+        edge.get(first),
+        cloud.get(first)
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn iso_dates_are_right() {
+        assert_eq!(super::iso_ms(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(super::iso_ms(1_795_000_000_123), "2026-11-18T06:26:40.123Z");
+        assert_eq!(super::iso_ms(951_782_400_000), "2000-02-29T00:00:00.000Z");
+    }
+}
