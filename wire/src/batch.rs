@@ -379,6 +379,7 @@ fn parse_frame(bytes: &[u8]) -> Result<Frame<'_>, WireError> {
             supported: FORMAT_VERSION,
         });
     }
+    check_framed_length(bytes)?;
     let (payload, crc_bytes) = bytes.split_at(bytes.len() - 4);
     let stored = u32::from_le_bytes([crc_bytes[0], crc_bytes[1], crc_bytes[2], crc_bytes[3]]);
     let computed = crc32c::crc32c(payload);
@@ -424,6 +425,32 @@ fn parse_frame(bytes: &[u8]) -> Result<Frame<'_>, WireError> {
         body,
         checksum: stored,
     })
+}
+
+/// Compares the length the batch's own length fields add up to with the
+/// number of bytes present, so that a cut-off batch is reported as truncated
+/// rather than as a checksum mismatch.
+fn check_framed_length(bytes: &[u8]) -> Result<(), WireError> {
+    let le32 = |at: usize| -> Option<usize> {
+        let b = bytes.get(at..at + 4)?;
+        Some(u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+    };
+    let Some(header_len) = le32(5) else { return Ok(()) };
+    let body_len_at = 9usize.saturating_add(header_len).saturating_add(4);
+    let Some(body_len) = le32(body_len_at) else {
+        return Err(WireError::malformed(format!(
+            "truncated or damaged batch: its header says {header_len} header bytes but the batch is only {} bytes",
+            bytes.len()
+        )));
+    };
+    let expected = body_len_at.saturating_add(4).saturating_add(body_len).saturating_add(4);
+    if expected > bytes.len() {
+        return Err(WireError::malformed(format!(
+            "truncated batch: its lengths add up to {expected} bytes but only {} arrived",
+            bytes.len()
+        )));
+    }
+    Ok(())
 }
 
 fn parse_header(head: &[u8]) -> Result<BatchHeader, WireError> {

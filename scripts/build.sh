@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Builds what the tests and the demo run, in release mode:
+#   target/release/sluice0.so   the SQLite extension
+#   target/release/sluice       the agent
+#   the PostgreSQL extension, installed into .cache/pg17 (cargo pgrx install)
+# Cargo's own incremental builds make a second run fast.
+set -euo pipefail
+source "$(dirname "$0")/env.sh"
+cd "$SLUICE_ROOT"
+log() { printf '[build] %s\n' "$*" >&2; }
+
+log "sqlite_ext -> target/release/sluice0.so"
+# Built alone: its rusqlite (loadable_extension) must not unify with the agent's.
+cargo build --release --quiet -p sluice-sqlite
+cp -f target/release/libsluice0.so target/release/sluice0.so
+
+log "agent -> target/release/sluice"
+cargo build --release --quiet -p sluice-agent
+
+log "pg_ext -> installed into $SLUICE_PG"
+(cd pg_ext && cargo pgrx install --release --pg-config "$SLUICE_PG/bin/pg_config" >/dev/null)

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Runs every test of sluice, as CI does (.ci/run calls exactly this):
+#   1. setup (idempotent installs into .cache/) and release builds
+#   2. unit and property tests of the plain crates (wire, agent)
+#   3. the PostgreSQL extension's #[pg_test]s (cargo pgrx test, PostgreSQL 17)
+#   4. against one throwaway PostgreSQL 17 + pgvector + sluice:
+#      the end-to-end tests in tests/ (Rust) and tests/python (pytest, Debian's
+#      python3 loading the built sluice0.so)
+# The server is stopped on exit, also when a test fails.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/env.sh
+t0=$SECONDS
+step() { printf '\n==> %s  [%ds]\n' "$*" $((SECONDS - t0)); }
+
+step "setup"
+scripts/setup.sh
+step "build"
+scripts/build.sh
+
+step "unit and property tests: wire, agent"
+cargo test --release --quiet
+
+step "PostgreSQL extension: cargo pgrx test pg17"
+pgrx_data=/tmp/sluice-pgrx-test
+mkdir -p "$pgrx_data"
+runas=()
+if [ "$(id -u)" -eq 0 ]; then chown "$SLUICE_PG_USER:" "$pgrx_data"; runas=(--runas "$SLUICE_PG_USER"); fi
+(cd pg_ext && cargo pgrx test pg17 "${runas[@]}" --pgdata "$pgrx_data")
+
+step "start PostgreSQL 17 for the end-to-end tests"
+eval "$(scripts/pg.sh start test)"
+trap 'scripts/pg.sh stop test' EXIT
+export SLUICE_SQLITE_EXT="$SLUICE_ROOT/target/release/sluice0.so"
+export SLUICE_AGENT_BIN="$SLUICE_ROOT/target/release/sluice"
+
+step "end-to-end tests (tests/)"
+cargo test --release -p sluice-tests
+
+step "SQLite extension and SQL-only recipe (pytest, /usr/bin/python3)"
+/usr/bin/python3 -m pytest -q tests/python
+step "all tests passed"
