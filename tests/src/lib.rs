@@ -305,7 +305,7 @@ mod tests {
     #[test]
     fn iso_dates_are_right() {
         assert_eq!(super::iso_ms(0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(super::iso_ms(1_795_000_000_123), "2026-11-18T06:26:40.123Z");
+        assert_eq!(super::iso_ms(1_795_000_000_123), "2026-11-18T11:06:40.123Z");
         assert_eq!(super::iso_ms(951_782_400_000), "2000-02-29T00:00:00.000Z");
     }
 }
