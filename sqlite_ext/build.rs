@@ -1,0 +1,34 @@
+//! Records the git commit and the build profile for `sluice_debug()`.
+
+use std::path::Path;
+use std::process::Command;
+
+fn main() {
+    let commit = Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "unknown".to_string());
+    println!("cargo:rustc-env=SLUICE_GIT_COMMIT={commit}");
+    let profile = std::env::var("PROFILE").unwrap_or_else(|_| "unknown".to_string());
+    println!("cargo:rustc-env=SLUICE_BUILD_PROFILE={profile}");
+
+    // Rebuild when HEAD moves (a checkout, or a commit on the current branch).
+    let git = Path::new("../.git");
+    println!("cargo:rerun-if-changed=build.rs");
+    if git.join("HEAD").exists() {
+        println!("cargo:rerun-if-changed=../.git/HEAD");
+        if let Ok(head) = std::fs::read_to_string(git.join("HEAD")) {
+            if let Some(r) = head.strip_prefix("ref: ") {
+                let r = r.trim();
+                if git.join(r).exists() {
+                    println!("cargo:rerun-if-changed=../.git/{r}");
+                }
+            }
+        }
+    }
+}

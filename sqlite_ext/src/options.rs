@@ -1,0 +1,272 @@
+//! Pure parsing of user arguments: `sluice_track` options, `sluice_cleanup`
+//! durations, SQL identifier quoting. No SQLite here, so it is unit-tested
+//! with plain `cargo test`.
+
+use serde_json::Value as Json;
+
+/// Options of `sluice_track`. A field left out of the JSON is `None`: on a
+/// first track it takes its default, on a re-track it keeps its stored value.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TrackOptions {
+    pub mutable: Option<bool>,
+    pub local_only: Option<Vec<String>>,
+    pub key: Option<Vec<String>>,
+}
+
+/// The option names `sluice_track` accepts.
+pub const TRACK_OPTIONS: &str = "mutable, local_only, key";
+
+/// Parses `{"mutable": bool, "local_only": [names], "key": [names]}`. Unknown
+/// keys are errors (a typo must not silently track a table the wrong way).
+pub fn parse_track_options(text: &str) -> Result<TrackOptions, String> {
+    let v: Json =
+        serde_json::from_str(text).map_err(|e| format!("options are not valid JSON: {e}"))?;
+    let Json::Object(map) = v else {
+        return Err(format!(
+            "options must be a JSON object like {{\"mutable\": true}}, got {}",
+            json_kind(&v)
+        ));
+    };
+    let mut o = TrackOptions::default();
+    for (k, v) in &map {
+        match k.as_str() {
+            "mutable" => match v {
+                Json::Bool(b) => o.mutable = Some(*b),
+                other => {
+                    return Err(format!(
+                        "option 'mutable' must be true or false, got {}",
+                        json_kind(other)
+                    ))
+                }
+            },
+            "local_only" => o.local_only = Some(string_list("local_only", v)?),
+            "key" => o.key = Some(string_list("key", v)?),
+            other => {
+                return Err(format!(
+                    "unknown option '{other}' (known options: {TRACK_OPTIONS})"
+                ))
+            }
+        }
+    }
+    Ok(o)
+}
+
+fn string_list(name: &str, v: &Json) -> Result<Vec<String>, String> {
+    let Json::Array(items) = v else {
+        return Err(format!(
+            "option '{name}' must be an array of column names, got {}",
+            json_kind(v)
+        ));
+    };
+    let mut out: Vec<String> = Vec::with_capacity(items.len());
+    for item in items {
+        match item {
+            Json::String(s) if !s.is_empty() => {
+                if out.iter().any(|o| o.eq_ignore_ascii_case(s)) {
+                    return Err(format!("option '{name}' names column '{s}' twice"));
+                }
+                out.push(s.clone());
+            }
+            other => {
+                return Err(format!(
+                    "option '{name}' must be an array of column names, got an element that is {}",
+                    if matches!(other, Json::String(_)) {
+                        "an empty string"
+                    } else {
+                        json_kind(other)
+                    }
+                ))
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn json_kind(v: &Json) -> &'static str {
+    match v {
+        Json::Null => "null",
+        Json::Bool(_) => "a boolean",
+        Json::Number(_) => "a number",
+        Json::String(_) => "a string",
+        Json::Array(_) => "an array",
+        Json::Object(_) => "an object",
+    }
+}
+
+/// Longest `keep` accepted by `sluice_cleanup`: 100 years, in seconds.
+pub const MAX_KEEP_SECONDS: i64 = 100 * 366 * 24 * 3600;
+
+/// Parses a duration like `90`, `'90s'`, `'30 minutes'`, `'24 hours'`,
+/// `'7 days'`, `'2w'` into seconds.
+pub fn parse_duration(text: &str) -> Result<i64, String> {
+    let t = text.trim();
+    let digits = t.bytes().take_while(u8::is_ascii_digit).count();
+    let (num, unit) = t.split_at(digits);
+    let unit = unit.trim();
+    let bad = || {
+        format!(
+            "'{text}' is not a duration; write seconds as a number, or a number and a unit \
+             (s, m, h, d, w or seconds, minutes, hours, days, weeks), e.g. '24 hours'"
+        )
+    };
+    if num.is_empty() {
+        return Err(bad());
+    }
+    let n: i64 = num.parse().map_err(|_| bad())?;
+    let factor: i64 = match unit.to_ascii_lowercase().as_str() {
+        "" | "s" | "sec" | "secs" | "second" | "seconds" => 1,
+        "m" | "min" | "mins" | "minute" | "minutes" => 60,
+        "h" | "hr" | "hrs" | "hour" | "hours" => 3600,
+        "d" | "day" | "days" => 86_400,
+        "w" | "week" | "weeks" => 7 * 86_400,
+        _ => return Err(bad()),
+    };
+    check_keep(n.checked_mul(factor).unwrap_or(i64::MAX))
+}
+
+/// Checks a `keep` given in seconds.
+pub fn check_keep(seconds: i64) -> Result<i64, String> {
+    if seconds < 0 {
+        Err(format!("keep must not be negative, got {seconds}"))
+    } else if seconds > MAX_KEEP_SECONDS {
+        Err(format!(
+            "keep is too long ({seconds} seconds; the limit is {MAX_KEEP_SECONDS}, 100 years)"
+        ))
+    } else {
+        Ok(seconds)
+    }
+}
+
+/// Quotes an SQL identifier: `a"b` → `"a""b"`.
+pub fn quote_ident(name: &str) -> String {
+    let mut s = String::with_capacity(name.len() + 2);
+    s.push('"');
+    for ch in name.chars() {
+        if ch == '"' {
+            s.push('"');
+        }
+        s.push(ch);
+    }
+    s.push('"');
+    s
+}
+
+/// Lowest SQLite runtime version the extension loads into: 3.38.0
+/// (`pragma_table_list`, `->>`, RETURNING and math functions are relied on or
+/// expected by users).
+pub const MIN_SQLITE_VERSION: i32 = 3_038_000;
+
+/// Refuses an SQLite runtime older than [`MIN_SQLITE_VERSION`].
+pub fn check_sqlite_version(number: i32) -> Result<(), String> {
+    if number >= MIN_SQLITE_VERSION {
+        Ok(())
+    } else {
+        Err(format!(
+            "sluice: SQLite {}.{}.{} is too old; sluice0 needs SQLite 3.38.0 or newer",
+            number / 1_000_000,
+            number / 1000 % 1000,
+            number % 1000
+        ))
+    }
+}
+
+/// Checks a device id: 1..=200 characters, no control characters.
+pub fn check_device_id(id: &str) -> Result<(), String> {
+    let n = id.chars().count();
+    if n == 0 {
+        return Err("the device id must not be empty".to_string());
+    }
+    if n > 200 {
+        return Err(format!(
+            "the device id is {n} characters long, the limit is 200"
+        ));
+    }
+    if id.chars().any(char::is_control) {
+        return Err("the device id must not contain control characters".to_string());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("0").unwrap(), 0);
+        assert_eq!(parse_duration("90").unwrap(), 90);
+        assert_eq!(parse_duration("90s").unwrap(), 90);
+        assert_eq!(parse_duration(" 30 minutes ").unwrap(), 1800);
+        assert_eq!(parse_duration("24 hours").unwrap(), 86_400);
+        assert_eq!(parse_duration("1 hour").unwrap(), 3600);
+        assert_eq!(parse_duration("7 days").unwrap(), 604_800);
+        assert_eq!(parse_duration("2W").unwrap(), 1_209_600);
+        assert_eq!(parse_duration("15m").unwrap(), 900);
+        for bad in ["", "s", "-5", "5 fortnights", "1.5h", "h5", "5 s s"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+        assert!(parse_duration("99999999999999999999").is_err());
+        assert!(parse_duration("9999999999 weeks")
+            .unwrap_err()
+            .contains("too long"));
+        assert!(check_keep(-1).unwrap_err().contains("negative"));
+    }
+
+    #[test]
+    fn track_options() {
+        assert_eq!(parse_track_options("{}").unwrap(), TrackOptions::default());
+        let o = parse_track_options(
+            r#"{"mutable": true, "local_only": ["screenshot_path"], "key": ["id"]}"#,
+        )
+        .unwrap();
+        assert_eq!(o.mutable, Some(true));
+        assert_eq!(o.local_only.unwrap(), ["screenshot_path"]);
+        assert_eq!(o.key.unwrap(), ["id"]);
+        let e = parse_track_options(r#"{"mutible": true}"#).unwrap_err();
+        assert_eq!(
+            e,
+            "unknown option 'mutible' (known options: mutable, local_only, key)"
+        );
+        assert!(parse_track_options(r#"{"mutable": 1}"#)
+            .unwrap_err()
+            .contains("true or false"));
+        assert!(parse_track_options(r#"{"local_only": "a"}"#)
+            .unwrap_err()
+            .contains("array of column names"));
+        assert!(parse_track_options(r#"{"local_only": [""]}"#)
+            .unwrap_err()
+            .contains("empty string"));
+        assert!(parse_track_options(r#"{"key": ["a", "A"]}"#)
+            .unwrap_err()
+            .contains("twice"));
+        assert!(parse_track_options("[1]").unwrap_err().contains("an array"));
+        assert!(parse_track_options("{")
+            .unwrap_err()
+            .contains("not valid JSON"));
+    }
+
+    #[test]
+    fn quoting() {
+        assert_eq!(quote_ident("t"), "\"t\"");
+        assert_eq!(
+            quote_ident("x\"; drop table t; --"),
+            "\"x\"\"; drop table t; --\""
+        );
+    }
+
+    #[test]
+    fn versions_and_device_ids() {
+        assert!(check_sqlite_version(3_040_001).is_ok());
+        assert!(check_sqlite_version(3_038_000).is_ok());
+        assert_eq!(
+            check_sqlite_version(3_037_002).unwrap_err(),
+            "sluice: SQLite 3.37.2 is too old; sluice0 needs SQLite 3.38.0 or newer"
+        );
+        assert!(check_device_id("box-1").is_ok());
+        assert!(check_device_id("").is_err());
+        assert!(check_device_id(&"x".repeat(200)).is_ok());
+        assert!(check_device_id(&"x".repeat(201)).is_err());
+        assert!(check_device_id("a\nb").is_err());
+    }
+}
