@@ -1,1 +1,136 @@
-//! placeholder
+//! `sluice-pg` is the sluice PostgreSQL extension (`CREATE EXTENSION sluice
+//! CASCADE`, schema `sluice`): the cloud end of the sync protocol
+//! (`docs/sync-protocol.md`). It applies batches cut at the edge exactly
+//! once, through a ledger of batch identities, with a per-table conflict
+//! policy; the DBA's guide is `docs/postgres.md`.
+//!
+//! This file holds the SQL surface (the bookkeeping tables and the
+//! `#[pg_extern]` functions, each a thin wrapper); the work is in modules:
+//!
+//! - [`ingest`]: `sluice.ingest(batch)`, step by step as the protocol says.
+//! - [`register`]: `sluice.register_table(...)` and its checks.
+//! - [`sqlgen`]: SQL text (quoting, policies, the set-based upsert); pure.
+//! - [`convert`]: batch values as PostgreSQL text; pure.
+//! - [`error`]: the error type, raised as `ERROR` with a real SQLSTATE.
+//! - [`versions`]: the upgrade-script convention and its test.
+//!
+//! The batch format itself is the `sluice-wire` crate, shared with the edge.
+
+use pgrx::prelude::*;
+
+pub mod convert;
+pub mod error;
+pub mod ingest;
+pub mod register;
+pub mod sqlgen;
+pub mod versions;
+
+::pgrx::pg_module_magic!(name, version);
+
+extension_sql!(
+    r#"
+-- Edge table -> cloud table registrations (sluice.register_table).
+CREATE TABLE sluice.tables (
+    edge_table    text PRIMARY KEY,
+    target        regclass NOT NULL,
+    key_columns   text[] NOT NULL,
+    policy        text NOT NULL
+                  CHECK (policy IN ('last_writer_wins', 'first_writer_wins', 'insert_only')),
+    tenant_column text,
+    registered_at timestamptz DEFAULT now()
+);
+
+-- The ledger: one row per applied batch identity. A batch whose identity is
+-- here is a replay.
+CREATE TABLE sluice.batches (
+    device_id  text,
+    stream_id  bigint,
+    edge_table text,
+    base_seq   bigint,
+    last_seq   bigint,
+    row_count  int,
+    checksum   bigint,
+    inserted   int,
+    updated    int,
+    skipped    int,
+    sent_at    timestamptz,
+    applied_at timestamptz DEFAULT now(),
+    PRIMARY KEY (device_id, stream_id, edge_table, base_seq, last_seq)
+);
+
+-- Per-device statistics, updated by every applied batch.
+CREATE TABLE sluice.devices (
+    device_id     text PRIMARY KEY,
+    first_seen    timestamptz,
+    last_batch_at timestamptz,
+    batches       bigint,
+    rows          bigint,
+    clock_skew_ms bigint
+);
+
+-- pg_dump keeps the contents of these tables: a restored database without
+-- its ledger would apply replayed batches again.
+SELECT pg_catalog.pg_extension_config_dump('sluice.tables', '');
+SELECT pg_catalog.pg_extension_config_dump('sluice.batches', '');
+SELECT pg_catalog.pg_extension_config_dump('sluice.devices', '');
+"#,
+    name = "bookkeeping_tables",
+    bootstrap
+);
+
+/// `sluice.version()`: `v` and the extension's version.
+#[pg_extern(immutable, parallel_safe)]
+fn version() -> String {
+    format!("v{}", env!("CARGO_PKG_VERSION"))
+}
+
+/// `sluice.register_table(edge_table, target, key_columns, policy, tenant_column)`.
+#[pg_extern(volatile, parallel_unsafe)]
+fn register_table(
+    edge_table: &str,
+    target: pgrx::PgRelation,
+    key_columns: Vec<String>,
+    policy: default!(&str, "'last_writer_wins'"),
+    tenant_column: default!(Option<&str>, "NULL"),
+) {
+    // Only the OID is kept: an open relation would make the ALTER TABLE that
+    // adds the bookkeeping columns fail ("being used by active queries").
+    let oid = target.oid();
+    drop(target);
+    if let Err(e) = register::register(edge_table, oid, &key_columns, policy, tenant_column) {
+        e.raise("register_table")
+    }
+}
+
+/// `sluice.ingest(batch bytea)`: applies one batch; one row of counts.
+#[pg_extern(volatile, parallel_unsafe)]
+fn ingest(
+    batch: &[u8],
+) -> TableIterator<
+    'static,
+    (
+        name!(inserted, i64),
+        name!(updated, i64),
+        name!(skipped, i64),
+        name!(replay, bool),
+    ),
+> {
+    match ingest::ingest(batch) {
+        Ok(o) => TableIterator::once((o.inserted, o.updated, o.skipped, o.replay)),
+        Err(e) => e.raise("ingest"),
+    }
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+mod pg_tests;
+
+/// Required by `cargo pgrx test`.
+#[cfg(test)]
+pub mod pg_test {
+    pub fn setup(_options: Vec<&str>) {}
+
+    #[must_use]
+    pub fn postgresql_conf_options() -> Vec<&'static str> {
+        vec![]
+    }
+}

@@ -1,0 +1,355 @@
+//! `sluice.ingest`: applies one batch, exactly as `docs/sync-protocol.md`
+//! ("Applying a batch in the cloud") says: decode and verify, claim the
+//! batch's identity in the ledger (a replay stops there), check the columns
+//! against the registered target, upsert every row in one statement, then
+//! record the counts and the device's statistics. Everything runs in the
+//! caller's transaction, so an error anywhere leaves nothing behind.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+
+use pgrx::prelude::*;
+use pgrx::spi::{OwnedPreparedStatement, SpiClient};
+use sluice_wire::{decode, Batch, BatchId, WireError};
+
+use crate::convert::{column_to_texts, ConvertError};
+use crate::error::{Result, SluiceError};
+use crate::sqlgen::{self, Policy, TargetColumn, DEVICE_COLUMN, VERSION_COLUMN};
+
+/// What one call returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Outcome {
+    pub inserted: i64,
+    pub updated: i64,
+    pub skipped: i64,
+    pub replay: bool,
+}
+
+/// Largest number of prepared upsert statements kept per backend (one per
+/// target table and column set); the cache is emptied when it is full.
+const MAX_CACHED_PLANS: usize = 64;
+
+thread_local! {
+    /// Upsert plans by statement text. A backend is single-threaded; plans
+    /// are revalidated by PostgreSQL when the target table changes.
+    static PLANS: RefCell<HashMap<String, OwnedPreparedStatement>> = RefCell::new(HashMap::new());
+}
+
+fn err(code: PgSqlErrorCode, msg: impl std::fmt::Display) -> SluiceError {
+    SluiceError::new(code, format!("sluice.ingest: {msg}"))
+}
+
+/// The SQLSTATE of a batch that does not decode.
+pub fn wire_error_code(e: &WireError) -> PgSqlErrorCode {
+    match e {
+        WireError::UnsupportedVersion { .. } | WireError::TooLarge { .. } | WireError::Invalid { .. } => {
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE
+        }
+        _ => PgSqlErrorCode::ERRCODE_DATA_CORRUPTED,
+    }
+}
+
+/// Send times outside what `timestamptz` holds (a clock gone mad) are stored as NULL.
+fn sent_at_ms(ms: i64) -> Option<i64> {
+    // 9999-12-31T23:59:59.999Z; PostgreSQL goes further but the clock is wrong by then.
+    const MAX_MS: i64 = 253_402_300_799_999;
+    (ms.abs() <= MAX_MS).then_some(ms)
+}
+
+pub fn ingest(bytes: &[u8]) -> Result<Outcome> {
+    let batch = decode(bytes).map_err(|e| err(wire_error_code(&e), e))?;
+    let h = &batch.header;
+    let id = h.id();
+    let row_count = i64::from(h.row_count);
+
+    Spi::connect_mut(|client| {
+        // 2. Claim the identity; a replay stops here.
+        let claimed = client
+            .update(
+                "INSERT INTO sluice.batches
+                   (device_id, stream_id, edge_table, base_seq, last_seq, row_count, checksum, sent_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, to_timestamp($8::float8 / 1000))
+                 ON CONFLICT (device_id, stream_id, edge_table, base_seq, last_seq) DO NOTHING
+                 RETURNING 1",
+                None,
+                &[
+                    h.device_id.as_str().into(),
+                    (h.stream_id as i64).into(),
+                    h.table.as_str().into(),
+                    h.base_seq.into(),
+                    h.last_seq.into(),
+                    (h.row_count as i32).into(),
+                    i64::from(batch.checksum).into(),
+                    sent_at_ms(h.sent_at_ms).into(),
+                ],
+            )?
+            .len();
+        if claimed == 0 {
+            return Ok(Outcome {
+                inserted: 0,
+                updated: 0,
+                skipped: row_count,
+                replay: true,
+            });
+        }
+
+        // 3. Registration and schema check.
+        let reg = registration(client, &h.table)?;
+        let plan = plan_columns(client, &batch, &id, &reg)?;
+
+        // 4. One upsert.
+        let (inserted, updated) = if batch.versions.is_empty() {
+            (0, 0)
+        } else {
+            upsert(client, &batch, &id, &reg, &plan)?
+        };
+        let skipped = row_count - inserted - updated;
+
+        // 5. Ledger counts and device statistics.
+        client.update(
+            "UPDATE sluice.batches SET inserted = $6, updated = $7, skipped = $8
+             WHERE device_id = $1 AND stream_id = $2 AND edge_table = $3
+               AND base_seq = $4 AND last_seq = $5",
+            None,
+            &[
+                h.device_id.as_str().into(),
+                (h.stream_id as i64).into(),
+                h.table.as_str().into(),
+                h.base_seq.into(),
+                h.last_seq.into(),
+                (inserted as i32).into(),
+                (updated as i32).into(),
+                (skipped as i32).into(),
+            ],
+        )?;
+        client.update(
+            "INSERT INTO sluice.devices AS d
+               (device_id, first_seen, last_batch_at, batches, rows, clock_skew_ms)
+             VALUES ($1, now(), now(), 1, $2,
+                     (extract(epoch FROM clock_timestamp()) * 1000)::bigint - $3)
+             ON CONFLICT (device_id) DO UPDATE SET
+               last_batch_at = EXCLUDED.last_batch_at,
+               batches = d.batches + 1,
+               rows = d.rows + EXCLUDED.rows,
+               clock_skew_ms = EXCLUDED.clock_skew_ms",
+            None,
+            &[
+                h.device_id.as_str().into(),
+                row_count.into(),
+                sent_at_ms(h.sent_at_ms).into(),
+            ],
+        )?;
+        Ok(Outcome {
+            inserted,
+            updated,
+            skipped,
+            replay: false,
+        })
+    })
+}
+
+/// A row of `sluice.tables`, with the target's current name.
+struct Registration {
+    target: pg_sys::Oid,
+    /// `"schema"."table"`.
+    target_sql: String,
+    /// `schema.table`, for messages.
+    target_name: String,
+    key_columns: Vec<String>,
+    policy: Policy,
+}
+
+fn registration(client: &SpiClient<'_>, edge_table: &str) -> Result<Registration> {
+    let table = client.select(
+        "SELECT t.target::oid, n.nspname::text, c.relname::text, t.key_columns, t.policy
+         FROM sluice.tables t
+         LEFT JOIN pg_class c ON c.oid = t.target::oid
+         LEFT JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE t.edge_table = $1",
+        Some(1),
+        &[edge_table.into()],
+    )?;
+    if table.is_empty() {
+        return Err(err(
+            PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE,
+            format!(
+                "edge table '{edge_table}' is not registered; call sluice.register_table('{edge_table}', '<target table>', ARRAY['<key column>', ...])"
+            ),
+        ));
+    }
+    let row = table.first();
+    let target = row.get::<pg_sys::Oid>(1)?.unwrap_or(pg_sys::InvalidOid);
+    let (Some(schema), Some(relname)) = (row.get::<String>(2)?, row.get::<String>(3)?) else {
+        return Err(err(
+            PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE,
+            format!(
+                "the target table of edge table '{edge_table}' (OID {}) no longer exists; register the edge table again",
+                target.to_u32()
+            ),
+        ));
+    };
+    let key_columns = row.get::<Vec<String>>(4)?.unwrap_or_default();
+    let policy_name = row.get::<String>(5)?.unwrap_or_default();
+    let policy = Policy::parse(&policy_name).ok_or_else(|| {
+        err(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!("edge table '{edge_table}' has unknown policy '{policy_name}' in sluice.tables"),
+        )
+    })?;
+    Ok(Registration {
+        target,
+        target_sql: sqlgen::quote_qualified(&schema, &relname),
+        target_name: format!("{schema}.{relname}"),
+        key_columns,
+        policy,
+    })
+}
+
+/// Which batch columns go where.
+struct ColumnPlan {
+    /// Target columns, in the statement's order.
+    columns: Vec<TargetColumn>,
+    /// For each of `columns`, its index among the batch's columns.
+    batch_index: Vec<usize>,
+    /// Indexes into `columns` of the key columns, in registration order.
+    keys: Vec<usize>,
+}
+
+fn plan_columns(
+    client: &SpiClient<'_>,
+    batch: &Batch,
+    id: &BatchId,
+    reg: &Registration,
+) -> Result<ColumnPlan> {
+    // The bookkeeping columns come from the batch's versions and device, not
+    // from its columns (an edge table tracked as mutable has its own
+    // `sluice_version` column, equal to the row's version).
+    let mut names: Vec<String> = Vec::new();
+    let mut batch_index = Vec::new();
+    for (i, c) in batch.header.columns.iter().enumerate() {
+        if c.name == DEVICE_COLUMN || c.name == VERSION_COLUMN {
+            continue;
+        }
+        if names.contains(&c.name) {
+            return Err(err(
+                PgSqlErrorCode::ERRCODE_DATA_CORRUPTED,
+                format!("batch {id}: column '{}' appears twice", c.name),
+            ));
+        }
+        names.push(c.name.clone());
+        batch_index.push(i);
+    }
+
+    let mut columns = Vec::with_capacity(names.len());
+    for row in client.select(
+        "SELECT b.name, format_type(a.atttypid, NULL), a.attgenerated <> ''
+         FROM unnest($2::text[]) WITH ORDINALITY AS b(name, ord)
+         LEFT JOIN pg_attribute a
+           ON a.attrelid = $1 AND a.attname = b.name AND a.attnum > 0 AND NOT a.attisdropped
+         ORDER BY b.ord",
+        None,
+        &[reg.target.into(), names.clone().into()],
+    )? {
+        let name = row.get::<String>(1)?.unwrap_or_default();
+        let Some(type_sql) = row.get::<String>(2)? else {
+            return Err(err(
+                PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN,
+                format!(
+                    "batch {id}: column '{name}' does not exist in target table {}; add it to the table or exclude it at the edge",
+                    reg.target_name
+                ),
+            ));
+        };
+        if row.get::<bool>(3)?.unwrap_or(false) {
+            return Err(err(
+                PgSqlErrorCode::ERRCODE_GENERATED_ALWAYS,
+                format!(
+                    "batch {id}: column '{name}' of target table {} is generated and cannot be written",
+                    reg.target_name
+                ),
+            ));
+        }
+        columns.push(TargetColumn { name, type_sql });
+    }
+    if columns.len() != names.len() {
+        return Err(SluiceError::new(
+            PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+            "sluice.ingest: internal error: catalog lookup returned a different number of columns",
+        ));
+    }
+
+    let mut keys = Vec::with_capacity(reg.key_columns.len());
+    for k in &reg.key_columns {
+        let Some(i) = columns.iter().position(|c| &c.name == k) else {
+            return Err(err(
+                PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN,
+                format!(
+                    "batch {id}: key column '{k}' of target table {} is not in the batch",
+                    reg.target_name
+                ),
+            ));
+        };
+        keys.push(i);
+    }
+    Ok(ColumnPlan {
+        columns,
+        batch_index,
+        keys,
+    })
+}
+
+fn upsert(
+    client: &mut SpiClient<'_>,
+    batch: &Batch,
+    id: &BatchId,
+    reg: &Registration,
+    plan: &ColumnPlan,
+) -> Result<(i64, i64)> {
+    let mut args: Vec<pgrx::datum::DatumWithOid<'_>> = Vec::with_capacity(plan.columns.len() + 2);
+    for (c, &bi) in plan.columns.iter().zip(&plan.batch_index) {
+        let is_key = plan.keys.iter().any(|&k| plan.columns[k].name == c.name);
+        let texts = column_to_texts(&batch.columns[bi], is_key).map_err(|e| match e {
+            ConvertError::NulInText { row } => err(
+                PgSqlErrorCode::ERRCODE_UNTRANSLATABLE_CHARACTER,
+                format!("batch {id}, row {}, column '{}': text contains a NUL character, which PostgreSQL cannot store", row + 1, c.name),
+            ),
+            ConvertError::NullKey { row } => err(
+                PgSqlErrorCode::ERRCODE_NOT_NULL_VIOLATION,
+                format!("batch {id}, row {}: key column '{}' is NULL", row + 1, c.name),
+            ),
+        })?;
+        args.push(texts.into());
+    }
+    args.push(batch.versions.clone().into());
+    args.push(batch.header.device_id.as_str().into());
+
+    let sql = sqlgen::upsert_sql(&reg.target_sql, &plan.columns, &plan.keys, reg.policy);
+    let cached = PLANS.with(|p| p.borrow().contains_key(&sql));
+    if !cached {
+        let mut types: Vec<PgOid> = vec![PgOid::BuiltIn(PgBuiltInOids::TEXTARRAYOID); plan.columns.len()];
+        types.push(PgOid::BuiltIn(PgBuiltInOids::INT8ARRAYOID));
+        types.push(PgOid::BuiltIn(PgBuiltInOids::TEXTOID));
+        let stmt = client.prepare_mut(sql.as_str(), &types)?.keep();
+        PLANS.with(|p| {
+            let mut p = p.borrow_mut();
+            if p.len() >= MAX_CACHED_PLANS {
+                p.clear();
+            }
+            p.insert(sql.clone(), stmt);
+        });
+    }
+    // The plan stays in the cache while it runs: an ERROR unwinds through
+    // here, and freeing a plan that the aborting query still uses is unsafe.
+    let result = PLANS.with(|p| match p.borrow().get(&sql) {
+        Some(stmt) => client.update(stmt, None, &args).map(Some),
+        None => Ok(None),
+    });
+    let Some(result) = result? else {
+        return Err(SluiceError::new(
+            PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+            "sluice.ingest: internal error: prepared upsert vanished from the cache",
+        ));
+    };
+    let counts = result.first().get_two::<i64, i64>()?;
+    Ok((counts.0.unwrap_or(0), counts.1.unwrap_or(0)))
+}

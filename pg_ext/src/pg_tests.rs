@@ -1,0 +1,449 @@
+//! `#[pg_test]`s: behaviour inside a real backend (`cargo pgrx test pg17 -p
+//! sluice-pg`). Batches are built with `sluice_wire::encode`, as the edge does.
+
+#[pgrx::pg_schema]
+mod tests {
+    use pgrx::prelude::*;
+    use sluice_wire::{encode, BatchHeader, Column, ColumnType, EncodeOptions, Value};
+
+    type Counts = (i64, i64, i64, bool);
+
+    /// Columns of the test table `readings` at the edge.
+    fn reading_columns() -> Vec<Column> {
+        vec![
+            Column::new("id", ColumnType::Integer),
+            Column::new("state", ColumnType::Text),
+            Column::new("temp", ColumnType::Real),
+            Column::new("raw", ColumnType::Blob),
+            Column::new("seen_at", ColumnType::Text),
+        ]
+    }
+
+    /// A batch of `rows` as `(version, values)`; `base_seq` is one below the
+    /// smallest version.
+    fn make_batch(
+        device: &str,
+        table: &str,
+        columns: Vec<Column>,
+        rows: Vec<(i64, Vec<Value>)>,
+    ) -> Vec<u8> {
+        let versions: Vec<i64> = rows.iter().map(|r| r.0).collect();
+        let base_seq = versions.iter().copied().min().unwrap_or(1) - 1;
+        let last_seq = versions.iter().copied().max().unwrap_or(base_seq);
+        let mut by_column: Vec<Vec<Value>> = vec![Vec::new(); columns.len()];
+        for (_, values) in rows {
+            for (c, v) in values.into_iter().enumerate() {
+                by_column[c].push(v);
+            }
+        }
+        let header = BatchHeader {
+            device_id: device.into(),
+            stream_id: 0x1234_5678_9abc,
+            table: table.into(),
+            base_seq,
+            last_seq,
+            row_count: 0,
+            sent_at_ms: 1_700_000_000_000,
+            columns,
+            fingerprint: 0,
+        };
+        encode(&header, &versions, &by_column, EncodeOptions::default()).expect("encodes")
+    }
+
+    fn reading(id: i64, state: &str) -> Vec<Value> {
+        vec![
+            Value::Integer(id),
+            Value::Text(state.into()),
+            Value::Real(0.1 + id as f64),
+            Value::Blob(vec![0xde, 0xad, id as u8]),
+            Value::Text("2024-05-01 12:00:00+00".into()),
+        ]
+    }
+
+    fn setup_readings(policy: &str) {
+        Spi::run(
+            "CREATE TABLE public.readings (
+                 id bigint PRIMARY KEY, state text, temp double precision,
+                 raw bytea, seen_at timestamptz, note text DEFAULT 'cloud')",
+        )
+        .unwrap();
+        Spi::run_with_args(
+            "SELECT sluice.register_table('readings', 'public.readings', ARRAY['id'], $1)",
+            &[policy.into()],
+        )
+        .unwrap();
+        // Catches the ERROR of an ingest (rolling back its subtransaction) and
+        // reports its SQLSTATE and message, so a test can look at the data after.
+        Spi::run(
+            "CREATE FUNCTION public.try_ingest(b bytea) RETURNS text LANGUAGE plpgsql AS $$
+             BEGIN
+                 PERFORM sluice.ingest(b);
+                 RETURN 'ok';
+             EXCEPTION WHEN OTHERS THEN
+                 RETURN SQLSTATE || ': ' || SQLERRM;
+             END $$",
+        )
+        .unwrap();
+    }
+
+    fn ingest(batch: &[u8]) -> Counts {
+        Spi::connect_mut(|c| {
+            let row = c
+                .update(
+                    "SELECT inserted, updated, skipped, replay FROM sluice.ingest($1)",
+                    None,
+                    &[batch.into()],
+                )?
+                .first();
+            Ok::<_, spi::Error>((
+                row.get::<i64>(1)?.unwrap(),
+                row.get::<i64>(2)?.unwrap(),
+                row.get::<i64>(3)?.unwrap(),
+                row.get::<bool>(4)?.unwrap(),
+            ))
+        })
+        .unwrap()
+    }
+
+    fn try_ingest(batch: &[u8]) -> String {
+        Spi::get_one_with_args::<String>("SELECT public.try_ingest($1)", &[batch.into()])
+            .unwrap()
+            .unwrap()
+    }
+
+    fn text(query: &str) -> String {
+        Spi::get_one::<String>(query).unwrap().unwrap_or_else(|| "NULL".into())
+    }
+
+    fn count(query: &str) -> i64 {
+        Spi::get_one::<i64>(query).unwrap().unwrap()
+    }
+
+    /// Every row of `readings` as text, ordered, for comparisons.
+    fn readings() -> String {
+        text(
+            "SELECT coalesce(string_agg(format('%s|%s|%s|%s|%s|%s|%s', id, state, temp, raw,
+                    seen_at AT TIME ZONE 'UTC', sluice_device, sluice_version), ';' ORDER BY id), '')
+             FROM public.readings",
+        )
+    }
+
+    #[pg_test]
+    fn version_names_the_crate() {
+        assert_eq!(crate::version(), "v0.1.0");
+        assert_eq!(text("SELECT sluice.version()"), "v0.1.0");
+    }
+
+    #[pg_test]
+    fn register_adds_bookkeeping_columns() {
+        setup_readings("last_writer_wins");
+        assert_eq!(
+            text(
+                "SELECT string_agg(attname || ' ' || format_type(atttypid, atttypmod), ', ' ORDER BY attnum)
+                 FROM pg_attribute WHERE attrelid = 'public.readings'::regclass AND attname LIKE 'sluice%'"
+            ),
+            "sluice_device text, sluice_version bigint"
+        );
+        assert_eq!(
+            text("SELECT format('%s %s %s', target, key_columns, policy) FROM sluice.tables"),
+            "readings {id} last_writer_wins"
+        );
+        // Registering again is allowed and changes the policy.
+        Spi::run("SELECT sluice.register_table('readings', 'readings', ARRAY['id'], 'insert_only')")
+            .unwrap();
+        assert_eq!(text("SELECT policy FROM sluice.tables"), "insert_only");
+    }
+
+    #[pg_test(error = "sluice.register_table: unknown policy 'newest'; expected one of 'last_writer_wins', 'first_writer_wins', 'insert_only'")]
+    fn register_refuses_an_unknown_policy() {
+        Spi::run("CREATE TABLE t (id int PRIMARY KEY)").unwrap();
+        Spi::run("SELECT sluice.register_table('t', 't', ARRAY['id'], 'newest')").unwrap();
+    }
+
+    #[pg_test(error = "sluice.register_table: key column 'nope' does not exist in public.t")]
+    fn register_refuses_a_missing_key_column() {
+        Spi::run("CREATE TABLE t (id int PRIMARY KEY)").unwrap();
+        Spi::run("SELECT sluice.register_table('t', 't', ARRAY['nope'])").unwrap();
+    }
+
+    #[pg_test]
+    fn register_requires_a_unique_index_and_says_how() {
+        Spi::run("CREATE TABLE t (a int, \"B\" text, c int)").unwrap();
+        Spi::run("CREATE INDEX ON t (a, \"B\")").unwrap();
+        Spi::run("CREATE UNIQUE INDEX ON t (a) WHERE c > 0").unwrap();
+        Spi::run(
+            "CREATE FUNCTION try_register() RETURNS text LANGUAGE plpgsql AS $$
+             DECLARE st text; msg text; hint text;
+             BEGIN
+                 PERFORM sluice.register_table('t', 't', ARRAY['B', 'a']);
+                 RETURN 'ok';
+             EXCEPTION WHEN OTHERS THEN
+                 GET STACKED DIAGNOSTICS st = RETURNED_SQLSTATE, msg = MESSAGE_TEXT, hint = PG_EXCEPTION_HINT;
+                 RETURN st || ' | ' || msg || ' | ' || hint;
+             END $$",
+        )
+        .unwrap();
+        assert_eq!(
+            text("SELECT try_register()"),
+            "42P17 | sluice.register_table: public.t has no unique index or constraint on exactly \
+             the key columns (B, a); ingest needs one to recognise rows it has seen | \
+             CREATE UNIQUE INDEX ON \"public\".\"t\" (\"B\", \"a\");"
+        );
+        // A unique index on the same columns in another order is enough.
+        Spi::run("CREATE UNIQUE INDEX ON t (a, \"B\")").unwrap();
+        assert_eq!(text("SELECT try_register()"), "ok");
+    }
+
+    #[pg_test]
+    fn ingest_inserts_records_and_replay_changes_nothing() {
+        setup_readings("last_writer_wins");
+        let b = make_batch(
+            "dev-a",
+            "readings",
+            reading_columns(),
+            vec![(1, reading(1, "IDLE")), (2, reading(2, "BUSY")), (3, reading(3, "O'Hara \"q\""))],
+        );
+        assert_eq!(ingest(&b), (3, 0, 0, false));
+        assert_eq!(
+            readings(),
+            "1|IDLE|1.1|\\xdead01|2024-05-01 12:00:00|dev-a|1;\
+             2|BUSY|2.1|\\xdead02|2024-05-01 12:00:00|dev-a|2;\
+             3|O'Hara \"q\"|3.1|\\xdead03|2024-05-01 12:00:00|dev-a|3"
+        );
+        assert_eq!(
+            text(
+                "SELECT format('%s %s %s %s %s %s %s %s', device_id, stream_id, edge_table, base_seq,
+                        last_seq, row_count, inserted, sent_at AT TIME ZONE 'UTC') FROM sluice.batches"
+            ),
+            format!("dev-a {} readings 0 3 3 3 2023-11-14 22:13:20", 0x1234_5678_9abc_i64)
+        );
+        assert_eq!(
+            text("SELECT format('%s %s %s', device_id, batches, rows) FROM sluice.devices"),
+            "dev-a 1 3"
+        );
+        assert!(count("SELECT clock_skew_ms FROM sluice.devices") > 0);
+
+        // A replay: reported, and the data is not touched (a cloud-side edit survives).
+        Spi::run("UPDATE public.readings SET state = 'EDITED' WHERE id = 1").unwrap();
+        let before = readings();
+        assert_eq!(ingest(&b), (0, 0, 3, true));
+        assert_eq!(readings(), before);
+        assert_eq!(count("SELECT count(*) FROM sluice.batches"), 1);
+        assert_eq!(count("SELECT batches FROM sluice.devices"), 1);
+    }
+
+    #[pg_test]
+    fn damaged_or_unmappable_batches_apply_nothing() {
+        setup_readings("last_writer_wins");
+        let good = make_batch("dev-a", "readings", reading_columns(), vec![(1, reading(1, "IDLE"))]);
+
+        let mut flipped = good.clone();
+        let mid = flipped.len() / 2;
+        flipped[mid] ^= 0x40;
+        let r = try_ingest(&flipped);
+        assert!(r.starts_with("XX001: sluice.ingest: corrupt sluice batch: checksum mismatch"), "{r}");
+
+        let r = try_ingest(&good[..good.len() - 5]);
+        assert!(r.starts_with("XX001: sluice.ingest: "), "{r}");
+        let r = try_ingest(b"hello");
+        assert!(r.starts_with("XX001: sluice.ingest: not a sluice batch"), "{r}");
+
+        let unknown_table = make_batch("dev-a", "elsewhere", reading_columns(), vec![(1, reading(1, "IDLE"))]);
+        assert_eq!(
+            try_ingest(&unknown_table),
+            "42P01: sluice.ingest: edge table 'elsewhere' is not registered; call \
+             sluice.register_table('elsewhere', '<target table>', ARRAY['<key column>', ...])"
+        );
+
+        let mut cols = reading_columns();
+        cols.push(Column::new("screenshot_path", ColumnType::Text));
+        let mut row = reading(1, "IDLE");
+        row.push(Value::Text("/tmp/x.jpg".into()));
+        let unknown_column = make_batch("dev-a", "readings", cols, vec![(1, row)]);
+        let r = try_ingest(&unknown_column);
+        assert!(
+            r.starts_with("42703: sluice.ingest: batch dev-a/readings/")
+                && r.contains("column 'screenshot_path' does not exist in target table public.readings"),
+            "{r}"
+        );
+
+        let no_key = make_batch(
+            "dev-a",
+            "readings",
+            vec![Column::new("state", ColumnType::Text)],
+            vec![(1, vec![Value::Text("IDLE".into())])],
+        );
+        let r = try_ingest(&no_key);
+        assert!(r.contains("key column 'id' of target table public.readings is not in the batch"), "{r}");
+
+        let null_key = make_batch(
+            "dev-a",
+            "readings",
+            vec![Column::new("id", ColumnType::Integer)],
+            vec![(1, vec![Value::Integer(7)]), (2, vec![Value::Null])],
+        );
+        let r = try_ingest(&null_key);
+        assert!(r.starts_with("23502: ") && r.contains("row 2: key column 'id' is NULL"), "{r}");
+
+        // A value PostgreSQL cannot read as the column's type: its own ERROR.
+        let bad_value = make_batch(
+            "dev-a",
+            "readings",
+            vec![Column::new("id", ColumnType::Integer), Column::new("seen_at", ColumnType::Text)],
+            vec![(1, vec![Value::Integer(8), Value::Text("yesterday-ish".into())])],
+        );
+        let r = try_ingest(&bad_value);
+        assert!(r.starts_with("22007: "), "{r}");
+
+        assert_eq!(count("SELECT count(*) FROM public.readings"), 0);
+        assert_eq!(count("SELECT count(*) FROM sluice.batches"), 0);
+        assert_eq!(count("SELECT count(*) FROM sluice.devices"), 0);
+
+        // The good batch still applies afterwards.
+        assert_eq!(try_ingest(&good), "ok");
+        assert_eq!(count("SELECT count(*) FROM public.readings"), 1);
+    }
+
+    fn two_devices(policy: &str, a_first: bool) -> String {
+        setup_readings(policy);
+        // dev-a writes row 1 at version 5, dev-b at version 3; both write row 2 at version 4.
+        let a = make_batch(
+            "dev-a",
+            "readings",
+            reading_columns(),
+            vec![(4, reading(2, "A")), (5, reading(1, "A"))],
+        );
+        let b = make_batch(
+            "dev-b",
+            "readings",
+            reading_columns(),
+            vec![(3, reading(1, "B")), (4, reading(2, "B"))],
+        );
+        let (first, second) = if a_first { (&a, &b) } else { (&b, &a) };
+        let c1 = ingest(first);
+        let c2 = ingest(second);
+        format!(
+            "{c1:?} {c2:?} {}",
+            text("SELECT string_agg(format('%s=%s@%s/%s', id, state, sluice_version, sluice_device), ' ' ORDER BY id) FROM public.readings")
+        )
+    }
+
+    #[pg_test]
+    fn last_writer_wins_in_both_orders() {
+        // Row 1: version 5 (dev-a) beats 3. Row 2: a tie on version 4, broken by device: dev-b.
+        assert_eq!(
+            two_devices("last_writer_wins", true),
+            "(2, 0, 0, false) (0, 1, 1, false) 1=A@5/dev-a 2=B@4/dev-b"
+        );
+    }
+
+    #[pg_test]
+    fn last_writer_wins_in_both_orders_reversed() {
+        assert_eq!(
+            two_devices("last_writer_wins", false),
+            "(2, 0, 0, false) (0, 1, 1, false) 1=A@5/dev-a 2=B@4/dev-b"
+        );
+    }
+
+    #[pg_test]
+    fn first_writer_wins_keeps_the_lowest_version() {
+        assert_eq!(
+            two_devices("first_writer_wins", true),
+            "(2, 0, 0, false) (0, 1, 1, false) 1=B@3/dev-b 2=A@4/dev-a"
+        );
+    }
+
+    #[pg_test]
+    fn first_writer_wins_keeps_the_lowest_version_reversed() {
+        assert_eq!(
+            two_devices("first_writer_wins", false),
+            "(2, 0, 0, false) (0, 1, 1, false) 1=B@3/dev-b 2=A@4/dev-a"
+        );
+    }
+
+    #[pg_test]
+    fn insert_only_never_changes_a_row() {
+        assert_eq!(
+            two_devices("insert_only", false),
+            "(2, 0, 0, false) (0, 0, 2, false) 1=B@3/dev-b 2=B@4/dev-b"
+        );
+    }
+
+    #[pg_test]
+    fn duplicate_keys_in_one_batch_reduce_to_the_policy_winner() {
+        setup_readings("last_writer_wins");
+        let b = make_batch(
+            "dev-a",
+            "readings",
+            reading_columns(),
+            vec![(2, reading(1, "old")), (3, reading(2, "x")), (4, reading(1, "new"))],
+        );
+        assert_eq!(ingest(&b), (2, 0, 1, false));
+        assert_eq!(
+            text("SELECT string_agg(format('%s=%s@%s', id, state, sluice_version), ' ' ORDER BY id) FROM public.readings"),
+            "1=new@4 2=x@3"
+        );
+        // A re-cut batch (new identity, same versions) changes nothing: all skipped.
+        let recut = make_batch("dev-a", "readings", reading_columns(), vec![(3, reading(2, "x")), (4, reading(1, "new"))]);
+        assert_eq!(ingest(&recut), (0, 0, 2, false));
+    }
+
+    #[pg_test]
+    fn unusual_names_and_types_map() {
+        Spi::run(
+            "CREATE SCHEMA \"My Schema\";
+             CREATE TABLE \"My Schema\".\"Odd \"\"T\"\"\" (
+                 \"Key\" text, \"n\"\"q\" numeric(10,2), flag boolean, tags text[], v varchar(3),
+                 UNIQUE (\"Key\"))",
+        )
+        .unwrap();
+        Spi::run(
+            "SELECT sluice.register_table('odd', '\"My Schema\".\"Odd \"\"T\"\"\"', ARRAY['Key'], 'last_writer_wins')",
+        )
+        .unwrap();
+        let cols = vec![
+            Column::new("Key", ColumnType::Text),
+            Column::new("n\"q", ColumnType::Real),
+            Column::new("flag", ColumnType::Integer),
+            Column::new("tags", ColumnType::Text),
+            Column::new("v", ColumnType::Text),
+            // Sent by an edge table tracked as mutable; the batch's version is used.
+            Column::new("sluice_version", ColumnType::Integer),
+        ];
+        let b = make_batch(
+            "dev-a",
+            "odd",
+            cols.clone(),
+            vec![(
+                9,
+                vec![
+                    Value::Text("k1".into()),
+                    Value::Real(12.345),
+                    Value::Integer(1),
+                    Value::Text("{a,b}".into()),
+                    Value::Text("abc".into()),
+                    Value::Integer(9),
+                ],
+            )],
+        );
+        assert_eq!(ingest(&b), (1, 0, 0, false));
+        assert_eq!(
+            text("SELECT format('%s %s %s %s %s %s', \"Key\", \"n\"\"q\", flag, tags, v, sluice_version) FROM \"My Schema\".\"Odd \"\"T\"\"\""),
+            "k1 12.35 t {a,b} abc 9"
+        );
+        // The column's modifier is checked on assignment, not silently truncated.
+        let too_long = make_batch(
+            "dev-a",
+            "odd",
+            vec![Column::new("Key", ColumnType::Text), Column::new("v", ColumnType::Text)],
+            vec![(10, vec![Value::Text("k2".into()), Value::Text("abcd".into())])],
+        );
+        Spi::run(
+            "CREATE FUNCTION public.try_ingest(b bytea) RETURNS text LANGUAGE plpgsql AS $$
+             BEGIN PERFORM sluice.ingest(b); RETURN 'ok';
+             EXCEPTION WHEN OTHERS THEN RETURN SQLSTATE; END $$",
+        )
+        .unwrap();
+        assert_eq!(try_ingest(&too_long), "22001");
+    }
+}

@@ -1,0 +1,188 @@
+//! `sluice.register_table`: maps an edge table to a cloud table, after
+//! checking that ingest will be able to upsert into it.
+
+use pgrx::prelude::*;
+
+use crate::error::{Result, SluiceError};
+use crate::sqlgen::{self, Policy, DEVICE_COLUMN, VERSION_COLUMN};
+
+/// Registers (or re-registers) `edge_table` → `target`: validates the policy
+/// and key columns, requires a unique index on exactly the key columns, adds
+/// the bookkeeping columns `sluice_device text` and `sluice_version bigint`
+/// to the target if missing, and upserts the row of `sluice.tables`.
+pub fn register(
+    edge_table: &str,
+    target: pg_sys::Oid,
+    key_columns: &[String],
+    policy: &str,
+    tenant_column: Option<&str>,
+) -> Result<()> {
+    let fail = |code, msg: String| SluiceError::new(code, format!("sluice.register_table: {msg}"));
+    if edge_table.is_empty() {
+        return Err(fail(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            "the edge table name is empty".into(),
+        ));
+    }
+    let policy = Policy::parse(policy).ok_or_else(|| {
+        fail(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!(
+                "unknown policy '{policy}'; expected one of {}",
+                Policy::ALL.map(|p| format!("'{}'", p.name())).join(", ")
+            ),
+        )
+    })?;
+    if key_columns.is_empty() {
+        return Err(fail(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            "key_columns is empty; give the columns of the target's unique key".into(),
+        ));
+    }
+    for (i, k) in key_columns.iter().enumerate() {
+        if key_columns[..i].contains(k) {
+            return Err(fail(
+                PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+                format!("key column '{k}' is listed twice"),
+            ));
+        }
+        if k == DEVICE_COLUMN || k == VERSION_COLUMN {
+            return Err(fail(
+                PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+                format!("'{k}' is a sluice bookkeeping column and cannot be a key column"),
+            ));
+        }
+    }
+
+    Spi::connect_mut(|client| {
+        let (schema, table) = client
+            .select(
+                "SELECT n.nspname::text, c.relname::text FROM pg_class c \
+                 JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = $1",
+                Some(1),
+                &[target.into()],
+            )?
+            .first()
+            .get_two::<String, String>()?;
+        let (Some(schema), Some(table)) = (schema, table) else {
+            return Err(fail(
+                PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE,
+                format!("relation with OID {} does not exist", target.to_u32()),
+            ));
+        };
+        let target_sql = sqlgen::quote_qualified(&schema, &table);
+        let target_name = format!("{schema}.{table}");
+
+        // Existing columns among the keys, the bookkeeping columns and the tenant.
+        let mut wanted: Vec<String> = key_columns.to_vec();
+        wanted.push(DEVICE_COLUMN.into());
+        wanted.push(VERSION_COLUMN.into());
+        let mut existing: Vec<(String, String)> = Vec::new();
+        for row in client.select(
+            "SELECT a.attname::text, format_type(a.atttypid, NULL) FROM pg_attribute a \
+             WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped \
+               AND a.attname = ANY ($2::text[])",
+            None,
+            &[target.into(), wanted.clone().into()],
+        )? {
+            if let (Some(n), Some(t)) = (row.get::<String>(1)?, row.get::<String>(2)?) {
+                existing.push((n, t));
+            }
+        }
+        let type_of = |name: &str| existing.iter().find(|(n, _)| n == name).map(|(_, t)| t.as_str());
+        for k in key_columns {
+            if type_of(k).is_none() {
+                return Err(fail(
+                    PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN,
+                    format!("key column '{k}' does not exist in {target_name}"),
+                ));
+            }
+        }
+        if let Some(tenant) = tenant_column {
+            let exists = client
+                .select(
+                    "SELECT 1 FROM pg_attribute WHERE attrelid = $1 AND attname = $2 \
+                     AND attnum > 0 AND NOT attisdropped",
+                    Some(1),
+                    &[target.into(), tenant.into()],
+                )?
+                .len()
+                == 1;
+            if !exists {
+                return Err(fail(
+                    PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN,
+                    format!("tenant column '{tenant}' does not exist in {target_name}"),
+                ));
+            }
+        }
+
+        // ON CONFLICT (keys) needs a unique, immediate, non-partial index on
+        // exactly these columns.
+        let has_index = client
+            .select(
+                "SELECT EXISTS (
+                   SELECT 1 FROM pg_index i
+                   WHERE i.indrelid = $1 AND i.indisunique AND i.indimmediate AND i.indisvalid
+                     AND i.indpred IS NULL AND i.indexprs IS NULL
+                     AND i.indnkeyatts = cardinality($2::text[])
+                     AND (SELECT array_agg(a.attname::text ORDER BY a.attname::text COLLATE \"C\")
+                          FROM unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord)
+                          JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+                          WHERE k.ord <= i.indnkeyatts)
+                       = (SELECT array_agg(x ORDER BY x COLLATE \"C\") FROM unnest($2::text[]) AS x))",
+                Some(1),
+                &[target.into(), key_columns.to_vec().into()],
+            )?
+            .first()
+            .get_one::<bool>()?
+            .unwrap_or(false);
+        if !has_index {
+            return Err(fail(
+                PgSqlErrorCode::ERRCODE_INVALID_OBJECT_DEFINITION,
+                format!(
+                    "{target_name} has no unique index or constraint on exactly the key columns ({}); ingest needs one to recognise rows it has seen",
+                    key_columns.join(", ")
+                ),
+            )
+            .with_hint(sqlgen::unique_index_hint(&target_sql, key_columns)));
+        }
+
+        // Bookkeeping columns.
+        let mut adds = Vec::new();
+        for (col, ty) in [(DEVICE_COLUMN, "text"), (VERSION_COLUMN, "bigint")] {
+            match type_of(col) {
+                None => adds.push(format!(
+                    "ADD COLUMN IF NOT EXISTS {} {ty}",
+                    sqlgen::quote_ident(col)
+                )),
+                Some(t) if t == ty => {}
+                Some(t) => {
+                    return Err(fail(
+                        PgSqlErrorCode::ERRCODE_DATATYPE_MISMATCH,
+                        format!("{target_name}.{col} has type {t}; sluice needs {ty}"),
+                    ))
+                }
+            }
+        }
+        if !adds.is_empty() {
+            client.update(&format!("ALTER TABLE {target_sql} {}", adds.join(", ")), None, &[])?;
+        }
+
+        client.update(
+            "INSERT INTO sluice.tables (edge_table, target, key_columns, policy, tenant_column)
+             VALUES ($1, $2::oid::regclass, $3, $4, $5)
+             ON CONFLICT (edge_table) DO UPDATE SET target = EXCLUDED.target,
+               key_columns = EXCLUDED.key_columns, policy = EXCLUDED.policy,
+               tenant_column = EXCLUDED.tenant_column, registered_at = now()",
+            None,
+            &[
+                edge_table.into(),
+                target.into(),
+                key_columns.to_vec().into(),
+                policy.name().into(),
+                tenant_column.into(),
+            ],
+        )?;
+        Ok(())
+    })
+}
