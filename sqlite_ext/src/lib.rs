@@ -155,7 +155,12 @@ pub type Res<T> = Result<T, Fail>;
 /// Turns the result of a function body into what SQLite sees: errors get
 /// the `name: ` prefix.
 pub fn finish(name: &str, r: Res<Value>) -> rusqlite::Result<Value> {
-    r.map_err(|Fail(m)| rusqlite::Error::UserFunctionError(Box::new(Fail(format!("{name}: {m}")))))
+    r.map_err(|Fail(m)| {
+        // SQLite takes the message as a C string: a NUL byte (from a table
+        // name, say) would lose all of it.
+        let m = m.replace('\0', "\\0");
+        rusqlite::Error::UserFunctionError(Box::new(Fail(format!("{name}: {m}"))))
+    })
 }
 
 /// The connection a function was called on.
