@@ -3,15 +3,15 @@
 //! adds the edge half of the sync protocol (`docs/sync-protocol.md`) and a
 //! fast batched insert. Every SQL function is documented in `docs/sqlite.md`.
 //!
-//! - this file: the entry point `sqlite3_sluice_init`, the one list of SQL
+//! - this file holds the entry point `sqlite3_sluice_init`, the one list of SQL
 //!   functions ([`FUNCTIONS`]), `sluice_version`/`sluice_debug`, and the glue
 //!   every function shares (argument checks, error messages);
-//! - [`rows`]: the streaming parser of `sluice_insert`'s JSON rows (pure);
-//! - [`options`]: `sluice_track` options, `sluice_cleanup` durations,
-//!   identifier quoting (pure);
-//! - [`schema`]: reading a table's columns, the bookkeeping tables;
-//! - [`insert`]: `sluice_insert`;
-//! - [`sync`]: `sluice_device`, `sluice_track`, `sluice_batch`, `sluice_ack`,
+//! - [`rows`] is the streaming parser of `sluice_insert`'s JSON rows (pure);
+//! - [`options`] parses `sluice_track` options, `sluice_cleanup` durations,
+//!   and quotes identifiers (pure);
+//! - [`schema`] reads a table's columns and keeps the bookkeeping tables;
+//! - [`insert`] is `sluice_insert`;
+//! - [`sync`] holds `sluice_device`, `sluice_track`, `sluice_batch`, `sluice_ack`,
 //!   `sluice_pending`, `sluice_cleanup`.
 //!
 //! No panic may cross into the host: the crate denies `unwrap`, `expect` and
@@ -142,10 +142,7 @@ impl From<rusqlite::Error> for Fail {
 /// The message of an SQLite error, without rusqlite's decoration.
 pub fn sqlite_message(e: &rusqlite::Error) -> String {
     match e {
-        rusqlite::Error::SqliteFailure(err, Some(msg)) => {
-            let _ = err;
-            msg.clone()
-        }
+        rusqlite::Error::SqliteFailure(_, Some(msg)) => msg.clone(),
         other => other.to_string(),
     }
 }

@@ -201,7 +201,7 @@ impl<'de: 'a, 'a, S: RowSink<'a>> Visitor<'de> for RowVisitor<'_, '_, 'a, S> {
         let row = self.index;
         if row == 0 {
             while let Some(key) = map.next_key_seed(KeySeed)? {
-                if st.names.iter().any(|n| *n == key) {
+                if st.names.contains(&key) {
                     return Err(st.fail(format!("row 0: column '{key}' appears twice")));
                 }
                 let cell = match map.next_value_seed(CellSeed) {

@@ -28,6 +28,10 @@ pub struct TableInfo {
     pub name: String,
     pub columns: Vec<ColumnInfo>,
     pub without_rowid: bool,
+    /// Whether the primary key is backed by an index of its own; then even a
+    /// single `INTEGER PRIMARY KEY` column is not a rowid alias (the
+    /// `INTEGER PRIMARY KEY DESC` quirk).
+    pub pk_index: bool,
 }
 
 impl TableInfo {
@@ -53,7 +57,7 @@ impl TableInfo {
 
     /// The `INTEGER PRIMARY KEY` column that aliases the rowid, if any.
     pub fn rowid_alias(&self) -> Option<&ColumnInfo> {
-        if self.without_rowid {
+        if self.without_rowid || self.pk_index {
             return None;
         }
         let mut pk = self.columns.iter().filter(|c| c.pk > 0);
@@ -86,6 +90,11 @@ pub fn table_info(conn: &Connection, name: &str) -> Res<TableInfo> {
         )
         .optional()?
         .unwrap_or(false);
+    let pk_index: bool = conn.query_row(
+        "SELECT count(*) > 0 FROM pragma_index_list(?1, 'main') WHERE origin = 'pk'",
+        [&canonical],
+        |r| r.get(0),
+    )?;
     let mut stmt =
         conn.prepare("SELECT name, type, pk FROM pragma_table_info(?1, 'main') ORDER BY cid")?;
     let columns = stmt
@@ -103,6 +112,7 @@ pub fn table_info(conn: &Connection, name: &str) -> Res<TableInfo> {
         name: canonical,
         columns,
         without_rowid,
+        pk_index,
     })
 }
 

@@ -323,6 +323,11 @@ def test_track_append_only_needs_a_rowid_alias(db):
         """SELECT sluice_track('t', '{"mutable": true}')"""
     )
     assert "this is a WITHOUT ROWID table" in err(db, "SELECT sluice_track('w')")
+    # SQLite quirk: INTEGER PRIMARY KEY DESC is not a rowid alias.
+    db.execute("CREATE TABLE d (id INTEGER PRIMARY KEY DESC, v)")
+    assert "needs an INTEGER PRIMARY KEY column" in err(db, "SELECT sluice_track('d')")
+    db.execute("CREATE TABLE ok (Id integer primary key, v)")
+    db.execute("SELECT sluice_track('ok')")
 
 
 @pytest.mark.parametrize(
