@@ -347,7 +347,7 @@ fn value_size(v: &sluice_wire::Value) -> usize {
 // ---------------------------------------------------------------------------
 // sluice_ack
 
-/// `sluice_ack(batch)` → rows newly acknowledged (0 if already).
+/// `sluice_ack(batch)` → the batch's row count, or 0 if it was acknowledged already.
 pub fn sluice_ack(ctx: &Context<'_>) -> rusqlite::Result<Value> {
     finish("sluice_ack", ack(ctx))
 }
