@@ -15,18 +15,21 @@ step() { printf '\n==> %s  [%ds]\n' "$*" $((SECONDS - t0)); }
 
 step "setup"
 scripts/setup.sh
-step "build"
-scripts/build.sh
 
-step "unit and property tests: wire, agent"
-cargo test --release --quiet
-
+# cargo pgrx test installs its own debug build (with test functions) into
+# .cache/pg17, so it runs before build.sh installs the release build.
 step "PostgreSQL extension: cargo pgrx test pg17"
 pgrx_data=/tmp/sluice-pgrx-test
 mkdir -p "$pgrx_data"
 runas=()
 if [ "$(id -u)" -eq 0 ]; then chown "$SLUICE_PG_USER:" "$pgrx_data"; runas=(--runas "$SLUICE_PG_USER"); fi
 (cd pg_ext && cargo pgrx test pg17 "${runas[@]}" --pgdata "$pgrx_data")
+
+step "build"
+scripts/build.sh
+
+step "unit and property tests: wire, agent"
+cargo test --release --quiet
 
 step "start PostgreSQL 17 for the end-to-end tests"
 eval "$(scripts/pg.sh start test)"

@@ -55,7 +55,10 @@ fn blob_to_hex(b: &[u8]) -> String {
 }
 
 /// One column of a batch as the `text[]` parameter of the upsert.
-pub fn column_to_texts(values: &[Value], is_key: bool) -> Result<Vec<Option<String>>, ConvertError> {
+pub fn column_to_texts(
+    values: &[Value],
+    is_key: bool,
+) -> Result<Vec<Option<String>>, ConvertError> {
     values
         .iter()
         .enumerate()
@@ -86,13 +89,28 @@ mod tests {
 
     #[test]
     fn reals_round_trip() {
-        for f in [0.1, -2.5e-300, 1e300, 123456.789, f64::MIN_POSITIVE, f64::MAX, 0.0, -0.0] {
+        for f in [
+            0.1,
+            -2.5e-300,
+            1e300,
+            123456.789,
+            f64::MIN_POSITIVE,
+            f64::MAX,
+            0.0,
+            -0.0,
+        ] {
             let s = value_to_text(&Value::Real(f)).unwrap();
             assert_eq!(s.parse::<f64>().unwrap().to_bits(), f.to_bits(), "{s}");
         }
         assert_eq!(value_to_text(&Value::Real(0.1)).as_deref(), Some("0.1"));
-        assert_eq!(value_to_text(&Value::Real(f64::NAN)).as_deref(), Some("NaN"));
-        assert_eq!(value_to_text(&Value::Real(f64::INFINITY)).as_deref(), Some("Infinity"));
+        assert_eq!(
+            value_to_text(&Value::Real(f64::NAN)).as_deref(),
+            Some("NaN")
+        );
+        assert_eq!(
+            value_to_text(&Value::Real(f64::INFINITY)).as_deref(),
+            Some("Infinity")
+        );
         assert_eq!(
             value_to_text(&Value::Real(f64::NEG_INFINITY)).as_deref(),
             Some("-Infinity")
@@ -119,8 +137,14 @@ mod tests {
             column_to_texts(&col, false).unwrap(),
             vec![Some("1".to_owned()), None]
         );
-        assert_eq!(column_to_texts(&col, true), Err(ConvertError::NullKey { row: 1 }));
+        assert_eq!(
+            column_to_texts(&col, true),
+            Err(ConvertError::NullKey { row: 1 })
+        );
         let col = vec![Value::Text("a\0b".into())];
-        assert_eq!(column_to_texts(&col, false), Err(ConvertError::NulInText { row: 0 }));
+        assert_eq!(
+            column_to_texts(&col, false),
+            Err(ConvertError::NulInText { row: 0 })
+        );
     }
 }

@@ -42,9 +42,9 @@ fn err(code: PgSqlErrorCode, msg: impl std::fmt::Display) -> SluiceError {
 /// The SQLSTATE of a batch that does not decode.
 pub fn wire_error_code(e: &WireError) -> PgSqlErrorCode {
     match e {
-        WireError::UnsupportedVersion { .. } | WireError::TooLarge { .. } | WireError::Invalid { .. } => {
-            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE
-        }
+        WireError::UnsupportedVersion { .. }
+        | WireError::TooLarge { .. }
+        | WireError::Invalid { .. } => PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
         _ => PgSqlErrorCode::ERRCODE_DATA_CORRUPTED,
     }
 }
@@ -193,7 +193,9 @@ fn registration(client: &SpiClient<'_>, edge_table: &str) -> Result<Registration
     let policy = Policy::parse(&policy_name).ok_or_else(|| {
         err(
             PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
-            format!("edge table '{edge_table}' has unknown policy '{policy_name}' in sluice.tables"),
+            format!(
+                "edge table '{edge_table}' has unknown policy '{policy_name}' in sluice.tables"
+            ),
         )
     })?;
     Ok(Registration {
@@ -213,6 +215,8 @@ struct ColumnPlan {
     batch_index: Vec<usize>,
     /// Indexes into `columns` of the key columns, in registration order.
     keys: Vec<usize>,
+    /// The key also includes `sluice_device` (filled from the batch header).
+    device_key: bool,
 }
 
 fn plan_columns(
@@ -279,7 +283,12 @@ fn plan_columns(
     }
 
     let mut keys = Vec::with_capacity(reg.key_columns.len());
+    let mut device_key = false;
     for k in &reg.key_columns {
+        if k == DEVICE_COLUMN {
+            device_key = true;
+            continue;
+        }
         let Some(i) = columns.iter().position(|c| &c.name == k) else {
             return Err(err(
                 PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN,
@@ -295,6 +304,7 @@ fn plan_columns(
         columns,
         batch_index,
         keys,
+        device_key,
     })
 }
 
@@ -323,10 +333,17 @@ fn upsert(
     args.push(batch.versions.clone().into());
     args.push(batch.header.device_id.as_str().into());
 
-    let sql = sqlgen::upsert_sql(&reg.target_sql, &plan.columns, &plan.keys, reg.policy);
+    let sql = sqlgen::upsert_sql(
+        &reg.target_sql,
+        &plan.columns,
+        &plan.keys,
+        plan.device_key,
+        reg.policy,
+    );
     let cached = PLANS.with(|p| p.borrow().contains_key(&sql));
     if !cached {
-        let mut types: Vec<PgOid> = vec![PgOid::BuiltIn(PgBuiltInOids::TEXTARRAYOID); plan.columns.len()];
+        let mut types: Vec<PgOid> =
+            vec![PgOid::BuiltIn(PgBuiltInOids::TEXTARRAYOID); plan.columns.len()];
         types.push(PgOid::BuiltIn(PgBuiltInOids::INT8ARRAYOID));
         types.push(PgOid::BuiltIn(PgBuiltInOids::TEXTOID));
         let stmt = client.prepare_mut(sql.as_str(), &types)?.keep();

@@ -112,7 +112,9 @@ mod tests {
     }
 
     fn text(query: &str) -> String {
-        Spi::get_one::<String>(query).unwrap().unwrap_or_else(|| "NULL".into())
+        Spi::get_one::<String>(query)
+            .unwrap()
+            .unwrap_or_else(|| "NULL".into())
     }
 
     fn count(query: &str) -> i64 {
@@ -149,12 +151,16 @@ mod tests {
             "readings {id} last_writer_wins"
         );
         // Registering again is allowed and changes the policy.
-        Spi::run("SELECT sluice.register_table('readings', 'readings', ARRAY['id'], 'insert_only')")
-            .unwrap();
+        Spi::run(
+            "SELECT sluice.register_table('readings', 'readings', ARRAY['id'], 'insert_only')",
+        )
+        .unwrap();
         assert_eq!(text("SELECT policy FROM sluice.tables"), "insert_only");
     }
 
-    #[pg_test(error = "sluice.register_table: unknown policy 'newest'; expected one of 'last_writer_wins', 'first_writer_wins', 'insert_only'")]
+    #[pg_test(
+        error = "sluice.register_table: unknown policy 'newest'; expected one of 'last_writer_wins', 'first_writer_wins', 'insert_only'"
+    )]
     fn register_refuses_an_unknown_policy() {
         Spi::run("CREATE TABLE t (id int PRIMARY KEY)").unwrap();
         Spi::run("SELECT sluice.register_table('t', 't', ARRAY['id'], 'newest')").unwrap();
@@ -201,7 +207,11 @@ mod tests {
             "dev-a",
             "readings",
             reading_columns(),
-            vec![(1, reading(1, "IDLE")), (2, reading(2, "BUSY")), (3, reading(3, "O'Hara \"q\""))],
+            vec![
+                (1, reading(1, "IDLE")),
+                (2, reading(2, "BUSY")),
+                (3, reading(3, "O'Hara \"q\"")),
+            ],
         );
         assert_eq!(ingest(&b), (3, 0, 0, false));
         assert_eq!(
@@ -235,20 +245,36 @@ mod tests {
     #[pg_test]
     fn damaged_or_unmappable_batches_apply_nothing() {
         setup_readings("last_writer_wins");
-        let good = make_batch("dev-a", "readings", reading_columns(), vec![(1, reading(1, "IDLE"))]);
+        let good = make_batch(
+            "dev-a",
+            "readings",
+            reading_columns(),
+            vec![(1, reading(1, "IDLE"))],
+        );
 
         let mut flipped = good.clone();
         let mid = flipped.len() / 2;
         flipped[mid] ^= 0x40;
         let r = try_ingest(&flipped);
-        assert!(r.starts_with("XX001: sluice.ingest: corrupt sluice batch: checksum mismatch"), "{r}");
+        assert!(
+            r.starts_with("XX001: sluice.ingest: corrupt sluice batch: checksum mismatch"),
+            "{r}"
+        );
 
         let r = try_ingest(&good[..good.len() - 5]);
         assert!(r.starts_with("XX001: sluice.ingest: "), "{r}");
         let r = try_ingest(b"hello");
-        assert!(r.starts_with("XX001: sluice.ingest: not a sluice batch"), "{r}");
+        assert!(
+            r.starts_with("XX001: sluice.ingest: not a sluice batch"),
+            "{r}"
+        );
 
-        let unknown_table = make_batch("dev-a", "elsewhere", reading_columns(), vec![(1, reading(1, "IDLE"))]);
+        let unknown_table = make_batch(
+            "dev-a",
+            "elsewhere",
+            reading_columns(),
+            vec![(1, reading(1, "IDLE"))],
+        );
         assert_eq!(
             try_ingest(&unknown_table),
             "42P01: sluice.ingest: edge table 'elsewhere' is not registered; call \
@@ -263,7 +289,9 @@ mod tests {
         let r = try_ingest(&unknown_column);
         assert!(
             r.starts_with("42703: sluice.ingest: batch dev-a/readings/")
-                && r.contains("column 'screenshot_path' does not exist in target table public.readings"),
+                && r.contains(
+                    "column 'screenshot_path' does not exist in target table public.readings"
+                ),
             "{r}"
         );
 
@@ -274,7 +302,10 @@ mod tests {
             vec![(1, vec![Value::Text("IDLE".into())])],
         );
         let r = try_ingest(&no_key);
-        assert!(r.contains("key column 'id' of target table public.readings is not in the batch"), "{r}");
+        assert!(
+            r.contains("key column 'id' of target table public.readings is not in the batch"),
+            "{r}"
+        );
 
         let null_key = make_batch(
             "dev-a",
@@ -283,14 +314,23 @@ mod tests {
             vec![(1, vec![Value::Integer(7)]), (2, vec![Value::Null])],
         );
         let r = try_ingest(&null_key);
-        assert!(r.starts_with("23502: ") && r.contains("row 2: key column 'id' is NULL"), "{r}");
+        assert!(
+            r.starts_with("23502: ") && r.contains("row 2: key column 'id' is NULL"),
+            "{r}"
+        );
 
         // A value PostgreSQL cannot read as the column's type: its own ERROR.
         let bad_value = make_batch(
             "dev-a",
             "readings",
-            vec![Column::new("id", ColumnType::Integer), Column::new("seen_at", ColumnType::Text)],
-            vec![(1, vec![Value::Integer(8), Value::Text("yesterday-ish".into())])],
+            vec![
+                Column::new("id", ColumnType::Integer),
+                Column::new("seen_at", ColumnType::Text),
+            ],
+            vec![(
+                1,
+                vec![Value::Integer(8), Value::Text("yesterday-ish".into())],
+            )],
         );
         let r = try_ingest(&bad_value);
         assert!(r.starts_with("22007: "), "{r}");
@@ -376,7 +416,11 @@ mod tests {
             "dev-a",
             "readings",
             reading_columns(),
-            vec![(2, reading(1, "old")), (3, reading(2, "x")), (4, reading(1, "new"))],
+            vec![
+                (2, reading(1, "old")),
+                (3, reading(2, "x")),
+                (4, reading(1, "new")),
+            ],
         );
         assert_eq!(ingest(&b), (2, 0, 1, false));
         assert_eq!(
@@ -384,7 +428,12 @@ mod tests {
             "1=new@4 2=x@3"
         );
         // A re-cut batch (new identity, same versions) changes nothing: all skipped.
-        let recut = make_batch("dev-a", "readings", reading_columns(), vec![(3, reading(2, "x")), (4, reading(1, "new"))]);
+        let recut = make_batch(
+            "dev-a",
+            "readings",
+            reading_columns(),
+            vec![(3, reading(2, "x")), (4, reading(1, "new"))],
+        );
         assert_eq!(ingest(&recut), (0, 0, 2, false));
     }
 
@@ -435,8 +484,14 @@ mod tests {
         let too_long = make_batch(
             "dev-a",
             "odd",
-            vec![Column::new("Key", ColumnType::Text), Column::new("v", ColumnType::Text)],
-            vec![(10, vec![Value::Text("k2".into()), Value::Text("abcd".into())])],
+            vec![
+                Column::new("Key", ColumnType::Text),
+                Column::new("v", ColumnType::Text),
+            ],
+            vec![(
+                10,
+                vec![Value::Text("k2".into()), Value::Text("abcd".into())],
+            )],
         );
         Spi::run(
             "CREATE FUNCTION public.try_ingest(b bytea) RETURNS text LANGUAGE plpgsql AS $$

@@ -46,12 +46,20 @@ pub fn register(
                 format!("key column '{k}' is listed twice"),
             ));
         }
-        if k == DEVICE_COLUMN || k == VERSION_COLUMN {
+        if k == VERSION_COLUMN {
             return Err(fail(
                 PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
                 format!("'{k}' is a sluice bookkeeping column and cannot be a key column"),
             ));
         }
+    }
+    // sluice_device may be part of a key (rows numbered per device, such as
+    // an edge table's rowid), never all of it.
+    if key_columns.iter().all(|k| k == DEVICE_COLUMN) {
+        return Err(fail(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!("'{DEVICE_COLUMN}' alone cannot be the key: add the columns that identify a row within one device"),
+        ));
     }
 
     Spi::connect_mut(|client| {
@@ -89,7 +97,12 @@ pub fn register(
                 existing.push((n, t));
             }
         }
-        let type_of = |name: &str| existing.iter().find(|(n, _)| n == name).map(|(_, t)| t.as_str());
+        let type_of = |name: &str| {
+            existing
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, t)| t.as_str())
+        };
         for k in key_columns {
             if type_of(k).is_none() {
                 return Err(fail(
@@ -165,7 +178,11 @@ pub fn register(
             }
         }
         if !adds.is_empty() {
-            client.update(&format!("ALTER TABLE {target_sql} {}", adds.join(", ")), None, &[])?;
+            client.update(
+                &format!("ALTER TABLE {target_sql} {}", adds.join(", ")),
+                None,
+                &[],
+            )?;
         }
 
         client.update(

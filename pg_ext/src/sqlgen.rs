@@ -105,8 +105,17 @@ pub struct TargetColumn {
 /// column's type in SQL), `$n+1` the row versions (`bigint[]`), `$n+2` the
 /// device (`text`). Rows with the same key inside the batch are reduced to the
 /// one the policy keeps, so that `ON CONFLICT` never meets a row twice.
+/// `device_key`: the registration's key includes `sluice_device`, which
+/// the batch does not carry as a column (it is the batch's device, the same
+/// for every row): it joins the conflict target but not the reduction.
 /// Returns one row: `(inserted bigint, updated bigint)`.
-pub fn upsert_sql(target: &str, columns: &[TargetColumn], keys: &[usize], policy: Policy) -> String {
+pub fn upsert_sql(
+    target: &str,
+    columns: &[TargetColumn],
+    keys: &[usize],
+    device_key: bool,
+    policy: Policy,
+) -> String {
     let n = columns.len();
     let mut sql = String::with_capacity(256 + 64 * n);
     // Typed rows.
@@ -144,7 +153,12 @@ pub fn upsert_sql(target: &str, columns: &[TargetColumn], keys: &[usize], policy
         let _ = write!(sql, "c{}, ", i + 1);
     }
     let _ = write!(sql, "${}::text, v FROM src\n  ON CONFLICT (", n + 2);
-    push_list(&mut sql, keys.iter().map(|&k| quote_ident(&columns[k].name)));
+    push_list(
+        &mut sql,
+        keys.iter()
+            .map(|&k| quote_ident(&columns[k].name))
+            .chain(device_key.then(|| quote_ident(DEVICE_COLUMN))),
+    );
     sql.push_str(") ");
     match policy.update_condition() {
         None => sql.push_str("DO NOTHING"),
@@ -219,7 +233,13 @@ mod tests {
     #[test]
     fn last_writer_wins_statement() {
         let cols = [col("id", "bigint"), col("state", "text")];
-        let sql = upsert_sql(r#""public"."t""#, &cols, &[0], Policy::LastWriterWins);
+        let sql = upsert_sql(
+            r#""public"."t""#,
+            &cols,
+            &[0],
+            false,
+            Policy::LastWriterWins,
+        );
         let expected = r#"WITH src AS (
   SELECT DISTINCT ON (s.c1) s.* FROM (
     SELECT u.c1::bigint AS c1, u.c2::text AS c2, u.v AS v
@@ -240,11 +260,18 @@ SELECT count(*) FILTER (WHERE ins), count(*) FILTER (WHERE NOT ins) FROM up"#;
 
     #[test]
     fn first_writer_wins_keeps_the_lowest_version() {
-        let cols = [col("a", "text"), col("b", "integer"), col("x", "double precision")];
-        let sql = upsert_sql("t", &cols, &[1, 0], Policy::FirstWriterWins);
+        let cols = [
+            col("a", "text"),
+            col("b", "integer"),
+            col("x", "double precision"),
+        ];
+        let sql = upsert_sql("t", &cols, &[1, 0], false, Policy::FirstWriterWins);
         assert!(sql.contains("DISTINCT ON (s.c2, s.c1)"), "{sql}");
         assert!(sql.contains("ORDER BY s.c2, s.c1, s.v ASC"), "{sql}");
-        assert!(sql.contains(r#"ON CONFLICT ("b", "a") DO UPDATE SET "x" = EXCLUDED."x", "#), "{sql}");
+        assert!(
+            sql.contains(r#"ON CONFLICT ("b", "a") DO UPDATE SET "x" = EXCLUDED."x", "#),
+            "{sql}"
+        );
         assert!(sql.contains(
             r#"WHERE (EXCLUDED."sluice_version", EXCLUDED."sluice_device") < (t."sluice_version""#
         ));
@@ -255,15 +282,26 @@ SELECT count(*) FILTER (WHERE ins), count(*) FILTER (WHERE NOT ins) FROM up"#;
     #[test]
     fn insert_only_does_nothing_on_conflict() {
         let cols = [col("k", "text")];
-        let sql = upsert_sql("t", &cols, &[0], Policy::InsertOnly);
+        let sql = upsert_sql("t", &cols, &[0], false, Policy::InsertOnly);
         assert!(sql.contains(r#"ON CONFLICT ("k") DO NOTHING"#), "{sql}");
         assert!(!sql.contains("DO UPDATE"), "{sql}");
     }
 
     #[test]
+    fn device_in_the_key_joins_the_conflict_target_only() {
+        let cols = [col("id", "bigint"), col("x", "text")];
+        let sql = upsert_sql("t", &cols, &[0], true, Policy::LastWriterWins);
+        assert!(
+            sql.contains(r#"ON CONFLICT ("id", "sluice_device")"#),
+            "{sql}"
+        );
+        assert!(sql.contains("SELECT DISTINCT ON (s.c1)"), "{sql}");
+    }
+
+    #[test]
     fn key_only_table_still_updates_bookkeeping() {
         let cols = [col("k", "text")];
-        let sql = upsert_sql("t", &cols, &[0], Policy::LastWriterWins);
+        let sql = upsert_sql("t", &cols, &[0], false, Policy::LastWriterWins);
         assert!(sql.contains(
             r#"DO UPDATE SET "sluice_device" = EXCLUDED."sluice_device", "sluice_version" = EXCLUDED."sluice_version""#
         ));
@@ -271,9 +309,20 @@ SELECT count(*) FILTER (WHERE ins), count(*) FILTER (WHERE NOT ins) FROM up"#;
 
     #[test]
     fn hostile_names_are_quoted_everywhere() {
-        let cols = [col(r#"k"); DROP TABLE x; --"#, "text"), col("Mixed Case", "text")];
-        let sql = upsert_sql(&quote_qualified("s", r#"t""#), &cols, &[0], Policy::LastWriterWins);
-        assert!(sql.contains(r#"INSERT INTO "s"."t""" AS t ("k""); DROP TABLE x; --", "Mixed Case""#));
+        let cols = [
+            col(r#"k"); DROP TABLE x; --"#, "text"),
+            col("Mixed Case", "text"),
+        ];
+        let sql = upsert_sql(
+            &quote_qualified("s", r#"t""#),
+            &cols,
+            &[0],
+            false,
+            Policy::LastWriterWins,
+        );
+        assert!(
+            sql.contains(r#"INSERT INTO "s"."t""" AS t ("k""); DROP TABLE x; --", "Mixed Case""#)
+        );
         assert!(sql.contains(r#"ON CONFLICT ("k""); DROP TABLE x; --")"#));
     }
 

@@ -48,14 +48,19 @@ mod tests {
 
     #[test]
     fn control_file_takes_the_crate_version() {
-        let control = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("sluice.control"))
-            .expect("pg_ext/sluice.control exists");
+        let control =
+            std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("sluice.control"))
+                .expect("pg_ext/sluice.control exists");
         let line = control
             .lines()
             .find(|l| l.trim_start().starts_with("default_version"))
             .expect("sluice.control has a default_version");
         assert!(line.contains("'@CARGO_VERSION@'"), "{line}");
-        for needed in ["schema = sluice", "relocatable = false", "requires = 'vector'"] {
+        for needed in [
+            "schema = sluice",
+            "relocatable = false",
+            "requires = 'vector'",
+        ] {
             assert!(control.contains(needed), "sluice.control lacks `{needed}`");
         }
     }
@@ -81,7 +86,11 @@ mod tests {
 
     #[test]
     fn upgrade_chains() {
-        let steps = upgrade_steps(["sluice--0.1.0--0.2.0.sql", "sluice--0.2.0--0.3.0.sql", "README.md"]);
+        let steps = upgrade_steps([
+            "sluice--0.1.0--0.2.0.sql",
+            "sluice--0.2.0--0.3.0.sql",
+            "README.md",
+        ]);
         assert_eq!(steps.len(), 2);
         assert!(reachable("0.1.0", "0.3.0", &steps));
         assert!(reachable("0.1.0", "0.1.0", &steps));
