@@ -11,6 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
 t0=$SECONDS
+results=$(mktemp /tmp/sluice-test-results.XXXXXX)
 step() { printf '\n==> %s  [%ds]\n' "$*" $((SECONDS - t0)); }
 
 step "setup"
@@ -23,13 +24,14 @@ pgrx_data=/tmp/sluice-pgrx-test
 mkdir -p "$pgrx_data"
 runas=()
 if [ "$(id -u)" -eq 0 ]; then chown "$SLUICE_PG_USER:" "$pgrx_data"; runas=(--runas "$SLUICE_PG_USER"); fi
-(cd pg_ext && cargo pgrx test pg17 "${runas[@]}" --pgdata "$pgrx_data")
+(cd pg_ext && cargo pgrx test pg17 "${runas[@]}" --pgdata "$pgrx_data") 2>&1 | tee -a "$results"
 
 step "build"
 scripts/build.sh
 
-step "unit and property tests: wire, agent"
-cargo test --release --quiet
+step "unit and property tests: wire, agent, sqlite_ext"
+cargo test --release --quiet 2>&1 | tee -a "$results"
+cargo test --release --quiet -p sluice-sqlite 2>&1 | tee -a "$results"
 
 step "start PostgreSQL 17 for the end-to-end tests"
 eval "$(scripts/pg.sh start test)"
@@ -38,8 +40,14 @@ export SLUICE_SQLITE_EXT="$SLUICE_ROOT/target/release/sluice0.so"
 export SLUICE_AGENT_BIN="$SLUICE_ROOT/target/release/sluice"
 
 step "end-to-end tests (tests/)"
-cargo test --release -p sluice-tests
+cargo test --release -p sluice-tests 2>&1 | tee -a "$results"
 
 step "SQLite extension and SQL-only recipe (pytest, /usr/bin/python3)"
-/usr/bin/python3 -m pytest -q tests/python
-step "all tests passed"
+/usr/bin/python3 -m pytest -q tests/python 2>&1 | tee -a "$results"
+
+# One closing line over every runner: cargo's "N passed; M failed" and
+# pytest's "N passed".
+awk '/^test result:/ { p += $4; f += $6 }
+     /^[0-9]+ passed/ { p += $1 }
+     / [0-9]+ failed/ { for (i = 1; i < NF; i++) if ($(i+1) ~ /^failed/ && $0 !~ /^test result/) f += $i }
+     END { printf "total: %d passed, %d failed\n", p, f }' "$results"
