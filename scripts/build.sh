@@ -18,4 +18,9 @@ log "agent -> target/release/sluice"
 cargo build --release --quiet -p sluice-agent
 
 log "pg_ext -> installed into $SLUICE_PG"
-(cd pg_ext && cargo pgrx install --release --pg-config "$SLUICE_PG/bin/pg_config" >/dev/null)
+mkdir -p "$SLUICE_CACHE/logs"
+if ! (cd pg_ext && cargo pgrx install --release --pg-config "$SLUICE_PG/bin/pg_config") >"$SLUICE_CACHE/logs/pgrx-install.log" 2>&1; then
+  cat "$SLUICE_CACHE/logs/pgrx-install.log" >&2
+  echo "[build] cargo pgrx install failed" >&2
+  exit 1
+fi

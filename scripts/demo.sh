@@ -30,7 +30,7 @@ echo "== 2. edge: $work/edge.db with sql/edge_schema.sql"
 sqlite3 "$work/edge.db" ".load target/release/sluice0" ".read sql/edge_schema.sql" >/dev/null
 
 echo "== 3. pipeline: 30 minutes of 4 cameras through sluice_insert"
-/usr/bin/python3 scripts/simulate.py --db "$work/edge.db" --ext target/release/sluice0 --cameras 4 --minutes 30
+/usr/bin/python3 scripts/simulate.py --db "$work/edge.db" --ext target/release/sluice0 --cameras 4 --minutes 30 --ago 40
 sqlite3 "$work/edge.db" ".load target/release/sluice0" \
   "SELECT '   pending: ' || group_concat(tbl || ' ' || sluice_pending(tbl), ', ') FROM sluice_tables;"
 
@@ -46,13 +46,23 @@ extension = "$SLUICE_ROOT/target/release/sluice0.so"
 url = "postgres://postgres@127.0.0.1:$PGPORT/cloud"
 TOML
 
+export SLUICE_LOG=warn
 echo "== 4. sluice sync --config $work/sluice.toml"
+target/release/sluice sync --config "$work/sluice.toml"
+
+echo
+echo "== 5. the pipeline closes its sessions and renames a camera (updates of mutable"
+echo "      tables make those rows pending again); 10 more minutes of data; sync again"
+sqlite3 "$work/edge.db" ".load target/release/sluice0" \
+  "UPDATE sessions SET ended_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') WHERE ended_at IS NULL;" \
+  "UPDATE cameras SET name = 'Entrance' WHERE camera_id = 'cam-01';"
+/usr/bin/python3 scripts/simulate.py --db "$work/edge.db" --ext target/release/sluice0 --cameras 4 --minutes 10 --ago 10 --seed 7
 target/release/sluice sync --config "$work/sluice.toml"
 echo
 target/release/sluice status --config "$work/sluice.toml"
 
 echo
-echo "== 5. in PostgreSQL"
+echo "== 6. in PostgreSQL"
 "${PSQL[@]}" -d cloud <<'SQL'
 \echo rows per table
 SELECT 'division_states' AS "table", count(*) FROM division_states UNION ALL
@@ -68,8 +78,10 @@ FROM division_states ORDER BY camera_id, recorded_at DESC;
 \echo busiest 5-minute windows (people per sample)
 SELECT date_bin('5 minutes', recorded_at, timestamptz '2000-01-01') AS window, round(avg(people_count), 1) AS avg_people, max(people_count) AS max_people
 FROM metrics GROUP BY 1 ORDER BY 2 DESC LIMIT 3;
-\echo sessions (closed after insert: the update synced too)
-SELECT camera_id, started_at, ended_at FROM sessions ORDER BY camera_id;
+\echo sessions (the first ones were closed after they had synced: the update synced too)
+SELECT camera_id, started_at, ended_at FROM sessions ORDER BY camera_id, started_at;
+\echo cameras
+SELECT camera_id, name FROM cameras ORDER BY camera_id;
 \echo devices as the cloud sees them
 SELECT * FROM sluice.devices;
 SQL

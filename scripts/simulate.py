@@ -7,7 +7,9 @@ seconds, table state changes, one key frame (about 4 KB) a minute with a text
 description; per box: health every minute. Run with Debian's /usr/bin/python3
 (its sqlite3 module can load extensions).
 
-    simulate.py --db edge.db --ext target/release/sluice0.so --cameras 4 --minutes 30
+    simulate.py --db edge.db --ext target/release/sluice0.so --cameras 4 --minutes 30 [--ago 40]
+
+Each run opens a new session per camera; cameras are added once.
 """
 import argparse
 import datetime as dt
@@ -39,7 +41,7 @@ def main():
     ap.add_argument("--cameras", type=int, default=4)
     ap.add_argument("--minutes", type=int, default=30)
     ap.add_argument("--seed", type=int, default=42)
-    ap.add_argument("--start", default=None, help="ISO start time (default: now - minutes)")
+    ap.add_argument("--ago", type=int, default=None, help="start this many minutes ago (default: --minutes)")
     args = ap.parse_args()
 
     rnd = random.Random(args.seed)
@@ -49,7 +51,7 @@ def main():
     con.enable_load_extension(False)
 
     now = dt.datetime.now(dt.timezone.utc)
-    start = dt.datetime.fromisoformat(args.start.replace("Z", "+00:00")) if args.start else now - dt.timedelta(minutes=args.minutes)
+    start = now - dt.timedelta(minutes=args.ago if args.ago is not None else args.minutes)
     seconds = args.minutes * 60
     loc = args.location
 
@@ -58,9 +60,10 @@ def main():
             con.execute("SELECT sluice_insert(?, ?)", (table, json.dumps(rows[i:i + 1000])))
 
     cams = [f"cam-{c:02d}" for c in range(1, args.cameras + 1)]
+    known = {r[0] for r in con.execute("SELECT camera_id FROM cameras")}
     insert("cameras", [{"camera_id": c, "location_id": loc, "name": f"Camera {c[-2:]}",
                         "stream_url": f"rtsp://admin:secret@10.0.0.{i + 10}/stream", "enabled": 1}
-                       for i, c in enumerate(cams)])
+                       for i, c in enumerate(cams) if c not in known])
     sessions = {c: f"{loc}-{c}-{start:%Y%m%d%H%M}" for c in cams}
     insert("sessions", [{"session_id": s, "location_id": loc, "camera_id": c, "started_at": iso(start), "ended_at": None}
                         for c, s in sessions.items()])
@@ -108,8 +111,6 @@ def main():
                                "cpu_pct": round(rnd.uniform(20, 90), 1), "mem_used_mb": round(rnd.uniform(900, 3000), 1),
                                "disk_free_mb": round(rnd.uniform(20000, 40000), 1), "temp_c": round(rnd.uniform(45, 80), 1)}
                               for m in range(args.minutes)])
-    # Sessions close at the end: an update of a mutable table.
-    con.execute("UPDATE sessions SET ended_at = ? WHERE ended_at IS NULL", (iso(start + dt.timedelta(seconds=seconds)),))
     con.commit()
     counts["health_metrics"] = args.minutes
     print("simulated " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
