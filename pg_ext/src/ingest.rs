@@ -10,7 +10,7 @@ use std::collections::HashMap;
 
 use pgrx::prelude::*;
 use pgrx::spi::{OwnedPreparedStatement, SpiClient};
-use sluice_wire::{decode, Batch, BatchId, WireError};
+use sluice_wire::{decode, decode_header, Batch, BatchId, WireError};
 
 use crate::convert::{column_to_texts, ConvertError};
 use crate::error::{Result, SluiceError};
@@ -57,9 +57,16 @@ fn sent_at_ms(ms: i64) -> Option<i64> {
 }
 
 pub fn ingest(bytes: &[u8]) -> Result<Outcome> {
-    let batch = decode(bytes).map_err(|e| err(wire_error_code(&e), e))?;
-    let h = &batch.header;
+    // The header (with the checksum over the whole batch) is enough to claim
+    // the identity, so a replay costs a ledger lookup, not a decompression.
+    let header = decode_header(bytes).map_err(|e| err(wire_error_code(&e), e))?;
+    let h = &header;
     let id = h.id();
+    // decode_header verified the CRC-32C stored in the last four bytes.
+    let checksum = bytes
+        .last_chunk::<4>()
+        .map(|b| u32::from_le_bytes(*b))
+        .unwrap_or_default();
     let row_count = i64::from(h.row_count);
 
     Spi::connect_mut(|client| {
@@ -79,7 +86,7 @@ pub fn ingest(bytes: &[u8]) -> Result<Outcome> {
                     h.base_seq.into(),
                     h.last_seq.into(),
                     (h.row_count as i32).into(),
-                    i64::from(batch.checksum).into(),
+                    i64::from(checksum).into(),
                     sent_at_ms(h.sent_at_ms).into(),
                 ],
             )?
@@ -93,7 +100,8 @@ pub fn ingest(bytes: &[u8]) -> Result<Outcome> {
             });
         }
 
-        // 3. Registration and schema check.
+        // 3. The rows, then registration and schema check.
+        let batch = decode(bytes).map_err(|e| err(wire_error_code(&e), e))?;
         let reg = registration(client, &h.table)?;
         let plan = plan_columns(client, &batch, &id, &reg)?;
 
