@@ -55,6 +55,26 @@ impl Cloud {
         Ok(Cloud { client })
     }
 
+    pub fn client_mut(&mut self) -> &mut Client {
+        &mut self.client
+    }
+
+    /// The cloud's view of `device`: clock skew (ms) and last batch time.
+    pub async fn device_view(
+        &self,
+        device: &str,
+    ) -> anyhow::Result<Option<(Option<i64>, Option<String>)>> {
+        let row = self
+            .client
+            .query_opt(
+                "SELECT clock_skew_ms, to_char(last_batch_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') FROM sluice.devices WHERE device_id = $1",
+                &[&device],
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!(describe(&e)))?;
+        Ok(row.map(|r| (r.get(0), r.get(1))))
+    }
+
     pub fn is_closed(&self) -> bool {
         self.client.is_closed()
     }
@@ -93,7 +113,7 @@ fn read_password(cfg: &CloudConfig) -> anyhow::Result<Option<String>> {
 }
 
 /// The server's message (with detail and hint) when there is one.
-fn describe(e: &tokio_postgres::Error) -> String {
+pub fn describe(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => {
             let mut s = format!("{} ({})", db.message(), db.code().code());

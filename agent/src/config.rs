@@ -48,6 +48,134 @@ pub struct Config {
     pub cloud: CloudConfig,
     #[serde(default)]
     pub sync: SyncConfig,
+    #[serde(default)]
+    pub schedule: ScheduleConfig,
+    #[serde(default)]
+    pub cleanup: CleanupConfig,
+    #[serde(default)]
+    pub budget: BudgetConfig,
+}
+
+/// `[schedule]`: when `sluice run` runs each job. Cron expressions with a
+/// seconds field (`sec min hour day month weekday`), in UTC; `"off"` disables
+/// a job. A job never runs twice at once (jobs run one after another), and a
+/// run missed while the agent was down runs once at start.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleConfig {
+    /// Rollups (`sluice_rollup_run`): every 5 minutes.
+    #[serde(default = "default_rollup_cron")]
+    pub rollup: String,
+    /// Embeddings of key-frame descriptions: every minute.
+    #[serde(default = "default_embed_cron")]
+    pub embed: String,
+    /// Incremental sync (bandwidth-capped, time-limited): hourly.
+    #[serde(default = "default_sync_cron")]
+    pub sync: String,
+    /// Full sync (uncapped, until nothing is pending): 03:00 every day.
+    #[serde(default = "default_full_sync_cron")]
+    pub full_sync: String,
+    /// Local cleanup of acknowledged rows: hourly, at half past.
+    #[serde(default = "default_cleanup_cron")]
+    pub cleanup: String,
+    /// Storage budget enforcement: every 10 minutes (only with `budget.max_bytes`).
+    #[serde(default = "default_budget_cron")]
+    pub budget: String,
+}
+
+pub const DEFAULT_ROLLUP_CRON: &str = "0 */5 * * * *";
+pub const DEFAULT_EMBED_CRON: &str = "30 * * * * *";
+pub const DEFAULT_SYNC_CRON: &str = "0 0 * * * *";
+pub const DEFAULT_FULL_SYNC_CRON: &str = "0 0 3 * * *";
+pub const DEFAULT_CLEANUP_CRON: &str = "0 30 * * * *";
+pub const DEFAULT_BUDGET_CRON: &str = "0 */10 * * * *";
+
+fn default_rollup_cron() -> String {
+    DEFAULT_ROLLUP_CRON.into()
+}
+fn default_embed_cron() -> String {
+    DEFAULT_EMBED_CRON.into()
+}
+fn default_sync_cron() -> String {
+    DEFAULT_SYNC_CRON.into()
+}
+fn default_full_sync_cron() -> String {
+    DEFAULT_FULL_SYNC_CRON.into()
+}
+fn default_cleanup_cron() -> String {
+    DEFAULT_CLEANUP_CRON.into()
+}
+fn default_budget_cron() -> String {
+    DEFAULT_BUDGET_CRON.into()
+}
+
+impl Default for ScheduleConfig {
+    fn default() -> Self {
+        ScheduleConfig {
+            rollup: default_rollup_cron(),
+            embed: default_embed_cron(),
+            sync: default_sync_cron(),
+            full_sync: default_full_sync_cron(),
+            cleanup: default_cleanup_cron(),
+            budget: default_budget_cron(),
+        }
+    }
+}
+
+impl ScheduleConfig {
+    /// The parsed entries of the jobs that are on.
+    pub fn entries(&self) -> anyhow::Result<Vec<crate::schedule::Entry>> {
+        use crate::schedule::{parse, Job};
+        let mut out = Vec::new();
+        for (job, expr) in [
+            (Job::Rollup, &self.rollup),
+            (Job::Embed, &self.embed),
+            (Job::Sync, &self.sync),
+            (Job::FullSync, &self.full_sync),
+            (Job::Cleanup, &self.cleanup),
+            (Job::Budget, &self.budget),
+        ] {
+            out.extend(parse(job, expr)?);
+        }
+        Ok(out)
+    }
+}
+
+/// `[cleanup]`: local cleanup of rows the cloud has acknowledged.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CleanupConfig {
+    /// Keep acknowledged rows this long after their acknowledgement
+    /// (`sluice_cleanup`'s `keep`: "24 hours", "90 minutes", "7 days", seconds).
+    #[serde(default = "default_keep")]
+    pub keep: String,
+    /// Tables to clean; default every tracked table.
+    pub tables: Option<Vec<String>>,
+}
+
+pub const DEFAULT_CLEANUP_KEEP: &str = "24 hours";
+
+fn default_keep() -> String {
+    DEFAULT_CLEANUP_KEEP.into()
+}
+
+impl Default for CleanupConfig {
+    fn default() -> Self {
+        CleanupConfig {
+            keep: default_keep(),
+            tables: None,
+        }
+    }
+}
+
+/// `[budget]`: the bounded local buffer.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BudgetConfig {
+    /// The most bytes the edge database may use. When a long outage outgrows
+    /// it, raw rows that are already rolled up are dropped first, oldest
+    /// first, each drop counted (`sluice status`). Unset: no budget.
+    pub max_bytes: Option<u64>,
 }
 
 /// `[device]`: who this box is.
@@ -94,6 +222,9 @@ pub struct CloudConfig {
     /// Seconds to wait for a connection.
     #[serde(default = "default_connect_timeout")]
     pub connect_timeout_secs: u64,
+    /// Folder of the cloud schema's migrations (`NNNN_name.sql`), applied in
+    /// order by `sluice migrate`.
+    pub migrations: Option<PathBuf>,
 }
 
 fn default_connect_timeout() -> u64 {
@@ -119,6 +250,22 @@ pub struct SyncConfig {
     /// The ceiling of any wait between retries, in milliseconds.
     #[serde(default = "default_backoff_max_ms")]
     pub backoff_max_ms: u64,
+    /// Uplink cap for the incremental sync, in bytes per second of batches
+    /// sent (0: uncapped). The full sync and `sluice sync --mode full` ignore it.
+    #[serde(default)]
+    pub bandwidth_bytes_per_sec: u64,
+    /// The incremental sync stops starting new batches after this many
+    /// seconds (0: no limit); what is left goes at the next run.
+    #[serde(default = "default_max_run_secs")]
+    pub max_run_secs: u64,
+}
+
+/// An hourly sync that has not finished after 50 minutes leaves the rest to
+/// the next one instead of overlapping it.
+pub const DEFAULT_MAX_RUN_SECS: u64 = 3000;
+
+fn default_max_run_secs() -> u64 {
+    DEFAULT_MAX_RUN_SECS
 }
 
 fn default_batch_rows() -> u32 {
@@ -142,6 +289,8 @@ impl Default for SyncConfig {
             max_attempts: DEFAULT_MAX_ATTEMPTS,
             backoff_initial_ms: DEFAULT_BACKOFF_INITIAL_MS,
             backoff_max_ms: DEFAULT_BACKOFF_MAX_MS,
+            bandwidth_bytes_per_sec: 0,
+            max_run_secs: DEFAULT_MAX_RUN_SECS,
         }
     }
 }
@@ -169,6 +318,9 @@ impl Config {
         }
         if let Some(pw) = &cfg.cloud.password_file {
             cfg.cloud.password_file = Some(base.join(pw));
+        }
+        if let Some(m) = &cfg.cloud.migrations {
+            cfg.cloud.migrations = Some(base.join(m));
         }
         Ok(cfg)
     }
@@ -201,6 +353,13 @@ impl Config {
         }
         if self.sync.backoff_initial_ms > self.sync.backoff_max_ms {
             bail!("sync.backoff_initial_ms must not exceed sync.backoff_max_ms");
+        }
+        self.schedule.entries()?;
+        if self.cleanup.keep.trim().is_empty() {
+            bail!("cleanup.keep must not be empty (e.g. \"24 hours\")");
+        }
+        if self.budget.max_bytes == Some(0) {
+            bail!("budget.max_bytes must be positive; leave it out for no budget");
         }
         Ok(())
     }
@@ -291,6 +450,18 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("device.id"), "{err}");
+    }
+
+    #[test]
+    fn schedule_defaults_and_errors() {
+        let cfg = Config::parse(MINIMAL).unwrap();
+        assert_eq!(cfg.schedule.entries().unwrap().len(), 6);
+        let err = Config::parse(&format!("{MINIMAL}\n[schedule]\nsync = \"hourly\""))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("schedule.sync"), "{err}");
+        let cfg = Config::parse(&format!("{MINIMAL}\n[schedule]\nembed = \"off\"")).unwrap();
+        assert_eq!(cfg.schedule.entries().unwrap().len(), 5);
     }
 
     #[test]

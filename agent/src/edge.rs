@@ -25,6 +25,44 @@ pub struct TableStatus {
     pub last_ack_ms: Option<i64>,
 }
 
+/// The agent's record of one job run, kept at the edge in `sluice_sync_log`:
+/// the answer to "did last night's sync work?".
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct LogEntry {
+    pub id: i64,
+    /// `sync`, `full_sync`, `cleanup`, `rollup`, `embed`, `budget`.
+    pub kind: String,
+    pub started_at: String,
+    pub ended_at: Option<String>,
+    pub batches: i64,
+    pub rows: i64,
+    pub bytes: i64,
+    /// `running` (or killed while running), `success`, `partial`, `failed`, `skipped`.
+    pub status: String,
+    pub error: Option<String>,
+}
+
+/// Rows of `sluice_sync_log` kept; older ones are pruned.
+pub const SYNC_LOG_KEEP_ROWS: i64 = 10_000;
+
+const SYNC_LOG_DDL: &str = "CREATE TABLE IF NOT EXISTS sluice_sync_log (
+    id         INTEGER PRIMARY KEY,
+    kind       TEXT NOT NULL,
+    started_at TEXT NOT NULL,
+    ended_at   TEXT,
+    batches    INTEGER NOT NULL DEFAULT 0,
+    rows       INTEGER NOT NULL DEFAULT 0,
+    bytes      INTEGER NOT NULL DEFAULT 0,
+    status     TEXT NOT NULL,
+    error      TEXT
+);
+CREATE INDEX IF NOT EXISTS sluice_sync_log_kind ON sluice_sync_log (kind, started_at);";
+
+/// Now, as ISO-8601 UTC text with milliseconds (what the log stores).
+pub fn now_iso() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
 impl Edge {
     /// Opens the database, loads the extension and sets the device id.
     pub fn open(cfg: &Config) -> anyhow::Result<Edge> {
@@ -109,6 +147,98 @@ impl Edge {
         self.conn
             .query_row("SELECT sluice_ack(?1)", [batch], |r| r.get(0))
             .context("cannot acknowledge the batch at the edge")
+    }
+
+    /// Whether the loaded extension has SQL function `name` (newer functions
+    /// such as `sluice_rollup_run` are used only where present).
+    pub fn has_function(&self, name: &str) -> bool {
+        self.conn
+            .query_row(
+                "SELECT count(*) > 0 FROM pragma_function_list WHERE name = ?1",
+                [name],
+                |r| r.get(0),
+            )
+            .unwrap_or(false)
+    }
+
+    /// Runs a statement that returns one integer (`SELECT sluice_...(...)`).
+    pub fn query_i64(&self, sql: &str, params: impl rusqlite::Params) -> anyhow::Result<i64> {
+        self.conn
+            .query_row(sql, params, |r| r.get::<_, Option<i64>>(0))
+            .map(Option::unwrap_or_default)
+            .with_context(|| format!("{sql} failed"))
+    }
+
+    /// The underlying connection, for jobs that run their own SQL.
+    pub fn connection(&self) -> &Connection {
+        &self.conn
+    }
+
+    pub fn ensure_log(&self) -> anyhow::Result<()> {
+        self.conn
+            .execute_batch(SYNC_LOG_DDL)
+            .context("cannot create sluice_sync_log in the edge database")
+    }
+
+    /// Records the start of a job run; returns its log id.
+    pub fn log_start(&self, kind: &str) -> anyhow::Result<i64> {
+        self.ensure_log()?;
+        self.conn.execute(
+            "INSERT INTO sluice_sync_log (kind, started_at, status) VALUES (?1, ?2, 'running')",
+            rusqlite::params![kind, now_iso()],
+        )?;
+        let id = self.conn.last_insert_rowid();
+        self.conn.execute(
+            "DELETE FROM sluice_sync_log WHERE id <= ?1 - ?2",
+            rusqlite::params![id, SYNC_LOG_KEEP_ROWS],
+        )?;
+        Ok(id)
+    }
+
+    /// Records the end of a job run.
+    pub fn log_end(&self, id: i64, e: &LogEntry) -> anyhow::Result<()> {
+        self.conn.execute(
+            "UPDATE sluice_sync_log SET ended_at = ?2, batches = ?3, rows = ?4, bytes = ?5, status = ?6, error = ?7 WHERE id = ?1",
+            rusqlite::params![id, now_iso(), e.batches, e.rows, e.bytes, e.status, e.error],
+        )?;
+        Ok(())
+    }
+
+    /// When `kind` last started, if ever.
+    pub fn last_run(&self, kind: &str) -> anyhow::Result<Option<chrono::DateTime<chrono::Utc>>> {
+        self.ensure_log()?;
+        let t: Option<String> = self.conn.query_row(
+            "SELECT max(started_at) FROM sluice_sync_log WHERE kind = ?1",
+            [kind],
+            |r| r.get(0),
+        )?;
+        Ok(
+            t.and_then(|t| chrono::DateTime::parse_from_rfc3339(&t).ok())
+                .map(|t| t.with_timezone(&chrono::Utc)),
+        )
+    }
+
+    /// The most recent log entries, newest first.
+    pub fn recent_log(&self, limit: i64) -> anyhow::Result<Vec<LogEntry>> {
+        self.ensure_log()?;
+        let mut stmt = self.conn.prepare(
+            "SELECT id, kind, started_at, ended_at, batches, rows, bytes, status, error
+             FROM sluice_sync_log ORDER BY id DESC LIMIT ?1",
+        )?;
+        let rows = stmt.query_map([limit], |r| {
+            Ok(LogEntry {
+                id: r.get(0)?,
+                kind: r.get(1)?,
+                started_at: r.get(2)?,
+                ended_at: r.get(3)?,
+                batches: r.get(4)?,
+                rows: r.get(5)?,
+                bytes: r.get(6)?,
+                status: r.get(7)?,
+                error: r.get(8)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     pub fn pending(&self, table: &str) -> anyhow::Result<i64> {

@@ -1,23 +1,32 @@
 //! `sluice`, the edge agent and CLI. It moves batches of rows from the edge
 //! SQLite database (with `sluice0.so` loaded) to the cloud PostgreSQL (with
-//! the `sluice` extension), and acknowledges them at the edge.
+//! the `sluice` extension), acknowledges them at the edge, and runs the other
+//! edge jobs on a cron schedule.
 //!
 //! - [`config`]: the TOML configuration; its doc comments are the reference.
 //! - [`edge`]: the SQLite side: opens the database, loads the extension,
-//!   cuts and acknowledges batches through the extension's SQL functions.
+//!   cuts and acknowledges batches through the extension's SQL functions;
+//!   keeps the sync log.
 //! - [`cloud`]: the PostgreSQL side: connects (credentials from the
 //!   environment or a file, never the command line) and calls `sluice.ingest`.
-//! - [`sync`]: the sync loop: every pending batch of every tracked table,
-//!   with retries, and a per-table outcome.
-//! - [`backoff`]: exponential backoff with full jitter, capped.
-//! - [`failpoint`]: test-only pauses that let a test SIGKILL the agent at an
-//!   exact moment (after ingest, before the acknowledgement).
+//! - [`sync`]: the sync loop, with retries, bandwidth cap and progress.
+//! - [`jobs`]: cleanup, rollup, budget, and `sluice run` (the daemon).
+//! - [`schedule`]: cron expressions, next fire times, missed runs.
+//! - [`migrate`]: applies `migrations/` to the cloud in order.
+//! - [`status`]: what `sluice status` reports.
+//! - [`shutdown`], [`backoff`], [`failpoint`]: SIGTERM handling, retry waits,
+//!   and the test-only failpoints.
 
 mod backoff;
 mod cloud;
 mod config;
 mod edge;
 mod failpoint;
+mod jobs;
+mod migrate;
+mod schedule;
+mod shutdown;
+mod status;
 mod sync;
 
 use std::path::PathBuf;
@@ -25,6 +34,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
+
+use crate::shutdown::Shutdown;
 
 /// sluice: moves operational data from an edge SQLite database to PostgreSQL,
 /// without losing it and without duplicating it.
@@ -40,19 +51,31 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Send every pending batch of every tracked table to the cloud, then exit.
+    /// Run every job on its schedule until SIGINT or SIGTERM.
+    Run {
+        /// The configuration file (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Send every pending batch to the cloud, then exit.
     Sync {
         /// The configuration file (TOML).
         #[arg(long, short)]
         config: PathBuf,
+        /// `hourly`: within the bandwidth cap and run-time limit; `full`: everything, uncapped.
+        #[arg(long, value_enum, default_value = "full")]
+        mode: sync::Mode,
         /// Only this table (repeatable). Default: every tracked table.
         #[arg(long = "table")]
         tables: Vec<String>,
         /// Report what would be sent; send nothing.
         #[arg(long)]
         dry_run: bool,
+        /// No progress bar even at a terminal.
+        #[arg(long)]
+        quiet: bool,
     },
-    /// Show, per tracked table, pending rows and the last acknowledgement.
+    /// Show pending rows, the last syncs and errors, catch-up time, clock skew.
     Status {
         /// The configuration file (TOML).
         #[arg(long, short)]
@@ -60,6 +83,30 @@ enum Command {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// Do not contact the cloud (no clock skew).
+        #[arg(long)]
+        offline: bool,
+    },
+    /// Delete acknowledged rows older than `cleanup.keep`, then exit.
+    Cleanup {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Run the registered rollups once, then exit.
+    Rollup {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Apply the cloud schema's migrations in order, then exit.
+    Migrate {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The migrations folder (default: `cloud.migrations`).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// List what would be applied; apply nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
 }
 
@@ -67,7 +114,8 @@ fn init_logging(format: &str) {
     let filter = EnvFilter::try_from_env("SLUICE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(sync::interactive());
     if format == "json" {
         builder.json().init();
     } else {
@@ -88,30 +136,113 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result: anyhow::Result<ExitCode> = runtime.block_on(async {
-        match cli.command {
-            Command::Sync {
-                config,
-                tables,
-                dry_run,
-            } => {
-                let cfg = config::Config::load(&config)?;
-                let report = sync::run_once(&cfg, &tables, dry_run).await?;
-                report.print_summary();
-                Ok(report.exit_code())
-            }
-            Command::Status { config, json } => {
-                let cfg = config::Config::load(&config)?;
-                sync::print_status(&cfg, json)?;
-                Ok(ExitCode::SUCCESS)
-            }
-        }
-    });
+    let result: anyhow::Result<ExitCode> = runtime.block_on(run(cli.command));
     match result {
         Ok(code) => code,
         Err(e) => {
             eprintln!("sluice: {e:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// Prints a one-shot job's log entry and turns it into an exit status.
+fn job_exit(name: &str, e: &edge::LogEntry) -> ExitCode {
+    match e.status.as_str() {
+        "success" => {
+            println!("{name}: {} rows", e.rows);
+            ExitCode::SUCCESS
+        }
+        "skipped" => {
+            println!("{name}: skipped ({})", e.error.as_deref().unwrap_or(""));
+            ExitCode::SUCCESS
+        }
+        s => {
+            println!("{name}: {s}: {}", e.error.as_deref().unwrap_or(""));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Run { config } => {
+            let cfg = config::Config::load(&config)?;
+            jobs::run_daemon(&cfg, &Shutdown::on_signals()).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Sync {
+            config,
+            mode,
+            tables,
+            dry_run,
+            quiet,
+        } => {
+            let cfg = config::Config::load(&config)?;
+            let opts = sync::SyncOptions {
+                mode,
+                tables: &tables,
+                dry_run,
+                progress: !quiet && sync::interactive(),
+            };
+            let report = sync::run_once(&cfg, &opts, &Shutdown::on_signals()).await?;
+            report.print_summary();
+            Ok(report.exit_code())
+        }
+        Command::Status {
+            config,
+            json,
+            offline,
+        } => {
+            let cfg = config::Config::load(&config)?;
+            let status = status::collect(&cfg, !offline).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                status::print(&status);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Cleanup { config } => {
+            let cfg = config::Config::load(&config)?;
+            let edge = edge::Edge::open(&cfg)?;
+            let entry = jobs::run_job(
+                schedule::Job::Cleanup,
+                &cfg,
+                &edge,
+                &mut None,
+                &Shutdown::default(),
+            )
+            .await?;
+            Ok(job_exit("cleanup", &entry))
+        }
+        Command::Rollup { config } => {
+            let cfg = config::Config::load(&config)?;
+            let edge = edge::Edge::open(&cfg)?;
+            let entry = jobs::run_job(
+                schedule::Job::Rollup,
+                &cfg,
+                &edge,
+                &mut None,
+                &Shutdown::default(),
+            )
+            .await?;
+            Ok(job_exit("rollup", &entry))
+        }
+        Command::Migrate {
+            config,
+            dir,
+            dry_run,
+        } => {
+            let cfg = config::Config::load(&config)?;
+            for m in migrate::migrate(&cfg, dir.as_deref(), dry_run).await? {
+                match m {
+                    migrate::Applied::Applied(n) if dry_run => println!("would apply {n}"),
+                    migrate::Applied::Applied(n) => println!("applied {n}"),
+                    migrate::Applied::AlreadyApplied(n) => println!("already applied {n}"),
+                }
+            }
+            Ok(ExitCode::SUCCESS)
         }
     }
 }

@@ -4,19 +4,52 @@
 //! it at the edge. A table whose batch is refused stops for this run; the other
 //! tables go on. Each acknowledged batch stays acknowledged whatever happens
 //! later, so an interrupted run is simply continued by the next one.
+//!
+//! Two modes: [`Mode::Incremental`] respects the bandwidth cap and the
+//! run-time limit; [`Mode::Full`] drains everything, uncapped. Both send every
+//! pending row: "pending" is exactly what the cloud has not acknowledged.
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use indicatif::{ProgressBar, ProgressStyle};
 use tracing::{info, warn};
 
 use crate::cloud::{Cloud, IngestError, IngestOutcome};
 use crate::config::Config;
-use crate::edge::Edge;
+use crate::edge::{Edge, LogEntry};
 use crate::failpoint;
+use crate::shutdown::Shutdown;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    /// Within `sync.bandwidth_bytes_per_sec` and `sync.max_run_secs`.
+    #[value(name = "hourly")]
+    Incremental,
+    /// Everything pending, uncapped.
+    Full,
+}
+
+impl Mode {
+    pub fn log_kind(self) -> &'static str {
+        match self {
+            Mode::Incremental => "sync",
+            Mode::Full => "full_sync",
+        }
+    }
+}
+
+/// What to sync and how.
+pub struct SyncOptions<'a> {
+    pub mode: Mode,
+    /// Only these tables; empty: `sync.tables` or every tracked table.
+    pub tables: &'a [String],
+    pub dry_run: bool,
+    /// Show a progress bar (a person at a terminal).
+    pub progress: bool,
+}
 
 /// What happened to one table in one run.
 #[derive(Debug, Default, serde::Serialize)]
@@ -38,6 +71,8 @@ pub struct Report {
     pub tables: Vec<TableReport>,
     pub dry_run: bool,
     pub interrupted: bool,
+    /// Stopped by the run-time limit, with rows left for the next run.
+    pub time_limited: bool,
     pub seconds: f64,
 }
 
@@ -65,40 +100,110 @@ impl Report {
         if self.interrupted {
             println!("interrupted: the batch in flight was finished or left unacknowledged");
         }
+        if self.time_limited {
+            println!("stopped at sync.max_run_secs: the rest goes at the next run");
+        }
         println!("done in {:.2}s", self.seconds);
+    }
+
+    /// The sync log's view of this run.
+    pub fn log_entry(&self) -> LogEntry {
+        let failed: Vec<String> = self
+            .tables
+            .iter()
+            .filter_map(|t| t.error.as_ref().map(|e| format!("{}: {e}", t.table)))
+            .collect();
+        let any_sent = self.tables.iter().any(|t| t.batches > 0);
+        let status = if failed.is_empty() && !self.interrupted {
+            "success"
+        } else if any_sent || failed.len() < self.tables.len() {
+            "partial"
+        } else {
+            "failed"
+        };
+        let mut error = failed.join("; ");
+        if self.interrupted {
+            error = if error.is_empty() {
+                "interrupted by shutdown".into()
+            } else {
+                format!("{error}; interrupted by shutdown")
+            };
+        }
+        LogEntry {
+            batches: self.tables.iter().map(|t| t.batches as i64).sum(),
+            rows: self.tables.iter().map(|t| t.rows as i64).sum(),
+            bytes: self.tables.iter().map(|t| t.bytes as i64).sum(),
+            status: status.into(),
+            error: (!error.is_empty()).then_some(error),
+            ..LogEntry::default()
+        }
     }
 }
 
-/// Stops the loop between batches on SIGINT or SIGTERM.
-fn shutdown_flag() -> Arc<AtomicBool> {
-    let flag = Arc::new(AtomicBool::new(false));
-    let f = flag.clone();
-    tokio::spawn(async move {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(e) => {
-                    warn!(error = %e, "cannot listen for SIGTERM");
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-        info!("shutdown requested; finishing the batch in flight");
-        f.store(true, Ordering::SeqCst);
-    });
-    flag
+/// Keeps the average send rate under a cap by sleeping between batches.
+struct Throttle {
+    bytes_per_sec: u64,
+    started: Instant,
+    sent: u64,
 }
 
-/// One pass over every (or the given) tracked table until nothing is pending.
-pub async fn run_once(cfg: &Config, only: &[String], dry_run: bool) -> anyhow::Result<Report> {
-    let started = Instant::now();
+impl Throttle {
+    fn new(bytes_per_sec: u64) -> Self {
+        Throttle {
+            bytes_per_sec,
+            started: Instant::now(),
+            sent: 0,
+        }
+    }
+
+    /// How long to wait after sending `bytes` more.
+    fn after_send(&mut self, bytes: u64) -> Duration {
+        self.sent += bytes;
+        if self.bytes_per_sec == 0 {
+            return Duration::ZERO;
+        }
+        let due = Duration::from_secs_f64(self.sent as f64 / self.bytes_per_sec as f64);
+        due.saturating_sub(self.started.elapsed())
+    }
+}
+
+/// `sluice sync`: one run, recorded in the sync log.
+pub async fn run_once(
+    cfg: &Config,
+    opts: &SyncOptions<'_>,
+    shutdown: &Shutdown,
+) -> anyhow::Result<Report> {
     let edge = Edge::open(cfg)?;
+    let mut cloud = None;
+    if opts.dry_run {
+        return run(cfg, &edge, &mut cloud, opts, shutdown).await;
+    }
+    let log_id = edge.log_start(opts.mode.log_kind())?;
+    let report = run(cfg, &edge, &mut cloud, opts, shutdown).await;
+    let entry = match &report {
+        Ok(r) => r.log_entry(),
+        Err(e) => LogEntry {
+            status: "failed".into(),
+            error: Some(format!("{e:#}")),
+            ..LogEntry::default()
+        },
+    };
+    edge.log_end(log_id, &entry)?;
+    report
+}
+
+/// One pass over the tables until nothing is pending (or a limit is hit).
+pub async fn run(
+    cfg: &Config,
+    edge: &Edge,
+    cloud: &mut Option<Cloud>,
+    opts: &SyncOptions<'_>,
+    shutdown: &Shutdown,
+) -> anyhow::Result<Report> {
+    let started = Instant::now();
     let tracked = edge.tracked_tables()?;
-    let wanted: Vec<String> = if !only.is_empty() {
-        only.to_vec()
+    let wanted: Vec<String> = if !opts.tables.is_empty() {
+        opts.tables.to_vec()
     } else if let Some(t) = &cfg.sync.tables {
         t.clone()
     } else {
@@ -112,10 +217,10 @@ pub async fn run_once(cfg: &Config, only: &[String], dry_run: bool) -> anyhow::R
         }
     }
     let mut report = Report {
-        dry_run,
+        dry_run: opts.dry_run,
         ..Report::default()
     };
-    if dry_run {
+    if opts.dry_run {
         for table in wanted {
             let pending = edge.pending(&table)?;
             report.tables.push(TableReport {
@@ -128,48 +233,121 @@ pub async fn run_once(cfg: &Config, only: &[String], dry_run: bool) -> anyhow::R
         return Ok(report);
     }
 
-    let shutdown = shutdown_flag();
-    let mut cloud: Option<Cloud> = None;
+    let limits = Limits {
+        throttle_bytes_per_sec: match opts.mode {
+            Mode::Incremental => cfg.sync.bandwidth_bytes_per_sec,
+            Mode::Full => 0,
+        },
+        deadline: match opts.mode {
+            Mode::Incremental if cfg.sync.max_run_secs > 0 => {
+                Some(started + Duration::from_secs(cfg.sync.max_run_secs))
+            }
+            _ => None,
+        },
+    };
+    let progress = if opts.progress {
+        let mut total = 0;
+        for t in &wanted {
+            total += edge.pending(t)?.max(0) as u64;
+        }
+        let bar = ProgressBar::new(total);
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{spinner} {msg:<18} [{bar:30}] {pos}/{len} rows  {per_sec}  eta {eta}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        Some(bar)
+    } else {
+        None
+    };
+    let mut throttle = Throttle::new(limits.throttle_bytes_per_sec);
     for table in wanted {
-        if shutdown.load(Ordering::SeqCst) {
+        if shutdown.requested() {
             report.interrupted = true;
             break;
+        }
+        if limits.deadline.is_some_and(|d| Instant::now() >= d) {
+            report.time_limited = true;
+            break;
+        }
+        if let Some(bar) = &progress {
+            bar.set_message(table.clone());
         }
         let mut tr = TableReport {
             table: table.clone(),
             ..TableReport::default()
         };
-        if let Err(e) = sync_table(cfg, &edge, &mut cloud, &table, &mut tr, &shutdown).await {
-            warn!(table = %table, error = %format!("{e:#}"), "table sync failed; other tables go on");
-            tr.error = Some(format!("{e:#}"));
+        let ctx = TableRun {
+            cfg,
+            edge,
+            table: &table,
+            shutdown,
+            limits: &limits,
+            progress: progress.as_ref(),
+        };
+        match sync_table(&ctx, cloud, &mut tr, &mut throttle).await {
+            Ok(TableEnd::Done) => {}
+            Ok(TableEnd::TimeLimit) => report.time_limited = true,
+            Err(e) => {
+                warn!(table = %table, error = %format!("{e:#}"), "table sync failed; other tables go on");
+                tr.error = Some(format!("{e:#}"));
+            }
         }
         tr.pending_after = edge.pending(&table).ok();
         report.tables.push(tr);
-        if shutdown.load(Ordering::SeqCst) {
+        if shutdown.requested() {
             report.interrupted = true;
         }
+    }
+    if let Some(bar) = progress {
+        bar.finish_and_clear();
     }
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
 }
 
+struct Limits {
+    throttle_bytes_per_sec: u64,
+    deadline: Option<Instant>,
+}
+
+struct TableRun<'a> {
+    cfg: &'a Config,
+    edge: &'a Edge,
+    table: &'a str,
+    shutdown: &'a Shutdown,
+    limits: &'a Limits,
+    progress: Option<&'a ProgressBar>,
+}
+
+enum TableEnd {
+    Done,
+    TimeLimit,
+}
+
 async fn sync_table(
-    cfg: &Config,
-    edge: &Edge,
+    ctx: &TableRun<'_>,
     cloud: &mut Option<Cloud>,
-    table: &str,
     tr: &mut TableReport,
-    shutdown: &AtomicBool,
-) -> anyhow::Result<()> {
-    while !shutdown.load(Ordering::SeqCst) {
-        let Some(batch) = edge.next_batch(table, cfg.sync.batch_rows)? else {
+    throttle: &mut Throttle,
+) -> anyhow::Result<TableEnd> {
+    let table = ctx.table;
+    let mut end = TableEnd::Done;
+    while !ctx.shutdown.requested() {
+        if ctx.limits.deadline.is_some_and(|d| Instant::now() >= d) {
+            end = TableEnd::TimeLimit;
+            break;
+        }
+        let Some(batch) = ctx.edge.next_batch(table, ctx.cfg.sync.batch_rows)? else {
             break;
         };
         let header =
             sluice_wire::decode_header(&batch).context("the edge produced an unreadable batch")?;
-        let outcome = ingest_with_retry(cfg, cloud, &batch, &header).await?;
+        let outcome = ingest_with_retry(ctx.cfg, cloud, &batch, &header, ctx.shutdown).await?;
         failpoint::after_ingest();
-        edge.ack(&batch)?;
+        ctx.edge.ack(&batch)?;
         tr.batches += 1;
         tr.rows += u64::from(header.row_count);
         tr.bytes += batch.len() as u64;
@@ -177,11 +355,18 @@ async fn sync_table(
         tr.updated += outcome.updated;
         tr.skipped += outcome.skipped;
         tr.replays += u64::from(outcome.replay);
+        if let Some(bar) = ctx.progress {
+            bar.inc(u64::from(header.row_count));
+        }
         tracing::debug!(
             batch = %header.id(), rows = header.row_count, bytes = batch.len(),
             inserted = outcome.inserted, updated = outcome.updated, skipped = outcome.skipped,
             replay = outcome.replay, "batch applied and acknowledged"
         );
+        let wait = throttle.after_send(batch.len() as u64);
+        if !wait.is_zero() {
+            ctx.shutdown.sleep(wait).await;
+        }
     }
     if tr.batches > 0 {
         info!(
@@ -193,7 +378,7 @@ async fn sync_table(
             "table synced"
         );
     }
-    Ok(())
+    Ok(end)
 }
 
 async fn ingest_with_retry(
@@ -201,20 +386,29 @@ async fn ingest_with_retry(
     cloud: &mut Option<Cloud>,
     batch: &[u8],
     header: &sluice_wire::BatchHeader,
+    shutdown: &Shutdown,
 ) -> anyhow::Result<IngestOutcome> {
     let backoff = cfg.sync.backoff();
     let mut rng = rand::thread_rng();
-    let mut last_error = None;
+    let mut last_error: Option<anyhow::Error> = None;
+    let mut last_message = String::new();
     for attempt in 0..cfg.sync.max_attempts {
         if attempt > 0 {
-            let wait = backoff.wait(attempt - 1, &mut rng);
-            tokio::time::sleep(wait).await;
+            if shutdown.requested() {
+                break;
+            }
+            shutdown.sleep(backoff.wait(attempt - 1, &mut rng)).await;
         }
         if cloud.as_ref().is_none_or(Cloud::is_closed) {
             match Cloud::connect(&cfg.cloud).await {
                 Ok(c) => *cloud = Some(c),
                 Err(e) => {
-                    warn!(attempt = attempt + 1, error = %format!("{e:#}"), "cloud unreachable; will retry");
+                    let msg = format!("{e:#}");
+                    // The same error again and again is logged once per run.
+                    if msg != last_message {
+                        warn!(attempt = attempt + 1, error = %msg, "cloud unreachable; will retry");
+                        last_message = msg;
+                    }
                     last_error = Some(e);
                     continue;
                 }
@@ -232,13 +426,18 @@ async fn ingest_with_retry(
                 return Err(e.context(format!("the cloud refused batch {}", header.id())));
             }
             Err(IngestError::Transient(e)) => {
-                warn!(batch = %header.id(), attempt = attempt + 1, error = %e, "batch failed; will retry");
+                let msg = e.to_string();
+                if msg != last_message {
+                    warn!(batch = %header.id(), attempt = attempt + 1, error = %msg, "batch failed; will retry");
+                    last_message = msg;
+                }
                 *cloud = None;
                 last_error = Some(e);
             }
         }
     }
-    let e = last_error.unwrap_or_else(|| anyhow::anyhow!("no attempt was made"));
+    let e = last_error
+        .unwrap_or_else(|| anyhow::anyhow!("shutdown requested before the first attempt"));
     Err(e.context(format!(
         "batch {} not applied after {} attempts; it stays pending",
         header.id(),
@@ -246,31 +445,48 @@ async fn ingest_with_retry(
     )))
 }
 
-/// `sluice status`: reads only the edge.
-pub fn print_status(cfg: &Config, json: bool) -> anyhow::Result<()> {
-    let edge = Edge::open(cfg)?;
-    let status = edge.status()?;
-    if json {
-        println!("{}", serde_json::to_string_pretty(&status)?);
-        return Ok(());
-    }
-    println!(
-        "{:<24} {:>12} {:>10} {:>12}  last ack",
-        "table", "pending", "batches", "rows acked"
-    );
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0);
-    for s in status {
-        let last = match s.last_ack_ms {
-            Some(ms) => format!("{}s ago", (now_ms - ms).max(0) / 1000),
-            None => "never".into(),
-        };
-        println!(
-            "{:<24} {:>12} {:>10} {:>12}  {last}",
-            s.table, s.pending_rows, s.acked_batches, s.acked_rows
+/// True when a person is watching stderr (progress bars, colours).
+pub fn interactive() -> bool {
+    std::io::stderr().is_terminal()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn throttle_spreads_bytes_over_time() {
+        let mut t = Throttle::new(1000);
+        let wait = t.after_send(2000);
+        assert!(
+            wait > Duration::from_millis(1900) && wait <= Duration::from_secs(2),
+            "{wait:?}"
         );
+        let mut free = Throttle::new(0);
+        assert_eq!(free.after_send(1 << 30), Duration::ZERO);
     }
-    Ok(())
+
+    #[test]
+    fn the_log_entry_says_partial_when_some_tables_failed() {
+        let report = Report {
+            tables: vec![
+                TableReport {
+                    table: "a".into(),
+                    batches: 2,
+                    rows: 10,
+                    ..TableReport::default()
+                },
+                TableReport {
+                    table: "b".into(),
+                    error: Some("refused".into()),
+                    ..TableReport::default()
+                },
+            ],
+            ..Report::default()
+        };
+        let e = report.log_entry();
+        assert_eq!(e.status, "partial");
+        assert_eq!(e.rows, 10);
+        assert_eq!(e.error.as_deref(), Some("b: refused"));
+    }
 }

@@ -1,0 +1,202 @@
+//! The jobs other than sync, and `sluice run`: the daemon that runs every
+//! job on its cron schedule.
+//!
+//! Jobs run one after another on one edge connection and one cloud
+//! connection, so a job never runs twice at once. At start, every job whose
+//! scheduled time passed while the agent was down (per the sync log) runs
+//! once. Every run, of every job, is recorded in `sluice_sync_log`.
+
+use chrono::Utc;
+use tracing::{info, warn};
+
+use crate::cloud::Cloud;
+use crate::config::Config;
+use crate::edge::{Edge, LogEntry};
+use crate::schedule::{self, Job};
+use crate::shutdown::Shutdown;
+use crate::sync::{self, Mode, SyncOptions};
+
+/// Deletes acknowledged rows older than `cleanup.keep` from each table.
+pub fn cleanup(cfg: &Config, edge: &Edge) -> anyhow::Result<LogEntry> {
+    let tables = match &cfg.cleanup.tables {
+        Some(t) => t.clone(),
+        None => edge.tracked_tables()?,
+    };
+    let mut deleted = 0;
+    let mut errors = Vec::new();
+    for t in &tables {
+        match edge.query_i64(
+            "SELECT sluice_cleanup(?1, ?2)",
+            rusqlite::params![t, cfg.cleanup.keep],
+        ) {
+            Ok(n) => deleted += n,
+            Err(e) => errors.push(format!("{t}: {e:#}")),
+        }
+    }
+    Ok(outcome(deleted, errors, tables.len()))
+}
+
+/// Runs every registered rollup (`sluice_rollup_run()`), where the loaded
+/// extension has rollups.
+pub fn rollup(edge: &Edge) -> anyhow::Result<LogEntry> {
+    if !edge.has_function("sluice_rollup_run") {
+        return Ok(skipped("the loaded sluice0.so has no sluice_rollup_run"));
+    }
+    let rows = edge.query_i64("SELECT sluice_rollup_run()", [])?;
+    Ok(LogEntry {
+        rows,
+        status: "success".into(),
+        ..LogEntry::default()
+    })
+}
+
+/// Keeps the edge database under `budget.max_bytes` (`sluice_enforce_budget`).
+pub fn budget(cfg: &Config, edge: &Edge) -> anyhow::Result<LogEntry> {
+    let Some(max) = cfg.budget.max_bytes else {
+        return Ok(skipped("no budget.max_bytes configured"));
+    };
+    if !edge.has_function("sluice_enforce_budget") {
+        return Ok(skipped(
+            "the loaded sluice0.so has no sluice_enforce_budget",
+        ));
+    }
+    let dropped = edge.query_i64("SELECT sluice_enforce_budget(?1)", [max as i64])?;
+    if dropped > 0 {
+        warn!(
+            rows = dropped,
+            max_bytes = max,
+            "storage budget exceeded: dropped raw rows already rolled up"
+        );
+    }
+    Ok(LogEntry {
+        rows: dropped,
+        status: "success".into(),
+        ..LogEntry::default()
+    })
+}
+
+fn skipped(why: &str) -> LogEntry {
+    LogEntry {
+        status: "skipped".into(),
+        error: Some(why.into()),
+        ..LogEntry::default()
+    }
+}
+
+fn outcome(rows: i64, errors: Vec<String>, total: usize) -> LogEntry {
+    let status = match errors.len() {
+        0 => "success",
+        n if n < total => "partial",
+        _ => "failed",
+    };
+    LogEntry {
+        rows,
+        status: status.into(),
+        error: (!errors.is_empty()).then(|| errors.join("; ")),
+        ..LogEntry::default()
+    }
+}
+
+/// Runs one job and records it in the sync log.
+pub async fn run_job(
+    job: Job,
+    cfg: &Config,
+    edge: &Edge,
+    cloud: &mut Option<Cloud>,
+    shutdown: &Shutdown,
+) -> anyhow::Result<LogEntry> {
+    let id = edge.log_start(job.name())?;
+    let result = match job {
+        Job::Sync | Job::FullSync => {
+            let opts = SyncOptions {
+                mode: if job == Job::Sync {
+                    Mode::Incremental
+                } else {
+                    Mode::Full
+                },
+                tables: &[],
+                dry_run: false,
+                progress: false,
+            };
+            sync::run(cfg, edge, cloud, &opts, shutdown)
+                .await
+                .map(|r| r.log_entry())
+        }
+        Job::Cleanup => cleanup(cfg, edge),
+        Job::Rollup => rollup(edge),
+        Job::Budget => budget(cfg, edge),
+        Job::Embed => Ok(skipped("no [embed] section configured")),
+    };
+    let entry = result.unwrap_or_else(|e| LogEntry {
+        status: "failed".into(),
+        error: Some(format!("{e:#}")),
+        ..LogEntry::default()
+    });
+    edge.log_end(id, &entry)?;
+    match entry.status.as_str() {
+        "success" => info!(
+            job = job.name(),
+            rows = entry.rows,
+            batches = entry.batches,
+            "job done"
+        ),
+        "skipped" => tracing::debug!(
+            job = job.name(),
+            why = entry.error.as_deref().unwrap_or(""),
+            "job skipped"
+        ),
+        _ => {
+            warn!(job = job.name(), status = %entry.status, error = entry.error.as_deref().unwrap_or(""), "job did not fully succeed")
+        }
+    }
+    Ok(entry)
+}
+
+/// `sluice run`: the daemon.
+pub async fn run_daemon(cfg: &Config, shutdown: &Shutdown) -> anyhow::Result<()> {
+    let entries = cfg.schedule.entries()?;
+    let edge = Edge::open(cfg)?;
+    edge.ensure_log()?;
+    let mut cloud: Option<Cloud> = None;
+    info!(
+        device = %cfg.device.id,
+        jobs = %entries.iter().map(|e| e.job.name()).collect::<Vec<_>>().join(","),
+        "sluice agent started"
+    );
+
+    let now = Utc::now();
+    let mut missed = Vec::new();
+    for e in &entries {
+        if e.missed(edge.last_run(e.job.name())?, now) {
+            missed.push(e.job);
+        }
+    }
+    missed.sort();
+    for job in missed {
+        if shutdown.requested() {
+            break;
+        }
+        info!(job = job.name(), "running a missed scheduled run");
+        run_job(job, cfg, &edge, &mut cloud, shutdown).await?;
+    }
+
+    while !shutdown.requested() {
+        let Some((at, jobs)) = schedule::next_fire(&entries, Utc::now()) else {
+            info!("no job is scheduled; waiting for shutdown");
+            while !shutdown.requested() {
+                shutdown.sleep(std::time::Duration::from_secs(3600)).await;
+            }
+            break;
+        };
+        let wait = (at - Utc::now()).to_std().unwrap_or_default();
+        shutdown.sleep(wait).await;
+        for job in jobs {
+            if shutdown.requested() {
+                break;
+            }
+            run_job(job, cfg, &edge, &mut cloud, shutdown).await?;
+        }
+    }
+    info!("sluice agent stopped");
+    Ok(())
+}
