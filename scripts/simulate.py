@@ -45,7 +45,7 @@ def main():
     args = ap.parse_args()
 
     rnd = random.Random(args.seed)
-    con = sqlite3.connect(args.db)
+    con = sqlite3.connect(args.db, timeout=10)
     con.enable_load_extension(True)
     con.load_extension(args.ext)
     con.enable_load_extension(False)
@@ -55,9 +55,16 @@ def main():
     seconds = args.minutes * 60
     loc = args.location
 
+    con.isolation_level = None  # explicit transactions below
+
     def insert(table, rows):
+        # BEGIN IMMEDIATE takes the write lock first (waiting for the agent if
+        # it writes); a bare SELECT sluice_insert(...) would start as a read and
+        # fail at once with "database is locked" under a concurrent writer.
         for i in range(0, len(rows), 1000):
+            con.execute("BEGIN IMMEDIATE")
             con.execute("SELECT sluice_insert(?, ?)", (table, json.dumps(rows[i:i + 1000])))
+            con.execute("COMMIT")
 
     cams = [f"cam-{c:02d}" for c in range(1, args.cameras + 1)]
     known = {r[0] for r in con.execute("SELECT camera_id FROM cameras")}

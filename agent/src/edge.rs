@@ -105,11 +105,33 @@ impl Edge {
             .conn
             .query_row("SELECT sluice_device()", [], |r| r.get(0))?;
         if current.as_deref() != Some(id) {
-            self.conn
-                .query_row("SELECT sluice_device(?1)", [id], |_| Ok(()))
+            self.write(|c| c.query_row("SELECT sluice_device(?1)", [id], |_| Ok(())))
                 .context("cannot set the device id")?;
         }
         Ok(())
+    }
+
+    /// Runs `f` in a `BEGIN IMMEDIATE` transaction. The extension's writing
+    /// functions are called through `SELECT`, which starts as a read; SQLite
+    /// does not wait for a lock when a read upgrades to a write, so with the
+    /// pipeline writing at the same time the call would fail at once with
+    /// "database is locked". `BEGIN IMMEDIATE` takes the write lock first,
+    /// waiting up to the busy timeout.
+    pub fn write<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+    ) -> anyhow::Result<T> {
+        self.conn.execute_batch("BEGIN IMMEDIATE")?;
+        match f(&self.conn) {
+            Ok(v) => {
+                self.conn.execute_batch("COMMIT")?;
+                Ok(v)
+            }
+            Err(e) => {
+                let _ = self.conn.execute_batch("ROLLBACK");
+                Err(e.into())
+            }
+        }
     }
 
     /// The tables registered with `sluice_track`, by name.
@@ -144,8 +166,7 @@ impl Edge {
 
     /// Records that the cloud applied `batch`; returns rows newly acknowledged.
     pub fn ack(&self, batch: &[u8]) -> anyhow::Result<i64> {
-        self.conn
-            .query_row("SELECT sluice_ack(?1)", [batch], |r| r.get(0))
+        self.write(|c| c.query_row("SELECT sluice_ack(?1)", [batch], |r| r.get(0)))
             .context("cannot acknowledge the batch at the edge")
     }
 
@@ -161,10 +182,10 @@ impl Edge {
             .unwrap_or(false)
     }
 
-    /// Runs a statement that returns one integer (`SELECT sluice_...(...)`).
-    pub fn query_i64(&self, sql: &str, params: impl rusqlite::Params) -> anyhow::Result<i64> {
-        self.conn
-            .query_row(sql, params, |r| r.get::<_, Option<i64>>(0))
+    /// Runs a writing statement that returns one integer
+    /// (`SELECT sluice_cleanup(...)`), in its own immediate transaction.
+    pub fn write_i64(&self, sql: &str, params: impl rusqlite::Params) -> anyhow::Result<i64> {
+        self.write(|c| c.query_row(sql, params, |r| r.get::<_, Option<i64>>(0)))
             .map(Option::unwrap_or_default)
             .with_context(|| format!("{sql} failed"))
     }

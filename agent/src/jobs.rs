@@ -25,7 +25,7 @@ pub fn cleanup(cfg: &Config, edge: &Edge) -> anyhow::Result<LogEntry> {
     let mut deleted = 0;
     let mut errors = Vec::new();
     for t in &tables {
-        match edge.query_i64(
+        match edge.write_i64(
             "SELECT sluice_cleanup(?1, ?2)",
             rusqlite::params![t, cfg.cleanup.keep],
         ) {
@@ -42,7 +42,7 @@ pub fn rollup(edge: &Edge) -> anyhow::Result<LogEntry> {
     if !edge.has_function("sluice_rollup_run") {
         return Ok(skipped("the loaded sluice0.so has no sluice_rollup_run"));
     }
-    let rows = edge.query_i64("SELECT sluice_rollup_run()", [])?;
+    let rows = edge.write_i64("SELECT sluice_rollup_run()", [])?;
     Ok(LogEntry {
         rows,
         status: "success".into(),
@@ -60,7 +60,7 @@ pub fn budget(cfg: &Config, edge: &Edge) -> anyhow::Result<LogEntry> {
             "the loaded sluice0.so has no sluice_enforce_budget",
         ));
     }
-    let dropped = edge.query_i64("SELECT sluice_enforce_budget(?1)", [max as i64])?;
+    let dropped = edge.write_i64("SELECT sluice_enforce_budget(?1)", [max as i64])?;
     if dropped > 0 {
         warn!(
             rows = dropped,

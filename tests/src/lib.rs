@@ -121,12 +121,17 @@ pub fn edge_db(path: &Path, schema: bool) -> Connection {
 
 /// Writes an agent config for `edge` and `cloud_url` into `dir`.
 pub fn write_config(dir: &Path, edge: &Path, cloud_url: &str, device: &str, batch_rows: u32) -> PathBuf {
+    write_config_with(dir, edge, cloud_url, device, batch_rows, "")
+}
+
+/// [`write_config`] with more TOML appended (e.g. a `[schedule]` section).
+pub fn write_config_with(dir: &Path, edge: &Path, cloud_url: &str, device: &str, batch_rows: u32, extra: &str) -> PathBuf {
     let path = dir.join("sluice.toml");
     let text = format!(
         "[device]\nid = \"{device}\"\n\n[edge]\ndatabase = \"{}\"\nextension = \"{}\"\n\n[cloud]\nurl = \"{cloud_url}\"\n\n[sync]\nbatch_rows = {batch_rows}\nbackoff_initial_ms = 50\nbackoff_max_ms = 500\n",
         edge.display(),
         sqlite_extension().display()
-    );
+    ) + extra;
     std::fs::write(&path, text).unwrap();
     path
 }
@@ -194,13 +199,26 @@ fn splitmix(mut x: u64) -> u64 {
     x ^ (x >> 31)
 }
 
+/// A cloud database with nothing in it (no extension, no schema).
+pub fn empty_cloud_db(test: &str) -> CloudDb {
+    let name = format!("t_{}_{}", test, std::process::id());
+    let mut admin = postgres::Client::connect(&server_url(), postgres::NoTls).unwrap();
+    admin.batch_execute(&format!("DROP DATABASE IF EXISTS {name}")).unwrap();
+    admin.batch_execute(&format!("CREATE DATABASE {name}")).unwrap();
+    CloudDb { url: replace_db(&server_url(), &name), name }
+}
+
 /// Inserts rows through `sluice_insert`, `chunk` rows per call.
 pub fn insert_rows(conn: &Connection, table: &str, rows: &[serde_json::Value], chunk: usize) {
     for part in rows.chunks(chunk) {
         let json = serde_json::Value::Array(part.to_vec()).to_string();
+        // BEGIN IMMEDIATE: wait for the write lock instead of failing when
+        // another connection (the agent) writes at the same time.
+        conn.execute_batch("BEGIN IMMEDIATE").unwrap();
         let n: i64 = conn
             .query_row("SELECT sluice_insert(?1, ?2)", rusqlite::params![table, json], |r| r.get(0))
             .unwrap();
+        conn.execute_batch("COMMIT").unwrap();
         assert_eq!(n as usize, part.len());
     }
 }

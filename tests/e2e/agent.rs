@@ -1,0 +1,215 @@
+//! The agent as an operator runs it: the daemon on a schedule, SIGTERM,
+//! `migrate`, `status`, the sync log, failures that must not stop the rest.
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use sluice_tests::*;
+
+const DEVICE: &str = "box-7";
+
+fn pending(conn: &rusqlite::Connection, table: &str) -> i64 {
+    conn.query_row("SELECT sluice_pending(?1)", [table], |r| r.get(0)).unwrap()
+}
+
+fn run_ok(args: &[&str]) -> String {
+    let out = agent(args).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "sluice {args:?} failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    stdout
+}
+
+#[test]
+fn migrate_applies_each_migration_once_in_order() {
+    let cloud = empty_cloud_db("migrate");
+    let dir = tempfile::tempdir().unwrap();
+    let edge_path = dir.path().join("edge.db");
+    drop(edge_db(&edge_path, true));
+    let config = write_config(dir.path(), &edge_path, &cloud.url, DEVICE, 1000);
+    let migrations = repo_root().join("migrations");
+    let m = migrations.to_str().unwrap();
+    let c = config.to_str().unwrap();
+
+    let out = run_ok(&["migrate", "--config", c, "--dir", m, "--dry-run"]);
+    assert!(out.contains("would apply 0001_default_schema.sql"), "{out}");
+    let out = run_ok(&["migrate", "--config", c, "--dir", m]);
+    assert!(out.contains("applied 0001_default_schema.sql"), "{out}");
+    let out = run_ok(&["migrate", "--config", c, "--dir", m]);
+    assert!(out.contains("already applied 0001_default_schema.sql"), "{out}");
+    assert!(!out.contains("\napplied"), "{out}");
+    let mut client = cloud.client();
+    let n: i64 = client.query_one("SELECT count(*) FROM sluice.tables", &[]).unwrap().get(0);
+    assert!(n >= 7, "the default tables are registered");
+
+    // A migration that fails applies nothing of itself and is not recorded.
+    let bad = dir.path().join("bad");
+    std::fs::create_dir(&bad).unwrap();
+    std::fs::write(bad.join("0101_ok.sql"), "CREATE TABLE t_ok (x int);").unwrap();
+    std::fs::write(bad.join("0102_broken.sql"), "CREATE TABLE t_half (x int); SELECT no_such_function();").unwrap();
+    let out = agent(&["migrate", "--config", c, "--dir", bad.to_str().unwrap()]).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("0102_broken.sql failed, nothing of it was applied"), "{err}");
+    let half: i64 = client.query_one("SELECT count(*) FROM pg_class WHERE relname = 't_half'", &[]).unwrap().get(0);
+    assert_eq!(half, 0);
+    let ok: i64 = client.query_one("SELECT count(*) FROM pg_class WHERE relname = 't_ok'", &[]).unwrap().get(0);
+    assert_eq!(ok, 1, "the migration before the broken one stays applied");
+    // An applied migration edited afterwards is reported, not ignored.
+    std::fs::write(bad.join("0101_ok.sql"), "CREATE TABLE t_ok (x int, y int);").unwrap();
+    let out = agent(&["migrate", "--config", c, "--dir", bad.to_str().unwrap()]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("0101_ok.sql was changed after it was applied"), "{err}");
+}
+
+#[test]
+fn a_refused_table_does_not_stop_the_others_and_the_log_says_partial() {
+    let cloud = CloudDb::create("partial");
+    let dir = tempfile::tempdir().unwrap();
+    let edge_path = dir.path().join("edge.db");
+    let edge = edge_db(&edge_path, true);
+    edge.execute_batch("CREATE TABLE local_extra (id INTEGER PRIMARY KEY, v TEXT); SELECT sluice_track('local_extra'); INSERT INTO local_extra (v) VALUES ('x');").unwrap();
+    insert_rows(&edge, "division_states", &division_states(0, 1_500, 9), 500);
+    let config = write_config(dir.path(), &edge_path, &cloud.url, DEVICE, 1000);
+
+    let out = agent(&["sync", "--config", config.to_str().unwrap()]).output().unwrap();
+    assert!(!out.status.success(), "a refused table makes the run fail");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("local_extra") && stdout.contains("FAILED") && stdout.contains("not registered"), "{stdout}");
+    assert!(stdout.contains("division_states      sent 2 batches, 1500 rows"), "{stdout}");
+    assert_eq!(pending(&edge, "division_states"), 0);
+    assert_eq!(pending(&edge, "local_extra"), 1, "refused rows stay pending");
+
+    let (status, error): (String, String) = edge
+        .query_row("SELECT status, error FROM sluice_sync_log ORDER BY id DESC LIMIT 1", [], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap();
+    assert_eq!(status, "partial");
+    assert!(error.contains("local_extra"), "{error}");
+
+    let json = run_ok(&["status", "--config", config.to_str().unwrap(), "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["pending_rows"], 1);
+    assert_eq!(v["last_error"]["status"], "partial");
+    assert_eq!(v["cloud"]["reachable"], true);
+    assert!(v["cloud"]["clock_skew_ms"].is_i64(), "{json}");
+    assert!(v["catch_up_secs"].is_number(), "{json}");
+}
+
+#[test]
+fn an_unreachable_cloud_leaves_every_row_pending_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let edge_path = dir.path().join("edge.db");
+    let edge = edge_db(&edge_path, true);
+    insert_rows(&edge, "metrics", &[serde_json::json!({"camera_id": "c", "location_id": "l", "recorded_at": "2026-11-22T00:00:00.000Z", "people_count": 1, "processing_ms": 2.5})], 1);
+    // Nothing listens on port 1.
+    let config = write_config(dir.path(), &edge_path, "postgres://postgres@127.0.0.1:1/postgres", DEVICE, 1000);
+    let started = Instant::now();
+    let out = agent(&["sync", "--config", config.to_str().unwrap(), "--table", "metrics"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(started.elapsed() < Duration::from_secs(30), "retries are capped");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("not applied after 5 attempts; it stays pending"), "{stdout}");
+    assert_eq!(pending(&edge, "metrics"), 1);
+    let status: String = edge.query_row("SELECT status FROM sluice_sync_log ORDER BY id DESC LIMIT 1", [], |r| r.get(0)).unwrap();
+    assert_eq!(status, "failed");
+    // The same error is logged once, not once per attempt.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.matches("cloud unreachable; will retry").count(), 1, "{stderr}");
+}
+
+#[test]
+fn the_daemon_delivers_within_seconds_and_stops_cleanly_on_sigterm() {
+    let cloud = CloudDb::create("daemon");
+    let dir = tempfile::tempdir().unwrap();
+    let edge_path = dir.path().join("edge.db");
+    let edge = edge_db(&edge_path, true);
+    let config = write_config_with(
+        dir.path(),
+        &edge_path,
+        &cloud.url,
+        DEVICE,
+        1000,
+        "\n[schedule]\nsync = \"*/2 * * * * *\"\nfull_sync = \"off\"\nembed = \"off\"\ncleanup = \"*/5 * * * * *\"\n\n[cleanup]\nkeep = \"1 hour\"\n",
+    );
+    let mut child = agent(&["run", "--config", config.to_str().unwrap()])
+        .env("SLUICE_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+
+    // Rows written at the edge arrive without anyone calling sync.
+    let mut latencies = Vec::new();
+    for round in 0..3u64 {
+        insert_rows(&edge, "division_states", &division_states(round * 100, 100, 11), 100);
+        let written = Instant::now();
+        let expected = (round as i64 + 1) * 100;
+        while cloud.count("division_states") < expected {
+            if written.elapsed() > Duration::from_secs(20) {
+                child.kill().unwrap();
+                let mut stderr = String::new();
+                std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+                panic!("rows not in the cloud after 20 s; agent log:\n{stderr}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        latencies.push(written.elapsed());
+    }
+    assert!(latencies.iter().all(|l| *l < Duration::from_secs(10)), "latencies {latencies:?}");
+    eprintln!("edge-to-cloud latencies with a 2 s schedule: {latencies:?}");
+
+    // SIGTERM: the daemon finishes what it does and exits 0.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "the agent did not stop after SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "exit status after SIGTERM: {status}");
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(stderr.contains("sluice agent stopped"), "{stderr}");
+
+    // Every run is in the sync log, none left 'running', nothing lost.
+    let running: i64 = edge.query_row("SELECT count(*) FROM sluice_sync_log WHERE status = 'running'", [], |r| r.get(0)).unwrap();
+    assert_eq!(running, 0);
+    let syncs: i64 = edge.query_row("SELECT count(*) FROM sluice_sync_log WHERE kind = 'sync'", [], |r| r.get(0)).unwrap();
+    assert!(syncs >= 3, "{syncs} sync runs logged");
+    let mut c = cloud.client();
+    assert_same_rows(&edge_division_states(&edge), &cloud_division_states(&mut c, DEVICE));
+}
+
+#[test]
+fn a_missed_full_sync_runs_once_at_start() {
+    let cloud = CloudDb::create("missed");
+    let dir = tempfile::tempdir().unwrap();
+    let edge_path = dir.path().join("edge.db");
+    let edge = edge_db(&edge_path, true);
+    insert_rows(&edge, "division_states", &division_states(0, 300, 12), 300);
+    // Everything off but a full sync at 03:00 that was last run two days ago.
+    let config = write_config_with(
+        dir.path(),
+        &edge_path,
+        &cloud.url,
+        DEVICE,
+        1000,
+        "\n[schedule]\nsync = \"off\"\nfull_sync = \"0 0 3 * * *\"\nembed = \"off\"\ncleanup = \"off\"\nrollup = \"off\"\nbudget = \"off\"\n",
+    );
+    edge.execute_batch(
+        "CREATE TABLE IF NOT EXISTS sluice_sync_log (id INTEGER PRIMARY KEY, kind TEXT NOT NULL, started_at TEXT NOT NULL, ended_at TEXT, batches INTEGER NOT NULL DEFAULT 0, rows INTEGER NOT NULL DEFAULT 0, bytes INTEGER NOT NULL DEFAULT 0, status TEXT NOT NULL, error TEXT);
+         INSERT INTO sluice_sync_log (kind, started_at, ended_at, status) VALUES ('full_sync', strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-2 days'), strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-2 days'), 'success');",
+    )
+    .unwrap();
+    let mut child = agent(&["run", "--config", config.to_str().unwrap()]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let started = Instant::now();
+    while cloud.count("division_states") < 300 {
+        assert!(started.elapsed() < Duration::from_secs(20), "the missed full sync did not run at start");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert!(child.wait().unwrap().success());
+    let runs: i64 = edge.query_row("SELECT count(*) FROM sluice_sync_log WHERE kind = 'full_sync'", [], |r| r.get(0)).unwrap();
+    assert_eq!(runs, 2, "one old run and one catch-up run");
+}
