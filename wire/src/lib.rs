@@ -9,15 +9,20 @@
 //! - [`codec`]: the low-level readers and writers (varints, strings) that
 //!   never panic and never allocate more than the input can justify.
 //! - [`error`]: [`WireError`], whose messages say what is wrong and where.
+//! - [`sketch`]: the mergeable quantile sketch ([`Sketch`], DDSketch-style,
+//!   1 % relative accuracy) and its bytes, so the edge's window sketches and
+//!   the cloud's merges agree.
 //!
 //! The format is documented for people in `docs/wire-format.md`.
 
 pub mod batch;
 pub mod codec;
 pub mod error;
+pub mod sketch;
 
 pub use batch::{
     column_fingerprint, decode, decode_header, encode, Batch, BatchHeader, BatchId, Column,
     ColumnType, EncodeOptions, Value, FORMAT_VERSION, MAGIC, MAX_BODY_BYTES, MAX_COLUMNS,
 };
 pub use error::WireError;
+pub use sketch::{Sketch, SketchError, RELATIVE_ACCURACY};
