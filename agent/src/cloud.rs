@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use tokio_postgres::error::SqlState;
+use tokio_postgres::types::Type;
 use tokio_postgres::{Client, NoTls};
 
 use crate::config::{CloudConfig, DEFAULT_PASSWORD_ENV};
@@ -66,9 +67,9 @@ impl Cloud {
     ) -> anyhow::Result<Option<(Option<i64>, Option<String>)>> {
         let row = self
             .client
-            .query_opt(
+            .query_typed_opt(
                 "SELECT clock_skew_ms, to_char(last_batch_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') FROM sluice.devices WHERE device_id = $1",
-                &[&device],
+                &[(&device, Type::TEXT)],
             )
             .await
             .map_err(|e| anyhow::anyhow!(describe(&e)))?;
@@ -81,11 +82,13 @@ impl Cloud {
 
     /// Applies one batch with `sluice.ingest` in its own transaction.
     pub async fn ingest(&self, batch: &[u8]) -> Result<IngestOutcome, IngestError> {
+        // An unnamed statement (query_typed): no prepared statement outlives
+        // the call, so this works through a transaction-mode pooler.
         let row = self
             .client
-            .query_one(
+            .query_typed_one(
                 "SELECT inserted, updated, skipped, replay FROM sluice.ingest($1)",
-                &[&batch],
+                &[(&batch, Type::BYTEA)],
             )
             .await
             .map_err(classify)?;

@@ -213,3 +213,21 @@ fn a_missed_full_sync_runs_once_at_start() {
     let runs: i64 = edge.query_row("SELECT count(*) FROM sluice_sync_log WHERE kind = 'full_sync'", [], |r| r.get(0)).unwrap();
     assert_eq!(runs, 2, "one old run and one catch-up run");
 }
+
+#[test]
+fn sync_works_through_a_transaction_mode_pgbouncer() {
+    let cloud = CloudDb::create("bouncer");
+    let bouncer = Pgbouncer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let edge_path = dir.path().join("edge.db");
+    let edge = edge_db(&edge_path, true);
+    insert_rows(&edge, "division_states", &division_states(0, 20_000, 13), 1000);
+    let config = write_config(dir.path(), &edge_path, &bouncer.url(&cloud.name), DEVICE, 1000);
+    let out = run_ok(&["sync", "--config", config.to_str().unwrap()]);
+    assert!(out.contains("20 batches, 20000 rows"), "{out}");
+    // A second agent run re-sends nothing; replays through the pooler work too.
+    let out = run_ok(&["sync", "--config", config.to_str().unwrap()]);
+    assert!(out.contains("0 batches"), "{out}");
+    let mut c = cloud.client();
+    assert_same_rows(&edge_division_states(&edge), &cloud_division_states(&mut c, DEVICE));
+}

@@ -327,3 +327,89 @@ mod tests {
         assert_eq!(super::iso_ms(951_782_400_000), "2000-02-29T00:00:00.000Z");
     }
 }
+
+/// A pgbouncer in transaction pooling mode in front of the test server,
+/// stopped when dropped. It runs as the PostgreSQL OS user when the tests run
+/// as root (pgbouncer refuses root).
+pub struct Pgbouncer {
+    pub port: u16,
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Pgbouncer {
+    pub fn start() -> Pgbouncer {
+        let server: url_parts::Parts = url_parts::parse(&server_url());
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let ini = dir.path().join("pgbouncer.ini");
+        std::fs::write(
+            &ini,
+            format!(
+                "[databases]\n* = host=127.0.0.1 port={} user={}\n\n[pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\nauth_type = any\npool_mode = transaction\nmax_client_conn = 500\ndefault_pool_size = 20\nlogfile = {}\n",
+                server.port,
+                server.user,
+                dir.path().join("pgbouncer.log").display()
+            ),
+        )
+        .unwrap();
+        let root = unsafe { libc::geteuid() } == 0;
+        let mut cmd = if root {
+            let user = std::env::var("SLUICE_PG_USER").unwrap_or_else(|_| "sluicepg".into());
+            let status = Command::new("chown").args(["-R", &user]).arg(dir.path()).status().unwrap();
+            assert!(status.success());
+            let mut c = Command::new("runuser");
+            c.args(["-u", &user, "--", "/usr/sbin/pgbouncer"]);
+            c
+        } else {
+            Command::new("/usr/sbin/pgbouncer")
+        };
+        let child = cmd
+            .arg(&ini)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start /usr/sbin/pgbouncer (scripts/setup.sh installs it): {e}"));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(std::time::Instant::now() < deadline, "pgbouncer did not listen on {port}");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        Pgbouncer { port, child, _dir: dir }
+    }
+
+    /// The URL of `db` through the pooler.
+    pub fn url(&self, db: &str) -> String {
+        let server = url_parts::parse(&server_url());
+        format!("postgres://{}@127.0.0.1:{}/{db}", server.user, self.port)
+    }
+}
+
+impl Drop for Pgbouncer {
+    fn drop(&mut self) {
+        // runuser forwards the signal to pgbouncer.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
+}
+
+/// A TCP port nothing listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+mod url_parts {
+    /// User and port of a `postgres://user@host:port/db` URL.
+    pub struct Parts {
+        pub user: String,
+        pub port: u16,
+    }
+
+    pub fn parse(url: &str) -> Parts {
+        let rest = url.trim_start_matches("postgres://");
+        let (user, rest) = rest.split_once('@').unwrap_or(("postgres", rest));
+        let hostport = rest.split('/').next().unwrap_or("");
+        let port = hostport.rsplit_once(':').and_then(|(_, p)| p.parse().ok()).unwrap_or(5432);
+        Parts { user: user.into(), port }
+    }
+}
