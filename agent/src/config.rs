@@ -465,6 +465,16 @@ mod tests {
     }
 
     #[test]
+    fn the_example_config_is_valid_and_complete() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/sluice.example.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let cfg = Config::parse(&text).unwrap();
+        assert_eq!(cfg.sync.batch_rows, DEFAULT_BATCH_ROWS);
+        assert_eq!(cfg.schedule.full_sync, DEFAULT_FULL_SYNC_CRON);
+        assert_eq!(cfg.cleanup.keep, DEFAULT_CLEANUP_KEEP);
+    }
+
+    #[test]
     fn relative_paths_follow_the_config_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sluice.toml");

@@ -231,3 +231,21 @@ fn sync_works_through_a_transaction_mode_pgbouncer() {
     let mut c = cloud.client();
     assert_same_rows(&edge_division_states(&edge), &cloud_division_states(&mut c, DEVICE));
 }
+
+#[test]
+fn every_command_has_a_section_in_docs_agent_md() {
+    let help = run_ok(&["--help"]);
+    let docs = std::fs::read_to_string(repo_root().join("docs/agent.md")).unwrap();
+    let commands: Vec<&str> = help
+        .lines()
+        .skip_while(|l| !l.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|c| *c != "help")
+        .collect();
+    assert!(commands.len() >= 6, "{help}");
+    for c in commands {
+        assert!(docs.contains(&format!("### `sluice {c} ")), "docs/agent.md has no section for `sluice {c}`");
+    }
+}
