@@ -15,6 +15,7 @@ use sluice_wire::{decode, decode_header, Batch, BatchId, WireError};
 use crate::convert::{column_to_texts, ConvertError};
 use crate::error::{Result, SluiceError};
 use crate::sqlgen::{self, Policy, TargetColumn, DEVICE_COLUMN, VERSION_COLUMN};
+use crate::tenancy;
 
 /// What one call returns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,7 +36,7 @@ thread_local! {
     static PLANS: RefCell<HashMap<String, OwnedPreparedStatement>> = RefCell::new(HashMap::new());
 }
 
-fn err(code: PgSqlErrorCode, msg: impl std::fmt::Display) -> SluiceError {
+pub(crate) fn err(code: PgSqlErrorCode, msg: impl std::fmt::Display) -> SluiceError {
     SluiceError::new(code, format!("sluice.ingest: {msg}"))
 }
 
@@ -70,6 +71,11 @@ pub fn ingest(bytes: &[u8]) -> Result<Outcome> {
     let row_count = i64::from(h.row_count);
 
     Spi::connect_mut(|client| {
+        // 1b. Who is calling: a device role is bound to a tenant (and maybe a
+        // device id, checked before the ledger is touched).
+        let caller = tenancy::caller(client)?;
+        tenancy::check_device_id(&caller, &h.device_id, &id)?;
+
         // 2. Claim the identity; a replay stops here.
         let claimed = client
             .update(
@@ -103,6 +109,7 @@ pub fn ingest(bytes: &[u8]) -> Result<Outcome> {
         // 3. The rows, then registration and schema check.
         let batch = decode(bytes).map_err(|e| err(wire_error_code(&e), e))?;
         let reg = registration(client, &h.table)?;
+        tenancy::check_rows(client, &caller, &batch, &id, &reg)?;
         let plan = plan_columns(client, &batch, &id, &reg)?;
 
         // 4. One upsert.
@@ -157,19 +164,21 @@ pub fn ingest(bytes: &[u8]) -> Result<Outcome> {
 }
 
 /// A row of `sluice.tables`, with the target's current name.
-struct Registration {
-    target: pg_sys::Oid,
+pub(crate) struct Registration {
+    pub target: pg_sys::Oid,
     /// `"schema"."table"`.
     target_sql: String,
     /// `schema.table`, for messages.
-    target_name: String,
+    pub target_name: String,
     key_columns: Vec<String>,
     policy: Policy,
+    /// The column holding the location (tenant), if registered.
+    pub tenant_column: Option<String>,
 }
 
 fn registration(client: &SpiClient<'_>, edge_table: &str) -> Result<Registration> {
     let table = client.select(
-        "SELECT t.target::oid, n.nspname::text, c.relname::text, t.key_columns, t.policy
+        "SELECT t.target::oid, n.nspname::text, c.relname::text, t.key_columns, t.policy, t.tenant_column
          FROM sluice.tables t
          LEFT JOIN pg_class c ON c.oid = t.target::oid
          LEFT JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -212,6 +221,7 @@ fn registration(client: &SpiClient<'_>, edge_table: &str) -> Result<Registration
         target_name: format!("{schema}.{relname}"),
         key_columns,
         policy,
+        tenant_column: row.get::<String>(6)?,
     })
 }
 

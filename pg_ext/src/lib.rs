@@ -23,6 +23,7 @@ pub mod error;
 pub mod ingest;
 pub mod register;
 pub mod sqlgen;
+pub mod tenancy;
 pub mod versions;
 
 ::pgrx::pg_module_magic!(name, version);
@@ -103,7 +104,10 @@ fn register_table(
 }
 
 /// `sluice.ingest(batch bytea)`: applies one batch; one row of counts.
-#[pg_extern(volatile, parallel_unsafe)]
+/// Runs as the extension's owner with a fixed `search_path`; the caller's
+/// rights are checked inside ([`tenancy`]).
+#[pg_extern(volatile, parallel_unsafe, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
 fn ingest(
     batch: &[u8],
 ) -> TableIterator<
@@ -120,6 +124,28 @@ fn ingest(
         Err(e) => e.raise("ingest"),
     }
 }
+
+extension_sql_file!(
+    "sql/tenancy.sql",
+    name = "tenancy",
+    requires = ["bookkeeping_tables", ingest]
+);
+
+extension_sql!(
+    r#"
+-- Only what a DBA grants: ingest through sluice.grant_device, the rest to
+-- roles that administer sluice.
+REVOKE EXECUTE ON FUNCTION sluice.ingest(bytea) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION sluice.register_table(text, regclass, text[], text, text) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION sluice.grant_device(regrole, text, text) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION sluice.revoke_device(regrole) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION sluice.grant_reader(regrole, text) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION sluice.revoke_reader(regrole, text) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION sluice.enable_tenant_rls(regclass, text) FROM PUBLIC;
+"#,
+    name = "privileges",
+    finalize
+);
 
 #[cfg(any(test, feature = "pg_test"))]
 mod pg_tests;

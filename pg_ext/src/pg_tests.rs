@@ -501,4 +501,259 @@ mod tests {
         .unwrap();
         assert_eq!(try_ingest(&too_long), "22001");
     }
+
+    // ---- Tenancy ----------------------------------------------------------
+
+    /// Runs `q` (which may use `$1`, the batch) as `role`, catching an ERROR:
+    /// `ok` or `SQLSTATE: message`.
+    fn try_as(role: &str, q: &str, batch: Option<&[u8]>) -> String {
+        if !role.is_empty() {
+            Spi::run(&format!("SET ROLE {role}")).unwrap();
+        }
+        let r = Spi::get_one_with_args::<String>(
+            "SELECT public.try_sql($1, $2)",
+            &[q.into(), batch.map(|b| b.to_vec()).into()],
+        );
+        Spi::run("RESET ROLE").unwrap();
+        r.unwrap().unwrap()
+    }
+
+    fn site_batch(device: &str, rows: &[(i64, &str, i64, &str)]) -> Vec<u8> {
+        make_batch(
+            device,
+            "sites",
+            vec![
+                Column::new("location_id", ColumnType::Text),
+                Column::new("id", ColumnType::Integer),
+                Column::new("state", ColumnType::Text),
+            ],
+            rows.iter()
+                .map(|&(v, loc, id, st)| {
+                    (
+                        v,
+                        vec![
+                            Value::Text(loc.into()),
+                            Value::Integer(id),
+                            Value::Text(st.into()),
+                        ],
+                    )
+                })
+                .collect(),
+        )
+    }
+
+    fn setup_tenants() {
+        Spi::run(
+            "CREATE TABLE public.sites (location_id text, id bigint, state text,
+                                        PRIMARY KEY (location_id, id));
+             SELECT sluice.register_table('sites', 'public.sites', ARRAY['location_id', 'id'],
+                                          'last_writer_wins', 'location_id');
+             CREATE ROLE dev_a; CREATE ROLE dev_b; CREATE ROLE reader_a; CREATE ROLE outsider;
+             SELECT sluice.grant_device('dev_a', 'A');
+             SELECT sluice.grant_device('dev_b', 'B', 'box-b');
+             CREATE FUNCTION public.try_sql(q text, b bytea) RETURNS text LANGUAGE plpgsql AS $$
+             BEGIN
+                 EXECUTE q USING b;
+                 RETURN 'ok';
+             EXCEPTION WHEN OTHERS THEN
+                 RETURN SQLSTATE || ': ' || SQLERRM;
+             END $$;",
+        )
+        .unwrap();
+    }
+
+    fn sites() -> String {
+        text(
+            "SELECT coalesce(string_agg(format('%s/%s/%s/%s', location_id, id, state, sluice_device),
+                    ';' ORDER BY location_id, id), '') FROM public.sites",
+        )
+    }
+
+    #[pg_test]
+    fn device_roles_ingest_only_their_own_tenant() {
+        setup_tenants();
+        let ingest_q = "SELECT * FROM sluice.ingest($1)";
+        let a = site_batch("box-a", &[(1, "A", 1, "IDLE"), (2, "A", 2, "BUSY")]);
+        assert_eq!(try_as("dev_a", ingest_q, Some(&a)), "ok");
+        let b = site_batch("box-b", &[(1, "B", 1, "IDLE")]);
+        assert_eq!(try_as("dev_b", ingest_q, Some(&b)), "ok");
+        assert_eq!(sites(), "A/1/IDLE/box-a;A/2/BUSY/box-a;B/1/IDLE/box-b");
+
+        // A batch carrying another location's row is refused whole.
+        let mixed = site_batch("box-a", &[(3, "A", 1, "CLEANING"), (4, "B", 1, "STOLEN")]);
+        assert_eq!(
+            try_as("dev_a", ingest_q, Some(&mixed)),
+            "42501: sluice.ingest: batch box-a/sites/0000123456789abc (2, 4], row 2: tenant column \
+             'location_id' is 'B', but role \"dev_a\" may only write tenant 'A'; nothing of the \
+             batch was applied"
+        );
+        let no_tenant = make_batch(
+            "box-a",
+            "sites",
+            vec![
+                Column::new("location_id", ColumnType::Text),
+                Column::new("id", ColumnType::Integer),
+            ],
+            vec![(5, vec![Value::Null, Value::Integer(9)])],
+        );
+        assert!(try_as("dev_a", ingest_q, Some(&no_tenant))
+            .starts_with("42501: sluice.ingest: batch box-a/sites/0000123456789abc (4, 5], row 1: tenant column 'location_id' is NULL"));
+        // dev_b is bound to device box-b.
+        let forged = site_batch("box-c", &[(1, "B", 7, "IDLE")]);
+        assert_eq!(
+            try_as("dev_b", ingest_q, Some(&forged)),
+            "42501: sluice.ingest: batch box-c/sites/0000123456789abc (0, 1]: role \"dev_b\" may \
+             send batches of device 'box-b' only, not 'box-c'"
+        );
+        assert_eq!(sites(), "A/1/IDLE/box-a;A/2/BUSY/box-a;B/1/IDLE/box-b");
+        assert_eq!(count("SELECT count(*) FROM sluice.batches"), 2);
+
+        // A device role can do nothing else.
+        for q in [
+            "SELECT * FROM public.sites",
+            "INSERT INTO public.sites VALUES ('A', 99, 'x')",
+            "SELECT * FROM sluice.batches",
+            "UPDATE sluice.device_roles SET tenant = 'B'",
+            "SELECT sluice.grant_device('dev_a', 'B')",
+            "SELECT sluice.register_table('sites', 'public.sites', ARRAY['location_id', 'id'])",
+        ] {
+            assert!(
+                try_as("dev_a", q, None).starts_with("42501: permission denied"),
+                "{q}"
+            );
+        }
+        // A role without a grant cannot call ingest; one with EXECUTE but no
+        // device grant needs the table privileges.
+        assert_eq!(
+            try_as("outsider", ingest_q, Some(&a)),
+            "42501: permission denied for schema sluice"
+        );
+        Spi::run("GRANT USAGE ON SCHEMA sluice TO outsider; GRANT EXECUTE ON FUNCTION sluice.ingest(bytea) TO outsider").unwrap();
+        let a2 = site_batch("box-a", &[(9, "A", 3, "IDLE")]);
+        assert_eq!(
+            try_as("outsider", ingest_q, Some(&a2)),
+            "42501: sluice.ingest: batch box-a/sites/0000123456789abc (8, 9]: role \"outsider\" is \
+             not a device role (sluice.grant_device) and may not INSERT and UPDATE public.sites"
+        );
+        Spi::run("GRANT INSERT, UPDATE ON public.sites TO outsider").unwrap();
+        assert_eq!(try_as("outsider", ingest_q, Some(&a2)), "ok");
+        // A revoked device role cannot ingest any more.
+        Spi::run("SELECT sluice.revoke_device('dev_a')").unwrap();
+        let a3 = site_batch("box-a", &[(10, "A", 4, "IDLE")]);
+        assert!(try_as("dev_a", ingest_q, Some(&a3))
+            .starts_with("42501: permission denied for function ingest"));
+    }
+
+    #[pg_test]
+    fn device_roles_need_a_tenant_column() {
+        setup_tenants();
+        Spi::run(
+            "CREATE TABLE public.plain (id bigint PRIMARY KEY, state text);
+             SELECT sluice.register_table('plain', 'public.plain', ARRAY['id'])",
+        )
+        .unwrap();
+        let b = make_batch(
+            "box-a",
+            "plain",
+            vec![Column::new("id", ColumnType::Integer)],
+            vec![(1, vec![Value::Integer(1)])],
+        );
+        assert!(try_as("dev_a", "SELECT * FROM sluice.ingest($1)", Some(&b)).starts_with(
+            "42501: sluice.ingest: batch box-a/plain/0000123456789abc (0, 1]: public.plain was \
+             registered without a tenant column, so device role \"dev_a\" may not write to it"
+        ));
+        // The tenant column must be part of the key.
+        assert_eq!(
+            try_as(
+                "",
+                "SELECT sluice.register_table('plain', 'public.plain', ARRAY['id'], 'last_writer_wins', 'state')",
+                None
+            ),
+            "22023: sluice.register_table: tenant column 'state' must be one of the key columns, \
+             so that rows of different tenants never share a key"
+        );
+    }
+
+    #[pg_test]
+    fn readers_see_their_tenant_with_rls() {
+        setup_tenants();
+        let ingest_q = "SELECT * FROM sluice.ingest($1)";
+        let a = site_batch("box-a", &[(1, "A", 1, "IDLE"), (2, "A", 2, "BUSY")]);
+        let b = site_batch("box-b", &[(1, "B", 1, "IDLE")]);
+        assert_eq!(try_as("dev_a", ingest_q, Some(&a)), "ok");
+        assert_eq!(try_as("dev_b", ingest_q, Some(&b)), "ok");
+        Spi::run(
+            "GRANT SELECT ON public.sites TO reader_a;
+             SELECT sluice.grant_reader('reader_a', 'A');
+             SELECT sluice.enable_tenant_rls('public.sites');
+             CREATE TABLE public.seen (who text, n bigint);
+             GRANT INSERT ON public.seen TO reader_a",
+        )
+        .unwrap();
+        assert_eq!(
+            try_as(
+                "reader_a",
+                "INSERT INTO public.seen SELECT 'a', count(*) FROM public.sites",
+                None
+            ),
+            "ok"
+        );
+        assert_eq!(count("SELECT n FROM public.seen WHERE who = 'a'"), 2);
+        // Ingest is not affected by the policy (a second device batch still upserts).
+        let a2 = site_batch("box-a", &[(3, "A", 1, "CLEANING")]);
+        assert_eq!(try_as("dev_a", ingest_q, Some(&a2)), "ok");
+        assert_eq!(sites(), "A/1/CLEANING/box-a;A/2/BUSY/box-a;B/1/IDLE/box-b");
+        // A second tenant for the reader.
+        Spi::run("SELECT sluice.grant_reader('reader_a', 'B')").unwrap();
+        assert_eq!(
+            try_as(
+                "reader_a",
+                "INSERT INTO public.seen SELECT 'ab', count(*) FROM public.sites",
+                None
+            ),
+            "ok"
+        );
+        assert_eq!(count("SELECT n FROM public.seen WHERE who = 'ab'"), 3);
+    }
+
+    #[pg_test]
+    fn names_are_validated_not_pasted() {
+        setup_tenants();
+        let evil = r#"location_id" IS NOT NULL OR true; DROP TABLE public.sites; --"#;
+        for (q, code) in [
+            (
+                format!(
+                    "SELECT sluice.enable_tenant_rls('public.sites', {})",
+                    pgrx::spi::quote_literal(evil)
+                ),
+                "42703",
+            ),
+            (
+                "SELECT sluice.enable_tenant_rls('public.sites; DROP TABLE public.sites')".into(),
+                "42602",
+            ),
+            (
+                "SELECT sluice.grant_device('dev_a; DROP TABLE public.sites', 'A')".into(),
+                "42602",
+            ),
+            (
+                format!(
+                    "SELECT sluice.register_table('sites', 'public.sites', ARRAY[{}])",
+                    pgrx::spi::quote_literal(evil)
+                ),
+                "42703",
+            ),
+        ] {
+            let r = try_as("", &q, None);
+            assert!(r.starts_with(code), "{q}: {r}");
+        }
+        // A role whose name needs quoting works.
+        Spi::run(r#"CREATE ROLE "Dev ""Q"" x""#).unwrap();
+        Spi::run(r#"SELECT sluice.grant_device('"Dev ""Q"" x"', 'A')"#).unwrap();
+        assert_eq!(
+            text("SELECT role || '=' || tenant FROM sluice.device_roles WHERE tenant = 'A' AND role <> 'dev_a'"),
+            "Dev \"Q\" x=A"
+        );
+        assert_eq!(count("SELECT count(*) FROM public.sites"), 0);
+    }
 }

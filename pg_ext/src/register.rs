@@ -112,6 +112,14 @@ pub fn register(
             }
         }
         if let Some(tenant) = tenant_column {
+            // Rows of different tenants must never meet in ON CONFLICT: a
+            // device could otherwise overwrite another location's row.
+            if !key_columns.iter().any(|k| k == tenant) {
+                return Err(fail(
+                    PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+                    format!("tenant column '{tenant}' must be one of the key columns, so that rows of different tenants never share a key"),
+                ));
+            }
             let exists = client
                 .select(
                     "SELECT 1 FROM pg_attribute WHERE attrelid = $1 AND attname = $2 \
