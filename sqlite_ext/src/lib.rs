@@ -13,6 +13,10 @@
 //! - [`insert`] is `sluice_insert`;
 //! - [`sync`] holds `sluice_device`, `sluice_track`, `sluice_batch`, `sluice_ack`,
 //!   `sluice_pending`, `sluice_cleanup`.
+//! - [`window`] is window aggregation: `sluice_bucket`, `sluice_percentile`,
+//!   and the quantile sketch functions (over `sluice_wire::sketch`);
+//! - [`pack`] is `sluice_compress`/`sluice_decompress` and the packing
+//!   aggregate `sluice_pack` with `sluice_unpack`;
 //!
 //! No panic may cross into the host: the crate denies `unwrap`, `expect` and
 //! `panic!`, and every bad input becomes an SQLite error
@@ -22,9 +26,11 @@
 
 pub mod insert;
 pub mod options;
+pub mod pack;
 pub mod rows;
 pub mod schema;
 pub mod sync;
+pub mod window;
 
 use std::fmt;
 use std::os::raw::{c_char, c_int};
@@ -60,6 +66,27 @@ pub const FUNCTIONS: &[(&str, c_int, FunctionFlags, SqlFn)] = &[
     ("sluice_ack", 1, WRITES, sync::sluice_ack),
     ("sluice_pending", 1, READS, sync::sluice_pending),
     ("sluice_cleanup", 2, WRITES, sync::sluice_cleanup),
+    ("sluice_bucket", 2, PURE, window::sluice_bucket),
+    (
+        "sluice_sketch_quantile",
+        2,
+        PURE,
+        window::sluice_sketch_quantile,
+    ),
+    ("sluice_compress", 1, PURE, pack::sluice_compress),
+    ("sluice_compress", 2, PURE, pack::sluice_compress),
+    ("sluice_decompress", 1, PURE, pack::sluice_decompress),
+    ("sluice_unpack", 1, PURE, pack::sluice_unpack),
+];
+
+/// The aggregate functions (all pure), registered after [`FUNCTIONS`]:
+/// `sluice_sketch(x)`, `sluice_sketch_merge(sketch)`, `sluice_pack(...)`;
+/// and the window function `sluice_percentile(x, p)`.
+pub const AGGREGATES: &[(&str, c_int)] = &[
+    ("sluice_sketch", 1),
+    ("sluice_sketch_merge", 1),
+    ("sluice_pack", -1),
+    ("sluice_percentile", 2),
 ];
 
 /// Entry point; SQLite derives its name from the file name `sluice0.so`.
@@ -81,6 +108,10 @@ fn init(db: Connection) -> rusqlite::Result<bool> {
     for &(name, n_arg, flags, f) in FUNCTIONS {
         db.create_scalar_function(name, n_arg, flags, f)?;
     }
+    db.create_aggregate_function("sluice_sketch", 1, PURE, window::SketchAgg)?;
+    db.create_aggregate_function("sluice_sketch_merge", 1, PURE, window::SketchMerge)?;
+    db.create_aggregate_function("sluice_pack", -1, PURE, pack::Pack)?;
+    db.create_window_function("sluice_percentile", 2, PURE, window::Percentile)?;
     Ok(false)
 }
 
@@ -265,7 +296,18 @@ mod tests {
             assert!(seen.insert((name, n)), "{name}/{n} twice");
             // Only pure functions are deterministic.
             if flags.contains(FunctionFlags::SQLITE_DETERMINISTIC) {
-                assert_eq!(*name, "sluice_version");
+                assert!(
+                    [
+                        "sluice_version",
+                        "sluice_bucket",
+                        "sluice_sketch_quantile",
+                        "sluice_compress",
+                        "sluice_decompress",
+                        "sluice_unpack"
+                    ]
+                    .contains(name),
+                    "{name}"
+                );
             }
         }
     }
