@@ -34,6 +34,11 @@ pub const MAX_COLUMNS: usize = 2000;
 pub const DEFAULT_BROTLI_QUALITY: u32 = 5;
 const BROTLI_WINDOW_BITS: u32 = 22;
 const FLAG_BROTLI: u8 = 1;
+/// The body uses the compact value codings: reals that are short decimals as
+/// scaled integers, text front-coded against the previous value of its
+/// column. Always written; a body without it (the first v1 writers) is read
+/// with plain reals and text.
+const FLAG_COMPACT_VALUES: u8 = 2;
 /// magic + version + flags + header_len + raw_len + body_len + crc.
 const MIN_BATCH_BYTES: usize = 3 + 1 + 1 + 4 + 4 + 4 + 4;
 
@@ -299,8 +304,8 @@ pub fn encode(
             ))
         })?;
     let (flags, stored) = match opts.brotli_quality {
-        Some(q) => (FLAG_BROTLI, brotli_compress(&body, q)),
-        None => (0, body),
+        Some(q) => (FLAG_BROTLI | FLAG_COMPACT_VALUES, brotli_compress(&body, q)),
+        None => (FLAG_COMPACT_VALUES, body),
     };
 
     let mut out = Vec::with_capacity(MIN_BATCH_BYTES + head.len() + stored.len());
@@ -327,6 +332,8 @@ fn encode_body(base_seq: i64, versions: &[i64], columns: &[Vec<Value>]) -> Vec<u
     for col in columns {
         body.extend(col.iter().map(Value::tag));
         let mut prev_int: i64 = 0;
+        let mut prev_mantissa: i64 = 0;
+        let mut prev_text: &[u8] = &[];
         for v in col {
             match v {
                 Value::Null => {}
@@ -334,13 +341,56 @@ fn encode_body(base_seq: i64, versions: &[i64], columns: &[Vec<Value>]) -> Vec<u
                     codec::put_zigzag(&mut body, i.wrapping_sub(prev_int));
                     prev_int = *i;
                 }
-                Value::Real(f) => codec::put_u64(&mut body, f.to_bits()),
-                Value::Text(s) => codec::put_bytes_varint(&mut body, s.as_bytes()),
+                Value::Real(f) => match decimal(*f) {
+                    Some((mantissa, scale)) => {
+                        body.push(scale);
+                        codec::put_zigzag(&mut body, mantissa.wrapping_sub(prev_mantissa));
+                        prev_mantissa = mantissa;
+                    }
+                    None => {
+                        body.push(REAL_RAW);
+                        codec::put_u64(&mut body, f.to_bits());
+                    }
+                },
+                Value::Text(s) => {
+                    let b = s.as_bytes();
+                    let mut shared = b.iter().zip(prev_text).take_while(|(x, y)| x == y).count();
+                    while !s.is_char_boundary(shared) {
+                        shared -= 1;
+                    }
+                    codec::put_varint(&mut body, shared as u64);
+                    codec::put_bytes_varint(&mut body, &b[shared..]);
+                    prev_text = b;
+                }
                 Value::Blob(b) => codec::put_bytes_varint(&mut body, b),
             }
         }
     }
     body
+}
+
+/// A real stored as its 8-byte bit pattern (not a short decimal).
+const REAL_RAW: u8 = 0xff;
+/// Most decimal places a real is tried with.
+const MAX_DECIMAL_SCALE: u8 = 9;
+
+/// `f` as `mantissa / 10^scale` with the smallest scale that gives back
+/// exactly the same bits, for reals that are short decimals (sensor readings,
+/// seconds with milliseconds). `None` for the rest (NaN, infinities, -0.0,
+/// long fractions, magnitudes beyond 2^53).
+fn decimal(f: f64) -> Option<(i64, u8)> {
+    if !f.is_finite() || (f == 0.0 && f.is_sign_negative()) {
+        return None;
+    }
+    let mut pow = 1.0f64;
+    for scale in 0..=MAX_DECIMAL_SCALE {
+        let m = (f * pow).round();
+        if m.abs() < 9_007_199_254_740_992.0 && (m / pow).to_bits() == f.to_bits() {
+            return Some((m as i64, scale));
+        }
+        pow *= 10.0;
+    }
+    None
 }
 
 fn brotli_compress(data: &[u8], quality: u32) -> Vec<u8> {
@@ -390,7 +440,7 @@ fn parse_frame(bytes: &[u8]) -> Result<Frame<'_>, WireError> {
     let mut r = Reader::new(payload);
     r.take(4, "magic")?;
     let flags = r.u8("flags")?;
-    if flags & !FLAG_BROTLI != 0 {
+    if flags & !(FLAG_BROTLI | FLAG_COMPACT_VALUES) != 0 {
         return Err(WireError::malformed(format!("unknown flags {flags:#04x}")));
     }
     let header_len = r.u32("header length")? as usize;
@@ -435,7 +485,9 @@ fn check_framed_length(bytes: &[u8]) -> Result<(), WireError> {
         let b = bytes.get(at..at + 4)?;
         Some(u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
     };
-    let Some(header_len) = le32(5) else { return Ok(()) };
+    let Some(header_len) = le32(5) else {
+        return Ok(());
+    };
     let body_len_at = 9usize.saturating_add(header_len).saturating_add(4);
     let Some(body_len) = le32(body_len_at) else {
         return Err(WireError::malformed(format!(
@@ -443,7 +495,10 @@ fn check_framed_length(bytes: &[u8]) -> Result<(), WireError> {
             bytes.len()
         )));
     };
-    let expected = body_len_at.saturating_add(4).saturating_add(body_len).saturating_add(4);
+    let expected = body_len_at
+        .saturating_add(4)
+        .saturating_add(body_len)
+        .saturating_add(4);
     if expected > bytes.len() {
         return Err(WireError::malformed(format!(
             "truncated batch: its lengths add up to {expected} bytes but only {} arrived",
@@ -529,7 +584,8 @@ pub fn decode(bytes: &[u8]) -> Result<Batch, WireError> {
     } else {
         frame.body
     };
-    let (versions, columns) = decode_body(&frame.header, body)?;
+    let compact = frame.flags & FLAG_COMPACT_VALUES != 0;
+    let (versions, columns) = decode_body(&frame.header, body, compact)?;
     Ok(Batch {
         header: frame.header,
         versions,
@@ -560,6 +616,7 @@ fn brotli_decompress(data: &[u8], raw_len: u32) -> Result<Vec<u8>, WireError> {
 fn decode_body(
     header: &BatchHeader,
     body: &[u8],
+    compact: bool,
 ) -> Result<(Vec<i64>, Vec<Vec<Value>>), WireError> {
     let rows = header.row_count as usize;
     // Every row costs at least one byte of versions, so a row count larger
@@ -589,6 +646,8 @@ fn decode_body(
         let tags = r.take(rows, "value tags")?;
         let mut values = Vec::with_capacity(rows);
         let mut prev_int: i64 = 0;
+        let mut prev_mantissa: i64 = 0;
+        let mut prev_text: Vec<u8> = Vec::new();
         for (row, &tag) in tags.iter().enumerate() {
             values.push(match tag {
                 0 => Value::Null,
@@ -596,10 +655,42 @@ fn decode_body(
                     prev_int = prev_int.wrapping_add(r.zigzag("integer value")?);
                     Value::Integer(prev_int)
                 }
-                2 => Value::Real(f64::from_bits(r.u64("real value")?)),
-                3 => {
+                2 if !compact => Value::Real(f64::from_bits(r.u64("real value")?)),
+                3 if !compact => {
                     let b = r.bytes_varint("text value")?;
                     Value::Text(String::from_utf8(b.to_vec()).map_err(|_| {
+                        WireError::malformed(format!(
+                            "row {row}, column '{}': text is not valid UTF-8",
+                            col.name
+                        ))
+                    })?)
+                }
+                2 => match r.u8("real encoding")? {
+                    REAL_RAW => Value::Real(f64::from_bits(r.u64("real value")?)),
+                    scale if scale <= MAX_DECIMAL_SCALE => {
+                        prev_mantissa = prev_mantissa.wrapping_add(r.zigzag("real value")?);
+                        Value::Real(prev_mantissa as f64 / 10f64.powi(i32::from(scale)))
+                    }
+                    scale => {
+                        return Err(WireError::malformed(format!(
+                            "row {row}, column '{}': unknown real scale {scale}",
+                            col.name
+                        )))
+                    }
+                },
+                3 => {
+                    let shared = r.varint("text value")?;
+                    if shared > prev_text.len() as u64 {
+                        return Err(WireError::malformed(format!(
+                            "row {row}, column '{}': text shares {shared} bytes with a previous value of {}",
+                            col.name,
+                            prev_text.len()
+                        )));
+                    }
+                    let suffix = r.bytes_varint("text value")?;
+                    prev_text.truncate(shared as usize);
+                    prev_text.extend_from_slice(suffix);
+                    Value::Text(String::from_utf8(prev_text.clone()).map_err(|_| {
                         WireError::malformed(format!(
                             "row {row}, column '{}': text is not valid UTF-8",
                             col.name
@@ -777,6 +868,108 @@ mod tests {
             err.to_string().contains("column 'state' has 2 values"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn bodies_without_the_compact_flag_still_read() {
+        // A batch of the first v1 writers: plain 8-byte real, plain text.
+        let cols = vec![
+            Column::new("x", ColumnType::Real),
+            Column::new("t", ColumnType::Text),
+        ];
+        let h = header(cols.clone(), 0, 1);
+        let mut head = Vec::new();
+        codec::put_str16(&mut head, &h.device_id, "").unwrap();
+        codec::put_u64(&mut head, h.stream_id);
+        codec::put_str16(&mut head, &h.table, "").unwrap();
+        codec::put_u64(&mut head, 0);
+        codec::put_u64(&mut head, 1);
+        codec::put_u32(&mut head, 1);
+        codec::put_u64(&mut head, h.sent_at_ms as u64);
+        codec::put_u16(&mut head, 2);
+        for c in &cols {
+            codec::put_str16(&mut head, &c.name, "").unwrap();
+            head.push(c.ty as u8);
+        }
+        codec::put_u64(&mut head, column_fingerprint(&cols));
+        let mut body = Vec::new();
+        codec::put_zigzag(&mut body, 1);
+        body.push(2);
+        codec::put_u64(&mut body, 2.5f64.to_bits());
+        body.push(3);
+        codec::put_bytes_varint(&mut body, b"hi");
+        let mut out = b"SLB\x01\x00".to_vec();
+        codec::put_u32(&mut out, head.len() as u32);
+        out.extend_from_slice(&head);
+        codec::put_u32(&mut out, body.len() as u32);
+        codec::put_u32(&mut out, body.len() as u32);
+        out.extend_from_slice(&body);
+        let crc = crc32c::crc32c(&out);
+        codec::put_u32(&mut out, crc);
+        let b = decode(&out).unwrap();
+        assert_eq!(
+            b.columns,
+            vec![vec![Value::Real(2.5)], vec![Value::Text("hi".into())]]
+        );
+    }
+
+    #[test]
+    fn short_decimals_and_shared_prefixes_take_few_bytes() {
+        for f in [
+            0.0,
+            1.5,
+            -2.25,
+            12.345,
+            1e-9,
+            0.1 + 0.2,
+            1e300,
+            f64::MIN_POSITIVE,
+            -0.0,
+            123456.789,
+        ] {
+            if let Some((m, k)) = decimal(f) {
+                assert_eq!(
+                    (m as f64 / 10f64.powi(i32::from(k))).to_bits(),
+                    f.to_bits(),
+                    "{f}"
+                );
+            }
+        }
+        assert_eq!(decimal(12.345), Some((12345, 3)));
+        assert_eq!(decimal(-0.0), None);
+        assert_eq!(decimal(0.1 + 0.2), None);
+        let cols = vec![
+            Column::new("t", ColumnType::Text),
+            Column::new("x", ColumnType::Real),
+        ];
+        let n = 100;
+        let versions: Vec<i64> = (1..=n).collect();
+        let data = vec![
+            (0..n)
+                .map(|i| {
+                    Value::Text(format!(
+                        "2026-11-22T10:15:{:02}.{:03}Z",
+                        i % 60,
+                        i * 7 % 1000
+                    ))
+                })
+                .collect(),
+            (0..n)
+                .map(|i| Value::Real(i as f64 * 0.25 + 1000.125))
+                .collect(),
+        ];
+        let bytes = encode(
+            &header(cols, 0, n),
+            &versions,
+            &data,
+            EncodeOptions {
+                brotli_quality: None,
+            },
+        )
+        .unwrap();
+        assert!(bytes.len() < 100 * 16, "{} bytes for 100 rows", bytes.len());
+        let b = decode(&bytes).unwrap();
+        assert_eq!(b.columns, data);
     }
 
     #[test]
