@@ -2,6 +2,12 @@
 //! upsert as one `text[]` parameter and is cast to the target column's type in
 //! SQL, so PostgreSQL's own input functions do the conversion (and name the
 //! value when it cannot). Pure Rust, tested with ordinary `#[test]`s.
+//!
+//! Two target types get a conversion of their own, because the edge stores
+//! them as SQLite cannot otherwise: a BLOB going into a pgvector `vector`
+//! column is a little-endian `float32` array (the edge's embeddings), and an
+//! INTEGER or REAL going into a `timestamptz`/`timestamp` column is a Unix
+//! time in seconds.
 
 use sluice_wire::Value;
 
@@ -13,6 +19,21 @@ pub enum ConvertError {
     /// A key column is NULL: such a row could never be matched again, so a
     /// replayed or updated row would be duplicated.
     NullKey { row: usize },
+    /// A blob that is not a float32 array of the vector column's dimension.
+    BadVector { row: usize, reason: String },
+    /// A number that is not a Unix time PostgreSQL can hold.
+    BadEpoch { row: usize, value: String },
+}
+
+/// What a target column needs beyond PostgreSQL's text input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ColumnKind {
+    /// Values as text, cast by PostgreSQL.
+    Plain,
+    /// pgvector `vector`, with its declared dimension if any.
+    Vector { dims: Option<usize> },
+    /// `timestamptz` or `timestamp`: numbers are Unix seconds.
+    Timestamp,
 }
 
 /// The text PostgreSQL reads back as the same value, or `None` for NULL.
@@ -54,18 +75,124 @@ fn blob_to_hex(b: &[u8]) -> String {
     s
 }
 
+/// A little-endian float32 array as pgvector's text form `[1,2.5,-3]`.
+pub fn blob_to_vector_text(b: &[u8], dims: Option<usize>) -> Result<String, String> {
+    if b.len() % 4 != 0 {
+        return Err(format!(
+            "a blob of {} bytes is not an array of float32 (4 bytes each)",
+            b.len()
+        ));
+    }
+    let n = b.len() / 4;
+    if let Some(d) = dims {
+        if n != d {
+            return Err(format!(
+                "expected {d} dimensions, got {n} ({} bytes)",
+                b.len()
+            ));
+        }
+    }
+    if n == 0 {
+        return Err("an empty blob is not a vector".into());
+    }
+    let mut s = String::with_capacity(2 + n * 12);
+    s.push('[');
+    for (i, c) in b.chunks_exact(4).enumerate() {
+        let f = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+        if !f.is_finite() {
+            return Err(format!(
+                "element {} is {f}; vectors hold finite numbers",
+                i + 1
+            ));
+        }
+        if i > 0 {
+            s.push(',');
+        }
+        // `{}` prints the shortest decimal that reads back as the same f32.
+        let _ = std::fmt::Write::write_fmt(&mut s, format_args!("{f}"));
+    }
+    s.push(']');
+    Ok(s)
+}
+
+/// Unix seconds as a UTC timestamp PostgreSQL reads
+/// (`2024-05-01 12:00:00.25+00`), to the microsecond.
+pub fn epoch_to_text(secs: f64) -> Option<String> {
+    // PostgreSQL's range is 4713 BC .. 294276 AD; stay inside years 1..9999.
+    const MIN: f64 = -62_135_596_800.0; // 0001-01-01
+    const MAX: f64 = 253_402_300_800.0; // 10000-01-01
+    if !(MIN..MAX).contains(&secs) {
+        return None;
+    }
+    let micros = (secs * 1e6).round() as i64;
+    let days = micros.div_euclid(86_400_000_000);
+    let rem = micros.rem_euclid(86_400_000_000);
+    let (y, m, d) = civil_from_days(days);
+    let (h, mi, s, us) = (
+        rem / 3_600_000_000,
+        rem / 60_000_000 % 60,
+        rem / 1_000_000 % 60,
+        rem % 1_000_000,
+    );
+    let mut out = format!("{y:04}-{m:02}-{d:02} {h:02}:{mi:02}:{s:02}");
+    if us != 0 {
+        let frac = format!("{us:06}");
+        out.push('.');
+        out.push_str(frac.trim_end_matches('0'));
+    }
+    out.push_str("+00");
+    Some(out)
+}
+
+/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian
+/// (Howard Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, i64, i64) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
 /// One column of a batch as the `text[]` parameter of the upsert.
 pub fn column_to_texts(
     values: &[Value],
     is_key: bool,
+    kind: ColumnKind,
 ) -> Result<Vec<Option<String>>, ConvertError> {
     values
         .iter()
         .enumerate()
         .map(|(row, v)| {
-            match v {
-                Value::Null if is_key => return Err(ConvertError::NullKey { row }),
-                Value::Text(s) if s.contains('\0') => return Err(ConvertError::NulInText { row }),
+            match (v, kind) {
+                (Value::Null, _) if is_key => return Err(ConvertError::NullKey { row }),
+                (Value::Text(s), _) if s.contains('\0') => {
+                    return Err(ConvertError::NulInText { row })
+                }
+                (Value::Blob(b), ColumnKind::Vector { dims }) => {
+                    return blob_to_vector_text(b, dims)
+                        .map(Some)
+                        .map_err(|reason| ConvertError::BadVector { row, reason })
+                }
+                (Value::Integer(i), ColumnKind::Timestamp) => {
+                    return epoch_to_text(*i as f64)
+                        .map(Some)
+                        .ok_or(ConvertError::BadEpoch {
+                            row,
+                            value: i.to_string(),
+                        })
+                }
+                (Value::Real(f), ColumnKind::Timestamp) => {
+                    return epoch_to_text(*f).map(Some).ok_or(ConvertError::BadEpoch {
+                        row,
+                        value: real_to_text(*f),
+                    })
+                }
                 _ => {}
             }
             Ok(value_to_text(v))
@@ -134,17 +261,89 @@ mod tests {
     fn columns_refuse_nul_text_and_null_keys() {
         let col = vec![Value::Integer(1), Value::Null];
         assert_eq!(
-            column_to_texts(&col, false).unwrap(),
+            column_to_texts(&col, false, ColumnKind::Plain).unwrap(),
             vec![Some("1".to_owned()), None]
         );
         assert_eq!(
-            column_to_texts(&col, true),
+            column_to_texts(&col, true, ColumnKind::Plain),
             Err(ConvertError::NullKey { row: 1 })
         );
         let col = vec![Value::Text("a\0b".into())];
         assert_eq!(
-            column_to_texts(&col, false),
+            column_to_texts(&col, false, ColumnKind::Plain),
             Err(ConvertError::NulInText { row: 0 })
+        );
+    }
+
+    #[test]
+    fn blobs_become_vectors() {
+        let b: Vec<u8> = [0.5f32, -1.25, 3.0e-8]
+            .iter()
+            .flat_map(|f| f.to_le_bytes())
+            .collect();
+        assert_eq!(
+            blob_to_vector_text(&b, Some(3)).unwrap(),
+            "[0.5,-1.25,0.00000003]"
+        );
+        assert_eq!(
+            blob_to_vector_text(&b, None).unwrap(),
+            "[0.5,-1.25,0.00000003]"
+        );
+        assert_eq!(
+            blob_to_vector_text(&b, Some(384)).unwrap_err(),
+            "expected 384 dimensions, got 3 (12 bytes)"
+        );
+        assert!(blob_to_vector_text(&b[..5], None)
+            .unwrap_err()
+            .contains("5 bytes"));
+        let nan = f32::NAN.to_le_bytes();
+        assert!(blob_to_vector_text(&nan, None)
+            .unwrap_err()
+            .contains("element 1"));
+        let col = vec![
+            Value::Blob(b.clone()),
+            Value::Text("[1,2,3]".into()),
+            Value::Null,
+        ];
+        assert_eq!(
+            column_to_texts(&col, false, ColumnKind::Vector { dims: Some(3) }).unwrap(),
+            vec![
+                Some("[0.5,-1.25,0.00000003]".into()),
+                Some("[1,2,3]".into()),
+                None
+            ]
+        );
+        assert!(matches!(
+            column_to_texts(&col, false, ColumnKind::Vector { dims: Some(2) }),
+            Err(ConvertError::BadVector { row: 0, .. })
+        ));
+    }
+
+    #[test]
+    fn numbers_become_timestamps() {
+        assert_eq!(epoch_to_text(0.0).unwrap(), "1970-01-01 00:00:00+00");
+        assert_eq!(
+            epoch_to_text(1_714_564_800.0).unwrap(),
+            "2024-05-01 12:00:00+00"
+        );
+        assert_eq!(
+            epoch_to_text(1_714_564_800.25).unwrap(),
+            "2024-05-01 12:00:00.25+00"
+        );
+        assert_eq!(epoch_to_text(-1.5).unwrap(), "1969-12-31 23:59:58.5+00");
+        assert_eq!(
+            epoch_to_text(951_782_400.0).unwrap(),
+            "2000-02-29 00:00:00+00"
+        );
+        assert_eq!(epoch_to_text(f64::NAN), None);
+        assert_eq!(epoch_to_text(1e300), None);
+        let col = vec![Value::Integer(86_400), Value::Text("2024-01-01".into())];
+        assert_eq!(
+            column_to_texts(&col, false, ColumnKind::Timestamp).unwrap(),
+            vec![
+                Some("1970-01-02 00:00:00+00".into()),
+                Some("2024-01-01".into())
+            ]
         );
     }
 }

@@ -12,7 +12,7 @@ use pgrx::prelude::*;
 use pgrx::spi::{OwnedPreparedStatement, SpiClient};
 use sluice_wire::{decode, decode_header, Batch, BatchId, WireError};
 
-use crate::convert::{column_to_texts, ConvertError};
+use crate::convert::{column_to_texts, ColumnKind, ConvertError};
 use crate::error::{Result, SluiceError};
 use crate::sqlgen::{self, Policy, TargetColumn, DEVICE_COLUMN, VERSION_COLUMN};
 use crate::tenancy;
@@ -231,6 +231,8 @@ struct ColumnPlan {
     columns: Vec<TargetColumn>,
     /// For each of `columns`, its index among the batch's columns.
     batch_index: Vec<usize>,
+    /// For each of `columns`, the conversion its values need.
+    kinds: Vec<ColumnKind>,
     /// Indexes into `columns` of the key columns, in registration order.
     keys: Vec<usize>,
     /// The key also includes `sluice_device` (filled from the batch header).
@@ -263,11 +265,17 @@ fn plan_columns(
     }
 
     let mut columns = Vec::with_capacity(names.len());
+    let mut kinds = Vec::with_capacity(names.len());
     for row in client.select(
-        "SELECT b.name, format_type(a.atttypid, NULL), a.attgenerated <> ''
+        "SELECT b.name, format_type(a.atttypid, NULL), a.attgenerated <> '',
+                CASE WHEN ty.typname = 'vector' THEN 'vector'
+                     WHEN a.atttypid IN ('timestamptz'::regtype, 'timestamp'::regtype) THEN 'timestamp'
+                     ELSE 'plain' END,
+                a.atttypmod
          FROM unnest($2::text[]) WITH ORDINALITY AS b(name, ord)
          LEFT JOIN pg_attribute a
            ON a.attrelid = $1 AND a.attname = b.name AND a.attnum > 0 AND NOT a.attisdropped
+         LEFT JOIN pg_type ty ON ty.oid = a.atttypid
          ORDER BY b.ord",
         None,
         &[reg.target.into(), names.clone().into()],
@@ -291,6 +299,14 @@ fn plan_columns(
                 ),
             ));
         }
+        let typmod = row.get::<i32>(5)?.unwrap_or(-1);
+        kinds.push(match row.get::<String>(4)?.as_deref() {
+            Some("vector") => ColumnKind::Vector {
+                dims: usize::try_from(typmod).ok().filter(|&d| d > 0),
+            },
+            Some("timestamp") => ColumnKind::Timestamp,
+            _ => ColumnKind::Plain,
+        });
         columns.push(TargetColumn { name, type_sql });
     }
     if columns.len() != names.len() {
@@ -320,6 +336,7 @@ fn plan_columns(
     }
     Ok(ColumnPlan {
         columns,
+        kinds,
         batch_index,
         keys,
         device_key,
@@ -334,12 +351,20 @@ fn upsert(
     plan: &ColumnPlan,
 ) -> Result<(i64, i64)> {
     let mut args: Vec<pgrx::datum::DatumWithOid<'_>> = Vec::with_capacity(plan.columns.len() + 2);
-    for (c, &bi) in plan.columns.iter().zip(&plan.batch_index) {
+    for ((c, &bi), &kind) in plan.columns.iter().zip(&plan.batch_index).zip(&plan.kinds) {
         let is_key = plan.keys.iter().any(|&k| plan.columns[k].name == c.name);
-        let texts = column_to_texts(&batch.columns[bi], is_key).map_err(|e| match e {
+        let texts = column_to_texts(&batch.columns[bi], is_key, kind).map_err(|e| match e {
             ConvertError::NulInText { row } => err(
                 PgSqlErrorCode::ERRCODE_UNTRANSLATABLE_CHARACTER,
                 format!("batch {id}, row {}, column '{}': text contains a NUL character, which PostgreSQL cannot store", row + 1, c.name),
+            ),
+            ConvertError::BadVector { row, reason } => err(
+                PgSqlErrorCode::ERRCODE_DATA_EXCEPTION,
+                format!("batch {id}, row {}, column '{}' of {}: the blob is not a vector for this column: {reason}", row + 1, c.name, reg.target_name),
+            ),
+            ConvertError::BadEpoch { row, value } => err(
+                PgSqlErrorCode::ERRCODE_DATETIME_FIELD_OVERFLOW,
+                format!("batch {id}, row {}, column '{}': {value} is not a Unix time between years 1 and 9999", row + 1, c.name),
             ),
             ConvertError::NullKey { row } => err(
                 PgSqlErrorCode::ERRCODE_NOT_NULL_VIOLATION,

@@ -131,6 +131,30 @@ extension_sql_file!(
     requires = ["bookkeeping_tables", ingest]
 );
 
+/// `sluice.float32_to_vector_text(bytes bytea, dims int DEFAULT NULL)`: the
+/// edge's float32 little-endian embedding as pgvector's text form.
+#[pg_extern(immutable, parallel_safe)]
+fn float32_to_vector_text(
+    bytes: Option<&[u8]>,
+    dims: default!(Option<i32>, "NULL"),
+) -> Option<String> {
+    let dims = dims.and_then(|d| usize::try_from(d).ok());
+    match convert::blob_to_vector_text(bytes?, dims) {
+        Ok(s) => Some(s),
+        Err(reason) => error::SluiceError::new(
+            PgSqlErrorCode::ERRCODE_DATA_EXCEPTION,
+            format!("sluice.float32_to_vector_text: {reason}"),
+        )
+        .raise("float32_to_vector_text"),
+    }
+}
+
+extension_sql_file!(
+    "sql/search.sql",
+    name = "search",
+    requires = ["tenancy", float32_to_vector_text]
+);
+
 extension_sql!(
     r#"
 -- Only what a DBA grants: ingest through sluice.grant_device, the rest to
@@ -142,6 +166,8 @@ REVOKE EXECUTE ON FUNCTION sluice.revoke_device(regrole) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION sluice.grant_reader(regrole, text) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION sluice.revoke_reader(regrole, text) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION sluice.enable_tenant_rls(regclass, text) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION sluice.enable_search(regclass, text, regconfig) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION sluice.enable_vectors(regclass, text, int, text) FROM PUBLIC;
 "#,
     name = "privileges",
     finalize

@@ -756,4 +756,224 @@ mod tests {
         );
         assert_eq!(count("SELECT count(*) FROM public.sites"), 0);
     }
+
+    // ---- Vectors, epoch times, search -------------------------------------
+
+    fn f32_blob(v: &[f32]) -> Value {
+        Value::Blob(v.iter().flat_map(|f| f.to_le_bytes()).collect())
+    }
+
+    /// Key frames with a description and a 4-dimensional "topic" embedding
+    /// (cleaning, waiting guests, staff, kitchen).
+    const FRAMES: [(&str, [f32; 4]); 6] = [
+        (
+            "a waiter cleaning table 4 after guests left",
+            [0.9, 0.1, 0.4, 0.0],
+        ),
+        (
+            "two customers waiting at the entrance for a table",
+            [0.0, 0.95, 0.1, 0.0],
+        ),
+        (
+            "staff wiping the counter near the bar",
+            [0.8, 0.0, 0.5, 0.1],
+        ),
+        (
+            "the chef plating dishes in the kitchen",
+            [0.0, 0.0, 0.3, 0.95],
+        ),
+        (
+            "a family of four seated at table 7, waiter taking the order",
+            [0.0, 0.3, 0.9, 0.0],
+        ),
+        (
+            "empty dining room, chairs stacked on the tables",
+            [0.3, 0.0, 0.0, 0.0],
+        ),
+    ];
+
+    fn frame_columns() -> Vec<Column> {
+        vec![
+            Column::new("location_id", ColumnType::Text),
+            Column::new("id", ColumnType::Integer),
+            Column::new("captured_at", ColumnType::Integer),
+            Column::new("description", ColumnType::Text),
+            Column::new("embedding", ColumnType::Blob),
+        ]
+    }
+
+    fn setup_frames() {
+        Spi::run(
+            "CREATE TABLE public.frames (location_id text, id bigint, captured_at timestamptz,
+                                         description text, embedding bytea, image bytea,
+                                         PRIMARY KEY (location_id, id));
+             INSERT INTO public.frames VALUES ('A', 0, '2024-05-01 11:00+00', 'before sluice',
+                 '\\x0000803f00000000000000000000803f', '\\xff');
+             SELECT sluice.register_table('frames', 'public.frames', ARRAY['location_id', 'id'],
+                                          'last_writer_wins', 'location_id');
+             SELECT sluice.enable_vectors('public.frames', 'embedding', 4);
+             SELECT sluice.enable_search('public.frames', 'description');",
+        )
+        .unwrap();
+        let rows = FRAMES
+            .iter()
+            .enumerate()
+            .map(|(i, (d, v))| {
+                let id = i as i64 + 1;
+                (
+                    id,
+                    vec![
+                        Value::Text("A".into()),
+                        Value::Integer(id),
+                        Value::Integer(1_714_564_800 + 60 * id),
+                        Value::Text((*d).into()),
+                        f32_blob(v),
+                    ],
+                )
+            })
+            .collect();
+        assert_eq!(
+            ingest(&make_batch("box-a", "frames", frame_columns(), rows)).0,
+            6
+        );
+    }
+
+    #[pg_test]
+    fn blobs_become_vectors_and_numbers_times() {
+        setup_frames();
+        // The bytea column was converted in place, with an HNSW index.
+        assert_eq!(
+            text("SELECT embedding::text FROM public.frames WHERE id = 0"),
+            "[1,0,0,1]"
+        );
+        assert_eq!(
+            text("SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = 'public.frames'::regclass AND attname = 'embedding'"),
+            "vector(4)"
+        );
+        assert_eq!(
+            text("SELECT indexdef FROM pg_indexes WHERE indexname = 'frames_embedding_hnsw'"),
+            "CREATE INDEX frames_embedding_hnsw ON public.frames USING hnsw (embedding vector_cosine_ops)"
+        );
+        assert_eq!(
+            text("SELECT format('%s|%s', embedding, captured_at AT TIME ZONE 'UTC') FROM public.frames WHERE id = 1"),
+            "[0.9,0.1,0.4,0]|2024-05-01 12:01:00"
+        );
+        // A text vector is accepted; a blob of the wrong size names the column.
+        Spi::run(
+            "CREATE FUNCTION public.try_ingest(b bytea) RETURNS text LANGUAGE plpgsql AS $$
+             BEGIN PERFORM sluice.ingest(b); RETURN 'ok';
+             EXCEPTION WHEN OTHERS THEN RETURN SQLSTATE || ': ' || SQLERRM; END $$",
+        )
+        .unwrap();
+        let row = |v: i64, e: Value| {
+            (
+                v,
+                vec![
+                    Value::Text("A".into()),
+                    Value::Integer(v),
+                    Value::Real(1_714_564_800.5),
+                    Value::Text("x".into()),
+                    e,
+                ],
+            )
+        };
+        let text_vec = make_batch(
+            "box-a",
+            "frames",
+            frame_columns(),
+            vec![row(20, Value::Text("[1,2,3,4]".into()))],
+        );
+        assert_eq!(try_ingest(&text_vec), "ok");
+        assert_eq!(
+            text("SELECT format('%s|%s', embedding, captured_at AT TIME ZONE 'UTC') FROM public.frames WHERE id = 20"),
+            "[1,2,3,4]|2024-05-01 12:00:00.5"
+        );
+        let short = make_batch(
+            "box-a",
+            "frames",
+            frame_columns(),
+            vec![row(21, Value::Null), row(22, f32_blob(&[1.0, 2.0]))],
+        );
+        assert_eq!(
+            try_ingest(&short),
+            "22000: sluice.ingest: batch box-a/frames/0000123456789abc (20, 22], row 2, column \
+             'embedding' of public.frames: the blob is not a vector for this column: expected 4 \
+             dimensions, got 2 (8 bytes)"
+        );
+        assert_eq!(count("SELECT count(*) FROM public.frames WHERE id > 20"), 0);
+    }
+
+    #[pg_test]
+    fn search_nearest_and_hybrid_find_the_right_frame() {
+        setup_frames();
+        let ids = |q: &str| {
+            text(&format!(
+                "SELECT string_agg(row_data->>'id', ',' ORDER BY ord) FROM {q} WITH ORDINALITY AS r(row_data, a, b, ord)"
+            ))
+        };
+        // By words (websearch syntax), ranked, with highlights.
+        assert_eq!(
+            ids("sluice.search('public.frames', 'waiter table', 5)"),
+            "1,5"
+        );
+        assert_eq!(
+            ids("sluice.search('public.frames', 'table -waiter', 5)"),
+            "2,6"
+        );
+        assert_eq!(
+            ids("sluice.search('public.frames', '\"cleaning table\"', 5)"),
+            "1"
+        );
+        assert_eq!(
+            text("SELECT snippet FROM sluice.search('public.frames', 'cleaning', 1)"),
+            "waiter <b>cleaning</b> table 4 after guests left"
+        );
+        // Large and internal columns are left out of row_data.
+        assert_eq!(
+            text("SELECT string_agg(k, ',' ORDER BY k) FROM sluice.search('public.frames', 'chef', 1), jsonb_object_keys(row_data) k"),
+            "captured_at,description,id,location_id,sluice_device,sluice_version"
+        );
+        // By meaning: nearest to "somebody tidying up".
+        assert_eq!(
+            text("SELECT string_agg(format('%s:%s', row_data->>'id', round(distance::numeric, 3)), ',') FROM sluice.nearest('public.frames', '[1,0,0.3,0]', 3)"),
+            "1:0.013,3:0.041,6:0.042"
+        );
+        // By both: "table" ranks 1, 2, 5, 6; the vector (waiting guests) 2, 5, 1: 2 wins.
+        assert_eq!(
+            text("SELECT string_agg(format('%s:%s/%s', row_data->>'id', text_rank, vector_rank), ',')
+                  FROM sluice.hybrid_search('public.frames', 'table', '[0,1,0.1,0]', 3)"),
+            "2:2/1,1:1/3,5:3/2"
+        );
+        // Only text weight: the text ranking alone.
+        assert_eq!(
+            text("SELECT string_agg(row_data->>'id', ',') FROM sluice.hybrid_search('public.frames', 'table', '[0,1,0.1,0]', 3, 1, 0)"),
+            "1,2,5"
+        );
+    }
+
+    #[pg_test]
+    fn search_and_vector_names_are_validated() {
+        setup_frames();
+        Spi::run(
+            "CREATE FUNCTION public.try_sql(q text, b bytea) RETURNS text LANGUAGE plpgsql AS $$
+             BEGIN EXECUTE q USING b; RETURN 'ok';
+             EXCEPTION WHEN OTHERS THEN RETURN SQLSTATE || ': ' || SQLERRM; END $$;",
+        )
+        .unwrap();
+        let evil = pgrx::spi::quote_literal(r#"description, '')); DROP TABLE public.frames; --"#);
+        for (q, code) in [
+            (format!("SELECT sluice.enable_search('public.frames', {evil})"), "42703"),
+            // Not an injection: a new column with exactly that name.
+            (format!("SELECT sluice.enable_vectors('public.frames', {evil}, 4)"), "ok"),
+            ("SELECT sluice.enable_vectors('public.frames', 'embedding', 4, 'dot; DROP')".into(), "22023"),
+            ("SELECT sluice.enable_search('public.frames', 'description', 'english; DROP')".into(), "42602"),
+            ("SELECT * FROM sluice.search('public.frames; DROP TABLE x', 'a', 1)".into(), "42602"),
+            ("SELECT * FROM sluice.search('public.frames', 'x'')); DROP TABLE public.frames; --', 1)".into(), "ok"),
+            ("SELECT * FROM sluice.nearest('pg_class', '[1,2]', 1)".into(), "55000"),
+        ] {
+            let r = try_as("", &q, None);
+            assert!(r.starts_with(code), "{q}: {r}");
+        }
+        assert_eq!(count("SELECT count(*) FROM public.frames"), 7);
+    }
 }
