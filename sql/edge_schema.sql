@@ -94,3 +94,21 @@ SELECT sluice_track('table_states');
 SELECT sluice_track('metrics');
 SELECT sluice_track('key_frames', '{"mutable": true}');
 SELECT sluice_track('health_metrics');
+
+-- Five-minute rollup of the raw metrics (about 100 samples per camera and
+-- window become one row): count, avg, max and p95 of both measurements, a
+-- mergeable sketch of the processing time, and the raw rows packed. Run by
+-- the agent every 5 minutes (`sluice_rollup_run()`); metrics_5m is created
+-- and tracked as a mutable table keyed by (location_id, camera_id,
+-- window_start), so a window updated by late rows is synced again.
+SELECT sluice_rollup('metrics_5m', '{
+  "source": "metrics", "time": "recorded_at", "width": "5 minutes",
+  "group": ["location_id", "camera_id"], "target": "metrics_5m",
+  "measures": {
+    "samples": "count",
+    "people_avg": "avg(people_count)", "people_max": "max(people_count)", "people_p95": "p95(people_count)",
+    "processing_ms_avg": "avg(processing_ms)", "processing_ms_max": "max(processing_ms)",
+    "processing_ms_p95": "p95(processing_ms)", "processing_ms_sketch": "sketch(processing_ms)",
+    "raw": "pack"
+  }
+}');

@@ -15,6 +15,8 @@
 //!   `sluice_pending`, `sluice_cleanup`.
 //! - [`window`] is window aggregation: `sluice_bucket`, `sluice_percentile`,
 //!   and the quantile sketch functions (over `sluice_wire::sketch`);
+//! - [`rollup`] is `sluice_rollup` and `sluice_rollup_run` (registered,
+//!   incremental time-window rollups);
 //! - [`pack`] is `sluice_compress`/`sluice_decompress` and the packing
 //!   aggregate `sluice_pack` with `sluice_unpack`;
 //!
@@ -27,6 +29,7 @@
 pub mod insert;
 pub mod options;
 pub mod pack;
+pub mod rollup;
 pub mod rows;
 pub mod schema;
 pub mod sync;
@@ -77,6 +80,9 @@ pub const FUNCTIONS: &[(&str, c_int, FunctionFlags, SqlFn)] = &[
     ("sluice_compress", 2, PURE, pack::sluice_compress),
     ("sluice_decompress", 1, PURE, pack::sluice_decompress),
     ("sluice_unpack", 1, PURE, pack::sluice_unpack),
+    ("sluice_rollup", 2, WRITES, rollup::sluice_rollup),
+    ("sluice_rollup_run", 0, WRITES, rollup::sluice_rollup_run),
+    ("sluice_rollup_run", 1, WRITES, rollup::sluice_rollup_run),
 ];
 
 /// The aggregate functions (all pure), registered after [`FUNCTIONS`]:

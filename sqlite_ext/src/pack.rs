@@ -27,7 +27,7 @@ pub const MAX_RAW_BYTES: usize = 64 << 20;
 pub const DEFAULT_QUALITY: i64 = 5;
 /// Brotli quality of `sluice_pack`: packs are written once per window and
 /// kept long, so the ratio matters more than the CPU.
-pub const PACK_QUALITY: u32 = 9;
+pub const PACK_QUALITY: u32 = 5;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]

@@ -43,6 +43,10 @@ EXPECTED_FUNCTIONS = {
     ("sluice_sketch_merge", 1): DETERMINISTIC,
     ("sluice_sketch_quantile", 2): DETERMINISTIC,
     ("sluice_unpack", 1): DETERMINISTIC,
+    # rollups (test_sqlite_rollup.py)
+    ("sluice_rollup", 2): DIRECTONLY,
+    ("sluice_rollup_run", 0): DIRECTONLY,
+    ("sluice_rollup_run", 1): DIRECTONLY,
 }
 
 
