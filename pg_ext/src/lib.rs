@@ -11,6 +11,7 @@
 //! - [`register`]: `sluice.register_table(...)` and its checks.
 //! - [`sqlgen`]: SQL text (quoting, policies, the set-based upsert); pure.
 //! - [`convert`]: batch values as PostgreSQL text; pure.
+//! - [`sketch`]: merging the edge's quantile sketches.
 //! - [`error`]: the error type, raised as `ERROR` with a real SQLSTATE.
 //! - [`versions`]: the upgrade-script convention and its test.
 //!
@@ -22,6 +23,7 @@ pub mod convert;
 pub mod error;
 pub mod ingest;
 pub mod register;
+pub mod sketch;
 pub mod sqlgen;
 pub mod tenancy;
 pub mod versions;

@@ -976,4 +976,73 @@ mod tests {
         }
         assert_eq!(count("SELECT count(*) FROM public.frames"), 7);
     }
+
+    // ---- Sketch merge ------------------------------------------------------
+
+    #[pg_test]
+    fn merged_sketches_match_exact_percentiles() {
+        use sluice_wire::Sketch;
+        // 24 five-minute windows of processing times, skewed, with a slow hour.
+        Spi::run("CREATE TABLE public.win (w int, sketch bytea, raw float8[])").unwrap();
+        let mut all = Vec::new();
+        for w in 0..24 {
+            let mut s = Sketch::new();
+            let mut raw = Vec::new();
+            for i in 0..100 {
+                let x = 5.0 + ((i * 37 + w * 11) % 100) as f64 * if w >= 12 { 3.0 } else { 1.0 };
+                s.add(x);
+                raw.push(x);
+            }
+            all.extend(raw.iter().copied());
+            Spi::run_with_args(
+                "INSERT INTO public.win VALUES ($1, $2, $3)",
+                &[w.into(), s.encode().into(), raw.into()],
+            )
+            .unwrap();
+        }
+        all.sort_by(f64::total_cmp);
+        for p in [0.5, 0.95, 0.99] {
+            let exact = all[(p * (all.len() - 1) as f64).floor() as usize];
+            let got = Spi::get_one_with_args::<f64>(
+                "SELECT sluice.sketch_quantile(sluice.sketch_merge(sketch), $1) FROM public.win",
+                &[p.into()],
+            )
+            .unwrap()
+            .unwrap();
+            assert!(
+                (got - exact).abs() <= 0.0101 * exact,
+                "p{p}: {got} vs {exact}"
+            );
+            // The same through PostgreSQL's own exact percentile over the raw rows.
+            let pg = Spi::get_one_with_args::<f64>(
+                "SELECT percentile_disc($1) WITHIN GROUP (ORDER BY x) FROM public.win, unnest(raw) x",
+                &[p.into()],
+            )
+            .unwrap()
+            .unwrap();
+            assert!((got - pg).abs() <= 0.0101 * pg, "p{p}: {got} vs {pg}");
+        }
+        assert_eq!(
+            count("SELECT sluice.sketch_count(sluice.sketch_merge(sketch)) FROM public.win"),
+            2400
+        );
+        // Per half day (GROUP BY), NULLs skipped, garbage refused.
+        assert_eq!(
+            count("SELECT count(*) FROM (SELECT w / 12, sluice.sketch_merge(sketch) FROM public.win GROUP BY 1) g"),
+            2
+        );
+        Spi::run("INSERT INTO public.win VALUES (99, NULL, NULL)").unwrap();
+        assert_eq!(
+            count("SELECT sluice.sketch_count(sluice.sketch_merge(sketch)) FROM public.win"),
+            2400
+        );
+        Spi::run(
+            "CREATE FUNCTION public.try_q(q text) RETURNS text LANGUAGE plpgsql AS $$
+             BEGIN EXECUTE q; RETURN 'ok';
+             EXCEPTION WHEN OTHERS THEN RETURN SQLSTATE; END $$",
+        )
+        .unwrap();
+        assert_eq!(text("SELECT public.try_q('SELECT sluice.sketch_merge(x) FROM (VALUES (''\\x00''::bytea)) v(x)')"), "22P03");
+        assert_eq!(text("SELECT public.try_q('SELECT sluice.sketch_quantile(sluice.sketch_merge(sketch), 1.5) FROM public.win')"), "22023");
+    }
 }
