@@ -1,4 +1,4 @@
--- sluice cloud schema, version 2: the five-minute rollup of the raw metrics,
+-- sluice cloud schema, version 4: the five-minute rollup of the raw metrics,
 -- computed at the edge by the rollup 'metrics_5m' of sql/edge_schema.sql
 -- (sluice_rollup / sluice_rollup_run) and synced like any mutable table: a
 -- window that late rows changed at the edge arrives again with a higher
@@ -27,4 +27,4 @@ CREATE TABLE IF NOT EXISTS metrics_5m (
   PRIMARY KEY (location_id, camera_id, window_start)
 );
 
-SELECT sluice.register_table('metrics_5m', 'metrics_5m', ARRAY['location_id', 'camera_id', 'window_start']);
+SELECT sluice.register_table('metrics_5m', 'metrics_5m', ARRAY['location_id', 'camera_id', 'window_start'], tenant_column => 'location_id');
