@@ -79,7 +79,7 @@ print(json.dumps({"side": "python", "rss_before_load_mb": round(rss_before, 1), 
 EOF
 
 echo "[bench-embed] building the Rust side (cargo bench --no-run)" >&2
-bin=$(cargo bench --quiet -p sluice-inference --bench embed --no-run --message-format=json 2>/dev/null |
+bin=$(cargo bench --quiet -p sluice-inference --features edge --bench embed --no-run --message-format=json 2>/dev/null |
   "$py" -c 'import json, sys
 for l in sys.stdin:
     m = json.loads(l)
@@ -92,6 +92,15 @@ for ((i = 0; i < rounds; i++)); do
   "$py" "$work/bench.py" "$work/sentences.txt" "$threads" "$batch" 1 >>"$work/python.jsonl"
   "$bin" "$work/sentences.txt" "$threads" "$batch" 1 | grep '^{' >>"$work/rust.jsonl"
 done
+
+# The key-frame job on a fresh edge database: first run over the same
+# sentences as key frames, then a run with nothing to do over 50,000 rows.
+ext=${SLUICE_SQLITE_EXT:-$SLUICE_ROOT/target/release/sluice0.so}
+if [ -f "$ext" ]; then
+  "$bin" job "$work/sentences.txt" "$ext" | grep '^{' >"$work/job.jsonl"
+else
+  echo "[bench-embed] $ext missing (scripts/build.sh): no job figures" >&2
+fi
 
 "$py" - "$work" "$n" "$threads" "$batch" "$rounds" <<'EOF'
 import json, statistics, sys
@@ -115,5 +124,10 @@ ratio = side["rust"]["median"] / side["python"]["median"]
 paired = statistics.median(r / p for r, p in zip(side["rust"]["rates"], side["python"]["rates"]))
 print(f"Rust / Python: {ratio:.2f}x of medians, {paired:.2f}x median of paired rounds   (goal >= 0.90x)")
 print(f"rounds: rust {side['rust']['rates']}, python {side['python']['rates']}")
+import os
+if os.path.exists(f"{work}/job.jsonl"):
+    j = json.loads(open(f"{work}/job.jsonl").read())
+    print(f"key-frame job: {j['rows']} new rows in {j['first_run_ms']} ms ({j['rows_per_second']} rows/s, model loading and writes included), "
+          f"{j['db_growth_bytes_per_row']} bytes of database per embedded row; a run with nothing to do over {j['noop_rows']} rows: {j['noop_run_ms']} ms")
 print(f"process RSS before loading: rust {side['rust']['base']:.1f} MB, python {side['python']['base']:.1f} MB (interpreter + numpy + onnxruntime module)")
 EOF

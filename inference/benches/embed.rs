@@ -2,6 +2,11 @@
 //! Python's onnxruntime on the same model and inputs in the same run.
 //!
 //! cargo bench -p sluice-inference --bench embed -- SENTENCES_FILE [THREADS] [BATCH] [ROUNDS]
+//! cargo bench -p sluice-inference --features edge --bench embed -- job SENTENCES_FILE SQLITE_EXT
+//!
+//! The `job` form measures the key-frame job on a fresh edge database (the
+//! default schema): a first run over every sentence as a key frame (model
+//! loading, embedding, writes), then a run with nothing to do (the scan).
 //!
 //! Needs SLUICE_MODEL_DIR and SLUICE_ORT_LIB. Prints one JSON line per round
 //! (tokenization included) and one with the process's memory.
@@ -25,6 +30,12 @@ fn main() {
         .skip(1)
         .filter(|a| a != "--bench")
         .collect();
+    if args.first().map(String::as_str) == Some("job") {
+        #[cfg(feature = "edge")]
+        return job(&args[1], &args[2]);
+        #[cfg(not(feature = "edge"))]
+        panic!("the job benchmark needs --features edge");
+    }
     let file = args
         .first()
         .expect("usage: embed SENTENCES_FILE [THREADS] [BATCH] [ROUNDS]");
@@ -60,5 +71,76 @@ fn main() {
         rss_before as f64 / 1024.0,
         status_kb("VmRSS:") as f64 / 1024.0,
         status_kb("VmHWM:") as f64 / 1024.0
+    );
+}
+
+#[cfg(feature = "edge")]
+fn job(file: &str, ext: &str) {
+    use sluice_inference::edge::{self, EmbedJobConfig};
+    let text = std::fs::read_to_string(file).expect("read sentences");
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("edge.db");
+    rusqlite::Connection::open(&db).unwrap();
+    let ext = std::path::Path::new(ext);
+    let conn = edge::open(&db, ext, 5_000).unwrap();
+    let schema = concat!(env!("CARGO_MANIFEST_DIR"), "/../sql/edge_schema.sql");
+    conn.execute_batch(&std::fs::read_to_string(schema).unwrap())
+        .unwrap();
+    conn.execute_batch("BEGIN").unwrap();
+    for (i, s) in text.lines().enumerate() {
+        conn.execute(
+            "INSERT INTO key_frames (id, camera_id, location_id, captured_at, description)
+             VALUES (?1, 'cam-1', 'store-7', '2025-01-01T12:00:00Z', ?2)",
+            rusqlite::params![i as i64 + 1, s],
+        )
+        .unwrap();
+    }
+    conn.execute_batch("COMMIT").unwrap();
+    let size = |c: &rusqlite::Connection| -> i64 {
+        c.query_row(
+            "SELECT page_count * page_size FROM pragma_page_count, pragma_page_size",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap()
+    };
+    let before = size(&conn);
+    let dir_model = std::env::var_os("SLUICE_MODEL_DIR").expect("SLUICE_MODEL_DIR");
+    let mut cfg = EmbedJobConfig::new(EmbedderConfig::for_model_dir(dir_model));
+    cfg.max_rows_per_run = usize::MAX;
+    let first = edge::run_embed(&db, ext, &cfg).unwrap();
+    let growth = size(&conn) - before;
+    // A day of key frames on a busy box: copy the embedded rows (with their
+    // vectors and hashes) up to 50,000, then time a run with nothing to do.
+    let n = first.embedded as i64;
+    let copies = 50_000 / n.max(1);
+    conn.execute_batch("BEGIN").unwrap();
+    for k in 1..copies {
+        conn.execute(
+            "INSERT INTO key_frames (id, camera_id, location_id, captured_at, description, embedding)
+             SELECT id + ?1, camera_id, location_id, captured_at, description, embedding
+               FROM key_frames WHERE id <= ?2",
+            [k * n, n],
+        )
+        .unwrap();
+        conn.execute(
+            "INSERT INTO sluice_embeddings SELECT tbl, row_id + ?1, text_hash
+               FROM sluice_embeddings WHERE row_id <= ?2",
+            [k * n, n],
+        )
+        .unwrap();
+    }
+    conn.execute_batch("COMMIT").unwrap();
+    let job = edge::EmbedJob::load(&cfg).unwrap();
+    let second = job.run(&db, ext).unwrap();
+    assert_eq!(second.embedded + second.refreshed, 0);
+    println!(
+        "{{\"side\": \"job\", \"rows\": {}, \"first_run_ms\": {}, \"rows_per_second\": {:.1}, \"noop_rows\": {}, \"noop_run_ms\": {}, \"db_growth_bytes_per_row\": {:.0}}}",
+        first.embedded,
+        first.elapsed_ms,
+        first.embedded as f64 / (first.elapsed_ms as f64 / 1e3),
+        copies * n,
+        second.elapsed_ms,
+        growth as f64 / first.embedded as f64
     );
 }
