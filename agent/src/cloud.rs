@@ -1,6 +1,8 @@
 //! The cloud side: a `tokio-postgres` connection to the PostgreSQL database
-//! with the `sluice` extension. The password comes from a file or the
-//! environment (see [`crate::config::CloudConfig`]) and is never logged.
+//! with the `sluice` extension, with TLS through rustls (certificates always
+//! verified; a private CA from `cloud.ca_file`). The password comes from a
+//! file or the environment (see [`crate::config::CloudConfig`]) and is never
+//! logged.
 
 use std::time::Duration;
 
@@ -9,7 +11,12 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::Type;
 use tokio_postgres::{Client, NoTls};
 
-use crate::config::{CloudConfig, DEFAULT_PASSWORD_ENV};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::CertificateDer;
+use tokio_postgres::config::SslMode;
+use tokio_postgres_rustls::MakeRustlsConnect;
+
+use crate::config::{CloudConfig, TlsMode, DEFAULT_PASSWORD_ENV};
 
 pub struct Cloud {
     client: Client,
@@ -45,14 +52,25 @@ impl Cloud {
         if let Some(password) = read_password(cfg)? {
             pg.password(password);
         }
-        let (client, connection) = pg.connect(NoTls).await.map_err(|e| {
-            anyhow::anyhow!("cannot connect to the cloud database: {}", describe(&e))
-        })?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::warn!(error = %describe(&e), "cloud connection closed");
+        let client = match cfg.tls {
+            TlsMode::Disable => {
+                pg.ssl_mode(SslMode::Disable);
+                let (client, connection) = pg.connect(NoTls).await.map_err(connect_error)?;
+                spawn_connection(connection);
+                client
             }
-        });
+            mode => {
+                pg.ssl_mode(if mode == TlsMode::Require {
+                    SslMode::Require
+                } else {
+                    SslMode::Prefer
+                });
+                let tls = MakeRustlsConnect::new(tls_config(cfg)?);
+                let (client, connection) = pg.connect(tls).await.map_err(connect_error)?;
+                spawn_connection(connection);
+                client
+            }
+        };
         Ok(Cloud { client })
     }
 
@@ -101,6 +119,59 @@ impl Cloud {
     }
 }
 
+fn connect_error(e: tokio_postgres::Error) -> anyhow::Error {
+    anyhow::anyhow!("cannot connect to the cloud database: {}", describe(&e))
+}
+
+fn spawn_connection<T>(connection: tokio_postgres::Connection<tokio_postgres::Socket, T>)
+where
+    T: tokio_postgres::tls::TlsStream + Unpin + Send + 'static,
+{
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::warn!(error = %describe(&e), "cloud connection closed");
+        }
+    });
+}
+
+/// The rustls client configuration: the configured CA file, or the Mozilla
+/// roots.
+fn tls_config(cfg: &CloudConfig) -> anyhow::Result<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    match &cfg.ca_file {
+        Some(path) => {
+            let certs = CertificateDer::pem_file_iter(path)
+                .with_context(|| format!("cannot read cloud.ca_file {}", path.display()))?;
+            let mut n = 0;
+            for cert in certs {
+                let cert = cert.with_context(|| {
+                    format!(
+                        "cloud.ca_file {} holds a malformed certificate",
+                        path.display()
+                    )
+                })?;
+                roots.add(cert).with_context(|| {
+                    format!(
+                        "cloud.ca_file {}: a certificate is not a usable CA",
+                        path.display()
+                    )
+                })?;
+                n += 1;
+            }
+            if n == 0 {
+                anyhow::bail!("cloud.ca_file {} holds no PEM certificate", path.display());
+            }
+        }
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("no TLS protocol version is available")?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
 fn read_password(cfg: &CloudConfig) -> anyhow::Result<Option<String>> {
     if let Some(path) = &cfg.password_file {
         let text = std::fs::read_to_string(path)
@@ -128,7 +199,18 @@ pub fn describe(e: &tokio_postgres::Error) -> String {
             }
             s
         }
-        None => e.to_string(),
+        None => {
+            // The cause (a refused certificate, a reset connection) is in the
+            // source chain; the top message alone says too little.
+            let mut s = e.to_string();
+            let mut source = std::error::Error::source(e);
+            while let Some(cause) = source {
+                s.push_str(": ");
+                s.push_str(&cause.to_string());
+                source = cause.source();
+            }
+            s
+        }
     }
 }
 

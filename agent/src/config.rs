@@ -222,6 +222,16 @@ pub struct CloudConfig {
     /// Seconds to wait for a connection.
     #[serde(default = "default_connect_timeout")]
     pub connect_timeout_secs: u64,
+    /// TLS to the cloud: `"prefer"` (the default: TLS with a verified
+    /// certificate when the server offers TLS, plain otherwise), `"require"`
+    /// (TLS with a verified certificate, or no connection), `"disable"`.
+    /// A certificate that does not verify is always an error, never a
+    /// fallback to plain text.
+    #[serde(default)]
+    pub tls: TlsMode,
+    /// PEM file of the CA certificates to trust for the server's certificate
+    /// (a private CA). Default: the Mozilla root certificates.
+    pub ca_file: Option<PathBuf>,
     /// Folder of the cloud schema's migrations (`NNNN_name.sql`), applied in
     /// order by `sluice migrate`.
     pub migrations: Option<PathBuf>,
@@ -229,6 +239,16 @@ pub struct CloudConfig {
 
 fn default_connect_timeout() -> u64 {
     DEFAULT_CONNECT_TIMEOUT_SECS
+}
+
+/// How the agent uses TLS to reach the cloud.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsMode {
+    Disable,
+    #[default]
+    Prefer,
+    Require,
 }
 
 /// `[sync]`: how batches move.
@@ -318,6 +338,9 @@ impl Config {
         }
         if let Some(pw) = &cfg.cloud.password_file {
             cfg.cloud.password_file = Some(base.join(pw));
+        }
+        if let Some(ca) = &cfg.cloud.ca_file {
+            cfg.cloud.ca_file = Some(base.join(ca));
         }
         if let Some(m) = &cfg.cloud.migrations {
             cfg.cloud.migrations = Some(base.join(m));

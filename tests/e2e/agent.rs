@@ -249,3 +249,69 @@ fn every_command_has_a_section_in_docs_agent_md() {
         assert!(docs.contains(&format!("### `sluice {c} ")), "docs/agent.md has no section for `sluice {c}`");
     }
 }
+
+/// A fresh CA, a server certificate for 127.0.0.1 signed by it, and an
+/// unrelated second CA: (dir, ca.pem, other-ca.pem).
+fn make_certificates() -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let sh = |script: &str| {
+        let out = std::process::Command::new("sh").arg("-c").arg(script).current_dir(dir.path()).output().unwrap();
+        assert!(out.status.success(), "{script}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    sh("openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 2 -subj '/CN=sluice test CA' 2>/dev/null");
+    sh("openssl req -x509 -newkey rsa:2048 -nodes -keyout other.key -out other-ca.pem -days 2 -subj '/CN=some other CA' 2>/dev/null");
+    sh("openssl req -newkey rsa:2048 -nodes -keyout server.key -out server.csr -subj '/CN=127.0.0.1' 2>/dev/null");
+    std::fs::write(
+        dir.path().join("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    sh("openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out server.pem -days 2 -extfile ext.cnf 2>/dev/null");
+    let (ca, other) = (dir.path().join("ca.pem"), dir.path().join("other-ca.pem"));
+    (dir, ca, other)
+}
+
+/// The agent's TLS, verified against a private CA. The PostgreSQL of this
+/// project's tests is built without SSL, so TLS is terminated by pgbouncer
+/// (built with OpenSSL) in front of it: the same PostgreSQL SSLRequest
+/// handshake a TLS-enabled server performs.
+#[test]
+fn tls_with_a_private_ca_is_verified() {
+    let (certs, ca, other_ca) = make_certificates();
+    let bouncer = Pgbouncer::start_with_tls(Some((&certs.path().join("server.pem"), &certs.path().join("server.key"))));
+    let cloud = CloudDb::create("tls");
+    let dir = tempfile::tempdir().unwrap();
+    let edge_path = dir.path().join("edge.db");
+    let edge = edge_db(&edge_path, true);
+    insert_rows(&edge, "division_states", &division_states(0, 2_000, 14), 1000);
+    let config = write_config(dir.path(), &edge_path, &bouncer.url(&cloud.name), DEVICE, 1000);
+    let with_tls = |mode: &str, ca: &std::path::Path| {
+        let text = std::fs::read_to_string(&config)
+            .unwrap()
+            .replace("[cloud]\n", &format!("[cloud]\ntls = \"{mode}\"\nca_file = \"{}\"\n", ca.display()))
+            .replace("[sync]\n", "[sync]\nmax_attempts = 2\n");
+        let path = dir.path().join("tls.toml");
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+
+    // Without TLS the pooler refuses the connection.
+    let out = agent(&["sync", "--config", with_tls("disable", &ca).to_str().unwrap()]).output().unwrap();
+    assert!(!out.status.success());
+    assert_eq!(pending(&edge, "division_states"), 2_000);
+
+    // The wrong CA: the certificate does not verify, nothing is sent.
+    let out = agent(&["sync", "--config", with_tls("require", &other_ca).to_str().unwrap()]).output().unwrap();
+    assert!(!out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.to_lowercase().contains("certificate"), "{stdout}");
+    assert_eq!(pending(&edge, "division_states"), 2_000);
+
+    // The right CA, with "prefer" and with "require": verified TLS, everything arrives once.
+    let out = run_ok(&["sync", "--config", with_tls("prefer", &ca).to_str().unwrap(), "--table", "cameras"]);
+    assert!(out.contains("cameras"), "{out}");
+    let out = run_ok(&["sync", "--config", with_tls("require", &ca).to_str().unwrap()]);
+    assert!(out.contains("division_states      sent 2 batches, 2000 rows"), "{out}");
+    let mut c = cloud.client();
+    assert_same_rows(&edge_division_states(&edge), &cloud_division_states(&mut c, DEVICE));
+}

@@ -339,6 +339,12 @@ pub struct Pgbouncer {
 
 impl Pgbouncer {
     pub fn start() -> Pgbouncer {
+        Pgbouncer::start_with_tls(None)
+    }
+
+    /// With `tls = Some((cert_pem, key_pem))`, clients must use TLS
+    /// (`client_tls_sslmode = require`) with that certificate.
+    pub fn start_with_tls(tls: Option<(&Path, &Path)>) -> Pgbouncer {
         let server: url_parts::Parts = url_parts::parse(&server_url());
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
@@ -350,7 +356,18 @@ impl Pgbouncer {
                 server.port,
                 server.user,
                 dir.path().join("pgbouncer.log").display()
-            ),
+            ) + &match tls {
+                Some((cert, key)) => {
+                    for (from, to) in [(cert, "server.pem"), (key, "server.key")] {
+                        std::fs::copy(from, dir.path().join(to)).unwrap();
+                    }
+                    format!(
+                        "client_tls_sslmode = require\nclient_tls_cert_file = {0}/server.pem\nclient_tls_key_file = {0}/server.key\n",
+                        dir.path().display()
+                    )
+                }
+                None => String::new(),
+            },
         )
         .unwrap();
         let root = unsafe { libc::geteuid() } == 0;
