@@ -341,7 +341,7 @@ pub fn sluice_rollup_run(ctx: &Context<'_>) -> rusqlite::Result<Value> {
 
 fn rollup_run(ctx: &Context<'_>) -> Res<Value> {
     let name = arg_opt_text(ctx, 0, "the rollup name")?;
-    if ctx.len() > 0 && name.is_none() {
+    if !ctx.is_empty() && name.is_none() {
         return Err(Fail("the rollup name must be text, got NULL".into()));
     }
     let conn = connection(ctx)?;
