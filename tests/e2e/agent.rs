@@ -315,3 +315,38 @@ fn tls_with_a_private_ca_is_verified() {
     let mut c = cloud.client();
     assert_same_rows(&edge_division_states(&edge), &cloud_division_states(&mut c, DEVICE));
 }
+
+#[test]
+fn sigterm_during_a_capped_sync_leaves_nothing_half_recorded() {
+    let cloud = CloudDb::create("sigterm_sync");
+    let dir = tempfile::tempdir().unwrap();
+    let edge_path = dir.path().join("edge.db");
+    let edge = edge_db(&edge_path, true);
+    insert_rows(&edge, "division_states", &division_states(0, 20_000, 15), 1000);
+    // 100 rows a batch at 4 KB/s: a batch every ~0.3 s, far from done in 1.5 s.
+    let config = write_config_with(dir.path(), &edge_path, &cloud.url, DEVICE, 100, "bandwidth_bytes_per_sec = 4000\n");
+    let mut child = agent(&["sync", "--config", config.to_str().unwrap(), "--mode", "hourly", "--table", "division_states"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let started = Instant::now();
+    let out = child.wait_with_output().unwrap();
+    assert!(started.elapsed() < Duration::from_secs(5), "the agent took {:?} to stop", started.elapsed());
+    assert!(!out.status.success(), "an interrupted run exits non-zero");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("interrupted"), "{stdout}");
+
+    // Every acknowledged row is in the cloud, every other row is pending, none twice.
+    let left = pending(&edge, "division_states");
+    let in_cloud = cloud.count("division_states");
+    assert!(left > 0 && in_cloud > 0, "pending {left}, in the cloud {in_cloud}");
+    assert_eq!(in_cloud + left, 20_000);
+    let (status, error): (String, String) = edge
+        .query_row("SELECT status, error FROM sluice_sync_log ORDER BY id DESC LIMIT 1", [], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap();
+    assert_eq!(status, "partial");
+    assert!(error.contains("interrupted"), "{error}");
+}
