@@ -54,6 +54,9 @@ pub struct Config {
     pub cleanup: CleanupConfig,
     #[serde(default)]
     pub budget: BudgetConfig,
+    /// `[embed]`: the key-frame embedding job (see `docs/inference.md`);
+    /// without it the `embed` job is skipped.
+    pub embed: Option<crate::embed::EmbedJobConfig>,
 }
 
 /// `[schedule]`: when `sluice run` runs each job. Cron expressions with a
@@ -341,6 +344,15 @@ impl Config {
         }
         if let Some(ca) = &cfg.cloud.ca_file {
             cfg.cloud.ca_file = Some(base.join(ca));
+        }
+        if let Some(e) = &mut cfg.embed {
+            e.model.model = base.join(&e.model.model);
+            if let Some(t) = &e.model.tokenizer {
+                e.model.tokenizer = Some(base.join(t));
+            }
+            if let Some(o) = &e.model.onnxruntime {
+                e.model.onnxruntime = Some(base.join(o));
+            }
         }
         if let Some(m) = &cfg.cloud.migrations {
             cfg.cloud.migrations = Some(base.join(m));

@@ -7,25 +7,10 @@
 //! float32 BLOBs, 1536 bytes for 384 dims) back so that they sync. Inference
 //! is CPU-bound: it runs on tokio's blocking pool, never on a runtime thread.
 
-// Until `sluice embed` and the schedule use every item here.
-#![allow(dead_code)]
-
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 pub use sluice_inference::edge::{EmbedJob, EmbedJobConfig, EmbedReport};
-
-/// Loads the model, runs the job once on `edge_db` (loading the sluice
-/// extension from `ext`), and drops the model: what `sluice embed` does.
-pub async fn run_embed(
-    edge_db: &Path,
-    ext: &Path,
-    cfg: &EmbedJobConfig,
-) -> anyhow::Result<EmbedReport> {
-    let (db, ext, cfg): (PathBuf, PathBuf, EmbedJobConfig) =
-        (edge_db.to_path_buf(), ext.to_path_buf(), cfg.clone());
-    tokio::task::spawn_blocking(move || sluice_inference::edge::run_embed(&db, &ext, &cfg)).await?
-}
 
 /// Loads the model once, for a daemon that runs the job every minute
 /// (`sluice run`): about 0.3 s and ~100 MB saved per run.
@@ -44,4 +29,16 @@ pub async fn run_loaded(
 ) -> anyhow::Result<EmbedReport> {
     let (job, db, ext) = (job.clone(), edge_db.to_path_buf(), ext.to_path_buf());
     tokio::task::spawn_blocking(move || job.run(&db, &ext)).await?
+}
+
+/// The embedding of one text with the job's model (`sluice embed --query`).
+pub async fn embed_query(cfg: &EmbedJobConfig, text: &str) -> anyhow::Result<Vec<f32>> {
+    let (model, text) = (cfg.model.clone(), text.to_owned());
+    tokio::task::spawn_blocking(move || {
+        let embedder = sluice_inference::Embedder::load(&model)?;
+        let mut v = embedder.embed(&[text.as_str()])?;
+        v.pop()
+            .ok_or_else(|| anyhow::anyhow!("the model returned no vector"))
+    })
+    .await?
 }

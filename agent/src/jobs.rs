@@ -6,12 +6,15 @@
 //! scheduled time passed while the agent was down (per the sync log) runs
 //! once. Every run, of every job, is recorded in `sluice_sync_log`.
 
+use std::sync::Arc;
+
 use chrono::Utc;
 use tracing::{info, warn};
 
 use crate::cloud::Cloud;
 use crate::config::Config;
 use crate::edge::{Edge, LogEntry};
+use crate::embed;
 use crate::schedule::{self, Job};
 use crate::shutdown::Shutdown;
 use crate::sync::{self, Mode, SyncOptions};
@@ -97,12 +100,47 @@ fn outcome(rows: i64, errors: Vec<String>, total: usize) -> LogEntry {
     }
 }
 
+/// State kept across job runs by the daemon: the cloud connection and the
+/// loaded embedding model.
+#[derive(Default)]
+pub struct JobState {
+    pub cloud: Option<Cloud>,
+    pub embedder: Option<Arc<embed::EmbedJob>>,
+}
+
+/// Embeds key-frame descriptions (`[embed]`), keeping the model loaded in
+/// `state` between runs.
+pub async fn embed(cfg: &Config, state: &mut JobState) -> anyhow::Result<LogEntry> {
+    let Some(ecfg) = &cfg.embed else {
+        return Ok(skipped("no [embed] section configured"));
+    };
+    let job = match &state.embedder {
+        Some(j) => j.clone(),
+        None => {
+            let j = embed::load_job(ecfg).await?;
+            state.embedder = Some(j.clone());
+            j
+        }
+    };
+    let r = embed::run_loaded(&job, &cfg.edge.database, &cfg.extension_path()).await?;
+    Ok(LogEntry {
+        rows: (r.embedded + r.refreshed + r.cleared) as i64,
+        batches: r.batches as i64,
+        bytes: r.bytes as i64,
+        status: "success".into(),
+        error: r
+            .more_pending
+            .then(|| "more rows wait for the next run (embed.max_rows_per_run)".into()),
+        ..LogEntry::default()
+    })
+}
+
 /// Runs one job and records it in the sync log.
 pub async fn run_job(
     job: Job,
     cfg: &Config,
     edge: &Edge,
-    cloud: &mut Option<Cloud>,
+    state: &mut JobState,
     shutdown: &Shutdown,
 ) -> anyhow::Result<LogEntry> {
     let id = edge.log_start(job.name())?;
@@ -118,14 +156,14 @@ pub async fn run_job(
                 dry_run: false,
                 progress: false,
             };
-            sync::run(cfg, edge, cloud, &opts, shutdown)
+            sync::run(cfg, edge, &mut state.cloud, &opts, shutdown)
                 .await
                 .map(|r| r.log_entry())
         }
         Job::Cleanup => cleanup(cfg, edge),
         Job::Rollup => rollup(edge),
         Job::Budget => budget(cfg, edge),
-        Job::Embed => Ok(skipped("no [embed] section configured")),
+        Job::Embed => embed(cfg, state).await,
     };
     let entry = result.unwrap_or_else(|e| LogEntry {
         status: "failed".into(),
@@ -157,7 +195,7 @@ pub async fn run_daemon(cfg: &Config, shutdown: &Shutdown) -> anyhow::Result<()>
     let entries = cfg.schedule.entries()?;
     let edge = Edge::open(cfg)?;
     edge.ensure_log()?;
-    let mut cloud: Option<Cloud> = None;
+    let mut state = JobState::default();
     info!(
         device = %cfg.device.id,
         jobs = %entries.iter().map(|e| e.job.name()).collect::<Vec<_>>().join(","),
@@ -177,7 +215,7 @@ pub async fn run_daemon(cfg: &Config, shutdown: &Shutdown) -> anyhow::Result<()>
             break;
         }
         info!(job = job.name(), "running a missed scheduled run");
-        run_job(job, cfg, &edge, &mut cloud, shutdown).await?;
+        run_job(job, cfg, &edge, &mut state, shutdown).await?;
     }
 
     while !shutdown.requested() {
@@ -194,7 +232,7 @@ pub async fn run_daemon(cfg: &Config, shutdown: &Shutdown) -> anyhow::Result<()>
             if shutdown.requested() {
                 break;
             }
-            run_job(job, cfg, &edge, &mut cloud, shutdown).await?;
+            run_job(job, cfg, &edge, &mut state, shutdown).await?;
         }
     }
     info!("sluice agent stopped");

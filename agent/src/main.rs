@@ -12,6 +12,7 @@
 //! - [`sync`]: the sync loop, with retries, bandwidth cap and progress.
 //! - [`jobs`]: cleanup, rollup, budget, and `sluice run` (the daemon).
 //! - [`schedule`]: cron expressions, next fire times, missed runs.
+//! - [`embed`]: the key-frame embedding job (model code in `sluice-inference`).
 //! - [`migrate`]: applies `migrations/` to the cloud in order.
 //! - [`status`]: what `sluice status` reports.
 //! - [`shutdown`], [`backoff`], [`failpoint`]: SIGTERM handling, retry waits,
@@ -21,6 +22,7 @@ mod backoff;
 mod cloud;
 mod config;
 mod edge;
+mod embed;
 mod failpoint;
 mod jobs;
 mod migrate;
@@ -96,6 +98,15 @@ enum Command {
     Rollup {
         #[arg(long, short)]
         config: PathBuf,
+    },
+    /// Embed key-frame descriptions that have no (or a stale) embedding, then exit.
+    Embed {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Instead, print the embedding of this text as a pgvector literal
+        /// (`[0.01,...]`), for `sluice.nearest` and `sluice.hybrid_search`.
+        #[arg(long)]
+        query: Option<String>,
     },
     /// Apply the cloud schema's migrations in order, then exit.
     Migrate {
@@ -210,7 +221,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 schedule::Job::Cleanup,
                 &cfg,
                 &edge,
-                &mut None,
+                &mut jobs::JobState::default(),
                 &Shutdown::default(),
             )
             .await?;
@@ -223,11 +234,41 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 schedule::Job::Rollup,
                 &cfg,
                 &edge,
-                &mut None,
+                &mut jobs::JobState::default(),
                 &Shutdown::default(),
             )
             .await?;
             Ok(job_exit("rollup", &entry))
+        }
+        Command::Embed {
+            config,
+            query: Some(text),
+        } => {
+            let cfg = config::Config::load(&config)?;
+            let ecfg = cfg
+                .embed
+                .as_ref()
+                .ok_or_else(|| anyhow::anyhow!("the config has no [embed] section"))?;
+            let v = embed::embed_query(ecfg, &text).await?;
+            let parts: Vec<String> = v.iter().map(|x| x.to_string()).collect();
+            println!("[{}]", parts.join(","));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Embed {
+            config,
+            query: None,
+        } => {
+            let cfg = config::Config::load(&config)?;
+            let edge = edge::Edge::open(&cfg)?;
+            let entry = jobs::run_job(
+                schedule::Job::Embed,
+                &cfg,
+                &edge,
+                &mut jobs::JobState::default(),
+                &Shutdown::default(),
+            )
+            .await?;
+            Ok(job_exit("embed", &entry))
         }
         Command::Migrate {
             config,
