@@ -65,6 +65,7 @@ stop)
     sock=$(sed -n 's/^export SLUICE_PG_SOCKET=//p' "$run_dir/env")
     [ -n "$sock" ] && rm -rf "$sock"
   fi
+  rm -rf "$run_dir"   # throwaway: nothing of a stopped server is kept
   ;;
 url)
   sed -n 's/^export SLUICE_TEST_PG_URL=//p' "$run_dir/env"

@@ -34,8 +34,10 @@ cargo test --release --quiet 2>&1 | tee -a "$results"
 cargo test --release --quiet -p sluice-sqlite 2>&1 | tee -a "$results"
 
 step "start PostgreSQL 17 for the end-to-end tests"
-eval "$(scripts/pg.sh start test)"
-trap 'scripts/pg.sh stop test' EXIT
+# A name of its own, so that two test runs on one machine never share a server.
+pg_name="test-$$"
+eval "$(scripts/pg.sh start "$pg_name")"
+trap 'scripts/pg.sh stop "$pg_name"; rm -f "$results"' EXIT
 export SLUICE_SQLITE_EXT="$SLUICE_ROOT/target/release/sluice0.so"
 export SLUICE_AGENT_BIN="$SLUICE_ROOT/target/release/sluice"
 
