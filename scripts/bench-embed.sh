@@ -42,6 +42,7 @@ def rss(field):
         if line.startswith(field):
             return int(line.split()[1]) / 1024
 file, threads, batch, rounds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+dump = sys.argv[5] if len(sys.argv) > 5 else None
 sentences = open(file).read().splitlines()
 model_dir = os.environ["SLUICE_MODEL_DIR"]
 rss_before = rss("VmRSS:")
@@ -68,7 +69,9 @@ def embed(texts):
         out.append(sess.run(["sentence_embedding"], feeds)[0])
     return np.concatenate(out)
 
-embed(sentences[:batch])  # warm-up
+first = embed(sentences[:batch])  # warm-up
+if dump:
+    first.astype("<f4").tofile(dump)
 for _ in range(rounds):
     t = time.perf_counter()
     v = embed(sentences)
@@ -89,8 +92,8 @@ for l in sys.stdin:
 # Interleave the two sides, one round each at a time, so that the load of a
 # shared machine hits both alike; each round is a fresh process.
 for ((i = 0; i < rounds; i++)); do
-  "$py" "$work/bench.py" "$work/sentences.txt" "$threads" "$batch" 1 >>"$work/python.jsonl"
-  "$bin" "$work/sentences.txt" "$threads" "$batch" 1 | grep '^{' >>"$work/rust.jsonl"
+  "$py" "$work/bench.py" "$work/sentences.txt" "$threads" "$batch" 1 "$work/python.f32" >>"$work/python.jsonl"
+  "$bin" "$work/sentences.txt" "$threads" "$batch" 1 "$work/rust.f32" | grep '^{' >>"$work/rust.jsonl"
 done
 
 # The key-frame job on a fresh edge database: first run over the same
@@ -125,6 +128,9 @@ paired = statistics.median(r / p for r, p in zip(side["rust"]["rates"], side["py
 print(f"Rust / Python: {ratio:.2f}x of medians, {paired:.2f}x median of paired rounds   (goal >= 0.90x)")
 print(f"rounds: rust {side['rust']['rates']}, python {side['python']['rates']}")
 import os
+import numpy as np
+a, b = np.fromfile(f"{work}/rust.f32", "<f4"), np.fromfile(f"{work}/python.f32", "<f4")
+print(f"same vectors: the first batch's {a.size // 384} vectors of the two sides differ by at most {np.abs(a - b).max():.1e}")
 if os.path.exists(f"{work}/job.jsonl"):
     j = json.loads(open(f"{work}/job.jsonl").read())
     print(f"key-frame job: {j['rows']} new rows in {j['first_run_ms']} ms ({j['rows_per_second']} rows/s, model loading and writes included), "

@@ -1,7 +1,7 @@
 //! Embedding throughput and memory, for `scripts/bench-embed.sh`, which runs
 //! Python's onnxruntime on the same model and inputs in the same run.
 //!
-//! cargo bench -p sluice-inference --bench embed -- SENTENCES_FILE [THREADS] [BATCH] [ROUNDS]
+//! cargo bench -p sluice-inference --bench embed -- SENTENCES_FILE [THREADS] [BATCH] [ROUNDS] [VECTORS_OUT]
 //! cargo bench -p sluice-inference --features edge --bench embed -- job SENTENCES_FILE SQLITE_EXT
 //!
 //! The `job` form measures the key-frame job on a fresh edge database (the
@@ -54,7 +54,17 @@ fn main() {
     let t = Instant::now();
     let e = Embedder::load(&cfg).expect("load the model");
     let load_ms = t.elapsed().as_secs_f64() * 1e3;
-    e.embed(&sentences[..batch.min(sentences.len())]).unwrap(); // warm-up
+    let first = e.embed(&sentences[..batch.min(sentences.len())]).unwrap(); // warm-up
+    if let Some(path) = args.get(4) {
+        // The first batch's vectors, float32 little-endian, for the script to
+        // compare with Python's.
+        let bytes: Vec<u8> = first
+            .iter()
+            .flatten()
+            .flat_map(|x| x.to_le_bytes())
+            .collect();
+        std::fs::write(path, bytes).expect("write vectors");
+    }
     for _ in 0..rounds {
         let t = Instant::now();
         let v = e.embed(&sentences).unwrap();
