@@ -108,6 +108,10 @@ if [ "$want_onnx" = 1 ]; then
   if [ ! -x "$SLUICE_CACHE/py/bin/python" ] || [ ! -f "$SLUICE_CACHE/py/.installed" ]; then
     log "Python venv for the model converter: .cache/py"
     py=python3; command -v "$py" >/dev/null || py=/usr/bin/python3
+    if ! "$py" -c 'import ensurepip, venv' 2>/dev/null; then # Debian's python3 needs python3-venv
+      SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+      DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends python3-venv >/dev/null
+    fi
     "$py" -m venv "$SLUICE_CACHE/py"
     "$SLUICE_CACHE/py/bin/pip" install --quiet --disable-pip-version-check \
       numpy safetensors onnx onnxruntime==1.31.1 tokenizers
