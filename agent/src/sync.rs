@@ -400,8 +400,14 @@ async fn ingest_with_retry(
             shutdown.sleep(backoff.wait(attempt - 1, &mut rng)).await;
         }
         if cloud.as_ref().is_none_or(Cloud::is_closed) {
+            let reconnecting = cloud.is_some() || attempt > 0;
             match Cloud::connect(&cfg.cloud).await {
-                Ok(c) => *cloud = Some(c),
+                Ok(c) => {
+                    if reconnecting {
+                        info!("reconnected to the cloud");
+                    }
+                    *cloud = Some(c);
+                }
                 Err(e) => {
                     let msg = format!("{e:#}");
                     // The same error again and again is logged once per run.

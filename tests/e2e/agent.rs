@@ -350,3 +350,32 @@ fn sigterm_during_a_capped_sync_leaves_nothing_half_recorded() {
     assert_eq!(status, "partial");
     assert!(error.contains("interrupted"), "{error}");
 }
+
+#[test]
+fn the_agent_reconnects_after_postgresql_restarts_mid_sync() {
+    let server = OwnServer::start("restart");
+    let url = server.database("cloud");
+    let dir = tempfile::tempdir().unwrap();
+    let edge_path = dir.path().join("edge.db");
+    let edge = edge_db(&edge_path, true);
+    insert_rows(&edge, "division_states", &division_states(0, 6_000, 16), 1000);
+    // Slow (100-row batches at 20 KB/s: about 5 s) and patient (20 attempts, up to 0.5 s apart).
+    let config = write_config_with(dir.path(), &edge_path, &url, DEVICE, 100,
+        "bandwidth_bytes_per_sec = 20000\nmax_attempts = 20\n");
+    let child = agent(&["sync", "--config", config.to_str().unwrap(), "--mode", "hourly", "--table", "division_states"])
+        .env("SLUICE_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1000));
+    server.restart();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stderr.contains("reconnected to the cloud"), "the restart was noticed: {stderr}");
+    assert_eq!(pending(&edge, "division_states"), 0);
+    let mut c = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    assert_same_rows(&edge_division_states(&edge), &cloud_division_states(&mut c, DEVICE));
+}

@@ -430,3 +430,65 @@ mod url_parts {
         Parts { user: user.into(), port }
     }
 }
+
+/// A PostgreSQL server of one test's own (through `scripts/pg.sh`), for
+/// tests that restart or stop it; stopped when dropped.
+pub struct OwnServer {
+    pub name: String,
+    pub url: String,
+}
+
+impl OwnServer {
+    pub fn start(name: &str) -> OwnServer {
+        let name = format!("{name}-{}", std::process::id());
+        let out = Command::new("bash")
+            .arg(repo_root().join("scripts/pg.sh"))
+            .args(["start", &name])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "pg.sh start {name}: {}", String::from_utf8_lossy(&out.stderr));
+        let env = String::from_utf8_lossy(&out.stdout);
+        let url = env
+            .lines()
+            .find_map(|l| l.strip_prefix("export SLUICE_TEST_PG_URL="))
+            .expect("pg.sh prints the URL")
+            .to_owned();
+        OwnServer { name, url }
+    }
+
+    /// Restarts the server (fast shutdown: sessions are cut), waiting until it serves again.
+    pub fn restart(&self) {
+        let data = repo_root().join(".cache/run").join(&self.name).join("data");
+        let pg_ctl = repo_root().join(".cache/pg17/bin/pg_ctl");
+        let mut cmd = if unsafe { libc::geteuid() } == 0 {
+            let user = std::env::var("SLUICE_PG_USER").unwrap_or_else(|_| "sluicepg".into());
+            let mut c = Command::new("runuser");
+            c.args(["-u", &user, "--"]).arg(&pg_ctl);
+            c
+        } else {
+            Command::new(&pg_ctl)
+        };
+        let status = cmd.arg("-D").arg(&data).args(["-m", "fast", "-w", "restart"]).stdout(std::process::Stdio::null()).status().unwrap();
+        assert!(status.success(), "pg_ctl restart failed");
+    }
+
+    /// A fresh database on this server with the migrations applied.
+    pub fn database(&self, db: &str) -> String {
+        let mut admin = postgres::Client::connect(&self.url, postgres::NoTls).unwrap();
+        admin.batch_execute(&format!("CREATE DATABASE {db}")).unwrap();
+        let url = replace_db(&self.url, db);
+        let mut c = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+        let mut files: Vec<_> = std::fs::read_dir(repo_root().join("migrations")).unwrap().map(|e| e.unwrap().path()).collect();
+        files.sort();
+        for f in files.iter().filter(|p| p.extension().is_some_and(|x| x == "sql")) {
+            c.batch_execute(&std::fs::read_to_string(f).unwrap()).unwrap();
+        }
+        url
+    }
+}
+
+impl Drop for OwnServer {
+    fn drop(&mut self) {
+        let _ = Command::new("bash").arg(repo_root().join("scripts/pg.sh")).args(["stop", &self.name]).status();
+    }
+}
