@@ -54,6 +54,8 @@ pub struct Config {
     pub cleanup: CleanupConfig,
     #[serde(default)]
     pub budget: BudgetConfig,
+    #[serde(default)]
+    pub metrics: MetricsConfig,
     /// `[embed]`: the key-frame embedding job (see `docs/inference.md`);
     /// without it the `embed` job is skipped.
     pub embed: Option<crate::embed::EmbedJobConfig>,
@@ -169,6 +171,15 @@ impl Default for CleanupConfig {
             tables: None,
         }
     }
+}
+
+/// `[metrics]`: the optional Prometheus endpoint of `sluice run`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Address to serve `GET /metrics` on, e.g. `"127.0.0.1:9464"`. Unset:
+    /// no endpoint. It has no authentication: keep it on 127.0.0.1.
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 /// `[budget]`: the bounded local buffer.

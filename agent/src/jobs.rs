@@ -15,6 +15,7 @@ use crate::cloud::Cloud;
 use crate::config::Config;
 use crate::edge::{Edge, LogEntry};
 use crate::embed;
+use crate::metrics::Metrics;
 use crate::schedule::{self, Job};
 use crate::shutdown::Shutdown;
 use crate::sync::{self, Mode, SyncOptions};
@@ -106,6 +107,7 @@ fn outcome(rows: i64, errors: Vec<String>, total: usize) -> LogEntry {
 pub struct JobState {
     pub cloud: Option<Cloud>,
     pub embedder: Option<Arc<embed::EmbedJob>>,
+    pub metrics: Metrics,
 }
 
 /// Embeds key-frame descriptions (`[embed]`), keeping the model loaded in
@@ -171,6 +173,14 @@ pub async fn run_job(
         ..LogEntry::default()
     });
     edge.log_end(id, &entry)?;
+    state.metrics.record(job.name(), &entry);
+    if matches!(job, Job::Sync | Job::FullSync | Job::Rollup | Job::Embed) {
+        if let Ok(tables) = edge.status() {
+            state
+                .metrics
+                .set_pending(tables.into_iter().map(|t| (t.table, t.pending_rows)));
+        }
+    }
     match entry.status.as_str() {
         "success" => info!(
             job = job.name(),
@@ -196,6 +206,9 @@ pub async fn run_daemon(cfg: &Config, shutdown: &Shutdown) -> anyhow::Result<()>
     let edge = Edge::open(cfg)?;
     edge.ensure_log()?;
     let mut state = JobState::default();
+    if let Some(addr) = cfg.metrics.listen {
+        state.metrics.clone().serve(addr).await?;
+    }
     info!(
         device = %cfg.device.id,
         jobs = %entries.iter().map(|e| e.job.name()).collect::<Vec<_>>().join(","),

@@ -15,6 +15,7 @@
 //! - [`embed`]: the key-frame embedding job (model code in `sluice-inference`).
 //! - [`migrate`]: applies `migrations/` to the cloud in order.
 //! - [`status`]: what `sluice status` reports.
+//! - [`metrics`]: the optional Prometheus endpoint of `sluice run`.
 //! - [`shutdown`], [`backoff`], [`failpoint`]: SIGTERM handling, retry waits,
 //!   and the test-only failpoints.
 
@@ -25,6 +26,7 @@ mod edge;
 mod embed;
 mod failpoint;
 mod jobs;
+mod metrics;
 mod migrate;
 mod schedule;
 mod shutdown;

@@ -119,6 +119,7 @@ fn an_unreachable_cloud_leaves_every_row_pending_and_says_so() {
 #[test]
 fn the_daemon_delivers_within_seconds_and_stops_cleanly_on_sigterm() {
     let cloud = CloudDb::create("daemon");
+    let metrics_port = free_port();
     let dir = tempfile::tempdir().unwrap();
     let edge_path = dir.path().join("edge.db");
     let edge = edge_db(&edge_path, true);
@@ -128,7 +129,7 @@ fn the_daemon_delivers_within_seconds_and_stops_cleanly_on_sigterm() {
         &cloud.url,
         DEVICE,
         1000,
-        "\n[schedule]\nsync = \"*/2 * * * * *\"\nfull_sync = \"off\"\nembed = \"off\"\ncleanup = \"*/5 * * * * *\"\n\n[cleanup]\nkeep = \"1 hour\"\n",
+        &format!("\n[schedule]\nsync = \"*/2 * * * * *\"\nfull_sync = \"off\"\nembed = \"off\"\ncleanup = \"*/5 * * * * *\"\n\n[cleanup]\nkeep = \"1 hour\"\n\n[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n"),
     );
     let mut child = agent(&["run", "--config", config.to_str().unwrap()])
         .env("SLUICE_LOG", "info")
@@ -156,6 +157,18 @@ fn the_daemon_delivers_within_seconds_and_stops_cleanly_on_sigterm() {
     }
     assert!(latencies.iter().all(|l| *l < Duration::from_secs(10)), "latencies {latencies:?}");
     eprintln!("edge-to-cloud latencies with a 2 s schedule: {latencies:?}");
+
+    // The Prometheus endpoint counts what was sent.
+    let metrics = http_get(metrics_port, "/metrics");
+    assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
+    let rows_sent: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("sluice_rows_total{job=\"sync\"} "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no sync rows counter in {metrics}"));
+    assert!(rows_sent >= 300, "{metrics}");
+    assert!(metrics.contains("sluice_pending_rows{table=\"division_states\"} "), "{metrics}");
+    assert!(metrics.contains("sluice_sync_lag_seconds "), "{metrics}");
 
     // SIGTERM: the daemon finishes what it does and exits 0.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
@@ -378,4 +391,13 @@ fn the_agent_reconnects_after_postgresql_restarts_mid_sync() {
     assert_eq!(pending(&edge, "division_states"), 0);
     let mut c = postgres::Client::connect(&url, postgres::NoTls).unwrap();
     assert_same_rows(&edge_division_states(&edge), &cloud_division_states(&mut c, DEVICE));
+}
+
+fn http_get(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut sock = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(sock, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
+    let mut out = String::new();
+    sock.read_to_string(&mut out).unwrap();
+    out
 }
