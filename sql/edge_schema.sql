@@ -2,6 +2,10 @@
 -- sluice0.so loaded. Idempotent: safe to run at every start of the pipeline.
 -- Times are ISO-8601 UTC text with milliseconds ('2026-11-22T10:15:03.250Z'),
 -- which SQLite's date functions read and PostgreSQL casts to timestamptz.
+-- Freed pages go back to the file system when sluice_enforce_budget drops
+-- rows (it runs PRAGMA incremental_vacuum). Takes effect only on a new, empty
+-- database; an existing one keeps its mode until a full VACUUM.
+PRAGMA auto_vacuum = INCREMENTAL;
 PRAGMA journal_mode = WAL;
 
 -- Cameras of this box. Mutable: a camera is renamed or disabled later.
@@ -88,12 +92,12 @@ CREATE TABLE IF NOT EXISTS health_metrics (
 );
 
 SELECT sluice_track('cameras', '{"mutable": true, "local_only": ["stream_url"]}');
-SELECT sluice_track('sessions', '{"mutable": true}');
-SELECT sluice_track('division_states', '{"local_only": ["screenshot_path"]}');
-SELECT sluice_track('table_states');
-SELECT sluice_track('metrics');
-SELECT sluice_track('key_frames', '{"mutable": true}');
-SELECT sluice_track('health_metrics');
+SELECT sluice_track('sessions', '{"mutable": true, "time": "started_at"}');
+SELECT sluice_track('division_states', '{"local_only": ["screenshot_path"], "time": "recorded_at"}');
+SELECT sluice_track('table_states', '{"time": "recorded_at"}');
+SELECT sluice_track('metrics', '{"time": "recorded_at"}');
+SELECT sluice_track('key_frames', '{"mutable": true, "time": "captured_at"}');
+SELECT sluice_track('health_metrics', '{"time": "recorded_at"}');
 
 -- Five-minute rollup of the raw metrics (about 100 samples per camera and
 -- window become one row): count, avg, max and p95 of both measurements, a

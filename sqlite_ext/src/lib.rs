@@ -17,6 +17,8 @@
 //!   and the quantile sketch functions (over `sluice_wire::sketch`);
 //! - [`rollup`] is `sluice_rollup` and `sluice_rollup_run` (registered,
 //!   incremental time-window rollups);
+//! - [`buffer`] is the bounded local buffer: `sluice_enforce_budget`, the
+//!   drop log and the status views (`sluice_status`, `sluice_pending_age`);
 //! - [`pack`] is `sluice_compress`/`sluice_decompress` and the packing
 //!   aggregate `sluice_pack` with `sluice_unpack`;
 //!
@@ -26,6 +28,7 @@
 
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod buffer;
 pub mod insert;
 pub mod options;
 pub mod pack;
@@ -83,6 +86,19 @@ pub const FUNCTIONS: &[(&str, c_int, FunctionFlags, SqlFn)] = &[
     ("sluice_rollup", 2, WRITES, rollup::sluice_rollup),
     ("sluice_rollup_run", 0, WRITES, rollup::sluice_rollup_run),
     ("sluice_rollup_run", 1, WRITES, rollup::sluice_rollup_run),
+    (
+        "sluice_enforce_budget",
+        1,
+        WRITES,
+        buffer::sluice_enforce_budget,
+    ),
+    (
+        "sluice_enforce_budget",
+        2,
+        WRITES,
+        buffer::sluice_enforce_budget,
+    ),
+    ("sluice_pending_age", 1, READS, buffer::sluice_pending_age),
 ];
 
 /// The aggregate functions (all pure), registered after [`FUNCTIONS`]:

@@ -11,12 +11,16 @@ pub struct TrackOptions {
     pub mutable: Option<bool>,
     pub local_only: Option<Vec<String>>,
     pub key: Option<Vec<String>>,
+    /// The column holding each row's time (ISO-8601 text or unix seconds),
+    /// used by the status view for the age of the oldest pending row.
+    pub time: Option<String>,
 }
 
 /// The option names `sluice_track` accepts.
-pub const TRACK_OPTIONS: &str = "mutable, local_only, key";
+pub const TRACK_OPTIONS: &str = "mutable, local_only, key, time";
 
-/// Parses `{"mutable": bool, "local_only": [names], "key": [names]}`. Unknown
+/// Parses `{"mutable": bool, "local_only": [names], "key": [names], "time":
+/// name}`. Unknown
 /// keys are errors (a typo must not silently track a table the wrong way).
 pub fn parse_track_options(text: &str) -> Result<TrackOptions, String> {
     let v: Json =
@@ -41,6 +45,19 @@ pub fn parse_track_options(text: &str) -> Result<TrackOptions, String> {
             },
             "local_only" => o.local_only = Some(string_list("local_only", v)?),
             "key" => o.key = Some(string_list("key", v)?),
+            "time" => match v {
+                Json::String(s) if !s.is_empty() => o.time = Some(s.clone()),
+                other => {
+                    return Err(format!(
+                        "option 'time' must be a column name, got {}",
+                        if matches!(other, Json::String(_)) {
+                            "an empty string"
+                        } else {
+                            json_kind(other)
+                        }
+                    ))
+                }
+            },
             other => {
                 return Err(format!(
                     "unknown option '{other}' (known options: {TRACK_OPTIONS})"
@@ -226,8 +243,18 @@ mod tests {
         let e = parse_track_options(r#"{"mutible": true}"#).unwrap_err();
         assert_eq!(
             e,
-            "unknown option 'mutible' (known options: mutable, local_only, key)"
+            "unknown option 'mutible' (known options: mutable, local_only, key, time)"
         );
+        assert_eq!(
+            parse_track_options(r#"{"time": "recorded_at"}"#)
+                .unwrap()
+                .time
+                .as_deref(),
+            Some("recorded_at")
+        );
+        assert!(parse_track_options(r#"{"time": 1}"#)
+            .unwrap_err()
+            .contains("column name"));
         assert!(parse_track_options(r#"{"mutable": 1}"#)
             .unwrap_err()
             .contains("true or false"));

@@ -321,7 +321,8 @@ fn rollup_fn(ctx: &Context<'_>) -> Res<Value> {
         if track {
             let mut key = r.group.clone();
             key.push(WINDOW_COLUMN.to_string());
-            let opts = serde_json::json!({"mutable": true, "local_only": ["id"], "key": key});
+            let opts = serde_json::json!({"mutable": true, "local_only": ["id"], "key": key,
+                "time": WINDOW_COLUMN});
             conn.query_row(
                 "SELECT sluice_track(?1, ?2)",
                 params![r.target, opts.to_string()],
@@ -470,6 +471,15 @@ fn run_one(conn: &Connection, r: &Rollup) -> Res<i64> {
             probe.join(", "),
             tcols.join(", ")
         )
+    };
+    // Windows whose raw rows the storage budget dropped are never
+    // recomputed: they would be computed from what is left.
+    let filter = match crate::buffer::sealed_until(conn, &r.source)? {
+        Some(sealed) => format!(
+            "{filter} AND {}",
+            crate::buffer::unsealed_condition(&bucket, sealed)
+        ),
+        None => filter,
     };
     let sql = format!(
         "INSERT INTO main.{target} ({cols}) SELECT {sel} FROM main.{src} {filter} \

@@ -138,11 +138,12 @@ pub fn atomic<T>(conn: &Connection, name: &str, f: impl FnOnce() -> Res<T>) -> R
 }
 
 /// Names of the bookkeeping tables; they cannot be tracked.
-pub const BOOKKEEPING: [&str; 4] = [
+pub const BOOKKEEPING: [&str; 5] = [
     "sluice_meta",
     "sluice_tables",
     "sluice_acks",
     "sluice_clock",
+    "sluice_drops",
 ];
 
 /// Creates the bookkeeping tables and the stream id if they are missing.
@@ -174,6 +175,18 @@ pub fn ensure_bookkeeping(conn: &Connection) -> Res<()> {
          );
          INSERT OR IGNORE INTO main.sluice_clock (id, value) VALUES (1, 0);",
     )?;
+    // Added after the first release: databases tracked before it get the
+    // column here.
+    let has_time: bool = conn.query_row(
+        "SELECT count(*) > 0 FROM pragma_table_info('sluice_tables', 'main') \
+         WHERE name = 'time_column'",
+        [],
+        |r| r.get(0),
+    )?;
+    if !has_time {
+        conn.execute_batch("ALTER TABLE main.sluice_tables ADD COLUMN time_column TEXT")?;
+    }
+    conn.execute_batch(crate::buffer::BUFFER_SCHEMA)?;
     Ok(())
 }
 

@@ -123,6 +123,10 @@ fn track(ctx: &Context<'_>) -> Res<Value> {
                 .or_else(|| existing.as_ref().map(|e| e.key.clone()))
                 .unwrap_or_default(),
         )?;
+        let time_column = match &opts.time {
+            Some(t) => Some(canonical_columns(&info, "time", vec![t.clone()])?.remove(0)),
+            None => None,
+        };
         if mutable {
             setup_mutable(&conn, &info)?;
         } else if info.rowid_alias().is_none() {
@@ -140,16 +144,19 @@ fn track(ctx: &Context<'_>) -> Res<Value> {
             )));
         }
         conn.execute(
-            "INSERT INTO main.sluice_tables (tbl, mutable, local_only, key_columns, created_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5) \
+            "INSERT INTO main.sluice_tables \
+             (tbl, mutable, local_only, key_columns, created_at, time_column) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
              ON CONFLICT (tbl) DO UPDATE SET local_only = excluded.local_only, \
-             key_columns = excluded.key_columns",
+             key_columns = excluded.key_columns, \
+             time_column = coalesce(excluded.time_column, sluice_tables.time_column)",
             params![
                 info.name,
                 mutable,
                 serde_json::to_string(&local_only).map_err(|e| Fail(e.to_string()))?,
                 serde_json::to_string(&key).map_err(|e| Fail(e.to_string()))?,
-                now_ms()
+                now_ms(),
+                time_column
             ],
         )?;
         Ok(())

@@ -47,6 +47,10 @@ EXPECTED_FUNCTIONS = {
     ("sluice_rollup", 2): DIRECTONLY,
     ("sluice_rollup_run", 0): DIRECTONLY,
     ("sluice_rollup_run", 1): DIRECTONLY,
+    # bounded buffer and status (test_sqlite_buffer.py)
+    ("sluice_enforce_budget", 1): DIRECTONLY,
+    ("sluice_enforce_budget", 2): DIRECTONLY,
+    ("sluice_pending_age", 1): 0,
 }
 
 
@@ -308,7 +312,7 @@ def test_track_options_and_retrack(db, one):
 @pytest.mark.parametrize(
     "options, message",
     [
-        ('{"mutible": true}', "unknown option 'mutible' (known options: mutable, local_only, key)"),
+        ('{"mutible": true}', "unknown option 'mutible' (known options: mutable, local_only, key, time)"),
         ('{"mutable": "yes"}', "option 'mutable' must be true or false, got a string"),
         ('{"local_only": ["nope"]}', "option 'local_only': table 'readings' has no column 'nope'"),
         ('{"key": "id"}', "option 'key' must be an array of column names, got a string"),
