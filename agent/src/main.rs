@@ -177,6 +177,22 @@ fn job_exit(name: &str, e: &edge::LogEntry) -> ExitCode {
     }
 }
 
+/// Runs one scheduled job once (`sluice cleanup`, `rollup`, `embed`),
+/// recorded in the sync log like a scheduled run.
+async fn one_shot(job: schedule::Job, config: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let cfg = config::Config::load(config)?;
+    let edge = edge::Edge::open(&cfg)?;
+    let entry = jobs::run_job(
+        job,
+        &cfg,
+        &edge,
+        &mut jobs::JobState::default(),
+        &Shutdown::default(),
+    )
+    .await?;
+    Ok(job_exit(job.name(), &entry))
+}
+
 async fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Run { config } => {
@@ -216,32 +232,8 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Cleanup { config } => {
-            let cfg = config::Config::load(&config)?;
-            let edge = edge::Edge::open(&cfg)?;
-            let entry = jobs::run_job(
-                schedule::Job::Cleanup,
-                &cfg,
-                &edge,
-                &mut jobs::JobState::default(),
-                &Shutdown::default(),
-            )
-            .await?;
-            Ok(job_exit("cleanup", &entry))
-        }
-        Command::Rollup { config } => {
-            let cfg = config::Config::load(&config)?;
-            let edge = edge::Edge::open(&cfg)?;
-            let entry = jobs::run_job(
-                schedule::Job::Rollup,
-                &cfg,
-                &edge,
-                &mut jobs::JobState::default(),
-                &Shutdown::default(),
-            )
-            .await?;
-            Ok(job_exit("rollup", &entry))
-        }
+        Command::Cleanup { config } => one_shot(schedule::Job::Cleanup, &config).await,
+        Command::Rollup { config } => one_shot(schedule::Job::Rollup, &config).await,
         Command::Embed {
             config,
             query: Some(text),
@@ -259,19 +251,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Embed {
             config,
             query: None,
-        } => {
-            let cfg = config::Config::load(&config)?;
-            let edge = edge::Edge::open(&cfg)?;
-            let entry = jobs::run_job(
-                schedule::Job::Embed,
-                &cfg,
-                &edge,
-                &mut jobs::JobState::default(),
-                &Shutdown::default(),
-            )
-            .await?;
-            Ok(job_exit("embed", &entry))
-        }
+        } => one_shot(schedule::Job::Embed, &config).await,
         Command::Migrate {
             config,
             dir,
