@@ -3,6 +3,13 @@
 //! SQL, so PostgreSQL's own input functions do the conversion (and name the
 //! value when it cannot). Pure Rust, tested with ordinary `#[test]`s.
 //!
+//! Columns whose target type is simple travel as native arrays instead
+//! ([`column_to_param`]): integers into `smallint`/`integer`/`bigint` as
+//! `bigint[]`, numbers into `double precision` as `float8[]`, and UTC
+//! timestamps (ISO-8601 text ending in `Z` or `+00`, or Unix times) into
+//! `timestamptz` as microseconds. A column with any other value falls back to
+//! text, so PostgreSQL reads, and reports, exactly what it read before.
+//!
 //! Two target types get a conversion of their own, because the edge stores
 //! them as SQLite cannot otherwise: a BLOB going into a pgvector `vector`
 //! column is a little-endian `float32` array (the edge's embeddings), and an
@@ -34,6 +41,170 @@ pub enum ColumnKind {
     Vector { dims: Option<usize> },
     /// `timestamptz` or `timestamp`: numbers are Unix seconds.
     Timestamp,
+}
+
+/// A target type that takes a native array parameter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Native {
+    /// No native form: text.
+    None,
+    /// `smallint`, `integer`, `bigint`.
+    Int,
+    /// `double precision`.
+    Float8,
+    /// `timestamptz`.
+    Timestamptz,
+}
+
+/// One column's values as the upsert's parameter.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Param {
+    Text(Vec<Option<String>>),
+    Int8(Vec<Option<i64>>),
+    Float8(Vec<Option<f64>>),
+    /// Microseconds since 2000-01-01 00:00:00 UTC (PostgreSQL's `TimestampTz`).
+    Timestamptz(Vec<Option<i64>>),
+}
+
+impl Param {
+    /// The SQL type of the array parameter.
+    pub fn array_type(&self) -> &'static str {
+        match self {
+            Param::Text(_) => "text[]",
+            Param::Int8(_) => "bigint[]",
+            Param::Float8(_) => "double precision[]",
+            Param::Timestamptz(_) => "timestamptz[]",
+        }
+    }
+}
+
+/// Microseconds between 1970-01-01 and 2000-01-01 (PostgreSQL's epoch).
+const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
+
+/// Unix seconds as PostgreSQL's `TimestampTz`, rounded to the microsecond
+/// as [`epoch_to_text`] rounds, within years 1..9999.
+pub fn epoch_to_micros(secs: f64) -> Option<i64> {
+    const MIN: f64 = -62_135_596_800.0;
+    const MAX: f64 = 253_402_300_800.0;
+    if !(MIN..MAX).contains(&secs) {
+        return None;
+    }
+    Some((secs * 1e6).round() as i64 - PG_EPOCH_MICROS)
+}
+
+/// `YYYY-MM-DD[T ]HH:MM:SS[.ffffff](Z|+00|+00:00|+0000)` as PostgreSQL's
+/// `TimestampTz`; `None` for anything else (which then goes to PostgreSQL as
+/// text: other zones, other spellings, leap seconds).
+pub fn parse_utc_timestamp(s: &str) -> Option<i64> {
+    let b = s.as_bytes();
+    let num = |r: std::ops::Range<usize>| -> Option<i64> {
+        let d = b.get(r)?;
+        d.iter().try_fold(0i64, |acc, &c| {
+            c.is_ascii_digit().then(|| acc * 10 + i64::from(c - b'0'))
+        })
+    };
+    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b' ') {
+        return None;
+    }
+    if b[13] != b':' || b[16] != b':' {
+        return None;
+    }
+    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (h, mi, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    if y < 1 || !(1..=12).contains(&mo) || d < 1 || d > days_in_month(y, mo) {
+        return None;
+    }
+    if h > 23 || mi > 59 || sec > 59 {
+        return None;
+    }
+    let mut i = 19;
+    let mut micros = 0i64;
+    if b[i] == b'.' {
+        let start = i + 1;
+        let mut end = start;
+        while end < b.len() && b[end].is_ascii_digit() {
+            end += 1;
+        }
+        let digits = end - start;
+        if digits == 0 || digits > 6 {
+            return None;
+        }
+        micros = num(start..end)? * 10i64.pow((6 - digits) as u32);
+        i = end;
+    }
+    if !matches!(&s[i..], "Z" | "+00" | "+00:00" | "+0000") {
+        return None;
+    }
+    let days = days_from_civil(y, mo, d);
+    Some((days * 86_400 + h * 3600 + mi * 60 + sec) * 1_000_000 + micros - PG_EPOCH_MICROS)
+}
+
+fn days_in_month(y: i64, m: i64) -> i64 {
+    match m {
+        2 if (y % 4 == 0 && y % 100 != 0) || y % 400 == 0 => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    }
+}
+
+/// (year, month, day) to days since 1970-01-01 (Howard Hinnant's algorithm).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = if m > 2 { m - 3 } else { m + 9 };
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// One column of a batch as the upsert's parameter: native when the target
+/// takes it and every value fits, text otherwise (with the same errors as
+/// [`column_to_texts`]).
+pub fn column_to_param(
+    values: &[Value],
+    is_key: bool,
+    kind: ColumnKind,
+    native: Native,
+) -> Result<Param, ConvertError> {
+    let native_param = match native {
+        Native::None => None,
+        Native::Int => values
+            .iter()
+            .map(|v| match v {
+                Value::Integer(i) => Some(Some(*i)),
+                Value::Null if !is_key => Some(None),
+                _ => None,
+            })
+            .collect::<Option<Vec<_>>>()
+            .map(Param::Int8),
+        Native::Float8 => values
+            .iter()
+            .map(|v| match v {
+                Value::Real(f) => Some(Some(*f)),
+                Value::Integer(i) => Some(Some(*i as f64)),
+                Value::Null if !is_key => Some(None),
+                _ => None,
+            })
+            .collect::<Option<Vec<_>>>()
+            .map(Param::Float8),
+        Native::Timestamptz => values
+            .iter()
+            .map(|v| match v {
+                Value::Text(s) => parse_utc_timestamp(s).map(Some),
+                Value::Integer(i) => epoch_to_micros(*i as f64).map(Some),
+                Value::Real(f) => epoch_to_micros(*f).map(Some),
+                Value::Null if !is_key => Some(None),
+                _ => None,
+            })
+            .collect::<Option<Vec<_>>>()
+            .map(Param::Timestamptz),
+    };
+    match native_param {
+        Some(p) => Ok(p),
+        None => column_to_texts(values, is_key, kind).map(Param::Text),
+    }
 }
 
 /// The text PostgreSQL reads back as the same value, or `None` for NULL.
@@ -317,6 +488,80 @@ mod tests {
             column_to_texts(&col, false, ColumnKind::Vector { dims: Some(2) }),
             Err(ConvertError::BadVector { row: 0, .. })
         ));
+    }
+
+    #[test]
+    fn utc_timestamps_parse_as_postgresql_reads_them() {
+        // 2000-01-01 is PostgreSQL's zero.
+        assert_eq!(parse_utc_timestamp("2000-01-01T00:00:00Z"), Some(0));
+        assert_eq!(
+            parse_utc_timestamp("2024-05-01T12:00:00.040Z"),
+            Some((1_714_564_800_000_000 + 40_000) - PG_EPOCH_MICROS)
+        );
+        assert_eq!(
+            parse_utc_timestamp("2024-05-01 12:00:00.25+00"),
+            Some(1_714_564_800_250_000 - PG_EPOCH_MICROS)
+        );
+        assert_eq!(
+            parse_utc_timestamp("2000-02-29T00:00:00.000001+00:00"),
+            Some(59 * 86_400_000_000 + 1)
+        );
+        assert_eq!(
+            parse_utc_timestamp("1969-12-31T23:59:58.5Z"),
+            Some(-1_500_000 - PG_EPOCH_MICROS)
+        );
+        for s in [
+            "2024-05-01T12:00:00",          // no zone: the session's TimeZone
+            "2024-05-01T12:00:00+02",       // another zone
+            "2024-05-01T12:00:00.1234567Z", // more than microseconds
+            "2023-02-29T00:00:00Z",         // no such day
+            "2024-05-01T24:00:00Z",
+            "2024-05-01T12:00:60Z", // leap second
+            "0000-01-01T00:00:00Z",
+            "2024-05-01T12:00:00.Z",
+            "yesterday-ish",
+            "2024-05-01T12:00:00Z ",
+        ] {
+            assert_eq!(parse_utc_timestamp(s), None, "{s}");
+        }
+    }
+
+    #[test]
+    fn native_params_or_text() {
+        let ints = vec![Value::Integer(1), Value::Null];
+        assert_eq!(
+            column_to_param(&ints, false, ColumnKind::Plain, Native::Int).unwrap(),
+            Param::Int8(vec![Some(1), None])
+        );
+        // A NULL key is the same error as on the text path.
+        assert_eq!(
+            column_to_param(&ints, true, ColumnKind::Plain, Native::Int),
+            Err(ConvertError::NullKey { row: 1 })
+        );
+        let mixed = vec![Value::Integer(1), Value::Text("2".into())];
+        assert_eq!(
+            column_to_param(&mixed, false, ColumnKind::Plain, Native::Int).unwrap(),
+            Param::Text(vec![Some("1".into()), Some("2".into())])
+        );
+        let reals = vec![Value::Real(0.5), Value::Integer(2)];
+        assert_eq!(
+            column_to_param(&reals, false, ColumnKind::Plain, Native::Float8).unwrap(),
+            Param::Float8(vec![Some(0.5), Some(2.0)])
+        );
+        let times = vec![
+            Value::Text("2000-01-01T00:00:01Z".into()),
+            Value::Integer(946_684_802),
+            Value::Null,
+        ];
+        assert_eq!(
+            column_to_param(&times, false, ColumnKind::Timestamp, Native::Timestamptz).unwrap(),
+            Param::Timestamptz(vec![Some(1_000_000), Some(2_000_000), None])
+        );
+        let local = vec![Value::Text("2000-01-01 00:00:01".into())];
+        assert_eq!(
+            column_to_param(&local, false, ColumnKind::Timestamp, Native::Timestamptz).unwrap(),
+            Param::Text(vec![Some("2000-01-01 00:00:01".into())])
+        );
     }
 
     #[test]

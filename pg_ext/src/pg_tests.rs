@@ -437,6 +437,165 @@ mod tests {
         assert_eq!(ingest(&recut), (0, 0, 2, false));
     }
 
+    /// The default tables' shape: key (tenant, device, id), native columns.
+    fn setup_states() {
+        Spi::run(
+            "CREATE TABLE public.states (
+                 loc text NOT NULL, sluice_device text NOT NULL, id bigint NOT NULL,
+                 at timestamptz, x double precision, n integer, s text,
+                 PRIMARY KEY (loc, sluice_device, id))",
+        )
+        .unwrap();
+        Spi::run(
+            "SELECT sluice.register_table('states', 'public.states',
+                 ARRAY['loc', 'sluice_device', 'id'], tenant_column => 'loc')",
+        )
+        .unwrap();
+    }
+
+    fn state(id: i64, at: &str, x: Value) -> (i64, Vec<Value>) {
+        (
+            id,
+            vec![
+                Value::Text("L1".into()),
+                Value::Integer(id),
+                Value::Text(at.into()),
+                x,
+                Value::Integer(id * 10),
+                Value::Text(format!("s{id}")),
+            ],
+        )
+    }
+
+    fn state_batch(device: &str, rows: Vec<(i64, Vec<Value>)>) -> Vec<u8> {
+        let cols = vec![
+            Column::new("loc", ColumnType::Text),
+            Column::new("id", ColumnType::Integer),
+            Column::new("at", ColumnType::Text),
+            Column::new("x", ColumnType::Real),
+            Column::new("n", ColumnType::Integer),
+            Column::new("s", ColumnType::Text),
+        ];
+        make_batch(device, "states", cols, rows)
+    }
+
+    fn try_ingest_states(batch: &[u8]) -> String {
+        Spi::get_one_with_args::<String>("SELECT public.try_ingest_states($1)", &[batch.into()])
+            .unwrap()
+            .unwrap()
+    }
+
+    fn states() -> String {
+        text(
+            "SELECT string_agg(format('%s/%s/%s %s %s %s %s v%s', loc, sluice_device, id,
+                    to_char(at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US'), x, n, s, sluice_version),
+                    '; ' ORDER BY sluice_device, id)
+             FROM public.states",
+        )
+    }
+
+    #[pg_test]
+    fn fast_path_and_upsert_path_agree() {
+        setup_states();
+        // New keys of one tenant and device: the plain INSERT.
+        let b1 = state_batch(
+            "st-a",
+            vec![
+                state(1, "2024-05-01T12:00:00.040Z", Value::Real(1.5)),
+                state(2, "2024-05-01 12:00:01+00", Value::Integer(2)),
+                // Not UTC, not native: read by PostgreSQL as text, as before.
+                state(3, "2024-05-01T14:00:02.5+02", Value::Real(-0.125)),
+            ],
+        );
+        assert_eq!(ingest(&b1), (3, 0, 0, false));
+        // Overlapping keys: the probe finds id 3, so the upsert.
+        let b2 = state_batch(
+            "st-a",
+            vec![
+                state(4, "2024-05-01T12:00:03Z", Value::Real(3.25)),
+                (5, state(5, "2024-05-01T12:00:04Z", Value::Null).1),
+            ],
+        );
+        assert_eq!(ingest(&b2), (2, 0, 0, false));
+        let mut row3 = state(3, "2024-05-01T12:00:09Z", Value::Real(9.0));
+        row3.0 = 6;
+        let b3 = state_batch(
+            "st-a",
+            vec![row3, state(7, "2024-05-01T12:00:07Z", Value::Real(7.0))],
+        );
+        assert_eq!(ingest(&b3), (1, 1, 0, false));
+        // Duplicate ids in one batch: reduced to the policy's winner.
+        let mut dup = state(8, "2024-05-01T12:00:08Z", Value::Real(8.0));
+        dup.0 = 9;
+        dup.1[5] = Value::Text("s8-newer".into());
+        let b4 = state_batch(
+            "st-a",
+            vec![state(8, "2024-05-01T12:00:08Z", Value::Real(8.0)), dup],
+        );
+        assert_eq!(ingest(&b4), (1, 0, 1, false));
+        // Another device, same ids: its own keys, the plain INSERT again.
+        let b5 = state_batch(
+            "st-b",
+            vec![state(1, "2024-05-01T12:00:00Z", Value::Real(0.0))],
+        );
+        assert_eq!(ingest(&b5), (1, 0, 0, false));
+        assert_eq!(
+            states(),
+            "L1/st-a/1 2024-05-01 12:00:00.040000 1.5 10 s1 v1; \
+             L1/st-a/2 2024-05-01 12:00:01.000000 2 20 s2 v2; \
+             L1/st-a/3 2024-05-01 12:00:09.000000 9 30 s3 v6; \
+             L1/st-a/4 2024-05-01 12:00:03.000000 3.25 40 s4 v4; \
+             L1/st-a/5 2024-05-01 12:00:04.000000  50 s5 v5; \
+             L1/st-a/7 2024-05-01 12:00:07.000000 7 70 s7 v7; \
+             L1/st-a/8 2024-05-01 12:00:08.000000 8 80 s8-newer v9; \
+             L1/st-b/1 2024-05-01 12:00:00.000000 0 10 s1 v1"
+        );
+        // Errors still name the column: an integer too large for integer,
+        // a NULL key, on the native path too.
+        let big = state_batch(
+            "st-a",
+            vec![(
+                20,
+                vec![
+                    Value::Text("L1".into()),
+                    Value::Integer(20),
+                    Value::Text("2024-05-01T12:00:00Z".into()),
+                    Value::Real(1.0),
+                    Value::Integer(1 << 40),
+                    Value::Null,
+                ],
+            )],
+        );
+        Spi::run(
+            "CREATE FUNCTION public.try_ingest_states(b bytea) RETURNS text LANGUAGE plpgsql AS $$
+             BEGIN PERFORM sluice.ingest(b); RETURN 'ok';
+             EXCEPTION WHEN OTHERS THEN RETURN SQLSTATE || ': ' || SQLERRM; END $$",
+        )
+        .unwrap();
+        let r = try_ingest_states(&big);
+        assert!(r.starts_with("22003: "), "{r}");
+        let null_key = state_batch(
+            "st-a",
+            vec![(
+                21,
+                vec![
+                    Value::Text("L1".into()),
+                    Value::Null,
+                    Value::Null,
+                    Value::Null,
+                    Value::Null,
+                    Value::Null,
+                ],
+            )],
+        );
+        let r = try_ingest_states(&null_key);
+        assert!(
+            r.starts_with("23502: ") && r.contains("key column 'id' is NULL"),
+            "{r}"
+        );
+        assert_eq!(count("SELECT count(*) FROM public.states"), 8);
+    }
+
     #[pg_test]
     fn unusual_names_and_types_map() {
         Spi::run(

@@ -101,53 +101,48 @@ pub struct TargetColumn {
 
 /// The upsert of one batch into `target` (already quoted), in one statement.
 ///
-/// Parameters: `$1..$n` one `text[]` per column (values as text, cast to the
+/// Parameters: `$1..$n` one array per column, of the SQL type `arrays[i]`
+/// (`text[]`, or a native array such as `bigint[]`; values are cast to the
 /// column's type in SQL), `$n+1` the row versions (`bigint[]`), `$n+2` the
-/// device (`text`). Rows with the same key inside the batch are reduced to the
-/// one the policy keeps, so that `ON CONFLICT` never meets a row twice.
-/// `device_key`: the registration's key includes `sluice_device`, which
-/// the batch does not carry as a column (it is the batch's device, the same
-/// for every row): it joins the conflict target but not the reduction.
+/// device (`text`). With `dedup`, rows with the same key inside the batch are
+/// reduced to the one the policy keeps, so that `ON CONFLICT` never meets a
+/// row twice (the caller leaves it out only when it checked that the keys are
+/// distinct). `device_key`: the registration's key includes `sluice_device`,
+/// which the batch does not carry as a column (it is the batch's device, the
+/// same for every row): it joins the conflict target but not the reduction.
 /// Returns one row: `(inserted bigint, updated bigint)`.
 pub fn upsert_sql(
     target: &str,
     columns: &[TargetColumn],
+    arrays: &[&str],
     keys: &[usize],
     device_key: bool,
     policy: Policy,
+    dedup: bool,
 ) -> String {
     let n = columns.len();
     let mut sql = String::with_capacity(256 + 64 * n);
     // Typed rows.
-    sql.push_str("WITH src AS (\n  SELECT DISTINCT ON (");
-    push_list(&mut sql, keys.iter().map(|k| format!("s.c{}", k + 1)));
-    sql.push_str(") s.* FROM (\n    SELECT ");
-    for (i, c) in columns.iter().enumerate() {
-        let _ = write!(sql, "u.c{0}::{1} AS c{0}, ", i + 1, c.type_sql);
+    sql.push_str("WITH src AS (\n  SELECT ");
+    if dedup {
+        sql.push_str("DISTINCT ON (");
+        push_list(&mut sql, keys.iter().map(|k| format!("s.c{}", k + 1)));
+        sql.push_str(") ");
     }
-    sql.push_str("u.v AS v\n    FROM unnest(");
-    for i in 0..n {
-        let _ = write!(sql, "${}::text[], ", i + 1);
+    sql.push_str("s.* FROM (\n    ");
+    push_typed_unnest(&mut sql, columns, arrays);
+    sql.push_str("\n  ) AS s");
+    if dedup {
+        sql.push_str("\n  ORDER BY ");
+        for k in keys {
+            let _ = write!(sql, "s.c{}, ", k + 1);
+        }
+        let _ = write!(sql, "s.v {}", policy.version_order());
     }
-    let _ = write!(sql, "${}::bigint[]) AS u(", n + 1);
-    for i in 0..n {
-        let _ = write!(sql, "c{}, ", i + 1);
-    }
-    sql.push_str("v)\n  ) AS s\n  ORDER BY ");
-    for k in keys {
-        let _ = write!(sql, "s.c{}, ", k + 1);
-    }
-    let _ = writeln!(sql, "s.v {}\n),", policy.version_order());
+    sql.push_str("\n),\n");
     // The upsert.
     let _ = write!(sql, "up AS (\n  INSERT INTO {target} AS t (");
-    push_list(
-        &mut sql,
-        columns
-            .iter()
-            .map(|c| c.name.as_str())
-            .chain([DEVICE_COLUMN, VERSION_COLUMN])
-            .map(quote_ident),
-    );
+    push_insert_columns(&mut sql, columns);
     sql.push_str(")\n  SELECT ");
     for i in 0..n {
         let _ = write!(sql, "c{}, ", i + 1);
@@ -185,6 +180,91 @@ pub fn upsert_sql(
     sql
 }
 
+/// The plain `INSERT` of a batch whose keys are distinct and absent from
+/// `target` (the caller checked both under a lock): no conflict handling, no
+/// reduction, no counting. Parameters as in [`upsert_sql`].
+pub fn insert_sql(target: &str, columns: &[TargetColumn], arrays: &[&str]) -> String {
+    let n = columns.len();
+    let mut sql = String::with_capacity(256 + 64 * n);
+    let _ = write!(sql, "INSERT INTO {target} (");
+    push_insert_columns(&mut sql, columns);
+    sql.push_str(")\nSELECT ");
+    for i in 0..n {
+        let _ = write!(sql, "c{}, ", i + 1);
+    }
+    let _ = write!(sql, "${}::text, v FROM (\n  ", n + 2);
+    push_typed_unnest(&mut sql, columns, arrays);
+    sql.push_str("\n) AS s");
+    sql
+}
+
+/// Whether `target` holds a row whose key is in a batch's key range: the
+/// key columns `consts` equal `$1..$k` (text, cast to the column's type),
+/// the column `range` (an integer) lies between `$k+1` and `$k+2` (`bigint`),
+/// and, with `device_key`, `sluice_device` equals `$k+3` (or `$k+1` without a
+/// range). One index probe when the unique index covers the key. Returns one
+/// `boolean`.
+pub fn probe_sql(
+    target: &str,
+    columns: &[TargetColumn],
+    consts: &[usize],
+    range: Option<usize>,
+    device_key: bool,
+) -> String {
+    let mut conds = Vec::new();
+    let mut p = 0;
+    for &k in consts {
+        p += 1;
+        let c = &columns[k];
+        conds.push(format!(
+            "{} = CAST(${p}::text AS {})",
+            quote_ident(&c.name),
+            c.type_sql
+        ));
+    }
+    if let Some(r) = range {
+        conds.push(format!(
+            "{} BETWEEN ${}::bigint AND ${}::bigint",
+            quote_ident(&columns[r].name),
+            p + 1,
+            p + 2
+        ));
+        p += 2;
+    }
+    if device_key {
+        p += 1;
+        conds.push(format!("{} = ${p}::text", quote_ident(DEVICE_COLUMN)));
+    }
+    let mut sql = format!("SELECT EXISTS (SELECT 1 FROM {target} WHERE ");
+    sql.push_str(&conds.join(" AND "));
+    sql.push(')');
+    sql
+}
+
+/// `SELECT unnest($1::array1)::type1 AS c1, ..., unnest($n+1::bigint[]) AS v`:
+/// the arrays side by side (set-returning functions in the select list run
+/// in lockstep), without materialising them as `unnest(a, b, ...)` in `FROM`
+/// would.
+fn push_typed_unnest(sql: &mut String, columns: &[TargetColumn], arrays: &[&str]) {
+    let n = columns.len();
+    sql.push_str("SELECT ");
+    for (i, (c, a)) in columns.iter().zip(arrays).enumerate() {
+        let _ = write!(sql, "unnest(${0}::{a})::{1} AS c{0}, ", i + 1, c.type_sql);
+    }
+    let _ = write!(sql, "unnest(${}::bigint[]) AS v", n + 1);
+}
+
+fn push_insert_columns(sql: &mut String, columns: &[TargetColumn]) {
+    push_list(
+        sql,
+        columns
+            .iter()
+            .map(|c| c.name.as_str())
+            .chain([DEVICE_COLUMN, VERSION_COLUMN])
+            .map(quote_ident),
+    );
+}
+
 /// The statement a DBA runs to give `target` the unique index that
 /// `register_table` requires.
 pub fn unique_index_hint(target: &str, keys: &[String]) -> String {
@@ -206,6 +286,8 @@ fn push_list<S: AsRef<str>>(out: &mut String, items: impl IntoIterator<Item = S>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const TEXT: [&str; 3] = ["text[]"; 3];
 
     fn col(name: &str, ty: &str) -> TargetColumn {
         TargetColumn {
@@ -236,14 +318,15 @@ mod tests {
         let sql = upsert_sql(
             r#""public"."t""#,
             &cols,
+            &TEXT,
             &[0],
             false,
             Policy::LastWriterWins,
+            true,
         );
         let expected = r#"WITH src AS (
   SELECT DISTINCT ON (s.c1) s.* FROM (
-    SELECT u.c1::bigint AS c1, u.c2::text AS c2, u.v AS v
-    FROM unnest($1::text[], $2::text[], $3::bigint[]) AS u(c1, c2, v)
+    SELECT unnest($1::text[])::bigint AS c1, unnest($2::text[])::text AS c2, unnest($3::bigint[]) AS v
   ) AS s
   ORDER BY s.c1, s.v DESC
 ),
@@ -265,7 +348,15 @@ SELECT count(*) FILTER (WHERE ins), count(*) FILTER (WHERE NOT ins) FROM up"#;
             col("b", "integer"),
             col("x", "double precision"),
         ];
-        let sql = upsert_sql("t", &cols, &[1, 0], false, Policy::FirstWriterWins);
+        let sql = upsert_sql(
+            "t",
+            &cols,
+            &TEXT,
+            &[1, 0],
+            false,
+            Policy::FirstWriterWins,
+            true,
+        );
         assert!(sql.contains("DISTINCT ON (s.c2, s.c1)"), "{sql}");
         assert!(sql.contains("ORDER BY s.c2, s.c1, s.v ASC"), "{sql}");
         assert!(
@@ -282,7 +373,7 @@ SELECT count(*) FILTER (WHERE ins), count(*) FILTER (WHERE NOT ins) FROM up"#;
     #[test]
     fn insert_only_does_nothing_on_conflict() {
         let cols = [col("k", "text")];
-        let sql = upsert_sql("t", &cols, &[0], false, Policy::InsertOnly);
+        let sql = upsert_sql("t", &cols, &TEXT, &[0], false, Policy::InsertOnly, true);
         assert!(sql.contains(r#"ON CONFLICT ("k") DO NOTHING"#), "{sql}");
         assert!(!sql.contains("DO UPDATE"), "{sql}");
     }
@@ -290,7 +381,7 @@ SELECT count(*) FILTER (WHERE ins), count(*) FILTER (WHERE NOT ins) FROM up"#;
     #[test]
     fn device_in_the_key_joins_the_conflict_target_only() {
         let cols = [col("id", "bigint"), col("x", "text")];
-        let sql = upsert_sql("t", &cols, &[0], true, Policy::LastWriterWins);
+        let sql = upsert_sql("t", &cols, &TEXT, &[0], true, Policy::LastWriterWins, true);
         assert!(
             sql.contains(r#"ON CONFLICT ("id", "sluice_device")"#),
             "{sql}"
@@ -301,7 +392,7 @@ SELECT count(*) FILTER (WHERE ins), count(*) FILTER (WHERE NOT ins) FROM up"#;
     #[test]
     fn key_only_table_still_updates_bookkeeping() {
         let cols = [col("k", "text")];
-        let sql = upsert_sql("t", &cols, &[0], false, Policy::LastWriterWins);
+        let sql = upsert_sql("t", &cols, &TEXT, &[0], false, Policy::LastWriterWins, true);
         assert!(sql.contains(
             r#"DO UPDATE SET "sluice_device" = EXCLUDED."sluice_device", "sluice_version" = EXCLUDED."sluice_version""#
         ));
@@ -316,14 +407,57 @@ SELECT count(*) FILTER (WHERE ins), count(*) FILTER (WHERE NOT ins) FROM up"#;
         let sql = upsert_sql(
             &quote_qualified("s", r#"t""#),
             &cols,
+            &TEXT,
             &[0],
             false,
             Policy::LastWriterWins,
+            true,
         );
         assert!(
             sql.contains(r#"INSERT INTO "s"."t""" AS t ("k""); DROP TABLE x; --", "Mixed Case""#)
         );
         assert!(sql.contains(r#"ON CONFLICT ("k""); DROP TABLE x; --")"#));
+    }
+
+    #[test]
+    fn distinct_native_batches_skip_the_reduction() {
+        let cols = [col("id", "integer"), col("at", "timestamp with time zone")];
+        let sql = upsert_sql(
+            "t",
+            &cols,
+            &["bigint[]", "timestamptz[]"],
+            &[0],
+            false,
+            Policy::LastWriterWins,
+            false,
+        );
+        assert!(!sql.contains("DISTINCT ON"), "{sql}");
+        assert!(!sql.contains("ORDER BY"), "{sql}");
+        assert!(
+            sql.contains(
+                "SELECT unnest($1::bigint[])::integer AS c1, \
+                 unnest($2::timestamptz[])::timestamp with time zone AS c2, \
+                 unnest($3::bigint[]) AS v"
+            ),
+            "{sql}"
+        );
+    }
+
+    #[test]
+    fn plain_insert_and_probe() {
+        let cols = [col("loc", "text"), col("id", "bigint"), col("x", "text")];
+        let expected = r#"INSERT INTO "s"."t" ("loc", "id", "x", "sluice_device", "sluice_version")
+SELECT c1, c2, c3, $5::text, v FROM (
+  SELECT unnest($1::text[])::text AS c1, unnest($2::bigint[])::bigint AS c2, unnest($3::text[])::text AS c3, unnest($4::bigint[]) AS v
+) AS s"#;
+        assert_eq!(
+            insert_sql(r#""s"."t""#, &cols, &["text[]", "bigint[]", "text[]"]),
+            expected
+        );
+        assert_eq!(
+            probe_sql("t", &cols, &[0], Some(1), true),
+            r#"SELECT EXISTS (SELECT 1 FROM t WHERE "loc" = CAST($1::text AS text) AND "id" BETWEEN $2::bigint AND $3::bigint AND "sluice_device" = $4::text)"#
+        );
     }
 
     #[test]

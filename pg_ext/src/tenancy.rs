@@ -17,11 +17,11 @@
 
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
-use sluice_wire::{Batch, BatchId};
+use sluice_wire::{Batch, BatchId, Value};
 
 use crate::convert::value_to_text;
 use crate::error::Result;
-use crate::ingest::{err, Registration};
+use crate::ingest::{err, run_cached, Registration};
 
 /// The role calling `ingest`, and its device grant if it has one.
 pub struct Caller {
@@ -36,14 +36,15 @@ pub struct DeviceGrant {
     pub device_id: Option<String>,
 }
 
-pub fn caller(client: &SpiClient<'_>) -> Result<Caller> {
+pub fn caller(client: &mut SpiClient<'_>) -> Result<Caller> {
     // SAFETY: reads a backend global; always set inside a transaction.
     let role_oid = unsafe { pg_sys::GetOuterUserId() };
-    let rows = client.select(
+    let rows = run_cached(
+        client,
         "SELECT r.rolname::text, d.tenant, d.device_id
          FROM pg_catalog.pg_roles r LEFT JOIN sluice.device_roles d ON d.role = r.rolname
          WHERE r.oid = $1",
-        Some(1),
+        &[PgBuiltInOids::OIDOID],
         &[role_oid.into()],
     )?;
     let row = rows.first();
@@ -89,24 +90,24 @@ pub fn check_device_id(caller: &Caller, batch_device: &str, id: &BatchId) -> Res
 }
 
 /// The rows of a decoded batch against the caller's rights on the target.
-pub fn check_rows(
-    client: &SpiClient<'_>,
+pub(crate) fn check_rows(
+    client: &mut SpiClient<'_>,
     caller: &Caller,
     batch: &Batch,
     id: &BatchId,
     reg: &Registration,
 ) -> Result<()> {
     let Some(grant) = &caller.device else {
-        let allowed = client
-            .select(
-                "SELECT pg_catalog.has_table_privilege($1, $2, 'INSERT')
-                    AND pg_catalog.has_table_privilege($1, $2, 'UPDATE')",
-                Some(1),
-                &[caller.role_oid.into(), reg.target.into()],
-            )?
-            .first()
-            .get_one::<bool>()?
-            .unwrap_or(false);
+        let allowed = run_cached(
+            client,
+            "SELECT pg_catalog.has_table_privilege($1, $2, 'INSERT')
+                AND pg_catalog.has_table_privilege($1, $2, 'UPDATE')",
+            &[PgBuiltInOids::OIDOID, PgBuiltInOids::OIDOID],
+            &[caller.role_oid.into(), reg.target.into()],
+        )?
+        .first()
+        .get_one::<bool>()?
+        .unwrap_or(false);
         if !allowed {
             return Err(err(
                 PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
@@ -143,6 +144,9 @@ pub fn check_rows(
         ));
     };
     for (row, v) in batch.columns[col].iter().enumerate() {
+        if matches!(v, Value::Text(s) if *s == grant.tenant) {
+            continue;
+        }
         let value = value_to_text(v);
         if value.as_deref() != Some(grant.tenant.as_str()) {
             return Err(err(
