@@ -5,6 +5,8 @@
 //! parallel. Nothing here skips: a missing server or binary is a failure that
 //! says how to get it.
 
+pub mod fault;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -46,10 +48,19 @@ pub struct CloudDb {
 impl CloudDb {
     pub fn create(test: &str) -> CloudDb {
         let name = format!("t_{}_{}", test, std::process::id());
-        let mut admin = postgres::Client::connect(&server_url(), postgres::NoTls)
-            .unwrap_or_else(|e| panic!("cannot connect to the test PostgreSQL at {}: {e}", server_url()));
-        admin.batch_execute(&format!("DROP DATABASE IF EXISTS {name}")).unwrap();
-        admin.batch_execute(&format!("CREATE DATABASE {name}")).unwrap();
+        let mut admin =
+            postgres::Client::connect(&server_url(), postgres::NoTls).unwrap_or_else(|e| {
+                panic!(
+                    "cannot connect to the test PostgreSQL at {}: {e}",
+                    server_url()
+                )
+            });
+        admin
+            .batch_execute(&format!("DROP DATABASE IF EXISTS {name}"))
+            .unwrap();
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .unwrap();
         let url = replace_db(&server_url(), &name);
         let db = CloudDb { name, url };
         let mut c = db.client();
@@ -82,7 +93,10 @@ impl CloudDb {
 impl Drop for CloudDb {
     fn drop(&mut self) {
         if let Ok(mut admin) = postgres::Client::connect(&server_url(), postgres::NoTls) {
-            let _ = admin.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name));
+            let _ = admin.batch_execute(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            ));
         }
     }
 }
@@ -120,12 +134,25 @@ pub fn edge_db(path: &Path, schema: bool) -> Connection {
 }
 
 /// Writes an agent config for `edge` and `cloud_url` into `dir`.
-pub fn write_config(dir: &Path, edge: &Path, cloud_url: &str, device: &str, batch_rows: u32) -> PathBuf {
+pub fn write_config(
+    dir: &Path,
+    edge: &Path,
+    cloud_url: &str,
+    device: &str,
+    batch_rows: u32,
+) -> PathBuf {
     write_config_with(dir, edge, cloud_url, device, batch_rows, "")
 }
 
 /// [`write_config`] with more TOML appended (e.g. a `[schedule]` section).
-pub fn write_config_with(dir: &Path, edge: &Path, cloud_url: &str, device: &str, batch_rows: u32, extra: &str) -> PathBuf {
+pub fn write_config_with(
+    dir: &Path,
+    edge: &Path,
+    cloud_url: &str,
+    device: &str,
+    batch_rows: u32,
+    extra: &str,
+) -> PathBuf {
     let path = dir.join("sluice.toml");
     let text = format!(
         "[device]\nid = \"{device}\"\n\n[edge]\ndatabase = \"{}\"\nextension = \"{}\"\n\n[cloud]\nurl = \"{cloud_url}\"\n\n[sync]\nbatch_rows = {batch_rows}\nbackoff_initial_ms = 50\nbackoff_max_ms = 500\n",
@@ -203,9 +230,16 @@ fn splitmix(mut x: u64) -> u64 {
 pub fn empty_cloud_db(test: &str) -> CloudDb {
     let name = format!("t_{}_{}", test, std::process::id());
     let mut admin = postgres::Client::connect(&server_url(), postgres::NoTls).unwrap();
-    admin.batch_execute(&format!("DROP DATABASE IF EXISTS {name}")).unwrap();
-    admin.batch_execute(&format!("CREATE DATABASE {name}")).unwrap();
-    CloudDb { url: replace_db(&server_url(), &name), name }
+    admin
+        .batch_execute(&format!("DROP DATABASE IF EXISTS {name}"))
+        .unwrap();
+    admin
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .unwrap();
+    CloudDb {
+        url: replace_db(&server_url(), &name),
+        name,
+    }
 }
 
 /// Inserts rows through `sluice_insert`, `chunk` rows per call.
@@ -216,7 +250,11 @@ pub fn insert_rows(conn: &Connection, table: &str, rows: &[serde_json::Value], c
         // another connection (the agent) writes at the same time.
         conn.execute_batch("BEGIN IMMEDIATE").unwrap();
         let n: i64 = conn
-            .query_row("SELECT sluice_insert(?1, ?2)", rusqlite::params![table, json], |r| r.get(0))
+            .query_row(
+                "SELECT sluice_insert(?1, ?2)",
+                rusqlite::params![table, json],
+                |r| r.get(0),
+            )
             .unwrap();
         conn.execute_batch("COMMIT").unwrap();
         assert_eq!(n as usize, part.len());
@@ -373,7 +411,11 @@ impl Pgbouncer {
         let root = unsafe { libc::geteuid() } == 0;
         let mut cmd = if root {
             let user = std::env::var("SLUICE_PG_USER").unwrap_or_else(|_| "sluicepg".into());
-            let status = Command::new("chown").args(["-R", &user]).arg(dir.path()).status().unwrap();
+            let status = Command::new("chown")
+                .args(["-R", &user])
+                .arg(dir.path())
+                .status()
+                .unwrap();
             assert!(status.success());
             let mut c = Command::new("runuser");
             c.args(["-u", &user, "--", "/usr/sbin/pgbouncer"]);
@@ -386,13 +428,22 @@ impl Pgbouncer {
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot start /usr/sbin/pgbouncer (scripts/setup.sh installs it): {e}"));
+            .unwrap_or_else(|e| {
+                panic!("cannot start /usr/sbin/pgbouncer (scripts/setup.sh installs it): {e}")
+            });
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(std::time::Instant::now() < deadline, "pgbouncer did not listen on {port}");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "pgbouncer did not listen on {port}"
+            );
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
-        Pgbouncer { port, child, _dir: dir }
+        Pgbouncer {
+            port,
+            child,
+            _dir: dir,
+        }
     }
 
     /// The URL of `db` through the pooler.
@@ -412,7 +463,11 @@ impl Drop for Pgbouncer {
 
 /// A TCP port nothing listens on right now.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 mod url_parts {
@@ -426,8 +481,14 @@ mod url_parts {
         let rest = url.trim_start_matches("postgres://");
         let (user, rest) = rest.split_once('@').unwrap_or(("postgres", rest));
         let hostport = rest.split('/').next().unwrap_or("");
-        let port = hostport.rsplit_once(':').and_then(|(_, p)| p.parse().ok()).unwrap_or(5432);
-        Parts { user: user.into(), port }
+        let port = hostport
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.parse().ok())
+            .unwrap_or(5432);
+        Parts {
+            user: user.into(),
+            port,
+        }
     }
 }
 
@@ -446,7 +507,11 @@ impl OwnServer {
             .args(["start", &name])
             .output()
             .unwrap();
-        assert!(out.status.success(), "pg.sh start {name}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "pg.sh start {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let env = String::from_utf8_lossy(&out.stdout);
         let url = env
             .lines()
@@ -468,20 +533,35 @@ impl OwnServer {
         } else {
             Command::new(&pg_ctl)
         };
-        let status = cmd.arg("-D").arg(&data).args(["-m", "fast", "-w", "restart"]).stdout(std::process::Stdio::null()).status().unwrap();
+        let status = cmd
+            .arg("-D")
+            .arg(&data)
+            .args(["-m", "fast", "-w", "restart"])
+            .stdout(std::process::Stdio::null())
+            .status()
+            .unwrap();
         assert!(status.success(), "pg_ctl restart failed");
     }
 
     /// A fresh database on this server with the migrations applied.
     pub fn database(&self, db: &str) -> String {
         let mut admin = postgres::Client::connect(&self.url, postgres::NoTls).unwrap();
-        admin.batch_execute(&format!("CREATE DATABASE {db}")).unwrap();
+        admin
+            .batch_execute(&format!("CREATE DATABASE {db}"))
+            .unwrap();
         let url = replace_db(&self.url, db);
         let mut c = postgres::Client::connect(&url, postgres::NoTls).unwrap();
-        let mut files: Vec<_> = std::fs::read_dir(repo_root().join("migrations")).unwrap().map(|e| e.unwrap().path()).collect();
+        let mut files: Vec<_> = std::fs::read_dir(repo_root().join("migrations"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
         files.sort();
-        for f in files.iter().filter(|p| p.extension().is_some_and(|x| x == "sql")) {
-            c.batch_execute(&std::fs::read_to_string(f).unwrap()).unwrap();
+        for f in files
+            .iter()
+            .filter(|p| p.extension().is_some_and(|x| x == "sql"))
+        {
+            c.batch_execute(&std::fs::read_to_string(f).unwrap())
+                .unwrap();
         }
         url
     }
@@ -489,6 +569,9 @@ impl OwnServer {
 
 impl Drop for OwnServer {
     fn drop(&mut self) {
-        let _ = Command::new("bash").arg(repo_root().join("scripts/pg.sh")).args(["stop", &self.name]).status();
+        let _ = Command::new("bash")
+            .arg(repo_root().join("scripts/pg.sh"))
+            .args(["stop", &self.name])
+            .status();
     }
 }
