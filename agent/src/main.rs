@@ -32,6 +32,7 @@ mod schedule;
 mod shutdown;
 mod status;
 mod sync;
+mod verify;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -109,6 +110,20 @@ enum Command {
         /// (`[0.01,...]`), for `sluice.nearest` and `sluice.hybrid_search`.
         #[arg(long)]
         query: Option<String>,
+    },
+    /// Compare edge and cloud rows of a table by per-range checksums; exit 1 when they differ.
+    Verify {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The edge table.
+        #[arg(long)]
+        table: String,
+        /// Only rows whose time column is at or after this (ISO-8601).
+        #[arg(long)]
+        since: Option<String>,
+        /// Only rows whose time column is before this (ISO-8601).
+        #[arg(long)]
+        until: Option<String>,
     },
     /// Apply the cloud schema's migrations in order, then exit.
     Migrate {
@@ -252,6 +267,23 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             config,
             query: None,
         } => one_shot(schedule::Job::Embed, &config).await,
+        Command::Verify {
+            config,
+            table,
+            since,
+            until,
+        } => {
+            let cfg = config::Config::load(&config)?;
+            verify::run(
+                &cfg,
+                &verify::VerifyOptions {
+                    table,
+                    since,
+                    until,
+                },
+            )
+            .await
+        }
         Command::Migrate {
             config,
             dir,

@@ -505,7 +505,19 @@ fn run_trial(server: &OwnServer, trial: u64, seed: u64) -> (Tally, Vec<String>, 
     }
     let mut c = postgres::Client::connect(&direct, postgres::NoTls).unwrap();
     let tally = compare(&model, &cloud_rows(&mut c), &mut report);
-    // VERIFY-HOOK
+    // The product's own check must agree: the edge and the cloud are in step.
+    for t in ["division_states", "key_frames", "metrics_5m"] {
+        let out = agent(&["verify", "--config", config.to_str().unwrap(), "--table", t])
+            .output()
+            .unwrap();
+        if !out.status.success() {
+            report.push(format!(
+                "sluice verify --table {t} found differences: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+    }
     drop(c);
     drop(proxy);
     if let Ok(mut admin) = postgres::Client::connect(&server.url, postgres::NoTls) {

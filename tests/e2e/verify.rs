@@ -1,0 +1,78 @@
+//! `sluice verify`: in step after a sync (exit 0); after the cloud loses a
+//! row, gets a changed row and an extra row, each is reported (exit 1).
+
+use sluice_tests::*;
+
+const DEVICE: &str = "box-verify";
+
+fn verify(config: &std::path::Path, table: &str, extra: &[&str]) -> (bool, String) {
+    let mut args = vec![
+        "verify",
+        "--config",
+        config.to_str().unwrap(),
+        "--table",
+        table,
+    ];
+    args.extend_from_slice(extra);
+    let out = agent(&args).output().unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+#[test]
+fn verify_reports_missing_extra_and_different_rows() {
+    let cloud = CloudDb::create("verify");
+    let dir = tempfile::tempdir().unwrap();
+    let edge_path = dir.path().join("edge.db");
+    let edge = edge_db(&edge_path, true);
+    insert_rows(&edge, "division_states", &division_states(0, 2_500, 3), 500);
+    let config = write_config(dir.path(), &edge_path, &cloud.url, DEVICE, 1000);
+    assert!(
+        agent(&["sync", "--config", config.to_str().unwrap(), "--quiet"])
+            .status()
+            .unwrap()
+            .success()
+    );
+    // Pending rows are not compared.
+    insert_rows(&edge, "division_states", &division_states(2_500, 10, 3), 10);
+
+    let (ok, text) = verify(&config, "division_states", &[]);
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("2500 edge rows compared in 3 buckets"),
+        "{text}"
+    );
+    assert!(text.contains("10 pending rows not compared"), "{text}");
+
+    let mut c = cloud.client();
+    c.batch_execute(&format!(
+        "DELETE FROM division_states WHERE id = 17;
+         UPDATE division_states SET total_staff = 99 WHERE id = 1234;
+         INSERT INTO division_states SELECT location_id, sluice_device, 999999, session_id, camera_id, frame_number,
+           video_ts, recorded_at, state, walking_waiters, service_waiters, total_staff, 999999
+           FROM division_states WHERE id = 5 AND sluice_device = '{DEVICE}';"
+    ))
+    .unwrap();
+    let (ok, text) = verify(&config, "division_states", &[]);
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains("missing in the cloud: 1\n  store-042|box-verify|17:"),
+        "{text}"
+    );
+    assert!(
+        text.contains("extra in the cloud: 1\n  store-042|box-verify|999999 "),
+        "{text}"
+    );
+    assert!(
+        text.contains("different: 1\n  store-042|box-verify|1234:"),
+        "{text}"
+    );
+    assert!(text.contains("|99\n"), "{text}");
+
+    // A time range that holds none of the damaged rows is in step.
+    let since = iso_ms(1_795_000_000_000 + 2_000 * 200);
+    let (ok, text) = verify(&config, "division_states", &["--since", &since]);
+    assert!(ok, "{text}");
+    assert!(text.contains("500 edge rows compared"), "{text}");
+}
