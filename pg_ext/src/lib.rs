@@ -13,6 +13,9 @@
 //! - [`convert`]: batch values as PostgreSQL text; pure.
 //! - [`sketch`]: merging the edge's quantile sketches.
 //! - [`error`]: the error type, raised as `ERROR` with a real SQLSTATE.
+//! - [`guc`]: the settings, registered in `_PG_init`.
+//! - `sql/retention.sql`: `sluice.set_retention` and the procedure
+//!   `sluice.run_retention` (PL/pgSQL: it commits between chunks).
 //! - [`versions`]: the upgrade-script convention and its test.
 //!
 //! The batch format itself is the `sluice-wire` crate, shared with the edge.
@@ -21,6 +24,7 @@ use pgrx::prelude::*;
 
 pub mod convert;
 pub mod error;
+pub mod guc;
 pub mod ingest;
 pub mod register;
 pub mod sketch;
@@ -29,6 +33,12 @@ pub mod tenancy;
 pub mod versions;
 
 ::pgrx::pg_module_magic!(name, version);
+
+/// Called when the library is loaded: registers the settings.
+#[pg_guard]
+pub extern "C-unwind" fn _PG_init() {
+    guc::register();
+}
 
 extension_sql!(
     r#"
@@ -157,6 +167,19 @@ extension_sql_file!(
     requires = ["tenancy", float32_to_vector_text]
 );
 
+/// `sluice.retention_chunk_rows()`: the setting `sluice.retention_chunk_rows`
+/// (calling it also loads the library, which defines the setting).
+#[pg_extern(stable, parallel_safe)]
+fn retention_chunk_rows() -> i32 {
+    guc::RETENTION_CHUNK_ROWS.get()
+}
+
+extension_sql_file!(
+    "sql/retention.sql",
+    name = "retention",
+    requires = ["bookkeeping_tables", retention_chunk_rows]
+);
+
 extension_sql!(
     r#"
 -- Only what a DBA grants: ingest through sluice.grant_device, the rest to
@@ -170,6 +193,10 @@ REVOKE EXECUTE ON FUNCTION sluice.revoke_reader(regrole, text) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION sluice.enable_tenant_rls(regclass, text) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION sluice.enable_search(regclass, text, regconfig) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION sluice.enable_vectors(regclass, text, int, text) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION sluice.set_retention(regclass, text, interval, regclass, text, text[], jsonb) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION sluice.drop_retention(regclass) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION sluice.retention_measure(regclass, text) FROM PUBLIC;
+REVOKE EXECUTE ON PROCEDURE sluice.run_retention(regclass, boolean) FROM PUBLIC;
 "#,
     name = "privileges",
     finalize

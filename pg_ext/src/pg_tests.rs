@@ -596,6 +596,192 @@ mod tests {
         assert_eq!(count("SELECT count(*) FROM public.states"), 8);
     }
 
+    /// 10 days of rows, one every 10 minutes, for two locations.
+    fn setup_events(partitioned: bool) {
+        if partitioned {
+            Spi::run(
+                "CREATE TABLE public.events (at timestamptz NOT NULL, loc text, v int)
+                     PARTITION BY RANGE (at);
+                 DO $$ BEGIN
+                   FOR d IN 0..11 LOOP
+                     EXECUTE format('CREATE TABLE public.events_%s PARTITION OF public.events
+                                     FOR VALUES FROM (%L) TO (%L)', d,
+                                    date_trunc('day', now()) - (d + 1) * interval '1 day',
+                                    date_trunc('day', now()) - d * interval '1 day');
+                   END LOOP;
+                 END $$;
+                 CREATE TABLE public.events_future PARTITION OF public.events
+                     FOR VALUES FROM (date_trunc('day', now())) TO (MAXVALUE);",
+            )
+            .unwrap();
+        } else {
+            Spi::run("CREATE TABLE public.events (at timestamptz NOT NULL, loc text, v int)")
+                .unwrap();
+        }
+        Spi::run(
+            "INSERT INTO public.events
+             SELECT now() - interval '5 minutes' - g * interval '10 minutes', CASE WHEN g % 2 = 0 THEN 'L1' ELSE 'L2' END, g % 7
+             FROM generate_series(0, 6 * 24 * 10) g",
+        )
+        .unwrap();
+    }
+
+    #[pg_test]
+    fn retention_deletes_expired_rows_in_chunks() {
+        setup_events(false);
+        let total = count("SELECT count(*) FROM public.events");
+        let expired =
+            count("SELECT count(*) FROM public.events WHERE at < now() - interval '3 days'");
+        Spi::run("SELECT sluice.set_retention('public.events', 'at', '3 days')").unwrap();
+        Spi::run("SET LOCAL sluice.retention_chunk_rows = 50").unwrap();
+        assert_eq!(count("SELECT sluice.retention_chunk_rows()"), 50);
+        Spi::run("CALL sluice.run_retention(in_chunks => false)").unwrap();
+        assert_eq!(count("SELECT count(*) FROM public.events"), total - expired);
+        assert_eq!(
+            count("SELECT count(*) FROM public.events WHERE at < now() - interval '3 days'"),
+            0
+        );
+        assert_eq!(
+            count("SELECT last_deleted FROM sluice.retention WHERE target = 'public.events'::regclass"),
+            expired
+        );
+        // Nothing left to do: a second run deletes nothing.
+        Spi::run("CALL sluice.run_retention('public.events', false)").unwrap();
+        assert_eq!(count("SELECT last_deleted FROM sluice.retention"), 0);
+        assert_eq!(
+            text("SELECT sluice.drop_retention('public.events')::text"),
+            "true"
+        );
+        assert_eq!(count("SELECT count(*) FROM sluice.retention"), 0);
+    }
+
+    #[pg_test]
+    fn retention_rolls_up_before_deleting() {
+        setup_events(false);
+        Spi::run(
+            "CREATE TABLE public.events_hourly (at timestamptz, loc text, \"rows\" bigint,
+                 v_avg numeric, v_max int)",
+        )
+        .unwrap();
+        let total = count("SELECT count(*) FROM public.events");
+        let sum_v = count("SELECT sum(v) FROM public.events");
+        Spi::run(
+            "SELECT sluice.set_retention('public.events', 'at', '3 days', 'public.events_hourly',
+                 'hour', ARRAY['loc'], '{\"rows\": \"count(*)\", \"v_avg\": \"avg(v)\", \"v_max\": \"MAX( v )\"}')",
+        )
+        .unwrap();
+        Spi::run("CALL sluice.run_retention(in_chunks => false)").unwrap();
+        let kept = count("SELECT count(*) FROM public.events");
+        let rolled = count("SELECT sum(\"rows\")::bigint FROM public.events_hourly");
+        // Every row is either kept or in the summary, never both, never neither.
+        assert_eq!(kept + rolled, total);
+        assert!(rolled > 0 && kept > 0);
+        assert_eq!(
+            count(
+                "SELECT (SELECT sum(v) FROM public.events)
+                      + (SELECT sum(v_avg * \"rows\") FROM public.events_hourly)::bigint"
+            ),
+            sum_v
+        );
+        // Whole hours, per location, all before the watermark; rows kept are after it.
+        assert_eq!(
+            count(
+                "SELECT count(*) FROM public.events_hourly h, sluice.retention r
+                 WHERE h.at <> date_trunc('hour', h.at) OR h.at >= r.rolled_up_to
+                    OR h.loc NOT IN ('L1', 'L2') OR h.v_max > 6"
+            ),
+            0
+        );
+        assert_eq!(
+            count(
+                "SELECT count(*) FROM public.events e, sluice.retention r WHERE e.at < r.rolled_up_to"
+            ),
+            0
+        );
+        // A second run rolls up nothing twice.
+        Spi::run("CALL sluice.run_retention(in_chunks => false)").unwrap();
+        assert_eq!(
+            count("SELECT sum(\"rows\")::bigint FROM public.events_hourly")
+                + count("SELECT count(*) FROM public.events"),
+            total
+        );
+    }
+
+    #[pg_test]
+    fn retention_drops_expired_partitions() {
+        setup_events(true);
+        let total = count("SELECT count(*) FROM public.events");
+        let expired =
+            count("SELECT count(*) FROM public.events WHERE at < now() - interval '3 days'");
+        let partitions =
+            count("SELECT count(*) FROM pg_inherits WHERE inhparent = 'public.events'::regclass");
+        Spi::run("SELECT sluice.set_retention('public.events', 'at', '3 days')").unwrap();
+        Spi::run("CALL sluice.run_retention(in_chunks => false)").unwrap();
+        assert_eq!(count("SELECT count(*) FROM public.events"), total - expired);
+        // Days 3..11 ago end before the cutoff: dropped; the day that holds
+        // the cutoff had its expired rows deleted.
+        let dropped = count("SELECT last_dropped FROM sluice.retention");
+        assert!(dropped >= 8, "{dropped}");
+        assert_eq!(
+            count("SELECT count(*) FROM pg_inherits WHERE inhparent = 'public.events'::regclass"),
+            partitions - dropped
+        );
+        assert!(count("SELECT last_deleted FROM sluice.retention") > 0);
+    }
+
+    #[pg_test]
+    fn retention_names_are_validated() {
+        setup_events(false);
+        Spi::run("CREATE TABLE public.events_hourly (at timestamptz, loc text, n bigint)").unwrap();
+        Spi::run(
+            "CREATE FUNCTION public.try_sql(q text) RETURNS text LANGUAGE plpgsql AS $$
+             BEGIN EXECUTE q; RETURN 'ok';
+             EXCEPTION WHEN OTHERS THEN RETURN SQLSTATE || ': ' || SQLERRM; END $$",
+        )
+        .unwrap();
+        let try_sql = |q: &str| {
+            Spi::get_one_with_args::<String>("SELECT public.try_sql($1)", &[q.into()])
+                .unwrap()
+                .unwrap()
+        };
+        let r = try_sql("SELECT sluice.set_retention('public.events', 'at\"; DROP TABLE public.events; --', '1 day')");
+        assert!(
+            r.starts_with("42703: ") && r.contains("does not exist in public.events"),
+            "{r}"
+        );
+        let r = try_sql("SELECT sluice.set_retention('public.events', 'loc', '1 day')");
+        assert!(
+            r.starts_with("42804: ") && r.contains("must be timestamptz"),
+            "{r}"
+        );
+        let r = try_sql("SELECT sluice.set_retention('public.events', 'at', '-1 day')");
+        assert!(r.starts_with("22023: "), "{r}");
+        let r = try_sql(
+            "SELECT sluice.set_retention('public.events', 'at', '1 day', 'public.events_hourly', 'hour',
+                 ARRAY['loc'], '{\"n\": \"count(*); DROP TABLE public.events\"}')",
+        );
+        assert!(r.starts_with("22023: "), "{r}");
+        let r = try_sql(
+            "SELECT sluice.set_retention('public.events', 'at', '1 day', 'public.events_hourly', 'hour',
+                 ARRAY['loc'], '{\"n\": \"sum(v) FROM pg_authid --)\"}')",
+        );
+        assert!(r.starts_with("42703: "), "{r}");
+        let r = try_sql(
+            "SELECT sluice.set_retention('public.events', 'at', '1 day', 'public.events_hourly', 'hour',
+                 ARRAY['loc\"x'], '{\"n\": \"count(*)\"}')",
+        );
+        assert!(
+            r.starts_with("42703: ") && r.contains("group column"),
+            "{r}"
+        );
+        let r = try_sql(
+            "SELECT sluice.set_retention('public.events', 'at', '1 day', 'public.events_hourly', 'fortnight')",
+        );
+        assert!(r.starts_with("22023: "), "{r}");
+        assert_eq!(count("SELECT count(*) FROM sluice.retention"), 0);
+        assert!(count("SELECT count(*) FROM public.events") > 0);
+    }
+
     #[pg_test]
     fn unusual_names_and_types_map() {
         Spi::run(
