@@ -6,6 +6,9 @@
 # Prints a markdown table (docs/BENCHMARKS.md, "Cloud ingest (issue 4)").
 #   bash scripts/bench-cloud.sh              # 1M rows
 #   BENCH_ROWS=100000 bash scripts/bench-cloud.sh
+#   BENCH_MODE=retention bash scripts/bench-cloud.sh   # BENCH_ROWS expired rows
+#     removed by CALL sluice.run_retention() while batches are ingested:
+#     ingest latency p50/p99 with and without retention running
 # SLUICE_BENCH_NO_INSTALL=1 skips installing the release extension (when it
 # is already installed).
 set -euo pipefail

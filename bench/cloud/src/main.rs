@@ -41,10 +41,14 @@ struct Row {
 }
 
 fn rows(n: usize) -> Vec<Row> {
+    // 2024-05-01T08:00:00Z.
+    rows_from(n, 1_714_550_400_000)
+}
+
+/// `n` rows 40 ms apart from `start_ms` (Unix ms).
+fn rows_from(n: usize, start_ms: i64) -> Vec<Row> {
     const CAMERAS: [&str; 4] = ["cam-entrance", "cam-bar", "cam-hall-1", "cam-hall-2"];
     const STATES: [&str; 3] = ["RED", "YELLOW", "GREEN"];
-    // 2024-05-01T08:00:00Z, rows 40 ms apart.
-    let start_ms: i64 = 1_714_550_400_000;
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
     let mut rnd = move || {
         x ^= x << 13;
@@ -188,9 +192,13 @@ fn count(c: &mut Client, table: &str) -> i64 {
 }
 
 fn copy_line(out: &mut String, r: &Row) {
+    copy_line_of(out, r, DEVICE)
+}
+
+fn copy_line_of(out: &mut String, r: &Row, device: &str) {
     let _ = writeln!(
         out,
-        "{LOCATION}\t{DEVICE}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
+        "{LOCATION}\t{device}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
         r.id,
         r.session_id,
         r.camera_id,
@@ -337,19 +345,129 @@ fn pct(lat: &mut [Duration], p: f64) -> f64 {
     lat[i].as_secs_f64() * 1000.0
 }
 
+/// `BENCH_MODE=retention`: `n` expired rows (100 days old, another device)
+/// removed by `CALL sluice.run_retention()` while batches are ingested from
+/// another connection; ingest latency per batch with and without it.
+fn bench_retention(c: &mut Client, config: &Config, n: usize) {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as i64;
+    reset(c);
+    c.batch_execute("DELETE FROM sluice.retention")
+        .expect("clear policies");
+    let old = rows_from(n, now_ms - 100 * 86_400_000);
+    let t = Instant::now();
+    let mut w = c.copy_in(&copy_sql("division_states")).expect("copy");
+    let mut buf = String::with_capacity(200 * BATCH_ROWS);
+    for chunk in old.chunks(BATCH_ROWS) {
+        buf.clear();
+        for r in chunk {
+            copy_line_of(&mut buf, r, "edge-old");
+        }
+        w.write_all(buf.as_bytes()).expect("copy write");
+    }
+    w.finish().expect("copy finish");
+    drop(old);
+    for sql in ["VACUUM ANALYZE division_states", "CHECKPOINT"] {
+        c.batch_execute(sql).expect("vacuum");
+    }
+    eprintln!(
+        "{n} expired rows loaded in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+
+    // Fresh rows (recent timestamps), enough batches for both phases.
+    let fresh = rows_from(600 * BATCH_ROWS, now_ms - 3_600_000);
+    let fresh_batches = batches(&fresh, 0x5eed_0000_0000_0003);
+    let (base_batches, during_batches) = fresh_batches.split_at(200);
+    let (_, mut base) = bench_ingest(c, base_batches);
+
+    c.batch_execute("SELECT sluice.set_retention('division_states', 'recorded_at', '30 days')")
+        .expect("set_retention");
+    let mut rc = config.connect(NoTls).expect("connect retention");
+    let chunk: i32 = rc
+        .query_one("SELECT sluice.retention_chunk_rows()", &[])
+        .expect("chunk")
+        .get(0);
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let done2 = done.clone();
+    let retention = std::thread::spawn(move || {
+        let t = Instant::now();
+        rc.batch_execute("CALL sluice.run_retention()")
+            .expect("run_retention");
+        done2.store(true, std::sync::atomic::Ordering::SeqCst);
+        t.elapsed()
+    });
+    let stmt = c
+        .prepare("SELECT inserted, updated, skipped, replay FROM sluice.ingest($1)")
+        .expect("prepare ingest");
+    let mut during = Vec::new();
+    for b in during_batches {
+        if done.load(std::sync::atomic::Ordering::SeqCst) {
+            break;
+        }
+        let t1 = Instant::now();
+        c.query_one(&stmt, &[b]).expect("ingest");
+        during.push(t1.elapsed());
+    }
+    let took = retention.join().expect("retention thread");
+    let left: i64 = c
+        .query_one(
+            "SELECT count(*) FROM division_states WHERE sluice_device = 'edge-old'",
+            &[],
+        )
+        .expect("count")
+        .get(0);
+    assert_eq!(left, 0, "expired rows left");
+    let still_running = during.len() == during_batches.len();
+    println!("| retention of {n} expired rows (chunk {chunk} rows) | value |");
+    println!("| --- | ---: |");
+    println!(
+        "| `CALL sluice.run_retention()` | {:.1} s ({:.0} rows/s) |",
+        took.as_secs_f64(),
+        n as f64 / took.as_secs_f64()
+    );
+    println!(
+        "| ingest p50 / p99 per 1,000-row batch, alone ({} batches) | {:.2} / {:.2} ms |",
+        base.len(),
+        pct(&mut base, 0.5),
+        pct(&mut base, 0.99)
+    );
+    if during.is_empty() {
+        println!("| ingest during retention | (retention ended before the first batch) |");
+    } else {
+        println!(
+            "| ingest p50 / p99, retention running ({} batches{}) | {:.2} / {:.2} ms |",
+            during.len(),
+            if still_running { ", all of them" } else { "" },
+            pct(&mut during, 0.5),
+            pct(&mut during, 0.99)
+        );
+        println!(
+            "| p99 with ÷ without (goal ≤ 2) | {:.2} |",
+            pct(&mut during, 0.99) / pct(&mut base, 0.99)
+        );
+    }
+}
+
 fn main() {
     let n: usize = std::env::var("BENCH_ROWS")
         .ok()
         .and_then(|s| s.replace('_', "").parse().ok())
         .unwrap_or(1_000_000);
     let env = |k: &str, d: &str| std::env::var(k).unwrap_or_else(|_| d.to_owned());
-    let mut c = Config::new()
+    let mut config = Config::new();
+    config
         .host(&env("PGHOST", "127.0.0.1"))
         .port(env("PGPORT", "5432").parse().expect("PGPORT"))
         .user(&env("PGUSER", "postgres"))
-        .dbname(&env("BENCH_DB", "bench"))
-        .connect(NoTls)
-        .expect("connect");
+        .dbname(&env("BENCH_DB", "bench"));
+    let mut c = config.connect(NoTls).expect("connect");
+    if std::env::var("BENCH_MODE").as_deref() == Ok("retention") {
+        bench_retention(&mut c, &config, n);
+        return;
+    }
 
     let rows = rows(n);
     let t = Instant::now();
