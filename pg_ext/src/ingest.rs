@@ -413,7 +413,14 @@ fn key_shape(batch: &Batch, plan: &ColumnPlan, params: &[Param]) -> Option<KeySh
         let values = &batch.columns[plan.batch_index[k]];
         let first = values.first()?;
         if values.iter().all(|v| v == first) {
-            consts.push((k, crate::convert::value_to_text(first)?));
+            // The value as the upsert converts it (an epoch into a timestamp
+            // column is a date, a blob into a vector its text form).
+            let text = match &params[k] {
+                Param::Text(v) => v.first()?.clone()?,
+                Param::Int8(v) => v.first()?.as_ref()?.to_string(),
+                _ => return None,
+            };
+            consts.push((k, text));
             continue;
         }
         let Param::Int8(ints) = &params[k] else {

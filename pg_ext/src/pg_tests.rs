@@ -594,6 +594,30 @@ mod tests {
             "{r}"
         );
         assert_eq!(count("SELECT count(*) FROM public.states"), 8);
+
+        // A constant key converted on the way (an epoch into timestamptz).
+        Spi::run(
+            "CREATE TABLE public.ticks (at timestamptz, id bigint, PRIMARY KEY (at, id));
+             SELECT sluice.register_table('ticks', 'public.ticks', ARRAY['at', 'id'])",
+        )
+        .unwrap();
+        let ticks = make_batch(
+            "st-a",
+            "ticks",
+            vec![
+                Column::new("at", ColumnType::Integer),
+                Column::new("id", ColumnType::Integer),
+            ],
+            vec![
+                (1, vec![Value::Integer(86_400), Value::Integer(1)]),
+                (2, vec![Value::Integer(86_400), Value::Integer(2)]),
+            ],
+        );
+        assert_eq!(ingest(&ticks), (2, 0, 0, false));
+        assert_eq!(
+            text("SELECT string_agg(format('%s/%s', at AT TIME ZONE 'UTC', id), ' ' ORDER BY id) FROM public.ticks"),
+            "1970-01-02 00:00:00/1 1970-01-02 00:00:00/2"
+        );
     }
 
     /// 10 days of rows, one every 10 minutes, for two locations.
