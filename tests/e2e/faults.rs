@@ -519,14 +519,39 @@ fn run_trial(server: &OwnServer, trial: u64, seed: u64) -> (Tally, Vec<String>, 
         }
     }
     drop(c);
+    let cuts = proxy.cuts();
     drop(proxy);
-    if let Ok(mut admin) = postgres::Client::connect(&server.url, postgres::NoTls) {
-        let _ = admin.batch_execute(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"));
-    }
     log.push(format!(
-        "{} rows and versions at the edge over the trial",
-        model.versions.len()
+        "{} rows at the edge over the trial, {} connections cut by the proxy",
+        model.versions.len(),
+        cuts
     ));
+    if report.is_empty() {
+        if let Ok(mut admin) = postgres::Client::connect(&server.url, postgres::NoTls) {
+            let _ = admin.batch_execute(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"));
+        }
+    } else {
+        // Keep the edge database, the agent's logs and the cloud's ledger for a post-mortem.
+        if let Ok(mut c) = postgres::Client::connect(&direct, postgres::NoTls) {
+            let mut text = String::new();
+            for m in c
+                .simple_query("SELECT * FROM sluice.batches ORDER BY 1, 2, 3, 4")
+                .unwrap_or_default()
+            {
+                if let postgres::SimpleQueryMessage::Row(r) = m {
+                    let cols: Vec<&str> =
+                        (0..r.len()).map(|i| r.get(i).unwrap_or("NULL")).collect();
+                    text += &(cols.join(" | ") + "\n");
+                }
+            }
+            std::fs::write(dir.path().join("cloud-ledger.txt"), text).unwrap();
+        }
+        let kept = dir.keep();
+        log.push(format!(
+            "edge database and agent logs kept in {}, cloud database {db} kept",
+            kept.display()
+        ));
+    }
     (tally, report, log)
 }
 

@@ -76,11 +76,11 @@ impl FaultProxy {
     /// Cuts every live connection now (both directions), as a network failure would.
     pub fn cut_all(&self) {
         let live = std::mem::take(&mut *self.ctl.live.lock().unwrap());
+        self.ctl.cuts.fetch_add(live.len() as u64, Ordering::SeqCst);
         for (a, b) in live {
             let _ = a.shutdown(Shutdown::Both);
             let _ = b.shutdown(Shutdown::Both);
         }
-        self.ctl.cuts.fetch_add(1, Ordering::SeqCst);
     }
 
     /// Holds (`true`) or releases (`false`) every byte in both directions.
@@ -106,7 +106,7 @@ impl FaultProxy {
         self.ctl.drop_after.store(0, Ordering::SeqCst);
     }
 
-    /// How many cuts (`cut_all` and mid-stream drops) happened.
+    /// How many connections were cut (by `cut_all` or a mid-stream drop).
     pub fn cuts(&self) -> u64 {
         self.ctl.cuts.load(Ordering::SeqCst)
     }
