@@ -13,16 +13,18 @@
 //! microseconds; per-row work dominates any call with more than a few rows.
 
 use std::borrow::Cow;
+use std::os::raw::c_int;
 
+use rusqlite::ffi;
 use rusqlite::functions::Context;
 use rusqlite::types::Value;
-use rusqlite::{Connection, Statement};
+use rusqlite::Connection;
 use sluice_wire::ColumnType;
 
 use crate::options::quote_ident;
 use crate::rows::{check_cell, parse_rows, Cell, RowSink};
 use crate::schema::{atomic, table_info, TableInfo};
-use crate::{arg_text, connection, finish, sqlite_message, Fail, Res};
+use crate::{arg_text, connection, finish, Fail, Res};
 
 /// `sluice_insert(table TEXT, rows TEXT) -> INTEGER` rows inserted.
 pub fn sluice_insert(ctx: &Context<'_>) -> rusqlite::Result<Value> {
@@ -59,7 +61,7 @@ fn insert(ctx: &Context<'_>) -> Res<Value> {
 struct InsertSink<'c> {
     conn: &'c Connection,
     info: &'c TableInfo,
-    stmt: Option<Statement<'c>>,
+    stmt: Option<RawStmt>,
     /// For each JSON key (in row-0 order): the column's name and affinity.
     columns: Vec<(String, ColumnType)>,
 }
@@ -91,7 +93,7 @@ impl<'a> RowSink<'a> for InsertSink<'_> {
             list.join(", "),
             marks.join(", ")
         );
-        self.stmt = Some(self.conn.prepare(&sql).map_err(|e| sqlite_message(&e))?);
+        self.stmt = Some(RawStmt::prepare(self.conn, &sql)?);
         self.columns = cols;
         Ok(())
     }
@@ -103,18 +105,134 @@ impl<'a> RowSink<'a> for InsertSink<'_> {
         for (i, (cell, (name, affinity))) in cells.iter().zip(&self.columns).enumerate() {
             check_cell(*affinity, cell)
                 .map_err(|e| format!("row {index}, column '{name}': {e}"))?;
-            let r = match cell {
-                Cell::Null => stmt.raw_bind_parameter(i + 1, rusqlite::types::Null),
-                Cell::Bool(b) => stmt.raw_bind_parameter(i + 1, i64::from(*b)),
-                Cell::Int(n) => stmt.raw_bind_parameter(i + 1, *n),
-                Cell::Real(f) => stmt.raw_bind_parameter(i + 1, *f),
-                Cell::Text(t) => stmt.raw_bind_parameter(i + 1, t.as_ref()),
-                Cell::Json(j) => stmt.raw_bind_parameter(i + 1, j.as_str()),
+            // Parameters are numbered from 1; there are at most a few
+            // thousand columns.
+            let p = c_int::try_from(i + 1).unwrap_or(c_int::MAX);
+            // SAFETY: `Borrowed` text points into the JSON argument, which
+            // outlives the statement (finalized when the sink is dropped,
+            // before `insert` returns); everything else is copied by SQLite.
+            let r = unsafe {
+                match cell {
+                    Cell::Null => stmt.bind_null(p),
+                    Cell::Bool(b) => stmt.bind_int(p, i64::from(*b)),
+                    Cell::Int(n) => stmt.bind_int(p, *n),
+                    Cell::Real(f) => stmt.bind_real(p, *f),
+                    Cell::Text(Cow::Borrowed(t)) => stmt.bind_text(p, t, ffi::SQLITE_STATIC()),
+                    Cell::Text(Cow::Owned(t)) => stmt.bind_text(p, t, ffi::SQLITE_TRANSIENT()),
+                    Cell::Json(j) => stmt.bind_text(p, j, ffi::SQLITE_TRANSIENT()),
+                }
             };
-            r.map_err(|e| format!("row {index}, column '{name}': {}", sqlite_message(&e)))?;
+            r.map_err(|e| format!("row {index}, column '{name}': {e}"))?;
         }
-        stmt.raw_execute()
-            .map_err(|e| format!("row {index}: {}", sqlite_message(&e)))?;
-        Ok(())
+        stmt.execute().map_err(|e| format!("row {index}: {e}"))
+    }
+}
+
+/// The INSERT statement, driven through the C API rather than
+/// `rusqlite::Statement` so that text borrowed from the JSON argument is
+/// bound without a copy (`SQLITE_STATIC`); rusqlite always copies. Finalized
+/// on drop.
+struct RawStmt {
+    db: *mut ffi::sqlite3,
+    stmt: *mut ffi::sqlite3_stmt,
+}
+
+impl RawStmt {
+    fn prepare(conn: &Connection, sql: &str) -> Result<Self, String> {
+        // SAFETY: the handle is the live connection the function was called
+        // on; the statement is finalized before the call returns.
+        let db = unsafe { conn.handle() };
+        let len = c_int::try_from(sql.len()).map_err(|_| "statement too long".to_string())?;
+        let mut stmt = std::ptr::null_mut();
+        // SAFETY: `sql` is valid for `len` bytes; `stmt` is an out pointer.
+        let rc = unsafe {
+            ffi::sqlite3_prepare_v2(
+                db,
+                sql.as_ptr().cast(),
+                len,
+                &mut stmt,
+                std::ptr::null_mut(),
+            )
+        };
+        if rc != ffi::SQLITE_OK || stmt.is_null() {
+            // SAFETY: on failure `stmt` is NULL (finalizing NULL is a no-op).
+            unsafe { ffi::sqlite3_finalize(stmt) };
+            return Err(errmsg(db));
+        }
+        Ok(RawStmt { db, stmt })
+    }
+
+    fn check(&self, rc: c_int) -> Result<(), String> {
+        if rc == ffi::SQLITE_OK {
+            Ok(())
+        } else {
+            Err(errmsg(self.db))
+        }
+    }
+
+    unsafe fn bind_null(&mut self, p: c_int) -> Result<(), String> {
+        self.check(ffi::sqlite3_bind_null(self.stmt, p))
+    }
+
+    unsafe fn bind_int(&mut self, p: c_int, v: i64) -> Result<(), String> {
+        self.check(ffi::sqlite3_bind_int64(self.stmt, p, v))
+    }
+
+    unsafe fn bind_real(&mut self, p: c_int, v: f64) -> Result<(), String> {
+        self.check(ffi::sqlite3_bind_double(self.stmt, p, v))
+    }
+
+    /// # Safety
+    /// With `SQLITE_STATIC`, `v` must stay valid until the statement is
+    /// rebound or finalized.
+    unsafe fn bind_text(
+        &mut self,
+        p: c_int,
+        v: &str,
+        destructor: ffi::sqlite3_destructor_type,
+    ) -> Result<(), String> {
+        let len = c_int::try_from(v.len()).map_err(|_| "text too long".to_string())?;
+        self.check(ffi::sqlite3_bind_text(
+            self.stmt,
+            p,
+            v.as_ptr().cast(),
+            len,
+            destructor,
+        ))
+    }
+
+    /// Steps the INSERT once and resets it.
+    fn execute(&mut self) -> Result<(), String> {
+        // SAFETY: a prepared statement of this connection.
+        unsafe {
+            let rc = ffi::sqlite3_step(self.stmt);
+            let r = if rc == ffi::SQLITE_DONE || rc == ffi::SQLITE_ROW {
+                Ok(())
+            } else {
+                Err(errmsg(self.db))
+            };
+            ffi::sqlite3_reset(self.stmt);
+            r
+        }
+    }
+}
+
+impl Drop for RawStmt {
+    fn drop(&mut self) {
+        // SAFETY: prepared by `prepare`, finalized once.
+        unsafe { ffi::sqlite3_finalize(self.stmt) };
+    }
+}
+
+/// The connection's last error message.
+fn errmsg(db: *mut ffi::sqlite3) -> String {
+    // SAFETY: SQLite returns a NUL-terminated string owned by the connection.
+    unsafe {
+        let m = ffi::sqlite3_errmsg(db);
+        if m.is_null() {
+            "out of memory".to_string()
+        } else {
+            std::ffi::CStr::from_ptr(m).to_string_lossy().into_owned()
+        }
     }
 }

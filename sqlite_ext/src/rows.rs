@@ -1,5 +1,7 @@
 //! Parsing the `rows` argument of `sluice_insert`: a JSON array of objects
-//! that all have the same keys as the first one.
+//! that all have the same keys as the first one, or the compact form
+//! `{"columns": ["a", "b"], "rows": [[1, "x"], [2, "y"]]}` (keys named once,
+//! `columns` before `rows`).
 //!
 //! The parser streams: it never builds a `serde_json::Value` or a map per
 //! row. The first object fixes the column list; every later object's keys are
@@ -91,7 +93,10 @@ pub fn parse_rows<'a, S: RowSink<'a>>(json: &'a str, sink: &mut S) -> Result<usi
     };
     let mut de = serde_json::Deserializer::from_str(json);
     let result = (&mut de)
-        .deserialize_any(RowsVisitor { state: &mut state })
+        .deserialize_any(RowsVisitor {
+            state: &mut state,
+            compact: false,
+        })
         .and_then(|()| de.end());
     match (result, state.error) {
         (_, Some(e)) => Err(e),
@@ -136,13 +141,28 @@ impl<'a, S: RowSink<'a>> State<'_, 'a, S> {
 
 struct RowsVisitor<'r, 's, 'a, S> {
     state: &'r mut State<'s, 'a, S>,
+    /// Inside the compact form: rows are arrays, and no object is accepted
+    /// here.
+    compact: bool,
+}
+
+impl<'de: 'a, 'a, S: RowSink<'a>> DeserializeSeed<'de> for RowsVisitor<'_, '_, 'a, S> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
 }
 
 impl<'de: 'a, 'a, S: RowSink<'a>> Visitor<'de> for RowsVisitor<'_, '_, 'a, S> {
     type Value = ();
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a JSON array of objects")
+        if self.compact {
+            f.write_str("a JSON array of arrays")
+        } else {
+            f.write_str(r#"a JSON array of objects or {"columns": [...], "rows": [[...], ...]}"#)
+        }
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
@@ -151,6 +171,7 @@ impl<'de: 'a, 'a, S: RowSink<'a>> Visitor<'de> for RowsVisitor<'_, '_, 'a, S> {
             let seed = RowSeed {
                 state: &mut *self.state,
                 index,
+                compact: self.compact,
             };
             match seq.next_element_seed(seed)? {
                 Some(()) => self.state.rows += 1,
@@ -158,11 +179,94 @@ impl<'de: 'a, 'a, S: RowSink<'a>> Visitor<'de> for RowsVisitor<'_, '_, 'a, S> {
             }
         }
     }
+
+    /// The compact form: `{"columns": [names], "rows": [[values], ...]}`.
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        if self.compact {
+            return Err(de::Error::invalid_type(de::Unexpected::Map, &self));
+        }
+        let st = self.state;
+        let (mut columns, mut rows) = (false, false);
+        while let Some(key) = map.next_key_seed(KeySeed)? {
+            match key.as_ref() {
+                "columns" if !columns => {
+                    let names = match map.next_value_seed(NamesSeed) {
+                        Ok(n) => n,
+                        Err(e) => return Err(st.fail(format!("\"columns\": {e}"))),
+                    };
+                    if names.is_empty() {
+                        return Err(st.fail("\"columns\" is empty".to_string()));
+                    }
+                    for (i, n) in names.iter().enumerate() {
+                        if names[..i].contains(n) {
+                            return Err(st.fail(format!("column '{n}' appears twice")));
+                        }
+                    }
+                    st.cells = vec![Cell::Null; names.len()];
+                    if let Err(e) = st.sink.columns(&names) {
+                        return Err(st.fail(e));
+                    }
+                    st.names = names;
+                    columns = true;
+                }
+                "rows" if columns && !rows => {
+                    map.next_value_seed(RowsVisitor {
+                        state: &mut *st,
+                        compact: true,
+                    })?;
+                    rows = true;
+                }
+                "rows" if !rows => {
+                    return Err(st.fail("\"columns\" must come before \"rows\"".to_string()))
+                }
+                other => {
+                    return Err(st.fail(format!(
+                        "unexpected key '{other}' (the compact form is {{\"columns\": [...], \"rows\": [[...], ...]}})"
+                    )))
+                }
+            }
+        }
+        if !rows {
+            return Err(st.fail(format!(
+                "the compact form has no \"{}\"",
+                if columns { "rows" } else { "columns" }
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// The `columns` of the compact form: an array of strings.
+struct NamesSeed;
+
+impl<'de> DeserializeSeed<'de> for NamesSeed {
+    type Value = Vec<Cow<'de, str>>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_seq(NamesSeed)
+    }
+}
+
+impl<'de> Visitor<'de> for NamesSeed {
+    type Value = Vec<Cow<'de, str>>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an array of column names")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut names = Vec::new();
+        while let Some(n) = seq.next_element_seed(KeySeed)? {
+            names.push(n);
+        }
+        Ok(names)
+    }
 }
 
 struct RowSeed<'r, 's, 'a, S> {
     state: &'r mut State<'s, 'a, S>,
     index: usize,
+    compact: bool,
 }
 
 impl<'de: 'a, 'a, S: RowSink<'a>> DeserializeSeed<'de> for RowSeed<'_, '_, 'a, S> {
@@ -174,6 +278,7 @@ impl<'de: 'a, 'a, S: RowSink<'a>> DeserializeSeed<'de> for RowSeed<'_, '_, 'a, S
         let r = d.deserialize_any(RowVisitor {
             state: &mut *state,
             index,
+            compact: self.compact,
         });
         if let Err(e) = &r {
             if state.error.is_none() {
@@ -187,16 +292,56 @@ impl<'de: 'a, 'a, S: RowSink<'a>> DeserializeSeed<'de> for RowSeed<'_, '_, 'a, S
 struct RowVisitor<'r, 's, 'a, S> {
     state: &'r mut State<'s, 'a, S>,
     index: usize,
+    /// A row of the compact form: an array of values in column order.
+    compact: bool,
 }
 
 impl<'de: 'a, 'a, S: RowSink<'a>> Visitor<'de> for RowVisitor<'_, '_, 'a, S> {
     type Value = ();
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a JSON object")
+        if self.compact {
+            f.write_str("a JSON array of values")
+        } else {
+            f.write_str("a JSON object")
+        }
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        if !self.compact {
+            return Err(de::Error::invalid_type(de::Unexpected::Seq, &self));
+        }
+        let st = self.state;
+        let row = self.index;
+        let n = st.names.len();
+        for c in 0..n {
+            match seq.next_element_seed(CellSeed) {
+                Ok(Some(cell)) => st.cells[c] = cell,
+                Ok(None) => {
+                    return Err(st.fail(format!(
+                        "row {row}: {c} values for {n} columns (missing column '{}')",
+                        st.names[c]
+                    )))
+                }
+                Err(e) => {
+                    let msg = format!("row {row}, column '{}': {e}", st.names[c]);
+                    return Err(st.fail(msg));
+                }
+            }
+        }
+        if seq.next_element::<de::IgnoredAny>()?.is_some() {
+            return Err(st.fail(format!("row {row}: more values than the {n} columns")));
+        }
+        let cells = std::mem::take(&mut st.cells);
+        let r = st.sink.row(row, &cells);
+        st.cells = cells;
+        r.map_err(|e| st.fail(e))
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        if self.compact {
+            return Err(de::Error::invalid_type(de::Unexpected::Map, &self));
+        }
         let st = self.state;
         let row = self.index;
         if row == 0 {
@@ -557,9 +702,11 @@ mod tests {
 
     #[test]
     fn bad_shapes() {
-        let e = parse(r#"{"a": 1}"#).err().unwrap();
+        let e = parse(r#"5"#).err().unwrap();
         assert!(
-            e.starts_with("invalid JSON: invalid type: map, expected a JSON array of objects"),
+            e.starts_with(
+                "invalid JSON: invalid type: integer `5`, expected a JSON array of objects"
+            ),
             "{e}"
         );
         let e = parse(r#"[{"a": 1}, 5]"#).err().unwrap();
@@ -582,6 +729,74 @@ mod tests {
         );
         let e = parse("").err().unwrap();
         assert!(e.starts_with("invalid JSON"), "{e}");
+    }
+
+    #[test]
+    fn compact_form() {
+        let c =
+            parse(r#"{"columns": ["a", "b"], "rows": [[1, "x"], [null, {"k": [2]}]]}"#).unwrap();
+        assert_eq!(c.names, ["a", "b"]);
+        assert_eq!(c.rows[0], vec![Cell::Int(1), Cell::Text("x".into())]);
+        assert_eq!(
+            c.rows[1],
+            vec![Cell::Null, Cell::Json(r#"{"k":[2]}"#.into())]
+        );
+        let mut c = Collect::default();
+        assert_eq!(
+            parse_rows(r#"{"columns": ["a"], "rows": []}"#, &mut c).unwrap(),
+            0
+        );
+        for (json, want) in [
+            (
+                r#"{"columns": ["a", "b"], "rows": [[1, 2], [3]]}"#,
+                "row 1: 1 values for 2 columns (missing column 'b')",
+            ),
+            (
+                r#"{"columns": ["a"], "rows": [[1], [2, 3]]}"#,
+                "row 1: more values than the 1 columns",
+            ),
+            (
+                r#"{"rows": [[1]], "columns": ["a"]}"#,
+                "\"columns\" must come before \"rows\"",
+            ),
+            (r#"{"columns": ["a"]}"#, "the compact form has no \"rows\""),
+            (r#"{"columns": [], "rows": []}"#, "\"columns\" is empty"),
+            (
+                r#"{"columns": ["a", "a"], "rows": []}"#,
+                "column 'a' appears twice",
+            ),
+        ] {
+            assert_eq!(parse(json).err().unwrap(), want, "{json}");
+        }
+        let e = parse(r#"{"columns": ["a"], "rows": [[1], {"a": 1}]}"#)
+            .err()
+            .unwrap();
+        assert!(
+            e.starts_with("row 1: invalid type: map, expected a JSON array of values"),
+            "{e}"
+        );
+        let e = parse(r#"{"columns": ["a"], "rows": [[1], [18446744073709551615]]}"#)
+            .err()
+            .unwrap();
+        assert!(
+            e.starts_with("row 1, column 'a': integer 18446744073709551615 does not fit"),
+            "{e}"
+        );
+        let e = parse(r#"{"columns": [1], "rows": []}"#).err().unwrap();
+        assert!(
+            e.starts_with("\"columns\": invalid type: integer `1`, expected a string"),
+            "{e}"
+        );
+        let e = parse(r#"{"a": 1}"#).err().unwrap();
+        assert!(
+            e.starts_with("unexpected key 'a' (the compact form is"),
+            "{e}"
+        );
+        let e = parse(r#"[[1]]"#).err().unwrap();
+        assert!(
+            e.starts_with("row 0: invalid type: sequence, expected a JSON object"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -222,7 +222,8 @@ def test_insert_unique_constraint_names_the_row(db):
         ('[{"a": 1, "b": 2}, {"a": 1, "b": 2, "c": 3}]', "row 1: unexpected column 'c' (row 0 has no such key)"),
         ('[{"a": 1, "zz": 2}]', "table 't' has no column 'zz'"),
         ('[{"a": 1}, 7]', "row 1: invalid type: integer `7`, expected a JSON object at line 1 column 12"),
-        ('{"a": 1}', "invalid JSON: invalid type: map, expected a JSON array of objects at line 1 column 1"),
+        ('{"a": 1}', "unexpected key 'a' (the compact form is {\"columns\": [...], \"rows\": [[...], ...]})"),
+        ("5", 'invalid JSON: invalid type: integer `5`, expected a JSON array of objects or {"columns": [...], "rows": [[...], ...]} at line 1 column 1'),
         ("[{\"a\": 1}", "invalid JSON: EOF while parsing a list at line 1 column 9"),
         ('[{"a": 1}, {"a": 9223372036854775808}]', "row 1, column 'a': integer 9223372036854775808 does not fit in 64 bits at line 1 column 36"),
         ("[{}]", "row 0: the object has no keys"),
@@ -271,6 +272,57 @@ def test_insert_many_rows(db, one):
     rows = [{"a": i, "b": f"s{i}", "c": i / 2} for i in range(20000)]
     assert one("SELECT sluice_insert('t', ?)", json.dumps(rows)) == 20000
     assert one("SELECT sum(a) FROM t") == sum(range(20000))
+
+
+def test_insert_compact_form(db, one):
+    db.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, state TEXT NOT NULL, people INTEGER, d TEXT)")
+    doc = {"columns": ["people", "State", "d"], "rows": [[3, "BUSY", {"k": [1]}], [None, "IDLE", None]]}
+    assert one("SELECT sluice_insert('t', ?)", json.dumps(doc)) == 2
+    assert db.execute("SELECT id, state, people, d FROM t ORDER BY id").fetchall() == [
+        (1, "BUSY", 3, '{"k":[1]}'),
+        (2, "IDLE", None, None),
+    ]
+    assert one("""SELECT sluice_insert('t', '{"columns": ["state"], "rows": []}')""") == 0
+
+
+def test_insert_compact_form_is_atomic_and_names_row_and_column(db, one):
+    db.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, state TEXT NOT NULL, people INTEGER)")
+    rows = [["BUSY", i] for i in range(30)]
+    rows[17] = [5, 1]
+    doc = {"columns": ["state", "people"], "rows": rows}
+    assert (
+        err(db, "SELECT sluice_insert('t', ?)", json.dumps(doc))
+        == "sluice_insert: row 17, column 'state': expected text, got number"
+    )
+    assert count(db, "t") == 0
+    rows[17] = [None, 1]
+    assert (
+        err(db, "SELECT sluice_insert('t', ?)", json.dumps(doc))
+        == "sluice_insert: row 17: NOT NULL constraint failed: t.state"
+    )
+    assert count(db, "t") == 0
+    rows[17] = ["x", 1]
+    assert one("SELECT sluice_insert('t', ?)", json.dumps(doc)) == 30
+
+
+@pytest.mark.parametrize(
+    "doc, message",
+    [
+        ('{"columns": ["a", "b"], "rows": [[1, 2], [3]]}', "row 1: 1 values for 2 columns (missing column 'b')"),
+        ('{"columns": ["a"], "rows": [[1], [2, 3]]}', "row 1: more values than the 1 columns"),
+        ('{"columns": ["a"], "rows": [[1], [2], ["x"]]}', "row 2, column 'a': expected a number, got text"),
+        ('{"rows": [[1]], "columns": ["a"]}', '"columns" must come before "rows"'),
+        ('{"columns": ["a"]}', 'the compact form has no "rows"'),
+        ('{"columns": [], "rows": []}', '"columns" is empty'),
+        ('{"columns": ["a", "zz"], "rows": []}', "table 't' has no column 'zz'"),
+        ('{"columns": ["a", "a"], "rows": []}', "column 'a' appears twice"),
+        ('{"columns": ["a"], "rows": [[1], {"a": 2}]}', "row 1: invalid type: map, expected a JSON array of values at line 1 column 34"),
+    ],
+)
+def test_insert_compact_form_rejects(db, doc, message):
+    db.execute("CREATE TABLE t (a INTEGER, b INTEGER)")
+    assert err(db, "SELECT sluice_insert('t', ?)", doc) == "sluice_insert: " + message
+    assert count(db, "t") == 0
 
 
 # --------------------------------------------------------------------------
