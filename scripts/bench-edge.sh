@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Benchmarks of the SQLite extension (issue 3), each beside its baseline
 # measured in the same run; prints a markdown table (docs/BENCHMARKS.md,
-# "Edge extension (issue 3)", records it). BENCH_ROWS=100000 for a quick run.
+# "Edge extension (issue 3)", records it). BENCH_ROWS=100000 for a quick run;
+# BENCH_ONLY=insert stops the Rust part after the insert measurements.
 #   - bench/edge (Rust, built on its own so its rusqlite is not unified with
 #     the extension's): insert vs a prepared statement and json_each,
 #     tracked vs untracked, ack cost, rollup vs GROUP BY;

@@ -9,6 +9,9 @@
 //!   WAL mode with synchronous=NORMAL: a prepared statement in one
 //!   transaction; `sluice_insert` with 1,000 rows per call; SQLite's own
 //!   `INSERT ... SELECT ... FROM json_each(?)`, 1,000 rows per call;
+//!   `sluice_insert` with the compact form `{"columns": [...], "rows": [...]}`;
+//!   `sluice_insert` calls inside one transaction (as the baseline);
+//!   `BENCH_ONLY=insert` stops after these;
 //! - tracking: `sluice_insert` into a tracked (append-only) table;
 //! - ack: `sluice_ack` of a 10-row and of a 100,000-row batch;
 //! - rollup: ROWS raw metrics rolled up (count, avg, max, p95, sketch; with
@@ -152,6 +155,37 @@ fn json_batches(rows: &[Row]) -> Vec<String> {
         .collect()
 }
 
+/// The same batches in the compact form `{"columns": [...], "rows": [[...]]}`.
+fn compact_batches(rows: &[Row]) -> Vec<String> {
+    let cols: Vec<String> = NAMES.iter().map(|n| format!("\"{n}\"")).collect();
+    rows.chunks(BATCH)
+        .map(|chunk| {
+            let mut s = String::with_capacity(chunk.len() * 110);
+            s.push_str(&format!("{{\"columns\":[{}],\"rows\":[", cols.join(",")));
+            for (i, r) in chunk.iter().enumerate() {
+                if i > 0 {
+                    s.push(',');
+                }
+                s.push_str(&format!(
+                    "[\"{}\",\"{}\",\"{}\",{},{},{},{:?},{:?},\"{}\",{:?}]",
+                    json_escape(&r.camera),
+                    json_escape(&r.location),
+                    r.ts,
+                    r.frame,
+                    r.people,
+                    r.staff,
+                    r.ms,
+                    r.conf,
+                    r.state,
+                    r.temp
+                ));
+            }
+            s.push_str("]}");
+            s
+        })
+        .collect()
+}
+
 fn open(path: &Path, ext: &Path) -> R<Connection> {
     for suffix in ["", "-wal", "-shm"] {
         let p = PathBuf::from(format!("{}{suffix}", path.display()));
@@ -204,6 +238,18 @@ fn insert_sluice(conn: &Connection, batches: &[String]) -> R<f64> {
     Ok(t.elapsed().as_secs_f64())
 }
 
+/// `sluice_insert` calls inside one transaction, like the baseline.
+fn insert_sluice_one_tx(conn: &Connection, batches: &[String]) -> R<f64> {
+    let t = Instant::now();
+    conn.execute_batch("BEGIN")?;
+    let mut stmt = conn.prepare("SELECT sluice_insert('t', ?1)")?;
+    for b in batches {
+        stmt.query_row([b], |_| Ok(()))?;
+    }
+    conn.execute_batch("COMMIT")?;
+    Ok(t.elapsed().as_secs_f64())
+}
+
 fn insert_json_each(conn: &Connection, batches: &[String]) -> R<f64> {
     let sel: Vec<String> = NAMES.iter().map(|n| format!("value ->> '{n}'")).collect();
     let t = Instant::now();
@@ -235,16 +281,24 @@ fn main() -> R<()> {
 
     let data = rows(n);
     let batches = json_batches(&data);
+    let compact = compact_batches(&data);
     let mb = batches.iter().map(String::len).sum::<usize>() as f64 / 1e6;
-    eprintln!("[bench-edge] {n} rows, {mb:.0} MB of JSON in batches of {BATCH}");
+    let cmb = compact.iter().map(String::len).sum::<usize>() as f64 / 1e6;
+    eprintln!(
+        "[bench-edge] {n} rows, {mb:.0} MB of JSON ({cmb:.0} MB compact) in batches of {BATCH}"
+    );
 
     // (a) insert, interleaved over two rounds; the best of each is reported.
-    let mut best = [f64::MAX; 4];
+    let mut best = [f64::MAX; 6];
     for round in 0..2 {
         let c = open(&db, &ext)?;
         best[0] = best[0].min(insert_prepared(&c, &data)?);
         let c = open(&db, &ext)?;
         best[1] = best[1].min(insert_sluice(&c, &batches)?);
+        let c = open(&db, &ext)?;
+        best[4] = best[4].min(insert_sluice(&c, &compact)?);
+        let c = open(&db, &ext)?;
+        best[5] = best[5].min(insert_sluice_one_tx(&c, &batches)?);
         if round == 0 {
             let c = open(&db, &ext)?;
             best[2] = best[2].min(insert_json_each(&c, &batches)?);
@@ -259,11 +313,13 @@ fn main() -> R<()> {
         }
         eprintln!("[bench-edge] insert round {} done", round + 1);
     }
-    let (prep, sl, je, tr) = (
+    let (prep, sl, je, tr, cp, tx) = (
         rate(n, best[0]),
         rate(n, best[1]),
         rate(n, best[2]),
         rate(n, best[3]),
+        rate(n, best[4]),
+        rate(n, best[5]),
     );
     println!("| measurement | sluice | baseline | ratio | goal |");
     println!("| --- | ---: | ---: | ---: | --- |");
@@ -273,6 +329,20 @@ fn main() -> R<()> {
         format!("{prep:.0}"),
         format!("{:.2}×", sl / prep),
         "≥ 0.8×",
+    );
+    row(
+        "insert rows/s: sluice_insert, compact form {columns, rows} vs rusqlite prepared statement, one transaction",
+        format!("{cp:.0}"),
+        format!("{prep:.0}"),
+        format!("{:.2}×", cp / prep),
+        "≥ 0.8×",
+    );
+    row(
+        "insert rows/s: sluice_insert, all calls in one transaction vs rusqlite prepared statement, one transaction",
+        format!("{tx:.0}"),
+        format!("{prep:.0}"),
+        format!("{:.2}×", tx / prep),
+        "(reported)",
     );
     row(
         "insert rows/s: sluice_insert vs INSERT ... SELECT FROM json_each(?)",
@@ -288,6 +358,9 @@ fn main() -> R<()> {
         format!("{:.2}×", tr / sl),
         "≥ 0.95×",
     );
+    if std::env::var("BENCH_ONLY").is_ok_and(|v| v == "insert") {
+        return Ok(());
+    }
 
     // (c) ack cost: 10-row vs 100,000-row batches of the table just filled.
     let c = open(&db, &ext)?;
