@@ -577,6 +577,12 @@ fn every_row_survives_random_faults_exactly_once_at_its_latest_version() {
     // and the agent rightly acknowledges those batches at the edge: a loss
     // the product cannot see. The trials test sluice, not that setting.
     std::env::set_var("SLUICE_PG_DURABLE", "1");
+    // A private copy of sluice0.so: a rebuild rewrites target/release/sluice0.so
+    // in place (cp -f), which crashes a process that has it loaded.
+    let so_dir = tempfile::tempdir().unwrap();
+    let so = so_dir.path().join("sluice0.so");
+    std::fs::copy(sqlite_extension(), &so).unwrap();
+    std::env::set_var("SLUICE_SQLITE_EXT", &so);
     let server = OwnServer::start("faults");
     let mut total = Tally::default();
     let mut failed = Vec::new();
