@@ -12,7 +12,10 @@ log() { printf '[build] %s\n' "$*" >&2; }
 log "sqlite_ext -> target/release/sluice0.so"
 # Built alone: its rusqlite (loadable_extension) must not unify with the agent's.
 cargo build --release --quiet -p sluice-sqlite
-cp -f target/release/libsluice0.so target/release/sluice0.so
+# Copy then rename: rewriting the file in place would crash any process
+# that has it loaded (a running agent, a test).
+cp -f target/release/libsluice0.so target/release/sluice0.so.tmp
+mv -f target/release/sluice0.so.tmp target/release/sluice0.so
 
 log "agent -> target/release/sluice"
 cargo build --release --quiet -p sluice-agent

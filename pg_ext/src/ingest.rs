@@ -105,6 +105,17 @@ pub fn ingest(bytes: &[u8]) -> Result<Outcome> {
     let row_count = i64::from(h.row_count);
 
     Spi::connect_mut(|client| {
+        // 1a. The edge deletes rows once they are acknowledged, so the commit
+        // that applies them must be durable before the caller hears of it: a
+        // session with synchronous_commit = off would let a server crash take
+        // back rows the edge no longer has. Raised for this transaction only;
+        // a stronger setting (remote_write, remote_apply) is kept.
+        client.update(
+            "SELECT set_config('synchronous_commit', 'on', true) WHERE current_setting('synchronous_commit') = 'off'",
+            None,
+            &[],
+        )?;
+
         // 1b. Who is calling: a device role is bound to a tenant (and maybe a
         // device id, checked before the ledger is touched).
         let caller = tenancy::caller(client)?;

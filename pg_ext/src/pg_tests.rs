@@ -201,6 +201,33 @@ mod tests {
     }
 
     #[pg_test]
+    fn ingest_commits_durably_even_when_the_session_does_not() {
+        setup_readings("last_writer_wins");
+        Spi::run("SET LOCAL synchronous_commit = off").unwrap();
+        let b = make_batch(
+            "dev-a",
+            "readings",
+            reading_columns(),
+            vec![(1, reading(1, "IDLE"))],
+        );
+        assert_eq!(ingest(&b).0, 1);
+        assert_eq!(text("SELECT current_setting('synchronous_commit')"), "on");
+        // A stronger setting is kept.
+        Spi::run("SET LOCAL synchronous_commit = remote_apply").unwrap();
+        let b = make_batch(
+            "dev-a",
+            "readings",
+            reading_columns(),
+            vec![(2, reading(2, "BUSY"))],
+        );
+        assert_eq!(ingest(&b).0, 1);
+        assert_eq!(
+            text("SELECT current_setting('synchronous_commit')"),
+            "remote_apply"
+        );
+    }
+
+    #[pg_test]
     fn ingest_inserts_records_and_replay_changes_nothing() {
         setup_readings("last_writer_wins");
         let b = make_batch(
