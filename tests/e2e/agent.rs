@@ -9,13 +9,18 @@ use sluice_tests::*;
 const DEVICE: &str = "box-7";
 
 fn pending(conn: &rusqlite::Connection, table: &str) -> i64 {
-    conn.query_row("SELECT sluice_pending(?1)", [table], |r| r.get(0)).unwrap()
+    conn.query_row("SELECT sluice_pending(?1)", [table], |r| r.get(0))
+        .unwrap()
 }
 
 fn run_ok(args: &[&str]) -> String {
     let out = agent(args).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(out.status.success(), "sluice {args:?} failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "sluice {args:?} failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     stdout
 }
 
@@ -35,30 +40,59 @@ fn migrate_applies_each_migration_once_in_order() {
     let out = run_ok(&["migrate", "--config", c, "--dir", m]);
     assert!(out.contains("applied 0001_default_schema.sql"), "{out}");
     let out = run_ok(&["migrate", "--config", c, "--dir", m]);
-    assert!(out.contains("already applied 0001_default_schema.sql"), "{out}");
+    assert!(
+        out.contains("already applied 0001_default_schema.sql"),
+        "{out}"
+    );
     assert!(!out.contains("\napplied"), "{out}");
     let mut client = cloud.client();
-    let n: i64 = client.query_one("SELECT count(*) FROM sluice.tables", &[]).unwrap().get(0);
+    let n: i64 = client
+        .query_one("SELECT count(*) FROM sluice.tables", &[])
+        .unwrap()
+        .get(0);
     assert!(n >= 7, "the default tables are registered");
 
     // A migration that fails applies nothing of itself and is not recorded.
     let bad = dir.path().join("bad");
     std::fs::create_dir(&bad).unwrap();
     std::fs::write(bad.join("0101_ok.sql"), "CREATE TABLE t_ok (x int);").unwrap();
-    std::fs::write(bad.join("0102_broken.sql"), "CREATE TABLE t_half (x int); SELECT no_such_function();").unwrap();
-    let out = agent(&["migrate", "--config", c, "--dir", bad.to_str().unwrap()]).output().unwrap();
+    std::fs::write(
+        bad.join("0102_broken.sql"),
+        "CREATE TABLE t_half (x int); SELECT no_such_function();",
+    )
+    .unwrap();
+    let out = agent(&["migrate", "--config", c, "--dir", bad.to_str().unwrap()])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("0102_broken.sql failed, nothing of it was applied"), "{err}");
-    let half: i64 = client.query_one("SELECT count(*) FROM pg_class WHERE relname = 't_half'", &[]).unwrap().get(0);
+    assert!(
+        err.contains("0102_broken.sql failed, nothing of it was applied"),
+        "{err}"
+    );
+    let half: i64 = client
+        .query_one(
+            "SELECT count(*) FROM pg_class WHERE relname = 't_half'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
     assert_eq!(half, 0);
-    let ok: i64 = client.query_one("SELECT count(*) FROM pg_class WHERE relname = 't_ok'", &[]).unwrap().get(0);
+    let ok: i64 = client
+        .query_one("SELECT count(*) FROM pg_class WHERE relname = 't_ok'", &[])
+        .unwrap()
+        .get(0);
     assert_eq!(ok, 1, "the migration before the broken one stays applied");
     // An applied migration edited afterwards is reported, not ignored.
     std::fs::write(bad.join("0101_ok.sql"), "CREATE TABLE t_ok (x int, y int);").unwrap();
-    let out = agent(&["migrate", "--config", c, "--dir", bad.to_str().unwrap()]).output().unwrap();
+    let out = agent(&["migrate", "--config", c, "--dir", bad.to_str().unwrap()])
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("0101_ok.sql was changed after it was applied"), "{err}");
+    assert!(
+        err.contains("0101_ok.sql was changed after it was applied"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -71,16 +105,34 @@ fn a_refused_table_does_not_stop_the_others_and_the_log_says_partial() {
     insert_rows(&edge, "division_states", &division_states(0, 1_500, 9), 500);
     let config = write_config(dir.path(), &edge_path, &cloud.url, DEVICE, 1000);
 
-    let out = agent(&["sync", "--config", config.to_str().unwrap()]).output().unwrap();
+    let out = agent(&["sync", "--config", config.to_str().unwrap()])
+        .output()
+        .unwrap();
     assert!(!out.status.success(), "a refused table makes the run fail");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("local_extra") && stdout.contains("FAILED") && stdout.contains("not registered"), "{stdout}");
-    assert!(stdout.contains("division_states      sent 2 batches, 1500 rows"), "{stdout}");
+    assert!(
+        stdout.contains("local_extra")
+            && stdout.contains("FAILED")
+            && stdout.contains("not registered"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("division_states      sent 2 batches, 1500 rows"),
+        "{stdout}"
+    );
     assert_eq!(pending(&edge, "division_states"), 0);
-    assert_eq!(pending(&edge, "local_extra"), 1, "refused rows stay pending");
+    assert_eq!(
+        pending(&edge, "local_extra"),
+        1,
+        "refused rows stay pending"
+    );
 
     let (status, error): (String, String) = edge
-        .query_row("SELECT status, error FROM sluice_sync_log ORDER BY id DESC LIMIT 1", [], |r| Ok((r.get(0)?, r.get(1)?)))
+        .query_row(
+            "SELECT status, error FROM sluice_sync_log ORDER BY id DESC LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
         .unwrap();
     assert_eq!(status, "partial");
     assert!(error.contains("local_extra"), "{error}");
@@ -99,21 +151,58 @@ fn an_unreachable_cloud_leaves_every_row_pending_and_says_so() {
     let dir = tempfile::tempdir().unwrap();
     let edge_path = dir.path().join("edge.db");
     let edge = edge_db(&edge_path, true);
-    insert_rows(&edge, "metrics", &[serde_json::json!({"camera_id": "c", "location_id": "l", "recorded_at": "2026-11-22T00:00:00.000Z", "people_count": 1, "processing_ms": 2.5})], 1);
+    insert_rows(
+        &edge,
+        "metrics",
+        &[
+            serde_json::json!({"camera_id": "c", "location_id": "l", "recorded_at": "2026-11-22T00:00:00.000Z", "people_count": 1, "processing_ms": 2.5}),
+        ],
+        1,
+    );
     // Nothing listens on port 1.
-    let config = write_config(dir.path(), &edge_path, "postgres://postgres@127.0.0.1:1/postgres", DEVICE, 1000);
+    let config = write_config(
+        dir.path(),
+        &edge_path,
+        "postgres://postgres@127.0.0.1:1/postgres",
+        DEVICE,
+        1000,
+    );
     let started = Instant::now();
-    let out = agent(&["sync", "--config", config.to_str().unwrap(), "--table", "metrics"]).output().unwrap();
+    let out = agent(&[
+        "sync",
+        "--config",
+        config.to_str().unwrap(),
+        "--table",
+        "metrics",
+    ])
+    .output()
+    .unwrap();
     assert!(!out.status.success());
-    assert!(started.elapsed() < Duration::from_secs(30), "retries are capped");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "retries are capped"
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("not applied after 5 attempts; it stays pending"), "{stdout}");
+    assert!(
+        stdout.contains("not applied after 5 attempts; it stays pending"),
+        "{stdout}"
+    );
     assert_eq!(pending(&edge, "metrics"), 1);
-    let status: String = edge.query_row("SELECT status FROM sluice_sync_log ORDER BY id DESC LIMIT 1", [], |r| r.get(0)).unwrap();
+    let status: String = edge
+        .query_row(
+            "SELECT status FROM sluice_sync_log ORDER BY id DESC LIMIT 1",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
     assert_eq!(status, "failed");
     // The same error is logged once, not once per attempt.
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(stderr.matches("cloud unreachable; will retry").count(), 1, "{stderr}");
+    assert_eq!(
+        stderr.matches("cloud unreachable; will retry").count(),
+        1,
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -141,21 +230,30 @@ fn the_daemon_delivers_within_seconds_and_stops_cleanly_on_sigterm() {
     // Rows written at the edge arrive without anyone calling sync.
     let mut latencies = Vec::new();
     for round in 0..3u64 {
-        insert_rows(&edge, "division_states", &division_states(round * 100, 100, 11), 100);
+        insert_rows(
+            &edge,
+            "division_states",
+            &division_states(round * 100, 100, 11),
+            100,
+        );
         let written = Instant::now();
         let expected = (round as i64 + 1) * 100;
         while cloud.count("division_states") < expected {
             if written.elapsed() > Duration::from_secs(20) {
                 child.kill().unwrap();
                 let mut stderr = String::new();
-                std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+                std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr)
+                    .unwrap();
                 panic!("rows not in the cloud after 20 s; agent log:\n{stderr}");
             }
             std::thread::sleep(Duration::from_millis(100));
         }
         latencies.push(written.elapsed());
     }
-    assert!(latencies.iter().all(|l| *l < Duration::from_secs(10)), "latencies {latencies:?}");
+    assert!(
+        latencies.iter().all(|l| *l < Duration::from_secs(10)),
+        "latencies {latencies:?}"
+    );
     eprintln!("edge-to-cloud latencies with a 2 s schedule: {latencies:?}");
 
     // The Prometheus endpoint counts what was sent.
@@ -167,7 +265,10 @@ fn the_daemon_delivers_within_seconds_and_stops_cleanly_on_sigterm() {
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or_else(|| panic!("no sync rows counter in {metrics}"));
     assert!(rows_sent >= 300, "{metrics}");
-    assert!(metrics.contains("sluice_pending_rows{table=\"division_states\"} "), "{metrics}");
+    assert!(
+        metrics.contains("sluice_pending_rows{table=\"division_states\"} "),
+        "{metrics}"
+    );
     assert!(metrics.contains("sluice_sync_lag_seconds "), "{metrics}");
 
     // SIGTERM: the daemon finishes what it does and exits 0.
@@ -177,7 +278,10 @@ fn the_daemon_delivers_within_seconds_and_stops_cleanly_on_sigterm() {
         if let Some(s) = child.try_wait().unwrap() {
             break s;
         }
-        assert!(Instant::now() < deadline, "the agent did not stop after SIGTERM");
+        assert!(
+            Instant::now() < deadline,
+            "the agent did not stop after SIGTERM"
+        );
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(status.success(), "exit status after SIGTERM: {status}");
@@ -186,12 +290,27 @@ fn the_daemon_delivers_within_seconds_and_stops_cleanly_on_sigterm() {
     assert!(stderr.contains("sluice agent stopped"), "{stderr}");
 
     // Every run is in the sync log, none left 'running', nothing lost.
-    let running: i64 = edge.query_row("SELECT count(*) FROM sluice_sync_log WHERE status = 'running'", [], |r| r.get(0)).unwrap();
+    let running: i64 = edge
+        .query_row(
+            "SELECT count(*) FROM sluice_sync_log WHERE status = 'running'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
     assert_eq!(running, 0);
-    let syncs: i64 = edge.query_row("SELECT count(*) FROM sluice_sync_log WHERE kind = 'sync'", [], |r| r.get(0)).unwrap();
+    let syncs: i64 = edge
+        .query_row(
+            "SELECT count(*) FROM sluice_sync_log WHERE kind = 'sync'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
     assert!(syncs >= 3, "{syncs} sync runs logged");
     let mut c = cloud.client();
-    assert_same_rows(&edge_division_states(&edge), &cloud_division_states(&mut c, DEVICE));
+    assert_same_rows(
+        &edge_division_states(&edge),
+        &cloud_division_states(&mut c, DEVICE),
+    );
 }
 
 #[test]
@@ -215,15 +334,28 @@ fn a_missed_full_sync_runs_once_at_start() {
          INSERT INTO sluice_sync_log (kind, started_at, ended_at, status) VALUES ('full_sync', strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-2 days'), strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-2 days'), 'success');",
     )
     .unwrap();
-    let mut child = agent(&["run", "--config", config.to_str().unwrap()]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let mut child = agent(&["run", "--config", config.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
     let started = Instant::now();
     while cloud.count("division_states") < 300 {
-        assert!(started.elapsed() < Duration::from_secs(20), "the missed full sync did not run at start");
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the missed full sync did not run at start"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     assert!(child.wait().unwrap().success());
-    let runs: i64 = edge.query_row("SELECT count(*) FROM sluice_sync_log WHERE kind = 'full_sync'", [], |r| r.get(0)).unwrap();
+    let runs: i64 = edge
+        .query_row(
+            "SELECT count(*) FROM sluice_sync_log WHERE kind = 'full_sync'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
     assert_eq!(runs, 2, "one old run and one catch-up run");
 }
 
@@ -234,15 +366,29 @@ fn sync_works_through_a_transaction_mode_pgbouncer() {
     let dir = tempfile::tempdir().unwrap();
     let edge_path = dir.path().join("edge.db");
     let edge = edge_db(&edge_path, true);
-    insert_rows(&edge, "division_states", &division_states(0, 20_000, 13), 1000);
-    let config = write_config(dir.path(), &edge_path, &bouncer.url(&cloud.name), DEVICE, 1000);
+    insert_rows(
+        &edge,
+        "division_states",
+        &division_states(0, 20_000, 13),
+        1000,
+    );
+    let config = write_config(
+        dir.path(),
+        &edge_path,
+        &bouncer.url(&cloud.name),
+        DEVICE,
+        1000,
+    );
     let out = run_ok(&["sync", "--config", config.to_str().unwrap()]);
     assert!(out.contains("20 batches, 20000 rows"), "{out}");
     // A second agent run re-sends nothing; replays through the pooler work too.
     let out = run_ok(&["sync", "--config", config.to_str().unwrap()]);
     assert!(out.contains("0 batches"), "{out}");
     let mut c = cloud.client();
-    assert_same_rows(&edge_division_states(&edge), &cloud_division_states(&mut c, DEVICE));
+    assert_same_rows(
+        &edge_division_states(&edge),
+        &cloud_division_states(&mut c, DEVICE),
+    );
 }
 
 #[test]
@@ -259,7 +405,10 @@ fn every_command_has_a_section_in_docs_agent_md() {
         .collect();
     assert!(commands.len() >= 6, "{help}");
     for c in commands {
-        assert!(docs.contains(&format!("### `sluice {c} ")), "docs/agent.md has no section for `sluice {c}`");
+        assert!(
+            docs.contains(&format!("### `sluice {c} ")),
+            "docs/agent.md has no section for `sluice {c}`"
+        );
     }
 }
 
@@ -268,8 +417,17 @@ fn every_command_has_a_section_in_docs_agent_md() {
 fn make_certificates() -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let sh = |script: &str| {
-        let out = std::process::Command::new("sh").arg("-c").arg(script).current_dir(dir.path()).output().unwrap();
-        assert!(out.status.success(), "{script}: {}", String::from_utf8_lossy(&out.stderr));
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{script}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     };
     sh("openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 2 -subj '/CN=sluice test CA' 2>/dev/null");
     sh("openssl req -x509 -newkey rsa:2048 -nodes -keyout other.key -out other-ca.pem -days 2 -subj '/CN=some other CA' 2>/dev/null");
@@ -291,17 +449,37 @@ fn make_certificates() -> (tempfile::TempDir, std::path::PathBuf, std::path::Pat
 #[test]
 fn tls_with_a_private_ca_is_verified() {
     let (certs, ca, other_ca) = make_certificates();
-    let bouncer = Pgbouncer::start_with_tls(Some((&certs.path().join("server.pem"), &certs.path().join("server.key"))));
+    let bouncer = Pgbouncer::start_with_tls(Some((
+        &certs.path().join("server.pem"),
+        &certs.path().join("server.key"),
+    )));
     let cloud = CloudDb::create("tls");
     let dir = tempfile::tempdir().unwrap();
     let edge_path = dir.path().join("edge.db");
     let edge = edge_db(&edge_path, true);
-    insert_rows(&edge, "division_states", &division_states(0, 2_000, 14), 1000);
-    let config = write_config(dir.path(), &edge_path, &bouncer.url(&cloud.name), DEVICE, 1000);
+    insert_rows(
+        &edge,
+        "division_states",
+        &division_states(0, 2_000, 14),
+        1000,
+    );
+    let config = write_config(
+        dir.path(),
+        &edge_path,
+        &bouncer.url(&cloud.name),
+        DEVICE,
+        1000,
+    );
     let with_tls = |mode: &str, ca: &std::path::Path| {
         let text = std::fs::read_to_string(&config)
             .unwrap()
-            .replace("[cloud]\n", &format!("[cloud]\ntls = \"{mode}\"\nca_file = \"{}\"\n", ca.display()))
+            .replace(
+                "[cloud]\n",
+                &format!(
+                    "[cloud]\ntls = \"{mode}\"\nca_file = \"{}\"\n",
+                    ca.display()
+                ),
+            )
             .replace("[sync]\n", "[sync]\nmax_attempts = 2\n");
         let path = dir.path().join("tls.toml");
         std::fs::write(&path, text).unwrap();
@@ -309,24 +487,52 @@ fn tls_with_a_private_ca_is_verified() {
     };
 
     // Without TLS the pooler refuses the connection.
-    let out = agent(&["sync", "--config", with_tls("disable", &ca).to_str().unwrap()]).output().unwrap();
+    let out = agent(&[
+        "sync",
+        "--config",
+        with_tls("disable", &ca).to_str().unwrap(),
+    ])
+    .output()
+    .unwrap();
     assert!(!out.status.success());
     assert_eq!(pending(&edge, "division_states"), 2_000);
 
     // The wrong CA: the certificate does not verify, nothing is sent.
-    let out = agent(&["sync", "--config", with_tls("require", &other_ca).to_str().unwrap()]).output().unwrap();
+    let out = agent(&[
+        "sync",
+        "--config",
+        with_tls("require", &other_ca).to_str().unwrap(),
+    ])
+    .output()
+    .unwrap();
     assert!(!out.status.success());
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.to_lowercase().contains("certificate"), "{stdout}");
     assert_eq!(pending(&edge, "division_states"), 2_000);
 
     // The right CA, with "prefer" and with "require": verified TLS, everything arrives once.
-    let out = run_ok(&["sync", "--config", with_tls("prefer", &ca).to_str().unwrap(), "--table", "cameras"]);
+    let out = run_ok(&[
+        "sync",
+        "--config",
+        with_tls("prefer", &ca).to_str().unwrap(),
+        "--table",
+        "cameras",
+    ]);
     assert!(out.contains("cameras"), "{out}");
-    let out = run_ok(&["sync", "--config", with_tls("require", &ca).to_str().unwrap()]);
-    assert!(out.contains("division_states      sent 2 batches, 2000 rows"), "{out}");
+    let out = run_ok(&[
+        "sync",
+        "--config",
+        with_tls("require", &ca).to_str().unwrap(),
+    ]);
+    assert!(
+        out.contains("division_states      sent 2 batches, 2000 rows"),
+        "{out}"
+    );
     let mut c = cloud.client();
-    assert_same_rows(&edge_division_states(&edge), &cloud_division_states(&mut c, DEVICE));
+    assert_same_rows(
+        &edge_division_states(&edge),
+        &cloud_division_states(&mut c, DEVICE),
+    );
 }
 
 #[test]
@@ -335,19 +541,43 @@ fn sigterm_during_a_capped_sync_leaves_nothing_half_recorded() {
     let dir = tempfile::tempdir().unwrap();
     let edge_path = dir.path().join("edge.db");
     let edge = edge_db(&edge_path, true);
-    insert_rows(&edge, "division_states", &division_states(0, 20_000, 15), 1000);
+    insert_rows(
+        &edge,
+        "division_states",
+        &division_states(0, 20_000, 15),
+        1000,
+    );
     // 100 rows a batch at 4 KB/s: a batch every ~0.3 s, far from done in 1.5 s.
-    let config = write_config_with(dir.path(), &edge_path, &cloud.url, DEVICE, 100, "bandwidth_bytes_per_sec = 4000\n");
-    let mut child = agent(&["sync", "--config", config.to_str().unwrap(), "--mode", "hourly", "--table", "division_states"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let config = write_config_with(
+        dir.path(),
+        &edge_path,
+        &cloud.url,
+        DEVICE,
+        100,
+        "bandwidth_bytes_per_sec = 4000\n",
+    );
+    let mut child = agent(&[
+        "sync",
+        "--config",
+        config.to_str().unwrap(),
+        "--mode",
+        "hourly",
+        "--table",
+        "division_states",
+    ])
+    .stdout(Stdio::piped())
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
     std::thread::sleep(Duration::from_millis(1500));
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let started = Instant::now();
     let out = child.wait_with_output().unwrap();
-    assert!(started.elapsed() < Duration::from_secs(5), "the agent took {:?} to stop", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the agent took {:?} to stop",
+        started.elapsed()
+    );
     assert!(!out.status.success(), "an interrupted run exits non-zero");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("interrupted"), "{stdout}");
@@ -355,10 +585,17 @@ fn sigterm_during_a_capped_sync_leaves_nothing_half_recorded() {
     // Every acknowledged row is in the cloud, every other row is pending, none twice.
     let left = pending(&edge, "division_states");
     let in_cloud = cloud.count("division_states");
-    assert!(left > 0 && in_cloud > 0, "pending {left}, in the cloud {in_cloud}");
+    assert!(
+        left > 0 && in_cloud > 0,
+        "pending {left}, in the cloud {in_cloud}"
+    );
     assert_eq!(in_cloud + left, 20_000);
     let (status, error): (String, String) = edge
-        .query_row("SELECT status, error FROM sluice_sync_log ORDER BY id DESC LIMIT 1", [], |r| Ok((r.get(0)?, r.get(1)?)))
+        .query_row(
+            "SELECT status, error FROM sluice_sync_log ORDER BY id DESC LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
         .unwrap();
     assert_eq!(status, "partial");
     assert!(error.contains("interrupted"), "{error}");
@@ -371,26 +608,51 @@ fn the_agent_reconnects_after_postgresql_restarts_mid_sync() {
     let dir = tempfile::tempdir().unwrap();
     let edge_path = dir.path().join("edge.db");
     let edge = edge_db(&edge_path, true);
-    insert_rows(&edge, "division_states", &division_states(0, 6_000, 16), 1000);
+    insert_rows(
+        &edge,
+        "division_states",
+        &division_states(0, 6_000, 16),
+        1000,
+    );
     // Slow (100-row batches at 20 KB/s: about 5 s) and patient (20 attempts, up to 0.5 s apart).
-    let config = write_config_with(dir.path(), &edge_path, &url, DEVICE, 100,
-        "bandwidth_bytes_per_sec = 20000\nmax_attempts = 20\n");
-    let child = agent(&["sync", "--config", config.to_str().unwrap(), "--mode", "hourly", "--table", "division_states"])
-        .env("SLUICE_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let config = write_config_with(
+        dir.path(),
+        &edge_path,
+        &url,
+        DEVICE,
+        100,
+        "bandwidth_bytes_per_sec = 20000\nmax_attempts = 20\n",
+    );
+    let child = agent(&[
+        "sync",
+        "--config",
+        config.to_str().unwrap(),
+        "--mode",
+        "hourly",
+        "--table",
+        "division_states",
+    ])
+    .env("SLUICE_LOG", "info")
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
     std::thread::sleep(Duration::from_millis(1000));
     server.restart();
     let out = child.wait_with_output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stdout}\n{stderr}");
-    assert!(stderr.contains("reconnected to the cloud"), "the restart was noticed: {stderr}");
+    assert!(
+        stderr.contains("reconnected to the cloud"),
+        "the restart was noticed: {stderr}"
+    );
     assert_eq!(pending(&edge, "division_states"), 0);
     let mut c = postgres::Client::connect(&url, postgres::NoTls).unwrap();
-    assert_same_rows(&edge_division_states(&edge), &cloud_division_states(&mut c, DEVICE));
+    assert_same_rows(
+        &edge_division_states(&edge),
+        &cloud_division_states(&mut c, DEVICE),
+    );
 }
 
 fn http_get(port: u16, path: &str) -> String {

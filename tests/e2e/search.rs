@@ -19,14 +19,19 @@ const FRAMES: [&str; 8] = [
 fn model_config() -> String {
     let dir = std::env::var("SLUICE_MODEL_DIR")
         .expect("SLUICE_MODEL_DIR is not set: run the tests through scripts/test.sh (scripts/setup.sh installs the model)");
-    let ort = std::env::var("SLUICE_ORT_LIB").expect("SLUICE_ORT_LIB is not set: run the tests through scripts/test.sh");
+    let ort = std::env::var("SLUICE_ORT_LIB")
+        .expect("SLUICE_ORT_LIB is not set: run the tests through scripts/test.sh");
     format!("\n[embed]\n[embed.model]\nmodel = \"{dir}/model.onnx\"\nonnxruntime = \"{ort}\"\n")
 }
 
 fn run_ok(args: &[&str]) -> String {
     let out = agent(args).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(out.status.success(), "sluice {args:?} failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "sluice {args:?} failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     stdout
 }
 
@@ -45,7 +50,14 @@ fn a_key_frame_is_found_by_meaning_by_words_and_by_both() {
         })
         .collect();
     insert_rows(&edge, "key_frames", &rows, 100);
-    let config = write_config_with(dir.path(), &edge_path, &cloud.url, "box-1", 1000, &model_config());
+    let config = write_config_with(
+        dir.path(),
+        &edge_path,
+        &cloud.url,
+        "box-1",
+        1000,
+        &model_config(),
+    );
     let c = config.to_str().unwrap();
 
     let out = run_ok(&["embed", "--config", c]);
@@ -65,7 +77,10 @@ fn a_key_frame_is_found_by_meaning_by_words_and_by_both() {
     run_ok(&["sync", "--config", c, "--table", "key_frames"]);
     let mut pg = cloud.client();
     let n: i64 = pg
-        .query_one("SELECT count(*) FROM key_frames WHERE vector_dims(embedding) = 384", &[])
+        .query_one(
+            "SELECT count(*) FROM key_frames WHERE vector_dims(embedding) = 384",
+            &[],
+        )
         .unwrap()
         .get(0);
     assert_eq!(n, 8, "the vectors arrived as vector(384)");
@@ -73,7 +88,11 @@ fn a_key_frame_is_found_by_meaning_by_words_and_by_both() {
     // By meaning: no word in common with the right description.
     let query = "courier unloading parcels by rear entrance";
     let right = FRAMES[2];
-    let words = |s: &str| s.split_whitespace().map(str::to_owned).collect::<std::collections::HashSet<_>>();
+    let words = |s: &str| {
+        s.split_whitespace()
+            .map(str::to_owned)
+            .collect::<std::collections::HashSet<_>>()
+    };
     assert!(words(query).is_disjoint(&words(right)));
     let vector = run_ok(&["embed", "--config", c, "--query", query]);
     let vector = vector.trim();
@@ -85,13 +104,22 @@ fn a_key_frame_is_found_by_meaning_by_words_and_by_both() {
 
     // By words.
     let top: String = pg
-        .query_one("SELECT row_data->>'description' FROM sluice.search('key_frames', 'menu family', 1)", &[])
+        .query_one(
+            "SELECT row_data->>'description' FROM sluice.search('key_frames', 'menu family', 1)",
+            &[],
+        )
         .unwrap()
         .get(0);
     assert_eq!(top, FRAMES[3], "search by words");
 
     // By both: words that point at one frame, a meaning that points at it too.
-    let vector = run_ok(&["embed", "--config", c, "--query", "someone wiping a table clean"]);
+    let vector = run_ok(&[
+        "embed",
+        "--config",
+        c,
+        "--query",
+        "someone wiping a table clean",
+    ]);
     let top: String = pg
         .query_one(
             "SELECT row_data->>'description' FROM sluice.hybrid_search('key_frames', 'table', $1::text::vector, 1)",
