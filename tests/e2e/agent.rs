@@ -8,22 +8,6 @@ use sluice_tests::*;
 
 const DEVICE: &str = "box-7";
 
-fn pending(conn: &rusqlite::Connection, table: &str) -> i64 {
-    conn.query_row("SELECT sluice_pending(?1)", [table], |r| r.get(0))
-        .unwrap()
-}
-
-fn run_ok(args: &[&str]) -> String {
-    let out = agent(args).output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "sluice {args:?} failed: {stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
-}
-
 #[test]
 fn migrate_applies_each_migration_once_in_order() {
     let cloud = empty_cloud_db("migrate");

@@ -24,17 +24,6 @@ fn model_config() -> String {
     format!("\n[embed]\n[embed.model]\nmodel = \"{dir}/model.onnx\"\nonnxruntime = \"{ort}\"\n")
 }
 
-fn run_ok(args: &[&str]) -> String {
-    let out = agent(args).output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "sluice {args:?} failed: {stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
-}
-
 #[test]
 fn a_key_frame_is_found_by_meaning_by_words_and_by_both() {
     let cloud = CloudDb::create("search");

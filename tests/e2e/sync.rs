@@ -9,22 +9,7 @@ use sluice_tests::*;
 const DEVICE: &str = "box-1";
 
 fn sync(config: &std::path::Path) -> String {
-    let out = agent(&["sync", "--config", config.to_str().unwrap()])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "sluice sync failed: {}\nstdout: {stdout}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
-}
-
-fn pending(conn: &rusqlite::Connection, table: &str) -> i64 {
-    conn.query_row("SELECT sluice_pending(?1)", [table], |r| r.get(0))
-        .unwrap()
+    run_ok(&["sync", "--config", config.to_str().unwrap()])
 }
 
 #[test]

@@ -170,6 +170,26 @@ pub fn agent(args: &[&str]) -> Command {
     cmd
 }
 
+/// Runs `sluice ARGS`, asserts it succeeded (showing its output if not), and
+/// returns its standard output.
+pub fn run_ok(args: &[&str]) -> String {
+    let out = agent(args).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "sluice {args:?} failed ({}): {stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// `sluice_pending(table)` at the edge.
+pub fn pending(conn: &Connection, table: &str) -> i64 {
+    conn.query_row("SELECT sluice_pending(?1)", [table], |r| r.get(0))
+        .unwrap()
+}
+
 /// ISO-8601 UTC text with milliseconds for a Unix time in milliseconds.
 pub fn iso_ms(ms: i64) -> String {
     let secs = ms.div_euclid(1000);
