@@ -292,6 +292,44 @@ pub struct SyncConfig {
     /// seconds (0: no limit); what is left goes at the next run.
     #[serde(default = "default_max_run_secs")]
     pub max_run_secs: u64,
+    /// Which pending rows go first: `"oldest"` (the default; the backlog
+    /// drains in the order it was written) or `"newest"` (after a long
+    /// outage the freshest data reaches the cloud first, and the backlog
+    /// follows behind it). Both send every pending row exactly once.
+    #[serde(default)]
+    pub order: DrainOrder,
+    /// The incremental (hourly) sync sends the pending rows of the last this
+    /// many seconds, by each table's time column (`sluice_track`'s `"time"`;
+    /// a table without one sends every pending row); older rows wait for the
+    /// full sync. 0: every pending row. Default 7200 (two hours, as the field
+    /// syncs today).
+    #[serde(default = "default_hourly_window_secs")]
+    pub hourly_window_secs: u64,
+}
+
+/// Draining order of the sync (`sync.order`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DrainOrder {
+    #[default]
+    Oldest,
+    Newest,
+}
+
+impl DrainOrder {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DrainOrder::Oldest => "oldest",
+            DrainOrder::Newest => "newest",
+        }
+    }
+}
+
+/// Two hours: the window of the hourly sync.
+pub const DEFAULT_HOURLY_WINDOW_SECS: u64 = 7200;
+
+fn default_hourly_window_secs() -> u64 {
+    DEFAULT_HOURLY_WINDOW_SECS
 }
 
 /// An hourly sync that has not finished after 50 minutes leaves the rest to
@@ -325,6 +363,8 @@ impl Default for SyncConfig {
             backoff_max_ms: DEFAULT_BACKOFF_MAX_MS,
             bandwidth_bytes_per_sec: 0,
             max_run_secs: DEFAULT_MAX_RUN_SECS,
+            order: DrainOrder::Oldest,
+            hourly_window_secs: DEFAULT_HOURLY_WINDOW_SECS,
         }
     }
 }
@@ -397,6 +437,12 @@ impl Config {
         if self.sync.max_attempts == 0 {
             bail!("sync.max_attempts must be at least 1");
         }
+        if self.sync.hourly_window_secs > 100 * 366 * 86_400 {
+            bail!(
+                "sync.hourly_window_secs must be at most 100 years of seconds, got {}",
+                self.sync.hourly_window_secs
+            );
+        }
         if self.sync.backoff_initial_ms > self.sync.backoff_max_ms {
             bail!("sync.backoff_initial_ms must not exceed sync.backoff_max_ms");
         }
@@ -461,6 +507,19 @@ mod tests {
         assert_eq!(cfg.sync.batch_rows, DEFAULT_BATCH_ROWS);
         assert_eq!(cfg.sync.max_attempts, DEFAULT_MAX_ATTEMPTS);
         assert_eq!(cfg.edge.busy_timeout_ms, 5000);
+        assert_eq!(cfg.sync.order, DrainOrder::Oldest);
+        assert_eq!(cfg.sync.hourly_window_secs, DEFAULT_HOURLY_WINDOW_SECS);
+    }
+
+    #[test]
+    fn drain_order_is_oldest_or_newest() {
+        let cfg = Config::parse(&format!("{MINIMAL}\n[sync]\norder = \"newest\"")).unwrap();
+        assert_eq!(cfg.sync.order, DrainOrder::Newest);
+        let err = format!(
+            "{:#}",
+            Config::parse(&format!("{MINIMAL}\n[sync]\norder = \"sideways\"")).unwrap_err()
+        );
+        assert!(err.contains("order") && err.contains("sideways"), "{err}");
     }
 
     #[test]
@@ -518,6 +577,8 @@ mod tests {
         assert_eq!(cfg.sync.batch_rows, DEFAULT_BATCH_ROWS);
         assert_eq!(cfg.schedule.full_sync, DEFAULT_FULL_SYNC_CRON);
         assert_eq!(cfg.cleanup.keep, DEFAULT_CLEANUP_KEEP);
+        assert_eq!(cfg.sync.hourly_window_secs, DEFAULT_HOURLY_WINDOW_SECS);
+        assert_eq!(cfg.sync.order, DrainOrder::Oldest);
     }
 
     #[test]

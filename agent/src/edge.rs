@@ -161,16 +161,36 @@ impl Edge {
     }
 
     /// The next pending batch of `table`, or `None` when nothing is pending.
-    pub fn next_batch(&self, table: &str, max_rows: u32) -> anyhow::Result<Option<Vec<u8>>> {
+    /// `options` is `sluice_batch`'s JSON (`order`, `since`).
+    pub fn next_batch(
+        &self,
+        table: &str,
+        max_rows: u32,
+        options: &str,
+    ) -> anyhow::Result<Option<Vec<u8>>> {
         self.conn
             .query_row(
-                "SELECT sluice_batch(?1, ?2)",
-                rusqlite::params![table, max_rows],
+                "SELECT sluice_batch(?1, ?2, ?3)",
+                rusqlite::params![table, max_rows, options],
                 |r| r.get(0),
             )
             .optional()
             .map(Option::flatten)
             .with_context(|| format!("cannot cut a batch of table '{table}'"))
+    }
+
+    /// The time column declared for a tracked table (`sluice_track`'s
+    /// `"time"` option), if any.
+    pub fn time_column(&self, table: &str) -> anyhow::Result<Option<String>> {
+        self.conn
+            .query_row(
+                "SELECT time_column FROM sluice_tables WHERE tbl = ?1",
+                [table],
+                |r| r.get::<_, Option<String>>(0),
+            )
+            .optional()
+            .map(Option::flatten)
+            .with_context(|| format!("cannot read the registration of table '{table}'"))
     }
 
     /// Records that the cloud applied `batch`; returns rows newly acknowledged.

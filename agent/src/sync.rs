@@ -6,8 +6,10 @@
 //! later, so an interrupted run is simply continued by the next one.
 //!
 //! Two modes: [`Mode::Incremental`] respects the bandwidth cap and the
-//! run-time limit; [`Mode::Full`] drains everything, uncapped. Both send every
-//! pending row: "pending" is exactly what the cloud has not acknowledged.
+//! run-time limit, and sends the pending rows of the last
+//! `sync.hourly_window_secs` (two hours) of tables with a time column;
+//! [`Mode::Full`] drains everything, uncapped. "Pending" is exactly what the
+//! cloud has not acknowledged; `sync.order` chooses oldest or newest first.
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -25,7 +27,8 @@ use crate::shutdown::Shutdown;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Mode {
-    /// Within `sync.bandwidth_bytes_per_sec` and `sync.max_run_secs`.
+    /// Within `sync.bandwidth_bytes_per_sec` and `sync.max_run_secs`; the
+    /// pending rows of the last `sync.hourly_window_secs`.
     #[value(name = "hourly")]
     Incremental,
     /// Everything pending, uncapped.
@@ -281,6 +284,7 @@ pub async fn run(
         };
         let ctx = TableRun {
             cfg,
+            mode: opts.mode,
             edge,
             table: &table,
             shutdown,
@@ -315,6 +319,7 @@ struct Limits {
 
 struct TableRun<'a> {
     cfg: &'a Config,
+    mode: Mode,
     edge: &'a Edge,
     table: &'a str,
     shutdown: &'a Shutdown,
@@ -334,13 +339,17 @@ async fn sync_table(
     throttle: &mut Throttle,
 ) -> anyhow::Result<TableEnd> {
     let table = ctx.table;
+    let options = batch_options(ctx)?;
     let mut end = TableEnd::Done;
     while !ctx.shutdown.requested() {
         if ctx.limits.deadline.is_some_and(|d| Instant::now() >= d) {
             end = TableEnd::TimeLimit;
             break;
         }
-        let Some(batch) = ctx.edge.next_batch(table, ctx.cfg.sync.batch_rows)? else {
+        let Some(batch) = ctx
+            .edge
+            .next_batch(table, ctx.cfg.sync.batch_rows, &options)?
+        else {
             break;
         };
         let header =
@@ -379,6 +388,19 @@ async fn sync_table(
         );
     }
     Ok(end)
+}
+
+/// `sluice_batch`'s options for this run: the drain order, and for the
+/// incremental sync of a table with a time column, the window.
+fn batch_options(ctx: &TableRun<'_>) -> anyhow::Result<String> {
+    let mut o = serde_json::json!({ "order": ctx.cfg.sync.order.as_str() });
+    if ctx.mode == Mode::Incremental
+        && ctx.cfg.sync.hourly_window_secs > 0
+        && ctx.edge.time_column(ctx.table)?.is_some()
+    {
+        o["since"] = ctx.cfg.sync.hourly_window_secs.into();
+    }
+    Ok(o.to_string())
 }
 
 async fn ingest_with_retry(

@@ -177,6 +177,18 @@ pub async fn run(cfg: &Config, opts: &VerifyOptions) -> anyhow::Result<ExitCode>
         )
         .with_context(|| format!("table '{table}' is not tracked at the edge"))?;
     let local_only: Vec<String> = serde_json::from_str(&local_only).unwrap_or_default();
+    // Acknowledged ranges above the watermark (newest-first draining).
+    let ranges: Vec<(i64, i64)> =
+        match conn.prepare("SELECT lo, hi FROM sluice_acked_ranges WHERE tbl = ?1 AND hi > ?2") {
+            Ok(mut stmt) => stmt
+                .query_map(rusqlite::params![table, acked_seq], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })?
+                .collect::<Result<_, _>>()?,
+            // An edge database from before ranges existed.
+            Err(_) => Vec::new(),
+        };
+    let acked = |v: i64| v <= acked_seq || ranges.iter().any(|&(lo, hi)| v > lo && v <= hi);
     let edge_columns: Vec<String> = conn
         .prepare(&format!(
             "SELECT name FROM pragma_table_info({})",
@@ -317,7 +329,7 @@ pub async fn run(cfg: &Config, opts: &VerifyOptions) -> anyhow::Result<ExitCode>
                     .collect();
                 let key = key_values.join("|");
                 edge_keys.insert(key.clone());
-                if version.unwrap_or(i64::MAX) > acked_seq {
+                if !acked(version.unwrap_or(i64::MAX)) {
                     pending += 1;
                     continue;
                 }
@@ -428,7 +440,7 @@ pub async fn run(cfg: &Config, opts: &VerifyOptions) -> anyhow::Result<ExitCode>
                 continue;
             }
             let version: i64 = r.get(keys.len());
-            if version > acked_seq {
+            if !acked(version) {
                 findings.extra.push(format!(
                     "{key} (version {version}, edge acknowledged up to {acked_seq})"
                 ));

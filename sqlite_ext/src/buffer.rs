@@ -59,7 +59,7 @@ SELECT json_extract(value, '$.max_bytes') AS max_bytes,
 
 /// SQL: a time value (ISO-8601 text or unix seconds) as whole unix seconds;
 /// NULL for anything else.
-fn epoch_sql(x: &str) -> String {
+pub fn epoch_sql(x: &str) -> String {
     format!(
         "(CASE typeof({x}) WHEN 'text' THEN unixepoch({x}) WHEN 'integer' THEN {x} \
          WHEN 'real' THEN CAST({x} AS INTEGER) END)"
@@ -508,17 +508,21 @@ fn pending_age(ctx: &Context<'_>) -> Res<Value> {
         return Ok(Value::Null);
     }
     let seq = seq_column(&info, &t)?;
-    let v: Option<Value> = conn
-        .query_row(
-            &format!(
-                "SELECT {} FROM main.{} WHERE {seq} > ?1 ORDER BY {seq} LIMIT 1",
-                quote_ident(&tc),
-                info.quoted()
-            ),
-            [t.acked_seq],
-            |r| r.get(0),
-        )
-        .optional()?;
+    // The oldest pending row: the first row of the first non-empty gap
+    // between acknowledged ranges (newest-first draining leaves ranges).
+    let ranges = crate::acked::ranges_above(&conn, &t.tbl, t.acked_seq)?;
+    let mut stmt = conn.prepare(&format!(
+        "SELECT {} FROM main.{} WHERE {seq} > ?1 AND {seq} <= ?2 ORDER BY {seq} LIMIT 1",
+        quote_ident(&tc),
+        info.quoted()
+    ))?;
+    let mut v: Option<Value> = None;
+    for (lo, hi) in crate::acked::pending_gaps(&ranges, t.acked_seq) {
+        v = stmt.query_row([lo, hi], |r| r.get(0)).optional()?;
+        if v.is_some() {
+            break;
+        }
+    }
     let ep = v.as_ref().and_then(|v| match v {
         Value::Integer(i) => epoch_of(ValueRef::Integer(*i)),
         Value::Real(f) => epoch_of(ValueRef::Real(*f)),

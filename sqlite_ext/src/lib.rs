@@ -12,7 +12,8 @@
 //! - [`schema`] reads a table's columns and keeps the bookkeeping tables;
 //! - [`insert`] is `sluice_insert`;
 //! - [`sync`] holds `sluice_device`, `sluice_track`, `sluice_batch`, `sluice_ack`,
-//!   `sluice_pending`, `sluice_cleanup`.
+//!   `sluice_pending`, `sluice_cleanup`; [`acked`] keeps the acknowledged
+//!   ranges above the watermark (newest-first draining);
 //! - [`window`] is window aggregation: `sluice_bucket`, `sluice_percentile`,
 //!   and the quantile sketch functions (over `sluice_wire::sketch`);
 //! - [`rollup`] is `sluice_rollup` and `sluice_rollup_run` (registered,
@@ -28,6 +29,7 @@
 
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod acked;
 pub mod buffer;
 pub mod insert;
 pub mod options;
@@ -69,6 +71,7 @@ pub const FUNCTIONS: &[(&str, c_int, FunctionFlags, SqlFn)] = &[
     ("sluice_track", 2, WRITES, sync::sluice_track),
     ("sluice_batch", 1, READS, sync::sluice_batch),
     ("sluice_batch", 2, READS, sync::sluice_batch),
+    ("sluice_batch", 3, READS, sync::sluice_batch),
     ("sluice_ack", 1, WRITES, sync::sluice_ack),
     ("sluice_pending", 1, READS, sync::sluice_pending),
     ("sluice_cleanup", 2, WRITES, sync::sluice_cleanup),

@@ -68,6 +68,96 @@ pub fn parse_track_options(text: &str) -> Result<TrackOptions, String> {
     Ok(o)
 }
 
+/// Which pending rows `sluice_batch` takes first.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum DrainOrder {
+    /// Lowest sequence numbers first (the default): the watermark advances
+    /// with every acknowledgement.
+    #[default]
+    Oldest,
+    /// Highest sequence numbers first: after an outage the freshest data
+    /// reaches the cloud first; acknowledgements are kept as ranges above
+    /// the watermark until the gap below them is filled.
+    Newest,
+}
+
+/// Options of `sluice_batch`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BatchOptions {
+    pub order: DrainOrder,
+    /// Only rows newer than this many seconds (by the table's time column):
+    /// the pending rows above the newest pending row older than that.
+    pub since_secs: Option<i64>,
+}
+
+/// The option names `sluice_batch` accepts.
+pub const BATCH_OPTIONS: &str = "order, since";
+
+/// Parses `{"order": "oldest" | "newest", "since": "2 hours" | seconds}`.
+pub fn parse_batch_options(text: &str) -> Result<BatchOptions, String> {
+    let v: Json =
+        serde_json::from_str(text).map_err(|e| format!("options are not valid JSON: {e}"))?;
+    let Json::Object(map) = v else {
+        return Err(format!(
+            "options must be a JSON object like {{\"order\": \"newest\"}}, got {}",
+            json_kind(&v)
+        ));
+    };
+    let mut o = BatchOptions::default();
+    for (k, v) in &map {
+        match k.as_str() {
+            "order" => {
+                o.order = match v {
+                    Json::String(s) if s.eq_ignore_ascii_case("oldest") => DrainOrder::Oldest,
+                    Json::String(s) if s.eq_ignore_ascii_case("newest") => DrainOrder::Newest,
+                    Json::String(s) => {
+                        return Err(format!(
+                            "option 'order' must be \"oldest\" or \"newest\", got \"{s}\""
+                        ))
+                    }
+                    other => {
+                        return Err(format!(
+                            "option 'order' must be \"oldest\" or \"newest\", got {}",
+                            json_kind(other)
+                        ))
+                    }
+                }
+            }
+            "since" => {
+                let secs = match v {
+                    Json::String(s) => parse_duration(s)?,
+                    Json::Number(n) => match n.as_i64() {
+                        Some(i) if (0..=MAX_KEEP_SECONDS).contains(&i) => i,
+                        Some(i) => {
+                            return Err(format!(
+                                "option 'since' must be between 0 and {MAX_KEEP_SECONDS} seconds, got {i}"
+                            ))
+                        }
+                        None => {
+                            return Err(format!(
+                                "option 'since' must be whole seconds or text like '2 hours', got {n}"
+                            ))
+                        }
+                    },
+                    other => {
+                        return Err(format!(
+                            "option 'since' must be seconds or text like '2 hours', got {}",
+                            json_kind(other)
+                        ))
+                    }
+                };
+                o.since_secs = Some(secs);
+            }
+            other => {
+                return Err(format!(
+                    "unknown option '{other}' (known options: {BATCH_OPTIONS})"
+                ))
+            }
+        }
+    }
+    Ok(o)
+}
+
 fn string_list(name: &str, v: &Json) -> Result<Vec<String>, String> {
     let Json::Array(items) = v else {
         return Err(format!(

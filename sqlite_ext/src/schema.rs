@@ -138,8 +138,9 @@ pub fn atomic<T>(conn: &Connection, name: &str, f: impl FnOnce() -> Res<T>) -> R
 }
 
 /// Names of the bookkeeping tables; they cannot be tracked.
-pub const BOOKKEEPING: [&str; 5] = [
+pub const BOOKKEEPING: [&str; 6] = [
     "sluice_meta",
+    "sluice_acked_ranges",
     "sluice_tables",
     "sluice_acks",
     "sluice_clock",
@@ -187,6 +188,7 @@ pub fn ensure_bookkeeping(conn: &Connection) -> Res<()> {
         conn.execute_batch("ALTER TABLE main.sluice_tables ADD COLUMN time_column TEXT")?;
     }
     conn.execute_batch(crate::buffer::BUFFER_SCHEMA)?;
+    conn.execute_batch(crate::acked::RANGES_SCHEMA)?;
     Ok(())
 }
 

@@ -10,11 +10,13 @@
 
 use rusqlite::functions::Context;
 use rusqlite::types::{Value, ValueRef};
-use rusqlite::{params, Connection};
+use rusqlite::{params, Connection, OptionalExtension};
 use sluice_wire::{decode_header, encode, BatchHeader, Column, ColumnType, EncodeOptions};
 
+use crate::acked;
 use crate::options::{
-    check_device_id, check_keep, parse_duration, parse_track_options, quote_ident, TrackOptions,
+    check_device_id, check_keep, parse_batch_options, parse_duration, parse_track_options,
+    quote_ident, BatchOptions, DrainOrder, TrackOptions,
 };
 use crate::schema::{
     atomic, autoincrement_covers, check_high_water, ensure_bookkeeping, has_bookkeeping, meta_get,
@@ -232,23 +234,29 @@ fn setup_mutable(conn: &Connection, info: &TableInfo) -> Res<()> {
 // ---------------------------------------------------------------------------
 // sluice_batch
 
-/// `sluice_batch(table [, max_rows])` → BLOB, or NULL when nothing is pending.
+/// `sluice_batch(table [, max_rows [, options]])` → BLOB, or NULL when
+/// nothing is pending. Options: `{"order": "oldest"|"newest", "since": "2 hours"}`.
 pub fn sluice_batch(ctx: &Context<'_>) -> rusqlite::Result<Value> {
     finish("sluice_batch", batch(ctx))
 }
 
 fn batch(ctx: &Context<'_>) -> Res<Value> {
     let table = arg_text(ctx, 0, "the table name")?;
-    let max_rows = if ctx.len() > 1 {
-        arg_int(ctx, 1, "max_rows")?
-    } else {
-        DEFAULT_BATCH_ROWS
+    let max_rows = match ctx.len() {
+        0 | 1 => DEFAULT_BATCH_ROWS,
+        // NULL: the default, so that options can be given alone.
+        _ if matches!(arg_raw(ctx, 1)?, ValueRef::Null) => DEFAULT_BATCH_ROWS,
+        _ => arg_int(ctx, 1, "max_rows")?,
     };
     if !(1..=MAX_BATCH_ROWS).contains(&max_rows) {
         return Err(Fail(format!(
             "max_rows must be between 1 and {MAX_BATCH_ROWS}, got {max_rows}"
         )));
     }
+    let opts = match arg_opt_text(ctx, 2, "options")? {
+        Some(text) => parse_batch_options(text)?,
+        None => BatchOptions::default(),
+    };
     let conn = connection(ctx)?;
     let info = table_info(&conn, table)?;
     let t = require_tracked(&conn, &info)?;
@@ -279,44 +287,92 @@ fn batch(ctx: &Context<'_>) -> Res<Value> {
             info.name
         )));
     }
+    // The lowest sequence number this batch may take rows above: the
+    // watermark, or with `since` the newest pending row older than that.
+    let floor = match opts.since_secs {
+        Some(secs) => since_floor(&conn, &info, &t, &seq, secs)?,
+        None => t.acked_seq,
+    };
+    let ranges = acked::ranges_above(&conn, &t.tbl, floor)?;
+    let mut gaps = acked::pending_gaps(&ranges, floor);
+    let newest = opts.order == DrainOrder::Newest;
+    if newest {
+        gaps.reverse();
+    }
     let select: Vec<String> = cols.iter().map(|c| quote_ident(&c.name)).collect();
     let sql = format!(
-        "SELECT {}, {seq} FROM main.{} WHERE {seq} > ?1 ORDER BY {seq} LIMIT ?2",
+        "SELECT {}, {seq} FROM main.{} WHERE {seq} > ?1 AND {seq} <= ?2 ORDER BY {seq} {} LIMIT ?3",
         select.join(", "),
-        info.quoted()
+        info.quoted(),
+        if newest { "DESC" } else { "ASC" }
     );
     let mut stmt = conn.prepare(&sql)?;
-    let mut rows = stmt.query(params![t.acked_seq, max_rows])?;
     let n = cols.len();
     let mut versions: Vec<i64> = Vec::new();
     let mut values: Vec<Vec<sluice_wire::Value>> = vec![Vec::new(); n];
     let mut size = 0usize;
     let mut row_buf: Vec<sluice_wire::Value> = Vec::with_capacity(n);
-    while let Some(row) = rows.next()? {
-        row_buf.clear();
-        let mut row_size = 2usize;
-        for i in 0..n {
-            let v = wire_value(row.get_ref(i)?);
-            row_size += value_size(&v);
-            row_buf.push(v);
-        }
-        if !versions.is_empty() && size + row_size > MAX_BATCH_BYTES {
+    // Whether every pending row above the floor was looked at.
+    let mut exhausted = true;
+    'gaps: for (lo, hi) in gaps {
+        let room = max_rows - versions.len() as i64;
+        if room <= 0 {
+            exhausted = false;
             break;
         }
-        size += row_size;
-        versions.push(row.get(n)?);
-        for (col, v) in values.iter_mut().zip(row_buf.drain(..)) {
-            col.push(v);
+        let mut rows = stmt.query(params![lo, hi, room])?;
+        let mut taken = 0i64;
+        while let Some(row) = rows.next()? {
+            row_buf.clear();
+            let mut row_size = 2usize;
+            for i in 0..n {
+                let v = wire_value(row.get_ref(i)?);
+                row_size += value_size(&v);
+                row_buf.push(v);
+            }
+            if !versions.is_empty() && size + row_size > MAX_BATCH_BYTES {
+                exhausted = false;
+                break 'gaps;
+            }
+            size += row_size;
+            taken += 1;
+            versions.push(row.get(n)?);
+            for (col, v) in values.iter_mut().zip(row_buf.drain(..)) {
+                col.push(v);
+            }
+        }
+        if taken == room {
+            // Full: rows may remain in this gap or the next.
+            exhausted = false;
+            break;
         }
     }
-    let Some(&last_seq) = versions.last() else {
+    if versions.is_empty() {
         return Ok(Value::Null);
+    }
+    if newest {
+        // Newest first was only the choice of rows; a batch lists them in
+        // sequence order.
+        versions.reverse();
+        for col in &mut values {
+            col.reverse();
+        }
+    }
+    let (first_seq, last_seq) = (versions[0], versions[versions.len() - 1]);
+    // The batch covers (base_seq, last_seq]: every pending row in that
+    // range is in it. Oldest first, or newest first down to the floor, it
+    // starts at the floor, so its acknowledgement moves the watermark when
+    // the floor is the watermark; otherwise it starts just below its first row.
+    let base_seq = if !newest || exhausted {
+        floor
+    } else {
+        first_seq - 1
     };
     let header = BatchHeader {
         device_id,
         stream_id: stream as u64,
         table: info.name.clone(),
-        base_seq: t.acked_seq,
+        base_seq,
         last_seq,
         row_count: 0,
         sent_at_ms: now_ms(),
@@ -326,6 +382,34 @@ fn batch(ctx: &Context<'_>) -> Res<Value> {
     let bytes = encode(&header, &versions, &values, EncodeOptions::default())
         .map_err(|e| Fail(e.to_string()))?;
     Ok(Value::Blob(bytes))
+}
+
+/// With `since`: the sequence number of the newest pending row whose time is
+/// older than `secs` ago (or the watermark if there is none). The rows above
+/// it are "the last `secs`" as one contiguous range, so that acknowledging
+/// the batch can never cover a pending row it did not carry.
+fn since_floor(conn: &Connection, info: &TableInfo, t: &Tracked, seq: &str, secs: i64) -> Res<i64> {
+    let Some(tc) = crate::buffer::time_column(conn, &info.name)? else {
+        return Err(Fail(format!(
+            "option 'since' needs the time column of '{}'; declare it with \
+             SELECT sluice_track('{}', '{{\"time\": \"column\"}}')",
+            info.name,
+            info.name.replace('\'', "''")
+        )));
+    };
+    let cutoff = now_ms() / 1000 - secs;
+    let floor: Option<i64> = conn
+        .query_row(
+            &format!(
+                "SELECT {seq} FROM main.{} WHERE {seq} > ?1 AND {} < ?2 ORDER BY {seq} DESC LIMIT 1",
+                info.quoted(),
+                crate::buffer::epoch_sql(&quote_ident(&tc))
+            ),
+            params![t.acked_seq, cutoff],
+            |r| r.get(0),
+        )
+        .optional()?;
+    Ok(floor.unwrap_or(t.acked_seq).max(t.acked_seq))
 }
 
 fn wire_value(v: ValueRef<'_>) -> sluice_wire::Value {
@@ -385,29 +469,34 @@ fn ack(ctx: &Context<'_>) -> Res<Value> {
             h.table
         )));
     };
-    if h.last_seq <= t.acked_seq {
+    let ranges = acked::ranges_above(&conn, &t.tbl, t.acked_seq)?;
+    if acked::covered(&ranges, t.acked_seq, h.base_seq, h.last_seq) {
         return Ok(Value::Integer(0));
-    }
-    if h.base_seq > t.acked_seq {
-        return Err(Fail(format!(
-            "batch {} starts after the watermark {} of '{}': acknowledging it would skip rows",
-            h.id(),
-            t.acked_seq,
-            t.tbl
-        )));
     }
     let now = now_ms();
     atomic(&conn, "sluice_ack", || {
-        conn.execute(
-            "UPDATE main.sluice_tables SET acked_seq = ?1, acked_at = ?2, \
-             acked_batches = acked_batches + 1, acked_rows = acked_rows + ?3 \
-             WHERE tbl = ?4",
-            params![h.last_seq, now, h.row_count, t.tbl],
-        )?;
-        conn.execute(
-            "INSERT INTO main.sluice_acks (tbl, acked_seq, acked_at) VALUES (?1, ?2, ?3)",
-            params![t.tbl, h.last_seq, now],
-        )?;
+        match acked::record(&conn, &t.tbl, t.acked_seq, h.base_seq, h.last_seq)? {
+            acked::Acked::Watermark(wm) => {
+                conn.execute(
+                    "UPDATE main.sluice_tables SET acked_seq = ?1, acked_at = ?2, \
+                     acked_batches = acked_batches + 1, acked_rows = acked_rows + ?3 \
+                     WHERE tbl = ?4",
+                    params![wm, now, h.row_count, t.tbl],
+                )?;
+                conn.execute(
+                    "INSERT INTO main.sluice_acks (tbl, acked_seq, acked_at) VALUES (?1, ?2, ?3)",
+                    params![t.tbl, wm, now],
+                )?;
+            }
+            acked::Acked::Range => {
+                conn.execute(
+                    "UPDATE main.sluice_tables SET acked_at = ?1, \
+                     acked_batches = acked_batches + 1, acked_rows = acked_rows + ?2 \
+                     WHERE tbl = ?3",
+                    params![now, h.row_count, t.tbl],
+                )?;
+            }
+        }
         Ok(())
     })?;
     Ok(Value::Integer(i64::from(h.row_count)))
@@ -428,14 +517,15 @@ fn pending(ctx: &Context<'_>) -> Res<Value> {
     let t = require_tracked(&conn, &info)?;
     let seq = seq_column(&info, &t)?;
     check_high_water(&conn, &info, &t, &seq)?;
-    let n: i64 = conn.query_row(
-        &format!(
-            "SELECT count(*) FROM main.{} WHERE {seq} > ?1",
-            info.quoted()
-        ),
-        [t.acked_seq],
-        |r| r.get(0),
-    )?;
+    let ranges = acked::ranges_above(&conn, &t.tbl, t.acked_seq)?;
+    let mut stmt = conn.prepare(&format!(
+        "SELECT count(*) FROM main.{} WHERE {seq} > ?1 AND {seq} <= ?2",
+        info.quoted()
+    ))?;
+    let mut n = 0i64;
+    for (lo, hi) in acked::pending_gaps(&ranges, t.acked_seq) {
+        n += stmt.query_row([lo, hi], |r| r.get::<_, i64>(0))?;
+    }
     Ok(Value::Integer(n))
 }
 

@@ -540,7 +540,7 @@ fn sigterm_during_a_capped_sync_leaves_nothing_half_recorded() {
         100,
         "bandwidth_bytes_per_sec = 4000\n",
     );
-    let mut child = agent(&[
+    let child = agent(&[
         "sync",
         "--config",
         config.to_str().unwrap(),
@@ -646,4 +646,173 @@ fn http_get(port: u16, path: &str) -> String {
     let mut out = String::new();
     sock.read_to_string(&mut out).unwrap();
     out
+}
+
+/// The highest-base batches first: the order in which the cloud's ledger got
+/// the batches of `table` (by transaction id).
+fn ledger_ranges(cloud: &CloudDb, table: &str) -> Vec<(i64, i64)> {
+    cloud
+        .client()
+        .query(
+            "SELECT base_seq, last_seq FROM sluice.batches WHERE device_id = $1 AND edge_table = $2 \
+             ORDER BY xmin::text::bigint",
+            &[&DEVICE, &table],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+}
+
+#[test]
+fn newest_first_drains_the_backlog_from_the_top_exactly_once() {
+    let cloud = CloudDb::create("newest_first");
+    let dir = tempfile::tempdir().unwrap();
+    let edge_path = dir.path().join("edge.db");
+    let edge = edge_db(&edge_path, true);
+    insert_rows(
+        &edge,
+        "division_states",
+        &division_states(0, 3_000, 21),
+        1000,
+    );
+    let config = write_config_with(
+        dir.path(),
+        &edge_path,
+        &cloud.url,
+        DEVICE,
+        1000,
+        "order = \"newest\"\n",
+    );
+    let c = config.to_str().unwrap();
+    run_ok(&[
+        "sync",
+        "--config",
+        c,
+        "--mode",
+        "full",
+        "--table",
+        "division_states",
+    ]);
+    assert_eq!(
+        ledger_ranges(&cloud, "division_states"),
+        vec![(2000, 3000), (1000, 2000), (0, 1000)],
+        "the newest batch first, and the last one reaches the watermark"
+    );
+    assert_eq!(pending(&edge, "division_states"), 0);
+    let (acked, ranges): (i64, i64) = edge
+        .query_row(
+            "SELECT acked_seq, (SELECT count(*) FROM sluice_acked_ranges) FROM sluice_tables \
+             WHERE tbl = 'division_states'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!((acked, ranges), (3000, 0));
+    assert_same_rows(
+        &edge_division_states(&edge),
+        &cloud_division_states(&mut cloud.client(), DEVICE),
+    );
+
+    // New rows during a newest-first drain: each run sends the top first.
+    insert_rows(
+        &edge,
+        "division_states",
+        &division_states(3_000, 1_500, 21),
+        500,
+    );
+    run_ok(&[
+        "sync",
+        "--config",
+        c,
+        "--mode",
+        "full",
+        "--table",
+        "division_states",
+    ]);
+    assert_eq!(
+        ledger_ranges(&cloud, "division_states")[3..],
+        [(3500, 4500), (3000, 3500)]
+    );
+    assert_eq!(pending(&edge, "division_states"), 0);
+    assert_same_rows(
+        &edge_division_states(&edge),
+        &cloud_division_states(&mut cloud.client(), DEVICE),
+    );
+    let out = run_ok(&["verify", "--config", c, "--table", "division_states"]);
+    assert!(
+        out.contains("missing in the cloud: 0") && out.contains("extra in the cloud: 0"),
+        "{out}"
+    );
+}
+
+#[test]
+fn the_hourly_sync_sends_the_last_two_hours_and_the_full_sync_the_rest() {
+    let cloud = CloudDb::create("hourly_window");
+    let dir = tempfile::tempdir().unwrap();
+    let edge_path = dir.path().join("edge.db");
+    let edge = edge_db(&edge_path, true);
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    // 1,000 rows from five hours ago (an outage), then 500 from the last ten minutes.
+    let mut rows = division_states(0, 1_500, 22);
+    for (i, r) in rows.iter_mut().enumerate() {
+        let at = if i < 1_000 {
+            now_ms - 5 * 3_600_000 + i as i64 * 1000
+        } else {
+            now_ms - 600_000 + (i as i64 - 1000) * 1000
+        };
+        r["recorded_at"] = iso_ms(at).into();
+    }
+    insert_rows(&edge, "division_states", &rows, 500);
+    let config = write_config(dir.path(), &edge_path, &cloud.url, DEVICE, 200);
+    // The default window: two hours.
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace(WINDOW_LINE, "");
+    std::fs::write(&config, text).unwrap();
+    let c = config.to_str().unwrap();
+
+    run_ok(&[
+        "sync",
+        "--config",
+        c,
+        "--mode",
+        "hourly",
+        "--table",
+        "division_states",
+    ]);
+    assert_eq!(cloud.count("division_states"), 500);
+    assert_eq!(pending(&edge, "division_states"), 1_000);
+    let out = run_ok(&[
+        "sync",
+        "--config",
+        c,
+        "--mode",
+        "hourly",
+        "--table",
+        "division_states",
+    ]);
+    assert!(
+        out.contains("sent 0 batches"),
+        "nothing new in the window: {out}"
+    );
+    assert_eq!(cloud.count("division_states"), 500);
+
+    run_ok(&[
+        "sync",
+        "--config",
+        c,
+        "--mode",
+        "full",
+        "--table",
+        "division_states",
+    ]);
+    assert_eq!(pending(&edge, "division_states"), 0);
+    assert_same_rows(
+        &edge_division_states(&edge),
+        &cloud_division_states(&mut cloud.client(), DEVICE),
+    );
 }

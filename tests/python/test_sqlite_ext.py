@@ -23,6 +23,7 @@ EXPECTED_FUNCTIONS = {
     ("sluice_ack", 1): DIRECTONLY,
     ("sluice_batch", 1): 0,
     ("sluice_batch", 2): 0,
+    ("sluice_batch", 3): 0,
     ("sluice_cleanup", 2): DIRECTONLY,
     ("sluice_debug", 0): 0,
     ("sluice_device", 0): 0,
@@ -489,19 +490,115 @@ def test_ack_of_a_stale_overlapping_batch(db, one):
     assert one("SELECT sluice_ack(?)", small) == 0
 
 
-def test_ack_refuses_to_skip_rows(ext_path, db, one):
+def test_ack_above_the_watermark_keeps_the_rows_below_pending(ext_path, db, one):
+    # A copy of the database (same stream id, watermark 0) acknowledges a
+    # batch cut after the original moved on: the copy records the range and
+    # keeps rows 1 and 2 pending; nothing is skipped.
     tracked_readings(db, 4)
     copy = connect(ext_path)
-    db.backup(copy)  # same database (same stream id), watermark 0
+    db.backup(copy)
     b1 = one("SELECT sluice_batch('readings', 2)")
     one("SELECT sluice_ack(?)", b1)
     b2 = one("SELECT sluice_batch('readings', 2)")
-    stream = one("SELECT value FROM sluice_meta WHERE key = 'stream_id'")
-    assert err(copy, "SELECT sluice_ack(?)", b2) == (
-        f"sluice_ack: batch box-1/readings/{stream:016x} (2, 4] starts after the watermark 0 "
-        "of 'readings': acknowledging it would skip rows"
-    )
+    assert copy.execute("SELECT sluice_ack(?)", (b2,)).fetchone() == (2,)
     assert copy.execute("SELECT acked_seq FROM sluice_tables").fetchone() == (0,)
+    assert copy.execute("SELECT tbl, lo, hi FROM sluice_acked_ranges").fetchall() == [("readings", 2, 4)]
+    assert copy.execute("SELECT sluice_pending('readings')").fetchone() == (2,)
+    h = parse_batch(copy.execute("SELECT sluice_batch('readings')").fetchone()[0])
+    assert (h["base_seq"], h["last_seq"], h["row_count"]) == (0, 2, 2)
+
+
+def ids_of(db, batch):
+    """The ids (sequence numbers) a batch of `readings` carries."""
+    h = parse_batch(batch)
+    return h["base_seq"], h["last_seq"], h["row_count"]
+
+
+def test_newest_first_drains_from_the_top_and_folds_into_the_watermark(db, one):
+    tracked_readings(db, 10)
+    newest = '{"order": "newest"}'
+    b = one("SELECT sluice_batch('readings', 3, ?)", newest)
+    assert ids_of(db, b) == (7, 10, 3)
+    # Cutting reads only: the same batch again.
+    assert ids_of(db, one("SELECT sluice_batch('readings', 3, ?)", newest)) == (7, 10, 3)
+    assert one("SELECT sluice_ack(?)", b) == 3
+    assert one("SELECT sluice_ack(?)", b) == 0
+    assert one("SELECT sluice_pending('readings')") == 7
+    assert db.execute("SELECT acked_seq, acked_batches, acked_rows FROM sluice_tables").fetchone() == (0, 1, 3)
+    b = one("SELECT sluice_batch('readings', 3, ?)", newest)
+    assert ids_of(db, b) == (4, 7, 3)
+    one("SELECT sluice_ack(?)", b)
+    # Adjacent ranges merge into one.
+    assert db.execute("SELECT lo, hi FROM sluice_acked_ranges").fetchall() == [(4, 10)]
+    b = one("SELECT sluice_batch('readings', 3, ?)", newest)
+    assert ids_of(db, b) == (1, 4, 3)
+    one("SELECT sluice_ack(?)", b)
+    # The last row: the batch reaches down to the watermark and moves it
+    # past every range.
+    b = one("SELECT sluice_batch('readings', 3, ?)", newest)
+    assert ids_of(db, b) == (0, 1, 1)
+    assert one("SELECT sluice_ack(?)", b) == 1
+    assert db.execute("SELECT acked_seq FROM sluice_tables").fetchone() == (10,)
+    assert db.execute("SELECT count(*) FROM sluice_acked_ranges").fetchone() == (0,)
+    assert one("SELECT sluice_pending('readings')") == 0
+    assert one("SELECT sluice_batch('readings', 3, ?)", newest) is None
+    # The batch's rows are in sequence order whatever the drain order.
+    db.execute("SELECT sluice_insert('readings', ?)", (json.dumps(
+        [{"ts": 2000.0 + i, "camera": "c", "people": i, "screenshot_path": None} for i in range(3)]),)).fetchone()
+    b = one("SELECT sluice_batch('readings', 2, ?)", newest)
+    assert ids_of(db, b) == (11, 13, 2)
+
+
+def test_oldest_first_after_newest_first_skips_the_acknowledged_ranges(db, one):
+    tracked_readings(db, 10)
+    one("SELECT sluice_ack(sluice_batch('readings', 3, '{\"order\": \"newest\"}'))")
+    one("SELECT sluice_ack(sluice_batch('readings', 2, '{\"order\": \"oldest\"}'))")
+    assert db.execute("SELECT acked_seq FROM sluice_tables").fetchone() == (2,)
+    b = one("SELECT sluice_batch('readings')")
+    assert ids_of(db, b) == (2, 7, 5)
+    assert one("SELECT sluice_ack(?)", b) == 5
+    assert db.execute("SELECT acked_seq FROM sluice_tables").fetchone() == (10,)
+    assert one("SELECT sluice_pending('readings')") == 0
+
+
+def test_since_takes_the_rows_above_the_newest_older_row(db, one):
+    db.execute("CREATE TABLE ev (id INTEGER PRIMARY KEY, at TEXT, v INTEGER)")
+    db.execute("SELECT sluice_device('box-1')")
+    db.execute("SELECT sluice_track('ev', '{\"time\": \"at\"}')")
+    now = int(time.time())
+    rows = [(now - 5 * 3600, 1), (now - 3 * 3600, 2), (now - 600, 3), (now - 60, 4)]
+    for t, v in rows:
+        db.execute("INSERT INTO ev (at, v) VALUES (strftime('%Y-%m-%dT%H:%M:%SZ', ?, 'unixepoch'), ?)", (t, v))
+    b = one("SELECT sluice_batch('ev', NULL, '{\"since\": \"2 hours\"}')")
+    assert ids_of(db, b) == (2, 4, 2)
+    assert one("SELECT sluice_ack(?)", b) == 2
+    # The older rows stay pending for a full sync.
+    assert one("SELECT sluice_pending('ev')") == 2
+    assert one("SELECT sluice_batch('ev', NULL, '{\"since\": 7200}')") is None
+    b = one("SELECT sluice_batch('ev')")
+    assert ids_of(db, b) == (0, 2, 2)
+    one("SELECT sluice_ack(?)", b)
+    assert db.execute("SELECT acked_seq FROM sluice_tables WHERE tbl = 'ev'").fetchone() == (4,)
+
+
+def test_batch_options_errors(db, one):
+    tracked_readings(db, 2)
+    assert err(db, "SELECT sluice_batch('readings', 10, '{\"order\": \"sideways\"}')") == (
+        'sluice_batch: option \'order\' must be "oldest" or "newest", got "sideways"'
+    )
+    assert err(db, "SELECT sluice_batch('readings', 10, '{\"colour\": 1}')") == (
+        "sluice_batch: unknown option 'colour' (known options: order, since)"
+    )
+    assert err(db, "SELECT sluice_batch('readings', 10, '[1]')") == (
+        'sluice_batch: options must be a JSON object like {"order": "newest"}, got an array'
+    )
+    assert err(db, "SELECT sluice_batch('readings', 10, '{\"since\": -1}')") == (
+        "sluice_batch: option 'since' must be between 0 and 3162240000 seconds, got -1"
+    )
+    assert err(db, "SELECT sluice_batch('readings', 10, '{\"since\": \"2 hours\"}')") == (
+        "sluice_batch: option 'since' needs the time column of 'readings'; declare it with "
+        "SELECT sluice_track('readings', '{\"time\": \"column\"}')"
+    )
 
 
 def test_ack_refuses_a_foreign_batch(ext_path, db, one):
@@ -554,9 +651,8 @@ def test_batch_errors(db, one):
     assert err(db, "SELECT sluice_batch('readings', 'ten')") == (
         "sluice_batch: max_rows must be an integer, got text"
     )
-    assert err(db, "SELECT sluice_batch('readings', NULL)") == (
-        "sluice_batch: max_rows must be an integer, got NULL"
-    )
+    # NULL max_rows is the default (so that options can come alone).
+    assert parse_batch(one("SELECT sluice_batch('readings', NULL)"))["row_count"] == 2
     assert err(db, "SELECT sluice_batch(NULL)") == "sluice_batch: the table name must be text, got NULL"
     assert parse_batch(one("SELECT sluice_batch('readings', 1000000)"))["row_count"] == 2
 

@@ -144,6 +144,12 @@ pub fn write_config(
     write_config_with(dir, edge, cloud_url, device, batch_rows, "")
 }
 
+/// The test data is dated days before today, so the hourly sync's two-hour
+/// window (`sync.hourly_window_secs`) would leave it for the full sync:
+/// the harness turns the window off. `tests/e2e/agent.rs` tests the window
+/// (replace this line in the written file).
+pub const WINDOW_LINE: &str = "hourly_window_secs = 0\n";
+
 /// [`write_config`] with more TOML appended (e.g. a `[schedule]` section).
 pub fn write_config_with(
     dir: &Path,
@@ -155,7 +161,7 @@ pub fn write_config_with(
 ) -> PathBuf {
     let path = dir.join("sluice.toml");
     let text = format!(
-        "[device]\nid = \"{device}\"\n\n[edge]\ndatabase = \"{}\"\nextension = \"{}\"\n\n[cloud]\nurl = \"{cloud_url}\"\n\n[sync]\nbatch_rows = {batch_rows}\nbackoff_initial_ms = 50\nbackoff_max_ms = 500\n",
+        "[device]\nid = \"{device}\"\n\n[edge]\ndatabase = \"{}\"\nextension = \"{}\"\n\n[cloud]\nurl = \"{cloud_url}\"\n\n[sync]\nbatch_rows = {batch_rows}\nbackoff_initial_ms = 50\nbackoff_max_ms = 500\n{WINDOW_LINE}",
         edge.display(),
         sqlite_extension().display()
     ) + extra;

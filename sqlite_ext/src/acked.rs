@@ -1,0 +1,142 @@
+//! Acknowledged ranges above the watermark, for draining newest first.
+//!
+//! Oldest-first draining acknowledges batches in sequence order, so one
+//! watermark per table (`sluice_tables.acked_seq`) says what the cloud has.
+//! Newest-first draining acknowledges the top of the backlog before its
+//! bottom: such a batch's range `(base_seq, last_seq]` is kept in
+//! `sluice_acked_ranges` (merged with its neighbours) until the watermark
+//! reaches it, and then absorbed. A row is pending when its sequence number
+//! is above the watermark and in no acknowledged range; the pending rows are
+//! the *gaps* between the ranges. Acknowledging stays one or two statements
+//! whatever the batch's size, and ranges stay few: consecutive newest-first
+//! batches are adjacent and merge into one.
+
+use rusqlite::{params, Connection};
+
+use crate::Res;
+
+/// The table of ranges, created with the bookkeeping tables.
+pub const RANGES_SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS main.sluice_acked_ranges (
+    tbl TEXT NOT NULL,
+    lo INTEGER NOT NULL,
+    hi INTEGER NOT NULL,
+    PRIMARY KEY (tbl, lo)
+) WITHOUT ROWID;
+";
+
+/// The acknowledged ranges `(lo, hi]` of `tbl` that reach above `from`,
+/// in order. Empty when the table of ranges does not exist (a database
+/// tracked before ranges existed, never drained newest first).
+pub fn ranges_above(conn: &Connection, tbl: &str, from: i64) -> Res<Vec<(i64, i64)>> {
+    let exists: bool = conn
+        .prepare(
+            "SELECT count(*) > 0 FROM main.sqlite_master \
+             WHERE type = 'table' AND name = 'sluice_acked_ranges'",
+        )?
+        .query_row([], |r| r.get(0))?;
+    if !exists {
+        return Ok(Vec::new());
+    }
+    let mut stmt = conn.prepare(
+        "SELECT lo, hi FROM main.sluice_acked_ranges WHERE tbl = ?1 AND hi > ?2 ORDER BY lo",
+    )?;
+    let rows = stmt.query_map(params![tbl, from], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// The pending intervals `(lo, hi]` of sequence numbers above `from`: the
+/// gaps between the acknowledged ranges, in order; the last one is open
+/// (`hi` = `i64::MAX`).
+pub fn pending_gaps(ranges: &[(i64, i64)], from: i64) -> Vec<(i64, i64)> {
+    let mut gaps = Vec::with_capacity(ranges.len() + 1);
+    let mut at = from;
+    for &(lo, hi) in ranges {
+        if lo > at {
+            gaps.push((at, lo));
+        }
+        at = at.max(hi);
+    }
+    gaps.push((at, i64::MAX));
+    gaps
+}
+
+/// Whether `(base, last]` is already acknowledged: at or below the
+/// watermark, or inside one range.
+pub fn covered(ranges: &[(i64, i64)], watermark: i64, base: i64, last: i64) -> bool {
+    last <= watermark || ranges.iter().any(|&(lo, hi)| lo <= base && last <= hi)
+}
+
+/// What an acknowledgement did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Acked {
+    /// The watermark moved to this sequence number.
+    Watermark(i64),
+    /// The batch is above the watermark: its range was recorded.
+    Range,
+}
+
+/// Records the acknowledgement of `(base, last]` of `tbl` whose watermark is
+/// `watermark`. Call inside the acknowledgement's transaction.
+pub fn record(conn: &Connection, tbl: &str, watermark: i64, base: i64, last: i64) -> Res<Acked> {
+    conn.execute_batch(RANGES_SCHEMA)?;
+    if base <= watermark {
+        // The batch reaches the watermark: move it, absorbing every range it
+        // now reaches (a range may reach further than the batch).
+        let mut wm = last.max(watermark);
+        loop {
+            let reach: Option<i64> = conn
+                .prepare(
+                    "SELECT max(hi) FROM main.sluice_acked_ranges WHERE tbl = ?1 AND lo <= ?2",
+                )?
+                .query_row(params![tbl, wm], |r| r.get(0))?;
+            match reach {
+                Some(hi) if hi > wm => wm = hi,
+                _ => break,
+            }
+        }
+        conn.prepare("DELETE FROM main.sluice_acked_ranges WHERE tbl = ?1 AND lo <= ?2")?
+            .execute(params![tbl, wm])?;
+        return Ok(Acked::Watermark(wm));
+    }
+    // Above the watermark: merge with every range it overlaps or touches.
+    let (lo, hi): (Option<i64>, Option<i64>) = conn
+        .prepare(
+            "SELECT min(lo), max(hi) FROM main.sluice_acked_ranges \
+             WHERE tbl = ?1 AND lo <= ?3 AND hi >= ?2",
+        )?
+        .query_row(params![tbl, base, last], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    let lo = lo.map_or(base, |l| l.min(base));
+    let hi = hi.map_or(last, |h| h.max(last));
+    conn.prepare("DELETE FROM main.sluice_acked_ranges WHERE tbl = ?1 AND lo <= ?3 AND hi >= ?2")?
+        .execute(params![tbl, lo, hi])?;
+    conn.prepare("INSERT INTO main.sluice_acked_ranges (tbl, lo, hi) VALUES (?1, ?2, ?3)")?
+        .execute(params![tbl, lo, hi])?;
+    Ok(Acked::Range)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gaps_between_ranges() {
+        assert_eq!(pending_gaps(&[], 5), vec![(5, i64::MAX)]);
+        assert_eq!(
+            pending_gaps(&[(10, 20), (30, 40)], 5),
+            vec![(5, 10), (20, 30), (40, i64::MAX)]
+        );
+        // A range starting at the watermark leaves no gap below it.
+        assert_eq!(pending_gaps(&[(5, 20)], 5), vec![(20, i64::MAX)]);
+    }
+
+    #[test]
+    fn covered_by_the_watermark_or_one_range() {
+        let r = [(500, 600), (800, 1000)];
+        assert!(covered(&r, 100, 50, 100));
+        assert!(covered(&r, 100, 850, 900));
+        assert!(!covered(&r, 100, 600, 800));
+        assert!(!covered(&r, 100, 550, 850));
+    }
+}
