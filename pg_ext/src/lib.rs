@@ -98,14 +98,31 @@ fn version() -> String {
 }
 
 /// `sluice.register_table(edge_table, target, key_columns, policy, tenant_column)`.
+/// Not STRICT (`tenant_column` may be NULL), so every other argument is an
+/// `Option` and a NULL is an ERROR (22004), not a panic.
 #[pg_extern(volatile, parallel_unsafe)]
 fn register_table(
-    edge_table: &str,
-    target: pgrx::PgRelation,
-    key_columns: Vec<String>,
-    policy: default!(&str, "'last_writer_wins'"),
+    edge_table: Option<&str>,
+    target: Option<pgrx::PgRelation>,
+    key_columns: Option<Vec<Option<String>>>,
+    policy: default!(Option<&str>, "'last_writer_wins'"),
     tenant_column: default!(Option<&str>, "NULL"),
 ) {
+    fn null(what: &str) -> ! {
+        error::SluiceError::new(
+            PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
+            format!("sluice.register_table: {what} must not be NULL"),
+        )
+        .raise("register_table")
+    }
+    let edge_table = edge_table.unwrap_or_else(|| null("edge_table"));
+    let policy = policy.unwrap_or_else(|| null("policy"));
+    let key_columns: Vec<String> = key_columns
+        .unwrap_or_else(|| null("key_columns"))
+        .into_iter()
+        .map(|k| k.unwrap_or_else(|| null("an element of key_columns")))
+        .collect();
+    let target = target.unwrap_or_else(|| null("target"));
     // Only the OID is kept: an open relation would make the ALTER TABLE that
     // adds the bookkeeping columns fail ("being used by active queries").
     let oid = target.oid();
