@@ -1,7 +1,7 @@
 //! The extension's settings (GUCs), all here, registered by `_PG_init` when
 //! the library is loaded. `docs/postgres.md` ("Settings") lists them.
 
-use std::ffi::CStr;
+use std::ffi::{CStr, CString};
 
 use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
 
@@ -10,10 +10,23 @@ use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
 /// about this many rows), so that no lock is held for long.
 pub static RETENTION_CHUNK_ROWS: GucSetting<i32> = GucSetting::<i32>::new(10_000);
 
+/// `sluice.retention_interval`: seconds between two passes of the retention
+/// worker ([`crate::worker`]); 0, the default, leaves it idle. Read again on
+/// SIGHUP (`pg_reload_conf()`).
+pub static RETENTION_INTERVAL: GucSetting<i32> = GucSetting::<i32>::new(0);
+
+/// The default of `sluice.retention_database`.
+pub const DEFAULT_RETENTION_DATABASE: &CStr = c"postgres";
+
+/// `sluice.retention_database`: the database the retention worker connects
+/// to (at server start). Defined only when the library is in
+/// `shared_preload_libraries`.
+pub static RETENTION_DATABASE: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(DEFAULT_RETENTION_DATABASE));
+
 pub fn register() {
-    const NAME: &CStr = c"sluice.retention_chunk_rows";
     GucRegistry::define_int_guc(
-        NAME,
+        c"sluice.retention_chunk_rows",
         c"Rows deleted per transaction by sluice.run_retention (about).",
         c"sluice.run_retention deletes expired rows by ranges of pages that hold about this many rows, committing after each range, so that concurrent ingest is never blocked for long.",
         &RETENTION_CHUNK_ROWS,
@@ -22,4 +35,37 @@ pub fn register() {
         GucContext::Userset,
         GucFlags::default(),
     );
+    GucRegistry::define_int_guc(
+        c"sluice.retention_interval",
+        c"Time between two retention passes of the sluice retention worker; 0 turns it off.",
+        c"With sluice in shared_preload_libraries, a background worker calls sluice.run_retention for every policy of the database sluice.retention_database at this interval. 0 (the default) leaves it idle.",
+        &RETENTION_INTERVAL,
+        0,
+        i32::MAX,
+        GucContext::Sighup,
+        GucFlags::UNIT_S,
+    );
+    // A server-start setting may only be defined while the postmaster loads
+    // shared_preload_libraries (elsewhere PostgreSQL refuses it with a
+    // FATAL); it matters only to the worker, which exists only then.
+    // SAFETY: a flag PostgreSQL sets while it loads shared_preload_libraries.
+    if !unsafe { pgrx::pg_sys::process_shared_preload_libraries_in_progress } {
+        return;
+    }
+    GucRegistry::define_string_guc(
+        c"sluice.retention_database",
+        c"Database in which the sluice retention worker runs retention.",
+        c"The retention worker connects to this database at server start; the sluice extension must be installed there, or the worker does nothing.",
+        &RETENTION_DATABASE,
+        GucContext::Postmaster,
+        GucFlags::default(),
+    );
+}
+
+/// The value of `sluice.retention_database` (the default when unset).
+pub fn retention_database() -> String {
+    RETENTION_DATABASE
+        .get()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| DEFAULT_RETENTION_DATABASE.to_string_lossy().into_owned())
 }

@@ -14,6 +14,8 @@
 //! - [`sketch`]: merging the edge's quantile sketches.
 //! - [`error`]: the error type, raised as `ERROR` with a real SQLSTATE.
 //! - [`guc`]: the settings, registered in `_PG_init`.
+//! - [`worker`]: the optional retention worker, registered in `_PG_init`
+//!   when the library is in `shared_preload_libraries`.
 //! - `sql/retention.sql`: `sluice.set_retention` and the procedure
 //!   `sluice.run_retention` (PL/pgSQL: it commits between chunks).
 //! - [`versions`]: the upgrade-script convention and its test.
@@ -31,13 +33,19 @@ pub mod sketch;
 pub mod sqlgen;
 pub mod tenancy;
 pub mod versions;
+pub mod worker;
 
 ::pgrx::pg_module_magic!(name, version);
 
-/// Called when the library is loaded: registers the settings.
+/// Called when the library is loaded: registers the settings, and the
+/// retention worker when loaded through `shared_preload_libraries`.
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     guc::register();
+    // SAFETY: a flag PostgreSQL sets while it loads shared_preload_libraries.
+    if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
+        worker::register();
+    }
 }
 
 extension_sql!(
