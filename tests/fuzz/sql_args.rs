@@ -1008,7 +1008,7 @@ fn fresh_db(path: &std::path::Path) -> (Connection, Vec<Vec<u8>>, Vec<Vec<u8>>, 
          CREATE TABLE readings (id INTEGER PRIMARY KEY, camera TEXT NOT NULL, people INTEGER, detections TEXT, screenshot_path TEXT);
          CREATE TABLE counts (id INTEGER PRIMARY KEY, camera TEXT NOT NULL, people INTEGER, detections TEXT);
          CREATE TABLE m (id INTEGER PRIMARY KEY, cam TEXT, ts TEXT, people INTEGER);
-         INSERT INTO m (cam, ts, people) VALUES ('c1', '2026-11-22T10:00:03.000Z', 2), ('c1', '2026-11-22T10:01:03.000Z', 4), ('c2', '2026-11-22T10:02:00.000Z', 1), ('c1', NULL, 3), ('c1', 'not a time', 5);
+         INSERT INTO m (cam, ts, people) VALUES ('c1', '2026-11-22T10:00:03.000Z', 2), ('c1', '2026-11-22T10:01:03.000Z', 4), ('c2', '2026-11-22T10:02:00.000Z', 1), ('c1', NULL, 3);
          CREATE TABLE samples (id INTEGER PRIMARY KEY, ts INTEGER, camera TEXT, ms REAL);
          INSERT INTO samples (ts, camera, ms) VALUES (1714566600, 'cam-1', 10), (1714566603, 'cam-1', 20), (1714566900, 'cam-2', 7);",
     )
@@ -1242,7 +1242,7 @@ fn main() {
         "only {} calls found in docs/sqlite.md",
         calls.len()
     );
-    let pools = Pools {
+    let mut pools = Pools {
         doc_calls: calls,
         doc_text,
         doc_json,
@@ -1315,10 +1315,22 @@ fn main() {
     let mut failures: Vec<String> = Vec::new();
     let mut slowest = (Duration::ZERO, String::new());
     for i in 0..cases {
+        if i > 0 && i % 100_000 == 0 {
+            println!(
+                "  ... {i} cases, {:.0}/s, {} failures",
+                i as f64 / started.elapsed().as_secs_f64(),
+                failures.len()
+            );
+        }
         if i > 0 && i % 20_000 == 0 {
             healthy(&conn, &format!("after case {i}"));
             drop(conn);
-            conn = fresh_db(&path).0;
+            // A fresh database has a new stream id: its own batches.
+            let (c, b, sk, co) = fresh_db(&path);
+            conn = c;
+            pools.batches = b;
+            pools.sketches = sk;
+            pools.compressed = co;
         } else if i > 0 && i % 2_000 == 0 {
             healthy(&conn, &format!("after case {i}"));
         }
