@@ -292,6 +292,11 @@ pub struct SyncConfig {
     /// seconds (0: no limit); what is left goes at the next run.
     #[serde(default = "default_max_run_secs")]
     pub max_run_secs: u64,
+    /// Tables synced at once (1 to 16), each with its own edge and cloud
+    /// connection; the bandwidth cap is shared. Tables are independent (each
+    /// has its own watermark), so any number is safe.
+    #[serde(default = "default_concurrency")]
+    pub concurrency: u32,
     /// Which pending rows go first: `"oldest"` (the default; the backlog
     /// drains in the order it was written) or `"newest"` (after a long
     /// outage the freshest data reaches the cloud first, and the backlog
@@ -328,6 +333,13 @@ impl DrainOrder {
 /// Two hours: the window of the hourly sync.
 pub const DEFAULT_HOURLY_WINDOW_SECS: u64 = 7200;
 
+/// Two tables at once: the edge box has two cores or more.
+pub const DEFAULT_CONCURRENCY: u32 = 2;
+
+fn default_concurrency() -> u32 {
+    DEFAULT_CONCURRENCY
+}
+
 fn default_hourly_window_secs() -> u64 {
     DEFAULT_HOURLY_WINDOW_SECS
 }
@@ -363,6 +375,7 @@ impl Default for SyncConfig {
             backoff_max_ms: DEFAULT_BACKOFF_MAX_MS,
             bandwidth_bytes_per_sec: 0,
             max_run_secs: DEFAULT_MAX_RUN_SECS,
+            concurrency: DEFAULT_CONCURRENCY,
             order: DrainOrder::Oldest,
             hourly_window_secs: DEFAULT_HOURLY_WINDOW_SECS,
         }
@@ -436,6 +449,12 @@ impl Config {
         }
         if self.sync.max_attempts == 0 {
             bail!("sync.max_attempts must be at least 1");
+        }
+        if !(1..=16).contains(&self.sync.concurrency) {
+            bail!(
+                "sync.concurrency must be between 1 and 16, got {}",
+                self.sync.concurrency
+            );
         }
         if self.sync.hourly_window_secs > 100 * 366 * 86_400 {
             bail!(

@@ -11,6 +11,8 @@
 //! [`Mode::Full`] drains everything, uncapped. "Pending" is exactly what the
 //! cloud has not acknowledged; `sync.order` chooses oldest or newest first.
 
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
 use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -265,17 +267,76 @@ pub async fn run(
     } else {
         None
     };
-    let mut throttle = Throttle::new(limits.throttle_bytes_per_sec);
-    for table in wanted {
-        if shutdown.requested() {
-            report.interrupted = true;
-            break;
+    // Tables are independent (each has its own watermark), so several sync
+    // at once, each lane with its own edge and cloud connection; lane 0 uses
+    // the caller's. The bandwidth cap is shared.
+    let lanes = (cfg.sync.concurrency as usize).clamp(1, wanted.len().max(1));
+    let shared = Lanes {
+        cfg,
+        mode: opts.mode,
+        shutdown,
+        limits: &limits,
+        progress: progress.as_ref(),
+        queue: RefCell::new(wanted.iter().cloned().enumerate().collect()),
+        throttle: RefCell::new(Throttle::new(limits.throttle_bytes_per_sec)),
+        done: RefCell::new(Vec::new()),
+        interrupted: Cell::new(false),
+        time_limited: Cell::new(false),
+    };
+    let mut edges = Vec::with_capacity(lanes.saturating_sub(1));
+    for _ in 1..lanes {
+        edges.push(Edge::open(cfg).context("cannot open another edge connection for a sync lane")?);
+    }
+    let mut clouds: Vec<Option<Cloud>> = (1..lanes).map(|_| None).collect();
+    {
+        let mut work = vec![lane(&shared, edge, cloud)];
+        for (e, c) in edges.iter().zip(clouds.iter_mut()) {
+            work.push(lane(&shared, e, c));
         }
-        if limits.deadline.is_some_and(|d| Instant::now() >= d) {
-            report.time_limited = true;
-            break;
+        futures_util::future::join_all(work).await;
+    }
+    let mut done = shared.done.into_inner();
+    done.sort_by_key(|(i, _)| *i);
+    report.tables = done.into_iter().map(|(_, t)| t).collect();
+    report.interrupted = shared.interrupted.get();
+    report.time_limited = shared.time_limited.get();
+    if let Some(bar) = progress {
+        bar.finish_and_clear();
+    }
+    report.seconds = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+/// What the sync lanes share: the tables still to do, the bandwidth cap,
+/// the reports of the tables done.
+struct Lanes<'a> {
+    cfg: &'a Config,
+    mode: Mode,
+    shutdown: &'a Shutdown,
+    limits: &'a Limits,
+    progress: Option<&'a ProgressBar>,
+    queue: RefCell<VecDeque<(usize, String)>>,
+    throttle: RefCell<Throttle>,
+    done: RefCell<Vec<(usize, TableReport)>>,
+    interrupted: Cell<bool>,
+    time_limited: Cell<bool>,
+}
+
+/// One lane: takes the next table from the queue until none is left.
+async fn lane(shared: &Lanes<'_>, edge: &Edge, cloud: &mut Option<Cloud>) {
+    loop {
+        if shared.shutdown.requested() {
+            shared.interrupted.set(true);
+            return;
         }
-        if let Some(bar) = &progress {
+        if shared.limits.deadline.is_some_and(|d| Instant::now() >= d) {
+            shared.time_limited.set(true);
+            return;
+        }
+        let Some((index, table)) = shared.queue.borrow_mut().pop_front() else {
+            return;
+        };
+        if let Some(bar) = shared.progress {
             bar.set_message(table.clone());
         }
         let mut tr = TableReport {
@@ -283,33 +344,28 @@ pub async fn run(
             ..TableReport::default()
         };
         let ctx = TableRun {
-            cfg,
-            mode: opts.mode,
+            cfg: shared.cfg,
+            mode: shared.mode,
             edge,
             table: &table,
-            shutdown,
-            limits: &limits,
-            progress: progress.as_ref(),
+            shutdown: shared.shutdown,
+            limits: shared.limits,
+            progress: shared.progress,
         };
-        match sync_table(&ctx, cloud, &mut tr, &mut throttle).await {
+        match sync_table(&ctx, cloud, &mut tr, &shared.throttle).await {
             Ok(TableEnd::Done) => {}
-            Ok(TableEnd::TimeLimit) => report.time_limited = true,
+            Ok(TableEnd::TimeLimit) => shared.time_limited.set(true),
             Err(e) => {
                 warn!(table = %table, error = %format!("{e:#}"), "table sync failed; other tables go on");
                 tr.error = Some(format!("{e:#}"));
             }
         }
         tr.pending_after = edge.pending(&table).ok();
-        report.tables.push(tr);
-        if shutdown.requested() {
-            report.interrupted = true;
+        shared.done.borrow_mut().push((index, tr));
+        if shared.shutdown.requested() {
+            shared.interrupted.set(true);
         }
     }
-    if let Some(bar) = progress {
-        bar.finish_and_clear();
-    }
-    report.seconds = started.elapsed().as_secs_f64();
-    Ok(report)
 }
 
 struct Limits {
@@ -336,7 +392,7 @@ async fn sync_table(
     ctx: &TableRun<'_>,
     cloud: &mut Option<Cloud>,
     tr: &mut TableReport,
-    throttle: &mut Throttle,
+    throttle: &RefCell<Throttle>,
 ) -> anyhow::Result<TableEnd> {
     let table = ctx.table;
     let options = batch_options(ctx)?;
@@ -372,7 +428,7 @@ async fn sync_table(
             inserted = outcome.inserted, updated = outcome.updated, skipped = outcome.skipped,
             replay = outcome.replay, "batch applied and acknowledged"
         );
-        let wait = throttle.after_send(batch.len() as u64);
+        let wait = throttle.borrow_mut().after_send(batch.len() as u64);
         if !wait.is_zero() {
             ctx.shutdown.sleep(wait).await;
         }

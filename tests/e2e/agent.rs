@@ -816,3 +816,78 @@ fn the_hourly_sync_sends_the_last_two_hours_and_the_full_sync_the_rest() {
         &cloud_division_states(&mut cloud.client(), DEVICE),
     );
 }
+
+#[test]
+fn tables_sync_concurrently_and_each_exactly_once() {
+    let cloud = CloudDb::create("concurrent_tables");
+    let dir = tempfile::tempdir().unwrap();
+    let edge_path = dir.path().join("edge.db");
+    let edge = edge_db(&edge_path, true);
+    insert_rows(
+        &edge,
+        "division_states",
+        &division_states(0, 3_000, 23),
+        1000,
+    );
+    let tables: Vec<serde_json::Value> = (0..3_000i64)
+        .map(|i| {
+            let state = ["IDLE", "BUSY", "CLEANING"][i as usize % 3];
+            serde_json::json!({
+                "session_id": "s-1", "camera_id": "cam-01", "location_id": "store-042",
+                "table_id": format!("t-{}", i % 20), "recorded_at": iso_ms(1_795_000_000_000 + i * 1000),
+                "state": state, "customers": i % 5, "waiters": i % 2,
+            })
+        })
+        .collect();
+    insert_rows(&edge, "table_states", &tables, 1000);
+    let order = |concurrency: u32, name: &str| {
+        let cloud = CloudDb::create(name);
+        let edge_path = dir.path().join(format!("{name}.db"));
+        std::fs::copy(dir.path().join("edge.db"), &edge_path).unwrap();
+        let config = write_config_with(
+            dir.path(),
+            &edge_path,
+            &cloud.url,
+            DEVICE,
+            500,
+            &format!("concurrency = {concurrency}\n"),
+        );
+        let c = config.to_str().unwrap();
+        run_ok(&[
+            "sync",
+            "--config",
+            c,
+            "--mode",
+            "full",
+            "--table",
+            "division_states",
+            "--table",
+            "table_states",
+        ]);
+        let firsts: Vec<String> = cloud
+            .client()
+            .query(
+                "SELECT edge_table FROM sluice.batches ORDER BY xmin::text::bigint",
+                &[],
+            )
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert_eq!(firsts.len(), 12, "{firsts:?}");
+        assert_eq!(cloud.count("division_states"), 3_000);
+        assert_eq!(cloud.count("table_states"), 3_000);
+        firsts
+    };
+    drop(edge);
+    drop(cloud);
+    // One at a time: every batch of the first table, then the second's.
+    let one = order(1, "concurrent_one");
+    assert!(one[..6].iter().all(|t| t == "division_states"), "{one:?}");
+    // Two at once: the second table's batches do not wait for the first's.
+    let two = order(2, "concurrent_two");
+    assert!(
+        two[..6].iter().any(|t| t == "table_states"),
+        "the tables were synced one after the other: {two:?}"
+    );
+}
