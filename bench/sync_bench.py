@@ -6,7 +6,8 @@ against a throwaway PostgreSQL (PG* variables set):
    beside COPY of the same rows into the same (emptied) table with the same
    indexes, in the same run: rows/s and the ratio;
 2. bytes on the wire per row (the batches the agent sent);
-3. the field's outage case: 24,000 rows after 8 hours offline;
+3. the field's outage case: 24,000 rows after 8 hours offline, oldest
+   first and newest first;
 4. the agent's idle memory (RSS) while `sluice run` waits for its next job.
 """
 import json
@@ -70,7 +71,7 @@ def edge_db(path, rows, start_ms):
     con.close()
 
 
-def config(dirpath, db, device="bench-box"):
+def config(dirpath, db, device="bench-box", order="oldest"):
     p = pathlib.Path(dirpath) / "sluice.toml"
     p.write_text(f"""[device]
 id = "{device}"
@@ -79,6 +80,8 @@ database = "edge.db"
 extension = "{EXT}.so"
 [cloud]
 url = "postgres://{os.environ['PGUSER']}@127.0.0.1:{os.environ['PGPORT']}/{db}"
+[sync]
+order = "{order}"
 [schedule]
 sync = "0 0 0 1 1 * 2099"
 full_sync = "off"
@@ -138,6 +141,15 @@ def main():
     edge_db(out_dir / "edge.db", 24_000, start_ms)
     cloud_db("bench_outage")
     outage_s, outage_rows, outage_bytes = sync(config(out_dir, "bench_outage"))
+    # The same catch-up, newest rows first (acknowledged ranges above the
+    # watermark until the last batch reaches it).
+    newest_dir = work / "newest"
+    newest_dir.mkdir()
+    edge_db(newest_dir / "edge.db", 24_000, start_ms)
+    cloud_db("bench_newest")
+    newest_s, newest_rows, _ = sync(config(newest_dir, "bench_newest", order="newest"))
+    assert newest_rows == 24_000, newest_rows
+    assert int(psql("SELECT count(*) FROM division_states;", "bench_newest")) == 24_000
 
     # Idle RSS of the daemon (no model loaded), 3 s after start.
     idle = subprocess.Popen([str(AGENT), "run", "--config", str(config(out_dir, "bench_outage"))],
@@ -154,8 +166,9 @@ def main():
     print(f"| {ROWS:,} division_states rows, SQLite to PostgreSQL | {sync_rate:,.0f} rows/s ({sync_s:.2f} s) | COPY {copy_rate:,.0f} rows/s ({copy_s:.2f} s) | {sync_rate / copy_rate:.2f}x | >= 0.35x |")
     print(f"| bytes on the wire per row | {nbytes / rows:.1f} B | field JSON uploads ~200 B | {200 / (nbytes / rows):.0f}x less | <= 12 B |")
     print(f"| outage catch-up: 24,000 rows | {outage_s:.2f} s ({outage_bytes / 1024:.0f} KiB) | | | < 1 s |")
+    print(f"| the same, newest first (`sync.order = \"newest\"`) | {newest_s:.2f} s | oldest first {outage_s:.2f} s | {outage_s / newest_s:.2f}x | < 1 s |")
     print(f"| agent idle RSS (sluice run, no model) | {rss_kb / 1024:.1f} MB | | | < 30 MB |")
-    psql("DROP DATABASE bench_sync WITH (FORCE); DROP DATABASE bench_outage WITH (FORCE);", "postgres")
+    psql("DROP DATABASE bench_sync WITH (FORCE); DROP DATABASE bench_outage WITH (FORCE); DROP DATABASE bench_newest WITH (FORCE);", "postgres")
 
 
 if __name__ == "__main__":
