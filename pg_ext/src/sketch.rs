@@ -14,7 +14,7 @@ fn decode(bytes: &[u8], function: &'static str) -> Sketch {
         Ok(s) => s,
         Err(e) => SluiceError::new(
             PgSqlErrorCode::ERRCODE_INVALID_BINARY_REPRESENTATION,
-            format!("sluice.{function}: not a sluice sketch: {e}"),
+            format!("sluice.{function}: {e}"),
         )
         .raise(function),
     }
