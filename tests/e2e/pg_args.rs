@@ -343,6 +343,102 @@ fn value(rng: &mut Rng, ty: &str, corpus: &[Vec<u8>], roles: &[String]) -> Strin
     }
 }
 
+/// Valid calls (as in docs/postgres.md, on this test's tables): a third of
+/// the cases take one and replace some arguments with random values of
+/// their types, so the fuzzing reaches past the first argument check.
+fn valid_calls(corpus: &[(String, Vec<u8>)]) -> Vec<(&'static str, Vec<String>)> {
+    let file = |name: &str| {
+        bytea(
+            &corpus
+                .iter()
+                .find(|(n, _)| n == name)
+                .unwrap_or_else(|| panic!("tests/corpus/{name} is missing"))
+                .1,
+        )
+    };
+    let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    vec![
+        (
+            "register_table",
+            s(&[
+                "'fuzz_t'",
+                "'public.fuzz_t'::regclass",
+                "ARRAY['id']::text[]",
+                "'last_writer_wins'",
+                "NULL::text",
+            ]),
+        ),
+        (
+            "register_table",
+            s(&[
+                "'fuzz_t'",
+                "'public.fuzz_t'::regclass",
+                "ARRAY['id']::text[]",
+                "'insert_only'",
+                "'location_id'",
+            ]),
+        ),
+        (
+            "set_retention",
+            s(&["'public.fuzz_t'::regclass", "'at'", "'2 days'::interval"]),
+        ),
+        (
+            "set_retention",
+            s(&[
+                "'public.fuzz_t'::regclass",
+                "'at'",
+                "'1 hour'::interval",
+                "'public.fuzz_sum'::regclass",
+                "'hour'",
+                "ARRAY['location_id']::text[]",
+                "'{\"n\": \"count(*)\", \"hi\": \"max(id)\"}'::jsonb",
+            ]),
+        ),
+        ("drop_retention", s(&["'public.fuzz_t'::regclass"])),
+        (
+            "enable_search",
+            s(&[
+                "'public.fuzz_t'::regclass",
+                "'body'",
+                "'english'::regconfig",
+            ]),
+        ),
+        (
+            "enable_vectors",
+            s(&["'public.fuzz_t'::regclass", "'embedding'", "3", "'cosine'"]),
+        ),
+        (
+            "enable_tenant_rls",
+            s(&["'public.fuzz_t'::regclass", "'location_id'"]),
+        ),
+        ("search", s(&["'public.fuzz_t'::regclass", "'row'", "5"])),
+        (
+            "nearest",
+            s(&["'public.fuzz_t'::regclass", "'[1,0,0]'", "3"]),
+        ),
+        (
+            "hybrid_search",
+            s(&["'public.fuzz_t'::regclass", "'row'", "'[1,0,0]'", "3"]),
+        ),
+        (
+            "grant_device",
+            s(&["'fuzz_device'::regrole", "'lyon'", "'box-1'"]),
+        ),
+        ("grant_reader", s(&["'fuzz_reader'::regrole", "'lyon'"])),
+        (
+            "float32_to_vector_text",
+            s(&["'\\x0000803f0000000000000040'::bytea", "3"]),
+        ),
+        ("ingest", vec![file("batch-valid-raw-3.bin")]),
+        ("ingest", vec![file("batch-valid-brotli-20.bin")]),
+        (
+            "sketch_quantile",
+            vec![file("sketch-valid-small.bin"), "0.5".into()],
+        ),
+        ("sketch_count", vec![file("sketch-valid-wide.bin")]),
+    ]
+}
+
 fn call(rng: &mut Rng, f: &Function, corpus: &[Vec<u8>], roles: &[String]) -> String {
     let n = f.args.len() - rng.below(f.defaults + 1);
     let args: Vec<String> = f.args[..n]
@@ -401,6 +497,7 @@ fn every_pg_function_gives_a_result_or_an_error_and_the_backend_keeps_serving() 
          CREATE TABLE public.fuzz_t (id bigint PRIMARY KEY, location_id text, at timestamptz, body text, embedding bytea);
          CREATE VIEW public.fuzz_v AS SELECT 1 AS x;
          CREATE SEQUENCE public.fuzz_seq;
+         CREATE TABLE public.fuzz_sum (at timestamptz, location_id text, n bigint, hi bigint);
          INSERT INTO public.fuzz_t SELECT g, 'lyon', now() - g * interval '1 hour', 'row ' || g, NULL FROM generate_series(1, 50) g;
          DO $$ BEGIN
            IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'fuzz_device') THEN CREATE ROLE fuzz_device; END IF;
@@ -483,10 +580,16 @@ fn every_pg_function_gives_a_result_or_an_error_and_the_backend_keeps_serving() 
             .collect::<Vec<_>>()
             .join(" ")
     );
-    let mut corpus = Vec::new();
+    let mut named = Vec::new();
     for e in std::fs::read_dir(repo_root().join("tests/corpus")).unwrap() {
-        corpus.push(std::fs::read(e.unwrap().path()).unwrap());
+        let e = e.unwrap();
+        named.push((
+            e.file_name().to_string_lossy().into_owned(),
+            std::fs::read(e.path()).unwrap(),
+        ));
     }
+    let valid = valid_calls(&named);
+    let corpus: Vec<Vec<u8>> = named.into_iter().map(|(_, b)| b).collect();
 
     // Regressions: register_table is not STRICT (tenant_column may be NULL);
     // a NULL in another argument, or in key_columns, was a Rust panic
@@ -538,7 +641,30 @@ fn every_pg_function_gives_a_result_or_an_error_and_the_backend_keeps_serving() 
         } else {
             rng.pick(&functions)
         };
-        let sql = call(&mut rng, f, &corpus, &roles);
+        let (f, sql) = if i >= functions.len() && rng.chance(33) {
+            let (name, args) = rng.pick(&valid);
+            let f = functions
+                .iter()
+                .find(|f| f.name == *name && f.args.len() >= args.len())
+                .unwrap_or_else(|| panic!("sluice.{name} with {} arguments", args.len()));
+            let args: Vec<String> = args
+                .iter()
+                .enumerate()
+                .map(|(k, a)| {
+                    if rng.chance(25) {
+                        value(&mut rng, &f.args[k], &corpus, &roles)
+                    } else {
+                        a.clone()
+                    }
+                })
+                .collect();
+            (
+                f,
+                format!("SELECT * FROM sluice.{name}({})", args.join(", ")),
+            )
+        } else {
+            (f, call(&mut rng, f, &corpus, &roles))
+        };
         let e = per_fn.entry(f.name.clone()).or_default();
         match c.simple_query(&sql) {
             Ok(_) => e.0 += 1,
