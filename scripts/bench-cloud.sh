@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
-# Benchmark of cloud ingest (issue 4): BENCH_ROWS (default 1,000,000) rows of
-# the default division_states shape in batches of 1,000 through sluice.ingest,
-# beside COPY of the same rows and a client's multi-row INSERT ... ON CONFLICT
-# DO UPDATE, into the same table with the same indexes, plus the replay cost.
-# Prints a markdown table (docs/BENCHMARKS.md, "Cloud ingest (issue 4)").
-#   bash scripts/bench-cloud.sh              # 1M rows
+# Benchmarks of the cloud extension (issue 4); each prints a markdown table
+# (docs/BENCHMARKS.md, "Cloud ingest (issue 4)").
+#   bash scripts/bench-cloud.sh              # ingest: BENCH_ROWS (default
+#     1,000,000) rows of the default division_states shape in batches of 1,000
+#     through sluice.ingest, beside COPY of the same rows and a client's
+#     multi-row INSERT ... ON CONFLICT DO UPDATE, into the same table with the
+#     same indexes, plus the replay cost
 #   BENCH_ROWS=100000 bash scripts/bench-cloud.sh
-#   BENCH_MODE=retention bash scripts/bench-cloud.sh   # BENCH_ROWS expired rows
-#     removed by CALL sluice.run_retention() while batches are ingested:
-#     ingest latency p50/p99 with and without retention running
+#   BENCH_MODE=retention bash scripts/bench-cloud.sh   # BENCH_ROWS (default
+#     5,000,000) expired rows removed by CALL sluice.run_retention() while
+#     batches are ingested: ingest latency p50/p99 with and without retention
+#   BENCH_MODE=search bash scripts/bench-cloud.sh      # BENCH_ROWS (default
+#     100,000) key frames: p50/p95 of sluice.search, sluice.nearest and
+#     sluice.hybrid_search (k = 10) beside hand-written SQL on the same indexes
 # SLUICE_BENCH_NO_INSTALL=1 skips installing the release extension (when it
 # is already installed).
 set -euo pipefail
