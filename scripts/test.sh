@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test of sluice, as CI does (.ci/run calls exactly this):
-#   1. setup (idempotent installs into .cache/) and release builds
+#   1. setup (idempotent installs into .cache/) and release builds, and a
+#      build check of the PostgreSQL extension against PostgreSQL 15
 #   2. unit and property tests of the plain crates (wire, agent)
 #   3. the PostgreSQL extension's #[pg_test]s (cargo pgrx test, PostgreSQL 17)
 #   4. against one throwaway PostgreSQL 17 + pgvector + sluice:
@@ -28,6 +29,9 @@ if [ "$(id -u)" -eq 0 ]; then chown "$SLUICE_PG_USER:" "$pgrx_data"; runas=(--ru
 
 step "build"
 scripts/build.sh
+
+step "PostgreSQL extension: build check against PostgreSQL 15"
+scripts/build-pg15.sh
 
 step "unit and property tests: wire, agent, sqlite_ext"
 cargo test --release --quiet 2>&1 | tee -a "$results"
