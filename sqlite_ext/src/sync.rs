@@ -577,22 +577,33 @@ fn cleanup_rows(
         return Ok(0);
     };
     let table = info.quoted();
-    let deleted = if !t.mutable && !autoincrement_covers(conn, &info.name, upto)? {
+    let mut cond = format!("{seq} <= ?1");
+    if !t.mutable && !autoincrement_covers(conn, &info.name, upto)? {
         // Keep the newest row: it holds the rowid high-water mark, so that
         // SQLite never hands out a rowid at or below the watermark again.
-        conn.execute(
-            &format!(
-                "DELETE FROM main.{table} WHERE {seq} <= ?1 \
-                 AND {seq} < (SELECT max({seq}) FROM main.{table})"
-            ),
+        cond.push_str(&format!(
+            " AND {seq} < (SELECT max({seq}) FROM main.{table})"
+        ));
+    }
+    // A rollup source keeps the rows of windows that are not complete yet
+    // (not processed by every rollup, or ended less than the late-data
+    // horizon ago): a late row re-aggregates its window from all its raw
+    // rows. The windows whose rows go are sealed, so that a row arriving
+    // even later is not aggregated with what is left of them.
+    let guard = crate::buffer::cleanup_guard(conn, info)?;
+    let mut sealed: Option<i64> = None;
+    if let Some((rolled_up, ep)) = &guard {
+        cond = format!("{cond} AND {rolled_up}");
+        sealed = conn.query_row(
+            &format!("SELECT max({ep}) FROM main.{table} WHERE {cond}"),
             [upto],
-        )?
-    } else {
-        conn.execute(
-            &format!("DELETE FROM main.{table} WHERE {seq} <= ?1"),
-            [upto],
-        )?
-    };
+            |r| r.get(0),
+        )?;
+    }
+    let deleted = conn.execute(&format!("DELETE FROM main.{table} WHERE {cond}"), [upto])?;
+    if let (true, Some(s)) = (deleted > 0, sealed) {
+        crate::buffer::seal(conn, &info.name, s.saturating_add(1))?;
+    }
     // The newest acknowledgement at or before the cutoff is kept: it is what
     // the next cleanup with the same keep needs.
     conn.execute(

@@ -64,6 +64,17 @@ def used(db):
     ).fetchone()[0]
 
 
+def wal(db):
+    """The size of the WAL file on disk (the budget counts it)."""
+    f = db.execute("SELECT file FROM pragma_database_list WHERE name = 'main'").fetchone()[0]
+    return os.path.getsize(f + "-wal") if f and os.path.exists(f + "-wal") else 0
+
+
+def size(db):
+    """What the budget compares with max_bytes: data pages plus the WAL file."""
+    return used(db) + wal(db)
+
+
 def enforce(db, max_bytes, **opts):
     opts.setdefault("now", NOW)
     db.execute("BEGIN IMMEDIATE")
@@ -92,12 +103,14 @@ def test_within_budget_drops_nothing(edge):
     metrics(edge, 2)
     edge.execute("SELECT sluice_rollup_run()")
     n = edge.execute("SELECT count(*) FROM metrics").fetchone()[0]
+    wal_before = wal(edge)
     assert enforce(edge, 1 << 30) == 0
     assert edge.execute("SELECT count(*) FROM metrics").fetchone()[0] == n
     assert edge.execute("SELECT count(*) FROM sluice_drops").fetchone()[0] == 0
     b = budget(edge)
     assert b["within_budget"] == 1 and b["dropped_rows"] == 0 and b["max_bytes"] == 1 << 30
-    assert b["used_bytes"] == used(edge)
+    assert wal_before > 0  # the schema sets WAL mode
+    assert b["used_bytes"] == used(edge) + wal_before
 
 
 def test_drops_only_rolled_up_raw_rows_oldest_first_and_records_them(edge):
@@ -114,7 +127,8 @@ def test_drops_only_rolled_up_raw_rows_oldest_first_and_records_them(edge):
     agg_pending = edge.execute("SELECT sluice_pending('metrics_5m')").fetchone()[0]
     assert agg_pending == before["metrics_5m"] > 0
 
-    target = used(edge) - 60_000
+    target = size(edge) - 60_000
+    wal_before = wal(edge)
     dropped = enforce(edge, target)
     assert dropped > 0
     # Nothing but raw rolled-up metrics went.
@@ -137,7 +151,8 @@ def test_drops_only_rolled_up_raw_rows_oldest_first_and_records_them(edge):
     assert status(edge)["metrics"]["rows_dropped"] == dropped
     b = budget(edge)
     assert b["within_budget"] == 1 and b["dropped_rows"] == dropped
-    assert used(edge) <= target
+    # Measured inside the call; its own commit may still append to the WAL.
+    assert b["used_bytes"] <= target and used(edge) + wal_before <= target
 
 
 def test_over_budget_when_not_enough_can_go(edge):
@@ -147,10 +162,11 @@ def test_over_budget_when_not_enough_can_go(edge):
     n5 = edge.execute("SELECT count(*) FROM metrics_5m").fetchone()[0]
     n = edge.execute("SELECT count(*) FROM metrics").fetchone()[0]
     # Now 03:30: the horizon of an hour keeps the windows from 02:30 on.
-    dropped = enforce(edge, 4096, now="2026-11-20T03:30:00Z")
+    # rolled_up_only: nothing but rolled-up raw rows may go.
+    dropped = enforce(edge, 4096, now="2026-11-20T03:30:00Z", rolled_up_only=True)
     b = budget(edge)
     assert b["within_budget"] == 0
-    assert "over budget" in b["note"]
+    assert "over budget" in b["note"] and "rolled_up_only" in b["note"]
     assert b["used_bytes"] > 4096
     kept = edge.execute("SELECT min(recorded_at) FROM metrics").fetchone()[0]
     assert kept == "2026-11-20T02:30:00.000Z"
@@ -159,10 +175,61 @@ def test_over_budget_when_not_enough_can_go(edge):
     assert edge.execute("SELECT count(*) FROM division_states").fetchone()[0] == 3000
     # A horizon of 0 lets the rest go, except the newest row (the rowid
     # high-water mark of sync).
-    enforce(edge, 4096, now="2026-11-20T05:00:00Z", horizon=0)
+    enforce(edge, 4096, now="2026-11-20T05:00:00Z", horizon=0, rolled_up_only=True)
     assert edge.execute("SELECT count(*) FROM metrics").fetchone()[0] == 1
     assert edge.execute("SELECT sum(rows) FROM sluice_drops").fetchone()[0] == n - 1
     assert budget(edge)["within_budget"] == 0
+
+
+def test_then_the_oldest_rows_of_the_other_tables_oldest_hour_first(edge):
+    metrics(edge, 4)  # 00:00 .. 04:00
+    states(edge, 3000)  # division_states 00:00:00 .. 00:49:59
+    health = [{"location_id": "loc-1", "recorded_at": iso(T0 + datetime.timedelta(minutes=m)), "cpu_pct": 1.0}
+              for m in range(240)]  # 00:00 .. 03:59
+    edge.execute("SELECT sluice_insert('health_metrics', ?)", (json.dumps(health),))
+    frames = [{"camera_id": "cam0", "location_id": "loc-1",
+               "captured_at": iso(T0 + datetime.timedelta(minutes=30 * i))} for i in range(8)]
+    edge.execute("SELECT sluice_insert('key_frames', ?)", (json.dumps(frames),))
+    edge.execute("UPDATE key_frames SET image = randomblob(4096)")
+    edge.execute("INSERT INTO cameras (camera_id, location_id) VALUES ('cam0', 'loc-1')")
+    edge.execute("SELECT sluice_rollup_run()")
+    edge.execute("SELECT sluice_ack(sluice_batch('health_metrics', 100))")
+    n5 = edge.execute("SELECT count(*) FROM metrics_5m").fetchone()[0]
+    now = "2026-11-20T03:30:00Z"
+    enforce(edge, 4096, now=now, rolled_up_only=True)  # every rolled-up raw row older than the horizon
+    assert edge.execute("SELECT min(recorded_at) FROM metrics").fetchone()[0] == "2026-11-20T02:30:00.000Z"
+    # Just over what is left: after the rolled-up rows (none left), the
+    # oldest hour of the other tables goes, one table's hour at a time.
+    # The first is 00:00 of division_states (tables in name order).
+    dropped = enforce(edge, size(edge) - 1, now=now)
+    assert dropped == 2999
+    assert edge.execute("SELECT id, recorded_at FROM division_states").fetchall() == \
+        [(3000, "2026-11-20T00:49:59.000Z")]  # the newest row stays (rowid high-water mark)
+    assert edge.execute("SELECT count(*) FROM health_metrics").fetchone()[0] == 240
+    assert budget(edge)["within_budget"] == 1
+    rows = edge.execute("SELECT tbl, rows, unsynced_rows, from_time, to_time FROM sluice_drops "
+                        "WHERE tbl <> 'metrics'").fetchall()
+    assert rows == [("division_states", 2999, 2999, "2026-11-20T00:00:00Z", "2026-11-20T00:49:58Z")]
+    # Nothing fits in 4 KB: everything that may go goes, oldest hour first,
+    # and what never goes stays: the aggregates, the raw metrics within the
+    # horizon, the table without a time column (cameras), each append-only
+    # table's newest row.
+    enforce(edge, 4096, now=now)
+    assert edge.execute("SELECT count(*) FROM metrics_5m").fetchone()[0] == n5
+    assert edge.execute("SELECT sluice_pending('metrics_5m')").fetchone()[0] == n5
+    assert edge.execute("SELECT min(recorded_at) FROM metrics").fetchone()[0] == "2026-11-20T02:30:00.000Z"
+    assert edge.execute("SELECT count(*) FROM cameras").fetchone()[0] == 1
+    assert edge.execute("SELECT recorded_at FROM health_metrics").fetchall() == [("2026-11-20T03:59:00.000Z",)]
+    assert edge.execute("SELECT count(*) FROM key_frames").fetchone()[0] == 0  # mutable: no high-water row
+    rows = edge.execute("SELECT tbl, rows, unsynced_rows, from_time, to_time FROM sluice_drops "
+                        "WHERE tbl NOT IN ('metrics', 'division_states') ORDER BY tbl").fetchall()
+    assert rows == [("health_metrics", 239, 139, "2026-11-20T00:00:00Z", "2026-11-20T03:58:00Z"),
+                    ("key_frames", 8, 8, "2026-11-20T00:00:00Z", "2026-11-20T03:30:00Z")]
+    b = budget(edge)
+    assert b["within_budget"] == 0 and "may not be dropped" in b["note"]
+    s = status(edge)
+    assert (s["health_metrics"]["rows_dropped"], s["key_frames"]["rows_dropped"]) == (239, 8)
+    assert s["metrics_5m"]["rows_dropped"] == 0
 
 
 def test_nothing_dropped_before_the_rollup_ran(edge):
@@ -223,11 +290,16 @@ def test_enforce_budget_errors(edge, db):
     assert err(edge, "SELECT sluice_enforce_budget(NULL)") == \
         "sluice_enforce_budget: max_bytes must be an integer, got NULL"
     assert err(edge, "SELECT sluice_enforce_budget(1, '{\"horizn\": 1}')") == \
-        "sluice_enforce_budget: unknown option 'horizn' (known options: horizon, now)"
+        "sluice_enforce_budget: unknown option 'horizn' (known options: horizon, now, rolled_up_only)"
+    assert err(edge, "SELECT sluice_enforce_budget(1, '{\"rolled_up_only\": 1}')") == \
+        "sluice_enforce_budget: option 'rolled_up_only' must be true or false"
     assert "not a duration" in err(edge, "SELECT sluice_enforce_budget(1, '{\"horizon\": \"soon\"}')")
     assert "not valid JSON" in err(edge, "SELECT sluice_enforce_budget(1, '{')")
-    # On a database without rollups it drops nothing and says why.
+    # On a database without rollups or tracked tables it drops nothing and
+    # says why.
     assert db.execute("SELECT sluice_enforce_budget(1)").fetchone()[0] == 0
+    assert "may not be dropped" in db.execute("SELECT note FROM sluice_budget").fetchone()[0]
+    assert db.execute("SELECT sluice_enforce_budget(1, '{\"rolled_up_only\": true}')").fetchone()[0] == 0
     assert "no rollup" in db.execute("SELECT note FROM sluice_budget").fetchone()[0]
     # Direct-only: not from a trigger.
     db.execute("CREATE TABLE t (x)")
@@ -292,3 +364,56 @@ def test_status_time_column_inferred_or_unknown(db):
     assert "is not tracked" in err(db, "SELECT sluice_pending_age('untracked')")
     assert err(db, "SELECT sluice_pending_age(NULL)") == \
         "sluice_pending_age: the table name must be text, got NULL"
+
+
+# --------------------------------------------------------------------------
+# sluice_cleanup of a rollup source
+
+
+def test_cleanup_of_a_rollup_source_keeps_windows_not_yet_sealed(edge):
+    # Three hours of samples up to now (cleanup measures the late-data
+    # horizon, an hour, from the clock).
+    now = int(datetime.datetime.now(datetime.timezone.utc).timestamp())
+    end = now - now % 300
+    start = datetime.datetime.fromtimestamp(end - 3 * 3600, datetime.timezone.utc).replace(tzinfo=None)
+    metrics(edge, 3, start=start, cameras=1)  # 3,600 rows, 100 per window
+    edge.execute("SELECT sluice_ack(sluice_batch('metrics', 100000))")
+    assert edge.execute("SELECT sluice_pending('metrics')").fetchone()[0] == 0
+    # Acknowledged, but no rollup has seen them: nothing goes.
+    assert edge.execute("SELECT sluice_cleanup('metrics', 0)").fetchone()[0] == 0
+    edge.execute("SELECT sluice_rollup_run()")
+    # The windows that ended an hour ago or more go; the last hour stays, so
+    # that a late row still finds the rows of its window.
+    assert edge.execute("SELECT sluice_cleanup('metrics', 0)").fetchone()[0] == 2400
+    first_kept = datetime.datetime.fromtimestamp(end - 3600, datetime.timezone.utc).replace(tzinfo=None)
+    assert edge.execute("SELECT min(recorded_at), count(*) FROM metrics").fetchone() == (iso(first_kept), 1200)
+
+    def window(secs_before_end):
+        w = datetime.datetime.fromtimestamp(end - secs_before_end, datetime.timezone.utc).replace(tzinfo=None)
+        return iso(w)
+
+    def samples(w):
+        return edge.execute("SELECT samples FROM metrics_5m WHERE camera_id = 'cam0' AND window_start = ?",
+                            (w,)).fetchone()[0]
+
+    def late(w):
+        row = {"camera_id": "cam0", "location_id": "loc-1", "recorded_at": w.replace(":00.000Z", ":01.000Z"),
+               "people_count": 99, "processing_ms": 1.0}
+        edge.execute("SELECT sluice_insert('metrics', ?)", (json.dumps([row]),))
+
+    # A late row for a window whose rows were kept: re-aggregated from all
+    # of them.
+    kept = window(1800)
+    assert samples(kept) == 100
+    late(kept)
+    assert edge.execute("SELECT sluice_rollup_run()").fetchone()[0] == 1
+    assert samples(kept) == 101
+    # A late row for a window whose rows were cleaned up: the window is
+    # sealed, its aggregate stays as it was (not 1 sample); the row stays a
+    # raw row and is synced as one.
+    cleaned = window(2 * 3600)
+    assert samples(cleaned) == 100
+    late(cleaned)
+    assert edge.execute("SELECT sluice_rollup_run()").fetchone()[0] == 0
+    assert samples(cleaned) == 100
+    assert edge.execute("SELECT sluice_pending('metrics')").fetchone()[0] == 2
