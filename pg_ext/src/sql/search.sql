@@ -75,12 +75,18 @@ BEGIN
         RAISE EXCEPTION 'sluice.search: search is not enabled on %', $1
             USING ERRCODE = '55000', HINT = 'run sluice.enable_search(table, text_column) first';
     END IF;
+    -- The k best first, by rank alone; the row as jsonb and its snippet
+    -- only for them (to_jsonb of every matching row would turn each one's
+    -- vector into text: 4x slower at 100,000 rows, docs/BENCHMARKS.md).
     RETURN QUERY EXECUTE format(
-        'SELECT to_jsonb(t) - $4, ts_rank_cd(t.%1$I, q), ts_headline($3, t.%2$I, q, %3$L)
-         FROM %4$s t, websearch_to_tsquery($3, $1) AS q
-         WHERE t.%1$I @@ q
-         ORDER BY 2 DESC, t.ctid
-         LIMIT $2',
+        'SELECT to_jsonb(t) - $4, b.rank, ts_headline($3, t.%2$I, b.q, %3$L)
+         FROM (SELECT t.ctid AS id, ts_rank_cd(t.%1$I, q) AS rank, q
+               FROM %4$s t, websearch_to_tsquery($3, $1) AS q
+               WHERE t.%1$I @@ q
+               ORDER BY 2 DESC, t.ctid
+               LIMIT $2) b
+         JOIN %4$s t ON t.ctid = b.id
+         ORDER BY b.rank DESC, b.id',
         s.tsv_column, s.text_column, 'StartSel=<b>, StopSel=</b>, MaxFragments=2, MinWords=5, MaxWords=20', $1)
     USING $2, $3, s.config, sluice._internal_hidden_columns($1);
 END
@@ -197,11 +203,12 @@ BEGIN
                       ORDER BY t.%2$I %4$s $2 LIMIT $4) v),
          fused AS (SELECT coalesce(tr.id, vr.id) AS id, tr.r AS tr_r, vr.r AS vr_r,
                           coalesce($6 / ($8 + tr.r), 0) + coalesce($7 / ($8 + vr.r), 0) AS score
-                   FROM tr FULL JOIN vr ON tr.id = vr.id)
+                   FROM tr FULL JOIN vr ON tr.id = vr.id),
+         -- The row as jsonb only for the k best.
+         best AS (SELECT * FROM fused ORDER BY score DESC, tr_r NULLS LAST, vr_r NULLS LAST LIMIT $3)
          SELECT to_jsonb(t) - $9, f.score::float8, f.tr_r, f.vr_r
-         FROM fused f JOIN %3$s t ON t.ctid = f.id
-         ORDER BY f.score DESC, f.tr_r NULLS LAST, f.vr_r NULLS LAST
-         LIMIT $3',
+         FROM best f JOIN %3$s t ON t.ctid = f.id
+         ORDER BY f.score DESC, f.tr_r NULLS LAST, f.vr_r NULLS LAST',
         s.tsv_column, d[1], $1, d[2])
     USING $2, $3, $4, greatest(4 * $4, 40), s.config, $5, $6, $7::float8, sluice._internal_hidden_columns($1);
 END
