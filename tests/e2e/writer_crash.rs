@@ -46,7 +46,7 @@ const ROLLUP_ROWS: i64 = 20_000;
 /// `max_rows` of the batches acknowledged by the `sluice_ack` victim.
 const ACK_ROWS: i64 = 2_000;
 /// Rows per batch acknowledged, then cleaned up, by the `sluice_cleanup` victim.
-const CLEANUP_ROWS: i64 = 20_000;
+const CLEANUP_ROWS: i64 = 50_000;
 /// Rows of `division_states` in the ack and cleanup templates.
 const TEMPLATE_ROWS: i64 = 300_000;
 
@@ -193,15 +193,35 @@ impl Kind {
             Kind::Cleanup => CLEANUP_ROWS,
         }
     }
+    /// For an aimed kill: the call (0..=n) and the longest delay after its
+    /// `begin`, in µs: about one call's duration.
+    fn aim(self) -> (u64, u64) {
+        match self {
+            Kind::Insert => (8, 150_000),
+            Kind::Rollup => (4, 500_000),
+            Kind::Ack => (120, 2_000),
+            Kind::Cleanup => (4, 40_000),
+        }
+    }
     /// The longest delay before the kill, in ms: a few calls' worth.
     fn max_delay_ms(self) -> u64 {
         match self {
             Kind::Insert => 1500,
             Kind::Rollup => 2500,
             Kind::Ack => 1200,
-            Kind::Cleanup => 1500,
+            Kind::Cleanup => 1200,
         }
     }
+}
+
+/// When to kill the victim.
+#[derive(Clone, Copy, Debug)]
+enum KillAt {
+    /// This long after it is ready: anywhere.
+    Delay(Duration),
+    /// This long after it writes `begin N`: aimed at a call (it may have
+    /// returned by then).
+    AfterBegin(u64, Duration),
 }
 
 /// What the victim's markers say about the moment of the kill.
@@ -233,7 +253,7 @@ fn parse_markers(lines: &[String]) -> Markers {
 
 /// Runs the victim on `db`, kills it `delay` after it is ready, and returns
 /// its markers.
-fn run_victim(script: &Path, db: &Path, kind: Kind, journal: &str, delay: Duration) -> Markers {
+fn run_victim(script: &Path, db: &Path, kind: Kind, journal: &str, at: KillAt) -> Markers {
     let mut child = Command::new(PYTHON)
         .arg(script)
         .arg(db)
@@ -288,7 +308,27 @@ fn run_victim(script: &Path, db: &Path, kind: Kind, journal: &str, delay: Durati
             }
         }
     }
-    std::thread::sleep(delay);
+    match at {
+        KillAt::Delay(d) => std::thread::sleep(d),
+        KillAt::AfterBegin(n, d) => {
+            let want = format!("begin {n}");
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while Instant::now() < deadline {
+                match rx.recv_timeout(Duration::from_millis(100)) {
+                    Ok(l) => {
+                        let hit = l == want || l == "done";
+                        lines.push(l);
+                        if hit {
+                            break;
+                        }
+                    }
+                    Err(mpsc::RecvTimeoutError::Timeout) => {}
+                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                }
+            }
+            std::thread::sleep(d);
+        }
+    }
     // SAFETY: kill(2) on our own child's pid.
     unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
     let status = child.wait().unwrap();
@@ -824,10 +864,16 @@ fn one_kill(
 ) -> Outcome {
     let mut rng = Rng(seed);
     let journal = if round % 5 == 1 { "delete" } else { "wal" };
-    let delay = rng.range(0, kind.max_delay_ms());
+    // Even kills at a random moment, odd ones aimed at a random call.
+    let at = if round % 2 == 0 {
+        KillAt::Delay(Duration::from_millis(rng.range(0, kind.max_delay_ms())))
+    } else {
+        let (calls, us) = kind.aim();
+        KillAt::AfterBegin(rng.range(0, calls), Duration::from_micros(rng.range(0, us)))
+    };
     let db = dir.join(format!("{}-{round}.db", kind.name()));
     std::fs::copy(template, &db).unwrap();
-    let m = run_victim(script, &db, kind, journal, Duration::from_millis(delay));
+    let m = run_victim(script, &db, kind, journal, at);
     let c = open(&db);
     let result = integrity(&c).and_then(|()| match kind {
         Kind::Insert => check_insert(&c, &m),
@@ -839,8 +885,12 @@ fn one_kill(
     let mode: String = one(&c, "PRAGMA journal_mode").unwrap_or_default();
     drop(c);
     println!(
-        "{} kill {round}: seed {seed}, journal {journal} ({mode}), after {delay} ms, {} ({} calls returned, last marker {:?}): {}",
+        "{} kill {round}: seed {seed}, journal {journal} ({mode}), {}, {} ({} calls returned, last marker {:?}): {}",
         kind.function(),
+        match at {
+            KillAt::Delay(d) => format!("{} ms after ready", d.as_millis()),
+            KillAt::AfterBegin(n, d) => format!("{} µs after begin {n}", d.as_micros()),
+        },
         if m.inside { "INSIDE a call" } else if m.done { "after the work" } else { "between calls" },
         m.ended,
         m.last,
