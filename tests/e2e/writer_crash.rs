@@ -2,7 +2,8 @@
 //! `sqlite3` module loading the real `sluice0.so`) runs a loop of big calls of
 //! `sluice_insert`, `sluice_rollup_run`, `sluice_ack` or `sluice_cleanup` on a
 //! file database with the default schema, and is killed with SIGKILL at a
-//! random moment. Then the test opens the database (recovery from the WAL or
+//! random moment (even kills) or aimed at a random call (odd kills: a random
+//! delay of up to about one call's duration after its `begin`). Then the test opens the database (recovery from the WAL or
 //! the hot journal happens here), and checks:
 //!
 //! - `PRAGMA integrity_check` says `ok`;
