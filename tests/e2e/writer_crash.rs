@@ -973,6 +973,9 @@ fn a_writer_killed_mid_call_leaves_all_or_nothing() {
                 .map(|e| format!("{}: {e}", kind.function())),
         );
     }
+    if let Some(copy) = private_extension().parent() {
+        let _ = std::fs::remove_dir_all(copy);
+    }
     // Leave the failed databases for inspection.
     if !failures.is_empty() {
         let kept = dir.keep();
