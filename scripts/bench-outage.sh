@@ -7,8 +7,9 @@
 # agent's jobs run (sluice rollup, sluice sync against a refused port,
 # sluice cleanup, sluice_enforce_budget). Then the cloud comes up and
 # `sluice sync --mode full` catches up. Prints per day the size on disk vs
-# the budget (and vs the same days with no budget, same run), rows dropped,
-# aggregates kept, and the catch-up time. The checks of tests/e2e/outage.rs
+# the budget (and vs the same days with no budget, and with the budget's
+# rolled_up_only, same run), rows dropped, aggregates kept, and the catch-up
+# time. The checks of tests/e2e/outage.rs
 # run at this size too (within budget after every hour, no aggregate
 # dropped, every drop counted, the cloud holds every surviving row once).
 #   scripts/bench-outage.sh [DAYS] [BUDGET_BYTES] [CAMERAS]   (default 7 50000000 1)

@@ -35,7 +35,8 @@
 //! optional): `SLUICE_OUTAGE_DAYS` (7), `SLUICE_OUTAGE_SLOWDOWN` (rates
 //! divided by this, 10), `SLUICE_OUTAGE_BUDGET` (bytes, 8,000,000),
 //! `SLUICE_OUTAGE_CAMERAS` (1), `SLUICE_OUTAGE_BASELINE` (1: also run the
-//! same days with no budget and print its size).
+//! same days with no budget, and with the budget's `rolled_up_only`, and
+//! print their sizes beside).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -238,11 +239,23 @@ struct Day {
     pending: i64,
 }
 
+/// What keeps the database small during the outage.
+#[derive(Clone, Copy, PartialEq)]
+enum Policy {
+    /// Nothing: the baseline "no budget".
+    NoBudget,
+    /// The budget with `rolled_up_only` (what it was before the second
+    /// tier): a baseline, not checked.
+    RolledUpOnly(i64),
+    /// The budget, checked after every hour.
+    Budget(i64),
+}
+
 /// Runs the outage; returns the per-day figures and what was inserted.
 fn outage(
     s: &Scale,
     dir: &Path,
-    budget: Option<i64>,
+    policy: Policy,
 ) -> (PathBuf, Vec<Day>, BTreeMap<&'static str, i64>) {
     let edge_path = dir.join("edge.db");
     let pipeline = edge_db(&edge_path, true);
@@ -279,7 +292,7 @@ fn outage(
         peak = peak.max(f + w);
         let out = run_ok(&["rollup", "--config", &c]);
         assert!(out.starts_with("rollup: "), "{out}");
-        if budget.is_none() {
+        if policy == Policy::NoBudget {
             if h % 24 == 23 {
                 let (file, wal) = disk_bytes(&edge_path);
                 days.push(Day {
@@ -295,13 +308,19 @@ fn outage(
             }
             continue;
         }
-        let sync = agent(&["sync", "--config", &c, "--mode", "hourly", "--quiet"])
-            .output()
-            .unwrap();
-        assert!(!sync.status.success(), "the cloud is down: the sync fails");
-        let out = run_ok(&["cleanup", "--config", &c]);
-        assert_eq!(out.trim(), "cleanup: 0 rows", "nothing is acknowledged");
-        let max = budget.unwrap_or(i64::MAX);
+        let (max, checked) = match policy {
+            Policy::Budget(m) => (m, true),
+            Policy::RolledUpOnly(m) => (m, false),
+            Policy::NoBudget => (i64::MAX, false),
+        };
+        if checked {
+            let sync = agent(&["sync", "--config", &c, "--mode", "hourly", "--quiet"])
+                .output()
+                .unwrap();
+            assert!(!sync.status.success(), "the cloud is down: the sync fails");
+            let out = run_ok(&["cleanup", "--config", &c]);
+            assert_eq!(out.trim(), "cleanup: 0 rows", "nothing is acknowledged");
+        }
         let drops_before: i64 = pipeline
             .query_row("SELECT count(*) FROM sluice_drops", [], |r| r.get(0))
             .unwrap();
@@ -310,22 +329,27 @@ fn outage(
         agent_conn
             .query_row(
                 "SELECT sluice_enforce_budget(?1, ?2)",
-                params![max, json!({"now": now}).to_string()],
+                params![
+                    max,
+                    json!({"now": now, "rolled_up_only": !checked}).to_string()
+                ],
                 |r| r.get::<_, i64>(0),
             )
             .unwrap();
         agent_conn.execute_batch("COMMIT").unwrap();
-        check_hour(
-            &pipeline,
-            s,
-            &edge_path,
-            max,
-            h,
-            now,
-            wal_before,
-            drops_before,
-            &inserted,
-        );
+        if checked {
+            check_hour(
+                &pipeline,
+                s,
+                &edge_path,
+                max,
+                h,
+                now,
+                wal_before,
+                drops_before,
+                &inserted,
+            );
+        }
         let (file, wal) = disk_bytes(&edge_path);
         over = over.max(file + wal - max);
         if h % 24 == 23 {
@@ -495,7 +519,7 @@ fn a_long_outage_stays_within_budget_keeps_aggregates_counts_drops_and_catches_u
     let s = Scale::from_env();
     let dir = tempfile::tempdir().unwrap();
     let started = Instant::now();
-    let (edge_path, days, inserted) = outage(&s, dir.path(), Some(s.budget));
+    let (edge_path, days, inserted) = outage(&s, dir.path(), Policy::Budget(s.budget));
     let simulated = started.elapsed().as_secs_f64();
     let edge = edge_db(&edge_path, false);
 
@@ -595,15 +619,18 @@ fn a_long_outage_stays_within_budget_keeps_aggregates_counts_drops_and_catches_u
         s.slowdown,
         mb(s.budget)
     );
-    let baseline = s.baseline.then(|| {
-        let d = tempfile::tempdir().unwrap();
-        let (_, b, _) = outage(&s, d.path(), None);
-        b
-    });
+    let baseline = |policy: Policy| {
+        s.baseline.then(|| {
+            let d = tempfile::tempdir().unwrap();
+            outage(&s, d.path(), policy).1
+        })
+    };
+    let no_budget = baseline(Policy::NoBudget);
+    let rolled_up_only = baseline(Policy::RolledUpOnly(s.budget));
     println!(
-        "outage: | day | on disk at the day's end (file + WAL) | most over the budget on disk after the jobs | peak before the budget job | no budget (same run) | budget's measure | raw rows dropped (cumulative) | aggregates kept (pending) |"
+        "outage: | day | on disk at the day's end (file + WAL) | most over the budget on disk after the jobs | peak before the budget job | no budget (same run) | budget with rolled_up_only (same run) | budget's measure | raw rows dropped (cumulative) | aggregates kept (pending) |"
     );
-    println!("outage: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |");
+    println!("outage: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |");
     for (i, d) in days.iter().enumerate() {
         let drops: Vec<String> = d
             .dropped
@@ -611,17 +638,19 @@ fn a_long_outage_stays_within_budget_keeps_aggregates_counts_drops_and_catches_u
             .filter(|(_, n)| **n > 0)
             .map(|(t, n)| format!("{t} {n}"))
             .collect();
-        let base = baseline
-            .as_ref()
-            .and_then(|b| b.get(i))
-            .map_or("-".to_string(), |b| format!("{:.1} MB", mb(b.file + b.wal)));
+        let base = |b: &Option<Vec<Day>>| {
+            b.as_ref()
+                .and_then(|b| b.get(i))
+                .map_or("-".to_string(), |b| format!("{:.1} MB", mb(b.file + b.wal)))
+        };
+        let (base, ru) = (base(&no_budget), base(&rolled_up_only));
         let over = if d.over > 0 {
             format!("{:.1} KB", d.over as f64 / 1e3)
         } else {
             "never over".to_string()
         };
         println!(
-            "outage: | {} | {:.2} MB ({:.2} + {:.2}) | {over} | {:.2} MB | {base} | {:.2} MB | {} | {} ({}) |",
+            "outage: | {} | {:.2} MB ({:.2} + {:.2}) | {over} | {:.2} MB | {base} | {ru} | {:.2} MB | {} | {} ({}) |",
             i + 1,
             mb(d.file + d.wal),
             mb(d.file),
