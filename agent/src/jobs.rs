@@ -66,10 +66,18 @@ pub fn budget(cfg: &Config, edge: &Edge) -> anyhow::Result<LogEntry> {
     }
     let dropped = edge.write_i64("SELECT sluice_enforce_budget(?1)", [max as i64])?;
     if dropped > 0 {
+        // In WAL mode the file shrinks only at a checkpoint: give the space
+        // back now. Busy readers only make it partial; that is fine.
+        if let Err(e) = edge
+            .connection()
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+        {
+            warn!(error = %e, "checkpoint after the storage budget failed; the space comes back at the next one");
+        }
         warn!(
             rows = dropped,
             max_bytes = max,
-            "storage budget exceeded: dropped raw rows already rolled up"
+            "storage budget exceeded: dropped the oldest rows (rolled-up raw rows first); see sluice_drops"
         );
     }
     Ok(LogEntry {

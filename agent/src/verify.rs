@@ -57,10 +57,15 @@ enum Kind {
     Timestamp,
     Json,
     Bytes,
+    /// pgvector `vector`: the edge holds it as little-endian float32 bytes.
+    Vector,
     Text,
 }
 
 fn kind_of(pg_type: &str) -> Kind {
+    if pg_type == "vector" || pg_type.starts_with("vector(") {
+        return Kind::Vector;
+    }
     match pg_type {
         "smallint" | "integer" | "bigint" => Kind::Int,
         "real" | "double precision" => Kind::Float,
@@ -79,6 +84,8 @@ fn cloud_expr(c: &Column) -> String {
         Kind::Int => format!("t.{q}::bigint"),
         Kind::Float => format!("t.{q}::float8"),
         Kind::Bool | Kind::Bytes => format!("t.{q}"),
+        // Exactly the float32 values, compared as the edge's bytes.
+        Kind::Vector => format!("t.{q}::real[]"),
         Kind::Timestamp => {
             format!("to_char(t.{q} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')")
         }
@@ -150,6 +157,10 @@ fn canon_cloud(row: &tokio_postgres::Row, i: usize, kind: Kind) -> String {
             .get::<_, Option<bool>>(i)
             .map(|v| (if v { "t" } else { "f" }).to_owned()),
         Kind::Bytes => row.get::<_, Option<Vec<u8>>>(i).map(|b| canon_bytes(&b)),
+        Kind::Vector => row.get::<_, Option<Vec<f32>>>(i).map(|v| {
+            let bytes: Vec<u8> = v.iter().flat_map(|f| f.to_le_bytes()).collect();
+            canon_bytes(&bytes)
+        }),
         Kind::Json => row.get::<_, Option<String>>(i).map(|t| canon_json(&t)),
         Kind::Timestamp | Kind::Text => row.get::<_, Option<String>>(i),
     };

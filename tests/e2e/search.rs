@@ -64,6 +64,13 @@ fn a_key_frame_is_found_by_meaning_by_words_and_by_both() {
     assert!(out.contains("embed: 0 rows"), "{out}");
 
     run_ok(&["sync", "--config", c, "--table", "key_frames"]);
+    // `sluice verify` compares the vectors too (float32 bytes at the edge,
+    // pgvector in the cloud), and finds them equal.
+    let out = run_ok(&["verify", "--config", c, "--table", "key_frames"]);
+    assert!(
+        out.contains("different: 0") && out.contains("missing in the cloud: 0"),
+        "{out}"
+    );
     let mut pg = cloud.client();
     let n: i64 = pg
         .query_one(
