@@ -4,18 +4,21 @@
 # rebuilds the generated summary at the top of docs/BENCHMARKS.md with its
 # charts (docs/img/bench-*.png) from those outputs.
 #
-#   bash scripts/bench-report.sh                 # every benchmark (about an hour on 2 cores)
+#   bash scripts/bench-report.sh                 # every benchmark (about 20 minutes on 2 idle cores)
 #   ONLY=edge,sync bash scripts/bench-report.sh  # some; the others' saved outputs are reused
 #   SAVED=1 bash scripts/bench-report.sh         # no benchmark: the report from the saved outputs
 #
 # Benchmarks and their commands (each prints its figure beside its baseline,
 # measured in the same run):
 #   edge    scripts/bench-edge.sh       insert, tracking, ack, rollup, storage
-#   cloud   scripts/bench-cloud.sh      ingest vs COPY and INSERT, replay, retention, search
+#   cloud   scripts/bench-cloud.sh      ingest vs COPY and INSERT, replay
+#   cloud-retention  BENCH_MODE=retention scripts/bench-cloud.sh   5M expired rows under ingest
+#   cloud-search     BENCH_MODE=search scripts/bench-cloud.sh      hybrid search on 100k rows
 #   sync    scripts/bench-sync.sh       end-to-end sync vs COPY, bytes per row, outage, idle RSS
 #   embed   scripts/bench-embed.sh      embeddings vs Python onnxruntime
 #   fleet   scripts/bench-fleet.sh      100 devices, direct and through pgbouncer
 #   outage  scripts/bench-outage.sh     seven days offline under a storage budget
+#   crash   scripts/crash.sh 10         SIGKILL mid-call, 10 kills per function
 #   fuzz    scripts/fuzz.sh 1000000     decoder fuzzing executions
 #   soak    scripts/soak.sh 20          fault-injection trials
 # The charts need matplotlib: it is installed on first use into .cache/py.
@@ -23,14 +26,17 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
 
-all="edge cloud sync embed fleet outage fuzz soak"
+all="edge cloud cloud-retention cloud-search sync embed fleet outage crash fuzz soak"
 declare -A cmd=(
   [edge]="bash scripts/bench-edge.sh"
   [cloud]="bash scripts/bench-cloud.sh"
+  [cloud-retention]="env BENCH_MODE=retention bash scripts/bench-cloud.sh"
+  [cloud-search]="env BENCH_MODE=search bash scripts/bench-cloud.sh"
   [sync]="bash scripts/bench-sync.sh"
   [embed]="bash scripts/bench-embed.sh"
   [fleet]="bash scripts/bench-fleet.sh"
   [outage]="bash scripts/bench-outage.sh"
+  [crash]="bash scripts/crash.sh 10"
   [fuzz]="bash scripts/fuzz.sh 1000000"
   [soak]="bash scripts/soak.sh 20"
 )

@@ -25,8 +25,10 @@ import sys
 NUM = r"[-+]?\d[\d,]*(?:\.\d+)?"
 GOAL = re.compile(r"goal\s*(≥|>=|≤|<=|<|>)\s*(" + NUM + r")\s*([x×]|[A-Za-z]+)?", re.I)
 # Lines worth quoting from outputs whose result is a tally, not a ratio.
-KEY_LINE = r"^(fleet\b.*|\d+ trials, .*|.*\bexecutions\b.*|.*\bkills?\b.*landed.*|catch-up.*|day \d+.*)$"
-ORDER = ["edge", "cloud", "sync", "embed", "fleet", "outage", "crash", "fuzz", "soak"]
+KEY_LINE = (r"^(fleet\b.*|\d+ trials, .*|.*\bexecutions\b.*|sluice_\w+: \d+ kills.*|writer crash tally.*|"
+            r"(outage: )?(catch-up|rows inserted).*|.*\bcases\b.*failures?.*|"
+            r"\|\s*`sluice\.(search|nearest|hybrid_search)`.*|\| SQL: .*)$")
+ORDER = ["edge", "cloud", "cloud-retention", "cloud-search", "sync", "embed", "fleet", "outage", "crash", "fuzz", "soak"]
 
 
 def num(text):
@@ -183,8 +185,13 @@ def main():
     for name, _ in runs:
         text = open(os.path.join(out_dir, name + ".txt"), encoding="utf-8", errors="replace").read()
         for line in text.splitlines():
-            if re.match(KEY_LINE, line.strip()):
-                notes.append(f"- {name}: {line.strip()}")
+            line = line.strip()
+            if line.startswith("...") or not re.match(KEY_LINE, line):
+                continue
+            line = line if len(line) <= 300 else line[:297] + "..."
+            note = f"- {name}: {line}"
+            if note not in notes:
+                notes.append(note)
     if notes:
         lines += ["", "Results without a numeric goal (exactly once, no loss, no panic):", ""] + notes
     lines += ["<!-- report:end -->"]
