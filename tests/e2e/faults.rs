@@ -20,24 +20,6 @@ use sluice_tests::*;
 const DEVICE: &str = "box-fault";
 
 /// A small deterministic PRNG (splitmix64): a trial is reproduced by its seed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut x = self.0;
-        x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        x ^ (x >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.below(hi - lo + 1)
-    }
-}
-
 fn fnv(bytes: Option<Vec<u8>>) -> String {
     match bytes {
         None => "null".into(),
@@ -398,7 +380,7 @@ fn run_trial(server: &OwnServer, trial: u64, seed: u64) -> (Tally, Vec<String>, 
     let dir = tempfile::tempdir().unwrap();
     let edge_path = dir.path().join("edge.db");
     let edge = edge_db(&edge_path, true);
-    let batch_rows = [25, 100, 250][rng.below(3) as usize];
+    let batch_rows = [25, 100, 250][rng.below(3)];
     let config = write_config_with(
         dir.path(),
         &edge_path,
@@ -419,7 +401,7 @@ fn run_trial(server: &OwnServer, trial: u64, seed: u64) -> (Tally, Vec<String>, 
         for _ in 0..rng.range(1, 3) {
             work(&mut rng, &edge, &mut w, &mut model, seed);
         }
-        let fault = FAULTS[rng.below(FAULTS.len() as u64) as usize];
+        let fault = FAULTS[rng.below(FAULTS.len())];
         let delay = Duration::from_millis(rng.range(0, 800));
         // `hourly`: within the bandwidth cap, so that a sync lasts long enough to be hit.
         let started = Instant::now();
@@ -557,10 +539,7 @@ fn run_trial(server: &OwnServer, trial: u64, seed: u64) -> (Tally, Vec<String>, 
 
 #[test]
 fn every_row_survives_random_faults_exactly_once_at_its_latest_version() {
-    let trials: u64 = std::env::var("SLUICE_TRIALS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(8);
+    let trials: u64 = env_number("SLUICE_TRIALS", 8);
     let seed0: u64 = std::env::var("SLUICE_SEED")
         .ok()
         .and_then(|v| v.parse().ok())

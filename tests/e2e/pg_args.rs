@@ -21,25 +21,12 @@ use std::time::Instant;
 
 use sluice_tests::*;
 
-struct Rng(u64);
+/// One of a list of string literals.
+trait PickStr {
+    fn s(&mut self, v: &[&'static str]) -> &'static str;
+}
 
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut x = self.0;
-        x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        x ^ (x >> 31)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-    fn chance(&mut self, percent: usize) -> bool {
-        self.below(100) < percent
-    }
-    fn pick<'a, T>(&mut self, v: &'a [T]) -> &'a T {
-        &v[self.below(v.len())]
-    }
+impl PickStr for Rng {
     fn s(&mut self, v: &[&'static str]) -> &'static str {
         v[self.below(v.len())]
     }
@@ -474,19 +461,8 @@ fn call(rng: &mut Rng, f: &Function, corpus: &[Vec<u8>], roles: &[String]) -> St
 
 #[test]
 fn every_pg_function_gives_a_result_or_an_error_and_the_backend_keeps_serving() {
-    let cases: usize = std::env::var("SLUICE_PG_FUZZ_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(2000);
-    let seed: u64 = std::env::var("SLUICE_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_millis() as u64
-        });
+    let cases: usize = env_number("SLUICE_PG_FUZZ_CASES", 2000);
+    let seed: u64 = env_seed("SLUICE_SEED");
     println!("pg argument fuzzing: {cases} cases, SLUICE_SEED={seed}");
     let server = OwnServer::start("pgargs");
     let url = server.database("fuzz");

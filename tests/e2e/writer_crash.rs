@@ -146,21 +146,6 @@ else:
 "#;
 
 /// A small deterministic PRNG (splitmix64).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut x = self.0;
-        x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        x ^ (x >> 31)
-    }
-    fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.next() % (hi - lo + 1)
-    }
-}
-
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Kind {
     Insert,
@@ -921,19 +906,8 @@ fn a_writer_killed_mid_call_leaves_all_or_nothing() {
         Path::new(PYTHON).exists(),
         "{PYTHON} is needed (Debian's python3, whose sqlite3 module can load extensions)"
     );
-    let kills: u64 = std::env::var("SLUICE_CRASH_KILLS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(10);
-    let seed0: u64 = std::env::var("SLUICE_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_millis() as u64
-        });
+    let kills: u64 = env_number("SLUICE_CRASH_KILLS", 10);
+    let seed0: u64 = env_seed("SLUICE_SEED");
     println!("writer crash: {kills} kills per call kind, SLUICE_SEED={seed0}");
     let dir = tempfile::tempdir().unwrap();
     let script = dir.path().join("victim.py");

@@ -20,6 +20,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use sluice_tests::{env_number, env_seed, Rng};
 use sluice_wire::{
     decode, decode_header, encode, BatchHeader, Column, ColumnType, EncodeOptions, Sketch, Value,
 };
@@ -59,21 +60,6 @@ unsafe impl GlobalAlloc for Counting {
 
 #[global_allocator]
 static A: Counting = Counting;
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut x = self.0;
-        x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        x ^ (x >> 31)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-}
 
 const DIVISION_COLUMNS: [(&str, ColumnType); 11] = [
     ("id", ColumnType::Integer),
@@ -450,19 +436,8 @@ fn sketch_decoder(input: &[u8]) -> Result<(), String> {
 }
 
 fn main() {
-    let execs: u64 = std::env::var("SLUICE_FUZZ_EXECS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(20_000);
-    let seed: u64 = std::env::var("SLUICE_FUZZ_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-        });
+    let execs: u64 = env_number("SLUICE_FUZZ_EXECS", 20_000);
+    let seed: u64 = env_seed("SLUICE_FUZZ_SEED");
     let corpus_dir = std::env::var("SLUICE_FUZZ_WRITE_CORPUS").ok();
     let (batches, sketches) = seeds();
     // Also the checked-in corpus, when present.

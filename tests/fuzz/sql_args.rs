@@ -36,27 +36,6 @@ use rusqlite::types::{Value, ValueRef};
 use rusqlite::Connection;
 use sluice_tests::*;
 
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut x = self.0;
-        x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        x ^ (x >> 31)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-    fn chance(&mut self, percent: usize) -> bool {
-        self.below(100) < percent
-    }
-    fn pick<'a, T>(&mut self, v: &'a [T]) -> &'a T {
-        &v[self.below(v.len())]
-    }
-}
-
 /// One argument. `BadText` is bound as a blob and passed as
 /// `CAST(? AS TEXT)`: TEXT whose bytes are not UTF-8.
 #[derive(Clone, Debug)]
@@ -1208,14 +1187,8 @@ fn named_cases(conn: &Connection) {
 }
 
 fn main() {
-    let cases: u64 = std::env::var("SLUICE_FUZZ_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(5_000);
-    let seed: u64 = std::env::var("SLUICE_FUZZ_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(now_ms);
+    let cases: u64 = env_number("SLUICE_FUZZ_CASES", 5_000);
+    let seed: u64 = env_seed("SLUICE_FUZZ_SEED");
     println!("sql argument fuzzing: {cases} cases, SLUICE_FUZZ_SEED={seed}");
     let mut rng = Rng(seed);
     let dir = tempfile::tempdir().unwrap();
