@@ -1036,8 +1036,9 @@ mod tests {
         // A revoked device role cannot ingest any more.
         Spi::run("SELECT sluice.revoke_device('dev_a')").unwrap();
         let a3 = site_batch("box-a", &[(10, "A", 4, "IDLE")]);
+        // revoke_device takes back USAGE on the schema too (what grant_device gave).
         assert!(try_as("dev_a", ingest_q, Some(&a3))
-            .starts_with("42501: permission denied for function ingest"));
+            .starts_with("42501: permission denied for schema sluice"));
     }
 
     #[pg_test]

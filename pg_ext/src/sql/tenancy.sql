@@ -50,6 +50,10 @@ DECLARE
 BEGIN
     DELETE FROM sluice.device_roles d WHERE d.role = r;
     EXECUTE format('REVOKE EXECUTE ON FUNCTION sluice.ingest(bytea) FROM %I', r);
+    -- USAGE on the schema came with the grant; a reader keeps it.
+    IF NOT EXISTS (SELECT FROM sluice.reader_roles rr WHERE rr.role = r) THEN
+        EXECUTE format('REVOKE USAGE ON SCHEMA sluice FROM %I', r);
+    END IF;
 END
 $fn$;
 
@@ -67,9 +71,18 @@ END
 $fn$;
 
 CREATE FUNCTION sluice.revoke_reader(role regrole, tenant text)
-RETURNS void LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $fn$
-    DELETE FROM sluice.reader_roles r
-    WHERE r.role = (SELECT rolname FROM pg_roles WHERE oid = $1) AND r.tenant = $2;
+RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $fn$
+DECLARE
+    r name := (SELECT rolname FROM pg_roles WHERE oid = $1);
+BEGIN
+    DELETE FROM sluice.reader_roles rr WHERE rr.role = r AND rr.tenant = $2;
+    -- USAGE on the schema came with the grant; kept while the role is still
+    -- a reader of another tenant or a device role.
+    IF NOT EXISTS (SELECT FROM sluice.reader_roles rr WHERE rr.role = r)
+       AND NOT EXISTS (SELECT FROM sluice.device_roles d WHERE d.role = r) THEN
+        EXECUTE format('REVOKE USAGE ON SCHEMA sluice FROM %I', r);
+    END IF;
+END
 $fn$;
 
 -- Row-level security on a target table: readers see the rows whose tenant
