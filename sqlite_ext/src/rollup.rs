@@ -391,7 +391,105 @@ fn window_end(ws: &Value, width: i64) -> Res<Value> {
     })
 }
 
+/// Rows whose time is not a time (text that is not ISO-8601, a blob) would
+/// stop a rollup for good: `sluice_bucket` refuses them. They are left out
+/// of it instead, each recorded here once (the raw row stays and syncs).
+const SKIPPED_SCHEMA: &str = "CREATE TABLE IF NOT EXISTS main.sluice_rollup_skipped (
+    name TEXT NOT NULL,
+    row_id INTEGER NOT NULL,
+    reason TEXT NOT NULL,
+    skipped_at INTEGER NOT NULL,
+    PRIMARY KEY (name, row_id)
+) WITHOUT ROWID";
+
+/// At most this many rows of one run are skipped; more is not a stray bad
+/// row but a wrong time column, and the run fails with the first error.
+const MAX_SKIPPED_PER_RUN: usize = 10_000;
+
 fn run_one(conn: &Connection, r: &Rollup) -> Res<i64> {
+    match aggregate(conn, r) {
+        Err(Fail(m)) if m.contains("sluice_bucket:") => {
+            let skipped = skip_bad_times(conn, r)?;
+            if skipped == 0 {
+                return Err(Fail(m));
+            }
+            aggregate(conn, r)
+        }
+        other => other,
+    }
+}
+
+/// Records the rows above the watermark whose time is not a time; returns
+/// how many.
+fn skip_bad_times(conn: &Connection, r: &Rollup) -> Res<usize> {
+    let wm: i64 = conn
+        .query_row(
+            "SELECT watermark FROM main.sluice_rollups WHERE name = ?1",
+            [&r.name],
+            |row| row.get(0),
+        )
+        .optional()?
+        .unwrap_or(0);
+    let mut bad: Vec<(i64, String)> = Vec::new();
+    {
+        let mut stmt = conn.prepare(&format!(
+            "SELECT rowid, {t} FROM main.{src} WHERE rowid > ?1 AND {t} IS NOT NULL",
+            t = quote_ident(&r.time),
+            src = quote_ident(&r.source)
+        ))?;
+        let mut rows = stmt.query([wm])?;
+        while let Some(row) = rows.next()? {
+            if let Err(Fail(why)) = crate::window::bucket_of(row.get_ref(1)?, r.width) {
+                if bad.len() == MAX_SKIPPED_PER_RUN {
+                    return Err(Fail(format!(
+                        "more than {MAX_SKIPPED_PER_RUN} rows of '{}' have a time that is not a \
+                         time (first: rowid {}: {}); is '{}' the right time column?",
+                        r.source, bad[0].0, bad[0].1, r.time
+                    )));
+                }
+                bad.push((row.get(0)?, why));
+            }
+        }
+    }
+    conn.execute_batch(SKIPPED_SCHEMA)?;
+    let mut ins = conn.prepare(
+        "INSERT OR IGNORE INTO main.sluice_rollup_skipped (name, row_id, reason, skipped_at) \
+         VALUES (?1, ?2, ?3, ?4)",
+    )?;
+    let now = crate::now_ms();
+    for (id, why) in &bad {
+        ins.execute(params![r.name, id, why, now])?;
+    }
+    Ok(bad.len())
+}
+
+/// `AND rowid NOT IN (the skipped rows)`, or nothing when none was skipped.
+fn skip_clause(conn: &Connection, r: &Rollup) -> Res<String> {
+    let has: bool = conn.query_row(
+        "SELECT count(*) > 0 FROM main.sqlite_master WHERE type = 'table' AND name = 'sluice_rollup_skipped'",
+        [],
+        |row| row.get(0),
+    )?;
+    if !has {
+        return Ok(String::new());
+    }
+    let any: bool = conn.query_row(
+        "SELECT count(*) > 0 FROM main.sluice_rollup_skipped WHERE name = ?1",
+        [&r.name],
+        |row| row.get(0),
+    )?;
+    Ok(if any {
+        format!(
+            " AND rowid NOT IN (SELECT row_id FROM main.sluice_rollup_skipped WHERE name = '{}')",
+            r.name.replace('\'', "''")
+        )
+    } else {
+        String::new()
+    })
+}
+
+fn aggregate(conn: &Connection, r: &Rollup) -> Res<i64> {
+    let skip = skip_clause(conn, r)?;
     let src = quote_ident(&r.source);
     let wm: i64 = conn
         .query_row(
@@ -438,14 +536,14 @@ fn run_one(conn: &Connection, r: &Rollup) -> Res<i64> {
     // Which rows to aggregate: all of them on a first run; otherwise the
     // windows touched by the new rows, within their time range.
     let filter = if wm == 0 {
-        format!("WHERE {t} IS NOT NULL")
+        format!("WHERE {t} IS NOT NULL{skip}")
     } else {
         let mut touched_cols = gcols.clone();
         touched_cols.push(format!("{bucket} AS sluice_ws"));
         conn.execute_batch(&format!(
             "DROP TABLE IF EXISTS temp.sluice_rollup_touched; \
              CREATE TEMP TABLE sluice_rollup_touched AS SELECT DISTINCT {} FROM main.{src} \
-             WHERE rowid > {wm} AND rowid <= {max} AND {t} IS NOT NULL",
+             WHERE rowid > {wm} AND rowid <= {max} AND {t} IS NOT NULL{skip}",
             touched_cols.join(", ")
         ))?;
         let (lo, hi): (Value, Value) = conn.query_row(
@@ -465,7 +563,7 @@ fn run_one(conn: &Connection, r: &Rollup) -> Res<i64> {
         let mut tcols: Vec<String> = gcols.clone();
         tcols.push("sluice_ws".into());
         format!(
-            "WHERE {t} >= {} AND {t} < {} AND ({}) IN (SELECT {} FROM temp.sluice_rollup_touched)",
+            "WHERE {t} >= {} AND {t} < {} AND ({}) IN (SELECT {} FROM temp.sluice_rollup_touched){skip}",
             lit(&lo),
             lit(&hi),
             probe.join(", "),

@@ -306,7 +306,13 @@ pub fn parse_width(v: ValueRef<'_>) -> Res<i64> {
 
 fn bucket(ctx: &Context<'_>) -> Res<Value> {
     let width = parse_width(arg_raw(ctx, 1)?)?;
-    match arg_raw(ctx, 0)? {
+    bucket_of(arg_raw(ctx, 0)?, width)
+}
+
+/// The start of the window of `width` seconds that holds time `ts`: what
+/// `sluice_bucket(ts, width)` returns, or why `ts` is not a time.
+pub fn bucket_of(ts: ValueRef<'_>, width: i64) -> Res<Value> {
+    match ts {
         ValueRef::Null => Ok(Value::Null),
         ValueRef::Integer(t) => Ok(Value::Integer(t.div_euclid(width) * width)),
         ValueRef::Real(t) if t.is_finite() => {

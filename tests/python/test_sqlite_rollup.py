@@ -181,3 +181,35 @@ def test_rollup_run_errors_and_direct_only(edge):
     edge.execute("ALTER TABLE s DROP COLUMN v")
     assert err(edge, "SELECT sluice_rollup_run('s1')") == \
         "sluice_rollup_run: rollup 's1': measure 'm': table 's' has no column 'v'"
+
+
+def test_a_row_whose_time_is_not_a_time_is_skipped_and_recorded_not_blocking(edge):
+    insert(edge, samples(10, cameras=1))
+    # A stray row: its time is text but not ISO-8601.
+    edge.execute("INSERT INTO metrics (camera_id, location_id, recorded_at, people_count, processing_ms) "
+                 "VALUES ('cam0', 'loc-1', 'yesterday-ish', 3, 1.0)")
+    bad = edge.execute("SELECT max(rowid) FROM metrics").fetchone()[0]
+    assert edge.execute("SELECT sluice_rollup_run()").fetchone()[0] >= 1
+    got = {(r[0], r[1]): r[2] for r in edge.execute("SELECT camera_id, window_start, samples FROM metrics_5m")}
+    assert sum(got.values()) == 10, got
+    skipped = edge.execute("SELECT name, row_id, reason FROM sluice_rollup_skipped").fetchall()
+    assert len(skipped) == 1 and skipped[0][0] == "metrics_5m" and skipped[0][1] == bad, skipped
+    assert "sluice_bucket" not in skipped[0][2] and "yesterday-ish" in skipped[0][2], skipped
+    # Idempotent; a late valid row in the same window re-aggregates it, the
+    # stray row stays out.
+    assert edge.execute("SELECT sluice_rollup_run()").fetchone()[0] == 0
+    insert(edge, samples(1, cameras=1, start=2, rnd=random.Random(9)))
+    edge.execute("SELECT sluice_rollup_run()")
+    assert edge.execute("SELECT sum(samples) FROM metrics_5m").fetchone()[0] == 11
+    assert edge.execute("SELECT count(*) FROM sluice_rollup_skipped").fetchone()[0] == 1
+    # The raw row itself is still there (it syncs as it is).
+    assert edge.execute("SELECT recorded_at FROM metrics WHERE rowid = ?", (bad,)).fetchone() == ("yesterday-ish",)
+
+
+def test_a_wrong_time_column_fails_instead_of_skipping_everything(edge):
+    edge.executemany("INSERT INTO metrics (camera_id, location_id, recorded_at, people_count, processing_ms) "
+                     "VALUES ('cam0', 'loc-1', ?, 1, 1.0)", [(f"row {i}",) for i in range(10_001)])
+    msg = err(edge, "SELECT sluice_rollup_run()")
+    assert "more than 10000 rows of 'metrics' have a time that is not a time" in msg, msg
+    assert "is 'recorded_at' the right time column?" in msg, msg
+    assert edge.execute("SELECT count(*) FROM metrics_5m").fetchone()[0] == 0
