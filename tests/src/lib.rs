@@ -607,6 +607,8 @@ impl Drop for OwnServer {
 pub struct Rng(pub u64);
 
 impl Rng {
+    /// The next 64 random bits (not an iterator: the stream never ends).
+    #[allow(clippy::should_implement_trait)]
     pub fn next(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         splitmix(self.0)
