@@ -28,6 +28,10 @@ GOAL = re.compile(r"goal\s*(≥|>=|≤|<=|<|>)\s*(" + NUM + r")\s*([x×]|[A-Za-z
 KEY_LINE = (r"^(fleet\b.*|\d+ trials, .*|.*\bexecutions\b.*|sluice_\w+: \d+ kills.*|writer crash tally.*|"
             r"(outage: )?(catch-up|rows inserted).*|.*\bcases\b.*failures?.*|"
             r"\|\s*`sluice\.(search|nearest|hybrid_search)`.*|\| SQL: .*)$")
+# How many figures with a goal each benchmark prints today: fewer in an
+# output means a line changed shape (or the run failed), and the report says
+# so instead of silently leaving the figure out.
+EXPECTED = {"edge": 9, "cloud": 2, "cloud-retention": 1, "sync": 5, "embed": 1}
 ORDER = ["edge", "cloud", "cloud-retention", "cloud-search", "sync", "embed", "fleet", "outage", "crash", "fuzz", "soak"]
 
 
@@ -175,6 +179,15 @@ def main():
         lines.append(f"| {name} | `{meta.get('command', '?')}` | {meta.get('when', '?')} | "
                      f"{meta.get('end', 'did not finish')} |")
     lines += ["", f"{sum(r[5] for r in rows)} of {len(rows)} figures with a goal meet it.", ""]
+    found = {name: sum(1 for r in rows if r[0] == name) for name, _ in runs}
+    short = [f"{n}: {found.get(n, 0)} of {want} expected figures found"
+             for n, want in EXPECTED.items() if found.get(n, 0) < want]
+    missing = [n for n in EXPECTED if n not in found]
+    if short or missing:
+        lines += ["**Incomplete:** " + "; ".join(short + [f"{n}: no output" for n in missing if n not in
+                                                          [s.split(':')[0] for s in short]]) +
+                  " (see its output in `docs/bench-output/`).", ""]
+        print("bench-report: INCOMPLETE: " + "; ".join(short), file=sys.stderr)
     if have_chart:
         lines += [f"![every figure against its goal](img/{os.path.basename(img)})", ""]
     lines += ["| benchmark | figure | value | goal | met |", "| --- | --- | ---: | --- | --- |"]
