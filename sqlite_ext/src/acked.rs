@@ -29,18 +29,13 @@ CREATE TABLE IF NOT EXISTS main.sluice_acked_ranges (
 /// in order. Empty when the table of ranges does not exist (a database
 /// tracked before ranges existed, never drained newest first).
 pub fn ranges_above(conn: &Connection, tbl: &str, from: i64) -> Res<Vec<(i64, i64)>> {
-    let exists: bool = conn
-        .prepare(
-            "SELECT count(*) > 0 FROM main.sqlite_master \
-             WHERE type = 'table' AND name = 'sluice_acked_ranges'",
-        )?
-        .query_row([], |r| r.get(0))?;
-    if !exists {
-        return Ok(Vec::new());
-    }
-    let mut stmt = conn.prepare(
+    let mut stmt = match conn.prepare(
         "SELECT lo, hi FROM main.sluice_acked_ranges WHERE tbl = ?1 AND hi > ?2 ORDER BY lo",
-    )?;
+    ) {
+        Ok(stmt) => stmt,
+        Err(e) if crate::no_such_table(&e) => return Ok(Vec::new()),
+        Err(e) => return Err(e.into()),
+    };
     let rows = stmt.query_map(params![tbl, from], |r| Ok((r.get(0)?, r.get(1)?)))?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
@@ -77,42 +72,62 @@ pub enum Acked {
 }
 
 /// Records the acknowledgement of `(base, last]` of `tbl` whose watermark is
-/// `watermark`. Call inside the acknowledgement's transaction.
-pub fn record(conn: &Connection, tbl: &str, watermark: i64, base: i64, last: i64) -> Res<Acked> {
-    conn.execute_batch(RANGES_SCHEMA)?;
+/// `watermark` and whose ranges above it are `ranges` (from
+/// [`ranges_above`]). Call inside the acknowledgement's transaction.
+pub fn record(
+    conn: &Connection,
+    tbl: &str,
+    watermark: i64,
+    ranges: &[(i64, i64)],
+    base: i64,
+    last: i64,
+) -> Res<Acked> {
     if base <= watermark {
         // The batch reaches the watermark: move it, absorbing every range it
         // now reaches (a range may reach further than the batch).
-        let mut wm = last.max(watermark);
-        loop {
-            let reach: Option<i64> = conn
-                .prepare(
-                    "SELECT max(hi) FROM main.sluice_acked_ranges WHERE tbl = ?1 AND lo <= ?2",
-                )?
-                .query_row(params![tbl, wm], |r| r.get(0))?;
-            match reach {
-                Some(hi) if hi > wm => wm = hi,
-                _ => break,
-            }
+        let wm = advance(ranges, last.max(watermark));
+        if ranges.iter().any(|&(lo, _)| lo <= wm) {
+            conn.execute(
+                "DELETE FROM main.sluice_acked_ranges WHERE tbl = ?1 AND lo <= ?2",
+                params![tbl, wm],
+            )?;
         }
-        conn.prepare("DELETE FROM main.sluice_acked_ranges WHERE tbl = ?1 AND lo <= ?2")?
-            .execute(params![tbl, wm])?;
         return Ok(Acked::Watermark(wm));
     }
     // Above the watermark: merge with every range it overlaps or touches.
-    let (lo, hi): (Option<i64>, Option<i64>) = conn
-        .prepare(
-            "SELECT min(lo), max(hi) FROM main.sluice_acked_ranges \
-             WHERE tbl = ?1 AND lo <= ?3 AND hi >= ?2",
-        )?
-        .query_row(params![tbl, base, last], |r| Ok((r.get(0)?, r.get(1)?)))?;
-    let lo = lo.map_or(base, |l| l.min(base));
-    let hi = hi.map_or(last, |h| h.max(last));
-    conn.prepare("DELETE FROM main.sluice_acked_ranges WHERE tbl = ?1 AND lo <= ?3 AND hi >= ?2")?
-        .execute(params![tbl, lo, hi])?;
-    conn.prepare("INSERT INTO main.sluice_acked_ranges (tbl, lo, hi) VALUES (?1, ?2, ?3)")?
-        .execute(params![tbl, lo, hi])?;
+    let touching = |&&(lo, hi): &&(i64, i64)| lo <= last && hi >= base;
+    let lo = ranges
+        .iter()
+        .filter(touching)
+        .map(|r| r.0)
+        .fold(base, i64::min);
+    let hi = ranges
+        .iter()
+        .filter(touching)
+        .map(|r| r.1)
+        .fold(last, i64::max);
+    conn.execute_batch(RANGES_SCHEMA)?;
+    conn.execute(
+        "DELETE FROM main.sluice_acked_ranges WHERE tbl = ?1 AND lo <= ?3 AND hi >= ?2",
+        params![tbl, lo, hi],
+    )?;
+    conn.execute(
+        "INSERT INTO main.sluice_acked_ranges (tbl, lo, hi) VALUES (?1, ?2, ?3)",
+        params![tbl, lo, hi],
+    )?;
     Ok(Acked::Range)
+}
+
+/// The watermark after moving to `wm`: past every range (in order) that
+/// starts at or below it.
+pub fn advance(ranges: &[(i64, i64)], mut wm: i64) -> i64 {
+    for &(lo, hi) in ranges {
+        if lo > wm {
+            break;
+        }
+        wm = wm.max(hi);
+    }
+    wm
 }
 
 #[cfg(test)]
@@ -129,6 +144,16 @@ mod tests {
         );
         // A range starting at the watermark leaves no gap below it.
         assert_eq!(pending_gaps(&[(5, 20)], 5), vec![(20, i64::MAX)]);
+    }
+
+    #[test]
+    fn the_watermark_folds_in_the_ranges_it_reaches() {
+        let r = [(500, 600), (800, 1000)];
+        assert_eq!(advance(&r, 100), 100);
+        assert_eq!(advance(&r, 500), 600);
+        assert_eq!(advance(&r, 700), 700);
+        assert_eq!(advance(&r, 800), 1000);
+        assert_eq!(advance(&[(5, 20), (20, 30)], 5), 30);
     }
 
     #[test]

@@ -195,6 +195,12 @@ impl From<rusqlite::Error> for Fail {
     }
 }
 
+/// Whether an error says a table does not exist (bookkeeping tables added
+/// after a database was first tracked are created when first needed).
+pub fn no_such_table(e: &rusqlite::Error) -> bool {
+    sqlite_message(e).contains("no such table")
+}
+
 /// The message of an SQLite error, without rusqlite's decoration.
 pub fn sqlite_message(e: &rusqlite::Error) -> String {
     match e {

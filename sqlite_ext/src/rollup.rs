@@ -419,17 +419,22 @@ fn run_one(conn: &Connection, r: &Rollup) -> Res<i64> {
     }
 }
 
-/// Records the rows above the watermark whose time is not a time; returns
-/// how many.
-fn skip_bad_times(conn: &Connection, r: &Rollup) -> Res<usize> {
-    let wm: i64 = conn
+/// The largest source rowid the rollup has processed (0 before its first run).
+fn watermark(conn: &Connection, r: &Rollup) -> Res<i64> {
+    Ok(conn
         .query_row(
             "SELECT watermark FROM main.sluice_rollups WHERE name = ?1",
             [&r.name],
             |row| row.get(0),
         )
         .optional()?
-        .unwrap_or(0);
+        .unwrap_or(0))
+}
+
+/// Records the rows above the watermark whose time is not a time; returns
+/// how many.
+fn skip_bad_times(conn: &Connection, r: &Rollup) -> Res<usize> {
+    let wm = watermark(conn, r)?;
     let mut bad: Vec<(i64, String)> = Vec::new();
     {
         let mut stmt = conn.prepare(&format!(
@@ -463,21 +468,22 @@ fn skip_bad_times(conn: &Connection, r: &Rollup) -> Res<usize> {
     Ok(bad.len())
 }
 
-/// `AND rowid NOT IN (the skipped rows)`, or nothing when none was skipped.
+/// `AND rowid NOT IN (the skipped rows)`, or nothing when none was skipped
+/// (or the table of skipped rows was never needed).
 fn skip_clause(conn: &Connection, r: &Rollup) -> Res<String> {
-    let has: bool = conn.query_row(
-        "SELECT count(*) > 0 FROM main.sqlite_master WHERE type = 'table' AND name = 'sluice_rollup_skipped'",
-        [],
-        |row| row.get(0),
-    )?;
-    if !has {
-        return Ok(String::new());
-    }
-    let any: bool = conn.query_row(
-        "SELECT count(*) > 0 FROM main.sluice_rollup_skipped WHERE name = ?1",
-        [&r.name],
-        |row| row.get(0),
-    )?;
+    let any = conn
+        .query_row(
+            "SELECT EXISTS (SELECT 1 FROM main.sluice_rollup_skipped WHERE name = ?1)",
+            [&r.name],
+            |row| row.get::<_, bool>(0),
+        )
+        .or_else(|e| {
+            if crate::no_such_table(&e) {
+                Ok(false)
+            } else {
+                Err(e)
+            }
+        })?;
     Ok(if any {
         format!(
             " AND rowid NOT IN (SELECT row_id FROM main.sluice_rollup_skipped WHERE name = '{}')",
@@ -491,14 +497,7 @@ fn skip_clause(conn: &Connection, r: &Rollup) -> Res<String> {
 fn aggregate(conn: &Connection, r: &Rollup) -> Res<i64> {
     let skip = skip_clause(conn, r)?;
     let src = quote_ident(&r.source);
-    let wm: i64 = conn
-        .query_row(
-            "SELECT watermark FROM main.sluice_rollups WHERE name = ?1",
-            [&r.name],
-            |row| row.get(0),
-        )
-        .optional()?
-        .unwrap_or(0);
+    let wm = watermark(conn, r)?;
     let max: Option<i64> =
         conn.query_row(&format!("SELECT max(rowid) FROM main.{src}"), [], |row| {
             row.get(0)

@@ -475,7 +475,7 @@ fn ack(ctx: &Context<'_>) -> Res<Value> {
     }
     let now = now_ms();
     atomic(&conn, "sluice_ack", || {
-        match acked::record(&conn, &t.tbl, t.acked_seq, h.base_seq, h.last_seq)? {
+        match acked::record(&conn, &t.tbl, t.acked_seq, &ranges, h.base_seq, h.last_seq)? {
             acked::Acked::Watermark(wm) => {
                 conn.execute(
                     "UPDATE main.sluice_tables SET acked_seq = ?1, acked_at = ?2, \
