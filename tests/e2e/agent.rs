@@ -348,14 +348,7 @@ fn sync_works_through_a_transaction_mode_pgbouncer() {
     let cloud = CloudDb::create("bouncer");
     let bouncer = Pgbouncer::start();
     let dir = tempfile::tempdir().unwrap();
-    let edge_path = dir.path().join("edge.db");
-    let edge = edge_db(&edge_path, true);
-    insert_rows(
-        &edge,
-        "division_states",
-        &division_states(0, 20_000, 13),
-        1000,
-    );
+    let (edge_path, edge) = edge_with_division_states(dir.path(), 20_000, 13);
     let config = write_config(
         dir.path(),
         &edge_path,
@@ -439,14 +432,7 @@ fn tls_with_a_private_ca_is_verified() {
     )));
     let cloud = CloudDb::create("tls");
     let dir = tempfile::tempdir().unwrap();
-    let edge_path = dir.path().join("edge.db");
-    let edge = edge_db(&edge_path, true);
-    insert_rows(
-        &edge,
-        "division_states",
-        &division_states(0, 2_000, 14),
-        1000,
-    );
+    let (edge_path, edge) = edge_with_division_states(dir.path(), 2_000, 14);
     let config = write_config(
         dir.path(),
         &edge_path,
@@ -523,14 +509,7 @@ fn tls_with_a_private_ca_is_verified() {
 fn sigterm_during_a_capped_sync_leaves_nothing_half_recorded() {
     let cloud = CloudDb::create("sigterm_sync");
     let dir = tempfile::tempdir().unwrap();
-    let edge_path = dir.path().join("edge.db");
-    let edge = edge_db(&edge_path, true);
-    insert_rows(
-        &edge,
-        "division_states",
-        &division_states(0, 20_000, 15),
-        1000,
-    );
+    let (edge_path, edge) = edge_with_division_states(dir.path(), 20_000, 15);
     // 100 rows a batch at 4 KB/s: a batch every ~0.3 s, far from done in 1.5 s.
     let config = write_config_with(
         dir.path(),
@@ -590,14 +569,7 @@ fn the_agent_reconnects_after_postgresql_restarts_mid_sync() {
     let server = OwnServer::start("restart");
     let url = server.database("cloud");
     let dir = tempfile::tempdir().unwrap();
-    let edge_path = dir.path().join("edge.db");
-    let edge = edge_db(&edge_path, true);
-    insert_rows(
-        &edge,
-        "division_states",
-        &division_states(0, 6_000, 16),
-        1000,
-    );
+    let (edge_path, edge) = edge_with_division_states(dir.path(), 6_000, 16);
     // Slow (100-row batches at 20 KB/s: about 5 s) and patient (20 attempts, up to 0.5 s apart).
     let config = write_config_with(
         dir.path(),
@@ -668,14 +640,7 @@ fn ledger_ranges(cloud: &CloudDb, table: &str) -> Vec<(i64, i64)> {
 fn newest_first_drains_the_backlog_from_the_top_exactly_once() {
     let cloud = CloudDb::create("newest_first");
     let dir = tempfile::tempdir().unwrap();
-    let edge_path = dir.path().join("edge.db");
-    let edge = edge_db(&edge_path, true);
-    insert_rows(
-        &edge,
-        "division_states",
-        &division_states(0, 3_000, 21),
-        1000,
-    );
+    let (edge_path, edge) = edge_with_division_states(dir.path(), 3_000, 21);
     let config = write_config_with(
         dir.path(),
         &edge_path,
@@ -821,14 +786,7 @@ fn the_hourly_sync_sends_the_last_two_hours_and_the_full_sync_the_rest() {
 fn tables_sync_concurrently_and_each_exactly_once() {
     let cloud = CloudDb::create("concurrent_tables");
     let dir = tempfile::tempdir().unwrap();
-    let edge_path = dir.path().join("edge.db");
-    let edge = edge_db(&edge_path, true);
-    insert_rows(
-        &edge,
-        "division_states",
-        &division_states(0, 3_000, 23),
-        1000,
-    );
+    let (_, edge) = edge_with_division_states(dir.path(), 3_000, 23);
     let tables: Vec<serde_json::Value> = (0..3_000i64)
         .map(|i| {
             let state = ["IDLE", "BUSY", "CLEANING"][i as usize % 3];

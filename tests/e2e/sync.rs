@@ -16,14 +16,7 @@ fn sync(config: &std::path::Path) -> String {
 fn hundred_thousand_rows_arrive_exactly_once() {
     let cloud = CloudDb::create("hundred_k");
     let dir = tempfile::tempdir().unwrap();
-    let edge_path = dir.path().join("edge.db");
-    let edge = edge_db(&edge_path, true);
-    insert_rows(
-        &edge,
-        "division_states",
-        &division_states(0, 100_000, 1),
-        1000,
-    );
+    let (edge_path, edge) = edge_with_division_states(dir.path(), 100_000, 1);
     assert_eq!(pending(&edge, "division_states"), 100_000);
 
     let config = write_config(dir.path(), &edge_path, &cloud.url, DEVICE, 1000);
@@ -131,14 +124,7 @@ fn every_batch_replayed_changes_nothing() {
 fn agent_killed_between_ingest_and_ack_loses_and_duplicates_nothing() {
     let cloud = CloudDb::create("sigkill");
     let dir = tempfile::tempdir().unwrap();
-    let edge_path = dir.path().join("edge.db");
-    let edge = edge_db(&edge_path, true);
-    insert_rows(
-        &edge,
-        "division_states",
-        &division_states(0, 10_000, 3),
-        1000,
-    );
+    let (edge_path, edge) = edge_with_division_states(dir.path(), 10_000, 3);
     let config = write_config(dir.path(), &edge_path, &cloud.url, DEVICE, 1000);
 
     let mut child = agent(&[

@@ -133,6 +133,15 @@ pub fn edge_db(path: &Path, schema: bool) -> Connection {
     conn
 }
 
+/// An edge database `edge.db` in `dir` with the default schema and `n`
+/// pending `division_states` rows (of [`division_states`]`(0, n, seed)`).
+pub fn edge_with_division_states(dir: &Path, n: u64, seed: u64) -> (PathBuf, Connection) {
+    let path = dir.join("edge.db");
+    let edge = edge_db(&path, true);
+    insert_rows(&edge, "division_states", &division_states(0, n, seed), 1000);
+    (path, edge)
+}
+
 /// Writes an agent config for `edge` and `cloud_url` into `dir`.
 pub fn write_config(
     dir: &Path,
