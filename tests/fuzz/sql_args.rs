@@ -280,37 +280,7 @@ const REALS: &[f64] = &[
 ];
 
 fn random_text(rng: &mut Rng) -> String {
-    const CHARS: &[char] = &[
-        'a',
-        'Z',
-        '0',
-        '9',
-        ' ',
-        '\'',
-        '"',
-        '\\',
-        '%',
-        '_',
-        '-',
-        ':',
-        '.',
-        ',',
-        '[',
-        ']',
-        '{',
-        '}',
-        '\n',
-        '\t',
-        '\0',
-        '\u{7f}',
-        'é',
-        '€',
-        '\u{1F600}',
-        '\u{FEFF}',
-        '\u{202E}',
-    ];
-    let n = rng.below(64);
-    (0..n).map(|_| *rng.pick(CHARS)).collect()
+    sluice_tests::random_text(rng, 64, true)
 }
 
 fn mutate_bytes(rng: &mut Rng, mut b: Vec<u8>) -> Vec<u8> {

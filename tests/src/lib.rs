@@ -639,6 +639,55 @@ impl Rng {
     }
 }
 
+/// Random text of up to `max_len` characters that are likely to trip a
+/// parser or an identifier: quotes, escapes, brackets, control characters,
+/// multi-byte and bidi characters, and NUL when `nul`.
+pub fn random_text(rng: &mut Rng, max_len: usize, nul: bool) -> String {
+    const CHARS: &[char] = &[
+        'a',
+        'Z',
+        '0',
+        '9',
+        ' ',
+        '\'',
+        '"',
+        '\\',
+        '%',
+        '_',
+        '-',
+        ':',
+        '.',
+        ',',
+        '[',
+        ']',
+        '{',
+        '}',
+        '\n',
+        '\t',
+        '\u{7f}',
+        'é',
+        '€',
+        '\u{1F600}',
+        '\u{FEFF}',
+        '\u{202E}',
+        '(',
+        ')',
+        '&',
+        '|',
+        '!',
+    ];
+    let n = rng.below(max_len + 1);
+    (0..n)
+        .map(|_| {
+            if nul && rng.chance(1) {
+                '\0'
+            } else {
+                *rng.pick(CHARS)
+            }
+        })
+        .collect()
+}
+
 /// The environment variable `name` as a number, or `default` when it is
 /// unset or not a number.
 pub fn env_number<T: std::str::FromStr>(name: &str, default: T) -> T {
