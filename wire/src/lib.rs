@@ -9,6 +9,8 @@
 //! - [`codec`]: the low-level readers and writers (varints, strings) that
 //!   never panic and never allocate more than the input can justify.
 //! - [`error`]: [`WireError`], whose messages say what is wrong and where.
+//! - [`names`]: identifier quoting, the device-id rule and [`DrainOrder`],
+//!   shared by every part so that none accepts a name another refuses.
 //! - [`sketch`]: the mergeable quantile sketch ([`Sketch`], DDSketch-style,
 //!   1 % relative accuracy) and its bytes, so the edge's window sketches and
 //!   the cloud's merges agree.
@@ -18,6 +20,7 @@
 pub mod batch;
 pub mod codec;
 pub mod error;
+pub mod names;
 pub mod sketch;
 
 pub use batch::{
@@ -25,4 +28,5 @@ pub use batch::{
     ColumnType, EncodeOptions, Value, FORMAT_VERSION, MAGIC, MAX_BODY_BYTES, MAX_COLUMNS,
 };
 pub use error::WireError;
+pub use names::{check_device_id, quote_ident, DrainOrder, MAX_DEVICE_ID_CHARS};
 pub use sketch::{Sketch, SketchError, RELATIVE_ACCURACY};
