@@ -1,0 +1,85 @@
+//! The header's bytes: device id, stream id, table, sequence range, row
+//! count, send time, the columns and their fingerprint (checked on read).
+
+use crate::codec::{self, Reader};
+use crate::error::WireError;
+
+use super::model::{column_fingerprint, BatchHeader, Column, ColumnType, MAX_COLUMNS};
+
+/// The header's bytes, with `row_count` and a freshly computed fingerprint.
+pub(super) fn write_header(header: &BatchHeader, row_count: u32) -> Result<Vec<u8>, WireError> {
+    let mut head = Vec::with_capacity(64 + 16 * header.columns.len());
+    codec::put_str16(&mut head, &header.device_id, "device id")?;
+    codec::put_u64(&mut head, header.stream_id);
+    codec::put_str16(&mut head, &header.table, "table name")?;
+    codec::put_u64(&mut head, header.base_seq as u64);
+    codec::put_u64(&mut head, header.last_seq as u64);
+    codec::put_u32(&mut head, row_count);
+    codec::put_u64(&mut head, header.sent_at_ms as u64);
+    codec::put_u16(&mut head, header.columns.len() as u16);
+    for c in &header.columns {
+        codec::put_str16(&mut head, &c.name, "column name")?;
+        head.push(c.ty as u8);
+    }
+    codec::put_u64(&mut head, column_fingerprint(&header.columns));
+    Ok(head)
+}
+
+pub(super) fn parse_header(head: &[u8]) -> Result<BatchHeader, WireError> {
+    let mut r = Reader::new(head);
+    let device_id = r.str16("device id")?;
+    let stream_id = r.u64("stream id")?;
+    let table = r.str16("table name")?;
+    let base_seq = r.i64("base sequence")?;
+    let last_seq = r.i64("last sequence")?;
+    let row_count = r.u32("row count")?;
+    let sent_at_ms = r.i64("send time")?;
+    let ncols = r.u16("column count")? as usize;
+    if ncols > MAX_COLUMNS {
+        return Err(WireError::TooLarge {
+            what: "the column count",
+            size: ncols as u64,
+            limit: MAX_COLUMNS as u64,
+        });
+    }
+    let mut columns = Vec::with_capacity(ncols.min(r.remaining() / 3));
+    for i in 0..ncols {
+        let name = r.str16("column name")?;
+        let t = r.u8("column type")?;
+        let ty = ColumnType::from_u8(t).ok_or_else(|| {
+            WireError::malformed(format!("column {i} ('{name}') has unknown type code {t}"))
+        })?;
+        columns.push(Column { name, ty });
+    }
+    let fingerprint = r.u64("column fingerprint")?;
+    if r.remaining() != 0 {
+        return Err(WireError::malformed(format!(
+            "{} unexpected bytes at the end of the header",
+            r.remaining()
+        )));
+    }
+    if fingerprint != column_fingerprint(&columns) {
+        return Err(WireError::malformed(
+            "the column fingerprint does not match the columns",
+        ));
+    }
+    if table.is_empty() {
+        return Err(WireError::malformed("the table name is empty"));
+    }
+    if last_seq < base_seq {
+        return Err(WireError::malformed(format!(
+            "sequence range ({base_seq}, {last_seq}] is reversed"
+        )));
+    }
+    Ok(BatchHeader {
+        device_id,
+        stream_id,
+        table,
+        base_seq,
+        last_seq,
+        row_count,
+        sent_at_ms,
+        columns,
+        fingerprint,
+    })
+}

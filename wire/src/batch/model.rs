@@ -1,0 +1,211 @@
+//! The data model of a batch: its columns and their types, the values, the
+//! header with the batch's identity, and the column fingerprint the cloud
+//! uses to refuse a batch it cannot map. No bytes here: [`super::frame`]
+//! writes and reads them.
+
+/// Largest number of columns in a batch.
+pub const MAX_COLUMNS: usize = 2000;
+/// Default brotli quality: a good ratio at edge-box CPU cost.
+pub const DEFAULT_BROTLI_QUALITY: u32 = 5;
+
+/// The declared type of an edge column (its SQLite affinity). The cloud uses
+/// it to check that it can map the column; values themselves carry their own
+/// storage class, as in SQLite.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum ColumnType {
+    Integer = 1,
+    Real = 2,
+    Text = 3,
+    Blob = 4,
+    Numeric = 5,
+}
+
+impl ColumnType {
+    pub(super) fn from_u8(b: u8) -> Option<Self> {
+        Some(match b {
+            1 => ColumnType::Integer,
+            2 => ColumnType::Real,
+            3 => ColumnType::Text,
+            4 => ColumnType::Blob,
+            5 => ColumnType::Numeric,
+            _ => return None,
+        })
+    }
+
+    /// The affinity SQLite gives a declared column type (section 3.1 of
+    /// <https://sqlite.org/datatype3.html>).
+    pub fn from_declared(decl: &str) -> Self {
+        let d = decl.to_ascii_uppercase();
+        if d.contains("INT") {
+            ColumnType::Integer
+        } else if d.contains("CHAR") || d.contains("CLOB") || d.contains("TEXT") {
+            ColumnType::Text
+        } else if d.contains("BLOB") || d.is_empty() {
+            ColumnType::Blob
+        } else if d.contains("REAL") || d.contains("FLOA") || d.contains("DOUB") {
+            ColumnType::Real
+        } else {
+            ColumnType::Numeric
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ColumnType::Integer => "integer",
+            ColumnType::Real => "real",
+            ColumnType::Text => "text",
+            ColumnType::Blob => "blob",
+            ColumnType::Numeric => "numeric",
+        }
+    }
+}
+
+/// One column of a batch.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Column {
+    pub name: String,
+    pub ty: ColumnType,
+}
+
+impl Column {
+    pub fn new(name: impl Into<String>, ty: ColumnType) -> Self {
+        Column {
+            name: name.into(),
+            ty,
+        }
+    }
+}
+
+/// One value, with SQLite's storage classes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    Null,
+    Integer(i64),
+    Real(f64),
+    Text(String),
+    Blob(Vec<u8>),
+}
+
+impl Value {
+    pub(super) fn tag(&self) -> u8 {
+        match self {
+            Value::Null => 0,
+            Value::Integer(_) => 1,
+            Value::Real(_) => 2,
+            Value::Text(_) => 3,
+            Value::Blob(_) => 4,
+        }
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Value::Null => "null",
+            Value::Integer(_) => "integer",
+            Value::Real(_) => "real",
+            Value::Text(_) => "text",
+            Value::Blob(_) => "blob",
+        }
+    }
+}
+
+/// Everything about a batch except its rows. Readable without decompressing
+/// the body ([`decode_header`]), which is what acknowledging a batch needs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchHeader {
+    /// The device (edge box) that produced the batch.
+    pub device_id: String,
+    /// Random id of the edge database the rows come from; a database that is
+    /// recreated gets a new one, so its sequence numbers never collide with
+    /// the old ones in the cloud's ledger.
+    pub stream_id: u64,
+    /// The edge table.
+    pub table: String,
+    /// Exclusive lower bound of the sequence range: the table's acknowledged
+    /// watermark when the batch was cut.
+    pub base_seq: i64,
+    /// Inclusive upper bound of the sequence range.
+    pub last_seq: i64,
+    pub row_count: u32,
+    /// The device's clock when the batch was cut, in ms since the Unix epoch;
+    /// the cloud compares it with its own clock to measure skew.
+    pub sent_at_ms: i64,
+    pub columns: Vec<Column>,
+    /// [`column_fingerprint`] of `columns`.
+    pub fingerprint: u64,
+}
+
+impl BatchHeader {
+    pub fn id(&self) -> BatchId {
+        BatchId {
+            device_id: self.device_id.clone(),
+            stream_id: self.stream_id,
+            table: self.table.clone(),
+            base_seq: self.base_seq,
+            last_seq: self.last_seq,
+        }
+    }
+}
+
+/// The identity of a batch: the cloud's ledger key.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct BatchId {
+    pub device_id: String,
+    pub stream_id: u64,
+    pub table: String,
+    pub base_seq: i64,
+    pub last_seq: i64,
+}
+
+impl std::fmt::Display for BatchId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}/{}/{:016x} ({}, {}]",
+            self.device_id, self.table, self.stream_id, self.base_seq, self.last_seq
+        )
+    }
+}
+
+/// A decoded batch: the header and the rows, stored by column.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Batch {
+    pub header: BatchHeader,
+    /// The version of each row (its sequence number at the edge): what
+    /// "last writer wins" compares.
+    pub versions: Vec<i64>,
+    /// `columns[c][r]` is the value of column `c` in row `r`.
+    pub columns: Vec<Vec<Value>>,
+    /// The CRC-32C stored at the end of the encoded batch.
+    pub checksum: u32,
+}
+
+/// How to encode.
+#[derive(Debug, Clone, Copy)]
+pub struct EncodeOptions {
+    /// Brotli quality 0..=11, or `None` to store the body uncompressed.
+    pub brotli_quality: Option<u32>,
+}
+
+impl Default for EncodeOptions {
+    fn default() -> Self {
+        EncodeOptions {
+            brotli_quality: Some(DEFAULT_BROTLI_QUALITY),
+        }
+    }
+}
+
+/// A stable 64-bit fingerprint (FNV-1a) of column names and types, in order.
+pub fn column_fingerprint(columns: &[Column]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |b: u8| {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    };
+    for c in columns {
+        c.name.bytes().for_each(&mut eat);
+        eat(0);
+        eat(c.ty as u8);
+    }
+    h
+}

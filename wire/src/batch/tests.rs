@@ -1,0 +1,344 @@
+//! Round trips, hostile inputs and property tests of the batch format.
+
+use super::body::decimal;
+use crate::codec;
+use crate::error::WireError;
+use super::*;
+use proptest::prelude::*;
+
+fn header(columns: Vec<Column>, base: i64, last: i64) -> BatchHeader {
+    BatchHeader {
+        device_id: "box-1".into(),
+        stream_id: 0xdead_beef,
+        table: "division_states".into(),
+        base_seq: base,
+        last_seq: last,
+        row_count: 0,
+        sent_at_ms: 1_700_000_000_000,
+        fingerprint: column_fingerprint(&columns),
+        columns,
+    }
+}
+
+fn sample() -> (BatchHeader, Vec<i64>, Vec<Vec<Value>>) {
+    let cols = vec![
+        Column::new("id", ColumnType::Integer),
+        Column::new("state", ColumnType::Text),
+        Column::new("score", ColumnType::Real),
+        Column::new("img", ColumnType::Blob),
+    ];
+    let versions = vec![11, 12, 15];
+    let data = vec![
+        vec![Value::Integer(11), Value::Integer(12), Value::Integer(15)],
+        vec![
+            Value::Text("RED".into()),
+            Value::Null,
+            Value::Text("GREEN \u{e9}".into()),
+        ],
+        vec![Value::Real(0.5), Value::Real(-1e300), Value::Integer(3)],
+        vec![Value::Blob(vec![0, 1, 2]), Value::Null, Value::Blob(vec![])],
+    ];
+    (header(cols, 10, 15), versions, data)
+}
+
+#[test]
+fn round_trip_keeps_everything() {
+    let (h, v, d) = sample();
+    for opts in [
+        EncodeOptions::default(),
+        EncodeOptions {
+            brotli_quality: None,
+        },
+    ] {
+        let bytes = encode(&h, &v, &d, opts).unwrap();
+        let b = decode(&bytes).unwrap();
+        assert_eq!(b.header.row_count, 3);
+        assert_eq!(b.header.id(), h.id());
+        assert_eq!(b.versions, v);
+        assert_eq!(b.columns, d);
+        assert_eq!(decode_header(&bytes).unwrap(), b.header);
+    }
+}
+
+#[test]
+fn every_flipped_byte_is_detected() {
+    let (h, v, d) = sample();
+    let bytes = encode(&h, &v, &d, EncodeOptions::default()).unwrap();
+    for i in 0..bytes.len() {
+        for bit in [0x01u8, 0x80] {
+            let mut b = bytes.clone();
+            b[i] ^= bit;
+            assert!(decode(&b).is_err(), "flip at byte {i} went unnoticed");
+        }
+    }
+}
+
+#[test]
+fn every_truncation_is_an_error() {
+    let (h, v, d) = sample();
+    let bytes = encode(&h, &v, &d, EncodeOptions::default()).unwrap();
+    for n in 0..bytes.len() {
+        assert!(decode(&bytes[..n]).is_err());
+    }
+}
+
+#[test]
+fn errors_say_what_is_wrong() {
+    let (h, v, d) = sample();
+    let mut bytes = encode(&h, &v, &d, EncodeOptions::default()).unwrap();
+    assert!(decode(b"hello")
+        .unwrap_err()
+        .to_string()
+        .contains("shorter than"));
+    assert!(decode(&[0u8; 64])
+        .unwrap_err()
+        .to_string()
+        .contains("magic"));
+    let n = bytes.len();
+    bytes[n - 10] ^= 0xff;
+    assert!(decode(&bytes)
+        .unwrap_err()
+        .to_string()
+        .contains("checksum mismatch"));
+}
+
+/// Re-signs `bytes` after tampering so the checksum no longer protects
+/// the decoder: what a hostile sender could do.
+fn resign(mut bytes: Vec<u8>) -> Vec<u8> {
+    let n = bytes.len() - 4;
+    let crc = crc32c::crc32c(&bytes[..n]);
+    bytes[n..].copy_from_slice(&crc.to_le_bytes());
+    bytes
+}
+
+#[test]
+fn a_lying_row_count_does_not_allocate_it() {
+    let (h, v, d) = sample();
+    let bytes = encode(
+        &h,
+        &v,
+        &d,
+        EncodeOptions {
+            brotli_quality: None,
+        },
+    )
+    .unwrap();
+    // row_count sits right after device id, stream id, table, base, last.
+    let off = 9 + 2 + h.device_id.len() + 8 + 2 + h.table.len() + 16;
+    let mut b = bytes.clone();
+    b[off..off + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+    let err = decode(&resign(b)).unwrap_err().to_string();
+    assert!(err.contains("claims 4294967295 rows"), "{err}");
+}
+
+#[test]
+fn a_huge_claimed_body_is_refused_before_allocating() {
+    let (h, v, d) = sample();
+    let bytes = encode(&h, &v, &d, EncodeOptions::default()).unwrap();
+    let header_len = u32::from_le_bytes([bytes[5], bytes[6], bytes[7], bytes[8]]) as usize;
+    let off = 9 + header_len;
+    let mut b = bytes.clone();
+    b[off..off + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+    let err = decode(&resign(b)).unwrap_err();
+    assert!(matches!(err, WireError::TooLarge { .. }), "{err}");
+}
+
+#[test]
+fn encode_rejects_inconsistent_input() {
+    let (h, v, mut d) = sample();
+    d[1].pop();
+    let err = encode(&h, &v, &d, EncodeOptions::default()).unwrap_err();
+    assert!(
+        err.to_string().contains("column 'state' has 2 values"),
+        "{err}"
+    );
+}
+
+#[test]
+fn bodies_without_the_compact_flag_still_read() {
+    // A batch of the first v1 writers: plain 8-byte real, plain text.
+    let cols = vec![
+        Column::new("x", ColumnType::Real),
+        Column::new("t", ColumnType::Text),
+    ];
+    let h = header(cols.clone(), 0, 1);
+    let mut head = Vec::new();
+    codec::put_str16(&mut head, &h.device_id, "").unwrap();
+    codec::put_u64(&mut head, h.stream_id);
+    codec::put_str16(&mut head, &h.table, "").unwrap();
+    codec::put_u64(&mut head, 0);
+    codec::put_u64(&mut head, 1);
+    codec::put_u32(&mut head, 1);
+    codec::put_u64(&mut head, h.sent_at_ms as u64);
+    codec::put_u16(&mut head, 2);
+    for c in &cols {
+        codec::put_str16(&mut head, &c.name, "").unwrap();
+        head.push(c.ty as u8);
+    }
+    codec::put_u64(&mut head, column_fingerprint(&cols));
+    let mut body = Vec::new();
+    codec::put_zigzag(&mut body, 1);
+    body.push(2);
+    codec::put_u64(&mut body, 2.5f64.to_bits());
+    body.push(3);
+    codec::put_bytes_varint(&mut body, b"hi");
+    let mut out = b"SLB\x01\x00".to_vec();
+    codec::put_u32(&mut out, head.len() as u32);
+    out.extend_from_slice(&head);
+    codec::put_u32(&mut out, body.len() as u32);
+    codec::put_u32(&mut out, body.len() as u32);
+    out.extend_from_slice(&body);
+    let crc = crc32c::crc32c(&out);
+    codec::put_u32(&mut out, crc);
+    let b = decode(&out).unwrap();
+    assert_eq!(
+        b.columns,
+        vec![vec![Value::Real(2.5)], vec![Value::Text("hi".into())]]
+    );
+}
+
+#[test]
+fn short_decimals_and_shared_prefixes_take_few_bytes() {
+    for f in [
+        0.0,
+        1.5,
+        -2.25,
+        12.345,
+        1e-9,
+        0.1 + 0.2,
+        1e300,
+        f64::MIN_POSITIVE,
+        -0.0,
+        123456.789,
+    ] {
+        if let Some((m, k)) = decimal(f) {
+            assert_eq!(
+                (m as f64 / 10f64.powi(i32::from(k))).to_bits(),
+                f.to_bits(),
+                "{f}"
+            );
+        }
+    }
+    assert_eq!(decimal(12.345), Some((12345, 3)));
+    assert_eq!(decimal(-0.0), None);
+    assert_eq!(decimal(0.1 + 0.2), None);
+    let cols = vec![
+        Column::new("t", ColumnType::Text),
+        Column::new("x", ColumnType::Real),
+    ];
+    let n = 100;
+    let versions: Vec<i64> = (1..=n).collect();
+    let data = vec![
+        (0..n)
+            .map(|i| {
+                Value::Text(format!(
+                    "2026-11-22T10:15:{:02}.{:03}Z",
+                    i % 60,
+                    i * 7 % 1000
+                ))
+            })
+            .collect(),
+        (0..n)
+            .map(|i| Value::Real(i as f64 * 0.25 + 1000.125))
+            .collect(),
+    ];
+    let bytes = encode(
+        &header(cols, 0, n),
+        &versions,
+        &data,
+        EncodeOptions {
+            brotli_quality: None,
+        },
+    )
+    .unwrap();
+    assert!(bytes.len() < 100 * 16, "{} bytes for 100 rows", bytes.len());
+    let b = decode(&bytes).unwrap();
+    assert_eq!(b.columns, data);
+}
+
+#[test]
+fn affinity_follows_sqlite_rules() {
+    assert_eq!(ColumnType::from_declared("BIGINT"), ColumnType::Integer);
+    assert_eq!(ColumnType::from_declared("varchar(20)"), ColumnType::Text);
+    assert_eq!(ColumnType::from_declared(""), ColumnType::Blob);
+    assert_eq!(
+        ColumnType::from_declared("DOUBLE PRECISION"),
+        ColumnType::Real
+    );
+    assert_eq!(ColumnType::from_declared("TIMESTAMP"), ColumnType::Numeric);
+}
+
+fn value() -> impl Strategy<Value = Value> {
+    prop_oneof![
+        Just(Value::Null),
+        any::<i64>().prop_map(Value::Integer),
+        any::<f64>()
+            .prop_filter("NaN != NaN", |f| !f.is_nan())
+            .prop_map(Value::Real),
+        ".{0,40}".prop_map(Value::Text),
+        proptest::collection::vec(any::<u8>(), 0..40).prop_map(Value::Blob),
+    ]
+}
+
+fn batch_parts() -> impl Strategy<Value = (BatchHeader, Vec<i64>, Vec<Vec<Value>>)> {
+    (0usize..6, 0usize..50, any::<i32>()).prop_flat_map(|(ncols, nrows, base)| {
+        let base = i64::from(base);
+        (
+            proptest::collection::vec(("[a-z_]{1,12}", 1u8..=5), ncols),
+            proptest::collection::vec(1i64..1000, nrows),
+            proptest::collection::vec(proptest::collection::vec(value(), nrows), ncols),
+            "[a-z0-9-]{0,20}",
+            any::<u64>(),
+            proptest::option::of(0u32..=11),
+        )
+            .prop_map(move |(cols, gaps, data, device, stream, q)| {
+                let cols: Vec<Column> = cols
+                    .into_iter()
+                    .map(|(n, t)| Column::new(n, ColumnType::from_u8(t).unwrap()))
+                    .collect();
+                let mut versions = Vec::with_capacity(gaps.len());
+                let mut s = base;
+                for g in gaps {
+                    s += g;
+                    versions.push(s);
+                }
+                let last = versions.last().copied().unwrap_or(base) + 3;
+                let mut h = header(cols, base, last);
+                h.device_id = device;
+                h.stream_id = stream;
+                h.row_count = u32::from(q.unwrap_or(99) as u8);
+                (h, versions, data)
+            })
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn prop_round_trip((h, v, d) in batch_parts(), q in proptest::option::of(0u32..=11)) {
+        let bytes = encode(&h, &v, &d, EncodeOptions { brotli_quality: q }).unwrap();
+        let b = decode(&bytes).unwrap();
+        prop_assert_eq!(&b.versions, &v);
+        prop_assert_eq!(&b.columns, &d);
+        prop_assert_eq!(b.header.row_count as usize, v.len());
+        prop_assert_eq!(b.header.id(), h.id());
+    }
+
+    #[test]
+    fn prop_garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+        let _ = decode(&bytes);
+        let mut framed = b"SLB\x01".to_vec();
+        framed.extend_from_slice(&bytes);
+        let _ = decode(&resign(framed.clone()));
+        let _ = decode_header(&resign(framed));
+    }
+
+    #[test]
+    fn prop_resigned_mutations_never_panic((h, v, d) in batch_parts(), pos in any::<usize>(), byte in any::<u8>()) {
+        let mut bytes = encode(&h, &v, &d, EncodeOptions { brotli_quality: None }).unwrap();
+        let n = bytes.len() - 4;
+        bytes[pos % n] = byte;
+        let _ = decode(&resign(bytes));
+    }
+}
