@@ -12,7 +12,8 @@
 //! - [`schema`] reads a table's columns and keeps the bookkeeping tables;
 //! - [`insert`] is `sluice_insert`;
 //! - [`sync`] holds `sluice_device`, `sluice_track`, `sluice_batch`, `sluice_ack`,
-//!   `sluice_pending`, `sluice_cleanup`; [`acked`] keeps the acknowledged
+//!   `sluice_pending`, `sluice_cleanup`; [`tracked`] is `sluice_tracked`, the
+//!   public view of the registrations; [`acked`] keeps the acknowledged
 //!   ranges above the watermark (newest-first draining);
 //! - [`window`] is window aggregation: `sluice_bucket`, `sluice_percentile`,
 //!   and the quantile sketch functions (over `sluice_wire::sketch`);
@@ -38,6 +39,7 @@ pub mod rollup;
 pub mod rows;
 pub mod schema;
 pub mod sync;
+pub mod tracked;
 pub mod window;
 
 use std::fmt;
@@ -74,6 +76,8 @@ pub const FUNCTIONS: &[(&str, c_int, FunctionFlags, SqlFn)] = &[
     ("sluice_batch", 3, READS, sync::sluice_batch),
     ("sluice_ack", 1, WRITES, sync::sluice_ack),
     ("sluice_pending", 1, READS, sync::sluice_pending),
+    ("sluice_tracked", 0, READS, tracked::sluice_tracked),
+    ("sluice_tracked", 1, READS, tracked::sluice_tracked),
     ("sluice_cleanup", 2, WRITES, sync::sluice_cleanup),
     ("sluice_bucket", 2, PURE, window::sluice_bucket),
     (

@@ -32,6 +32,8 @@ EXPECTED_FUNCTIONS = {
     ("sluice_pending", 1): 0,
     ("sluice_track", 1): DIRECTONLY,
     ("sluice_track", 2): DIRECTONLY,
+    ("sluice_tracked", 0): 0,
+    ("sluice_tracked", 1): 0,
     ("sluice_version", 0): DETERMINISTIC,
     # window aggregation (test_sqlite_window.py)
     ("sluice_bucket", 2): DETERMINISTIC,
