@@ -207,25 +207,13 @@ pub fn pending(conn: &Connection, table: &str) -> i64 {
 
 /// ISO-8601 UTC text with milliseconds for a Unix time in milliseconds.
 pub fn iso_ms(ms: i64) -> String {
-    let secs = ms.div_euclid(1000);
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        ms.rem_euclid(1000)
-    )
+    const ISO_MS: &[time::format_description::FormatItem<'static>] = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+    );
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .unwrap()
+        .format(ISO_MS)
+        .unwrap()
 }
 
 /// `n` simulated `division_states` rows (JSON objects), deterministic in
@@ -359,14 +347,13 @@ pub fn cloud_division_states(client: &mut postgres::Client, device: &str) -> Vec
 
 /// An order-dependent 64-bit checksum (FNV-1a) over canonical row lines.
 pub fn checksum(lines: &[String]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    use std::hash::Hasher;
+    let mut h = fnv::FnvHasher::default();
     for l in lines {
-        for b in l.bytes().chain(std::iter::once(b'\n')) {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
+        h.write(l.as_bytes());
+        h.write(b"\n");
     }
-    h
+    h.finish()
 }
 
 /// Asserts both sides hold exactly the same rows; on a difference, names the

@@ -197,15 +197,11 @@ impl Default for EncodeOptions {
 
 /// A stable 64-bit fingerprint (FNV-1a) of column names and types, in order.
 pub fn column_fingerprint(columns: &[Column]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut eat = |b: u8| {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    };
+    use std::hash::Hasher;
+    let mut h = fnv::FnvHasher::default();
     for c in columns {
-        c.name.bytes().for_each(&mut eat);
-        eat(0);
-        eat(c.ty as u8);
+        h.write(c.name.as_bytes());
+        h.write(&[0, c.ty as u8]);
     }
-    h
+    h.finish()
 }
