@@ -256,11 +256,14 @@ pub async fn run(cfg: &Config, opts: &VerifyOptions) -> anyhow::Result<ExitCode>
         keys.push(c);
     }
 
-    // The edge scan, bucket by bucket of rowids.
+    // The edge scan, bucket by bucket in the table's storage order: by
+    // rowid, or by primary key for a WITHOUT ROWID table (which has no rowid).
+    let cursor = scan_cursor(conn, table)?;
+    let nk = cursor.columns.len();
     let seq = if mutable {
-        "\"sluice_version\""
+        "\"sluice_version\"".to_owned()
     } else {
-        "rowid"
+        cursor.columns.join(", ")
     };
     let mut filter = String::new();
     let mut params: Vec<String> = Vec::new();
@@ -270,19 +273,30 @@ pub async fn run(cfg: &Config, opts: &VerifyOptions) -> anyhow::Result<ExitCode>
         };
         if let Some(s) = &opts.since {
             params.push(s.clone());
-            filter += &format!(" AND {} >= ?{}", quote(tc), params.len() + 1);
+            filter += &format!(" AND {} >= ?{}", quote(tc), params.len() + nk);
         }
         if let Some(u) = &opts.until {
             params.push(u.clone());
-            filter += &format!(" AND {} < ?{}", quote(tc), params.len() + 1);
+            filter += &format!(" AND {} < ?{}", quote(tc), params.len() + nk);
         }
     }
     let select_cols: Vec<String> = columns.iter().map(|c| quote(&c.name)).collect();
-    let edge_sql = format!(
-        "SELECT rowid, {seq}, {} FROM {} WHERE rowid > ?1{filter} ORDER BY rowid LIMIT {BUCKET_ROWS}",
-        select_cols.join(", "),
-        quote(table)
-    );
+    let order = cursor.columns.join(", ");
+    let after: Vec<String> = (1..=nk).map(|i| format!("?{i}")).collect();
+    let edge_sql = |first: bool| {
+        format!(
+            "SELECT {order}, {seq}, {} FROM {} WHERE {}{filter} ORDER BY {order} LIMIT {BUCKET_ROWS}",
+            select_cols.join(", "),
+            quote(table),
+            if first {
+                "1".to_owned()
+            } else {
+                format!("({order}) > ({})", after.join(", "))
+            },
+        )
+    };
+    let mut first_stmt = conn.prepare(&edge_sql(true))?;
+    let mut next_stmt = conn.prepare(&edge_sql(false))?;
     let key_index: Vec<Option<usize>> = keys
         .iter()
         .map(|k| columns.iter().position(|c| c.name == k.name))
@@ -309,27 +323,36 @@ pub async fn run(cfg: &Config, opts: &VerifyOptions) -> anyhow::Result<ExitCode>
     let mut findings = Findings::default();
     let (mut compared, mut pending, mut buckets, mut bad_buckets) = (0u64, 0u64, 0u64, 0u64);
     let mut edge_keys: BTreeSet<String> = BTreeSet::new();
-    let mut last_rowid = i64::MIN;
-    let mut stmt = conn.prepare(&edge_sql)?;
+    // The last row of the previous bucket, in `cursor.columns`.
+    let mut last: Option<Vec<rusqlite::types::Value>> = None;
     loop {
         // key -> canonical row, for the rows of this bucket that are acknowledged.
         let mut edge_rows: BTreeMap<String, String> = BTreeMap::new();
         let mut key_params: Vec<Vec<String>> = vec![Vec::new(); keys.len()];
         let mut n = 0;
         {
-            let mut bind: Vec<&dyn rusqlite::ToSql> = vec![&last_rowid];
+            let previous = last.take();
+            let mut bind: Vec<&dyn rusqlite::ToSql> = Vec::new();
+            if let Some(p) = &previous {
+                bind.extend(p.iter().map(|v| v as &dyn rusqlite::ToSql));
+            }
             for p in &params {
                 bind.push(p);
             }
+            let stmt = if previous.is_some() {
+                &mut next_stmt
+            } else {
+                &mut first_stmt
+            };
             let mut rows = stmt.query(bind.as_slice())?;
             while let Some(r) = rows.next()? {
                 n += 1;
-                last_rowid = r.get(0)?;
-                let version: Option<i64> = r.get(1)?;
+                last = Some((0..nk).map(|i| r.get(i)).collect::<Result<_, _>>()?);
+                let version: Option<i64> = r.get(nk)?;
                 let values: Vec<String> = columns
                     .iter()
                     .enumerate()
-                    .map(|(i, c)| r.get_ref(i + 2).map(|v| canon_edge(v, c.kind)))
+                    .map(|(i, c)| r.get_ref(i + nk + 1).map(|v| canon_edge(v, c.kind)))
                     .collect::<Result<_, _>>()?;
                 let key_values: Vec<String> = key_index
                     .iter()
@@ -348,7 +371,7 @@ pub async fn run(cfg: &Config, opts: &VerifyOptions) -> anyhow::Result<ExitCode>
                     // The raw edge text of the key (timestamps as written), cast by the cloud.
                     let raw = match key_index[i] {
                         Some(ci) => {
-                            let v = r.get_ref(ci + 2)?;
+                            let v = r.get_ref(ci + nk + 1)?;
                             match v {
                                 ValueRef::Text(t) => String::from_utf8_lossy(t).into_owned(),
                                 _ => values[ci].clone(),
@@ -462,8 +485,9 @@ pub async fn run(cfg: &Config, opts: &VerifyOptions) -> anyhow::Result<ExitCode>
     }
 
     println!(
-        "verify {table}: {compared} edge rows compared in {buckets} buckets of {BUCKET_ROWS} rowids ({bad_buckets} differ), \
-         {pending} pending rows not compared, {cleaned} cloud rows no longer at the edge (cleaned up after acknowledgement)"
+        "verify {table}: {compared} edge rows compared in {buckets} buckets of {BUCKET_ROWS} {} ({bad_buckets} differ), \
+         {pending} pending rows not compared, {cleaned} cloud rows no longer at the edge (cleaned up after acknowledgement)",
+        cursor.unit
     );
     if !(has_device && has_version) {
         println!("  extra rows not checked: {target} has no sluice_device/sluice_version column");
@@ -488,6 +512,42 @@ pub async fn run(cfg: &Config, opts: &VerifyOptions) -> anyhow::Result<ExitCode>
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
+    })
+}
+
+/// How the edge scan walks a table in buckets: the columns of its storage
+/// order, and what a bucket counts.
+struct ScanCursor {
+    /// `rowid`, or the quoted primary-key columns of a WITHOUT ROWID table.
+    columns: Vec<String>,
+    unit: &'static str,
+}
+
+fn scan_cursor(conn: &rusqlite::Connection, table: &str) -> anyhow::Result<ScanCursor> {
+    let without_rowid: bool = conn
+        .query_row(
+            "SELECT wr FROM pragma_table_list WHERE schema = 'main' AND name = ?1",
+            [table],
+            |r| r.get(0),
+        )
+        .with_context(|| format!("edge table '{table}' does not exist"))?;
+    if !without_rowid {
+        return Ok(ScanCursor {
+            columns: vec!["rowid".to_owned()],
+            unit: "rowids",
+        });
+    }
+    let mut pk: Vec<(i64, String)> = conn
+        .prepare(&format!(
+            "SELECT pk, name FROM pragma_table_info({}) WHERE pk > 0",
+            sql_text(table)
+        ))?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    pk.sort();
+    Ok(ScanCursor {
+        columns: pk.iter().map(|(_, c)| quote(c)).collect(),
+        unit: "rows by primary key",
     })
 }
 

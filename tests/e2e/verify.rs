@@ -76,3 +76,71 @@ fn verify_reports_missing_extra_and_different_rows() {
     assert!(ok, "{text}");
     assert!(text.contains("500 edge rows compared"), "{text}");
 }
+
+/// Defect: verify walked every table by rowid and failed on a `WITHOUT
+/// ROWID` table with "no such column: rowid". Such a table is walked by its
+/// primary key, across more than one bucket, and a damaged cloud row is found.
+#[test]
+fn verify_walks_a_without_rowid_table_by_its_primary_key() {
+    let cloud = CloudDb::create("verify_worowid");
+    cloud
+        .client()
+        .batch_execute(
+            "CREATE TABLE settings (
+               location_id    text NOT NULL,
+               name           text NOT NULL,
+               value          text,
+               sluice_device  text NOT NULL,
+               sluice_version bigint NOT NULL,
+               PRIMARY KEY (location_id, name));
+             SELECT sluice.register_table('settings', 'settings', ARRAY['location_id', 'name']);",
+        )
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let edge_path = dir.path().join("edge.db");
+    let edge = edge_db(&edge_path, true);
+    edge.execute_batch(
+        "CREATE TABLE settings (location_id TEXT NOT NULL, name TEXT NOT NULL, value TEXT,
+           PRIMARY KEY (location_id, name)) WITHOUT ROWID;
+         SELECT sluice_track('settings', '{\"mutable\": true, \"key\": [\"location_id\", \"name\"]}');",
+    )
+    .unwrap();
+    // Two locations, so that the buckets (1000 rows) break inside the
+    // first key column and go on in the second.
+    edge.execute_batch(
+        "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < 1499)
+         INSERT INTO settings SELECT CASE WHEN i % 2 = 0 THEN 'store-a' ELSE 'store-b' END,
+           printf('key-%05d', i), 'v' || i FROM n;",
+    )
+    .unwrap();
+    let config = write_config(dir.path(), &edge_path, &cloud.url, DEVICE, 1000);
+    run_ok(&[
+        "sync",
+        "--config",
+        config.to_str().unwrap(),
+        "--quiet",
+        "--table",
+        "settings",
+    ]);
+    assert_eq!(cloud.count("settings"), 1500);
+
+    let (ok, text) = verify(&config, "settings", &[]);
+    assert!(ok, "{text}");
+    assert!(
+        text.contains(
+            "1500 edge rows compared in 2 buckets of 1000 rows by primary key (0 differ)"
+        ),
+        "{text}"
+    );
+
+    cloud
+        .client()
+        .batch_execute("UPDATE settings SET value = 'changed' WHERE name = 'key-01001'")
+        .unwrap();
+    let (ok, text) = verify(&config, "settings", &[]);
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains("different: 1\n  store-b|key-01001:"),
+        "{text}"
+    );
+}
