@@ -6,15 +6,17 @@
 //! caller's transaction, so an error anywhere leaves nothing behind.
 
 use std::cell::RefCell;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use pgrx::prelude::*;
 use pgrx::spi::{OwnedPreparedStatement, SpiClient};
 use sluice_wire::{decode, decode_header, Batch, BatchId, WireError};
 
-use crate::convert::{column_to_param, ColumnKind, ConvertError, Native, Param};
+use sluice_pgsql::plan::{BatchColumns, CatalogColumn, ColumnPlan, PlanError, CATALOG_COLUMNS_SQL};
+use sluice_pgsql::sqlgen::{self, Policy};
+use sluice_pgsql::{Param, SqlState};
+
 use crate::error::{Result, SluiceError};
-use crate::sqlgen::{self, Policy, TargetColumn, DEVICE_COLUMN, VERSION_COLUMN};
 use crate::tenancy;
 
 /// What one call returns.
@@ -271,223 +273,52 @@ fn registration(client: &mut SpiClient<'_>, edge_table: &str) -> Result<Registra
     })
 }
 
-/// Which batch columns go where.
-struct ColumnPlan {
-    /// Target columns, in the statement's order.
-    columns: Vec<TargetColumn>,
-    /// For each of `columns`, its index among the batch's columns.
-    batch_index: Vec<usize>,
-    /// For each of `columns`, the conversion its values need.
-    kinds: Vec<ColumnKind>,
-    /// For each of `columns`, the native array its type takes, if any.
-    natives: Vec<Native>,
-    /// Indexes into `columns` of the key columns, in registration order.
-    keys: Vec<usize>,
-    /// The key also includes `sluice_device` (filled from the batch header).
-    device_key: bool,
-}
-
+/// The column plan of `batch` against the registered target: the pure
+/// checks of [`sluice_pgsql::plan`] around one catalog query.
 fn plan_columns(
     client: &mut SpiClient<'_>,
     batch: &Batch,
     id: &BatchId,
     reg: &Registration,
 ) -> Result<ColumnPlan> {
-    // The bookkeeping columns come from the batch's versions and device, not
-    // from its columns (an edge table tracked as mutable has its own
-    // `sluice_version` column, equal to the row's version).
-    let mut names: Vec<String> = Vec::new();
-    let mut batch_index = Vec::new();
-    for (i, c) in batch.header.columns.iter().enumerate() {
-        if c.name == DEVICE_COLUMN || c.name == VERSION_COLUMN {
-            continue;
-        }
-        if names.contains(&c.name) {
-            return Err(err(
-                PgSqlErrorCode::ERRCODE_DATA_CORRUPTED,
-                format!("batch {id}: column '{}' appears twice", c.name),
-            ));
-        }
-        names.push(c.name.clone());
-        batch_index.push(i);
-    }
-
-    let mut columns = Vec::with_capacity(names.len());
-    let mut kinds = Vec::with_capacity(names.len());
-    let mut natives = Vec::with_capacity(names.len());
+    let fail = |e: PlanError| plan_error(&e, id, reg);
+    let columns = BatchColumns::new(&batch.header.columns).map_err(fail)?;
+    let mut catalog = Vec::with_capacity(columns.names.len());
     for row in run_cached(
         client,
-        "SELECT b.name, format_type(a.atttypid, NULL), a.attgenerated <> '',
-                CASE WHEN ty.typname = 'vector' THEN 'vector'
-                     WHEN a.atttypid IN ('timestamptz'::regtype, 'timestamp'::regtype) THEN 'timestamp'
-                     ELSE 'plain' END,
-                a.atttypmod,
-                CASE WHEN a.atttypid IN ('int2'::regtype, 'int4'::regtype, 'int8'::regtype) THEN 'int'
-                     WHEN a.atttypid = 'float8'::regtype THEN 'float8'
-                     WHEN a.atttypid = 'timestamptz'::regtype THEN 'timestamptz'
-                     ELSE '' END
-         FROM unnest($2::text[]) WITH ORDINALITY AS b(name, ord)
-         LEFT JOIN pg_attribute a
-           ON a.attrelid = $1 AND a.attname = b.name AND a.attnum > 0 AND NOT a.attisdropped
-         LEFT JOIN pg_type ty ON ty.oid = a.atttypid
-         ORDER BY b.ord",
+        CATALOG_COLUMNS_SQL,
         &[PgBuiltInOids::OIDOID, PgBuiltInOids::TEXTARRAYOID],
-        &[reg.target.into(), names.clone().into()],
+        &[reg.target.into(), columns.names.clone().into()],
     )? {
-        let name = row.get::<String>(1)?.unwrap_or_default();
-        let Some(type_sql) = row.get::<String>(2)? else {
-            return Err(err(
-                PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN,
-                format!(
-                    "batch {id}: column '{name}' does not exist in target table {}; add it to the table or exclude it at the edge",
-                    reg.target_name
-                ),
-            ));
-        };
-        if row.get::<bool>(3)?.unwrap_or(false) {
-            return Err(err(
-                PgSqlErrorCode::ERRCODE_GENERATED_ALWAYS,
-                format!(
-                    "batch {id}: column '{name}' of target table {} is generated and cannot be written",
-                    reg.target_name
-                ),
-            ));
-        }
-        let typmod = row.get::<i32>(5)?.unwrap_or(-1);
-        kinds.push(match row.get::<String>(4)?.as_deref() {
-            Some("vector") => ColumnKind::Vector {
-                dims: usize::try_from(typmod).ok().filter(|&d| d > 0),
-            },
-            Some("timestamp") => ColumnKind::Timestamp,
-            _ => ColumnKind::Plain,
-        });
-        natives.push(match row.get::<String>(6)?.as_deref() {
-            Some("int") => Native::Int,
-            Some("float8") => Native::Float8,
-            Some("timestamptz") => Native::Timestamptz,
-            _ => Native::None,
-        });
-        columns.push(TargetColumn { name, type_sql });
-    }
-    if columns.len() != names.len() {
-        return Err(SluiceError::new(
-            PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
-            "sluice.ingest: internal error: catalog lookup returned a different number of columns",
+        catalog.push(CatalogColumn::from_row(
+            row.get::<String>(1)?.unwrap_or_default(),
+            row.get::<String>(2)?,
+            row.get::<bool>(3)?,
+            row.get::<String>(4)?.as_deref(),
+            row.get::<i32>(5)?,
+            row.get::<String>(6)?.as_deref(),
         ));
     }
-
-    let mut keys = Vec::with_capacity(reg.key_columns.len());
-    let mut device_key = false;
-    for k in &reg.key_columns {
-        if k == DEVICE_COLUMN {
-            device_key = true;
-            continue;
-        }
-        let Some(i) = columns.iter().position(|c| &c.name == k) else {
-            return Err(err(
-                PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN,
-                format!(
-                    "batch {id}: key column '{k}' of target table {} is not in the batch",
-                    reg.target_name
-                ),
-            ));
-        };
-        keys.push(i);
-    }
-    Ok(ColumnPlan {
-        columns,
-        kinds,
-        natives,
-        batch_index,
-        keys,
-        device_key,
-    })
+    ColumnPlan::new(columns, catalog, &reg.key_columns).map_err(fail)
 }
 
-/// The keys of a batch when all but at most one key column hold one value
-/// (one tenant, one device) and the other one is an integer: the shape of
-/// every append-only table keyed by `(location, device, rowid)`.
-struct KeyShape {
-    /// Indexes into the plan's columns of the constant key columns, and the
-    /// value of each as text.
-    consts: Vec<(usize, String)>,
-    /// The varying integer key column, with its smallest and largest value.
-    range: Option<(usize, i64, i64)>,
-    /// No two rows of the batch have the same key.
-    distinct: bool,
+/// A [`PlanError`] as the error `sluice.ingest` raises.
+fn plan_error(e: &PlanError, id: &BatchId, reg: &Registration) -> SluiceError {
+    err(sqlstate(e.sqlstate()), e.message(id, &reg.target_name))
 }
 
-fn key_shape(batch: &Batch, plan: &ColumnPlan, params: &[Param]) -> Option<KeyShape> {
-    let mut consts = Vec::new();
-    let mut range = None;
-    for &k in &plan.keys {
-        let values = &batch.columns[plan.batch_index[k]];
-        let first = values.first()?;
-        if values.iter().all(|v| v == first) {
-            // The value as the upsert converts it (an epoch into a timestamp
-            // column is a date, a blob into a vector its text form).
-            let text = match &params[k] {
-                Param::Text(v) => v.first()?.clone()?,
-                Param::Int8(v) => v.first()?.as_ref()?.to_string(),
-                _ => return None,
-            };
-            consts.push((k, text));
-            continue;
-        }
-        let Param::Int8(ints) = &params[k] else {
-            return None;
-        };
-        if range.is_some() {
-            return None;
-        }
-        range = Some((k, ints));
+/// The pgrx error code of an SQLSTATE of [`sluice_pgsql`].
+fn sqlstate(s: SqlState) -> PgSqlErrorCode {
+    match s {
+        SqlState::DataException => PgSqlErrorCode::ERRCODE_DATA_EXCEPTION,
+        SqlState::DatetimeFieldOverflow => PgSqlErrorCode::ERRCODE_DATETIME_FIELD_OVERFLOW,
+        SqlState::UntranslatableCharacter => PgSqlErrorCode::ERRCODE_UNTRANSLATABLE_CHARACTER,
+        SqlState::NotNullViolation => PgSqlErrorCode::ERRCODE_NOT_NULL_VIOLATION,
+        SqlState::UndefinedColumn => PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN,
+        SqlState::GeneratedAlways => PgSqlErrorCode::ERRCODE_GENERATED_ALWAYS,
+        SqlState::InternalError => PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+        SqlState::DataCorrupted => PgSqlErrorCode::ERRCODE_DATA_CORRUPTED,
     }
-    let rows = batch.versions.len();
-    Some(match range {
-        None => KeyShape {
-            consts,
-            range: None,
-            distinct: rows == 1,
-        },
-        Some((k, ints)) => {
-            // Keys are NULL-free (checked by the conversion).
-            let ints: Vec<i64> = ints.iter().map(|i| i.unwrap_or_default()).collect();
-            let increasing = ints.windows(2).all(|w| w[0] < w[1]);
-            let distinct = increasing || {
-                let mut seen = HashSet::with_capacity(ints.len());
-                ints.iter().all(|i| seen.insert(*i))
-            };
-            let (lo, hi) = ints
-                .iter()
-                .fold((i64::MAX, i64::MIN), |(lo, hi), &i| (lo.min(i), hi.max(i)));
-            KeyShape {
-                consts,
-                range: Some((k, lo, hi)),
-                distinct,
-            }
-        }
-    })
-}
-
-/// FNV-1a over the target and the constant key values: the advisory lock
-/// that makes "no row in the key range" stay true until the batch is written.
-fn shape_lock_key(reg: &Registration, shape: &KeyShape, device: Option<&str>) -> i64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut eat = |bytes: &[u8]| {
-        for &b in bytes.iter().chain([0u8].iter()) {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-    };
-    eat(b"sluice.ingest");
-    eat(&reg.target.to_u32().to_le_bytes());
-    for (_, v) in &shape.consts {
-        eat(v.as_bytes());
-    }
-    if let Some(d) = device {
-        eat(d.as_bytes());
-    }
-    h as i64
 }
 
 /// Writes the batch's rows: the upsert, or, when the keys are one tenant and
@@ -506,53 +337,26 @@ fn apply(
     reg: &Registration,
     plan: &ColumnPlan,
 ) -> Result<(i64, i64)> {
-    let mut params: Vec<Param> = Vec::with_capacity(plan.columns.len());
-    for (((c, &bi), &kind), &native) in plan
-        .columns
-        .iter()
-        .zip(&plan.batch_index)
-        .zip(&plan.kinds)
-        .zip(&plan.natives)
-    {
-        let is_key = plan.keys.iter().any(|&k| plan.columns[k].name == c.name);
-        let param = column_to_param(&batch.columns[bi], is_key, kind, native).map_err(|e| match e {
-            ConvertError::NulInText { row } => err(
-                PgSqlErrorCode::ERRCODE_UNTRANSLATABLE_CHARACTER,
-                format!("batch {id}, row {}, column '{}': text contains a NUL character, which PostgreSQL cannot store", row + 1, c.name),
-            ),
-            ConvertError::BadVector { row, reason } => err(
-                PgSqlErrorCode::ERRCODE_DATA_EXCEPTION,
-                format!("batch {id}, row {}, column '{}' of {}: the blob is not a vector for this column: {reason}", row + 1, c.name, reg.target_name),
-            ),
-            ConvertError::BadEpoch { row, value } => err(
-                PgSqlErrorCode::ERRCODE_DATETIME_FIELD_OVERFLOW,
-                format!("batch {id}, row {}, column '{}': {value} is not a Unix time between years 1 and 9999", row + 1, c.name),
-            ),
-            ConvertError::NullKey { row } => err(
-                PgSqlErrorCode::ERRCODE_NOT_NULL_VIOLATION,
-                format!("batch {id}, row {}: key column '{}' is NULL", row + 1, c.name),
-            ),
-        })?;
-        params.push(param);
-    }
+    let params = plan.params(batch).map_err(|e| plan_error(&e, id, reg))?;
     let device = batch.header.device_id.as_str();
     let rows = batch.versions.len() as i64;
 
-    let shape = key_shape(batch, plan, &params);
+    let shape = plan.key_shape(batch, &params);
     let mut plain = false;
     if let Some(shape) = &shape {
         run_cached(
             client,
             "SELECT pg_catalog.pg_advisory_xact_lock($1)",
             &[PgBuiltInOids::INT8OID],
-            &[shape_lock_key(reg, shape, plan.device_key.then_some(device)).into()],
+            &[shape
+                .lock_key(reg.target.to_u32(), plan.device_key.then_some(device))
+                .into()],
         )?;
         if shape.distinct {
-            let consts: Vec<usize> = shape.consts.iter().map(|(k, _)| *k).collect();
             let sql = sqlgen::probe_sql(
                 &reg.target_sql,
                 &plan.columns,
-                &consts,
+                &shape.const_columns(),
                 shape.range.map(|(k, _, _)| k),
                 plan.device_key,
             );

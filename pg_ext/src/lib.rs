@@ -9,8 +9,6 @@
 //!
 //! - [`ingest`]: `sluice.ingest(batch)`, step by step as the protocol says.
 //! - [`register`]: `sluice.register_table(...)` and its checks.
-//! - [`sqlgen`]: SQL text (quoting, policies, the set-based upsert); pure.
-//! - [`convert`]: batch values as PostgreSQL text; pure.
 //! - [`sketch`]: merging the edge's quantile sketches.
 //! - [`error`]: the error type, raised as `ERROR` with a real SQLSTATE.
 //! - [`guc`]: the settings, registered in `_PG_init`.
@@ -20,17 +18,17 @@
 //!   `sluice.run_retention` (PL/pgSQL: it commits between chunks).
 //! - [`versions`]: the upgrade-script convention and its test.
 //!
-//! The batch format itself is the `sluice-wire` crate, shared with the edge.
+//! The pure logic (SQL text, value conversion, the column plan) is the crate
+//! `sluice-pgsql`, tested without PostgreSQL; the batch format itself is the
+//! `sluice-wire` crate, shared with the edge.
 
 use pgrx::prelude::*;
 
-pub mod convert;
 pub mod error;
 pub mod guc;
 pub mod ingest;
 pub mod register;
 pub mod sketch;
-pub mod sqlgen;
 pub mod tenancy;
 pub mod versions;
 pub mod worker;
@@ -176,7 +174,7 @@ fn float32_to_vector_text(
     dims: default!(Option<i32>, "NULL"),
 ) -> Option<String> {
     let dims = dims.and_then(|d| usize::try_from(d).ok());
-    match convert::blob_to_vector_text(bytes?, dims) {
+    match sluice_pgsql::convert::blob_to_vector_text(bytes?, dims) {
         Ok(s) => Some(s),
         Err(reason) => error::SluiceError::new(
             PgSqlErrorCode::ERRCODE_DATA_EXCEPTION,

@@ -3,8 +3,10 @@
 
 use pgrx::prelude::*;
 
+use sluice_pgsql::sqlgen::{self, Policy, DEVICE_COLUMN, VERSION_COLUMN};
+use sluice_wire::names::quote_ident;
+
 use crate::error::{Result, SluiceError};
-use crate::sqlgen::{self, Policy, DEVICE_COLUMN, VERSION_COLUMN};
 
 /// Registers (or re-registers) `edge_table` → `target`: validates the policy
 /// and key columns, requires a unique index on exactly the key columns, adds
@@ -174,7 +176,7 @@ pub fn register(
             match type_of(col) {
                 None => adds.push(format!(
                     "ADD COLUMN IF NOT EXISTS {} {ty}",
-                    sqlgen::quote_ident(col)
+                    quote_ident(col)
                 )),
                 Some(t) if t == ty => {}
                 Some(t) => {

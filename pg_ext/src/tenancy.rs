@@ -17,9 +17,9 @@
 
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
+use sluice_pgsql::convert::value_to_text;
 use sluice_wire::{Batch, BatchId, Value};
 
-use crate::convert::value_to_text;
 use crate::error::Result;
 use crate::ingest::{err, run_cached, Registration};
 

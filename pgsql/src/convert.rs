@@ -17,6 +17,7 @@
 //! time in seconds.
 
 use sluice_wire::Value;
+use time::{Date, Month, OffsetDateTime, PrimitiveDateTime, Time};
 
 /// Why a value cannot be given to PostgreSQL.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,17 +80,26 @@ impl Param {
 }
 
 /// Microseconds between 1970-01-01 and 2000-01-01 (PostgreSQL's epoch).
-const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
+pub const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
+
+/// The Unix times, in seconds, that the conversions accept: years 1..9999
+/// (PostgreSQL goes from 4713 BC to 294276 AD, but a clock outside this range
+/// is wrong). 0001-01-01 inclusive to 10000-01-01 exclusive.
+const EPOCH_RANGE: std::ops::Range<f64> = -62_135_596_800.0..253_402_300_800.0;
+
+/// Unix seconds as microseconds since 1970-01-01, rounded to the
+/// microsecond, within years 1..9999 (NaN and infinities are outside).
+fn epoch_to_unix_micros(secs: f64) -> Option<i64> {
+    // In range, |secs * 1e6| < 2^63: the cast cannot saturate.
+    EPOCH_RANGE
+        .contains(&secs)
+        .then(|| (secs * 1e6).round() as i64)
+}
 
 /// Unix seconds as PostgreSQL's `TimestampTz`, rounded to the microsecond
 /// as [`epoch_to_text`] rounds, within years 1..9999.
 pub fn epoch_to_micros(secs: f64) -> Option<i64> {
-    const MIN: f64 = -62_135_596_800.0;
-    const MAX: f64 = 253_402_300_800.0;
-    if !(MIN..MAX).contains(&secs) {
-        return None;
-    }
-    Some((secs * 1e6).round() as i64 - PG_EPOCH_MICROS)
+    Some(epoch_to_unix_micros(secs)? - PG_EPOCH_MICROS)
 }
 
 /// `YYYY-MM-DD[T ]HH:MM:SS[.ffffff](Z|+00|+00:00|+0000)` as PostgreSQL's
@@ -97,10 +107,10 @@ pub fn epoch_to_micros(secs: f64) -> Option<i64> {
 /// text: other zones, other spellings, leap seconds).
 pub fn parse_utc_timestamp(s: &str) -> Option<i64> {
     let b = s.as_bytes();
-    let num = |r: std::ops::Range<usize>| -> Option<i64> {
+    let num = |r: std::ops::Range<usize>| -> Option<u32> {
         let d = b.get(r)?;
-        d.iter().try_fold(0i64, |acc, &c| {
-            c.is_ascii_digit().then(|| acc * 10 + i64::from(c - b'0'))
+        d.iter().try_fold(0u32, |acc, &c| {
+            c.is_ascii_digit().then(|| acc * 10 + u32::from(c - b'0'))
         })
     };
     if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b' ') {
@@ -111,14 +121,8 @@ pub fn parse_utc_timestamp(s: &str) -> Option<i64> {
     }
     let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
     let (h, mi, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    if y < 1 || !(1..=12).contains(&mo) || d < 1 || d > days_in_month(y, mo) {
-        return None;
-    }
-    if h > 23 || mi > 59 || sec > 59 {
-        return None;
-    }
     let mut i = 19;
-    let mut micros = 0i64;
+    let mut micros = 0u32;
     if b[i] == b'.' {
         let start = i + 1;
         let mut end = start;
@@ -129,34 +133,35 @@ pub fn parse_utc_timestamp(s: &str) -> Option<i64> {
         if digits == 0 || digits > 6 {
             return None;
         }
-        micros = num(start..end)? * 10i64.pow((6 - digits) as u32);
+        micros = num(start..end)? * 10u32.pow((6 - digits) as u32);
         i = end;
     }
     if !matches!(&s[i..], "Z" | "+00" | "+00:00" | "+0000") {
         return None;
     }
-    let days = days_from_civil(y, mo, d);
-    Some((days * 86_400 + h * 3600 + mi * 60 + sec) * 1_000_000 + micros - PG_EPOCH_MICROS)
-}
-
-fn days_in_month(y: i64, m: i64) -> i64 {
-    match m {
-        2 if (y % 4 == 0 && y % 100 != 0) || y % 400 == 0 => 29,
-        2 => 28,
-        4 | 6 | 9 | 11 => 30,
-        _ => 31,
+    // Year 0 is a year for the proleptic calendar, not for this format.
+    if y < 1 {
+        return None;
     }
-}
-
-/// (year, month, day) to days since 1970-01-01 (Howard Hinnant's algorithm).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y.rem_euclid(400);
-    let mp = if m > 2 { m - 3 } else { m + 9 };
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
+    // Both refuse what does not exist (2023-02-29, 24:00, a leap second).
+    let date = Date::from_calendar_date(
+        i32::try_from(y).ok()?,
+        Month::try_from(u8::try_from(mo).ok()?).ok()?,
+        u8::try_from(d).ok()?,
+    )
+    .ok()?;
+    let time = Time::from_hms_micro(
+        u8::try_from(h).ok()?,
+        u8::try_from(mi).ok()?,
+        u8::try_from(sec).ok()?,
+        micros,
+    )
+    .ok()?;
+    let unix_micros = PrimitiveDateTime::new(date, time)
+        .assume_utc()
+        .unix_timestamp_nanos()
+        / 1000;
+    i64::try_from(unix_micros).ok()?.checked_sub(PG_EPOCH_MICROS)
 }
 
 /// One column of a batch as the upsert's parameter: native when the target
@@ -287,25 +292,20 @@ pub fn blob_to_vector_text(b: &[u8], dims: Option<usize>) -> Result<String, Stri
 }
 
 /// Unix seconds as a UTC timestamp PostgreSQL reads
-/// (`2024-05-01 12:00:00.25+00`), to the microsecond.
+/// (`2024-05-01 12:00:00.25+00`), to the microsecond, within years 1..9999.
 pub fn epoch_to_text(secs: f64) -> Option<String> {
-    // PostgreSQL's range is 4713 BC .. 294276 AD; stay inside years 1..9999.
-    const MIN: f64 = -62_135_596_800.0; // 0001-01-01
-    const MAX: f64 = 253_402_300_800.0; // 10000-01-01
-    if !(MIN..MAX).contains(&secs) {
-        return None;
-    }
-    let micros = (secs * 1e6).round() as i64;
-    let days = micros.div_euclid(86_400_000_000);
-    let rem = micros.rem_euclid(86_400_000_000);
-    let (y, m, d) = civil_from_days(days);
-    let (h, mi, s, us) = (
-        rem / 3_600_000_000,
-        rem / 60_000_000 % 60,
-        rem / 1_000_000 % 60,
-        rem % 1_000_000,
+    let micros = epoch_to_unix_micros(secs)?;
+    let t = OffsetDateTime::from_unix_timestamp_nanos(i128::from(micros) * 1000).ok()?;
+    let mut out = format!(
+        "{:04}-{:02}-{:02} {:02}:{:02}:{:02}",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second()
     );
-    let mut out = format!("{y:04}-{m:02}-{d:02} {h:02}:{mi:02}:{s:02}");
+    let us = t.microsecond();
     if us != 0 {
         let frac = format!("{us:06}");
         out.push('.');
@@ -313,21 +313,6 @@ pub fn epoch_to_text(secs: f64) -> Option<String> {
     }
     out.push_str("+00");
     Some(out)
-}
-
-/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian
-/// (Howard Hinnant's algorithm).
-fn civil_from_days(z: i64) -> (i64, i64, i64) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (if m <= 2 { y + 1 } else { y }, m, d)
 }
 
 /// One column of a batch as the `text[]` parameter of the upsert.
@@ -562,6 +547,41 @@ mod tests {
             column_to_param(&local, false, ColumnKind::Timestamp, Native::Timestamptz).unwrap(),
             Param::Text(vec![Some("2000-01-01 00:00:01".into())])
         );
+    }
+
+    #[test]
+    fn the_ends_of_years_1_to_9999() {
+        let first = -62_135_596_800.0;
+        assert_eq!(epoch_to_text(first).unwrap(), "0001-01-01 00:00:00+00");
+        assert_eq!(epoch_to_text(first - 1.0), None);
+        assert_eq!(
+            epoch_to_text(253_402_300_799.5).unwrap(),
+            "9999-12-31 23:59:59.5+00"
+        );
+        assert_eq!(epoch_to_text(253_402_300_800.0), None);
+        assert_eq!(epoch_to_micros(253_402_300_800.0), None);
+        assert_eq!(
+            parse_utc_timestamp("0001-01-01T00:00:00Z"),
+            epoch_to_micros(first)
+        );
+        assert_eq!(
+            parse_utc_timestamp("9999-12-31T23:59:59.999999Z"),
+            Some(253_402_300_799_999_999 - PG_EPOCH_MICROS)
+        );
+    }
+
+    #[test]
+    fn text_and_micros_of_an_epoch_agree() {
+        // Every day of four years around a leap day and the epochs, at a
+        // time with a fraction: epoch_to_text reads back through
+        // parse_utc_timestamp as epoch_to_micros.
+        for start in [-2_208_988_800i64, -86_400 * 800, 946_684_800, 4_102_444_800] {
+            for day in 0..(4 * 366) {
+                let secs = (start + day * 86_400 + 45_296) as f64 + 0.125;
+                let text = epoch_to_text(secs).unwrap().replacen(' ', "T", 1);
+                assert_eq!(parse_utc_timestamp(&text), epoch_to_micros(secs), "{text}");
+            }
+        }
     }
 
     #[test]

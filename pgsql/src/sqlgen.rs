@@ -1,8 +1,12 @@
-//! SQL text generation for ingest and registration: identifier quoting, the
-//! conflict policies, and the one set-based upsert statement. Pure Rust, no
-//! PostgreSQL: tested with ordinary `#[test]`s.
+//! SQL text generation for ingest and registration: the conflict policies,
+//! the one set-based upsert statement, the plain insert of the fast path and
+//! its probe. Identifiers are always quoted with
+//! [`sluice_wire::names::quote_ident`]; values never appear in the text (they
+//! are bound as array parameters).
 
 use std::fmt::Write;
+
+use sluice_wire::names::quote_ident;
 
 /// Name of the bookkeeping column that holds the device of the row's last write.
 pub const DEVICE_COLUMN: &str = "sluice_device";
@@ -10,22 +14,7 @@ pub const DEVICE_COLUMN: &str = "sluice_device";
 /// number at the edge).
 pub const VERSION_COLUMN: &str = "sluice_version";
 
-/// Quotes an identifier for SQL, always (so that its case and any character
-/// survive exactly as in the catalog): `a"b` becomes `"a""b"`.
-pub fn quote_ident(ident: &str) -> String {
-    let mut out = String::with_capacity(ident.len() + 2);
-    out.push('"');
-    for ch in ident.chars() {
-        if ch == '"' {
-            out.push('"');
-        }
-        out.push(ch);
-    }
-    out.push('"');
-    out
-}
-
-/// `"schema"."table"`.
+/// `"schema"."table"`: a relation name for the statements below.
 pub fn quote_qualified(schema: &str, table: &str) -> String {
     format!("{}.{}", quote_ident(schema), quote_ident(table))
 }
@@ -44,16 +33,21 @@ pub enum Policy {
 }
 
 impl Policy {
+    /// Every policy, in the order the docs list them.
     pub const ALL: [Policy; 3] = [
         Policy::LastWriterWins,
         Policy::FirstWriterWins,
         Policy::InsertOnly,
     ];
 
+    /// The policy of a name as `sluice.register_table` takes it and
+    /// `sluice.tables.policy` stores it (exact, lower case).
     pub fn parse(s: &str) -> Option<Policy> {
         Policy::ALL.into_iter().find(|p| p.name() == s)
     }
 
+    /// The policy's name: `last_writer_wins`, `first_writer_wins` or
+    /// `insert_only`.
     pub fn name(self) -> &'static str {
         match self {
             Policy::LastWriterWins => "last_writer_wins",
@@ -91,6 +85,7 @@ impl Policy {
 /// A column of the target table that a batch column maps to.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct TargetColumn {
+    /// The column's name, as in the catalog (unquoted).
     pub name: String,
     /// The column's type without its modifier, as `format_type(oid, NULL)`
     /// spells it (safe to paste: PostgreSQL quotes it). The modifier (a
