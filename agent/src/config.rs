@@ -24,6 +24,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use serde::Deserialize;
+pub use sluice_wire::DrainOrder;
 
 /// Rows per batch: large enough to amortise a round trip, small enough that a
 /// batch (about 10-20 KB compressed for telemetry) is cheap to retry.
@@ -66,63 +67,44 @@ pub struct Config {
 /// a job. A job never runs twice at once (jobs run one after another), and a
 /// run missed while the agent was down runs once at start.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct ScheduleConfig {
-    /// Rollups (`sluice_rollup_run`): every 5 minutes.
-    #[serde(default = "default_rollup_cron")]
+    /// Rollups (`sluice_rollup_run`): [`DEFAULT_ROLLUP_CRON`].
     pub rollup: String,
-    /// Embeddings of key-frame descriptions: every minute.
-    #[serde(default = "default_embed_cron")]
+    /// Embeddings of key-frame descriptions: [`DEFAULT_EMBED_CRON`].
     pub embed: String,
-    /// Incremental sync (bandwidth-capped, time-limited): hourly.
-    #[serde(default = "default_sync_cron")]
+    /// Incremental (hourly) sync, bandwidth-capped and time-limited: [`DEFAULT_SYNC_CRON`].
     pub sync: String,
-    /// Full sync (uncapped, until nothing is pending): 03:00 every day.
-    #[serde(default = "default_full_sync_cron")]
+    /// Full sync (uncapped, until nothing is pending): [`DEFAULT_FULL_SYNC_CRON`].
     pub full_sync: String,
-    /// Local cleanup of acknowledged rows: hourly, at half past.
-    #[serde(default = "default_cleanup_cron")]
+    /// Local cleanup of acknowledged rows: [`DEFAULT_CLEANUP_CRON`].
     pub cleanup: String,
-    /// Storage budget enforcement: every 10 minutes (only with `budget.max_bytes`).
-    #[serde(default = "default_budget_cron")]
+    /// Storage budget enforcement (only with `budget.max_bytes`): [`DEFAULT_BUDGET_CRON`].
     pub budget: String,
 }
 
+/// Every 5 minutes.
 pub const DEFAULT_ROLLUP_CRON: &str = "0 */5 * * * *";
+/// Every minute, at second 30.
 pub const DEFAULT_EMBED_CRON: &str = "30 * * * * *";
+/// Hourly, on the hour.
 pub const DEFAULT_SYNC_CRON: &str = "0 0 * * * *";
+/// 03:00 every day.
 pub const DEFAULT_FULL_SYNC_CRON: &str = "0 0 3 * * *";
+/// Hourly, at half past.
 pub const DEFAULT_CLEANUP_CRON: &str = "0 30 * * * *";
+/// Every 10 minutes.
 pub const DEFAULT_BUDGET_CRON: &str = "0 */10 * * * *";
-
-fn default_rollup_cron() -> String {
-    DEFAULT_ROLLUP_CRON.into()
-}
-fn default_embed_cron() -> String {
-    DEFAULT_EMBED_CRON.into()
-}
-fn default_sync_cron() -> String {
-    DEFAULT_SYNC_CRON.into()
-}
-fn default_full_sync_cron() -> String {
-    DEFAULT_FULL_SYNC_CRON.into()
-}
-fn default_cleanup_cron() -> String {
-    DEFAULT_CLEANUP_CRON.into()
-}
-fn default_budget_cron() -> String {
-    DEFAULT_BUDGET_CRON.into()
-}
 
 impl Default for ScheduleConfig {
     fn default() -> Self {
         ScheduleConfig {
-            rollup: default_rollup_cron(),
-            embed: default_embed_cron(),
-            sync: default_sync_cron(),
-            full_sync: default_full_sync_cron(),
-            cleanup: default_cleanup_cron(),
-            budget: default_budget_cron(),
+            rollup: DEFAULT_ROLLUP_CRON.into(),
+            embed: DEFAULT_EMBED_CRON.into(),
+            sync: DEFAULT_SYNC_CRON.into(),
+            full_sync: DEFAULT_FULL_SYNC_CRON.into(),
+            cleanup: DEFAULT_CLEANUP_CRON.into(),
+            budget: DEFAULT_BUDGET_CRON.into(),
         }
     }
 }
@@ -148,11 +130,11 @@ impl ScheduleConfig {
 
 /// `[cleanup]`: local cleanup of rows the cloud has acknowledged.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct CleanupConfig {
     /// Keep acknowledged rows this long after their acknowledgement
-    /// (`sluice_cleanup`'s `keep`: "24 hours", "90 minutes", "7 days", seconds).
-    #[serde(default = "default_keep")]
+    /// (`sluice_cleanup`'s `keep`: "24 hours", "90 minutes", "7 days",
+    /// seconds); default [`DEFAULT_CLEANUP_KEEP`].
     pub keep: String,
     /// Tables to clean; default every tracked table.
     pub tables: Option<Vec<String>>,
@@ -160,14 +142,10 @@ pub struct CleanupConfig {
 
 pub const DEFAULT_CLEANUP_KEEP: &str = "24 hours";
 
-fn default_keep() -> String {
-    DEFAULT_CLEANUP_KEEP.into()
-}
-
 impl Default for CleanupConfig {
     fn default() -> Self {
         CleanupConfig {
-            keep: default_keep(),
+            keep: DEFAULT_CLEANUP_KEEP.into(),
             tables: None,
         }
     }
@@ -196,8 +174,11 @@ pub struct BudgetConfig {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeviceConfig {
-    /// The device id sent with every batch (1 to 200 characters). The cloud
-    /// keeps its ledger, clock skew and statistics per device id.
+    /// The device id sent with every batch: 1 to
+    /// [`sluice_wire::MAX_DEVICE_ID_CHARS`] characters, no control
+    /// characters ([`sluice_wire::check_device_id`], the rule of
+    /// `sluice_device()` too). The cloud keeps its ledger, clock skew and
+    /// statistics per device id.
     pub id: String,
 }
 
@@ -211,13 +192,21 @@ pub struct EdgeConfig {
     /// environment variable `SLUICE_SQLITE_EXT`, else `sluice0.so` next to the
     /// `sluice` binary.
     pub extension: Option<PathBuf>,
-    /// Milliseconds to wait for a lock held by the pipeline's writer.
-    #[serde(default = "default_busy_timeout_ms")]
+    /// Milliseconds to wait for a lock held by the pipeline's writer;
+    /// default [`DEFAULT_BUSY_TIMEOUT_MS`].
+    #[serde(default = "EdgeConfig::default_busy_timeout_ms")]
     pub busy_timeout_ms: u64,
 }
 
-fn default_busy_timeout_ms() -> u64 {
-    5_000
+/// Five seconds: the pipeline's writer commits far more often than that.
+pub const DEFAULT_BUSY_TIMEOUT_MS: u64 = 5_000;
+
+impl EdgeConfig {
+    // The struct has required fields, so its one defaulted field takes its
+    // default from a function (serde's only way) that returns the constant.
+    fn default_busy_timeout_ms() -> u64 {
+        DEFAULT_BUSY_TIMEOUT_MS
+    }
 }
 
 /// `[cloud]`: the PostgreSQL database with the `sluice` extension.
@@ -233,8 +222,8 @@ pub struct CloudConfig {
     /// A file whose first line is the password; takes precedence over the
     /// environment. Keep it readable by the agent's user only.
     pub password_file: Option<PathBuf>,
-    /// Seconds to wait for a connection.
-    #[serde(default = "default_connect_timeout")]
+    /// Seconds to wait for a connection; default [`DEFAULT_CONNECT_TIMEOUT_SECS`].
+    #[serde(default = "CloudConfig::default_connect_timeout_secs")]
     pub connect_timeout_secs: u64,
     /// TLS to the cloud: `"prefer"` (the default: TLS with a verified
     /// certificate when the server offers TLS, plain otherwise), `"require"`
@@ -251,8 +240,11 @@ pub struct CloudConfig {
     pub migrations: Option<PathBuf>,
 }
 
-fn default_connect_timeout() -> u64 {
-    DEFAULT_CONNECT_TIMEOUT_SECS
+impl CloudConfig {
+    // As for `EdgeConfig`: required fields, so a function for the default.
+    fn default_connect_timeout_secs() -> u64 {
+        DEFAULT_CONNECT_TIMEOUT_SECS
+    }
 }
 
 /// How the agent uses TLS to reach the cloud.
@@ -267,103 +259,55 @@ pub enum TlsMode {
 
 /// `[sync]`: how batches move.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct SyncConfig {
-    /// Rows per batch (1 to 100000).
-    #[serde(default = "default_batch_rows")]
+    /// Rows per batch (1 to 100000); default [`DEFAULT_BATCH_ROWS`].
     pub batch_rows: u32,
     /// Tables to sync; default every table tracked with `sluice_track`.
     pub tables: Option<Vec<String>>,
-    /// Attempts per batch before the table counts as failed for this run.
-    #[serde(default = "default_max_attempts")]
+    /// Attempts per batch before the table counts as failed for this run;
+    /// default [`DEFAULT_MAX_ATTEMPTS`].
     pub max_attempts: u32,
     /// The first retry waits a random time up to this many milliseconds; each
-    /// further retry doubles the ceiling.
-    #[serde(default = "default_backoff_initial_ms")]
+    /// further retry doubles the ceiling. Default [`DEFAULT_BACKOFF_INITIAL_MS`].
     pub backoff_initial_ms: u64,
-    /// The ceiling of any wait between retries, in milliseconds.
-    #[serde(default = "default_backoff_max_ms")]
+    /// The ceiling of any wait between retries, in milliseconds; default
+    /// [`DEFAULT_BACKOFF_MAX_MS`].
     pub backoff_max_ms: u64,
-    /// Uplink cap for the incremental sync, in bytes per second of batches
-    /// sent (0: uncapped). The full sync and `sluice sync --mode full` ignore it.
-    #[serde(default)]
+    /// Uplink cap for the hourly sync, in bytes per second of batches
+    /// sent (0, the default: uncapped). The full sync and `sluice sync --mode
+    /// full` ignore it.
     pub bandwidth_bytes_per_sec: u64,
-    /// The incremental sync stops starting new batches after this many
-    /// seconds (0: no limit); what is left goes at the next run.
-    #[serde(default = "default_max_run_secs")]
+    /// The hourly sync stops starting new batches after this many
+    /// seconds (0: no limit); what is left goes at the next run. Default
+    /// [`DEFAULT_MAX_RUN_SECS`].
     pub max_run_secs: u64,
     /// Tables synced at once (1 to 16), each with its own edge and cloud
     /// connection; the bandwidth cap is shared. Tables are independent (each
-    /// has its own watermark), so any number is safe.
-    #[serde(default = "default_concurrency")]
+    /// has its own watermark), so any number is safe. Default
+    /// [`DEFAULT_CONCURRENCY`].
     pub concurrency: u32,
     /// Which pending rows go first: `"oldest"` (the default; the backlog
     /// drains in the order it was written) or `"newest"` (after a long
     /// outage the freshest data reaches the cloud first, and the backlog
     /// follows behind it). Both send every pending row exactly once.
-    #[serde(default)]
     pub order: DrainOrder,
-    /// The incremental (hourly) sync sends the pending rows of the last this
+    /// The hourly sync sends the pending rows of the last this
     /// many seconds, by each table's time column (`sluice_track`'s `"time"`;
     /// a table without one sends every pending row); older rows wait for the
-    /// full sync. 0: every pending row. Default 7200 (two hours, as the field
-    /// syncs today).
-    #[serde(default = "default_hourly_window_secs")]
+    /// full sync. 0: every pending row. Default [`DEFAULT_HOURLY_WINDOW_SECS`].
     pub hourly_window_secs: u64,
 }
 
-/// Draining order of the sync (`sync.order`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum DrainOrder {
-    #[default]
-    Oldest,
-    Newest,
-}
-
-impl DrainOrder {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DrainOrder::Oldest => "oldest",
-            DrainOrder::Newest => "newest",
-        }
-    }
-}
-
-/// Two hours: the window of the hourly sync.
+/// Two hours: the window of the hourly sync, as the field syncs today.
 pub const DEFAULT_HOURLY_WINDOW_SECS: u64 = 7200;
 
 /// Two tables at once: the edge box has two cores or more.
 pub const DEFAULT_CONCURRENCY: u32 = 2;
 
-fn default_concurrency() -> u32 {
-    DEFAULT_CONCURRENCY
-}
-
-fn default_hourly_window_secs() -> u64 {
-    DEFAULT_HOURLY_WINDOW_SECS
-}
-
 /// An hourly sync that has not finished after 50 minutes leaves the rest to
 /// the next one instead of overlapping it.
 pub const DEFAULT_MAX_RUN_SECS: u64 = 3000;
-
-fn default_max_run_secs() -> u64 {
-    DEFAULT_MAX_RUN_SECS
-}
-
-fn default_batch_rows() -> u32 {
-    DEFAULT_BATCH_ROWS
-}
-fn default_max_attempts() -> u32 {
-    DEFAULT_MAX_ATTEMPTS
-}
-fn default_backoff_initial_ms() -> u64 {
-    DEFAULT_BACKOFF_INITIAL_MS
-}
-fn default_backoff_max_ms() -> u64 {
-    DEFAULT_BACKOFF_MAX_MS
-}
 
 impl Default for SyncConfig {
     fn default() -> Self {
@@ -376,7 +320,7 @@ impl Default for SyncConfig {
             bandwidth_bytes_per_sec: 0,
             max_run_secs: DEFAULT_MAX_RUN_SECS,
             concurrency: DEFAULT_CONCURRENCY,
-            order: DrainOrder::Oldest,
+            order: DrainOrder::default(),
             hourly_window_secs: DEFAULT_HOURLY_WINDOW_SECS,
         }
     }
@@ -431,9 +375,8 @@ impl Config {
     }
 
     fn validate(&self) -> anyhow::Result<()> {
-        let id = &self.device.id;
-        if id.is_empty() || id.chars().count() > 200 {
-            bail!("device.id must be 1 to 200 characters, got {:?}", id);
+        if let Err(why) = sluice_wire::check_device_id(&self.device.id) {
+            bail!("device.id {:?}: {why}", self.device.id);
         }
         if url_has_password(&self.cloud.url) {
             bail!(
@@ -525,9 +468,30 @@ mod tests {
         let cfg = Config::parse(MINIMAL).unwrap();
         assert_eq!(cfg.sync.batch_rows, DEFAULT_BATCH_ROWS);
         assert_eq!(cfg.sync.max_attempts, DEFAULT_MAX_ATTEMPTS);
-        assert_eq!(cfg.edge.busy_timeout_ms, 5000);
+        assert_eq!(cfg.edge.busy_timeout_ms, DEFAULT_BUSY_TIMEOUT_MS);
         assert_eq!(cfg.sync.order, DrainOrder::Oldest);
         assert_eq!(cfg.sync.hourly_window_secs, DEFAULT_HOURLY_WINDOW_SECS);
+    }
+
+    #[test]
+    fn a_device_id_with_a_control_character_is_refused() {
+        // The rule of sluice_wire::check_device_id, which the extensions use too.
+        let err = format!(
+            "{:#}",
+            Config::parse(&MINIMAL.replace("box-1", "box\\u0007-1")).unwrap_err()
+        );
+        assert!(
+            err.contains("device.id") && err.contains("control characters"),
+            "{err}"
+        );
+        let long = "x".repeat(sluice_wire::MAX_DEVICE_ID_CHARS + 1);
+        let err = format!(
+            "{:#}",
+            Config::parse(&MINIMAL.replace("box-1", &long)).unwrap_err()
+        );
+        assert!(err.contains("device.id"), "{err}");
+        let longest = "x".repeat(sluice_wire::MAX_DEVICE_ID_CHARS);
+        assert!(Config::parse(&MINIMAL.replace("box-1", &longest)).is_ok());
     }
 
     #[test]
@@ -598,6 +562,46 @@ mod tests {
         assert_eq!(cfg.cleanup.keep, DEFAULT_CLEANUP_KEEP);
         assert_eq!(cfg.sync.hourly_window_secs, DEFAULT_HOURLY_WINDOW_SECS);
         assert_eq!(cfg.sync.order, DrainOrder::Oldest);
+        // Every value the example writes out is the default it stands for:
+        // the defaults are written once, in this file.
+        let d = Config::parse(MINIMAL).unwrap();
+        assert_eq!(format!("{:?}", cfg.schedule), format!("{:?}", d.schedule));
+        assert_eq!(cfg.cleanup.keep, d.cleanup.keep);
+        let sync_fields = |s: &SyncConfig| {
+            (
+                s.batch_rows,
+                s.max_attempts,
+                s.backoff_initial_ms,
+                s.backoff_max_ms,
+                s.bandwidth_bytes_per_sec,
+                s.max_run_secs,
+                s.concurrency,
+                s.order,
+                s.hourly_window_secs,
+            )
+        };
+        assert_eq!(sync_fields(&cfg.sync), sync_fields(&d.sync));
+        assert_eq!(cfg.edge.busy_timeout_ms, d.edge.busy_timeout_ms);
+        assert_eq!(cfg.cloud.connect_timeout_secs, d.cloud.connect_timeout_secs);
+        assert_eq!(cfg.cloud.tls, d.cloud.tls);
+    }
+
+    #[test]
+    fn the_schedule_table_of_docs_agent_md_quotes_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/agent.md");
+        let doc = std::fs::read_to_string(path).unwrap();
+        let d = ScheduleConfig::default();
+        for (job, cron) in [
+            ("rollup", &d.rollup),
+            ("embed", &d.embed),
+            ("sync", &d.sync),
+            ("full_sync", &d.full_sync),
+            ("cleanup", &d.cleanup),
+            ("budget", &d.budget),
+        ] {
+            let row = format!("| `{job}` | `{cron}` |");
+            assert!(doc.contains(&row), "docs/agent.md has no row {row}");
+        }
     }
 
     #[test]
