@@ -13,29 +13,19 @@
 
 use rusqlite::{params, Connection};
 
+use crate::bookkeeping::Table;
 use crate::Res;
-
-/// The table of ranges, created with the bookkeeping tables.
-pub const RANGES_SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS main.sluice_acked_ranges (
-    tbl TEXT NOT NULL,
-    lo INTEGER NOT NULL,
-    hi INTEGER NOT NULL,
-    PRIMARY KEY (tbl, lo)
-) WITHOUT ROWID;
-";
 
 /// The acknowledged ranges `(lo, hi]` of `tbl` that reach above `from`,
 /// in order. Empty when the table of ranges does not exist (a database
 /// tracked before ranges existed, never drained newest first).
 pub fn ranges_above(conn: &Connection, tbl: &str, from: i64) -> Res<Vec<(i64, i64)>> {
-    let mut stmt = match conn.prepare(
+    if !Table::AckedRanges.exists(conn)? {
+        return Ok(Vec::new());
+    }
+    let mut stmt = conn.prepare(
         "SELECT lo, hi FROM main.sluice_acked_ranges WHERE tbl = ?1 AND hi > ?2 ORDER BY lo",
-    ) {
-        Ok(stmt) => stmt,
-        Err(e) if crate::no_such_table(&e) => return Ok(Vec::new()),
-        Err(e) => return Err(e.into()),
-    };
+    )?;
     let rows = stmt.query_map(params![tbl, from], |r| Ok((r.get(0)?, r.get(1)?)))?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
@@ -106,7 +96,8 @@ pub fn record(
         .filter(touching)
         .map(|r| r.1)
         .fold(last, i64::max);
-    conn.execute_batch(RANGES_SCHEMA)?;
+    // A database from before ranges existed gets the table here.
+    crate::bookkeeping::ensure(conn)?;
     conn.execute(
         "DELETE FROM main.sluice_acked_ranges WHERE tbl = ?1 AND lo <= ?3 AND hi >= ?2",
         params![tbl, lo, hi],

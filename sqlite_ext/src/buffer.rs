@@ -32,38 +32,6 @@ use crate::{arg_int, arg_opt_text, arg_text, connection, finish, now_ms, Fail, R
 /// row still finds its window's rows (one hour, in seconds).
 pub const DEFAULT_HORIZON_SECS: i64 = 3600;
 
-/// Created with the bookkeeping tables: the drop log and the two views.
-pub const BUFFER_SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS main.sluice_drops (
-    id INTEGER PRIMARY KEY,
-    tbl TEXT NOT NULL,
-    rows INTEGER NOT NULL,
-    unsynced_rows INTEGER,
-    from_time TEXT,
-    to_time TEXT,
-    sealed_until INTEGER NOT NULL,
-    dropped_at TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS main.sluice_drops_tbl ON sluice_drops (tbl);
-CREATE VIEW IF NOT EXISTS main.sluice_status AS
-SELECT t.tbl AS \"table\",
-       sluice_pending(t.tbl) AS pending_rows,
-       sluice_pending_age(t.tbl) AS oldest_pending_age_secs,
-       strftime('%Y-%m-%dT%H:%M:%fZ', t.acked_at / 1000.0, 'unixepoch') AS last_ack_at,
-       t.acked_rows AS acked_rows,
-       coalesce((SELECT sum(d.rows) FROM sluice_drops d WHERE d.tbl = t.tbl), 0) AS rows_dropped
-  FROM sluice_tables t;
-CREATE VIEW IF NOT EXISTS main.sluice_budget AS
-SELECT json_extract(value, '$.max_bytes') AS max_bytes,
-       json_extract(value, '$.used_bytes') AS used_bytes,
-       json_extract(value, '$.file_bytes') AS file_bytes,
-       json_extract(value, '$.within_budget') AS within_budget,
-       json_extract(value, '$.dropped_rows') AS dropped_rows,
-       json_extract(value, '$.checked_at') AS checked_at,
-       json_extract(value, '$.note') AS note
-  FROM sluice_meta WHERE key = 'budget';
-";
-
 /// SQL: a time value (ISO-8601 text or unix seconds) as whole unix seconds;
 /// NULL for anything else.
 pub fn epoch_sql(x: &str) -> String {
@@ -340,20 +308,18 @@ fn enforce_in(conn: &Connection, max: i64, o: &BudgetOptions) -> Res<i64> {
                 .into()
         };
     }
-    let status = serde_json::json!({
-        "max_bytes": max,
-        "used_bytes": after,
-        "file_bytes": file + wal,
-        "wal_bytes": wal,
-        "within_budget": within,
-        "dropped_rows": dropped,
-        "checked_at": iso_now(conn)?,
-        "note": if note.is_empty() { Json::Null } else { Json::String(note) },
-    });
-    conn.execute(
-        "INSERT INTO main.sluice_meta (key, value) VALUES ('budget', ?1) \
-         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-        [status.to_string()],
+    crate::bookkeeping::budget::write(
+        conn,
+        &crate::bookkeeping::budget::BudgetState {
+            max_bytes: max,
+            used_bytes: after,
+            file_bytes: file + wal,
+            wal_bytes: wal,
+            within_budget: within,
+            dropped_rows: dropped,
+            checked_at: iso_now(conn)?,
+            note: (!note.is_empty()).then_some(note),
+        },
     )?;
     Ok(dropped)
 }

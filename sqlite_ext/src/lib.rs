@@ -31,6 +31,8 @@
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod acked;
+pub mod bookkeeping;
+pub mod glue;
 pub mod buffer;
 pub mod insert;
 pub mod options;
@@ -42,22 +44,30 @@ pub mod sync;
 pub mod tracked;
 pub mod window;
 
-use std::fmt;
 use std::os::raw::{c_char, c_int};
 
 use rusqlite::ffi;
 use rusqlite::functions::{Context, FunctionFlags};
-use rusqlite::types::{Value, ValueRef};
+use rusqlite::types::Value;
 use rusqlite::Connection;
+
+pub use glue::{
+    arg_blob, arg_int, arg_opt_text, arg_raw, arg_text, connection, describe_value, finish,
+    now_ms, sqlite_message, Fail, Res,
+};
 
 /// The signature of every SQL function of the extension.
 pub type SqlFn = fn(&Context<'_>) -> rusqlite::Result<Value>;
 
 const UTF8: FunctionFlags = FunctionFlags::SQLITE_UTF8;
-/// Pure: same arguments, same result.
-const PURE: FunctionFlags = UTF8.union(FunctionFlags::SQLITE_DETERMINISTIC);
-/// Reads the database; may be called from views and triggers.
-const READS: FunctionFlags = UTF8;
+/// Pure: same arguments, same result; innocuous, so views and triggers may
+/// call it under `PRAGMA trusted_schema=OFF`.
+const PURE: FunctionFlags = UTF8
+    .union(FunctionFlags::SQLITE_DETERMINISTIC)
+    .union(FunctionFlags::SQLITE_INNOCUOUS);
+/// Only reads the database: innocuous, so views (`sluice_status`) and
+/// triggers may call it under `PRAGMA trusted_schema=OFF`.
+const READS: FunctionFlags = UTF8.union(FunctionFlags::SQLITE_INNOCUOUS);
 /// Writes: only from top-level SQL, never behind the user's back from a view
 /// or trigger.
 const WRITES: FunctionFlags = UTF8.union(FunctionFlags::SQLITE_DIRECTONLY);
@@ -165,159 +175,6 @@ pub fn sluice_debug(_ctx: &Context<'_>) -> rusqlite::Result<Value> {
     Ok(Value::Text(v.to_string()))
 }
 
-// ---------------------------------------------------------------------------
-// Errors and arguments, shared by all functions.
-
-/// A failure inside a function, without the `sluice_<fn>: ` prefix that
-/// [`finish`] adds.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Fail(pub String);
-
-impl fmt::Display for Fail {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for Fail {}
-
-impl From<String> for Fail {
-    fn from(s: String) -> Self {
-        Fail(s)
-    }
-}
-
-impl From<&str> for Fail {
-    fn from(s: &str) -> Self {
-        Fail(s.to_string())
-    }
-}
-
-impl From<rusqlite::Error> for Fail {
-    fn from(e: rusqlite::Error) -> Self {
-        Fail(sqlite_message(&e))
-    }
-}
-
-/// Whether an error says a table does not exist (bookkeeping tables added
-/// after a database was first tracked are created when first needed).
-pub fn no_such_table(e: &rusqlite::Error) -> bool {
-    sqlite_message(e).contains("no such table")
-}
-
-/// The message of an SQLite error, without rusqlite's decoration.
-pub fn sqlite_message(e: &rusqlite::Error) -> String {
-    match e {
-        rusqlite::Error::SqliteFailure(_, Some(msg)) => msg.clone(),
-        other => other.to_string(),
-    }
-}
-
-pub type Res<T> = Result<T, Fail>;
-
-/// Turns the result of a function body into what SQLite sees: errors get
-/// the `name: ` prefix.
-pub fn finish(name: &str, r: Res<Value>) -> rusqlite::Result<Value> {
-    r.map_err(|Fail(m)| {
-        // SQLite takes the message as a C string: a NUL byte (from a table
-        // name, say) would lose all of it.
-        let m = m.replace('\0', "\\0");
-        rusqlite::Error::UserFunctionError(Box::new(Fail(format!("{name}: {m}"))))
-    })
-}
-
-/// The connection a function was called on.
-pub fn connection<'c>(ctx: &'c Context<'_>) -> Res<rusqlite::functions::ConnectionRef<'c>> {
-    // SAFETY: the reference does not outlive the call and is not sent to
-    // another thread.
-    unsafe { ctx.get_connection() }.map_err(Fail::from)
-}
-
-fn describe(v: ValueRef<'_>) -> String {
-    match v {
-        ValueRef::Null => "NULL".to_string(),
-        ValueRef::Integer(i) => format!("the integer {i}"),
-        ValueRef::Real(r) => format!("the real {r}"),
-        ValueRef::Text(_) => "text".to_string(),
-        ValueRef::Blob(b) => format!("a blob of {} bytes", b.len()),
-    }
-}
-
-fn raw<'c>(ctx: &'c Context<'_>, i: usize) -> Res<ValueRef<'c>> {
-    if i < ctx.len() {
-        Ok(ctx.get_raw(i))
-    } else {
-        Err(Fail(format!("argument {} is missing", i + 1)))
-    }
-}
-
-/// Argument `i` as non-empty UTF-8 text.
-pub fn arg_text<'c>(ctx: &'c Context<'_>, i: usize, what: &str) -> Res<&'c str> {
-    match raw(ctx, i)? {
-        ValueRef::Text(t) => {
-            let s =
-                std::str::from_utf8(t).map_err(|_| Fail(format!("{what} is not valid UTF-8")))?;
-            if s.is_empty() {
-                Err(Fail(format!("{what} must not be empty")))
-            } else {
-                Ok(s)
-            }
-        }
-        other => Err(Fail(format!(
-            "{what} must be text, got {}",
-            describe(other)
-        ))),
-    }
-}
-
-/// Argument `i` as text, or `None` when it is NULL.
-pub fn arg_opt_text<'c>(ctx: &'c Context<'_>, i: usize, what: &str) -> Res<Option<&'c str>> {
-    if i >= ctx.len() || matches!(ctx.get_raw(i), ValueRef::Null) {
-        return Ok(None);
-    }
-    arg_text(ctx, i, what).map(Some)
-}
-
-/// Argument `i` as an integer (a real with no fractional part is accepted).
-pub fn arg_int(ctx: &Context<'_>, i: usize, what: &str) -> Res<i64> {
-    match raw(ctx, i)? {
-        ValueRef::Integer(n) => Ok(n),
-        ValueRef::Real(r) if r.fract() == 0.0 && r.abs() < 9.0e15 => Ok(r as i64),
-        other => Err(Fail(format!(
-            "{what} must be an integer, got {}",
-            describe(other)
-        ))),
-    }
-}
-
-/// Argument `i` as a blob.
-pub fn arg_blob<'c>(ctx: &'c Context<'_>, i: usize, what: &str) -> Res<&'c [u8]> {
-    match raw(ctx, i)? {
-        ValueRef::Blob(b) => Ok(b),
-        other => Err(Fail(format!(
-            "{what} must be a blob, got {}",
-            describe(other)
-        ))),
-    }
-}
-
-/// Argument `i` as it is.
-pub fn arg_raw<'c>(ctx: &'c Context<'_>, i: usize) -> Res<ValueRef<'c>> {
-    raw(ctx, i)
-}
-
-pub(crate) fn describe_value(v: ValueRef<'_>) -> String {
-    describe(v)
-}
-
-/// Milliseconds since the Unix epoch (0 if the clock is before 1970).
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
@@ -329,6 +186,13 @@ mod tests {
         for (name, n, flags, _) in FUNCTIONS {
             assert!(name.starts_with("sluice_"), "{name}");
             assert!(seen.insert((name, n)), "{name}/{n} twice");
+            // Each is either direct-only (writes) or innocuous (views and
+            // triggers may call it under trusted_schema=OFF), never both.
+            assert_ne!(
+                flags.contains(FunctionFlags::SQLITE_DIRECTONLY),
+                flags.contains(FunctionFlags::SQLITE_INNOCUOUS),
+                "{name}/{n}"
+            );
             // Only pure functions are deterministic.
             if flags.contains(FunctionFlags::SQLITE_DETERMINISTIC) {
                 assert!(

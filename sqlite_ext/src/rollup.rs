@@ -15,6 +15,7 @@ use rusqlite::types::{Value, ValueRef};
 use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::Value as Json;
 
+use crate::bookkeeping::Table;
 use crate::options::quote_ident;
 use crate::schema::{atomic, ensure_bookkeeping, table_info, TableInfo};
 use crate::window::{parse_width, IsoTime};
@@ -245,22 +246,6 @@ pub fn parse_rollup(conn: &Connection, name: &str, text: &str) -> Res<(Rollup, b
     ))
 }
 
-fn ensure_rollup_table(conn: &Connection) -> Res<()> {
-    conn.execute_batch(
-        "CREATE TABLE IF NOT EXISTS main.sluice_rollups (
-             name TEXT PRIMARY KEY,
-             options TEXT NOT NULL,
-             source TEXT NOT NULL,
-             target TEXT NOT NULL,
-             watermark INTEGER NOT NULL DEFAULT 0,
-             last_run_at INTEGER,
-             runs INTEGER NOT NULL DEFAULT 0,
-             rows_written INTEGER NOT NULL DEFAULT 0
-         );",
-    )?;
-    Ok(())
-}
-
 /// `sluice_rollup(name, options)` → 1: declares (or re-declares) a rollup
 /// and creates its target table if absent.
 pub fn sluice_rollup(ctx: &Context<'_>) -> rusqlite::Result<Value> {
@@ -275,7 +260,6 @@ fn rollup_fn(ctx: &Context<'_>) -> Res<Value> {
     let src = table_info(&conn, &r.source)?;
     atomic(&conn, "sluice_rollup", || {
         ensure_bookkeeping(&conn)?;
-        ensure_rollup_table(&conn)?;
         let exists: bool = conn.query_row(
             "SELECT count(*) > 0 FROM main.sqlite_master WHERE type = 'table' AND name = ?1 COLLATE NOCASE",
             [&r.target],
@@ -346,12 +330,7 @@ fn rollup_run(ctx: &Context<'_>) -> Res<Value> {
         return Err(Fail("the rollup name must be text, got NULL".into()));
     }
     let conn = connection(ctx)?;
-    let has: bool = conn.query_row(
-        "SELECT count(*) > 0 FROM main.sqlite_master WHERE type = 'table' AND name = 'sluice_rollups'",
-        [],
-        |r| r.get(0),
-    )?;
-    let names: Vec<(String, String)> = if !has {
+    let names: Vec<(String, String)> = if !Table::Rollups.exists(&conn)? {
         Vec::new()
     } else {
         let mut stmt = conn.prepare(
@@ -391,16 +370,10 @@ fn window_end(ws: &Value, width: i64) -> Res<Value> {
     })
 }
 
-/// Rows whose time is not a time (text that is not ISO-8601, a blob) would
-/// stop a rollup for good: `sluice_bucket` refuses them. They are left out
-/// of it instead, each recorded here once (the raw row stays and syncs).
-const SKIPPED_SCHEMA: &str = "CREATE TABLE IF NOT EXISTS main.sluice_rollup_skipped (
-    name TEXT NOT NULL,
-    row_id INTEGER NOT NULL,
-    reason TEXT NOT NULL,
-    skipped_at INTEGER NOT NULL,
-    PRIMARY KEY (name, row_id)
-) WITHOUT ROWID";
+// Rows whose time is not a time (text that is not ISO-8601, a blob) would
+// stop a rollup for good: `sluice_bucket` refuses them. They are left out
+// of it instead, each recorded in `sluice_rollup_skipped` once (the raw row
+// stays and syncs).
 
 /// At most this many rows of one run are skipped; more is not a stray bad
 /// row but a wrong time column, and the run fails with the first error.
@@ -456,7 +429,7 @@ fn skip_bad_times(conn: &Connection, r: &Rollup) -> Res<usize> {
             }
         }
     }
-    conn.execute_batch(SKIPPED_SCHEMA)?;
+    ensure_bookkeeping(conn)?;
     let mut ins = conn.prepare(
         "INSERT OR IGNORE INTO main.sluice_rollup_skipped (name, row_id, reason, skipped_at) \
          VALUES (?1, ?2, ?3, ?4)",
@@ -471,19 +444,12 @@ fn skip_bad_times(conn: &Connection, r: &Rollup) -> Res<usize> {
 /// `AND rowid NOT IN (the skipped rows)`, or nothing when none was skipped
 /// (or the table of skipped rows was never needed).
 fn skip_clause(conn: &Connection, r: &Rollup) -> Res<String> {
-    let any = conn
-        .query_row(
+    let any = Table::RollupSkipped.exists(conn)?
+        && conn.query_row(
             "SELECT EXISTS (SELECT 1 FROM main.sluice_rollup_skipped WHERE name = ?1)",
             [&r.name],
             |row| row.get::<_, bool>(0),
-        )
-        .or_else(|e| {
-            if crate::no_such_table(&e) {
-                Ok(false)
-            } else {
-                Err(e)
-            }
-        })?;
+        )?;
     Ok(if any {
         format!(
             " AND rowid NOT IN (SELECT row_id FROM main.sluice_rollup_skipped WHERE name = '{}')",

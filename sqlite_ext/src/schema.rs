@@ -137,59 +137,9 @@ pub fn atomic<T>(conn: &Connection, name: &str, f: impl FnOnce() -> Res<T>) -> R
     }
 }
 
-/// Names of the bookkeeping tables; they cannot be tracked.
-pub const BOOKKEEPING: [&str; 6] = [
-    "sluice_meta",
-    "sluice_acked_ranges",
-    "sluice_tables",
-    "sluice_acks",
-    "sluice_clock",
-    "sluice_drops",
-];
-
-/// Creates the bookkeeping tables and the stream id if they are missing.
+/// Creates the bookkeeping tables, or upgrades them, to the current version.
 pub fn ensure_bookkeeping(conn: &Connection) -> Res<()> {
-    conn.execute_batch(
-        "CREATE TABLE IF NOT EXISTS main.sluice_meta (key TEXT PRIMARY KEY, value);
-         INSERT OR IGNORE INTO main.sluice_meta (key, value)
-             VALUES ('stream_id', max(1, random() & 0x7fffffffffffffff));
-         CREATE TABLE IF NOT EXISTS main.sluice_tables (
-             tbl TEXT PRIMARY KEY,
-             mutable INTEGER NOT NULL DEFAULT 0,
-             local_only TEXT NOT NULL DEFAULT '[]',
-             key_columns TEXT NOT NULL DEFAULT '[]',
-             acked_seq INTEGER NOT NULL DEFAULT 0,
-             acked_at INTEGER,
-             acked_batches INTEGER NOT NULL DEFAULT 0,
-             acked_rows INTEGER NOT NULL DEFAULT 0,
-             created_at INTEGER
-         );
-         CREATE TABLE IF NOT EXISTS main.sluice_acks (
-             tbl TEXT NOT NULL,
-             acked_seq INTEGER NOT NULL,
-             acked_at INTEGER NOT NULL
-         );
-         CREATE INDEX IF NOT EXISTS main.sluice_acks_tbl ON sluice_acks (tbl, acked_at);
-         CREATE TABLE IF NOT EXISTS main.sluice_clock (
-             id INTEGER PRIMARY KEY CHECK (id = 1),
-             value INTEGER NOT NULL
-         );
-         INSERT OR IGNORE INTO main.sluice_clock (id, value) VALUES (1, 0);",
-    )?;
-    // Added after the first release: databases tracked before it get the
-    // column here.
-    let has_time: bool = conn.query_row(
-        "SELECT count(*) > 0 FROM pragma_table_info('sluice_tables', 'main') \
-         WHERE name = 'time_column'",
-        [],
-        |r| r.get(0),
-    )?;
-    if !has_time {
-        conn.execute_batch("ALTER TABLE main.sluice_tables ADD COLUMN time_column TEXT")?;
-    }
-    conn.execute_batch(crate::buffer::BUFFER_SCHEMA)?;
-    conn.execute_batch(crate::acked::RANGES_SCHEMA)?;
-    Ok(())
+    crate::bookkeeping::ensure(conn)
 }
 
 /// Whether the bookkeeping tables exist (without creating them).

@@ -20,7 +20,7 @@ use crate::options::{
 };
 use crate::schema::{
     atomic, autoincrement_covers, check_high_water, ensure_bookkeeping, has_bookkeeping, meta_get,
-    require_tracked, seq_column, stream_id, table_info, tracked, TableInfo, Tracked, BOOKKEEPING,
+    require_tracked, seq_column, stream_id, table_info, tracked, TableInfo, Tracked,
     VERSION_COLUMN,
 };
 use crate::{
@@ -87,9 +87,7 @@ fn track(ctx: &Context<'_>) -> Res<Value> {
     let conn = connection(ctx)?;
     let info = table_info(&conn, table)?;
     if info.name.to_ascii_lowercase().starts_with("sqlite_")
-        || BOOKKEEPING
-            .iter()
-            .any(|b| b.eq_ignore_ascii_case(&info.name))
+        || crate::bookkeeping::is_bookkeeping(&info.name)
     {
         return Err(Fail(format!(
             "'{}' is an internal table and cannot be tracked",

@@ -17,35 +17,38 @@ from conftest import connect, parse_batch
 
 DETERMINISTIC = 0x800
 DIRECTONLY = 0x80000
+INNOCUOUS = 0x200000
+# Pure: deterministic, and innocuous (views may call it under trusted_schema=OFF).
+PURE = DETERMINISTIC | INNOCUOUS
 
 EXPECTED_FUNCTIONS = {
     # (name, narg): flags we promise
     ("sluice_ack", 1): DIRECTONLY,
-    ("sluice_batch", 1): 0,
-    ("sluice_batch", 2): 0,
-    ("sluice_batch", 3): 0,
+    ("sluice_batch", 1): INNOCUOUS,
+    ("sluice_batch", 2): INNOCUOUS,
+    ("sluice_batch", 3): INNOCUOUS,
     ("sluice_cleanup", 2): DIRECTONLY,
-    ("sluice_debug", 0): 0,
-    ("sluice_device", 0): 0,
+    ("sluice_debug", 0): INNOCUOUS,
+    ("sluice_device", 0): INNOCUOUS,
     ("sluice_device", 1): DIRECTONLY,
     ("sluice_insert", 2): DIRECTONLY,
-    ("sluice_pending", 1): 0,
+    ("sluice_pending", 1): INNOCUOUS,
     ("sluice_track", 1): DIRECTONLY,
     ("sluice_track", 2): DIRECTONLY,
-    ("sluice_tracked", 0): 0,
-    ("sluice_tracked", 1): 0,
-    ("sluice_version", 0): DETERMINISTIC,
+    ("sluice_tracked", 0): INNOCUOUS,
+    ("sluice_tracked", 1): INNOCUOUS,
+    ("sluice_version", 0): PURE,
     # window aggregation (test_sqlite_window.py)
-    ("sluice_bucket", 2): DETERMINISTIC,
-    ("sluice_compress", 1): DETERMINISTIC,
-    ("sluice_compress", 2): DETERMINISTIC,
-    ("sluice_decompress", 1): DETERMINISTIC,
-    ("sluice_pack", -1): DETERMINISTIC,
-    ("sluice_percentile", 2): DETERMINISTIC,
-    ("sluice_sketch", 1): DETERMINISTIC,
-    ("sluice_sketch_merge", 1): DETERMINISTIC,
-    ("sluice_sketch_quantile", 2): DETERMINISTIC,
-    ("sluice_unpack", 1): DETERMINISTIC,
+    ("sluice_bucket", 2): PURE,
+    ("sluice_compress", 1): PURE,
+    ("sluice_compress", 2): PURE,
+    ("sluice_decompress", 1): PURE,
+    ("sluice_pack", -1): PURE,
+    ("sluice_percentile", 2): PURE,
+    ("sluice_sketch", 1): PURE,
+    ("sluice_sketch_merge", 1): PURE,
+    ("sluice_sketch_quantile", 2): PURE,
+    ("sluice_unpack", 1): PURE,
     # rollups (test_sqlite_rollup.py)
     ("sluice_rollup", 2): DIRECTONLY,
     ("sluice_rollup_run", 0): DIRECTONLY,
@@ -53,7 +56,7 @@ EXPECTED_FUNCTIONS = {
     # bounded buffer and status (test_sqlite_buffer.py)
     ("sluice_enforce_budget", 1): DIRECTONLY,
     ("sluice_enforce_budget", 2): DIRECTONLY,
-    ("sluice_pending_age", 1): 0,
+    ("sluice_pending_age", 1): INNOCUOUS,
 }
 
 
@@ -66,7 +69,7 @@ def test_registers_exactly_these_functions(db):
     assert len(rows) == len(EXPECTED_FUNCTIONS)
     for name, narg, flags in rows:
         want = EXPECTED_FUNCTIONS[(name, narg)]
-        got = flags & (DETERMINISTIC | DIRECTONLY)
+        got = flags & (DETERMINISTIC | DIRECTONLY | INNOCUOUS)
         assert got == want, f"{name}/{narg}: flags {flags:#x}"
 
 
