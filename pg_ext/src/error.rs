@@ -29,6 +29,11 @@ impl SluiceError {
         self
     }
 
+    /// An error of `sluice.ingest`: the message prefixed with its name.
+    pub fn ingest(code: PgSqlErrorCode, message: impl std::fmt::Display) -> Self {
+        SluiceError::new(code, format!("sluice.ingest: {message}"))
+    }
+
     /// Raises the error as a PostgreSQL `ERROR`; never returns.
     pub fn raise(self, function: &'static str) -> ! {
         let mut report = ErrorReport::new(self.code, self.message, function);

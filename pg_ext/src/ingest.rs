@@ -5,18 +5,16 @@
 //! record the counts and the device's statistics. Everything runs in the
 //! caller's transaction, so an error anywhere leaves nothing behind.
 
-use std::cell::RefCell;
-use std::collections::HashMap;
-
 use pgrx::prelude::*;
-use pgrx::spi::{OwnedPreparedStatement, SpiClient};
+use pgrx::spi::SpiClient;
+use sluice_pgsql::plan::{BatchColumns, CatalogColumn, ColumnPlan, PlanError, CATALOG_COLUMNS_SQL};
+use sluice_pgsql::sqlgen;
+use sluice_pgsql::{Param, SqlState};
 use sluice_wire::{decode, decode_header, Batch, BatchId, WireError};
 
-use sluice_pgsql::plan::{BatchColumns, CatalogColumn, ColumnPlan, PlanError, CATALOG_COLUMNS_SQL};
-use sluice_pgsql::sqlgen::{self, Policy};
-use sluice_pgsql::{Param, SqlState};
-
 use crate::error::{Result, SluiceError};
+use crate::register::{registration, Registration};
+use crate::spi::run_cached;
 use crate::tenancy;
 
 /// What one call returns.
@@ -26,54 +24,6 @@ pub struct Outcome {
     pub updated: i64,
     pub skipped: i64,
     pub replay: bool,
-}
-
-/// Largest number of prepared statements kept per backend (the fixed ones,
-/// and the upserts: one per target table, column set and parameter types);
-/// the cache is emptied when it is full.
-const MAX_CACHED_PLANS: usize = 128;
-
-thread_local! {
-    /// Plans by statement text. A backend is single-threaded; plans are
-    /// revalidated by PostgreSQL when a table they use changes.
-    static PLANS: RefCell<HashMap<String, OwnedPreparedStatement>> = RefCell::new(HashMap::new());
-}
-
-/// Runs `sql` through a plan prepared once per backend and kept.
-pub(crate) fn run_cached<'conn>(
-    client: &mut SpiClient<'conn>,
-    sql: &str,
-    types: &[PgBuiltInOids],
-    args: &[pgrx::datum::DatumWithOid<'_>],
-) -> Result<pgrx::spi::SpiTupleTable<'conn>> {
-    let cached = PLANS.with(|p| p.borrow().contains_key(sql));
-    if !cached {
-        let types: Vec<PgOid> = types.iter().map(|&t| PgOid::BuiltIn(t)).collect();
-        let stmt = client.prepare_mut(sql, &types)?.keep();
-        PLANS.with(|p| {
-            let mut p = p.borrow_mut();
-            if p.len() >= MAX_CACHED_PLANS {
-                p.clear();
-            }
-            p.insert(sql.to_owned(), stmt);
-        });
-    }
-    // The plan stays in the cache while it runs: an ERROR unwinds through
-    // here, and freeing a plan that the aborting query still uses is unsafe.
-    let result = PLANS.with(|p| match p.borrow().get(sql) {
-        Some(stmt) => client.update(stmt, None, args).map(Some),
-        None => Ok(None),
-    });
-    result?.ok_or_else(|| {
-        SluiceError::new(
-            PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
-            "sluice.ingest: internal error: prepared statement vanished from the cache",
-        )
-    })
-}
-
-pub(crate) fn err(code: PgSqlErrorCode, msg: impl std::fmt::Display) -> SluiceError {
-    SluiceError::new(code, format!("sluice.ingest: {msg}"))
 }
 
 /// The SQLSTATE of a batch that does not decode.
@@ -96,7 +46,7 @@ fn sent_at_ms(ms: i64) -> Option<i64> {
 pub fn ingest(bytes: &[u8]) -> Result<Outcome> {
     // The header (with the checksum over the whole batch) is enough to claim
     // the identity, so a replay costs a ledger lookup, not a decompression.
-    let header = decode_header(bytes).map_err(|e| err(wire_error_code(&e), e))?;
+    let header = decode_header(bytes).map_err(|e| SluiceError::ingest(wire_error_code(&e), e))?;
     let h = &header;
     let id = h.id();
     // decode_header verified the CRC-32C stored in the last four bytes.
@@ -155,7 +105,7 @@ pub fn ingest(bytes: &[u8]) -> Result<Outcome> {
         }
 
         // 3. The rows, then registration and schema check.
-        let batch = decode(bytes).map_err(|e| err(wire_error_code(&e), e))?;
+        let batch = decode(bytes).map_err(|e| SluiceError::ingest(wire_error_code(&e), e))?;
         let reg = registration(client, &h.table)?;
         tenancy::check_rows(client, &caller, &batch, &id, &reg)?;
         let plan = plan_columns(client, &batch, &id, &reg)?;
@@ -210,69 +160,6 @@ pub fn ingest(bytes: &[u8]) -> Result<Outcome> {
     })
 }
 
-/// A row of `sluice.tables`, with the target's current name.
-pub(crate) struct Registration {
-    pub target: pg_sys::Oid,
-    /// `"schema"."table"`.
-    target_sql: String,
-    /// `schema.table`, for messages.
-    pub target_name: String,
-    key_columns: Vec<String>,
-    policy: Policy,
-    /// The column holding the location (tenant), if registered.
-    pub tenant_column: Option<String>,
-}
-
-fn registration(client: &mut SpiClient<'_>, edge_table: &str) -> Result<Registration> {
-    let table = run_cached(
-        client,
-        "SELECT t.target::oid, n.nspname::text, c.relname::text, t.key_columns, t.policy, t.tenant_column
-         FROM sluice.tables t
-         LEFT JOIN pg_class c ON c.oid = t.target::oid
-         LEFT JOIN pg_namespace n ON n.oid = c.relnamespace
-         WHERE t.edge_table = $1",
-        &[PgBuiltInOids::TEXTOID],
-        &[edge_table.into()],
-    )?;
-    if table.is_empty() {
-        return Err(err(
-            PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE,
-            format!(
-                "edge table '{edge_table}' is not registered; call sluice.register_table('{edge_table}', '<target table>', ARRAY['<key column>', ...])"
-            ),
-        ));
-    }
-    let row = table.first();
-    let target = row.get::<pg_sys::Oid>(1)?.unwrap_or(pg_sys::InvalidOid);
-    let (Some(schema), Some(relname)) = (row.get::<String>(2)?, row.get::<String>(3)?) else {
-        return Err(err(
-            PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE,
-            format!(
-                "the target table of edge table '{edge_table}' (OID {}) no longer exists; register the edge table again",
-                target.to_u32()
-            ),
-        ));
-    };
-    let key_columns = row.get::<Vec<String>>(4)?.unwrap_or_default();
-    let policy_name = row.get::<String>(5)?.unwrap_or_default();
-    let policy = Policy::parse(&policy_name).ok_or_else(|| {
-        err(
-            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
-            format!(
-                "edge table '{edge_table}' has unknown policy '{policy_name}' in sluice.tables"
-            ),
-        )
-    })?;
-    Ok(Registration {
-        target,
-        target_sql: sqlgen::quote_qualified(&schema, &relname),
-        target_name: format!("{schema}.{relname}"),
-        key_columns,
-        policy,
-        tenant_column: row.get::<String>(6)?,
-    })
-}
-
 /// The column plan of `batch` against the registered target: the pure
 /// checks of [`sluice_pgsql::plan`] around one catalog query.
 fn plan_columns(
@@ -304,7 +191,7 @@ fn plan_columns(
 
 /// A [`PlanError`] as the error `sluice.ingest` raises.
 fn plan_error(e: &PlanError, id: &BatchId, reg: &Registration) -> SluiceError {
-    err(sqlstate(e.sqlstate()), e.message(id, &reg.target_name))
+    SluiceError::ingest(sqlstate(e.sqlstate()), e.message(id, &reg.target_name))
 }
 
 /// The pgrx error code of an SQLSTATE of [`sluice_pgsql`].

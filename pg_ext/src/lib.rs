@@ -8,15 +8,24 @@
 //! `#[pg_extern]` functions, each a thin wrapper); the work is in modules:
 //!
 //! - [`ingest`]: `sluice.ingest(batch)`, step by step as the protocol says.
-//! - [`register`]: `sluice.register_table(...)` and its checks.
+//! - [`tenancy`]: who calls `ingest`, and may they write these rows.
+//! - [`register`]: `sluice.tables`, its one owner: `sluice.register_table(...)`
+//!   and its checks, and the registration ingest reads back.
 //! - [`sketch`]: merging the edge's quantile sketches.
-//! - [`error`]: the error type, raised as `ERROR` with a real SQLSTATE.
-//! - [`guc`]: the settings, registered in `_PG_init`.
 //! - [`worker`]: the optional retention worker, registered in `_PG_init`
 //!   when the library is in `shared_preload_libraries`.
 //! - `sql/retention.sql`: `sluice.set_retention` and the procedure
 //!   `sluice.run_retention` (PL/pgSQL: it commits between chunks).
 //! - [`versions`]: the upgrade-script convention and its test.
+//!
+//! Below them, used by all and using none of them:
+//!
+//! - [`spi`]: statements through plans prepared once per backend.
+//! - [`error`]: the error type, raised as `ERROR` with a real SQLSTATE.
+//! - [`guc`]: the settings, registered in `_PG_init`, read through accessors.
+//!
+//! Imports point down this list: `ingest` → `tenancy` → `register` → `spi`
+//! → `error`; `docs/architecture.md` draws it.
 //!
 //! The pure logic (SQL text, value conversion, the column plan) is the crate
 //! `sluice-pgsql`, tested without PostgreSQL; the batch format itself is the
@@ -29,6 +38,7 @@ pub mod guc;
 pub mod ingest;
 pub mod register;
 pub mod sketch;
+pub mod spi;
 pub mod tenancy;
 pub mod versions;
 pub mod worker;

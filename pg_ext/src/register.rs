@@ -1,12 +1,15 @@
-//! `sluice.register_table`: maps an edge table to a cloud table, after
-//! checking that ingest will be able to upsert into it.
+//! `sluice.tables`, the registrations, and its one owner:
+//! `sluice.register_table` maps an edge table to a cloud table, after
+//! checking that ingest will be able to upsert into it, and [`registration`]
+//! reads a row back for ingest.
 
 use pgrx::prelude::*;
-
+use pgrx::spi::SpiClient;
 use sluice_pgsql::sqlgen::{self, Policy, DEVICE_COLUMN, VERSION_COLUMN};
 use sluice_wire::names::quote_ident;
 
 use crate::error::{Result, SluiceError};
+use crate::spi::run_cached;
 
 /// Registers (or re-registers) `edge_table` → `target`: validates the policy
 /// and key columns, requires a unique index on exactly the key columns, adds
@@ -211,5 +214,71 @@ pub fn register(
             ],
         )?;
         Ok(())
+    })
+}
+
+/// A row of `sluice.tables`, with the target's current name.
+pub struct Registration {
+    /// The target table.
+    pub target: pg_sys::Oid,
+    /// `"schema"."table"`.
+    pub target_sql: String,
+    /// `schema.table`, for messages.
+    pub target_name: String,
+    /// The key columns, in registration order (may include `sluice_device`).
+    pub key_columns: Vec<String>,
+    pub policy: Policy,
+    /// The column holding the location (tenant), if registered.
+    pub tenant_column: Option<String>,
+}
+
+/// The registration of `edge_table`, for `sluice.ingest` (errors say so).
+pub fn registration(client: &mut SpiClient<'_>, edge_table: &str) -> Result<Registration> {
+    let table = run_cached(
+        client,
+        "SELECT t.target::oid, n.nspname::text, c.relname::text, t.key_columns, t.policy, t.tenant_column
+         FROM sluice.tables t
+         LEFT JOIN pg_class c ON c.oid = t.target::oid
+         LEFT JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE t.edge_table = $1",
+        &[PgBuiltInOids::TEXTOID],
+        &[edge_table.into()],
+    )?;
+    if table.is_empty() {
+        return Err(SluiceError::ingest(
+            PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE,
+            format!(
+                "edge table '{edge_table}' is not registered; call sluice.register_table('{edge_table}', '<target table>', ARRAY['<key column>', ...])"
+            ),
+        ));
+    }
+    let row = table.first();
+    let target = row.get::<pg_sys::Oid>(1)?.unwrap_or(pg_sys::InvalidOid);
+    let (Some(schema), Some(relname)) = (row.get::<String>(2)?, row.get::<String>(3)?) else {
+        return Err(SluiceError::ingest(
+            PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE,
+            format!(
+                "the target table of edge table '{edge_table}' (OID {}) no longer exists; register the edge table again",
+                target.to_u32()
+            ),
+        ));
+    };
+    let key_columns = row.get::<Vec<String>>(4)?.unwrap_or_default();
+    let policy_name = row.get::<String>(5)?.unwrap_or_default();
+    let policy = Policy::parse(&policy_name).ok_or_else(|| {
+        SluiceError::ingest(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!(
+                "edge table '{edge_table}' has unknown policy '{policy_name}' in sluice.tables"
+            ),
+        )
+    })?;
+    Ok(Registration {
+        target,
+        target_sql: sqlgen::quote_qualified(&schema, &relname),
+        target_name: format!("{schema}.{relname}"),
+        key_columns,
+        policy,
+        tenant_column: row.get::<String>(6)?,
     })
 }

@@ -20,8 +20,9 @@ use pgrx::spi::SpiClient;
 use sluice_pgsql::convert::value_to_text;
 use sluice_wire::{Batch, BatchId, Value};
 
-use crate::error::Result;
-use crate::ingest::{err, run_cached, Registration};
+use crate::error::{Result, SluiceError};
+use crate::register::Registration;
+use crate::spi::run_cached;
 
 /// The role calling `ingest`, and its device grant if it has one.
 pub struct Caller {
@@ -77,7 +78,7 @@ pub fn check_device_id(caller: &Caller, batch_device: &str, id: &BatchId) -> Res
     }) = &caller.device
     {
         if allowed != batch_device {
-            return Err(err(
+            return Err(SluiceError::ingest(
                 PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
                 format!(
                     "batch {id}: role \"{}\" may send batches of device '{allowed}' only, not '{batch_device}'",
@@ -109,7 +110,7 @@ pub(crate) fn check_rows(
         .get_one::<bool>()?
         .unwrap_or(false);
         if !allowed {
-            return Err(err(
+            return Err(SluiceError::ingest(
                 PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
                 format!(
                     "batch {id}: role \"{}\" is not a device role (sluice.grant_device) and may not INSERT and UPDATE {}",
@@ -120,7 +121,7 @@ pub(crate) fn check_rows(
         return Ok(());
     };
     let Some(tenant_column) = &reg.tenant_column else {
-        return Err(err(
+        return Err(SluiceError::ingest(
             PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
             format!(
                 "batch {id}: {} was registered without a tenant column, so device role \"{}\" may not write to it",
@@ -135,7 +136,7 @@ pub(crate) fn check_rows(
         .iter()
         .position(|c| &c.name == tenant_column)
     else {
-        return Err(err(
+        return Err(SluiceError::ingest(
             PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
             format!(
                 "batch {id}: the batch has no tenant column '{tenant_column}', which device role \"{}\" must send",
@@ -149,7 +150,7 @@ pub(crate) fn check_rows(
         }
         let value = value_to_text(v);
         if value.as_deref() != Some(grant.tenant.as_str()) {
-            return Err(err(
+            return Err(SluiceError::ingest(
                 PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
                 format!(
                     "batch {id}, row {}: tenant column '{tenant_column}' is {}, but role \"{}\" may only write tenant '{}'; nothing of the batch was applied",
