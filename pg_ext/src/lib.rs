@@ -31,6 +31,11 @@
 //! `sluice-pgsql`, tested without PostgreSQL; the batch format itself is the
 //! `sluice-wire` crate, shared with the edge.
 
+// No panic may cross into the backend: errors are `SluiceError`s raised as
+// PostgreSQL ERRORs (tests may unwrap).
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+
 use pgrx::prelude::*;
 
 pub mod error;
@@ -236,6 +241,7 @@ REVOKE EXECUTE ON PROCEDURE sluice.run_retention(regclass, boolean) FROM PUBLIC;
 );
 
 #[cfg(any(test, feature = "pg_test"))]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod pg_tests;
 
 /// Required by `cargo pgrx test`.

@@ -23,14 +23,30 @@ use time::{Date, Month, OffsetDateTime, PrimitiveDateTime, Time};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ConvertError {
     /// PostgreSQL text cannot hold a NUL character.
-    NulInText { row: usize },
+    NulInText {
+        /// The row, from 0.
+        row: usize,
+    },
     /// A key column is NULL: such a row could never be matched again, so a
     /// replayed or updated row would be duplicated.
-    NullKey { row: usize },
+    NullKey {
+        /// The row, from 0.
+        row: usize,
+    },
     /// A blob that is not a float32 array of the vector column's dimension.
-    BadVector { row: usize, reason: String },
+    BadVector {
+        /// The row, from 0.
+        row: usize,
+        /// What is wrong with the blob.
+        reason: String,
+    },
     /// A number that is not a Unix time PostgreSQL can hold.
-    BadEpoch { row: usize, value: String },
+    BadEpoch {
+        /// The row, from 0.
+        row: usize,
+        /// The number, as text.
+        value: String,
+    },
 }
 
 /// What a target column needs beyond PostgreSQL's text input.
@@ -39,7 +55,10 @@ pub enum ColumnKind {
     /// Values as text, cast by PostgreSQL.
     Plain,
     /// pgvector `vector`, with its declared dimension if any.
-    Vector { dims: Option<usize> },
+    Vector {
+        /// The dimension of `vector(n)`, `None` for a plain `vector`.
+        dims: Option<usize>,
+    },
     /// `timestamptz` or `timestamp`: numbers are Unix seconds.
     Timestamp,
 }
@@ -60,8 +79,11 @@ pub enum Native {
 /// One column's values as the upsert's parameter.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Param {
+    /// `text[]`, cast to the column's type in SQL.
     Text(Vec<Option<String>>),
+    /// `bigint[]`.
     Int8(Vec<Option<i64>>),
+    /// `double precision[]`.
     Float8(Vec<Option<f64>>),
     /// Microseconds since 2000-01-01 00:00:00 UTC (PostgreSQL's `TimestampTz`).
     Timestamptz(Vec<Option<i64>>),

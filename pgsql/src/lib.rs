@@ -15,6 +15,12 @@
 //! Imports point down: `plan` uses `convert` and `sqlgen`, which use only
 //! `sluice-wire`; errors carry an [`SqlState`], which the caller raises with.
 
+// Linked into the PostgreSQL backend by pg_ext: no panic may cross into it
+// (tests may unwrap).
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+#![warn(missing_docs)]
+
 pub mod convert;
 pub mod plan;
 pub mod sqlgen;

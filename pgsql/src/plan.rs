@@ -28,19 +28,38 @@ use crate::SqlState;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PlanError {
     /// The batch names a column twice.
-    DuplicateColumn { column: String },
+    DuplicateColumn {
+        /// The column's name.
+        column: String,
+    },
     /// The target has no column of this name.
-    MissingColumn { column: String },
+    MissingColumn {
+        /// The column's name.
+        column: String,
+    },
     /// The target's column is `GENERATED` and cannot be written.
-    GeneratedColumn { column: String },
+    GeneratedColumn {
+        /// The column's name.
+        column: String,
+    },
     /// A key column of the registration is not among the batch's columns.
-    MissingKey { column: String },
+    MissingKey {
+        /// The column's name.
+        column: String,
+    },
     /// The catalog query returned another number of rows than it was given
     /// names: a broken invariant.
-    CatalogMismatch { names: usize, rows: usize },
+    CatalogMismatch {
+        /// How many names it was given.
+        names: usize,
+        /// How many rows it returned.
+        rows: usize,
+    },
     /// A value of `column` cannot be given to PostgreSQL.
     Convert {
+        /// The column's name.
         column: String,
+        /// What is wrong with the value.
         error: ConvertError,
     },
 }
