@@ -11,9 +11,11 @@
 //!   text), with the edge's float32 vectors and Unix times.
 //! - [`plan`]: the column plan of a batch against its target table (the
 //!   catalog query, the checks, the parameters) and the shape of its keys.
+//! - [`sqlstate`]: the [`SqlState`] every error carries, which the caller
+//!   raises it with.
 //!
-//! Imports point down: `plan` uses `convert` and `sqlgen`, which use only
-//! `sluice-wire`; errors carry an [`SqlState`], which the caller raises with.
+//! Imports point down: `plan` uses `convert`, `sqlgen` and `sqlstate`, which
+//! use only `sluice-wire` and `time`; this file only declares and re-exports.
 
 // Linked into the PostgreSQL backend by pg_ext: no panic may cross into it
 // (tests may unwrap).
@@ -24,53 +26,9 @@
 pub mod convert;
 pub mod plan;
 pub mod sqlgen;
-
-use std::fmt;
+pub mod sqlstate;
 
 pub use convert::{ColumnKind, ConvertError, Native, Param};
 pub use plan::{BatchColumns, CatalogColumn, ColumnPlan, KeyShape, PlanError, CATALOG_COLUMNS_SQL};
 pub use sqlgen::{Policy, TargetColumn, DEVICE_COLUMN, VERSION_COLUMN};
-
-/// The SQLSTATE of an error of this crate: what the extension raises it
-/// with, and what a client sees.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum SqlState {
-    /// `22000` data_exception.
-    DataException,
-    /// `22008` datetime_field_overflow.
-    DatetimeFieldOverflow,
-    /// `22P05` untranslatable_character.
-    UntranslatableCharacter,
-    /// `23502` not_null_violation.
-    NotNullViolation,
-    /// `42703` undefined_column.
-    UndefinedColumn,
-    /// `428C9` generated_always.
-    GeneratedAlways,
-    /// `XX000` internal_error.
-    InternalError,
-    /// `XX001` data_corrupted.
-    DataCorrupted,
-}
-
-impl SqlState {
-    /// The five characters of the SQLSTATE.
-    pub fn code(self) -> &'static str {
-        match self {
-            SqlState::DataException => "22000",
-            SqlState::DatetimeFieldOverflow => "22008",
-            SqlState::UntranslatableCharacter => "22P05",
-            SqlState::NotNullViolation => "23502",
-            SqlState::UndefinedColumn => "42703",
-            SqlState::GeneratedAlways => "428C9",
-            SqlState::InternalError => "XX000",
-            SqlState::DataCorrupted => "XX001",
-        }
-    }
-}
-
-impl fmt::Display for SqlState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.code())
-    }
-}
+pub use sqlstate::SqlState;

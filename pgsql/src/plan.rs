@@ -22,7 +22,7 @@ use sluice_wire::{Batch, BatchId, Column};
 
 use crate::convert::{column_to_param, ColumnKind, ConvertError, Native, Param};
 use crate::sqlgen::{TargetColumn, DEVICE_COLUMN, VERSION_COLUMN};
-use crate::SqlState;
+use crate::sqlstate::SqlState;
 
 /// Why a batch cannot be applied to its target as it stands.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -102,7 +102,9 @@ fn bookkeeping_columns_are_left_out_and_a_column_named_twice_is_refused() {
     ];
     assert_eq!(
         BatchColumns::new(&twice),
-        Err(PlanError::DuplicateColumn { column: "id".into() })
+        Err(PlanError::DuplicateColumn {
+            column: "id".into()
+        })
     );
 }
 
@@ -121,9 +123,18 @@ fn catalog_rows_classify_types() {
     let v = CatalogColumn::from_row("e".into(), None, None, None, None, None);
     assert_eq!(v.kind, ColumnKind::Plain);
     assert!(!v.generated);
-    assert_eq!(catalog("e", "vector", "vector", "").kind, ColumnKind::Vector { dims: None });
-    assert_eq!(catalog("t", "timestamp with time zone", "timestamp", "timestamptz").native, Native::Timestamptz);
-    assert_eq!(catalog("t", "timestamp without time zone", "timestamp", "").kind, ColumnKind::Timestamp);
+    assert_eq!(
+        catalog("e", "vector", "vector", "").kind,
+        ColumnKind::Vector { dims: None }
+    );
+    assert_eq!(
+        catalog("t", "timestamp with time zone", "timestamp", "timestamptz").native,
+        Native::Timestamptz
+    );
+    assert_eq!(
+        catalog("t", "timestamp without time zone", "timestamp", "").kind,
+        ColumnKind::Timestamp
+    );
     assert_eq!(catalog("i", "smallint", "plain", "int").native, Native::Int);
 }
 
@@ -140,7 +151,10 @@ fn plan_maps_columns_and_keys() {
 
 #[test]
 fn plan_refusals_name_the_column_and_the_target() {
-    let cols = [Column::new("id", ColumnType::Integer), Column::new("g", ColumnType::Integer)];
+    let cols = [
+        Column::new("id", ColumnType::Integer),
+        Column::new("g", ColumnType::Integer),
+    ];
     let bc = || BatchColumns::new(&cols).unwrap();
     let id = batch(&[("id", ColumnType::Integer)], vec![]).header.id();
 
@@ -171,23 +185,37 @@ fn plan_refusals_name_the_column_and_the_target() {
     assert_eq!(e.sqlstate(), SqlState::GeneratedAlways);
     assert_eq!(
         e.message(&id, "public.t"),
-        format!("batch {id}: column 'g' of target table public.t is generated and cannot be written")
+        format!(
+            "batch {id}: column 'g' of target table public.t is generated and cannot be written"
+        )
     );
 
     let e = ColumnPlan::new(
         bc(),
-        vec![catalog("id", "bigint", "plain", "int"), catalog("g", "integer", "plain", "int")],
+        vec![
+            catalog("id", "bigint", "plain", "int"),
+            catalog("g", "integer", "plain", "int"),
+        ],
         &keys(&["id", "site"]),
     )
     .unwrap_err();
-    assert_eq!(e, PlanError::MissingKey { column: "site".into() });
+    assert_eq!(
+        e,
+        PlanError::MissingKey {
+            column: "site".into()
+        }
+    );
     assert_eq!(
         e.message(&id, "public.t"),
         format!("batch {id}: key column 'site' of target table public.t is not in the batch")
     );
 
-    let e = ColumnPlan::new(bc(), vec![catalog("id", "bigint", "plain", "int")], &keys(&["id"]))
-        .unwrap_err();
+    let e = ColumnPlan::new(
+        bc(),
+        vec![catalog("id", "bigint", "plain", "int")],
+        &keys(&["id"]),
+    )
+    .unwrap_err();
     assert_eq!(e, PlanError::CatalogMismatch { names: 2, rows: 1 });
     assert_eq!(e.sqlstate().code(), "XX000");
 }
@@ -201,7 +229,10 @@ fn params_name_the_column_of_a_bad_value() {
             ("id", ColumnType::Integer),
             ("x", ColumnType::Real),
         ],
-        vec![row("a", 1, 0.5), vec![Value::Text("a".into()), Value::Null, Value::Null]],
+        vec![
+            row("a", 1, 0.5),
+            vec![Value::Text("a".into()), Value::Null, Value::Null],
+        ],
     );
     let e = p.params(&b).unwrap_err();
     assert_eq!(
@@ -224,17 +255,27 @@ fn params_name_the_column_of_a_bad_value() {
             ("id", ColumnType::Integer),
             ("x", ColumnType::Real),
         ],
-        vec![vec![Value::Text("a\0".into()), Value::Integer(1), Value::Null]],
+        vec![vec![
+            Value::Text("a\0".into()),
+            Value::Integer(1),
+            Value::Null,
+        ]],
     );
     let e = p.params(&b).unwrap_err();
     assert_eq!(e.sqlstate(), SqlState::UntranslatableCharacter);
-    assert!(e.message(&id, "public.t").contains("row 1, column 'loc': text contains a NUL character"));
+    assert!(e
+        .message(&id, "public.t")
+        .contains("row 1, column 'loc': text contains a NUL character"));
 }
 
 #[test]
 fn one_tenant_and_increasing_ids_are_a_range() {
     let p = plan(&["loc", "id"]);
-    let s = shaped(&p, vec![row("a", 3, 0.0), row("a", 4, 0.0), row("a", 9, 0.0)]).unwrap();
+    let s = shaped(
+        &p,
+        vec![row("a", 3, 0.0), row("a", 4, 0.0), row("a", 9, 0.0)],
+    )
+    .unwrap();
     assert_eq!(s.consts, [(0, "a".to_string())]);
     assert_eq!(s.range, Some((1, 3, 9)));
     assert!(s.distinct);
@@ -244,7 +285,11 @@ fn one_tenant_and_increasing_ids_are_a_range() {
     assert_eq!(s.range, Some((1, 3, 9)));
     assert!(s.distinct);
     // The same key twice.
-    let s = shaped(&p, vec![row("a", 3, 0.0), row("a", 4, 0.0), row("a", 3, 1.0)]).unwrap();
+    let s = shaped(
+        &p,
+        vec![row("a", 3, 0.0), row("a", 4, 0.0), row("a", 3, 1.0)],
+    )
+    .unwrap();
     assert!(!s.distinct);
 }
 
@@ -275,7 +320,10 @@ fn lock_keys_separate_targets_tenants_and_devices() {
     assert_eq!(a.lock_key(16384, None), a_again.lock_key(16384, None));
     assert_ne!(a.lock_key(16384, None), b.lock_key(16384, None));
     assert_ne!(a.lock_key(16384, None), a.lock_key(16385, None));
-    assert_ne!(a.lock_key(16384, Some("cam-1")), a.lock_key(16384, Some("cam-2")));
+    assert_ne!(
+        a.lock_key(16384, Some("cam-1")),
+        a.lock_key(16384, Some("cam-2"))
+    );
     assert_ne!(a.lock_key(16384, Some("cam-1")), a.lock_key(16384, None));
 }
 
