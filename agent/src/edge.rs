@@ -1,21 +1,32 @@
 //! The edge side: the SQLite database the pipeline writes, with `sluice0.so`
-//! loaded. Everything goes through the extension's SQL functions, exactly as
-//! any other client would call them; the agent holds no sync state of its own.
+//! loaded. Everything goes through the extension's public SQL surface
+//! (`sluice_batch`, `sluice_ack`, `sluice_pending`, `sluice_tracked`, ...),
+//! exactly as any other client would call it; the agent holds no sync state
+//! of its own and reads no bookkeeping table of the extension. Its one table
+//! is its own sync log, `sluice_sync_log`.
+//!
+//! SQLite calls block (a busy wait for the pipeline's lock can last
+//! `edge.busy_timeout_ms`), so they never run on the async runtime: an
+//! [`Edge`] is a handle whose [`Edge::run`] sends the work to tokio's
+//! blocking pool, where [`EdgeConn`] (the blocking API) does it. Each sync
+//! lane has its own `Edge`, so a lane waiting for a lock stalls neither the
+//! other lanes nor the PostgreSQL connections.
 
 use std::path::Path;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
+use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
 use rusqlite::{Connection, OptionalExtension};
+use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
-
-pub struct Edge {
-    conn: Connection,
-}
+use crate::schedule::Job;
 
 /// One tracked table, as `sluice status` shows it.
-#[derive(Debug, serde::Serialize)]
+#[derive(Debug, Serialize)]
 pub struct TableStatus {
     pub table: String,
     pub pending_rows: i64,
@@ -25,21 +36,127 @@ pub struct TableStatus {
     pub last_ack_ms: Option<i64>,
 }
 
+/// One object of `sluice_tracked()`: a tracked table's registration and
+/// acknowledged state (docs/sqlite.md).
+#[derive(Debug, Clone, Deserialize)]
+pub struct Tracked {
+    pub table: String,
+    pub mutable: bool,
+    /// The columns that stay at the edge (never in a batch).
+    #[serde(default)]
+    pub local_only_columns: Vec<String>,
+    pub time_column: Option<String>,
+    /// Every sequence number at or below it is acknowledged.
+    pub acked_seq: i64,
+    /// Acknowledged ranges `(lo, hi]` above `acked_seq` (newest-first draining).
+    #[serde(default)]
+    pub acked_ranges: Vec<(i64, i64)>,
+    pub acked_batches: i64,
+    pub acked_rows: i64,
+    /// Unix milliseconds of the last acknowledgement.
+    pub acked_at: Option<i64>,
+}
+
+impl Tracked {
+    /// True when the cloud acknowledged sequence number (rowid or version) `seq`.
+    pub fn acked(&self, seq: i64) -> bool {
+        seq <= self.acked_seq
+            || self
+                .acked_ranges
+                .iter()
+                .any(|&(lo, hi)| seq > lo && seq <= hi)
+    }
+}
+
+/// How a job run ended, as the sync log and `sluice status` say it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunStatus {
+    /// Started and not ended: still running, or killed while running.
+    #[default]
+    Running,
+    Success,
+    /// Some tables (or rows) done, some failed.
+    Partial,
+    Failed,
+    /// Nothing to do here (no `[embed]`, no budget, an older extension).
+    Skipped,
+}
+
+impl RunStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Running => "running",
+            RunStatus::Success => "success",
+            RunStatus::Partial => "partial",
+            RunStatus::Failed => "failed",
+            RunStatus::Skipped => "skipped",
+        }
+    }
+
+    /// A run that did not fully succeed (what `sluice_job_errors_total` counts).
+    pub fn is_error(self) -> bool {
+        matches!(self, RunStatus::Partial | RunStatus::Failed)
+    }
+}
+
+impl std::fmt::Display for RunStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for RunStatus {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "running" => RunStatus::Running,
+            "success" => RunStatus::Success,
+            "partial" => RunStatus::Partial,
+            "failed" => RunStatus::Failed,
+            "skipped" => RunStatus::Skipped,
+            _ => return Err(format!("unknown run status {s:?}")),
+        })
+    }
+}
+
+impl ToSql for RunStatus {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(ToSqlOutput::from(self.as_str()))
+    }
+}
+
+impl FromSql for RunStatus {
+    fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
+        value
+            .as_str()?
+            .parse()
+            .map_err(|e: String| FromSqlError::Other(e.into()))
+    }
+}
+
 /// The agent's record of one job run, kept at the edge in `sluice_sync_log`:
 /// the answer to "did last night's sync work?".
-#[derive(Debug, Clone, Default, serde::Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct LogEntry {
     pub id: i64,
-    /// `sync`, `full_sync`, `cleanup`, `rollup`, `embed`, `budget`.
+    /// The job's name ([`Job::name`]): `sync`, `full_sync`, `cleanup`,
+    /// `rollup`, `embed`, `budget`.
     pub kind: String,
     pub started_at: String,
     pub ended_at: Option<String>,
     pub batches: i64,
     pub rows: i64,
     pub bytes: i64,
-    /// `running` (or killed while running), `success`, `partial`, `failed`, `skipped`.
-    pub status: String,
+    pub status: RunStatus,
     pub error: Option<String>,
+}
+
+impl LogEntry {
+    /// True for the runs of the two sync jobs.
+    pub fn is_sync(&self) -> bool {
+        self.kind == Job::Sync.name() || self.kind == Job::FullSync.name()
+    }
 }
 
 /// Rows of `sluice_sync_log` kept; older ones are pruned.
@@ -63,52 +180,98 @@ pub fn now_iso() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
+/// Opens the edge database the one way every part of the agent does: it
+/// must exist, the sluice extension is loaded, a lock held by the pipeline
+/// is waited for up to `busy_timeout_ms`, and in WAL mode commits skip the
+/// fsync (`synchronous = NORMAL`).
+pub fn open_connection(
+    database: &Path,
+    extension: &Path,
+    busy_timeout_ms: u64,
+) -> anyhow::Result<Connection> {
+    if !database.exists() {
+        anyhow::bail!("edge database {} does not exist", database.display());
+    }
+    let conn = Connection::open(database)
+        .with_context(|| format!("cannot open edge database {}", database.display()))?;
+    conn.busy_timeout(Duration::from_millis(busy_timeout_ms))?;
+    // SAFETY: loading a SQLite extension runs its init code in this
+    // process; the path is the operator's configured sluice0.so.
+    unsafe {
+        let _guard = rusqlite::LoadExtensionGuard::new(&conn)?;
+        conn.load_extension(extension, None::<&str>).with_context(|| {
+            format!(
+                "cannot load the sluice SQLite extension from {} (set edge.extension or SLUICE_SQLITE_EXT)",
+                extension.display()
+            )
+        })?;
+    }
+    // In WAL mode, synchronous=NORMAL (for this connection only) skips
+    // the fsync at each commit and stays crash-safe; what a power cut may
+    // lose is the agent's last acknowledgements (or embeddings), and a lost
+    // acknowledgement only means the batch is sent again and recognised
+    // as a replay. It makes an acknowledgement ~20x cheaper.
+    let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0))?;
+    if mode.eq_ignore_ascii_case("wal") {
+        conn.execute_batch("PRAGMA synchronous = NORMAL")?;
+    }
+    Ok(conn)
+}
+
+/// The async handle of one edge connection: the work runs on tokio's
+/// blocking pool, one call at a time. Cloning shares the connection.
+#[derive(Clone)]
+pub struct Edge {
+    conn: Arc<Mutex<EdgeConn>>,
+}
+
 impl Edge {
     /// Opens the database, loads the extension and sets the device id.
-    pub fn open(cfg: &Config) -> anyhow::Result<Edge> {
-        let edge = Edge::open_path(
-            &cfg.edge.database,
-            &cfg.extension_path(),
+    pub async fn open(cfg: &Config) -> anyhow::Result<Edge> {
+        let (db, ext, busy) = (
+            cfg.edge.database.clone(),
+            cfg.extension_path(),
             cfg.edge.busy_timeout_ms,
-        )?;
-        edge.set_device(&cfg.device.id)?;
-        Ok(edge)
+        );
+        let device = cfg.device.id.clone();
+        let conn = tokio::task::spawn_blocking(move || {
+            let conn = EdgeConn {
+                conn: open_connection(&db, &ext, busy)?,
+            };
+            conn.set_device(&device)?;
+            anyhow::Ok(conn)
+        })
+        .await
+        .context("the edge task failed")??;
+        Ok(Edge {
+            conn: Arc::new(Mutex::new(conn)),
+        })
     }
 
-    pub fn open_path(
-        database: &Path,
-        extension: &Path,
-        busy_timeout_ms: u64,
-    ) -> anyhow::Result<Edge> {
-        if !database.exists() {
-            anyhow::bail!("edge database {} does not exist", database.display());
-        }
-        let conn = Connection::open(database)
-            .with_context(|| format!("cannot open edge database {}", database.display()))?;
-        conn.busy_timeout(Duration::from_millis(busy_timeout_ms))?;
-        // SAFETY: loading a SQLite extension runs its init code in this
-        // process; the path is the operator's configured sluice0.so.
-        unsafe {
-            let _guard = rusqlite::LoadExtensionGuard::new(&conn)?;
-            conn.load_extension(extension, None::<&str>).with_context(|| {
-                format!(
-                    "cannot load the sluice SQLite extension from {} (set edge.extension or SLUICE_SQLITE_EXT)",
-                    extension.display()
-                )
-            })?;
-        }
-        // In WAL mode, synchronous=NORMAL (for this connection only) skips
-        // the fsync at each commit and stays crash-safe; what a power cut may
-        // lose is the agent's last acknowledgements, and a lost
-        // acknowledgement only means the batch is sent again and recognised
-        // as a replay. It makes an acknowledgement ~20x cheaper.
-        let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0))?;
-        if mode.eq_ignore_ascii_case("wal") {
-            conn.execute_batch("PRAGMA synchronous = NORMAL")?;
-        }
-        Ok(Edge { conn })
+    /// Runs `f` on the connection, off the async runtime.
+    pub async fn run<T, F>(&self, f: F) -> anyhow::Result<T>
+    where
+        F: FnOnce(&EdgeConn) -> anyhow::Result<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || {
+            // A panic inside `f` poisons the lock; the connection itself is
+            // still sound (SQLite rolls back what was not committed).
+            let guard = conn.lock().unwrap_or_else(|p| p.into_inner());
+            f(&guard)
+        })
+        .await
+        .context("the edge task failed")?
     }
+}
 
+/// One edge connection and the agent's blocking calls on it.
+pub struct EdgeConn {
+    conn: Connection,
+}
+
+impl EdgeConn {
     fn set_device(&self, id: &str) -> anyhow::Result<()> {
         let current: Option<String> = self
             .conn
@@ -143,21 +306,29 @@ impl Edge {
         }
     }
 
-    /// The tables registered with `sluice_track`, by name.
-    pub fn tracked_tables(&self) -> anyhow::Result<Vec<String>> {
-        let exists: bool = self.conn.query_row(
-            "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'sluice_tables'",
-            [],
-            |r| r.get(0),
-        )?;
-        if !exists {
-            return Ok(Vec::new());
-        }
-        let mut stmt = self
+    /// Every tracked table, by name (`sluice_tracked()`).
+    pub fn tracked(&self) -> anyhow::Result<Vec<Tracked>> {
+        let json: String = self
             .conn
-            .prepare("SELECT tbl FROM sluice_tables ORDER BY tbl")?;
-        let rows = stmt.query_map([], |r| r.get(0))?;
-        Ok(rows.collect::<Result<_, _>>()?)
+            .query_row("SELECT sluice_tracked()", [], |r| r.get(0))
+            .context("cannot list the tracked tables (sluice_tracked)")?;
+        serde_json::from_str(&json).context("sluice_tracked() returned unexpected JSON")
+    }
+
+    /// One tracked table (`sluice_tracked(table)`), or `None` when it is not tracked.
+    pub fn tracked_table(&self, table: &str) -> anyhow::Result<Option<Tracked>> {
+        let json: Option<String> = self
+            .conn
+            .query_row("SELECT sluice_tracked(?1)", [table], |r| r.get(0))
+            .with_context(|| format!("cannot read the registration of table '{table}'"))?;
+        json.map(|j| serde_json::from_str(&j))
+            .transpose()
+            .context("sluice_tracked(table) returned unexpected JSON")
+    }
+
+    /// The names of the tracked tables, sorted.
+    pub fn tracked_tables(&self) -> anyhow::Result<Vec<String>> {
+        Ok(self.tracked()?.into_iter().map(|t| t.table).collect())
     }
 
     /// The next pending batch of `table`, or `None` when nothing is pending.
@@ -177,20 +348,6 @@ impl Edge {
             .optional()
             .map(Option::flatten)
             .with_context(|| format!("cannot cut a batch of table '{table}'"))
-    }
-
-    /// The time column declared for a tracked table (`sluice_track`'s
-    /// `"time"` option), if any.
-    pub fn time_column(&self, table: &str) -> anyhow::Result<Option<String>> {
-        self.conn
-            .query_row(
-                "SELECT time_column FROM sluice_tables WHERE tbl = ?1",
-                [table],
-                |r| r.get::<_, Option<String>>(0),
-            )
-            .optional()
-            .map(Option::flatten)
-            .with_context(|| format!("cannot read the registration of table '{table}'"))
     }
 
     /// Records that the cloud applied `batch`; returns rows newly acknowledged.
@@ -230,12 +387,12 @@ impl Edge {
             .context("cannot create sluice_sync_log in the edge database")
     }
 
-    /// Records the start of a job run; returns its log id.
-    pub fn log_start(&self, kind: &str) -> anyhow::Result<i64> {
+    /// Records the start of a run of `job`; returns its log id.
+    pub fn log_start(&self, job: Job) -> anyhow::Result<i64> {
         self.ensure_log()?;
         self.conn.execute(
-            "INSERT INTO sluice_sync_log (kind, started_at, status) VALUES (?1, ?2, 'running')",
-            rusqlite::params![kind, now_iso()],
+            "INSERT INTO sluice_sync_log (kind, started_at, status) VALUES (?1, ?2, ?3)",
+            rusqlite::params![job.name(), now_iso(), RunStatus::Running],
         )?;
         let id = self.conn.last_insert_rowid();
         self.conn.execute(
@@ -254,12 +411,12 @@ impl Edge {
         Ok(())
     }
 
-    /// When `kind` last started, if ever.
-    pub fn last_run(&self, kind: &str) -> anyhow::Result<Option<chrono::DateTime<chrono::Utc>>> {
+    /// When `job` last started, if ever.
+    pub fn last_run(&self, job: Job) -> anyhow::Result<Option<chrono::DateTime<chrono::Utc>>> {
         self.ensure_log()?;
         let t: Option<String> = self.conn.query_row(
             "SELECT max(started_at) FROM sluice_sync_log WHERE kind = ?1",
-            [kind],
+            [job.name()],
             |r| r.get(0),
         )?;
         Ok(
@@ -299,20 +456,48 @@ impl Edge {
 
     pub fn status(&self) -> anyhow::Result<Vec<TableStatus>> {
         let mut out = Vec::new();
-        for table in self.tracked_tables()? {
-            let (acked_batches, acked_rows, last_ack_ms) = self.conn.query_row(
-                "SELECT coalesce(acked_batches, 0), coalesce(acked_rows, 0), acked_at FROM sluice_tables WHERE tbl = ?1",
-                [&table],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-            )?;
+        for t in self.tracked()? {
             out.push(TableStatus {
-                pending_rows: self.pending(&table)?,
-                table,
-                acked_batches,
-                acked_rows,
-                last_ack_ms,
+                pending_rows: self.pending(&t.table)?,
+                table: t.table,
+                acked_batches: t.acked_batches,
+                acked_rows: t.acked_rows,
+                last_ack_ms: t.acked_at,
             });
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_status_round_trips_through_its_name() {
+        for s in [
+            RunStatus::Running,
+            RunStatus::Success,
+            RunStatus::Partial,
+            RunStatus::Failed,
+            RunStatus::Skipped,
+        ] {
+            assert_eq!(s.as_str().parse::<RunStatus>(), Ok(s));
+            assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
+        }
+        assert!("done".parse::<RunStatus>().is_err());
+    }
+
+    #[test]
+    fn the_json_of_sluice_tracked_reads() {
+        let t: Vec<Tracked> = serde_json::from_str(
+            r#"[{"table": "a", "mutable": true, "local_only": true, "local_only_columns": ["x"],
+                 "key_columns": null, "time_column": "at", "acked_seq": 10,
+                 "acked_batches": 2, "acked_rows": 10, "acked_at": null,
+                 "acked_ranges": [[20, 30]]}]"#,
+        )
+        .unwrap();
+        assert_eq!(t[0].local_only_columns, ["x"]);
+        assert!(t[0].acked(10) && !t[0].acked(11) && !t[0].acked(20) && t[0].acked(25));
     }
 }

@@ -4,7 +4,8 @@
 //! Jobs run one after another on one edge connection and one cloud
 //! connection, so a job never runs twice at once. At start, every job whose
 //! scheduled time passed while the agent was down (per the sync log) runs
-//! once. Every run, of every job, is recorded in `sluice_sync_log`.
+//! once. Every run, of every job, is recorded in `sluice_sync_log`. The
+//! edge work of a job runs off the async runtime ([`Edge::run`]).
 
 use std::sync::Arc;
 
@@ -13,26 +14,24 @@ use tracing::{info, warn};
 
 use crate::cloud::Cloud;
 use crate::config::Config;
-use crate::edge::{Edge, LogEntry};
+use crate::edge::{Edge, EdgeConn, LogEntry, RunStatus};
 use crate::embed;
 use crate::metrics::Metrics;
 use crate::schedule::{self, Job};
 use crate::shutdown::Shutdown;
 use crate::sync::{self, Mode, SyncOptions};
 
-/// Deletes acknowledged rows older than `cleanup.keep` from each table.
-pub fn cleanup(cfg: &Config, edge: &Edge) -> anyhow::Result<LogEntry> {
-    let tables = match &cfg.cleanup.tables {
-        Some(t) => t.clone(),
+/// Deletes acknowledged rows older than `keep` from `tables` (default:
+/// every tracked table).
+fn cleanup(edge: &EdgeConn, tables: Option<Vec<String>>, keep: &str) -> anyhow::Result<LogEntry> {
+    let tables = match tables {
+        Some(t) => t,
         None => edge.tracked_tables()?,
     };
     let mut deleted = 0;
     let mut errors = Vec::new();
     for t in &tables {
-        match edge.write_i64(
-            "SELECT sluice_cleanup(?1, ?2)",
-            rusqlite::params![t, cfg.cleanup.keep],
-        ) {
+        match edge.write_i64("SELECT sluice_cleanup(?1, ?2)", rusqlite::params![t, keep]) {
             Ok(n) => deleted += n,
             Err(e) => errors.push(format!("{t}: {e:#}")),
         }
@@ -42,21 +41,21 @@ pub fn cleanup(cfg: &Config, edge: &Edge) -> anyhow::Result<LogEntry> {
 
 /// Runs every registered rollup (`sluice_rollup_run()`), where the loaded
 /// extension has rollups.
-pub fn rollup(edge: &Edge) -> anyhow::Result<LogEntry> {
+fn rollup(edge: &EdgeConn) -> anyhow::Result<LogEntry> {
     if !edge.has_function("sluice_rollup_run") {
         return Ok(skipped("the loaded sluice0.so has no sluice_rollup_run"));
     }
     let rows = edge.write_i64("SELECT sluice_rollup_run()", [])?;
     Ok(LogEntry {
         rows,
-        status: "success".into(),
+        status: RunStatus::Success,
         ..LogEntry::default()
     })
 }
 
 /// Keeps the edge database under `budget.max_bytes` (`sluice_enforce_budget`).
-pub fn budget(cfg: &Config, edge: &Edge) -> anyhow::Result<LogEntry> {
-    let Some(max) = cfg.budget.max_bytes else {
+fn budget(edge: &EdgeConn, max_bytes: Option<u64>) -> anyhow::Result<LogEntry> {
+    let Some(max) = max_bytes else {
         return Ok(skipped("no budget.max_bytes configured"));
     };
     if !edge.has_function("sluice_enforce_budget") {
@@ -82,14 +81,14 @@ pub fn budget(cfg: &Config, edge: &Edge) -> anyhow::Result<LogEntry> {
     }
     Ok(LogEntry {
         rows: dropped,
-        status: "success".into(),
+        status: RunStatus::Success,
         ..LogEntry::default()
     })
 }
 
 fn skipped(why: &str) -> LogEntry {
     LogEntry {
-        status: "skipped".into(),
+        status: RunStatus::Skipped,
         error: Some(why.into()),
         ..LogEntry::default()
     }
@@ -97,13 +96,13 @@ fn skipped(why: &str) -> LogEntry {
 
 fn outcome(rows: i64, errors: Vec<String>, total: usize) -> LogEntry {
     let status = match errors.len() {
-        0 => "success",
-        n if n < total => "partial",
-        _ => "failed",
+        0 => RunStatus::Success,
+        n if n < total => RunStatus::Partial,
+        _ => RunStatus::Failed,
     };
     LogEntry {
         rows,
-        status: status.into(),
+        status,
         error: (!errors.is_empty()).then(|| errors.join("; ")),
         ..LogEntry::default()
     }
@@ -137,7 +136,7 @@ pub async fn embed(cfg: &Config, state: &mut JobState) -> anyhow::Result<LogEntr
         rows: (r.embedded + r.refreshed + r.cleared) as i64,
         batches: r.batches as i64,
         bytes: r.bytes as i64,
-        status: "success".into(),
+        status: RunStatus::Success,
         error: r
             .more_pending
             .then(|| "more rows wait for the next run (embed.max_rows_per_run)".into()),
@@ -153,12 +152,12 @@ pub async fn run_job(
     state: &mut JobState,
     shutdown: &Shutdown,
 ) -> anyhow::Result<LogEntry> {
-    let id = edge.log_start(job.name())?;
+    let id = edge.run(move |e| e.log_start(job)).await?;
     let result = match job {
         Job::Sync | Job::FullSync => {
             let opts = SyncOptions {
                 mode: if job == Job::Sync {
-                    Mode::Incremental
+                    Mode::Hourly
                 } else {
                     Mode::Full
                 },
@@ -170,33 +169,40 @@ pub async fn run_job(
                 .await
                 .map(|r| r.log_entry())
         }
-        Job::Cleanup => cleanup(cfg, edge),
-        Job::Rollup => rollup(edge),
-        Job::Budget => budget(cfg, edge),
+        Job::Cleanup => {
+            let (tables, keep) = (cfg.cleanup.tables.clone(), cfg.cleanup.keep.clone());
+            edge.run(move |e| cleanup(e, tables, &keep)).await
+        }
+        Job::Rollup => edge.run(rollup).await,
+        Job::Budget => {
+            let max = cfg.budget.max_bytes;
+            edge.run(move |e| budget(e, max)).await
+        }
         Job::Embed => embed(cfg, state).await,
     };
     let entry = result.unwrap_or_else(|e| LogEntry {
-        status: "failed".into(),
+        status: RunStatus::Failed,
         error: Some(format!("{e:#}")),
         ..LogEntry::default()
     });
-    edge.log_end(id, &entry)?;
-    state.metrics.record(job.name(), &entry);
+    let logged = entry.clone();
+    edge.run(move |e| e.log_end(id, &logged)).await?;
+    state.metrics.record(job, &entry);
     if matches!(job, Job::Sync | Job::FullSync | Job::Rollup | Job::Embed) {
-        if let Ok(tables) = edge.status() {
+        if let Ok(tables) = edge.run(|e| e.status()).await {
             state
                 .metrics
                 .set_pending(tables.into_iter().map(|t| (t.table, t.pending_rows)));
         }
     }
-    match entry.status.as_str() {
-        "success" => info!(
+    match entry.status {
+        RunStatus::Success => info!(
             job = job.name(),
             rows = entry.rows,
             batches = entry.batches,
             "job done"
         ),
-        "skipped" => tracing::debug!(
+        RunStatus::Skipped => tracing::debug!(
             job = job.name(),
             why = entry.error.as_deref().unwrap_or(""),
             "job skipped"
@@ -211,11 +217,11 @@ pub async fn run_job(
 /// `sluice run`: the daemon.
 pub async fn run_daemon(cfg: &Config, shutdown: &Shutdown) -> anyhow::Result<()> {
     let entries = cfg.schedule.entries()?;
-    let edge = Edge::open(cfg)?;
-    edge.ensure_log()?;
+    let edge = Edge::open(cfg).await?;
+    edge.run(|e| e.ensure_log()).await?;
     let mut state = JobState::default();
     if let Some(addr) = cfg.metrics.listen {
-        state.metrics.clone().serve(addr).await?;
+        state.metrics.clone().serve(addr, shutdown.clone()).await?;
     }
     info!(
         device = %cfg.device.id,
@@ -224,9 +230,17 @@ pub async fn run_daemon(cfg: &Config, shutdown: &Shutdown) -> anyhow::Result<()>
     );
 
     let now = Utc::now();
+    let jobs: Vec<Job> = entries.iter().map(|e| e.job).collect();
+    let last_runs = edge
+        .run(move |e| {
+            jobs.iter()
+                .map(|j| e.last_run(*j))
+                .collect::<anyhow::Result<Vec<_>>>()
+        })
+        .await?;
     let mut missed = Vec::new();
-    for e in &entries {
-        if e.missed(edge.last_run(e.job.name())?, now) {
+    for (e, last) in entries.iter().zip(last_runs) {
+        if e.missed(last, now) {
             missed.push(e.job);
         }
     }

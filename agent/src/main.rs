@@ -176,12 +176,12 @@ fn main() -> ExitCode {
 
 /// Prints a one-shot job's log entry and turns it into an exit status.
 fn job_exit(name: &str, e: &edge::LogEntry) -> ExitCode {
-    match e.status.as_str() {
-        "success" => {
+    match e.status {
+        edge::RunStatus::Success => {
             println!("{name}: {} rows", e.rows);
             ExitCode::SUCCESS
         }
-        "skipped" => {
+        edge::RunStatus::Skipped => {
             println!("{name}: skipped ({})", e.error.as_deref().unwrap_or(""));
             ExitCode::SUCCESS
         }
@@ -196,7 +196,7 @@ fn job_exit(name: &str, e: &edge::LogEntry) -> ExitCode {
 /// recorded in the sync log like a scheduled run.
 async fn one_shot(job: schedule::Job, config: &std::path::Path) -> anyhow::Result<ExitCode> {
     let cfg = config::Config::load(config)?;
-    let edge = edge::Edge::open(&cfg)?;
+    let edge = edge::Edge::open(&cfg).await?;
     let entry = jobs::run_job(
         job,
         &cfg,

@@ -1,34 +1,68 @@
 //! The optional Prometheus endpoint of `sluice run` (`[metrics] listen`):
-//! `GET /metrics` in the text exposition format. Counters end in `_total`;
-//! gauges: pending rows per table, the last success of each job, and the lag
-//! since the last successful sync.
+//! `GET /metrics` in the text exposition format (OpenMetrics), encoded by
+//! the `prometheus-client` crate and served by `hyper`. Counters end in
+//! `_total`; gauges: pending rows per table, the last success of each job,
+//! and the lag since the last successful sync.
 
-use std::collections::BTreeMap;
-use std::fmt::Write;
+use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::{Request, Response, StatusCode};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
 use crate::edge::LogEntry;
+use crate::schedule::Job;
+use crate::shutdown::Shutdown;
 
-#[derive(Default)]
-struct State {
-    /// (job, status) -> runs.
-    runs: BTreeMap<(String, String), u64>,
-    rows: BTreeMap<String, u64>,
-    batches: BTreeMap<String, u64>,
-    bytes: BTreeMap<String, u64>,
-    /// job -> unix seconds of its last success.
-    last_success: BTreeMap<String, f64>,
-    pending: BTreeMap<String, i64>,
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct JobStatusLabels {
+    job: String,
+    status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct JobLabels {
+    job: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TableLabels {
+    table: String,
+}
+
+/// A label set with no label, for a gauge that appears only once it has a value.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NoLabels {}
+
+type FloatGauge = Gauge<f64, AtomicU64>;
+
+struct Inner {
+    registry: Registry,
+    runs: Family<JobStatusLabels, Counter>,
+    errors: Family<JobLabels, Counter>,
+    rows: Family<JobLabels, Counter>,
+    batches: Family<JobLabels, Counter>,
+    bytes: Family<JobLabels, Counter>,
+    pending: Family<TableLabels, Gauge>,
+    last_success: Family<JobLabels, FloatGauge>,
+    sync_lag: Family<NoLabels, FloatGauge>,
+    /// Unix seconds of the last successful sync or full sync.
+    last_sync: Mutex<Option<f64>>,
 }
 
 /// Shared between the jobs (which record) and the endpoint (which renders).
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Metrics {
-    state: Arc<Mutex<State>>,
+    inner: Arc<Inner>,
 }
 
 fn now_secs() -> f64 {
@@ -38,164 +72,200 @@ fn now_secs() -> f64 {
         .unwrap_or(0.0)
 }
 
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::default();
+        let inner = Inner {
+            runs: Family::default(),
+            errors: Family::default(),
+            rows: Family::default(),
+            batches: Family::default(),
+            bytes: Family::default(),
+            pending: Family::default(),
+            last_success: Family::default(),
+            sync_lag: Family::default(),
+            last_sync: Mutex::new(None),
+            registry: Registry::default(),
+        };
+        // Counters are registered without `_total`: the encoder adds it.
+        registry.register(
+            "sluice_job_runs",
+            "Job runs by job and status",
+            inner.runs.clone(),
+        );
+        registry.register(
+            "sluice_job_errors",
+            "Job runs that did not fully succeed",
+            inner.errors.clone(),
+        );
+        registry.register(
+            "sluice_rows",
+            "Rows handled (sent, rolled up, embedded, deleted) by job",
+            inner.rows.clone(),
+        );
+        registry.register(
+            "sluice_batches",
+            "Batches sent (sync) or model calls (embed) by job",
+            inner.batches.clone(),
+        );
+        registry.register(
+            "sluice_bytes",
+            "Bytes sent to the cloud (sync) or written (embed) by job",
+            inner.bytes.clone(),
+        );
+        registry.register(
+            "sluice_pending_rows",
+            "Rows not yet acknowledged by the cloud",
+            inner.pending.clone(),
+        );
+        registry.register(
+            "sluice_last_success_timestamp_seconds",
+            "When each job last succeeded",
+            inner.last_success.clone(),
+        );
+        registry.register(
+            "sluice_sync_lag_seconds",
+            "Seconds since the last successful sync",
+            inner.sync_lag.clone(),
+        );
+        Metrics {
+            inner: Arc::new(Inner { registry, ..inner }),
+        }
+    }
+}
+
 impl Metrics {
     /// Records one job run.
-    pub fn record(&self, job: &str, e: &LogEntry) {
-        let Ok(mut s) = self.state.lock() else { return };
-        *s.runs.entry((job.into(), e.status.clone())).or_default() += 1;
-        *s.rows.entry(job.into()).or_default() += e.rows.max(0) as u64;
-        *s.batches.entry(job.into()).or_default() += e.batches.max(0) as u64;
-        *s.bytes.entry(job.into()).or_default() += e.bytes.max(0) as u64;
-        if e.status == "success" {
-            s.last_success.insert(job.into(), now_secs());
+    pub fn record(&self, job: Job, e: &LogEntry) {
+        let m = &self.inner;
+        let labels = JobLabels {
+            job: job.name().to_owned(),
+        };
+        m.runs
+            .get_or_create(&JobStatusLabels {
+                job: job.name().to_owned(),
+                status: e.status.as_str().to_owned(),
+            })
+            .inc();
+        let errors = m.errors.get_or_create(&labels);
+        if e.status.is_error() {
+            errors.inc();
+        }
+        m.rows.get_or_create(&labels).inc_by(e.rows.max(0) as u64);
+        m.batches
+            .get_or_create(&labels)
+            .inc_by(e.batches.max(0) as u64);
+        m.bytes.get_or_create(&labels).inc_by(e.bytes.max(0) as u64);
+        if e.status == crate::edge::RunStatus::Success {
+            let now = now_secs();
+            m.last_success.get_or_create(&labels).set(now);
+            if matches!(job, Job::Sync | Job::FullSync) {
+                if let Ok(mut t) = m.last_sync.lock() {
+                    *t = Some(now);
+                }
+            }
         }
     }
 
     /// Replaces the pending-rows gauges.
     pub fn set_pending(&self, pending: impl IntoIterator<Item = (String, i64)>) {
-        if let Ok(mut s) = self.state.lock() {
-            s.pending = pending.into_iter().collect();
+        self.inner.pending.clear();
+        for (table, n) in pending {
+            self.inner
+                .pending
+                .get_or_create(&TableLabels { table })
+                .set(n);
         }
     }
 
+    /// The exposition text, as of now.
     pub fn render(&self) -> String {
-        let Ok(s) = self.state.lock() else {
-            return String::new();
-        };
+        let m = &self.inner;
+        if let Some(t) = m.last_sync.lock().ok().and_then(|t| *t) {
+            m.sync_lag
+                .get_or_create(&NoLabels {})
+                .set((now_secs() - t).max(0.0));
+        }
         let mut out = String::new();
-        let esc = |v: &str| {
-            v.replace('\\', "\\\\")
-                .replace('"', "\\\"")
-                .replace('\n', "\\n")
-        };
-        let _ = writeln!(out, "# HELP sluice_job_runs_total Job runs by job and status.\n# TYPE sluice_job_runs_total counter");
-        for ((job, status), n) in &s.runs {
-            let _ = writeln!(
-                out,
-                "sluice_job_runs_total{{job=\"{}\",status=\"{}\"}} {n}",
-                esc(job),
-                esc(status)
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP sluice_job_errors_total Job runs that did not fully succeed.\n# TYPE sluice_job_errors_total counter"
-        );
-        let mut errors: BTreeMap<&str, u64> = BTreeMap::new();
-        for ((job, status), n) in &s.runs {
-            let e = errors.entry(job.as_str()).or_default();
-            if status == "failed" || status == "partial" {
-                *e += n;
-            }
-        }
-        for (job, n) in errors {
-            let _ = writeln!(out, "sluice_job_errors_total{{job=\"{}\"}} {n}", esc(job));
-        }
-        for (name, help, map) in [
-            (
-                "sluice_rows_total",
-                "Rows handled (sent, rolled up, embedded, deleted) by job.",
-                &s.rows,
-            ),
-            (
-                "sluice_batches_total",
-                "Batches sent (sync) or model calls (embed) by job.",
-                &s.batches,
-            ),
-            (
-                "sluice_bytes_total",
-                "Bytes sent to the cloud (sync) or written (embed) by job.",
-                &s.bytes,
-            ),
-        ] {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
-            for (job, n) in map {
-                let _ = writeln!(out, "{name}{{job=\"{}\"}} {n}", esc(job));
-            }
-        }
-        let _ = writeln!(out, "# HELP sluice_pending_rows Rows not yet acknowledged by the cloud.\n# TYPE sluice_pending_rows gauge");
-        for (table, n) in &s.pending {
-            let _ = writeln!(out, "sluice_pending_rows{{table=\"{}\"}} {n}", esc(table));
-        }
-        let _ = writeln!(
-            out,
-            "# HELP sluice_last_success_timestamp_seconds When each job last succeeded.\n# TYPE sluice_last_success_timestamp_seconds gauge"
-        );
-        for (job, t) in &s.last_success {
-            let _ = writeln!(
-                out,
-                "sluice_last_success_timestamp_seconds{{job=\"{}\"}} {t:.3}",
-                esc(job)
-            );
-        }
-        let last_sync = ["sync", "full_sync"]
-            .iter()
-            .filter_map(|j| s.last_success.get(*j))
-            .fold(None, |a: Option<f64>, &t| Some(a.map_or(t, |a| a.max(t))));
-        if let Some(t) = last_sync {
-            let _ = writeln!(
-                out,
-                "# HELP sluice_sync_lag_seconds Seconds since the last successful sync.\n# TYPE sluice_sync_lag_seconds gauge\nsluice_sync_lag_seconds {:.3}",
-                (now_secs() - t).max(0.0)
-            );
+        if prometheus_client::encoding::text::encode(&mut out, &m.registry).is_err() {
+            return String::new();
         }
         out
     }
 
-    /// Serves `GET /metrics` on `addr` until the process ends.
-    pub async fn serve(self, addr: SocketAddr) -> anyhow::Result<()> {
+    /// Serves `GET /metrics` on `addr` until shutdown.
+    pub async fn serve(self, addr: SocketAddr, shutdown: Shutdown) -> anyhow::Result<()> {
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|e| anyhow::anyhow!("metrics.listen: cannot listen on {addr}: {e}"))?;
         tracing::info!(%addr, "metrics endpoint listening");
         tokio::spawn(async move {
             loop {
-                let Ok((mut sock, _)) = listener.accept().await else {
-                    continue;
+                let stream = tokio::select! {
+                    accepted = listener.accept() => match accepted {
+                        Ok((stream, _)) => stream,
+                        Err(_) => continue,
+                    },
+                    _ = shutdown.cancelled() => return,
                 };
                 let metrics = self.clone();
+                let shutdown = shutdown.clone();
                 tokio::spawn(async move {
-                    let mut buf = [0u8; 2048];
-                    let n = match tokio::time::timeout(
-                        std::time::Duration::from_secs(5),
-                        sock.read(&mut buf),
-                    )
-                    .await
-                    {
-                        Ok(Ok(n)) => n,
-                        _ => return,
-                    };
-                    let request = String::from_utf8_lossy(&buf[..n]);
-                    let response = if request.starts_with("GET /metrics") {
-                        let body = metrics.render();
-                        format!(
-                            "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                            body.len()
-                        )
-                    } else {
-                        "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-                            .to_owned()
-                    };
-                    let _ = sock.write_all(response.as_bytes()).await;
-                    let _ = sock.shutdown().await;
+                    let service = hyper::service::service_fn(move |req| {
+                        let metrics = metrics.clone();
+                        async move { Ok::<_, Infallible>(metrics.respond(&req)) }
+                    });
+                    // One request per connection, as Prometheus scrapes.
+                    let conn = hyper::server::conn::http1::Builder::new()
+                        .keep_alive(false)
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+                    tokio::select! {
+                        _ = conn => {}
+                        _ = shutdown.cancelled() => {}
+                    }
                 });
             }
         });
         Ok(())
+    }
+
+    fn respond(&self, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+        let (status, content_type, body) =
+            if req.method() == hyper::Method::GET && req.uri().path() == "/metrics" {
+                (
+                    StatusCode::OK,
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    self.render(),
+                )
+            } else {
+                (
+                    StatusCode::NOT_FOUND,
+                    "text/plain",
+                    "not found\n".to_owned(),
+                )
+            };
+        let mut response = Response::new(Full::new(Bytes::from(body)));
+        *response.status_mut() = status;
+        response.headers_mut().insert(
+            hyper::header::CONTENT_TYPE,
+            hyper::header::HeaderValue::from_static(content_type),
+        );
+        response
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::edge::RunStatus;
 
     #[test]
     fn renders_counters_and_gauges() {
         let m = Metrics::default();
         m.record(
-            "sync",
+            Job::Sync,
             &LogEntry {
-                status: "success".into(),
+                status: RunStatus::Success,
                 rows: 1000,
                 batches: 1,
                 bytes: 10_000,
@@ -203,9 +273,9 @@ mod tests {
             },
         );
         m.record(
-            "sync",
+            Job::Sync,
             &LogEntry {
-                status: "partial".into(),
+                status: RunStatus::Partial,
                 rows: 5,
                 ..LogEntry::default()
             },
@@ -229,5 +299,59 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("sluice_sync_lag_seconds "), "{text}");
+        assert!(
+            text.contains("sluice_last_success_timestamp_seconds{job=\"sync\"} "),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn no_lag_before_the_first_successful_sync() {
+        let m = Metrics::default();
+        m.record(
+            Job::Cleanup,
+            &LogEntry {
+                status: RunStatus::Success,
+                ..LogEntry::default()
+            },
+        );
+        let text = m.render();
+        assert!(!text.contains("sluice_sync_lag_seconds "), "{text}");
+        assert!(
+            text.contains("sluice_job_errors_total{job=\"cleanup\"} 0"),
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_endpoint_serves_get_metrics_over_http_and_404_otherwise() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let m = Metrics::default();
+        m.set_pending([("t".into(), 7)]);
+        let shutdown = Shutdown::default();
+        m.serve(addr, shutdown.clone()).await.unwrap();
+        let get = |path: &'static str| async move {
+            let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+            s.write_all(
+                // No `Connection: close`: the server closes after one response.
+                format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes(),
+            )
+            .await
+            .unwrap();
+            let mut out = String::new();
+            s.read_to_string(&mut out).await.unwrap();
+            out
+        };
+        let ok = get("/metrics").await;
+        assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
+        assert!(ok.contains("sluice_pending_rows{table=\"t\"} 7"), "{ok}");
+        let missing = get("/other").await;
+        assert!(missing.starts_with("HTTP/1.1 404"), "{missing}");
+        shutdown.request();
     }
 }

@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use crate::cloud::Cloud;
 use crate::config::Config;
-use crate::edge::{Edge, LogEntry, TableStatus};
+use crate::edge::{Edge, EdgeConn, LogEntry, RunStatus, TableStatus};
 
 #[derive(Debug, Serialize)]
 pub struct Status {
@@ -50,7 +50,7 @@ fn seconds(e: &LogEntry) -> Option<f64> {
 fn throughput(log: &[LogEntry]) -> Option<(f64, f64)> {
     let runs: Vec<&LogEntry> = log
         .iter()
-        .filter(|e| (e.kind == "sync" || e.kind == "full_sync") && e.rows > 0)
+        .filter(|e| e.is_sync() && e.rows > 0)
         .take(10)
         .collect();
     let rows: i64 = runs.iter().map(|e| e.rows).sum();
@@ -74,13 +74,19 @@ pub fn catch_up_secs(
 }
 
 pub async fn collect(cfg: &Config, with_cloud: bool) -> anyhow::Result<Status> {
-    let edge = Edge::open(cfg)?;
-    let tables = edge.status()?;
-    let log = edge.recent_log(200)?;
+    let edge = Edge::open(cfg).await?;
+    let (tables, log, extension_status) = edge
+        .run(|e| {
+            Ok((
+                e.status()?,
+                e.recent_log(200)?,
+                extension_status(e).unwrap_or_default(),
+            ))
+        })
+        .await?;
     let pending_rows: i64 = tables.iter().map(|t| t.pending_rows).sum();
     let tp = throughput(&log);
-    let syncs = |e: &&LogEntry| e.kind == "sync" || e.kind == "full_sync";
-    let extension_status = extension_status(&edge).unwrap_or_default();
+    let syncs = |e: &&LogEntry| e.is_sync();
     let cloud = if with_cloud {
         cloud_view(cfg).await
     } else {
@@ -101,19 +107,16 @@ pub async fn collect(cfg: &Config, with_cloud: bool) -> anyhow::Result<Status> {
         last_success_at: log
             .iter()
             .filter(syncs)
-            .find(|e| e.status == "success")
+            .find(|e| e.status == RunStatus::Success)
             .and_then(|e| e.ended_at.clone()),
-        last_error: log
-            .iter()
-            .find(|e| e.status == "failed" || e.status == "partial")
-            .cloned(),
+        last_error: log.iter().find(|e| e.status.is_error()).cloned(),
         extension_status,
         tables,
         cloud,
     })
 }
 
-fn extension_status(edge: &Edge) -> anyhow::Result<Vec<serde_json::Value>> {
+fn extension_status(edge: &EdgeConn) -> anyhow::Result<Vec<serde_json::Value>> {
     let conn = edge.connection();
     let exists: bool = conn.query_row(
         "SELECT count(*) > 0 FROM sqlite_master WHERE name = 'sluice_status'",

@@ -5,11 +5,16 @@
 //! tables go on. Each acknowledged batch stays acknowledged whatever happens
 //! later, so an interrupted run is simply continued by the next one.
 //!
-//! Two modes: [`Mode::Incremental`] respects the bandwidth cap and the
+//! Two modes: [`Mode::Hourly`] respects the bandwidth cap and the
 //! run-time limit, and sends the pending rows of the last
 //! `sync.hourly_window_secs` (two hours) of tables with a time column;
-//! [`Mode::Full`] drains everything, uncapped. "Pending" is exactly what the
-//! cloud has not acknowledged; `sync.order` chooses oldest or newest first.
+//! [`Mode::Full`] drains everything, uncapped. They are what the scheduled
+//! jobs `sync` and `full_sync` run ([`Mode::job`]), and the sync log names a
+//! run by its job. "Pending" is exactly what the cloud has not acknowledged;
+//! `sync.order` chooses oldest or newest first.
+//!
+//! Every edge call goes through [`Edge::run`] (off the async runtime), so a
+//! lane that waits for the pipeline's lock stalls no other lane.
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -23,25 +28,27 @@ use tracing::{info, warn};
 
 use crate::cloud::{Cloud, IngestError, IngestOutcome};
 use crate::config::Config;
-use crate::edge::{Edge, LogEntry};
+use crate::edge::{Edge, LogEntry, RunStatus};
 use crate::failpoint;
+use crate::schedule::Job;
 use crate::shutdown::Shutdown;
 
+/// `sluice sync --mode`: `hourly` or `full`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Mode {
     /// Within `sync.bandwidth_bytes_per_sec` and `sync.max_run_secs`; the
     /// pending rows of the last `sync.hourly_window_secs`.
-    #[value(name = "hourly")]
-    Incremental,
+    Hourly,
     /// Everything pending, uncapped.
     Full,
 }
 
 impl Mode {
-    pub fn log_kind(self) -> &'static str {
+    /// The scheduled job that syncs this way (and names the run in the sync log).
+    pub fn job(self) -> Job {
         match self {
-            Mode::Incremental => "sync",
-            Mode::Full => "full_sync",
+            Mode::Hourly => Job::Sync,
+            Mode::Full => Job::FullSync,
         }
     }
 }
@@ -120,11 +127,11 @@ impl Report {
             .collect();
         let any_sent = self.tables.iter().any(|t| t.batches > 0);
         let status = if failed.is_empty() && !self.interrupted {
-            "success"
+            RunStatus::Success
         } else if any_sent || failed.len() < self.tables.len() {
-            "partial"
+            RunStatus::Partial
         } else {
-            "failed"
+            RunStatus::Failed
         };
         let mut error = failed.join("; ");
         if self.interrupted {
@@ -138,7 +145,7 @@ impl Report {
             batches: self.tables.iter().map(|t| t.batches as i64).sum(),
             rows: self.tables.iter().map(|t| t.rows as i64).sum(),
             bytes: self.tables.iter().map(|t| t.bytes as i64).sum(),
-            status: status.into(),
+            status,
             error: (!error.is_empty()).then_some(error),
             ..LogEntry::default()
         }
@@ -178,22 +185,23 @@ pub async fn run_once(
     opts: &SyncOptions<'_>,
     shutdown: &Shutdown,
 ) -> anyhow::Result<Report> {
-    let edge = Edge::open(cfg)?;
+    let edge = Edge::open(cfg).await?;
     let mut cloud = None;
     if opts.dry_run {
         return run(cfg, &edge, &mut cloud, opts, shutdown).await;
     }
-    let log_id = edge.log_start(opts.mode.log_kind())?;
+    let job = opts.mode.job();
+    let log_id = edge.run(move |e| e.log_start(job)).await?;
     let report = run(cfg, &edge, &mut cloud, opts, shutdown).await;
     let entry = match &report {
         Ok(r) => r.log_entry(),
         Err(e) => LogEntry {
-            status: "failed".into(),
+            status: RunStatus::Failed,
             error: Some(format!("{e:#}")),
             ..LogEntry::default()
         },
     };
-    edge.log_end(log_id, &entry)?;
+    edge.run(move |e| e.log_end(log_id, &entry)).await?;
     report
 }
 
@@ -206,7 +214,7 @@ pub async fn run(
     shutdown: &Shutdown,
 ) -> anyhow::Result<Report> {
     let started = Instant::now();
-    let tracked = edge.tracked_tables()?;
+    let tracked = edge.run(|e| e.tracked_tables()).await?;
     let wanted: Vec<String> = if !opts.tables.is_empty() {
         opts.tables.to_vec()
     } else if let Some(t) = &cfg.sync.tables {
@@ -226,8 +234,8 @@ pub async fn run(
         ..Report::default()
     };
     if opts.dry_run {
-        for table in wanted {
-            let pending = edge.pending(&table)?;
+        let pending = pending_of(edge, &wanted).await?;
+        for (table, pending) in wanted.into_iter().zip(pending) {
             report.tables.push(TableReport {
                 table,
                 pending_after: Some(pending),
@@ -240,21 +248,22 @@ pub async fn run(
 
     let limits = Limits {
         throttle_bytes_per_sec: match opts.mode {
-            Mode::Incremental => cfg.sync.bandwidth_bytes_per_sec,
+            Mode::Hourly => cfg.sync.bandwidth_bytes_per_sec,
             Mode::Full => 0,
         },
         deadline: match opts.mode {
-            Mode::Incremental if cfg.sync.max_run_secs > 0 => {
+            Mode::Hourly if cfg.sync.max_run_secs > 0 => {
                 Some(started + Duration::from_secs(cfg.sync.max_run_secs))
             }
             _ => None,
         },
     };
     let progress = if opts.progress {
-        let mut total = 0;
-        for t in &wanted {
-            total += edge.pending(t)?.max(0) as u64;
-        }
+        let total: u64 = pending_of(edge, &wanted)
+            .await?
+            .into_iter()
+            .map(|n| n.max(0) as u64)
+            .sum();
         let bar = ProgressBar::new(total);
         bar.set_style(
             ProgressStyle::with_template(
@@ -285,7 +294,11 @@ pub async fn run(
     };
     let mut edges = Vec::with_capacity(lanes.saturating_sub(1));
     for _ in 1..lanes {
-        edges.push(Edge::open(cfg).context("cannot open another edge connection for a sync lane")?);
+        edges.push(
+            Edge::open(cfg)
+                .await
+                .context("cannot open another edge connection for a sync lane")?,
+        );
     }
     let mut clouds: Vec<Option<Cloud>> = (1..lanes).map(|_| None).collect();
     {
@@ -360,7 +373,8 @@ async fn lane(shared: &Lanes<'_>, edge: &Edge, cloud: &mut Option<Cloud>) {
                 tr.error = Some(format!("{e:#}"));
             }
         }
-        tr.pending_after = edge.pending(&table).ok();
+        let t = table.clone();
+        tr.pending_after = edge.run(move |e| e.pending(&t)).await.ok();
         shared.done.borrow_mut().push((index, tr));
         if shared.shutdown.requested() {
             shared.interrupted.set(true);
@@ -395,27 +409,26 @@ async fn sync_table(
     throttle: &RefCell<Throttle>,
 ) -> anyhow::Result<TableEnd> {
     let table = ctx.table;
-    let options = batch_options(ctx)?;
+    let options = batch_options(ctx).await?;
     let mut end = TableEnd::Done;
     while !ctx.shutdown.requested() {
         if ctx.limits.deadline.is_some_and(|d| Instant::now() >= d) {
             end = TableEnd::TimeLimit;
             break;
         }
-        let Some(batch) = ctx
-            .edge
-            .next_batch(table, ctx.cfg.sync.batch_rows, &options)?
-        else {
+        let (t, rows, o) = (table.to_owned(), ctx.cfg.sync.batch_rows, options.clone());
+        let Some(batch) = ctx.edge.run(move |e| e.next_batch(&t, rows, &o)).await? else {
             break;
         };
         let header =
             sluice_wire::decode_header(&batch).context("the edge produced an unreadable batch")?;
         let outcome = ingest_with_retry(ctx.cfg, cloud, &batch, &header, ctx.shutdown).await?;
         failpoint::after_ingest();
-        ctx.edge.ack(&batch)?;
+        let bytes = batch.len();
+        ctx.edge.run(move |e| e.ack(&batch)).await?;
         tr.batches += 1;
         tr.rows += u64::from(header.row_count);
-        tr.bytes += batch.len() as u64;
+        tr.bytes += bytes as u64;
         tr.inserted += outcome.inserted;
         tr.updated += outcome.updated;
         tr.skipped += outcome.skipped;
@@ -424,11 +437,11 @@ async fn sync_table(
             bar.inc(u64::from(header.row_count));
         }
         tracing::debug!(
-            batch = %header.id(), rows = header.row_count, bytes = batch.len(),
+            batch = %header.id(), rows = header.row_count, bytes,
             inserted = outcome.inserted, updated = outcome.updated, skipped = outcome.skipped,
             replay = outcome.replay, "batch applied and acknowledged"
         );
-        let wait = throttle.borrow_mut().after_send(batch.len() as u64);
+        let wait = throttle.borrow_mut().after_send(bytes as u64);
         if !wait.is_zero() {
             ctx.shutdown.sleep(wait).await;
         }
@@ -448,15 +461,23 @@ async fn sync_table(
 
 /// `sluice_batch`'s options for this run: the drain order, and for the
 /// incremental sync of a table with a time column, the window.
-fn batch_options(ctx: &TableRun<'_>) -> anyhow::Result<String> {
+async fn batch_options(ctx: &TableRun<'_>) -> anyhow::Result<String> {
     let mut o = serde_json::json!({ "order": ctx.cfg.sync.order.as_str() });
-    if ctx.mode == Mode::Incremental
-        && ctx.cfg.sync.hourly_window_secs > 0
-        && ctx.edge.time_column(ctx.table)?.is_some()
-    {
-        o["since"] = ctx.cfg.sync.hourly_window_secs.into();
+    if ctx.mode == Mode::Hourly && ctx.cfg.sync.hourly_window_secs > 0 {
+        let t = ctx.table.to_owned();
+        let tracked = ctx.edge.run(move |e| e.tracked_table(&t)).await?;
+        if tracked.is_some_and(|t| t.time_column.is_some()) {
+            o["since"] = ctx.cfg.sync.hourly_window_secs.into();
+        }
     }
     Ok(o.to_string())
+}
+
+/// `sluice_pending` of each table, in one edge call.
+async fn pending_of(edge: &Edge, tables: &[String]) -> anyhow::Result<Vec<i64>> {
+    let tables = tables.to_vec();
+    edge.run(move |e| tables.iter().map(|t| e.pending(t)).collect())
+        .await
 }
 
 async fn ingest_with_retry(
@@ -569,7 +590,7 @@ mod tests {
             ..Report::default()
         };
         let e = report.log_entry();
-        assert_eq!(e.status, "partial");
+        assert_eq!(e.status, RunStatus::Partial);
         assert_eq!(e.rows, 10);
         assert_eq!(e.error.as_deref(), Some("b: refused"));
     }

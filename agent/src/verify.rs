@@ -2,7 +2,8 @@
 //! table, by per-range checksums.
 //!
 //! The edge keeps only recent rows (cleanup), so the comparison walks the
-//! rows still at the edge, in buckets of [`BUCKET_ROWS`] rowids. For each
+//! rows still at the edge, in buckets of [`BUCKET_ROWS`] rows in storage order
+//! (rowid, or primary key for a `WITHOUT ROWID` table). For each
 //! bucket it reads the edge rows (without local-only columns), finds the
 //! cloud row of each by the registration's key (`sluice.tables.key_columns`;
 //! `sluice_device` is this device), renders both sides as canonical text
@@ -18,17 +19,22 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::{bail, Context};
-use rusqlite::types::ValueRef;
+use sluice_wire::quote_ident as quote;
 use tokio_postgres::types::ToSql;
 
 use crate::cloud::Cloud;
 use crate::config::Config;
 use crate::edge::Edge;
 
-/// Edge rowids per checksummed bucket.
-pub const BUCKET_ROWS: i64 = 1000;
+mod canon;
+mod scan;
+
+use canon::{canon_cloud, cloud_expr, fnv, kind_of, Column, Kind};
+pub use scan::BUCKET_ROWS;
+use scan::{edge_columns, EdgeScan, ScanCursor};
 
 /// Differences printed per kind; all are counted.
 const MAX_LISTED: usize = 20;
@@ -42,131 +48,6 @@ pub struct VerifyOptions {
     pub until: Option<String>,
 }
 
-/// One compared column: its name and the cloud's type.
-struct Column {
-    name: String,
-    kind: Kind,
-    pg_type: String,
-}
-
-#[derive(Clone, Copy, PartialEq)]
-enum Kind {
-    Int,
-    Float,
-    Bool,
-    Timestamp,
-    Json,
-    Bytes,
-    /// pgvector `vector`: the edge holds it as little-endian float32 bytes.
-    Vector,
-    Text,
-}
-
-fn kind_of(pg_type: &str) -> Kind {
-    if pg_type == "vector" || pg_type.starts_with("vector(") {
-        return Kind::Vector;
-    }
-    match pg_type {
-        "smallint" | "integer" | "bigint" => Kind::Int,
-        "real" | "double precision" => Kind::Float,
-        "boolean" => Kind::Bool,
-        "timestamp with time zone" => Kind::Timestamp,
-        "json" | "jsonb" => Kind::Json,
-        "bytea" => Kind::Bytes,
-        _ => Kind::Text,
-    }
-}
-
-/// The cloud expression that reads a column in its canonical form.
-fn cloud_expr(c: &Column) -> String {
-    let q = quote(&c.name);
-    match c.kind {
-        Kind::Int => format!("t.{q}::bigint"),
-        Kind::Float => format!("t.{q}::float8"),
-        Kind::Bool | Kind::Bytes => format!("t.{q}"),
-        // Exactly the float32 values, compared as the edge's bytes.
-        Kind::Vector => format!("t.{q}::real[]"),
-        Kind::Timestamp => {
-            format!("to_char(t.{q} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')")
-        }
-        Kind::Json | Kind::Text => format!("t.{q}::text"),
-    }
-}
-
-fn quote(ident: &str) -> String {
-    format!("\"{}\"", ident.replace('"', "\"\""))
-}
-
-fn fnv(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in bytes {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h
-}
-
-fn canon_bytes(b: &[u8]) -> String {
-    format!("bytes:{}:{:016x}", b.len(), fnv(b))
-}
-
-fn canon_json(t: &str) -> String {
-    serde_json::from_str::<serde_json::Value>(t)
-        .map(|v| v.to_string())
-        .unwrap_or_else(|_| t.to_owned())
-}
-
-fn canon_time(t: &str) -> String {
-    match chrono::DateTime::parse_from_rfc3339(t) {
-        Ok(d) => d
-            .with_timezone(&chrono::Utc)
-            .format("%Y-%m-%dT%H:%M:%S%.6fZ")
-            .to_string(),
-        Err(_) => t.to_owned(),
-    }
-}
-
-/// An edge value in the canonical form of the cloud column's type.
-fn canon_edge(v: ValueRef<'_>, kind: Kind) -> String {
-    match (v, kind) {
-        (ValueRef::Null, _) => "\\N".into(),
-        (ValueRef::Integer(i), Kind::Float) => format!("{:?}", i as f64),
-        (ValueRef::Integer(i), Kind::Bool) => (if i != 0 { "t" } else { "f" }).into(),
-        (ValueRef::Integer(i), _) => i.to_string(),
-        (ValueRef::Real(f), Kind::Int) if f.fract() == 0.0 => (f as i64).to_string(),
-        (ValueRef::Real(f), _) => format!("{f:?}"),
-        (ValueRef::Text(t), k) => {
-            let t = String::from_utf8_lossy(t);
-            match k {
-                Kind::Timestamp => canon_time(&t),
-                Kind::Json => canon_json(&t),
-                Kind::Bytes => canon_bytes(t.as_bytes()),
-                _ => t.into_owned(),
-            }
-        }
-        (ValueRef::Blob(b), _) => canon_bytes(b),
-    }
-}
-
-/// A cloud value (read through [`cloud_expr`]) in canonical form.
-fn canon_cloud(row: &tokio_postgres::Row, i: usize, kind: Kind) -> String {
-    let s = match kind {
-        Kind::Int => row.get::<_, Option<i64>>(i).map(|v| v.to_string()),
-        Kind::Float => row.get::<_, Option<f64>>(i).map(|v| format!("{v:?}")),
-        Kind::Bool => row
-            .get::<_, Option<bool>>(i)
-            .map(|v| (if v { "t" } else { "f" }).to_owned()),
-        Kind::Bytes => row.get::<_, Option<Vec<u8>>>(i).map(|b| canon_bytes(&b)),
-        Kind::Vector => row.get::<_, Option<Vec<f32>>>(i).map(|v| {
-            let bytes: Vec<u8> = v.iter().flat_map(|f| f.to_le_bytes()).collect();
-            canon_bytes(&bytes)
-        }),
-        Kind::Json => row.get::<_, Option<String>>(i).map(|t| canon_json(&t)),
-        Kind::Timestamp | Kind::Text => row.get::<_, Option<String>>(i),
-    };
-    s.unwrap_or_else(|| "\\N".into())
-}
-
 /// The differences found, by kind.
 #[derive(Default)]
 struct Findings {
@@ -177,36 +58,18 @@ struct Findings {
 
 /// Runs `sluice verify`: prints the comparison; exit status 1 when anything differs.
 pub async fn run(cfg: &Config, opts: &VerifyOptions) -> anyhow::Result<ExitCode> {
-    let edge = Edge::open(cfg)?;
-    let conn = edge.connection();
+    let edge = Edge::open(cfg).await?;
     let table = opts.table.as_str();
-    let (mutable, local_only, acked_seq, time_column): (bool, String, i64, Option<String>) = conn
-        .query_row(
-            "SELECT mutable, local_only, acked_seq, time_column FROM sluice_tables WHERE tbl = ?1",
-            [table],
-            |r| Ok((r.get::<_, i64>(0)? != 0, r.get(1)?, r.get(2)?, r.get(3)?)),
-        )
-        .with_context(|| format!("table '{table}' is not tracked at the edge"))?;
-    let local_only: Vec<String> = serde_json::from_str(&local_only).unwrap_or_default();
-    // Acknowledged ranges above the watermark (newest-first draining).
-    let ranges: Vec<(i64, i64)> =
-        match conn.prepare("SELECT lo, hi FROM sluice_acked_ranges WHERE tbl = ?1 AND hi > ?2") {
-            Ok(mut stmt) => stmt
-                .query_map(rusqlite::params![table, acked_seq], |r| {
-                    Ok((r.get(0)?, r.get(1)?))
-                })?
-                .collect::<Result<_, _>>()?,
-            // An edge database from before ranges existed.
-            Err(_) => Vec::new(),
-        };
-    let acked = |v: i64| v <= acked_seq || ranges.iter().any(|&(lo, hi)| v > lo && v <= hi);
-    let edge_columns: Vec<String> = conn
-        .prepare(&format!(
-            "SELECT name FROM pragma_table_info({})",
-            sql_text(table)
-        ))?
-        .query_map([], |r| r.get(0))?
-        .collect::<Result<_, _>>()?;
+    let t = table.to_owned();
+    let (tracked, edge_columns, cursor) = edge
+        .run(move |e| {
+            let tracked = e
+                .tracked_table(&t)?
+                .with_context(|| format!("table '{t}' is not tracked at the edge"))?;
+            let conn = e.connection();
+            Ok((tracked, edge_columns(conn, &t)?, ScanCursor::of(conn, &t)?))
+        })
+        .await?;
 
     let mut cloud = Cloud::connect(&cfg.cloud).await?;
     let client = cloud.client_mut();
@@ -242,7 +105,7 @@ pub async fn run(cfg: &Config, opts: &VerifyOptions) -> anyhow::Result<ExitCode>
     // The compared columns: every uploaded edge column the cloud has.
     let columns: Vec<Column> = edge_columns
         .iter()
-        .filter(|c| !local_only.contains(c))
+        .filter(|c| !tracked.local_only_columns.contains(c))
         .filter_map(|c| column(c))
         .collect();
     let has_device = cloud_types.contains_key("sluice_device");
@@ -256,51 +119,28 @@ pub async fn run(cfg: &Config, opts: &VerifyOptions) -> anyhow::Result<ExitCode>
         keys.push(c);
     }
 
-    // The edge scan, bucket by bucket in the table's storage order: by
-    // rowid, or by primary key for a WITHOUT ROWID table (which has no rowid).
-    let cursor = scan_cursor(conn, table)?;
-    let nk = cursor.columns.len();
-    let seq = if mutable {
-        "\"sluice_version\"".to_owned()
-    } else {
-        cursor.columns.join(", ")
-    };
-    let mut filter = String::new();
-    let mut params: Vec<String> = Vec::new();
-    if opts.since.is_some() || opts.until.is_some() {
-        let Some(tc) = &time_column else {
+    let range = if opts.since.is_some() || opts.until.is_some() {
+        let Some(tc) = &tracked.time_column else {
             bail!("--since/--until: table '{table}' has no time column (sluice_track's \"time\" option)");
         };
-        if let Some(s) = &opts.since {
-            params.push(s.clone());
-            filter += &format!(" AND {} >= ?{}", quote(tc), params.len() + nk);
-        }
-        if let Some(u) = &opts.until {
-            params.push(u.clone());
-            filter += &format!(" AND {} < ?{}", quote(tc), params.len() + nk);
-        }
-    }
-    let select_cols: Vec<String> = columns.iter().map(|c| quote(&c.name)).collect();
-    let order = cursor.columns.join(", ");
-    let after: Vec<String> = (1..=nk).map(|i| format!("?{i}")).collect();
-    let edge_sql = |first: bool| {
-        format!(
-            "SELECT {order}, {seq}, {} FROM {} WHERE {}{filter} ORDER BY {order} LIMIT {BUCKET_ROWS}",
-            select_cols.join(", "),
-            quote(table),
-            if first {
-                "1".to_owned()
-            } else {
-                format!("({order}) > ({})", after.join(", "))
-            },
-        )
+        Some((tc.as_str(), opts.since.as_deref(), opts.until.as_deref()))
+    } else {
+        None
     };
-    let mut first_stmt = conn.prepare(&edge_sql(true))?;
-    let mut next_stmt = conn.prepare(&edge_sql(false))?;
     let key_index: Vec<Option<usize>> = keys
         .iter()
         .map(|k| columns.iter().position(|c| c.name == k.name))
         .collect();
+    let scan = Arc::new(EdgeScan::new(
+        table,
+        tracked.clone(),
+        &cursor,
+        &columns,
+        key_index,
+        &cfg.device.id,
+        range,
+    ));
+    let unit = cursor.unit;
     let cloud_sql = {
         let unnest: Vec<String> = (1..=keys.len()).map(|i| format!("${i}::text[]")).collect();
         let names: Vec<String> = (0..keys.len()).map(|i| format!("k{i}")).collect();
@@ -323,76 +163,23 @@ pub async fn run(cfg: &Config, opts: &VerifyOptions) -> anyhow::Result<ExitCode>
     let mut findings = Findings::default();
     let (mut compared, mut pending, mut buckets, mut bad_buckets) = (0u64, 0u64, 0u64, 0u64);
     let mut edge_keys: BTreeSet<String> = BTreeSet::new();
-    // The last row of the previous bucket, in `cursor.columns`.
-    let mut last: Option<Vec<rusqlite::types::Value>> = None;
+    let mut last = None;
     loop {
-        // key -> canonical row, for the rows of this bucket that are acknowledged.
-        let mut edge_rows: BTreeMap<String, String> = BTreeMap::new();
-        let mut key_params: Vec<Vec<String>> = vec![Vec::new(); keys.len()];
-        let mut n = 0;
-        {
-            let previous = last.take();
-            let mut bind: Vec<&dyn rusqlite::ToSql> = Vec::new();
-            if let Some(p) = &previous {
-                bind.extend(p.iter().map(|v| v as &dyn rusqlite::ToSql));
-            }
-            for p in &params {
-                bind.push(p);
-            }
-            let stmt = if previous.is_some() {
-                &mut next_stmt
-            } else {
-                &mut first_stmt
-            };
-            let mut rows = stmt.query(bind.as_slice())?;
-            while let Some(r) = rows.next()? {
-                n += 1;
-                last = Some((0..nk).map(|i| r.get(i)).collect::<Result<_, _>>()?);
-                let version: Option<i64> = r.get(nk)?;
-                let values: Vec<String> = columns
-                    .iter()
-                    .enumerate()
-                    .map(|(i, c)| r.get_ref(i + nk + 1).map(|v| canon_edge(v, c.kind)))
-                    .collect::<Result<_, _>>()?;
-                let key_values: Vec<String> = key_index
-                    .iter()
-                    .map(|i| match i {
-                        Some(i) => values[*i].clone(),
-                        None => cfg.device.id.clone(),
-                    })
-                    .collect();
-                let key = key_values.join("|");
-                edge_keys.insert(key.clone());
-                if !acked(version.unwrap_or(i64::MAX)) {
-                    pending += 1;
-                    continue;
-                }
-                for (i, k) in keys.iter().enumerate() {
-                    // The raw edge text of the key (timestamps as written), cast by the cloud.
-                    let raw = match key_index[i] {
-                        Some(ci) => {
-                            let v = r.get_ref(ci + nk + 1)?;
-                            match v {
-                                ValueRef::Text(t) => String::from_utf8_lossy(t).into_owned(),
-                                _ => values[ci].clone(),
-                            }
-                        }
-                        None => cfg.device.id.clone(),
-                    };
-                    let _ = k;
-                    key_params[i].push(raw);
-                }
-                edge_rows.insert(key, values.join("|"));
-            }
-        }
-        if n == 0 {
+        let s = scan.clone();
+        let bucket = edge.run(move |e| s.bucket(e.connection(), last)).await?;
+        if bucket.read == 0 {
             break;
         }
+        last = bucket.last;
+        edge_keys.extend(bucket.keys);
+        pending += bucket.pending;
+        let edge_rows = bucket.rows;
         buckets += 1;
         compared += edge_rows.len() as u64;
         let mut cloud_rows: BTreeMap<String, String> = BTreeMap::new();
         if !edge_rows.is_empty() {
-            let bind: Vec<&(dyn ToSql + Sync)> = key_params
+            let bind: Vec<&(dyn ToSql + Sync)> = bucket
+                .key_params
                 .iter()
                 .map(|v| v as &(dyn ToSql + Sync))
                 .collect();
@@ -444,7 +231,8 @@ pub async fn run(cfg: &Config, opts: &VerifyOptions) -> anyhow::Result<ExitCode>
         );
         let mut bind: Vec<&(dyn ToSql + Sync)> = vec![&cfg.device.id];
         let (since, until) = (opts.since.clone(), opts.until.clone());
-        if let Some(tc) = time_column
+        if let Some(tc) = tracked
+            .time_column
             .as_ref()
             .filter(|tc| cloud_types.contains_key(*tc))
         {
@@ -474,9 +262,10 @@ pub async fn run(cfg: &Config, opts: &VerifyOptions) -> anyhow::Result<ExitCode>
                 continue;
             }
             let version: i64 = r.get(keys.len());
-            if !acked(version) {
+            if !tracked.acked(version) {
                 findings.extra.push(format!(
-                    "{key} (version {version}, edge acknowledged up to {acked_seq})"
+                    "{key} (version {version}, edge acknowledged up to {})",
+                    tracked.acked_seq
                 ));
             } else {
                 cleaned += 1;
@@ -487,7 +276,7 @@ pub async fn run(cfg: &Config, opts: &VerifyOptions) -> anyhow::Result<ExitCode>
     println!(
         "verify {table}: {compared} edge rows compared in {buckets} buckets of {BUCKET_ROWS} {} ({bad_buckets} differ), \
          {pending} pending rows not compared, {cleaned} cloud rows no longer at the edge (cleaned up after acknowledgement)",
-        cursor.unit
+        unit
     );
     if !(has_device && has_version) {
         println!("  extra rows not checked: {target} has no sluice_device/sluice_version column");
@@ -513,45 +302,4 @@ pub async fn run(cfg: &Config, opts: &VerifyOptions) -> anyhow::Result<ExitCode>
     } else {
         ExitCode::SUCCESS
     })
-}
-
-/// How the edge scan walks a table in buckets: the columns of its storage
-/// order, and what a bucket counts.
-struct ScanCursor {
-    /// `rowid`, or the quoted primary-key columns of a WITHOUT ROWID table.
-    columns: Vec<String>,
-    unit: &'static str,
-}
-
-fn scan_cursor(conn: &rusqlite::Connection, table: &str) -> anyhow::Result<ScanCursor> {
-    let without_rowid: bool = conn
-        .query_row(
-            "SELECT wr FROM pragma_table_list WHERE schema = 'main' AND name = ?1",
-            [table],
-            |r| r.get(0),
-        )
-        .with_context(|| format!("edge table '{table}' does not exist"))?;
-    if !without_rowid {
-        return Ok(ScanCursor {
-            columns: vec!["rowid".to_owned()],
-            unit: "rowids",
-        });
-    }
-    let mut pk: Vec<(i64, String)> = conn
-        .prepare(&format!(
-            "SELECT pk, name FROM pragma_table_info({}) WHERE pk > 0",
-            sql_text(table)
-        ))?
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-        .collect::<Result<_, _>>()?;
-    pk.sort();
-    Ok(ScanCursor {
-        columns: pk.iter().map(|(_, c)| quote(c)).collect(),
-        unit: "rows by primary key",
-    })
-}
-
-/// A SQL text literal.
-fn sql_text(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
 }

@@ -849,3 +849,142 @@ fn tables_sync_concurrently_and_each_exactly_once() {
         "the tables were synced one after the other: {two:?}"
     );
 }
+
+/// Every edge call runs off the async runtime: a sync lane that waits for
+/// the edge's write lock (held here by another connection, as a pipeline's
+/// long transaction would) does not stall the other lane. With two tables
+/// in two lanes and the edge locked, both batches are applied in the cloud
+/// (the second ingest reaches the failpoint) while the lock is still held
+/// and nothing has been acknowledged. Before, the first lane's busy wait
+/// blocked the one runtime thread, and the other lane's ingest could not
+/// complete until the lock was released.
+#[test]
+fn a_lane_waiting_for_the_edge_lock_does_not_stall_the_other_lane() {
+    use std::io::BufRead;
+
+    let cloud = CloudDb::create("lane_lock");
+    let dir = tempfile::tempdir().unwrap();
+    let (edge_path, edge) = edge_with_division_states(dir.path(), 1_000, 31);
+    let tables: Vec<serde_json::Value> = (0..1_000i64)
+        .map(|i| {
+            serde_json::json!({
+                "session_id": "s-1", "camera_id": "cam-01", "location_id": "store-042",
+                "table_id": format!("t-{}", i % 20), "recorded_at": iso_ms(1_795_000_000_000 + i * 1000),
+                "state": "IDLE", "customers": i % 5, "waiters": i % 2,
+            })
+        })
+        .collect();
+    insert_rows(&edge, "table_states", &tables, 1000);
+    let config = write_config_with(
+        dir.path(),
+        &edge_path,
+        &cloud.url,
+        DEVICE,
+        1000,
+        "concurrency = 2\n",
+    );
+    // A lane waits for the edge lock far longer than this test runs.
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("\n[cloud]", "busy_timeout_ms = 600000\n\n[cloud]");
+    std::fs::write(&config, text).unwrap();
+    let c = config.to_str().unwrap();
+
+    // Hold both ingests in the cloud until the edge is locked.
+    let mut pg = cloud.client();
+    let mut cloud_lock = pg.transaction().unwrap();
+    cloud_lock
+        .batch_execute("LOCK TABLE division_states, table_states IN ACCESS EXCLUSIVE MODE")
+        .unwrap();
+    let mut child = agent(&[
+        "sync",
+        "--config",
+        c,
+        "--mode",
+        "full",
+        "--quiet",
+        "--table",
+        "division_states",
+        "--table",
+        "table_states",
+    ])
+    .env("SLUICE_FAILPOINT", "after-ingest:2")
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines() {
+            if tx.send(line.unwrap_or_default()).is_err() {
+                break;
+            }
+        }
+    });
+    // The run has started (its log entry is written): from here on, the
+    // agent writes to the edge only to acknowledge.
+    let running = || -> i64 {
+        edge.query_row(
+            "SELECT count(*) FROM sqlite_master m, sluice_sync_log l
+              WHERE m.name = 'sluice_sync_log' AND l.status = 'running'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap_or(0)
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while running() == 0 {
+        assert!(Instant::now() < deadline, "the sync never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    edge.execute_batch("BEGIN IMMEDIATE").unwrap();
+    cloud_lock.rollback().unwrap();
+
+    // Both ingests complete while the edge stays locked.
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let reached = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => {
+                let done = line.contains("failpoint after-ingest:2 reached");
+                seen.push(line);
+                if done {
+                    break true;
+                }
+            }
+            Err(_) => break false,
+        }
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    let log = seen.join("\n");
+    assert!(
+        reached,
+        "the second lane's batch was not applied while the first lane waited for the edge lock:\n{log}"
+    );
+    assert!(!log.contains("table sync failed"), "{log}");
+    // Nothing was acknowledged: the edge was locked the whole time.
+    assert_eq!(pending(&edge, "division_states"), 1_000);
+    assert_eq!(pending(&edge, "table_states"), 1_000);
+    edge.execute_batch("ROLLBACK").unwrap();
+
+    // The next run sends both again; the cloud recognises the replays.
+    let out = run_ok(&[
+        "sync",
+        "--config",
+        c,
+        "--mode",
+        "full",
+        "--table",
+        "division_states",
+        "--table",
+        "table_states",
+    ]);
+    assert!(out.contains("1 replays"), "{out}");
+    assert_eq!(pending(&edge, "division_states"), 0);
+    assert_eq!(pending(&edge, "table_states"), 0);
+    assert_eq!(cloud.count("division_states"), 1_000);
+    assert_eq!(cloud.count("table_states"), 1_000);
+}
