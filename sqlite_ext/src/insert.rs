@@ -6,18 +6,18 @@
 //! no per-row map is built. A savepoint around the whole call makes a failure
 //! at row 17 leave no row behind.
 //!
-//! The statement is prepared once per call, not cached across calls: a
-//! statement kept alive after the call would stop the connection from
-//! closing (`sqlite3_close` refuses while statements are unfinalized, and
-//! there is no hook to finalize them first: a function's destructor, the
-//! only close-time callback, runs after that check, so a cache it owned
-//! would keep `sqlite3_close` busy and make `sqlite3_close_v2` leak the
-//! connection). Preparing a single INSERT costs tens of microseconds; per-row
-//! work dominates any call with more than a few rows.
+//! The fixed cost of a call is small: the savepoint statements, the table's
+//! description and its INSERT are kept on the connection between calls by
+//! [`crate::insert_cache`] (which says why that cannot keep the connection
+//! from closing, and how a schema change is noticed). A call costs three
+//! steps of cached statements besides its rows; the first call on a table,
+//! or the first after a schema change, reads the table and prepares its
+//! INSERT.
 //!
-//! The statement is driven through the C API (`RawStmt`) so that strings
-//! without escapes, borrowed from the JSON argument, are bound with
-//! `SQLITE_STATIC` instead of being copied for every row.
+//! Text without escapes, borrowed from the JSON argument, is bound with
+//! `SQLITE_STATIC` instead of being copied for every row
+//! ([`crate::raw_stmt`]); the bindings are cleared before the statement goes
+//! back to the cache.
 
 use std::borrow::Cow;
 use std::os::raw::c_int;
@@ -26,11 +26,12 @@ use rusqlite::ffi;
 use rusqlite::functions::Context;
 use rusqlite::types::Value;
 use rusqlite::Connection;
-use sluice_wire::ColumnType;
 
+use crate::insert_cache::{slot_for, Cache, InsertKey};
 use crate::options::quote_ident;
+use crate::raw_stmt::{Db, RawStmt};
 use crate::rows::{check_cell, parse_rows, Cell, RowSink};
-use crate::schema::{atomic, table_info, TableInfo};
+use crate::schema::{table_info, TableInfo};
 use crate::{arg_text, connection, finish, Fail, Res};
 
 /// `sluice_insert(table TEXT, rows TEXT) -> INTEGER` rows inserted.
@@ -52,35 +53,81 @@ fn insert(ctx: &Context<'_>) -> Res<Value> {
         }
     };
     let conn = connection(ctx)?;
-    let info = table_info(&conn, table)?;
-    let n = atomic(&conn, "sluice_insert", || {
+    let db = Db::of(&conn);
+    let slot = slot_for(db);
+    let mut guard = slot.as_deref().and_then(|s| s.try_use());
+    // Without the connection's cache (the table is shadowed, or a call is
+    // nested in another), a cache for this call alone, dropped at its end.
+    let mut own = Cache::default();
+    let cache = guard.as_deref_mut().unwrap_or(&mut own);
+    let n = atomic(&conn, db, cache, |cache| {
+        cache.check_schema(db).map_err(Fail)?;
+        let info = cache.table(table, || table_info(&conn, table))?;
         let mut sink = InsertSink {
-            conn: &conn,
+            db,
             info: &info,
+            cache: &mut *cache,
             stmt: None,
-            columns: Vec::new(),
         };
-        parse_rows(json, &mut sink).map_err(Fail)
-    })?;
-    Ok(Value::Integer(n as i64))
+        let r = parse_rows(json, &mut sink);
+        if let Some((key, stmt)) = sink.stmt.take() {
+            sink.cache.put_insert(key, stmt);
+        }
+        r.map_err(Fail)
+    });
+    // The table was disconnected during the call: nothing may stay behind.
+    if let (Some(s), Some(g)) = (slot.as_deref(), guard.as_deref_mut()) {
+        if s.is_closed() {
+            *g = Cache::default();
+        }
+    }
+    Ok(Value::Integer(i64::try_from(n?).unwrap_or(i64::MAX)))
+}
+
+/// Runs `f` inside `SAVEPOINT sluice_insert`: all of its writes, or none.
+/// The savepoint statements are the cache's; the rollback, rare, is
+/// prepared when needed.
+fn atomic<T>(
+    conn: &Connection,
+    db: Db<'_>,
+    cache: &mut Cache,
+    f: impl FnOnce(&mut Cache) -> Res<T>,
+) -> Res<T> {
+    cache.savepoint(db).map_err(Fail)?;
+    let rollback = || {
+        let _ = conn.execute_batch("ROLLBACK TO sluice_insert; RELEASE sluice_insert");
+    };
+    match f(cache) {
+        Ok(v) => match cache.release(db) {
+            Ok(()) => Ok(v),
+            Err(e) => {
+                rollback();
+                Err(Fail(e))
+            }
+        },
+        Err(e) => {
+            rollback();
+            Err(e)
+        }
+    }
 }
 
 struct InsertSink<'c> {
-    conn: &'c Connection,
+    db: Db<'c>,
     info: &'c TableInfo,
-    stmt: Option<RawStmt>,
-    /// For each JSON key (in row-0 order): the column's name and affinity.
-    columns: Vec<(String, ColumnType)>,
+    cache: &'c mut Cache,
+    /// The INSERT of this call, with what it is kept under.
+    stmt: Option<(InsertKey, RawStmt)>,
 }
 
 impl<'a> RowSink<'a> for InsertSink<'_> {
     fn columns(&mut self, names: &[Cow<'a, str>]) -> Result<(), String> {
-        let mut cols: Vec<(String, ColumnType)> = Vec::with_capacity(names.len());
+        let mut cols: Vec<usize> = Vec::with_capacity(names.len());
         for key in names {
-            let Some((_, c)) = self.info.column(key) else {
+            let Some((i, c)) = self.info.column(key) else {
                 return Err(format!("table '{}' has no column '{key}'", self.info.name));
             };
-            if cols.iter().any(|(n, _)| *n == c.name) {
+            if cols.contains(&i) {
                 return Err(format!(
                     "row 0: keys '{key}' and '{}' name the same column",
                     names
@@ -90,156 +137,70 @@ impl<'a> RowSink<'a> for InsertSink<'_> {
                         .unwrap_or_default()
                 ));
             }
-            cols.push((c.name.clone(), c.affinity));
+            cols.push(i);
         }
-        let list: Vec<String> = cols.iter().map(|(n, _)| quote_ident(n)).collect();
-        let marks: Vec<String> = (1..=cols.len()).map(|i| format!("?{i}")).collect();
-        let sql = format!(
-            "INSERT INTO main.{} ({}) VALUES ({})",
-            self.info.quoted(),
-            list.join(", "),
-            marks.join(", ")
-        );
-        self.stmt = Some(RawStmt::prepare(self.conn, &sql)?);
-        self.columns = cols;
+        let key = InsertKey {
+            table: self.info.name.clone(),
+            columns: cols,
+        };
+        self.stmt = Some(match self.cache.take_insert(&key) {
+            Some(stmt) => (key, stmt),
+            None => {
+                let list: Vec<String> = key
+                    .columns
+                    .iter()
+                    .filter_map(|&i| self.info.columns.get(i))
+                    .map(|c| quote_ident(&c.name))
+                    .collect();
+                let marks: Vec<String> = (1..=list.len()).map(|i| format!("?{i}")).collect();
+                let sql = format!(
+                    "INSERT INTO main.{} ({}) VALUES ({})",
+                    self.info.quoted(),
+                    list.join(", "),
+                    marks.join(", ")
+                );
+                // SAFETY: the connection of the call; the statement goes to
+                // the cache, which finalizes it before the connection closes.
+                let stmt = unsafe { RawStmt::prepare(self.db, &sql, true)? };
+                (key, stmt)
+            }
+        });
         Ok(())
     }
 
     fn row(&mut self, index: usize, cells: &[Cell<'a>]) -> Result<(), String> {
-        let Some(stmt) = self.stmt.as_mut() else {
+        let Some((key, stmt)) = self.stmt.as_mut() else {
             return Err("internal error: no statement".to_string());
         };
-        for (i, (cell, (name, affinity))) in cells.iter().zip(&self.columns).enumerate() {
-            check_cell(*affinity, cell)
-                .map_err(|e| format!("row {index}, column '{name}': {e}"))?;
+        for (i, (cell, &col)) in cells.iter().zip(&key.columns).enumerate() {
+            let Some(c) = self.info.columns.get(col) else {
+                return Err("internal error: no such column".to_string());
+            };
+            check_cell(c.affinity, cell)
+                .map_err(|e| format!("row {index}, column '{}': {e}", c.name))?;
             // Parameters are numbered from 1; there are at most a few
             // thousand columns.
             let p = c_int::try_from(i + 1).unwrap_or(c_int::MAX);
-            // SAFETY: `Borrowed` text points into the JSON argument, which
-            // outlives the statement (finalized when the sink is dropped,
-            // before `insert` returns); everything else is copied by SQLite.
-            let r = unsafe {
-                match cell {
-                    Cell::Null => stmt.bind_null(p),
-                    Cell::Bool(b) => stmt.bind_int(p, i64::from(*b)),
-                    Cell::Int(n) => stmt.bind_int(p, *n),
-                    Cell::Real(f) => stmt.bind_real(p, *f),
-                    Cell::Text(Cow::Borrowed(t)) => stmt.bind_text(p, t, ffi::SQLITE_STATIC()),
-                    Cell::Text(Cow::Owned(t)) => stmt.bind_text(p, t, ffi::SQLITE_TRANSIENT()),
-                    Cell::Json(j) => stmt.bind_text(p, j, ffi::SQLITE_TRANSIENT()),
-                }
+            let r = match cell {
+                Cell::Null => stmt.bind_null(p),
+                Cell::Bool(b) => stmt.bind_int(p, i64::from(*b)),
+                Cell::Int(n) => stmt.bind_int(p, *n),
+                Cell::Real(f) => stmt.bind_real(p, *f),
+                // SAFETY: borrowed text points into the JSON argument, which
+                // outlives this call; the bindings are cleared before the
+                // statement is kept (`Cache::put_insert`) or finalized.
+                Cell::Text(Cow::Borrowed(t)) => unsafe {
+                    stmt.bind_text(p, t, ffi::SQLITE_STATIC())
+                },
+                // SAFETY: SQLite copies the text (SQLITE_TRANSIENT).
+                Cell::Text(Cow::Owned(t)) => unsafe {
+                    stmt.bind_text(p, t, ffi::SQLITE_TRANSIENT())
+                },
+                // SAFETY: as above.
+                Cell::Json(j) => unsafe { stmt.bind_text(p, j, ffi::SQLITE_TRANSIENT()) },
             };
-            r.map_err(|e| format!("row {index}, column '{name}': {e}"))?;
+            r.map_err(|e| format!("row {index}, column '{}': {e}", c.name))?;
         }
         stmt.execute().map_err(|e| format!("row {index}: {e}"))
-    }
-}
-
-/// The INSERT statement, driven through the C API rather than
-/// `rusqlite::Statement` so that text borrowed from the JSON argument is
-/// bound without a copy (`SQLITE_STATIC`); rusqlite always copies. Finalized
-/// on drop.
-struct RawStmt {
-    db: *mut ffi::sqlite3,
-    stmt: *mut ffi::sqlite3_stmt,
-}
-
-impl RawStmt {
-    fn prepare(conn: &Connection, sql: &str) -> Result<Self, String> {
-        // SAFETY: the handle is the live connection the function was called
-        // on; the statement is finalized before the call returns.
-        let db = unsafe { conn.handle() };
-        let len = c_int::try_from(sql.len()).map_err(|_| "statement too long".to_string())?;
-        let mut stmt = std::ptr::null_mut();
-        // SAFETY: `sql` is valid for `len` bytes; `stmt` is an out pointer.
-        let rc = unsafe {
-            ffi::sqlite3_prepare_v2(
-                db,
-                sql.as_ptr().cast(),
-                len,
-                &mut stmt,
-                std::ptr::null_mut(),
-            )
-        };
-        if rc != ffi::SQLITE_OK || stmt.is_null() {
-            // SAFETY: on failure `stmt` is NULL (finalizing NULL is a no-op).
-            unsafe { ffi::sqlite3_finalize(stmt) };
-            return Err(errmsg(db));
-        }
-        Ok(RawStmt { db, stmt })
-    }
-
-    fn check(&self, rc: c_int) -> Result<(), String> {
-        if rc == ffi::SQLITE_OK {
-            Ok(())
-        } else {
-            Err(errmsg(self.db))
-        }
-    }
-
-    unsafe fn bind_null(&mut self, p: c_int) -> Result<(), String> {
-        self.check(ffi::sqlite3_bind_null(self.stmt, p))
-    }
-
-    unsafe fn bind_int(&mut self, p: c_int, v: i64) -> Result<(), String> {
-        self.check(ffi::sqlite3_bind_int64(self.stmt, p, v))
-    }
-
-    unsafe fn bind_real(&mut self, p: c_int, v: f64) -> Result<(), String> {
-        self.check(ffi::sqlite3_bind_double(self.stmt, p, v))
-    }
-
-    /// # Safety
-    /// With `SQLITE_STATIC`, `v` must stay valid until the statement is
-    /// rebound or finalized.
-    unsafe fn bind_text(
-        &mut self,
-        p: c_int,
-        v: &str,
-        destructor: ffi::sqlite3_destructor_type,
-    ) -> Result<(), String> {
-        let len = c_int::try_from(v.len()).map_err(|_| "text too long".to_string())?;
-        self.check(ffi::sqlite3_bind_text(
-            self.stmt,
-            p,
-            v.as_ptr().cast(),
-            len,
-            destructor,
-        ))
-    }
-
-    /// Steps the INSERT once and resets it.
-    fn execute(&mut self) -> Result<(), String> {
-        // SAFETY: a prepared statement of this connection.
-        unsafe {
-            let rc = ffi::sqlite3_step(self.stmt);
-            let r = if rc == ffi::SQLITE_DONE || rc == ffi::SQLITE_ROW {
-                Ok(())
-            } else {
-                Err(errmsg(self.db))
-            };
-            ffi::sqlite3_reset(self.stmt);
-            r
-        }
-    }
-}
-
-impl Drop for RawStmt {
-    fn drop(&mut self) {
-        // SAFETY: prepared by `prepare`, finalized once.
-        unsafe { ffi::sqlite3_finalize(self.stmt) };
-    }
-}
-
-/// The connection's last error message.
-fn errmsg(db: *mut ffi::sqlite3) -> String {
-    // SAFETY: SQLite returns a NUL-terminated string owned by the connection.
-    unsafe {
-        let m = ffi::sqlite3_errmsg(db);
-        if m.is_null() {
-            "out of memory".to_string()
-        } else {
-            std::ffi::CStr::from_ptr(m).to_string_lossy().into_owned()
-        }
     }
 }

@@ -35,8 +35,10 @@ pub mod bookkeeping;
 pub mod glue;
 pub mod buffer;
 pub mod insert;
+pub mod insert_cache;
 pub mod options;
 pub mod pack;
+pub mod raw_stmt;
 pub mod rollup;
 pub mod rows;
 pub mod schema;
@@ -151,6 +153,7 @@ fn init(db: Connection) -> rusqlite::Result<bool> {
     db.create_aggregate_function("sluice_sketch_merge", 1, PURE, window::SketchMerge)?;
     db.create_aggregate_function("sluice_pack", -1, PURE, pack::Pack)?;
     db.create_window_function("sluice_percentile", 2, PURE, window::Percentile)?;
+    insert_cache::register(&db)?;
     Ok(false)
 }
 
