@@ -5,6 +5,7 @@
 
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
+use sluice_pgsql::registration::check_arguments;
 use sluice_pgsql::sqlgen::{self, Policy, DEVICE_COLUMN, VERSION_COLUMN};
 use sluice_wire::names::quote_ident;
 
@@ -23,49 +24,8 @@ pub fn register(
     tenant_column: Option<&str>,
 ) -> Result<()> {
     let fail = |code, msg: String| SluiceError::new(code, format!("sluice.register_table: {msg}"));
-    if edge_table.is_empty() {
-        return Err(fail(
-            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
-            "the edge table name is empty".into(),
-        ));
-    }
-    let policy = Policy::parse(policy).ok_or_else(|| {
-        fail(
-            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
-            format!(
-                "unknown policy '{policy}'; expected one of {}",
-                Policy::ALL.map(|p| format!("'{}'", p.name())).join(", ")
-            ),
-        )
-    })?;
-    if key_columns.is_empty() {
-        return Err(fail(
-            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
-            "key_columns is empty; give the columns of the target's unique key".into(),
-        ));
-    }
-    for (i, k) in key_columns.iter().enumerate() {
-        if key_columns[..i].contains(k) {
-            return Err(fail(
-                PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
-                format!("key column '{k}' is listed twice"),
-            ));
-        }
-        if k == VERSION_COLUMN {
-            return Err(fail(
-                PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
-                format!("'{k}' is a sluice bookkeeping column and cannot be a key column"),
-            ));
-        }
-    }
-    // sluice_device may be part of a key (rows numbered per device, such as
-    // an edge table's rowid), never all of it.
-    if key_columns.iter().all(|k| k == DEVICE_COLUMN) {
-        return Err(fail(
-            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
-            format!("'{DEVICE_COLUMN}' alone cannot be the key: add the columns that identify a row within one device"),
-        ));
-    }
+    let policy = check_arguments(edge_table, key_columns, policy)
+        .map_err(|e| fail(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, e.message))?;
 
     Spi::connect_mut(|client| {
         let (schema, table) = client

@@ -11,10 +11,12 @@
 //!   text), with the edge's float32 vectors and Unix times.
 //! - [`plan`]: the column plan of a batch against its target table (the
 //!   catalog query, the checks, the parameters) and the shape of its keys.
+//! - [`registration`]: the arguments of `sluice.register_table`.
 //! - [`sqlstate`]: the [`SqlState`] every error carries, which the caller
 //!   raises it with.
 //!
-//! Imports point down: `plan` uses `convert`, `sqlgen` and `sqlstate`, which
+//! Imports point down: `plan` and `registration` use `convert`, `sqlgen` and
+//! `sqlstate`, which
 //! use only `sluice-wire` and `time`; this file only declares and re-exports.
 
 // Linked into the PostgreSQL backend by pg_ext: no panic may cross into it
@@ -25,6 +27,7 @@
 
 pub mod convert;
 pub mod plan;
+pub mod registration;
 pub mod sqlgen;
 pub mod sqlstate;
 

@@ -13,6 +13,8 @@ pub enum SqlState {
     DatetimeFieldOverflow,
     /// `22P05` untranslatable_character.
     UntranslatableCharacter,
+    /// `22023` invalid_parameter_value.
+    InvalidParameterValue,
     /// `23502` not_null_violation.
     NotNullViolation,
     /// `42703` undefined_column.
@@ -32,6 +34,7 @@ impl SqlState {
             SqlState::DataException => "22000",
             SqlState::DatetimeFieldOverflow => "22008",
             SqlState::UntranslatableCharacter => "22P05",
+            SqlState::InvalidParameterValue => "22023",
             SqlState::NotNullViolation => "23502",
             SqlState::UndefinedColumn => "42703",
             SqlState::GeneratedAlways => "428C9",

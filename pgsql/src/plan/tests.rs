@@ -333,6 +333,7 @@ fn sqlstates_are_five_characters() {
         SqlState::DataException,
         SqlState::DatetimeFieldOverflow,
         SqlState::UntranslatableCharacter,
+        SqlState::InvalidParameterValue,
         SqlState::NotNullViolation,
         SqlState::UndefinedColumn,
         SqlState::GeneratedAlways,
