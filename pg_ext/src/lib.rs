@@ -209,7 +209,7 @@ extension_sql_file!(
 /// (calling it also loads the library, which defines the setting).
 #[pg_extern(stable, parallel_safe)]
 fn retention_chunk_rows() -> i32 {
-    guc::RETENTION_CHUNK_ROWS.get()
+    guc::retention_chunk_rows()
 }
 
 extension_sql_file!(

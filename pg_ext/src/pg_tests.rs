@@ -136,6 +136,29 @@ mod tests {
         assert_eq!(text("SELECT sluice.version()"), "v0.1.0");
     }
 
+    /// The prefix is reserved: a misspelt setting is an error, not a
+    /// placeholder that silently does nothing.
+    #[pg_test(error = "invalid configuration parameter name \"sluice.no_such_setting\"")]
+    fn settings_prefix_is_reserved() {
+        Spi::run("SET sluice.no_such_setting = 1").unwrap();
+    }
+
+    #[pg_test]
+    fn settings_are_defined_without_preloading() {
+        Spi::run("SET LOCAL sluice.retention_chunk_rows = 7").unwrap();
+        assert_eq!(count("SELECT sluice.retention_chunk_rows()"), 7);
+        assert_eq!(
+            text("SELECT current_setting('sluice.retention_interval')"),
+            "0"
+        );
+        // Not preloaded here: defined all the same, so that a DBA can write
+        // it before adding sluice to shared_preload_libraries.
+        assert_eq!(
+            text("SELECT current_setting('sluice.retention_database')"),
+            "postgres"
+        );
+    }
+
     #[pg_test]
     fn register_adds_bookkeeping_columns() {
         setup_readings("last_writer_wins");

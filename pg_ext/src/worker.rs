@@ -90,7 +90,7 @@ pub extern "C-unwind" fn sluice_retention_worker_main(_arg: pg_sys::Datum) {
     let mut worker = Worker {
         database,
         pass_memory,
-        interval: guc::RETENTION_INTERVAL.get(),
+        interval: guc::retention_interval(),
         installed: None,
     };
     worker.log_interval();
@@ -103,13 +103,13 @@ pub extern "C-unwind" fn sluice_retention_worker_main(_arg: pg_sys::Datum) {
                 pg_sys::ConfigReloadPending = 0;
                 pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP);
             }
-            let interval = guc::RETENTION_INTERVAL.get();
+            let interval = guc::retention_interval();
             if interval != worker.interval {
                 worker.interval = interval;
                 worker.log_interval();
             }
         }
-        let timeout = match worker.every() {
+        let timeout = match worker.interval {
             None => None,
             Some(every) => match last_pass.map(|t| t.elapsed()) {
                 Some(elapsed) if elapsed < every => Some(every - elapsed),
@@ -130,26 +130,22 @@ pub extern "C-unwind" fn sluice_retention_worker_main(_arg: pg_sys::Datum) {
 struct Worker {
     database: String,
     pass_memory: pg_sys::MemoryContext,
-    /// `sluice.retention_interval`, seconds; 0 is off.
-    interval: i32,
+    /// `sluice.retention_interval`; `None` is off.
+    interval: Option<Duration>,
     /// Whether the extension was installed at the last pass (logged on change).
     installed: Option<bool>,
 }
 
 impl Worker {
-    fn every(&self) -> Option<Duration> {
-        (self.interval > 0).then(|| Duration::from_secs(self.interval as u64))
-    }
-
     fn log_interval(&self) {
-        match self.every() {
+        match self.interval {
             None => log!(
                 "{WORKER_NAME}: idle in database \"{}\" (sluice.retention_interval = 0)",
                 self.database
             ),
-            Some(_) => log!(
+            Some(every) => log!(
                 "{WORKER_NAME}: runs retention every {} s in database \"{}\"",
-                self.interval,
+                every.as_secs(),
                 self.database
             ),
         }
