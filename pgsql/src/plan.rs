@@ -17,6 +17,9 @@
 //! ([`crate::convert`]) and [`ColumnPlan::key_shape`] looks at its keys.
 
 use std::collections::HashSet;
+use std::hash::Hasher;
+
+use fnv::FnvHasher;
 
 use sluice_wire::{Batch, BatchId, Column};
 
@@ -404,12 +407,10 @@ impl KeyShape {
     /// key values and, when the key includes it, the device. Two batches with
     /// the same target and constant keys take the same lock.
     pub fn lock_key(&self, target_oid: u32, device: Option<&str>) -> i64 {
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        let mut h = FnvHasher::default();
         let mut eat = |bytes: &[u8]| {
-            for &b in bytes.iter().chain([0u8].iter()) {
-                h ^= u64::from(b);
-                h = h.wrapping_mul(0x0100_0000_01b3);
-            }
+            h.write(bytes);
+            h.write_u8(0);
         };
         eat(b"sluice.ingest");
         eat(&target_oid.to_le_bytes());
@@ -420,7 +421,7 @@ impl KeyShape {
             eat(d.as_bytes());
         }
         // The bits as they are: any i64 is a lock key.
-        h as i64
+        h.finish() as i64
     }
 
     /// Indexes into the plan's columns of the constant key columns: the

@@ -344,3 +344,17 @@ fn sqlstates_are_five_characters() {
         assert_eq!(s.to_string(), s.code());
     }
 }
+
+#[test]
+fn lock_key_is_pinned() {
+    let s = KeyShape {
+        consts: vec![(0, "site-a".into())],
+        range: Some((1, 1, 9)),
+        distinct: true,
+    };
+    // FNV-1a of "sluice.ingest", the OID's bytes, "site-a" (and "cam-1"),
+    // each followed by a 0 byte: the key of the releases before this one,
+    // so that two versions of the library never take different locks.
+    assert_eq!(s.lock_key(16384, None), -8_039_552_780_182_160_623);
+    assert_eq!(s.lock_key(16384, Some("cam-1")), 6_227_322_318_620_800_638);
+}
