@@ -199,41 +199,46 @@ pub fn column_to_param(
 ) -> Result<Param, ConvertError> {
     let native_param = match native {
         Native::None => None,
-        Native::Int => values
-            .iter()
-            .map(|v| match v {
-                Value::Integer(i) => Some(Some(*i)),
-                Value::Null if !is_key => Some(None),
-                _ => None,
-            })
-            .collect::<Option<Vec<_>>>()
-            .map(Param::Int8),
-        Native::Float8 => values
-            .iter()
-            .map(|v| match v {
-                Value::Real(f) => Some(Some(*f)),
-                Value::Integer(i) => Some(Some(*i as f64)),
-                Value::Null if !is_key => Some(None),
-                _ => None,
-            })
-            .collect::<Option<Vec<_>>>()
-            .map(Param::Float8),
-        Native::Timestamptz => values
-            .iter()
-            .map(|v| match v {
-                Value::Text(s) => parse_utc_timestamp(s).map(Some),
-                Value::Integer(i) => epoch_to_micros(*i as f64).map(Some),
-                Value::Real(f) => epoch_to_micros(*f).map(Some),
-                Value::Null if !is_key => Some(None),
-                _ => None,
-            })
-            .collect::<Option<Vec<_>>>()
-            .map(Param::Timestamptz),
+        Native::Int => native_values(values, is_key, |v| match v {
+            Value::Integer(i) => Some(*i),
+            _ => None,
+        })
+        .map(Param::Int8),
+        Native::Float8 => native_values(values, is_key, |v| match v {
+            Value::Real(f) => Some(*f),
+            Value::Integer(i) => Some(*i as f64),
+            _ => None,
+        })
+        .map(Param::Float8),
+        Native::Timestamptz => native_values(values, is_key, |v| match v {
+            Value::Text(s) => parse_utc_timestamp(s),
+            Value::Integer(i) => epoch_to_micros(*i as f64),
+            Value::Real(f) => epoch_to_micros(*f),
+            _ => None,
+        })
+        .map(Param::Timestamptz),
     };
     match native_param {
         Some(p) => Ok(p),
         None => column_to_texts(values, is_key, kind).map(Param::Text),
     }
+}
+
+/// Every value through `native`, NULLs as NULL outside the key; `None` when
+/// one value has no native form (or a key is NULL): the column goes as text.
+fn native_values<T>(
+    values: &[Value],
+    is_key: bool,
+    native: impl Fn(&Value) -> Option<T>,
+) -> Option<Vec<Option<T>>> {
+    values
+        .iter()
+        .map(|v| match v {
+            Value::Null if is_key => None,
+            Value::Null => Some(None),
+            v => native(v).map(Some),
+        })
+        .collect()
 }
 
 /// The text PostgreSQL reads back as the same value, or `None` for NULL.

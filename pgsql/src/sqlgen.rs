@@ -136,13 +136,9 @@ pub fn upsert_sql(
     }
     sql.push_str("\n),\n");
     // The upsert.
-    let _ = write!(sql, "up AS (\n  INSERT INTO {target} AS t (");
-    push_insert_columns(&mut sql, columns);
-    sql.push_str(")\n  SELECT ");
-    for i in 0..n {
-        let _ = write!(sql, "c{}, ", i + 1);
-    }
-    let _ = write!(sql, "${}::text, v FROM src\n  ON CONFLICT (", n + 2);
+    sql.push_str("up AS (\n  ");
+    push_insert_select(&mut sql, target, " AS t", columns, "\n  ");
+    sql.push_str("src\n  ON CONFLICT (");
     push_list(
         &mut sql,
         keys.iter()
@@ -181,13 +177,8 @@ pub fn upsert_sql(
 pub fn insert_sql(target: &str, columns: &[TargetColumn], arrays: &[&str]) -> String {
     let n = columns.len();
     let mut sql = String::with_capacity(256 + 64 * n);
-    let _ = write!(sql, "INSERT INTO {target} (");
-    push_insert_columns(&mut sql, columns);
-    sql.push_str(")\nSELECT ");
-    for i in 0..n {
-        let _ = write!(sql, "c{}, ", i + 1);
-    }
-    let _ = write!(sql, "${}::text, v FROM (\n  ", n + 2);
+    push_insert_select(&mut sql, target, "", columns, "\n");
+    sql.push_str("(\n  ");
     push_typed_unnest(&mut sql, columns, arrays);
     sql.push_str("\n) AS s");
     sql
@@ -249,7 +240,16 @@ fn push_typed_unnest(sql: &mut String, columns: &[TargetColumn], arrays: &[&str]
     let _ = write!(sql, "unnest(${}::bigint[]) AS v", n + 1);
 }
 
-fn push_insert_columns(sql: &mut String, columns: &[TargetColumn]) {
+/// `INSERT INTO target[alias] (columns, sluice_device, sluice_version)`,
+/// `newline`, `SELECT c1, ..., $n+2::text, v FROM ` (the source follows).
+fn push_insert_select(
+    sql: &mut String,
+    target: &str,
+    alias: &str,
+    columns: &[TargetColumn],
+    newline: &str,
+) {
+    let _ = write!(sql, "INSERT INTO {target}{alias} (");
     push_list(
         sql,
         columns
@@ -258,6 +258,11 @@ fn push_insert_columns(sql: &mut String, columns: &[TargetColumn]) {
             .chain([DEVICE_COLUMN, VERSION_COLUMN])
             .map(quote_ident),
     );
+    let _ = write!(sql, "){newline}SELECT ");
+    for i in 0..columns.len() {
+        let _ = write!(sql, "c{}, ", i + 1);
+    }
+    let _ = write!(sql, "${}::text, v FROM ", columns.len() + 2);
 }
 
 /// The statement a DBA runs to give `target` the unique index that
