@@ -14,7 +14,21 @@ fn main() {
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "unknown".to_string());
     println!("cargo:rustc-env=SLUICE_GIT_COMMIT={commit}");
-    let profile = std::env::var("PROFILE").unwrap_or_else(|_| "unknown".to_string());
+    // The profile's own name (`fuzz` for the overflow-checked build of the
+    // fuzzers): cargo's PROFILE says only "debug" or "release", but OUT_DIR
+    // is <target>/<profile>/build/<pkg>/out.
+    let profile = std::env::var("OUT_DIR")
+        .ok()
+        .and_then(|d| {
+            Path::new(&d)
+                .ancestors()
+                .nth(3)
+                .and_then(|p| p.file_name())
+                .map(|n| n.to_string_lossy().into_owned())
+        })
+        .filter(|n| ["debug", "release", "fuzz"].contains(&n.as_str()))
+        .or_else(|| std::env::var("PROFILE").ok())
+        .unwrap_or_else(|| "unknown".to_string());
     println!("cargo:rustc-env=SLUICE_BUILD_PROFILE={profile}");
 
     // Rebuild when HEAD moves (a checkout, or a commit on the current branch).

@@ -791,7 +791,12 @@ fn pending_age(ctx: &Context<'_>) -> Res<Value> {
         Value::Text(s) => epoch_of(ValueRef::Text(s.as_bytes())),
         _ => None,
     });
-    Ok(ep.map_or(Value::Null, |e| Value::Integer(now_ms() / 1000 - e)))
+    // A time far in the past (-2^63 seconds) is older than any age an
+    // integer holds: the age saturates at i64::MAX instead of wrapping to a
+    // negative number.
+    Ok(ep.map_or(Value::Null, |e| {
+        Value::Integer((now_ms() / 1000).saturating_sub(e))
+    }))
 }
 
 #[cfg(test)]

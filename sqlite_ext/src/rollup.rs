@@ -364,7 +364,7 @@ fn window_end(ws: &Value, width: i64) -> Res<Value> {
         Value::Text(t) => {
             let mut it = IsoTime::parse(t)?;
             it.secs += width;
-            Value::Text(it.bucket(width))
+            Value::Text(it.bucket(width)?)
         }
         other => other.clone(),
     })

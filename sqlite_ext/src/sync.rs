@@ -361,10 +361,12 @@ fn batch(ctx: &Context<'_>) -> Res<Value> {
     // range is in it. Oldest first, or newest first down to the floor, it
     // starts at the floor, so its acknowledgement moves the watermark when
     // the floor is the watermark; otherwise it starts just below its first row.
+    // `first_seq` is above the floor, so `first_seq - 1` cannot overflow;
+    // checked all the same (a sequence number is the user's rowid).
     let base_seq = if !newest || exhausted {
         floor
     } else {
-        first_seq - 1
+        first_seq.checked_sub(1).unwrap_or(floor)
     };
     let header = BatchHeader {
         device_id,
@@ -395,7 +397,7 @@ fn since_floor(conn: &Connection, info: &TableInfo, t: &Tracked, seq: &str, secs
             info.name.replace('\'', "''")
         )));
     };
-    let cutoff = now_ms() / 1000 - secs;
+    let cutoff = (now_ms() / 1000).saturating_sub(secs);
     let floor: Option<i64> = conn
         .query_row(
             &format!(

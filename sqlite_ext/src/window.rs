@@ -104,8 +104,21 @@ impl PercentileAcc {
         let lo = pos.floor() as usize;
         let hi = pos.ceil() as usize;
         let (a, b) = (v[lo], v[hi.min(v.len() - 1)]);
-        Value::Real(a + (b - a) * (pos - lo as f64))
+        Value::Real(interpolate(a, b, pos - lo as f64))
     }
+}
+
+/// The value a fraction `t` (0..1) of the way from `a` to `b` (`a <= b`),
+/// never outside `[a, b]`: `b - a` overflows to infinity when the two are
+/// far apart (`-1e308` and `1e308`), and rounding may step past `b`.
+fn interpolate(a: f64, b: f64, t: f64) -> f64 {
+    let d = b - a;
+    let x = if d.is_finite() {
+        a + d * t
+    } else {
+        a * (1.0 - t) + b * t
+    };
+    x.clamp(a, b)
 }
 
 fn percentile_args(ctx: &Context<'_>, acc: &mut PercentileAcc) -> rusqlite::Result<Option<f64>> {
@@ -271,6 +284,11 @@ pub fn sluice_bucket(ctx: &Context<'_>) -> rusqlite::Result<Value> {
     finish("sluice_bucket", bucket(ctx))
 }
 
+/// Largest magnitude of a real time: 2^53 seconds (285 million years);
+/// beyond it reals are further apart than a second, and a window start
+/// below the time cannot be written.
+const MAX_REAL_SECONDS: f64 = 9_007_199_254_740_992.0;
+
 /// Largest width: 100 years.
 const MAX_WIDTH: i64 = crate::options::MAX_KEEP_SECONDS;
 
@@ -314,16 +332,37 @@ fn bucket(ctx: &Context<'_>) -> Res<Value> {
 pub fn bucket_of(ts: ValueRef<'_>, width: i64) -> Res<Value> {
     match ts {
         ValueRef::Null => Ok(Value::Null),
-        ValueRef::Integer(t) => Ok(Value::Integer(t.div_euclid(width) * width)),
-        ValueRef::Real(t) if t.is_finite() => {
+        ValueRef::Integer(t) => t
+            .div_euclid(width)
+            .checked_mul(width)
+            .map(Value::Integer)
+            .ok_or_else(|| {
+                Fail(format!(
+                    "ts {t} is too far from 1970: the start of its window of {width} seconds \
+                     is not a 64-bit integer"
+                ))
+            }),
+        ValueRef::Real(t) if t.is_finite() && t.abs() < MAX_REAL_SECONDS => {
+            // Below 2^53 every whole number is a real, so the start is exact;
+            // the division may round to the next whole number, which the
+            // steps after it correct.
             let w = width as f64;
-            Ok(Value::Real((t / w).floor() * w))
+            let mut b = (t / w).floor() * w;
+            if b > t {
+                b -= w;
+            } else if t - b >= w {
+                b += w;
+            }
+            Ok(Value::Real(b))
         }
+        ValueRef::Real(t) if t.is_finite() => Err(Fail(format!(
+            "ts {t} is too far from 1970: a real time must be within ±{MAX_REAL_SECONDS} seconds"
+        ))),
         ValueRef::Real(t) => Err(Fail(format!("ts must be finite, got {t}"))),
         ValueRef::Text(b) => {
             let s = std::str::from_utf8(b).map_err(|_| Fail("ts is not valid UTF-8".into()))?;
             let ts = IsoTime::parse(s)?;
-            Ok(Value::Text(ts.bucket(width)))
+            Ok(Value::Text(ts.bucket(width)?))
         }
         ValueRef::Blob(b) => Err(Fail(format!(
             "ts must be unix seconds or ISO-8601 text, got a blob of {} bytes",
@@ -348,26 +387,25 @@ pub struct IsoTime {
     pub suffix: String,
 }
 
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
+/// Julian day number of 1970-01-01.
+const UNIX_EPOCH_JULIAN_DAY: i64 = 2_440_588;
+
+/// The day of `y-m-d` counted from 1970-01-01, or `None` when there is no
+/// such date (the `time` crate's calendar, years -9999 to 9999).
+fn days_from_civil(y: i64, m: i64, d: i64) -> Option<i64> {
+    let month = time::Month::try_from(u8::try_from(m).ok()?).ok()?;
+    let date =
+        time::Date::from_calendar_date(i32::try_from(y).ok()?, month, u8::try_from(d).ok()?)
+            .ok()?;
+    Some(i64::from(date.to_julian_day()) - UNIX_EPOCH_JULIAN_DAY)
 }
 
-fn civil_from_days(z: i64) -> (i64, i64, i64) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
+/// The date of day `z` counted from 1970-01-01, or `None` outside the
+/// years -9999 to 9999.
+fn civil_from_days(z: i64) -> Option<(i32, u8, u8)> {
+    let jd = i32::try_from(z.checked_add(UNIX_EPOCH_JULIAN_DAY)?).ok()?;
+    let date = time::Date::from_julian_day(jd).ok()?;
+    Some((date.year(), u8::from(date.month()), date.day()))
 }
 
 impl IsoTime {
@@ -393,12 +431,7 @@ impl IsoTime {
         if b.get(4) != Some(&b'-') || b.get(7) != Some(&b'-') || !(1..=12).contains(&mo) {
             return Err(bad());
         }
-        let dim = days_from_civil(if mo == 12 { y + 1 } else { y }, mo % 12 + 1, 1)
-            - days_from_civil(y, mo, 1);
-        if d < 1 || d > dim {
-            return Err(bad());
-        }
-        let days = days_from_civil(y, mo, d);
+        let days = days_from_civil(y, mo, d).ok_or_else(bad)?;
         let mut t = IsoTime {
             secs: days * 86_400,
             sep: None,
@@ -456,22 +489,32 @@ impl IsoTime {
         Ok(t)
     }
 
-    /// The start of the window of `width` seconds, written like `self`.
-    pub fn bucket(&self, width: i64) -> String {
-        let start = self.secs.div_euclid(width) * width;
-        let (y, m, d) = civil_from_days(start.div_euclid(86_400));
+    /// The start of the window of `width` seconds, written like `self`; an
+    /// error when it falls outside the years -9999 to 9999.
+    pub fn bucket(&self, width: i64) -> Res<String> {
+        let start = self
+            .secs
+            .div_euclid(width)
+            .checked_mul(width)
+            .ok_or_else(|| Fail(format!("the window of {width} seconds is out of range")))?;
+        let (y, m, d) = civil_from_days(start.div_euclid(86_400)).ok_or_else(|| {
+            Fail(format!(
+                "the window of {width} seconds holding this time starts outside the years \
+                 -9999 to 9999"
+            ))
+        })?;
         let tod = start.rem_euclid(86_400);
         let date = format!("{y:04}-{m:02}-{d:02}");
         let Some(sep) = self.sep else {
             if tod == 0 {
-                return date;
+                return Ok(date);
             }
-            return format!(
+            return Ok(format!(
                 "{date} {:02}:{:02}:{:02}",
                 tod / 3600,
                 tod / 60 % 60,
                 tod % 60
-            );
+            ));
         };
         let mut out = format!("{date}{sep}{:02}:{:02}", tod / 3600, tod / 60 % 60);
         if self.has_seconds || tod % 60 != 0 {
@@ -482,7 +525,7 @@ impl IsoTime {
             out.push_str(&"0".repeat(self.frac_digits));
         }
         out.push_str(&self.suffix);
-        out
+        Ok(out)
     }
 }
 
@@ -492,7 +535,7 @@ mod tests {
     use super::*;
 
     fn b(s: &str, w: i64) -> String {
-        IsoTime::parse(s).unwrap().bucket(w)
+        IsoTime::parse(s).unwrap().bucket(w).unwrap()
     }
 
     #[test]
@@ -537,8 +580,61 @@ mod tests {
     #[test]
     fn civil_round_trip() {
         for z in [-800_000i64, -1, 0, 1, 19_000, 2_932_896] {
-            let (y, m, d) = civil_from_days(z);
-            assert_eq!(days_from_civil(y, m, d), z);
+            let (y, m, d) = civil_from_days(z).unwrap();
+            assert_eq!(
+                days_from_civil(i64::from(y), i64::from(m), i64::from(d)),
+                Some(z)
+            );
         }
+        assert_eq!(days_from_civil(1970, 1, 1), Some(0));
+        assert_eq!(days_from_civil(2024, 2, 30), None);
+        assert_eq!(civil_from_days(i64::MIN), None);
+    }
+
+    #[test]
+    fn buckets_never_lie_after_their_time() {
+        use rusqlite::types::ValueRef::Integer;
+        for w in [1, 7, 300, 86_400, MAX_WIDTH] {
+            for t in [i64::MIN, i64::MIN + 1, -1, 0, 1, i64::MAX - 1, i64::MAX] {
+                match bucket_of(Integer(t), w) {
+                    Ok(Value::Integer(b)) => {
+                        assert!(b <= t && i128::from(t) - i128::from(b) < i128::from(w), "{t} {w}")
+                    }
+                    Ok(other) => panic!("{other:?}"),
+                    Err(Fail(m)) => assert!(m.contains("too far"), "{m}"),
+                }
+            }
+        }
+        use rusqlite::types::ValueRef::Real;
+        for w in [1, 7, 60, 300, 86_400, MAX_WIDTH] {
+            for t in [-1e300, -9.0e15, -1.5, -0.0, 0.5, 1e15 + 0.5, 9.0e15, 1e300, f64::MAX] {
+                match bucket_of(Real(t), w) {
+                    Ok(Value::Real(b)) => assert!(b <= t && t - b < w as f64, "{t} {w} {b}"),
+                    Ok(other) => panic!("{other:?}"),
+                    Err(Fail(m)) => assert!(m.contains("too far") && t.abs() > 9.0e15, "{m}"),
+                }
+            }
+        }
+        assert!(bucket_of(Integer(i64::MIN), 300).is_err());
+        assert_eq!(
+            bucket_of(Integer(i64::MAX), 300),
+            Ok(Value::Integer(i64::MAX - i64::MAX % 300))
+        );
+    }
+
+    #[test]
+    fn percentiles_stay_within_their_inputs() {
+        assert_eq!(interpolate(-f64::MAX, f64::MAX, 0.5), 0.0);
+        assert_eq!(interpolate(1.0, 2.0, 0.0), 1.0);
+        assert_eq!(interpolate(1.0, 2.0, 1.0), 2.0);
+        let mut acc = PercentileAcc {
+            values: vec![-f64::MAX, f64::MAX],
+            sorted: true,
+            p: Some(0.3),
+        };
+        let Value::Real(r) = acc.result() else {
+            panic!()
+        };
+        assert!(r.is_finite());
     }
 }

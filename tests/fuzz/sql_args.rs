@@ -17,7 +17,16 @@
 //!   starts with the name of a sluice function;
 //! - no transaction or savepoint is left open behind the caller;
 //! - no hang: a watchdog aborts the process (failing the test) when one case
-//!   runs 20 s.
+//!   runs 20 s;
+//! - the answers of the pure functions are right, not just not errors
+//!   ([`oracle`]): a `sluice_bucket` window starts at or before its time and
+//!   less than one width before it; a `sluice_percentile` is within min..max
+//!   of its inputs.
+//!
+//! Run against an extension built with `--profile fuzz` (release with
+//! `overflow-checks = true`, what scripts/fuzz.sh does), an integer overflow
+//! panics, which the first property catches; `SLUICE_FUZZ_PROFILE=fuzz`
+//! makes sure the extension loaded is that build.
 //!
 //! Every 2,000 cases, and at the end, `PRAGMA integrity_check` must say `ok`
 //! and the database must still work (a table is tracked, filled, batched,
@@ -537,7 +546,7 @@ fn hints(name: &str) -> &'static [Hint] {
         "sluice_track" => &[Table, Json],
         "sluice_batch" => &[Table, Int],
         "sluice_ack" => &[Batch],
-        "sluice_pending" | "sluice_pending_age" => &[Table],
+        "sluice_pending" | "sluice_pending_age" | "sluice_tracked" => &[Table],
         "sluice_cleanup" => &[Table, Duration],
         "sluice_bucket" => &[Time, Duration],
         "sluice_sketch_quantile" => &[Sketch, Real],
@@ -755,20 +764,96 @@ fn bind(args: &[Arg]) -> Vec<Value> {
         .collect()
 }
 
-/// Runs a case to the end; Ok(number of rows) or the error.
-fn run(conn: &Connection, case: &Case) -> Result<usize, rusqlite::Error> {
+/// Runs a case to the end; Ok(the value of each row) or the error.
+fn run(conn: &Connection, case: &Case) -> Result<Vec<Value>, rusqlite::Error> {
     let mut stmt = conn.prepare(&case.sql)?;
     let values = bind(&case.args);
     let mut rows = stmt.query(rusqlite::params_from_iter(values.iter()))?;
-    let mut n = 0;
+    let mut out = Vec::new();
     while let Some(r) = rows.next()? {
         // Read the value whatever it is (text need not be UTF-8).
-        if let ValueRef::Text(t) = r.get_ref(0)? {
-            let _ = String::from_utf8_lossy(t);
-        }
-        n += 1;
+        out.push(match r.get_ref(0)? {
+            ValueRef::Text(t) => Value::Text(String::from_utf8_lossy(t).into_owned()),
+            ValueRef::Null => Value::Null,
+            ValueRef::Integer(i) => Value::Integer(i),
+            ValueRef::Real(r) => Value::Real(r),
+            ValueRef::Blob(b) => Value::Blob(b.to_vec()),
+        });
     }
-    Ok(n)
+    Ok(out)
+}
+
+/// A width in seconds as `sluice_bucket` reads an argument, when it is a
+/// number (text durations are left to the extension).
+fn width_secs(a: &Arg) -> Option<i64> {
+    match a {
+        Arg::Int(w) => Some(*w),
+        Arg::Real(r) if r.fract() == 0.0 && r.abs() < 9.0e15 => Some(*r as i64),
+        _ => None,
+    }
+}
+
+/// The oracle of the pure functions: what an answer that is not an error
+/// must satisfy. `None` when it holds (or the case is not one it judges).
+/// - `sluice_bucket(ts, width)`: the window starts at or before `ts` and
+///   `ts` is less than one width after its start;
+/// - `sluice_percentile(x, p)`: every result is within min..max of the x.
+fn oracle(conn: &Connection, name: &str, case: &Case, out: &[Value]) -> Option<String> {
+    match name {
+        "sluice_bucket" if case.args.len() == 2 && case.sql.starts_with("SELECT sluice_bucket(?1, ?2)") => {
+            let w = width_secs(&case.args[1]);
+            let (ts, got) = (&case.args[0], out.first()?);
+            let ok = match (ts, got) {
+                (Arg::Int(t), Value::Integer(b)) => {
+                    b <= t && w.is_none_or(|w| i128::from(*t) - i128::from(*b) < i128::from(w))
+                }
+                (Arg::Real(t), Value::Real(b)) => {
+                    b <= t && w.is_none_or(|w| t - b < w as f64 || (t - b) / (w as f64) < 1.0 + 1e-12)
+                }
+                (Arg::Text(t), Value::Text(b)) => {
+                    // SQLite's own calendar: whole seconds between the two.
+                    let d: Option<i64> = conn
+                        .query_row("SELECT unixepoch(?1) - unixepoch(?2)", [t, b], |r| r.get(0))
+                        .ok()
+                        .flatten();
+                    d.is_none_or(|d| d >= 0 && w.is_none_or(|w| d < w))
+                }
+                // SQLite binds a NaN as NULL.
+                (Arg::Real(t), Value::Null) => t.is_nan(),
+                (_, Value::Null) => matches!(ts, Arg::Null),
+                _ => false,
+            };
+            (!ok).then(|| format!("sluice_bucket returned {got:?} for ts {} and width {}", ts.show(), case.args[1].show()))
+        }
+        "sluice_percentile" if !case.sql.starts_with("SELECT sluice_percentile(?") => {
+            // Rows of (x, p): the x are the odd-numbered parameters.
+            let xs: Vec<f64> = case
+                .args
+                .iter()
+                .step_by(2)
+                .filter_map(|a| match a {
+                    Arg::Int(i) => Some(*i as f64),
+                    Arg::Real(r) => Some(*r),
+                    _ => None,
+                })
+                .collect();
+            let lo = xs.iter().copied().fold(f64::INFINITY, f64::min);
+            let hi = xs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            for v in out {
+                match v {
+                    Value::Null => {}
+                    Value::Real(r) if (lo..=hi).contains(r) => {}
+                    other => {
+                        return Some(format!(
+                            "sluice_percentile returned {other:?}, outside the inputs' range {lo}..{hi}"
+                        ))
+                    }
+                }
+            }
+            None
+        }
+        _ => None,
+    }
 }
 
 /// The message with its numbers and quoted parts blurred: a rough picture of
@@ -1156,6 +1241,51 @@ fn named_cases(conn: &Connection) {
     }
 }
 
+/// Extremes the oracles must judge in every run, whatever the seed.
+fn oracle_cases(conn: &Connection) {
+    let big = f64::MAX;
+    let bucket = |ts: Arg, w: Arg| Case {
+        function: 0,
+        sql: "SELECT sluice_bucket(?1, ?2)".into(),
+        args: vec![ts, w],
+    };
+    let pct = |a: f64, b: f64, p: f64| Case {
+        function: 0,
+        sql: "SELECT sluice_percentile(column1, column2) FROM (VALUES (?1, ?2), (?3, ?4))".into(),
+        args: vec![Arg::Real(a), Arg::Real(p), Arg::Real(b), Arg::Real(p)],
+    };
+    let cases = [
+        ("sluice_bucket", bucket(Arg::Int(i64::MIN), Arg::Int(300))),
+        ("sluice_bucket", bucket(Arg::Int(i64::MIN + 1), Arg::Int(7))),
+        ("sluice_bucket", bucket(Arg::Int(i64::MAX), Arg::Int(300))),
+        ("sluice_bucket", bucket(Arg::Int(-1), Arg::Int(3_162_240_000))),
+        ("sluice_bucket", bucket(Arg::Real(-1e300), Arg::Int(300))),
+        ("sluice_bucket", bucket(Arg::Real(1e17 + 3.0), Arg::Int(7))),
+        ("sluice_bucket", bucket(Arg::Real(6.237630981348969e35), Arg::Int(300))),
+        ("sluice_bucket", bucket(Arg::Real(-f64::MAX), Arg::Int(1_714_566_896))),
+        ("sluice_bucket", bucket(Arg::Real(9.0e15 - 0.5), Arg::Int(7))),
+        ("sluice_bucket", bucket(Arg::Text("0000-01-01 00:00:01".into()), Arg::Int(3_162_240_000))),
+        ("sluice_bucket", bucket(Arg::Text("9999-12-31T23:59:59Z".into()), Arg::Int(7))),
+        ("sluice_percentile", pct(-big, big, 0.0)),
+        ("sluice_percentile", pct(-big, big, 0.3)),
+        ("sluice_percentile", pct(-big, big, 1.0)),
+        ("sluice_percentile", pct(big, big, 0.5)),
+    ];
+    for (name, case) in cases {
+        match run(conn, &case) {
+            Ok(out) => {
+                if let Some(wrong) = oracle(conn, name, &case, &out) {
+                    panic!("wrong answer: {wrong}, from {}", case.show());
+                }
+            }
+            Err(rusqlite::Error::SqliteFailure(_, Some(m))) => {
+                assert!(m.starts_with(name) && !m.contains("panic"), "{}: {m}", case.show())
+            }
+            Err(e) => panic!("{}: {e}", case.show()),
+        }
+    }
+}
+
 fn main() {
     let cases: u64 = env_number("SLUICE_FUZZ_CASES", 5_000);
     let seed: u64 = env_seed("SLUICE_FUZZ_SEED");
@@ -1164,6 +1294,16 @@ fn main() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("fuzz.db");
     let (mut conn, batches, sketches, compressed) = fresh_db(&path);
+    // Which build is under test: scripts/fuzz.sh asks for the one with
+    // overflow checks (profile `fuzz`), where an overflow panics instead of
+    // wrapping, and so is seen.
+    let debug: String = conn
+        .query_row("SELECT json_extract(sluice_debug(), '$.profile')", [], |r| r.get(0))
+        .unwrap();
+    println!("extension build profile: {debug}");
+    if let Ok(want) = std::env::var("SLUICE_FUZZ_PROFILE") {
+        assert_eq!(debug, want, "SLUICE_SQLITE_EXT is not the build SLUICE_FUZZ_PROFILE asks for");
+    }
 
     let literals = doc_literals();
     let (doc_json, doc_text): (Vec<String>, Vec<String>) = literals
@@ -1236,6 +1376,7 @@ fn main() {
         "sluice_sketch_merge",
         "sluice_pack",
         "sluice_percentile",
+        "sluice_tracked",
     ] {
         assert!(names.contains(want), "{want} is not registered");
     }
@@ -1251,12 +1392,14 @@ fn main() {
     );
 
     named_cases(&conn);
+    oracle_cases(&conn);
     watchdog();
     let started = Instant::now();
     let mut per_fn: BTreeMap<String, (u64, u64)> = BTreeMap::new();
     let mut shapes: BTreeMap<String, u64> = BTreeMap::new();
     let mut failures: Vec<String> = Vec::new();
     let mut slowest = (Duration::ZERO, String::new());
+    let mut oracle_failures = 0u64;
     for i in 0..cases {
         if i > 0 && i % 100_000 == 0 {
             println!(
@@ -1290,7 +1433,15 @@ fn main() {
         }
         let e = per_fn.entry(fname.clone()).or_default();
         match result {
-            Ok(_) => e.0 += 1,
+            Ok(out) => {
+                e.0 += 1;
+                if let Some(wrong) = oracle(&conn, &fname, &case, &out) {
+                    oracle_failures += 1;
+                    if failures.len() < 50 {
+                        failures.push(format!("case {i}: wrong answer: {wrong}, from {}", case.show()));
+                    }
+                }
+            }
             Err(err) => {
                 e.1 += 1;
                 let msg = match &err {
@@ -1323,6 +1474,7 @@ fn main() {
         slowest.0,
         slowest.1.chars().take(300).collect::<String>()
     );
+    println!("answers the oracles of sluice_bucket and sluice_percentile refused: {oracle_failures}");
     println!("per function (ok / error):");
     for (f, (ok, err)) in &per_fn {
         println!("  {f}: {ok} / {err}");

@@ -118,7 +118,7 @@ def test_debug(one):
     d = json.loads(one("SELECT sluice_debug()"))
     assert d["version"] == "v0.1.0"
     assert d["sqlite"] == sqlite3.sqlite_version
-    assert d["profile"] in ("debug", "release")
+    assert d["profile"] in ("debug", "release", "fuzz")
     assert d["commit"] == "unknown" or len(d["commit"]) >= 7
 
 
