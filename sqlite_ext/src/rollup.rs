@@ -185,7 +185,12 @@ pub fn parse_rollup(conn: &Connection, name: &str, text: &str) -> Res<(Rollup, b
         }
     };
     let width = match map.get("width") {
-        Some(Json::Number(n)) => parse_width(ValueRef::Integer(n.as_i64().unwrap_or(0)))?,
+        // 300.0 is 300 seconds; 300.5 or 1e30 is refused by parse_width with
+        // what it was (not as "0 seconds").
+        Some(Json::Number(n)) => match n.as_i64() {
+            Some(i) => parse_width(ValueRef::Integer(i))?,
+            None => parse_width(ValueRef::Real(n.as_f64().unwrap_or(f64::NAN)))?,
+        },
         Some(Json::String(s)) => parse_width(ValueRef::Text(s.as_bytes()))?,
         _ => {
             return Err(Fail(

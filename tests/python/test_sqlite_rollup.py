@@ -213,3 +213,19 @@ def test_a_wrong_time_column_fails_instead_of_skipping_everything(edge):
     assert "more than 10000 rows of 'metrics' have a time that is not a time" in msg, msg
     assert "is 'recorded_at' the right time column?" in msg, msg
     assert edge.execute("SELECT count(*) FROM metrics_5m").fetchone()[0] == 0
+
+
+def test_a_width_written_as_a_real_is_read_as_it_is(db):
+    """{"width": 300.0} is 300 seconds; 300.5 and 1e30 are refused with what
+    they are (both used to be reported as "got 0 seconds")."""
+    db.execute("CREATE TABLE s (id INTEGER PRIMARY KEY, ts INTEGER, v REAL)")
+    db.executemany("INSERT INTO s (ts, v) VALUES (?, ?)", [(t, 1.0) for t in (0, 299, 300, 901)])
+    opts = {"source": "s", "time": "ts", "width": 300.0, "target": "s_5m", "measures": {"n": "count"}}
+    assert db.execute("SELECT sluice_rollup('r', ?)", (json.dumps(opts),)).fetchone()[0] == 1
+    db.execute("SELECT sluice_rollup_run('r')")
+    assert db.execute("SELECT window_start, n FROM s_5m ORDER BY 1").fetchall() == [(0, 2), (300, 1), (900, 1)]
+    for width, shown in [(300.5, "the real 300.5"), (1e30, "the real 1000000000000000000000000000000")]:
+        opts["width"] = width
+        msg = err(db, "SELECT sluice_rollup('r', ?)", json.dumps(opts))
+        assert msg.startswith("sluice_rollup: width must be seconds") and shown in msg, msg
+        assert "0 seconds" not in msg
