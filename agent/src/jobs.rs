@@ -114,6 +114,8 @@ fn outcome(rows: i64, errors: Vec<String>, total: usize) -> LogEntry {
 pub struct JobState {
     pub cloud: Option<Cloud>,
     pub embedder: Option<Arc<embed::EmbedJob>>,
+    /// What the last embedding run did (`sluice embed --json`).
+    pub last_embed: Option<embed::EmbedReport>,
     pub metrics: Metrics,
 }
 
@@ -132,6 +134,7 @@ pub async fn embed(cfg: &Config, state: &mut JobState) -> anyhow::Result<LogEntr
         }
     };
     let r = embed::run_loaded(&job, &cfg.edge.database, &cfg.extension_path()).await?;
+    state.last_embed = Some(r.clone());
     Ok(LogEntry {
         rows: (r.embedded + r.refreshed + r.cleared) as i64,
         batches: r.batches as i64,

@@ -110,6 +110,10 @@ enum Command {
         /// (`[0.01,...]`), for `sluice.nearest` and `sluice.hybrid_search`.
         #[arg(long)]
         query: Option<String>,
+        /// Print what the run did as JSON (rows embedded, refreshed and
+        /// cleared, model calls, the model's loading time and the run's).
+        #[arg(long, conflicts_with = "query")]
+        json: bool,
     },
     /// Compare edge and cloud rows of a table by per-range checksums; exit 1 when they differ.
     Verify {
@@ -208,6 +212,41 @@ async fn one_shot(job: schedule::Job, config: &std::path::Path) -> anyhow::Resul
     Ok(job_exit(job.name(), &entry))
 }
 
+/// `sluice embed --json`: the run, recorded in the sync log, with the
+/// model's loading time apart from the run's.
+async fn embed_json(config: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let cfg = config::Config::load(config)?;
+    let ecfg = cfg
+        .embed
+        .as_ref()
+        .ok_or_else(|| anyhow::anyhow!("the config has no [embed] section"))?;
+    let edge = edge::Edge::open(&cfg).await?;
+    let mut state = jobs::JobState::default();
+    let t0 = std::time::Instant::now();
+    state.embedder = Some(embed::load_job(ecfg).await?);
+    let load_ms = t0.elapsed().as_millis() as u64;
+    let entry = jobs::run_job(
+        schedule::Job::Embed,
+        &cfg,
+        &edge,
+        &mut state,
+        &Shutdown::default(),
+    )
+    .await?;
+    let out = serde_json::json!({
+        "status": entry.status,
+        "error": entry.error,
+        "load_ms": load_ms,
+        "report": state.last_embed,
+    });
+    println!("{out}");
+    Ok(if entry.status.is_error() {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
 async fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Run { config } => {
@@ -252,6 +291,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Embed {
             config,
             query: Some(text),
+            ..
         } => {
             let cfg = config::Config::load(&config)?;
             let ecfg = cfg
@@ -266,7 +306,13 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Embed {
             config,
             query: None,
+            json: false,
         } => one_shot(schedule::Job::Embed, &config).await,
+        Command::Embed {
+            config,
+            query: None,
+            json: true,
+        } => embed_json(&config).await,
         Command::Verify {
             config,
             table,

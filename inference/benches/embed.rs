@@ -2,11 +2,12 @@
 //! Python's onnxruntime on the same model and inputs in the same run.
 //!
 //! cargo bench -p sluice-inference --bench embed -- SENTENCES_FILE [THREADS] [BATCH] [ROUNDS] [VECTORS_OUT]
-//! cargo bench -p sluice-inference --features edge --bench embed -- job SENTENCES_FILE SQLITE_EXT
+//! cargo bench -p sluice-inference --bench embed -- job SENTENCES_FILE SQLITE_EXT
 //!
-//! The `job` form measures the key-frame job on a fresh edge database (the
-//! default schema): a first run over every sentence as a key frame (model
-//! loading, embedding, writes), then a run with nothing to do (the scan).
+//! The `job` form measures the agent's key-frame job (`sluice embed --json`,
+//! built by scripts/build.sh) on a fresh edge database (the default schema):
+//! a first run over every sentence as a key frame (model loading, embedding,
+//! writes), then a run with nothing to do (the scan; model loading apart).
 //!
 //! Needs SLUICE_MODEL_DIR and SLUICE_ORT_LIB. Prints one JSON line per round
 //! (tokenization included) and one with the process's memory.
@@ -31,10 +32,7 @@ fn main() {
         .filter(|a| a != "--bench")
         .collect();
     if args.first().map(String::as_str) == Some("job") {
-        #[cfg(feature = "edge")]
         return job(&args[1], &args[2]);
-        #[cfg(not(feature = "edge"))]
-        panic!("the job benchmark needs --features edge");
     }
     let file = args
         .first()
@@ -84,15 +82,30 @@ fn main() {
     );
 }
 
-#[cfg(feature = "edge")]
+/// The key-frame job, as the agent runs it (`sluice embed --json`, the
+/// binary of `SLUICE_AGENT_BIN` or target/release/sluice): this crate only
+/// embeds; the job and its edge SQL are the agent's.
 fn job(file: &str, ext: &str) {
-    use sluice_inference::edge::{self, EmbedJobConfig};
+    let agent = std::env::var_os("SLUICE_AGENT_BIN")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/sluice")
+        });
+    assert!(
+        agent.is_file(),
+        "the agent {} is missing: run scripts/build.sh (or set SLUICE_AGENT_BIN)",
+        agent.display()
+    );
     let text = std::fs::read_to_string(file).expect("read sentences");
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("edge.db");
-    rusqlite::Connection::open(&db).unwrap();
     let ext = std::path::Path::new(ext);
-    let conn = edge::open(&db, ext, 5_000).unwrap();
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    // SAFETY: loads the extension under measurement.
+    unsafe {
+        let _guard = rusqlite::LoadExtensionGuard::new(&conn).unwrap();
+        conn.load_extension(ext, None::<&str>).unwrap();
+    }
     let schema = concat!(env!("CARGO_MANIFEST_DIR"), "/../sql/edge_schema.sql");
     conn.execute_batch(&std::fs::read_to_string(schema).unwrap())
         .unwrap();
@@ -114,15 +127,45 @@ fn job(file: &str, ext: &str) {
         )
         .unwrap()
     };
+    let model_dir = std::env::var("SLUICE_MODEL_DIR").expect("SLUICE_MODEL_DIR");
+    let ort = std::env::var("SLUICE_ORT_LIB").expect("SLUICE_ORT_LIB");
+    let config = dir.path().join("sluice.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[device]\nid = \"bench\"\n[edge]\ndatabase = \"{}\"\nextension = \"{}\"\n\
+             [cloud]\nurl = \"postgres://bench@127.0.0.1/none\"\n\
+             [embed]\nmax_rows_per_run = 1000000000\n[embed.model]\nmodel = \"{model_dir}/model.onnx\"\nonnxruntime = \"{ort}\"\n",
+            db.display(),
+            ext.display()
+        ),
+    )
+    .unwrap();
+    // One run of the agent's job: its JSON (load_ms, report.elapsed_ms, ...).
+    let run = || -> serde_json::Value {
+        let out = std::process::Command::new(&agent)
+            .args(["embed", "--json", "--config"])
+            .arg(&config)
+            .env("SLUICE_LOG", "warn")
+            .output()
+            .expect("run the agent");
+        assert!(
+            out.status.success(),
+            "sluice embed failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("sluice embed --json")
+    };
     let before = size(&conn);
-    let dir_model = std::env::var_os("SLUICE_MODEL_DIR").expect("SLUICE_MODEL_DIR");
-    let mut cfg = EmbedJobConfig::new(EmbedderConfig::for_model_dir(dir_model));
-    cfg.max_rows_per_run = usize::MAX;
-    let first = edge::run_embed(&db, ext, &cfg).unwrap();
+    let first = run();
     let growth = size(&conn) - before;
+    let embedded = first["report"]["embedded"].as_i64().unwrap();
+    // As before the job moved: model loading included in the first run.
+    let first_ms =
+        first["load_ms"].as_i64().unwrap() + first["report"]["elapsed_ms"].as_i64().unwrap();
     // A day of key frames on a busy box: copy the embedded rows (with their
     // vectors and hashes) up to 50,000, then time a run with nothing to do.
-    let n = first.embedded as i64;
+    let n = embedded;
     let copies = 50_000 / n.max(1);
     conn.execute_batch("BEGIN").unwrap();
     for k in 1..copies {
@@ -141,16 +184,20 @@ fn job(file: &str, ext: &str) {
         .unwrap();
     }
     conn.execute_batch("COMMIT").unwrap();
-    let job = edge::EmbedJob::load(&cfg).unwrap();
-    let second = job.run(&db, ext).unwrap();
-    assert_eq!(second.embedded + second.refreshed, 0);
+    // The run alone, with the model already loaded (its loading is apart).
+    let second = run();
+    let r = &second["report"];
+    assert_eq!(
+        r["embedded"].as_i64().unwrap() + r["refreshed"].as_i64().unwrap(),
+        0
+    );
     println!(
         "{{\"side\": \"job\", \"rows\": {}, \"first_run_ms\": {}, \"rows_per_second\": {:.1}, \"noop_rows\": {}, \"noop_run_ms\": {}, \"db_growth_bytes_per_row\": {:.0}}}",
-        first.embedded,
-        first.elapsed_ms,
-        first.embedded as f64 / (first.elapsed_ms as f64 / 1e3),
+        embedded,
+        first_ms,
+        embedded as f64 / (first_ms as f64 / 1e3),
         copies * n,
-        second.elapsed_ms,
-        growth as f64 / first.embedded as f64
+        r["elapsed_ms"],
+        growth as f64 / embedded as f64
     );
 }

@@ -2,7 +2,9 @@
 //!
 //! The agent turns key-frame descriptions into vectors on the box, so the
 //! cloud needs no model: the vectors travel with the key frame and land in
-//! pgvector. This crate holds everything about that and nothing about sync:
+//! pgvector. This crate turns texts into vectors and holds nothing about
+//! sync or the edge database (the agent's embedding job, `agent/src/embed.rs`,
+//! owns the edge SQL):
 //!
 //! - [`config`]: [`EmbedderConfig`], which model, which tokenizer, which
 //!   ONNX Runtime library, and how to read the model's inputs and outputs.
@@ -12,13 +14,8 @@
 //! - [`embedder`]: [`Embedder`], tokenization (`tokenizers`, padding to the
 //!   longest text of the batch, truncation at `max_length`), the ONNX session,
 //!   pooling and normalisation.
-//! - [`edge`] (feature `edge`): the key-frame embedding job against the edge
-//!   SQLite database, which the agent runs as `sluice embed` and on its
-//!   schedule.
 
 pub mod config;
-#[cfg(feature = "edge")]
-pub mod edge;
 pub mod embedder;
 pub mod error;
 pub mod runtime;

@@ -988,3 +988,52 @@ fn a_lane_waiting_for_the_edge_lock_does_not_stall_the_other_lane() {
     assert_eq!(cloud.count("division_states"), 1_000);
     assert_eq!(cloud.count("table_states"), 1_000);
 }
+
+/// `sluice embed --json` (docs/agent.md): the run's report and the model's
+/// loading time apart, recorded in the sync log like any run.
+#[test]
+fn embed_json_reports_the_run_and_the_loading_apart() {
+    let dir_model = std::env::var("SLUICE_MODEL_DIR")
+        .expect("SLUICE_MODEL_DIR is not set: run the tests through scripts/test.sh");
+    let ort = std::env::var("SLUICE_ORT_LIB")
+        .expect("SLUICE_ORT_LIB is not set: run the tests through scripts/test.sh");
+    let dir = tempfile::tempdir().unwrap();
+    let edge_path = dir.path().join("edge.db");
+    let edge = edge_db(&edge_path, true);
+    let rows: Vec<serde_json::Value> = ["a waiter carries plates", "an empty parking lot", "   "]
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            serde_json::json!({"camera_id": "cam-01", "location_id": "store-042",
+                "captured_at": iso_ms(1_795_000_000_000 + i as i64 * 60_000), "description": d})
+        })
+        .collect();
+    insert_rows(&edge, "key_frames", &rows, 100);
+    let config = write_config_with(
+        dir.path(),
+        &edge_path,
+        "postgres://nobody@127.0.0.1:1/none",
+        DEVICE,
+        1000,
+        &format!("\n[embed]\n[embed.model]\nmodel = \"{dir_model}/model.onnx\"\nonnxruntime = \"{ort}\"\n"),
+    );
+    let c = config.to_str().unwrap();
+    let first: serde_json::Value =
+        serde_json::from_str(&run_ok(&["embed", "--config", c, "--json"])).unwrap();
+    assert_eq!(first["status"], "success", "{first}");
+    assert_eq!(first["report"]["embedded"], 2, "{first}");
+    assert_eq!(first["report"]["bytes"], 2 * 1536, "{first}");
+    assert!(first["load_ms"].is_u64(), "{first}");
+    assert!(first["report"]["elapsed_ms"].is_u64(), "{first}");
+    let second: serde_json::Value =
+        serde_json::from_str(&run_ok(&["embed", "--config", c, "--json"])).unwrap();
+    assert_eq!(second["report"]["embedded"], 0, "{second}");
+    let runs: i64 = edge
+        .query_row(
+            "SELECT count(*) FROM sluice_sync_log WHERE kind = 'embed' AND status = 'success'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(runs, 2);
+}

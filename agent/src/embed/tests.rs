@@ -1,16 +1,72 @@
-//! The key-frame embedding job against a real edge database: the default
-//! schema (`sql/edge_schema.sql`) with `sluice0.so` loaded, the real model.
-//! Needs the model (scripts/setup.sh) and the built extension
-//! (scripts/build.sh; `SLUICE_SQLITE_EXT`, else target/release/sluice0.so).
-#![cfg(feature = "edge")]
-
-mod common;
+//! The embedding job's tests. The first ones are pure; the others run the
+//! job against a real edge database (the default schema,
+//! `sql/edge_schema.sql`, with `sluice0.so` loaded) and the real model: they
+//! need the model (scripts/setup.sh, then `source scripts/env.sh`) and the
+//! built extension (scripts/build.sh; `SLUICE_SQLITE_EXT`, else
+//! target/release/sluice0.so). Moved here from sluice-inference, which no
+//! longer knows the edge.
 
 use std::path::{Path, PathBuf};
 
 use rusqlite::{params, Connection};
-use sluice_inference::edge::{self, from_blob, EmbedJob, EmbedJobConfig};
-use sluice_inference::{cosine, Embedder};
+use sluice_inference::{cosine, Embedder, EmbedderConfig};
+
+use super::*;
+
+#[test]
+fn blob_round_trip_and_layout() {
+    let v = vec![1.0f32, -0.5, 0.25];
+    let b = to_blob(&v);
+    assert_eq!(b.len(), 12);
+    assert_eq!(&b[..4], &1.0f32.to_le_bytes());
+    assert_eq!(from_blob(&b).unwrap(), v);
+    assert!(from_blob(&b[..5]).is_none());
+}
+
+#[test]
+fn hash_depends_on_model_and_text() {
+    assert_eq!(text_hash("m", "a"), text_hash("m", "a"));
+    assert_ne!(text_hash("m", "a"), text_hash("m", "b"));
+    assert_ne!(text_hash("m", "a"), text_hash("n", "a"));
+    assert_ne!(text_hash("ma", ""), text_hash("m", "a"));
+}
+
+#[test]
+fn identifiers_are_quoted() {
+    assert_eq!(quote("key_frames"), "\"key_frames\"");
+    assert_eq!(quote("a\"b"), "\"a\"\"b\"");
+}
+
+#[test]
+fn the_hash_is_the_fnv_1a_of_earlier_releases() {
+    // The hashes stored in sluice_embeddings by earlier runs must stay valid.
+    assert_eq!(text_hash("m", "a"), 686_020_596_729_569_964);
+}
+
+fn required_env(name: &str) -> PathBuf {
+    match std::env::var_os(name) {
+        Some(v) if !v.is_empty() => PathBuf::from(v),
+        _ => panic!(
+            "{name} is not set: these tests run the real model. Run `bash scripts/setup.sh` once, \
+             then `source scripts/env.sh` (scripts/test.sh does both)"
+        ),
+    }
+}
+
+/// The converted all-MiniLM-L6-v2 in `$SLUICE_MODEL_DIR`, with ONNX Runtime
+/// from `$SLUICE_ORT_LIB`.
+fn minilm() -> EmbedderConfig {
+    let dir = required_env("SLUICE_MODEL_DIR");
+    let lib = required_env("SLUICE_ORT_LIB");
+    assert!(
+        dir.join("model.onnx").is_file(),
+        "{} has no model.onnx: run `bash scripts/setup.sh`",
+        dir.display()
+    );
+    let mut cfg = EmbedderConfig::for_model_dir(&dir);
+    cfg.onnxruntime = Some(lib);
+    cfg
+}
 
 fn extension() -> PathBuf {
     let p = std::env::var_os("SLUICE_SQLITE_EXT")
@@ -29,8 +85,8 @@ fn extension() -> PathBuf {
 fn edge_db(dir: &Path) -> (PathBuf, Connection) {
     let path = dir.join("edge.db");
     Connection::open(&path).unwrap();
-    let conn = edge::open(&path, &extension(), 5_000).unwrap();
-    conn.execute_batch(include_str!("../../sql/edge_schema.sql"))
+    let conn = crate::edge::open_connection(&path, &extension(), 5_000).unwrap();
+    conn.execute_batch(include_str!("../../../sql/edge_schema.sql"))
         .unwrap();
     conn.query_row("SELECT sluice_device('test-box')", [], |_| Ok(()))
         .unwrap();
@@ -94,7 +150,7 @@ fn embeds_new_changed_and_removed_descriptions_and_the_rows_sync() {
     add_frame(&conn, 4, Some("   "));
     sync_all(&conn);
 
-    let cfg = EmbedJobConfig::new(common::minilm());
+    let cfg = EmbedJobConfig::new(minilm());
     let job = EmbedJob::load(&cfg).unwrap();
     let r = job.run(&path, &ext).unwrap();
     assert_eq!((r.embedded, r.refreshed, r.cleared, r.raced), (2, 0, 0, 0));
@@ -161,12 +217,12 @@ fn a_backlog_is_worked_off_across_runs() {
             Some(&format!("Key frame number {i} of camera one.")),
         );
     }
-    let mut cfg = EmbedJobConfig::new(common::minilm());
+    let mut cfg = EmbedJobConfig::new(minilm());
     cfg.max_rows_per_run = 5;
     cfg.model.batch_size = 2;
-    let r = edge::run_embed(&path, &extension(), &cfg).unwrap();
+    let r = run_embed(&path, &extension(), &cfg).unwrap();
     assert_eq!((r.embedded, r.batches, r.more_pending), (5, 3, true));
-    let r = edge::run_embed(&path, &extension(), &cfg).unwrap();
+    let r = run_embed(&path, &extension(), &cfg).unwrap();
     assert_eq!((r.embedded, r.batches, r.more_pending), (2, 1, false));
     let missing: i64 = conn
         .query_row(
@@ -181,13 +237,13 @@ fn a_backlog_is_worked_off_across_runs() {
 #[test]
 fn errors_name_the_database_and_the_table() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = EmbedJobConfig::new(common::minilm());
-    let e = edge::run_embed(&dir.path().join("nope.db"), &extension(), &cfg).unwrap_err();
+    let cfg = EmbedJobConfig::new(minilm());
+    let e = run_embed(&dir.path().join("nope.db"), &extension(), &cfg).unwrap_err();
     assert!(format!("{e:#}").contains("nope.db"), "{e:#}");
 
     let (path, _conn) = edge_db(dir.path());
     let mut cfg = cfg;
     cfg.table = "frames".into();
-    let e = edge::run_embed(&path, &extension(), &cfg).unwrap_err();
+    let e = run_embed(&path, &extension(), &cfg).unwrap_err();
     assert!(format!("{e:#}").contains("frames"), "{e:#}");
 }
