@@ -98,21 +98,25 @@ impl Default for Metrics {
             "Job runs that did not fully succeed",
             inner.errors.clone(),
         );
-        registry.register(
-            "sluice_rows",
-            "Rows handled (sent, rolled up, embedded, deleted) by job",
-            inner.rows.clone(),
-        );
-        registry.register(
-            "sluice_batches",
-            "Batches sent (sync) or model calls (embed) by job",
-            inner.batches.clone(),
-        );
-        registry.register(
-            "sluice_bytes",
-            "Bytes sent to the cloud (sync) or written (embed) by job",
-            inner.bytes.clone(),
-        );
+        for (name, help, family) in [
+            (
+                "sluice_rows",
+                "Rows handled (sent, rolled up, embedded, deleted) by job",
+                &inner.rows,
+            ),
+            (
+                "sluice_batches",
+                "Batches sent (sync) or model calls (embed) by job",
+                &inner.batches,
+            ),
+            (
+                "sluice_bytes",
+                "Bytes sent to the cloud (sync) or written (embed) by job",
+                &inner.bytes,
+            ),
+        ] {
+            registry.register(name, help, family.clone());
+        }
         registry.register(
             "sluice_pending_rows",
             "Rows not yet acknowledged by the cloud",

@@ -161,6 +161,30 @@ impl EmbedderConfig {
         EmbedderConfig::for_model(dir.as_ref().join("model.onnx"))
     }
 
+    /// The model `scripts/setup.sh` installed, as `scripts/env.sh` names it:
+    /// `$SLUICE_MODEL_DIR` (with `model.onnx`) and ONNX Runtime from
+    /// `$SLUICE_ORT_LIB`. The error says what is missing and how to get it.
+    pub fn from_setup_env() -> Result<EmbedderConfig, String> {
+        let var = |name: &str| match std::env::var_os(name) {
+            Some(v) if !v.is_empty() => Ok(PathBuf::from(v)),
+            _ => Err(format!(
+                "{name} is not set: run `bash scripts/setup.sh` once, then \
+                 `source scripts/env.sh` (scripts/test.sh does both)"
+            )),
+        };
+        let dir = var("SLUICE_MODEL_DIR")?;
+        let lib = var(ORT_LIB_ENV)?;
+        if !dir.join("model.onnx").is_file() {
+            return Err(format!(
+                "{} has no model.onnx: run `bash scripts/setup.sh`",
+                dir.display()
+            ));
+        }
+        let mut cfg = EmbedderConfig::for_model_dir(&dir);
+        cfg.onnxruntime = Some(lib);
+        Ok(cfg)
+    }
+
     /// The tokenizer file: as configured, else next to the model.
     pub fn tokenizer_path(&self) -> PathBuf {
         match &self.tokenizer {

@@ -1,0 +1,163 @@
+//! The configuration: defaults, validation, and that the example file and
+//! the docs hold exactly the defaults.
+
+use super::*;
+
+const MINIMAL: &str = r#"
+    [device]
+    id = "box-1"
+    [edge]
+    database = "edge.db"
+    [cloud]
+    url = "postgres://device@127.0.0.1:5432/cloud"
+"#;
+
+#[test]
+fn minimal_config_gets_defaults() {
+    let cfg = Config::parse(MINIMAL).unwrap();
+    assert_eq!(cfg.sync.batch_rows, DEFAULT_BATCH_ROWS);
+    assert_eq!(cfg.sync.max_attempts, DEFAULT_MAX_ATTEMPTS);
+    assert_eq!(cfg.edge.busy_timeout_ms, DEFAULT_BUSY_TIMEOUT_MS);
+    assert_eq!(cfg.sync.order, DrainOrder::Oldest);
+    assert_eq!(cfg.sync.hourly_window_secs, DEFAULT_HOURLY_WINDOW_SECS);
+}
+
+#[test]
+fn a_device_id_with_a_control_character_is_refused() {
+    // The rule of sluice_wire::check_device_id, which the extensions use too.
+    let err = format!(
+        "{:#}",
+        Config::parse(&MINIMAL.replace("box-1", "box\\u0007-1")).unwrap_err()
+    );
+    assert!(
+        err.contains("device.id") && err.contains("control characters"),
+        "{err}"
+    );
+    let long = "x".repeat(sluice_wire::MAX_DEVICE_ID_CHARS + 1);
+    let err = format!(
+        "{:#}",
+        Config::parse(&MINIMAL.replace("box-1", &long)).unwrap_err()
+    );
+    assert!(err.contains("device.id"), "{err}");
+    let longest = "x".repeat(sluice_wire::MAX_DEVICE_ID_CHARS);
+    assert!(Config::parse(&MINIMAL.replace("box-1", &longest)).is_ok());
+}
+
+#[test]
+fn drain_order_is_oldest_or_newest() {
+    let cfg = Config::parse(&format!("{MINIMAL}\n[sync]\norder = \"newest\"")).unwrap();
+    assert_eq!(cfg.sync.order, DrainOrder::Newest);
+    let err = format!(
+        "{:#}",
+        Config::parse(&format!("{MINIMAL}\n[sync]\norder = \"sideways\"")).unwrap_err()
+    );
+    assert!(err.contains("order") && err.contains("sideways"), "{err}");
+}
+
+#[test]
+fn a_password_in_the_url_is_refused() {
+    for url in [
+        "postgres://device:secret@host/db",
+        "postgresql://device:secret@host:5432/db?sslmode=require",
+        "postgres://device@host/db?password=secret",
+        "host=h user=u password=secret",
+    ] {
+        let text = MINIMAL.replace("postgres://device@127.0.0.1:5432/cloud", url);
+        let err = Config::parse(&text).unwrap_err().to_string();
+        assert!(err.contains("must not contain a password"), "{url}: {err}");
+        assert!(
+            !err.contains("secret"),
+            "the error must not echo the secret"
+        );
+    }
+}
+
+#[test]
+fn unknown_fields_and_bad_values_name_the_field() {
+    let err = format!(
+        "{:#}",
+        Config::parse(&format!("{MINIMAL}\n[sync]\nbatch_rowz = 5")).unwrap_err()
+    );
+    assert!(err.contains("batch_rowz"), "{err}");
+    let err = Config::parse(&format!("{MINIMAL}\n[sync]\nbatch_rows = 0"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("sync.batch_rows"), "{err}");
+    let err = Config::parse(&MINIMAL.replace("box-1", ""))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("device.id"), "{err}");
+}
+
+#[test]
+fn schedule_defaults_and_errors() {
+    let cfg = Config::parse(MINIMAL).unwrap();
+    assert_eq!(cfg.schedule.entries().unwrap().len(), 6);
+    let err = Config::parse(&format!("{MINIMAL}\n[schedule]\nsync = \"hourly\""))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("schedule.sync"), "{err}");
+    let cfg = Config::parse(&format!("{MINIMAL}\n[schedule]\nembed = \"off\"")).unwrap();
+    assert_eq!(cfg.schedule.entries().unwrap().len(), 5);
+}
+
+#[test]
+fn the_example_config_is_valid_and_complete() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/sluice.example.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let cfg = Config::parse(&text).unwrap();
+    assert_eq!(cfg.sync.batch_rows, DEFAULT_BATCH_ROWS);
+    assert_eq!(cfg.schedule.full_sync, DEFAULT_FULL_SYNC_CRON);
+    assert_eq!(cfg.cleanup.keep, DEFAULT_CLEANUP_KEEP);
+    assert_eq!(cfg.sync.hourly_window_secs, DEFAULT_HOURLY_WINDOW_SECS);
+    assert_eq!(cfg.sync.order, DrainOrder::Oldest);
+    // Every value the example writes out is the default it stands for:
+    // the defaults are written once, in this file.
+    let d = Config::parse(MINIMAL).unwrap();
+    assert_eq!(format!("{:?}", cfg.schedule), format!("{:?}", d.schedule));
+    assert_eq!(cfg.cleanup.keep, d.cleanup.keep);
+    let sync_fields = |s: &SyncConfig| {
+        (
+            s.batch_rows,
+            s.max_attempts,
+            s.backoff_initial_ms,
+            s.backoff_max_ms,
+            s.bandwidth_bytes_per_sec,
+            s.max_run_secs,
+            s.concurrency,
+            s.order,
+            s.hourly_window_secs,
+        )
+    };
+    assert_eq!(sync_fields(&cfg.sync), sync_fields(&d.sync));
+    assert_eq!(cfg.edge.busy_timeout_ms, d.edge.busy_timeout_ms);
+    assert_eq!(cfg.cloud.connect_timeout_secs, d.cloud.connect_timeout_secs);
+    assert_eq!(cfg.cloud.tls, d.cloud.tls);
+}
+
+#[test]
+fn the_schedule_table_of_docs_agent_md_quotes_the_defaults() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/agent.md");
+    let doc = std::fs::read_to_string(path).unwrap();
+    let d = ScheduleConfig::default();
+    for (job, cron) in [
+        ("rollup", &d.rollup),
+        ("embed", &d.embed),
+        ("sync", &d.sync),
+        ("full_sync", &d.full_sync),
+        ("cleanup", &d.cleanup),
+        ("budget", &d.budget),
+    ] {
+        let row = format!("| `{job}` | `{cron}` |");
+        assert!(doc.contains(&row), "docs/agent.md has no row {row}");
+    }
+}
+
+#[test]
+fn relative_paths_follow_the_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sluice.toml");
+    std::fs::write(&path, MINIMAL).unwrap();
+    let cfg = Config::load(&path).unwrap();
+    assert_eq!(cfg.edge.database, dir.path().join("edge.db"));
+}
