@@ -7,10 +7,11 @@
 
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
+use sluice_pgsql::ledger::sent_at_ms;
 use sluice_pgsql::plan::{BatchColumns, CatalogColumn, ColumnPlan, PlanError, CATALOG_COLUMNS_SQL};
 use sluice_pgsql::sqlgen;
 use sluice_pgsql::{Param, SqlState};
-use sluice_wire::{decode, decode_header, Batch, BatchId, WireError};
+use sluice_wire::{decode, decode_header, Batch, BatchId};
 
 use crate::error::{Result, SluiceError};
 use crate::register::{registration, Registration};
@@ -26,27 +27,11 @@ pub struct Outcome {
     pub replay: bool,
 }
 
-/// The SQLSTATE of a batch that does not decode.
-pub fn wire_error_code(e: &WireError) -> PgSqlErrorCode {
-    match e {
-        WireError::UnsupportedVersion { .. }
-        | WireError::TooLarge { .. }
-        | WireError::Invalid { .. } => PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
-        _ => PgSqlErrorCode::ERRCODE_DATA_CORRUPTED,
-    }
-}
-
-/// Send times outside what `timestamptz` holds (a clock gone mad) are stored as NULL.
-fn sent_at_ms(ms: i64) -> Option<i64> {
-    // 9999-12-31T23:59:59.999Z; PostgreSQL goes further but the clock is wrong by then.
-    const MAX_MS: i64 = 253_402_300_799_999;
-    (ms.abs() <= MAX_MS).then_some(ms)
-}
-
 pub fn ingest(bytes: &[u8]) -> Result<Outcome> {
     // The header (with the checksum over the whole batch) is enough to claim
     // the identity, so a replay costs a ledger lookup, not a decompression.
-    let header = decode_header(bytes).map_err(|e| SluiceError::ingest(wire_error_code(&e), e))?;
+    let header = decode_header(bytes)
+        .map_err(|e| SluiceError::ingest(sqlstate(SqlState::of_wire_error(&e)), e))?;
     let h = &header;
     let id = h.id();
     // decode_header verified the CRC-32C stored in the last four bytes.
@@ -105,7 +90,8 @@ pub fn ingest(bytes: &[u8]) -> Result<Outcome> {
         }
 
         // 3. The rows, then registration and schema check.
-        let batch = decode(bytes).map_err(|e| SluiceError::ingest(wire_error_code(&e), e))?;
+        let batch = decode(bytes)
+            .map_err(|e| SluiceError::ingest(sqlstate(SqlState::of_wire_error(&e)), e))?;
         let reg = registration(client, &h.table)?;
         tenancy::check_rows(client, &caller, &batch, &id, &reg)?;
         let plan = plan_columns(client, &batch, &id, &reg)?;

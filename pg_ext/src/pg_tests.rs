@@ -292,6 +292,39 @@ mod tests {
         assert_eq!(count("SELECT batches FROM sluice.devices"), 1);
     }
 
+    /// A send time no clock gives, the extremes of i64 included, is stored
+    /// as NULL and the batch applied (`abs()` of i64::MIN overflowed).
+    #[pg_test]
+    fn a_mad_clock_is_stored_as_null() {
+        setup_readings("last_writer_wins");
+        for (version, sent_at_ms) in [(1, i64::MIN), (2, i64::MAX)] {
+            let b = make_batch(
+                "dev-a",
+                "readings",
+                reading_columns(),
+                vec![(version, reading(version, "IDLE"))],
+            );
+            let mut batch = sluice_wire::decode(&b).unwrap();
+            batch.header.sent_at_ms = sent_at_ms;
+            let b = encode(
+                &batch.header,
+                &batch.versions,
+                &batch.columns,
+                EncodeOptions::default(),
+            )
+            .unwrap();
+            assert_eq!(ingest(&b), (1, 0, 0, false), "sent at {sent_at_ms}");
+        }
+        assert_eq!(
+            count("SELECT count(*) FROM sluice.batches WHERE sent_at IS NULL"),
+            2
+        );
+        assert_eq!(
+            text("SELECT coalesce(clock_skew_ms::text, 'NULL') FROM sluice.devices"),
+            "NULL"
+        );
+    }
+
     #[pg_test]
     fn damaged_or_unmappable_batches_apply_nothing() {
         setup_readings("last_writer_wins");

@@ -11,6 +11,7 @@
 //!   text), with the edge's float32 vectors and Unix times.
 //! - [`plan`]: the column plan of a batch against its target table (the
 //!   catalog query, the checks, the parameters) and the shape of its keys.
+//! - [`ledger`]: what the ledger records of a batch besides its identity.
 //! - [`registration`]: the arguments of `sluice.register_table`.
 //! - [`sqlstate`]: the [`SqlState`] every error carries, which the caller
 //!   raises it with.
@@ -26,6 +27,7 @@
 #![warn(missing_docs)]
 
 pub mod convert;
+pub mod ledger;
 pub mod plan;
 pub mod registration;
 pub mod sqlgen;

@@ -3,6 +3,8 @@
 
 use std::fmt;
 
+use sluice_wire::WireError;
+
 /// The SQLSTATE of an error of this crate: what the extension raises it
 /// with, and what a client sees.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -28,6 +30,18 @@ pub enum SqlState {
 }
 
 impl SqlState {
+    /// The SQLSTATE of a batch that does not decode: `22023` for what a
+    /// sender can mend (a format version, a size, a value it should not
+    /// send), `XX001` for damaged bytes.
+    pub fn of_wire_error(e: &WireError) -> SqlState {
+        match e {
+            WireError::UnsupportedVersion { .. }
+            | WireError::TooLarge { .. }
+            | WireError::Invalid { .. } => SqlState::InvalidParameterValue,
+            _ => SqlState::DataCorrupted,
+        }
+    }
+
     /// The five characters of the SQLSTATE.
     pub fn code(self) -> &'static str {
         match self {
@@ -47,5 +61,25 @@ impl SqlState {
 impl fmt::Display for SqlState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.code())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn undecodable_batches_are_mendable_or_damaged() {
+        let mendable = WireError::Invalid {
+            what: "a column name".into(),
+        };
+        assert_eq!(
+            SqlState::of_wire_error(&mendable),
+            SqlState::InvalidParameterValue
+        );
+        assert_eq!(
+            SqlState::of_wire_error(&WireError::BadMagic),
+            SqlState::DataCorrupted
+        );
     }
 }
