@@ -11,24 +11,10 @@
 //! whatever the batch's size, and ranges stay few: consecutive newest-first
 //! batches are adjacent and merge into one.
 
-use rusqlite::{params, Connection};
+use rusqlite::Connection;
 
-use crate::bookkeeping::Table;
-use crate::Res;
-
-/// The acknowledged ranges `(lo, hi]` of `tbl` that reach above `from`,
-/// in order. Empty when the table of ranges does not exist (a database
-/// tracked before ranges existed, never drained newest first).
-pub fn ranges_above(conn: &Connection, tbl: &str, from: i64) -> Res<Vec<(i64, i64)>> {
-    if !Table::AckedRanges.exists(conn)? {
-        return Ok(Vec::new());
-    }
-    let mut stmt = conn.prepare(
-        "SELECT lo, hi FROM main.sluice_acked_ranges WHERE tbl = ?1 AND hi > ?2 ORDER BY lo",
-    )?;
-    let rows = stmt.query_map(params![tbl, from], |r| Ok((r.get(0)?, r.get(1)?)))?;
-    Ok(rows.collect::<Result<_, _>>()?)
-}
+use crate::bookkeeping::ranges;
+use crate::glue::Res;
 
 /// The pending intervals `(lo, hi]` of sequence numbers above `from`: the
 /// gaps between the acknowledged ranges, in order; the last one is open
@@ -63,7 +49,7 @@ pub enum Acked {
 
 /// Records the acknowledgement of `(base, last]` of `tbl` whose watermark is
 /// `watermark` and whose ranges above it are `ranges` (from
-/// [`ranges_above`]). Call inside the acknowledgement's transaction.
+/// [`ranges::above`]). Call inside the acknowledgement's transaction.
 pub fn record(
     conn: &Connection,
     tbl: &str,
@@ -77,10 +63,7 @@ pub fn record(
         // now reaches (a range may reach further than the batch).
         let wm = advance(ranges, last.max(watermark));
         if ranges.iter().any(|&(lo, _)| lo <= wm) {
-            conn.execute(
-                "DELETE FROM main.sluice_acked_ranges WHERE tbl = ?1 AND lo <= ?2",
-                params![tbl, wm],
-            )?;
+            ranges::forget_upto(conn, tbl, wm)?;
         }
         return Ok(Acked::Watermark(wm));
     }
@@ -96,16 +79,7 @@ pub fn record(
         .filter(touching)
         .map(|r| r.1)
         .fold(last, i64::max);
-    // A database from before ranges existed gets the table here.
-    crate::bookkeeping::ensure(conn)?;
-    conn.execute(
-        "DELETE FROM main.sluice_acked_ranges WHERE tbl = ?1 AND lo <= ?3 AND hi >= ?2",
-        params![tbl, lo, hi],
-    )?;
-    conn.execute(
-        "INSERT INTO main.sluice_acked_ranges (tbl, lo, hi) VALUES (?1, ?2, ?3)",
-        params![tbl, lo, hi],
-    )?;
+    ranges::replace(conn, tbl, lo, hi)?;
     Ok(Acked::Range)
 }
 

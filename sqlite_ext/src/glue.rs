@@ -6,6 +6,7 @@ use std::fmt;
 
 use rusqlite::functions::Context;
 use rusqlite::types::{Value, ValueRef};
+use rusqlite::Connection;
 
 /// A failure inside a function, without the `sluice_<fn>: ` prefix that
 /// [`finish`] adds.
@@ -151,3 +152,32 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// An aggregate's error: `name: message`, as SQLite shows it.
+pub fn agg_err(name: &str, m: impl Into<String>) -> rusqlite::Error {
+    let m: String = m.into();
+    rusqlite::Error::UserFunctionError(Box::new(Fail(format!(
+        "{name}: {}",
+        m.replace('\0', "\\0")
+    ))))
+}
+
+/// Runs `f` inside a savepoint: all of its writes, or none.
+pub fn atomic<T>(conn: &Connection, name: &str, f: impl FnOnce() -> Res<T>) -> Res<T> {
+    conn.execute_batch(&format!("SAVEPOINT {name}"))?;
+    let rollback = || {
+        let _ = conn.execute_batch(&format!("ROLLBACK TO {name}; RELEASE {name}"));
+    };
+    match f() {
+        Ok(v) => match conn.execute_batch(&format!("RELEASE {name}")) {
+            Ok(()) => Ok(v),
+            Err(e) => {
+                rollback();
+                Err(e.into())
+            }
+        },
+        Err(e) => {
+            rollback();
+            Err(e)
+        }
+    }
+}

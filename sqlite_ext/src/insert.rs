@@ -27,12 +27,12 @@ use rusqlite::functions::Context;
 use rusqlite::types::Value;
 use rusqlite::Connection;
 
+use crate::glue::{arg_text, connection, finish, Fail, Res};
 use crate::insert_cache::{slot_for, Cache, InsertKey};
-use crate::options::quote_ident;
 use crate::raw_stmt::{Db, RawStmt};
 use crate::rows::{check_cell, parse_rows, Cell, RowSink};
 use crate::schema::{table_info, TableInfo};
-use crate::{arg_text, connection, finish, Fail, Res};
+use sluice_wire::names::quote_ident;
 
 /// `sluice_insert(table TEXT, rows TEXT) -> INTEGER` rows inserted.
 pub fn sluice_insert(ctx: &Context<'_>) -> rusqlite::Result<Value> {

@@ -1,28 +1,28 @@
 //! `sluice0.so`: the SQLite loadable extension of sluice. Loaded into any
 //! SQLite client (`.load ./sluice0`, Python's `load_extension`, rusqlite), it
 //! adds the edge half of the sync protocol (`docs/sync-protocol.md`) and a
-//! fast batched insert. Every SQL function is documented in `docs/sqlite.md`.
+//! fast batched insert. Every SQL function is documented in `docs/sqlite.md`;
+//! the layers and which way imports go are in `docs/architecture.md`.
 //!
-//! - this file holds the entry point `sqlite3_sluice_init`, the one list of SQL
-//!   functions ([`FUNCTIONS`]), `sluice_version`/`sluice_debug`, and the glue
-//!   every function shares (argument checks, error messages);
-//! - [`rows`] is the streaming parser of `sluice_insert`'s JSON rows (pure);
-//! - [`options`] parses `sluice_track` options, `sluice_cleanup` durations,
-//!   and quotes identifiers (pure);
-//! - [`schema`] reads a table's columns and keeps the bookkeeping tables;
-//! - [`insert`] is `sluice_insert`;
-//! - [`sync`] holds `sluice_device`, `sluice_track`, `sluice_batch`, `sluice_ack`,
-//!   `sluice_pending`, `sluice_cleanup`; [`tracked`] is `sluice_tracked`, the
-//!   public view of the registrations; [`acked`] keeps the acknowledged
-//!   ranges above the watermark (newest-first draining);
-//! - [`window`] is window aggregation: `sluice_bucket`, `sluice_percentile`,
-//!   and the quantile sketch functions (over `sluice_wire::sketch`);
-//! - [`rollup`] is `sluice_rollup` and `sluice_rollup_run` (registered,
-//!   incremental time-window rollups);
-//! - [`buffer`] is the bounded local buffer: `sluice_enforce_budget`, the
-//!   drop log and the status views (`sluice_status`, `sluice_pending_age`);
-//! - [`pack`] is `sluice_compress`/`sluice_decompress` and the packing
-//!   aggregate `sluice_pack` with `sluice_unpack`;
+//! This file only registers: the entry point `sqlite3_sluice_init` and the
+//! one table of SQL functions, scalar, aggregate and window ([`FUNCTIONS`]).
+//! Below it, each module imports only from the layers under it:
+//!
+//! - the SQL functions: [`about`] (`sluice_version`, `sluice_debug`),
+//!   [`track`] (`sluice_device`, `sluice_track`), [`batch`], [`ack`]
+//!   (`sluice_ack`, `sluice_pending`, `sluice_cleanup`), [`tracked`],
+//!   [`status`] (`sluice_pending_age`), [`insert`] (with [`rows`],
+//!   [`insert_cache`], [`raw_stmt`]), [`window`] (`sluice_bucket`,
+//!   percentiles, sketches), [`pack`], [`rollup`], [`budget`]
+//!   (`sluice_enforce_budget`);
+//! - the policies they share: [`seal`] (which raw rows of a rollup source may
+//!   go, and the windows that are sealed), [`rollup_spec`] (a rollup's
+//!   declaration), [`sequence`] (the sequence column of a tracked table),
+//!   [`acked`] (acknowledged ranges above the watermark);
+//! - the database: [`bookkeeping`] (every `sluice_*` table: DDL, versioned
+//!   upgrades, typed accessors) and [`schema`] (the user's tables);
+//! - pure: [`time`], [`options`], and [`glue`] (errors, arguments, the
+//!   savepoint, the clock).
 //!
 //! No panic may cross into the host: the crate denies `unwrap`, `expect` and
 //! `panic!`, and every bad input becomes an SQLite error
@@ -30,19 +30,27 @@
 
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod about;
+pub mod ack;
 pub mod acked;
+pub mod batch;
 pub mod bookkeeping;
+pub mod budget;
 pub mod glue;
-pub mod buffer;
 pub mod insert;
 pub mod insert_cache;
 pub mod options;
 pub mod pack;
 pub mod raw_stmt;
 pub mod rollup;
+pub mod rollup_spec;
 pub mod rows;
 pub mod schema;
-pub mod sync;
+pub mod seal;
+pub mod sequence;
+pub mod status;
+pub mod time;
+pub mod track;
 pub mod tracked;
 pub mod window;
 
@@ -53,13 +61,23 @@ use rusqlite::functions::{Context, FunctionFlags};
 use rusqlite::types::Value;
 use rusqlite::Connection;
 
-pub use glue::{
-    arg_blob, arg_int, arg_opt_text, arg_raw, arg_text, connection, describe_value, finish,
-    now_ms, sqlite_message, Fail, Res,
-};
+// `insert.rs` names this one by its old path in its body.
+pub(crate) use glue::describe_value;
 
-/// The signature of every SQL function of the extension.
+/// The signature of every scalar SQL function of the extension.
 pub type SqlFn = fn(&Context<'_>) -> rusqlite::Result<Value>;
+
+/// Registers an aggregate or window function (their implementations are
+/// types, so each is registered by a function of its own).
+pub type RegisterFn = fn(&Connection, &'static str, c_int, FunctionFlags) -> rusqlite::Result<()>;
+
+/// How a function is implemented.
+#[derive(Clone, Copy)]
+pub enum Imp {
+    Scalar(SqlFn),
+    Aggregate(RegisterFn),
+    Window(RegisterFn),
+}
 
 const UTF8: FunctionFlags = FunctionFlags::SQLITE_UTF8;
 /// Pure: same arguments, same result; innocuous, so views and triggers may
@@ -74,60 +92,101 @@ const READS: FunctionFlags = UTF8.union(FunctionFlags::SQLITE_INNOCUOUS);
 /// or trigger.
 const WRITES: FunctionFlags = UTF8.union(FunctionFlags::SQLITE_DIRECTONLY);
 
-/// Every SQL function: name, number of arguments, flags, implementation.
-pub const FUNCTIONS: &[(&str, c_int, FunctionFlags, SqlFn)] = &[
-    ("sluice_version", 0, PURE, sluice_version),
-    ("sluice_debug", 0, READS, sluice_debug),
-    ("sluice_device", 0, READS, sync::sluice_device),
-    ("sluice_device", 1, WRITES, sync::sluice_device),
-    ("sluice_insert", 2, WRITES, insert::sluice_insert),
-    ("sluice_track", 1, WRITES, sync::sluice_track),
-    ("sluice_track", 2, WRITES, sync::sluice_track),
-    ("sluice_batch", 1, READS, sync::sluice_batch),
-    ("sluice_batch", 2, READS, sync::sluice_batch),
-    ("sluice_batch", 3, READS, sync::sluice_batch),
-    ("sluice_ack", 1, WRITES, sync::sluice_ack),
-    ("sluice_pending", 1, READS, sync::sluice_pending),
-    ("sluice_tracked", 0, READS, tracked::sluice_tracked),
-    ("sluice_tracked", 1, READS, tracked::sluice_tracked),
-    ("sluice_cleanup", 2, WRITES, sync::sluice_cleanup),
-    ("sluice_bucket", 2, PURE, window::sluice_bucket),
+use Imp::{Aggregate, Scalar, Window};
+
+/// Every SQL function: name, number of arguments (-1: any), flags,
+/// implementation.
+pub const FUNCTIONS: &[(&str, c_int, FunctionFlags, Imp)] = &[
+    ("sluice_version", 0, PURE, Scalar(about::sluice_version)),
+    ("sluice_debug", 0, READS, Scalar(about::sluice_debug)),
+    ("sluice_device", 0, READS, Scalar(track::sluice_device)),
+    ("sluice_device", 1, WRITES, Scalar(track::sluice_device)),
+    ("sluice_insert", 2, WRITES, Scalar(insert::sluice_insert)),
+    ("sluice_track", 1, WRITES, Scalar(track::sluice_track)),
+    ("sluice_track", 2, WRITES, Scalar(track::sluice_track)),
+    ("sluice_batch", 1, READS, Scalar(batch::sluice_batch)),
+    ("sluice_batch", 2, READS, Scalar(batch::sluice_batch)),
+    ("sluice_batch", 3, READS, Scalar(batch::sluice_batch)),
+    ("sluice_ack", 1, WRITES, Scalar(ack::sluice_ack)),
+    ("sluice_pending", 1, READS, Scalar(ack::sluice_pending)),
+    ("sluice_tracked", 0, READS, Scalar(tracked::sluice_tracked)),
+    ("sluice_tracked", 1, READS, Scalar(tracked::sluice_tracked)),
+    ("sluice_cleanup", 2, WRITES, Scalar(ack::sluice_cleanup)),
+    ("sluice_bucket", 2, PURE, Scalar(window::sluice_bucket)),
     (
         "sluice_sketch_quantile",
         2,
         PURE,
-        window::sluice_sketch_quantile,
+        Scalar(window::sluice_sketch_quantile),
     ),
-    ("sluice_compress", 1, PURE, pack::sluice_compress),
-    ("sluice_compress", 2, PURE, pack::sluice_compress),
-    ("sluice_decompress", 1, PURE, pack::sluice_decompress),
-    ("sluice_unpack", 1, PURE, pack::sluice_unpack),
-    ("sluice_rollup", 2, WRITES, rollup::sluice_rollup),
-    ("sluice_rollup_run", 0, WRITES, rollup::sluice_rollup_run),
-    ("sluice_rollup_run", 1, WRITES, rollup::sluice_rollup_run),
+    (
+        "sluice_sketch",
+        1,
+        PURE,
+        Aggregate(|db, name, n, flags| {
+            db.create_aggregate_function(name, n, flags, window::SketchAgg)
+        }),
+    ),
+    (
+        "sluice_sketch_merge",
+        1,
+        PURE,
+        Aggregate(|db, name, n, flags| {
+            db.create_aggregate_function(name, n, flags, window::SketchMerge)
+        }),
+    ),
+    (
+        "sluice_percentile",
+        2,
+        PURE,
+        Window(|db, name, n, flags| db.create_window_function(name, n, flags, window::Percentile)),
+    ),
+    ("sluice_compress", 1, PURE, Scalar(pack::sluice_compress)),
+    ("sluice_compress", 2, PURE, Scalar(pack::sluice_compress)),
+    (
+        "sluice_decompress",
+        1,
+        PURE,
+        Scalar(pack::sluice_decompress),
+    ),
+    (
+        "sluice_pack",
+        -1,
+        PURE,
+        Aggregate(|db, name, n, flags| db.create_aggregate_function(name, n, flags, pack::Pack)),
+    ),
+    ("sluice_unpack", 1, PURE, Scalar(pack::sluice_unpack)),
+    ("sluice_rollup", 2, WRITES, Scalar(rollup::sluice_rollup)),
+    (
+        "sluice_rollup_run",
+        0,
+        WRITES,
+        Scalar(rollup::sluice_rollup_run),
+    ),
+    (
+        "sluice_rollup_run",
+        1,
+        WRITES,
+        Scalar(rollup::sluice_rollup_run),
+    ),
     (
         "sluice_enforce_budget",
         1,
         WRITES,
-        buffer::sluice_enforce_budget,
+        Scalar(budget::sluice_enforce_budget),
     ),
     (
         "sluice_enforce_budget",
         2,
         WRITES,
-        buffer::sluice_enforce_budget,
+        Scalar(budget::sluice_enforce_budget),
     ),
-    ("sluice_pending_age", 1, READS, buffer::sluice_pending_age),
-];
-
-/// The aggregate functions (all pure), registered after [`FUNCTIONS`]:
-/// `sluice_sketch(x)`, `sluice_sketch_merge(sketch)`, `sluice_pack(...)`;
-/// and the window function `sluice_percentile(x, p)`.
-pub const AGGREGATES: &[(&str, c_int)] = &[
-    ("sluice_sketch", 1),
-    ("sluice_sketch_merge", 1),
-    ("sluice_pack", -1),
-    ("sluice_percentile", 2),
+    (
+        "sluice_pending_age",
+        1,
+        READS,
+        Scalar(status::sluice_pending_age),
+    ),
 ];
 
 /// Entry point; SQLite derives its name from the file name `sluice0.so`.
@@ -145,37 +204,15 @@ pub unsafe extern "C" fn sqlite3_sluice_init(
 
 fn init(db: Connection) -> rusqlite::Result<bool> {
     options::check_sqlite_version(rusqlite::version_number())
-        .map_err(|m| rusqlite::Error::UserFunctionError(Box::new(Fail(m))))?;
-    for &(name, n_arg, flags, f) in FUNCTIONS {
-        db.create_scalar_function(name, n_arg, flags, f)?;
+        .map_err(|m| rusqlite::Error::UserFunctionError(Box::new(glue::Fail(m))))?;
+    for &(name, n_arg, flags, imp) in FUNCTIONS {
+        match imp {
+            Scalar(f) => db.create_scalar_function(name, n_arg, flags, f)?,
+            Aggregate(register) | Window(register) => register(&db, name, n_arg, flags)?,
+        }
     }
-    db.create_aggregate_function("sluice_sketch", 1, PURE, window::SketchAgg)?;
-    db.create_aggregate_function("sluice_sketch_merge", 1, PURE, window::SketchMerge)?;
-    db.create_aggregate_function("sluice_pack", -1, PURE, pack::Pack)?;
-    db.create_window_function("sluice_percentile", 2, PURE, window::Percentile)?;
     insert_cache::register(&db)?;
     Ok(false)
-}
-
-/// `sluice_version()`: `v` + the crate version.
-pub fn sluice_version(_ctx: &Context<'_>) -> rusqlite::Result<Value> {
-    Ok(Value::Text(version_string()))
-}
-
-pub fn version_string() -> String {
-    format!("v{}", env!("CARGO_PKG_VERSION"))
-}
-
-/// `sluice_debug()`: version, git commit, SQLite runtime version and build
-/// profile, as a JSON object.
-pub fn sluice_debug(_ctx: &Context<'_>) -> rusqlite::Result<Value> {
-    let v = serde_json::json!({
-        "version": version_string(),
-        "commit": env!("SLUICE_GIT_COMMIT"),
-        "sqlite": rusqlite::version(),
-        "profile": env!("SLUICE_BUILD_PROFILE"),
-    });
-    Ok(Value::Text(v.to_string()))
 }
 
 #[cfg(test)]
@@ -185,6 +222,15 @@ mod tests {
 
     #[test]
     fn one_list_of_functions_with_distinct_signatures() {
+        let kinds = |k: &Imp| match k {
+            Imp::Scalar(_) => "scalar",
+            Imp::Aggregate(_) => "aggregate",
+            Imp::Window(_) => "window",
+        };
+        assert_eq!(
+            FUNCTIONS.iter().filter(|f| kinds(&f.3) != "scalar").count(),
+            4
+        );
         let mut seen = std::collections::HashSet::new();
         for (name, n, flags, _) in FUNCTIONS {
             assert!(name.starts_with("sluice_"), "{name}");
@@ -205,17 +251,16 @@ mod tests {
                         "sluice_sketch_quantile",
                         "sluice_compress",
                         "sluice_decompress",
-                        "sluice_unpack"
+                        "sluice_unpack",
+                        "sluice_sketch",
+                        "sluice_sketch_merge",
+                        "sluice_pack",
+                        "sluice_percentile"
                     ]
                     .contains(name),
                     "{name}"
                 );
             }
         }
-    }
-
-    #[test]
-    fn version_has_a_v() {
-        assert_eq!(version_string(), format!("v{}", env!("CARGO_PKG_VERSION")));
     }
 }

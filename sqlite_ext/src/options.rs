@@ -1,8 +1,11 @@
-//! Pure parsing of user arguments: `sluice_track` options, `sluice_cleanup`
-//! durations, SQL identifier quoting. No SQLite here, so it is unit-tested
-//! with plain `cargo test`.
+//! Pure parsing of user arguments: `sluice_track` and `sluice_batch`
+//! options, `sluice_cleanup` durations, the SQLite version check. No SQLite
+//! here, so it is unit-tested with plain `cargo test`. Identifier quoting,
+//! the device-id check and [`DrainOrder`] are `sluice_wire::names`, shared
+//! with the agent and the cloud.
 
 use serde_json::Value as Json;
+use sluice_wire::names::DrainOrder;
 
 /// Options of `sluice_track`. A field left out of the JSON is `None`: on a
 /// first track it takes its default, on a re-track it keeps its stored value.
@@ -68,19 +71,6 @@ pub fn parse_track_options(text: &str) -> Result<TrackOptions, String> {
     Ok(o)
 }
 
-/// Which pending rows `sluice_batch` takes first.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum DrainOrder {
-    /// Lowest sequence numbers first (the default): the watermark advances
-    /// with every acknowledgement.
-    #[default]
-    Oldest,
-    /// Highest sequence numbers first: after an outage the freshest data
-    /// reaches the cloud first; acknowledgements are kept as ranges above
-    /// the watermark until the gap below them is filled.
-    Newest,
-}
-
 /// Options of `sluice_batch`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct BatchOptions {
@@ -108,13 +98,9 @@ pub fn parse_batch_options(text: &str) -> Result<BatchOptions, String> {
         match k.as_str() {
             "order" => {
                 o.order = match v {
-                    Json::String(s) if s.eq_ignore_ascii_case("oldest") => DrainOrder::Oldest,
-                    Json::String(s) if s.eq_ignore_ascii_case("newest") => DrainOrder::Newest,
-                    Json::String(s) => {
-                        return Err(format!(
-                            "option 'order' must be \"oldest\" or \"newest\", got \"{s}\""
-                        ))
-                    }
+                    Json::String(s) => s.parse::<DrainOrder>().map_err(|_| {
+                        format!("option 'order' must be \"oldest\" or \"newest\", got \"{s}\"")
+                    })?,
                     other => {
                         return Err(format!(
                             "option 'order' must be \"oldest\" or \"newest\", got {}",
@@ -244,20 +230,6 @@ pub fn check_keep(seconds: i64) -> Result<i64, String> {
     }
 }
 
-/// Quotes an SQL identifier: `a"b` → `"a""b"`.
-pub fn quote_ident(name: &str) -> String {
-    let mut s = String::with_capacity(name.len() + 2);
-    s.push('"');
-    for ch in name.chars() {
-        if ch == '"' {
-            s.push('"');
-        }
-        s.push(ch);
-    }
-    s.push('"');
-    s
-}
-
 /// Lowest SQLite runtime version the extension loads into: 3.38.0
 /// (`pragma_table_list`, `->>`, RETURNING and math functions are relied on or
 /// expected by users).
@@ -277,27 +249,12 @@ pub fn check_sqlite_version(number: i32) -> Result<(), String> {
     }
 }
 
-/// Checks a device id: 1..=200 characters, no control characters.
-pub fn check_device_id(id: &str) -> Result<(), String> {
-    let n = id.chars().count();
-    if n == 0 {
-        return Err("the device id must not be empty".to_string());
-    }
-    if n > 200 {
-        return Err(format!(
-            "the device id is {n} characters long, the limit is 200"
-        ));
-    }
-    if id.chars().any(char::is_control) {
-        return Err("the device id must not contain control characters".to_string());
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
+    // The shared definitions, as this crate uses them.
+    use sluice_wire::names::{check_device_id, quote_ident};
 
     #[test]
     fn durations() {

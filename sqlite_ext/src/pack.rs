@@ -15,8 +15,7 @@ use std::io::{Read, Write};
 use rusqlite::functions::{Aggregate, Context};
 use rusqlite::types::{Value, ValueRef};
 
-use crate::window::agg_err;
-use crate::{arg_int, arg_raw, describe_value, finish, Fail, Res};
+use crate::glue::{agg_err, arg_int, arg_raw, describe_value, finish, Fail, Res};
 
 const MAGIC: &[u8; 3] = b"SLZ";
 const VERSION: u8 = 1;

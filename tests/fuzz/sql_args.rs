@@ -800,7 +800,9 @@ fn width_secs(a: &Arg) -> Option<i64> {
 /// - `sluice_percentile(x, p)`: every result is within min..max of the x.
 fn oracle(conn: &Connection, name: &str, case: &Case, out: &[Value]) -> Option<String> {
     match name {
-        "sluice_bucket" if case.args.len() == 2 && case.sql.starts_with("SELECT sluice_bucket(?1, ?2)") => {
+        "sluice_bucket"
+            if case.args.len() == 2 && case.sql.starts_with("SELECT sluice_bucket(?1, ?2)") =>
+        {
             let w = width_secs(&case.args[1]);
             let (ts, got) = (&case.args[0], out.first()?);
             let ok = match (ts, got) {
@@ -808,7 +810,9 @@ fn oracle(conn: &Connection, name: &str, case: &Case, out: &[Value]) -> Option<S
                     b <= t && w.is_none_or(|w| i128::from(*t) - i128::from(*b) < i128::from(w))
                 }
                 (Arg::Real(t), Value::Real(b)) => {
-                    b <= t && w.is_none_or(|w| t - b < w as f64 || (t - b) / (w as f64) < 1.0 + 1e-12)
+                    // b + w > t, not t - b < w: the difference of a tiny
+                    // negative time and its window rounds to w.
+                    b <= t && w.is_none_or(|w| b + w as f64 > *t)
                 }
                 (Arg::Text(t), Value::Text(b)) => {
                     // SQLite's own calendar: whole seconds between the two.
@@ -823,7 +827,13 @@ fn oracle(conn: &Connection, name: &str, case: &Case, out: &[Value]) -> Option<S
                 (_, Value::Null) => matches!(ts, Arg::Null),
                 _ => false,
             };
-            (!ok).then(|| format!("sluice_bucket returned {got:?} for ts {} and width {}", ts.show(), case.args[1].show()))
+            (!ok).then(|| {
+                format!(
+                    "sluice_bucket returned {got:?} for ts {} and width {}",
+                    ts.show(),
+                    case.args[1].show()
+                )
+            })
         }
         "sluice_percentile" if !case.sql.starts_with("SELECT sluice_percentile(?") => {
             // Rows of (x, p): the x are the odd-numbered parameters.
@@ -1258,14 +1268,39 @@ fn oracle_cases(conn: &Connection) {
         ("sluice_bucket", bucket(Arg::Int(i64::MIN), Arg::Int(300))),
         ("sluice_bucket", bucket(Arg::Int(i64::MIN + 1), Arg::Int(7))),
         ("sluice_bucket", bucket(Arg::Int(i64::MAX), Arg::Int(300))),
-        ("sluice_bucket", bucket(Arg::Int(-1), Arg::Int(3_162_240_000))),
+        (
+            "sluice_bucket",
+            bucket(Arg::Int(-1), Arg::Int(3_162_240_000)),
+        ),
         ("sluice_bucket", bucket(Arg::Real(-1e300), Arg::Int(300))),
         ("sluice_bucket", bucket(Arg::Real(1e17 + 3.0), Arg::Int(7))),
-        ("sluice_bucket", bucket(Arg::Real(6.237630981348969e35), Arg::Int(300))),
-        ("sluice_bucket", bucket(Arg::Real(-f64::MAX), Arg::Int(1_714_566_896))),
-        ("sluice_bucket", bucket(Arg::Real(9.0e15 - 0.5), Arg::Int(7))),
-        ("sluice_bucket", bucket(Arg::Text("0000-01-01 00:00:01".into()), Arg::Int(3_162_240_000))),
-        ("sluice_bucket", bucket(Arg::Text("9999-12-31T23:59:59Z".into()), Arg::Int(7))),
+        (
+            "sluice_bucket",
+            bucket(Arg::Real(6.237630981348969e35), Arg::Int(300)),
+        ),
+        (
+            "sluice_bucket",
+            bucket(Arg::Real(-f64::MAX), Arg::Int(1_714_566_896)),
+        ),
+        (
+            "sluice_bucket",
+            bucket(Arg::Real(9.0e15 - 0.5), Arg::Int(7)),
+        ),
+        (
+            "sluice_bucket",
+            bucket(Arg::Real(-5.319503871827006e-245), Arg::Int(300)),
+        ),
+        (
+            "sluice_bucket",
+            bucket(
+                Arg::Text("0000-01-01 00:00:01".into()),
+                Arg::Int(3_162_240_000),
+            ),
+        ),
+        (
+            "sluice_bucket",
+            bucket(Arg::Text("9999-12-31T23:59:59Z".into()), Arg::Int(7)),
+        ),
         ("sluice_percentile", pct(-big, big, 0.0)),
         ("sluice_percentile", pct(-big, big, 0.3)),
         ("sluice_percentile", pct(-big, big, 1.0)),
@@ -1279,7 +1314,11 @@ fn oracle_cases(conn: &Connection) {
                 }
             }
             Err(rusqlite::Error::SqliteFailure(_, Some(m))) => {
-                assert!(m.starts_with(name) && !m.contains("panic"), "{}: {m}", case.show())
+                assert!(
+                    m.starts_with(name) && !m.contains("panic"),
+                    "{}: {m}",
+                    case.show()
+                )
             }
             Err(e) => panic!("{}: {e}", case.show()),
         }
@@ -1298,11 +1337,18 @@ fn main() {
     // overflow checks (profile `fuzz`), where an overflow panics instead of
     // wrapping, and so is seen.
     let debug: String = conn
-        .query_row("SELECT json_extract(sluice_debug(), '$.profile')", [], |r| r.get(0))
+        .query_row(
+            "SELECT json_extract(sluice_debug(), '$.profile')",
+            [],
+            |r| r.get(0),
+        )
         .unwrap();
     println!("extension build profile: {debug}");
     if let Ok(want) = std::env::var("SLUICE_FUZZ_PROFILE") {
-        assert_eq!(debug, want, "SLUICE_SQLITE_EXT is not the build SLUICE_FUZZ_PROFILE asks for");
+        assert_eq!(
+            debug, want,
+            "SLUICE_SQLITE_EXT is not the build SLUICE_FUZZ_PROFILE asks for"
+        );
     }
 
     let literals = doc_literals();
@@ -1438,7 +1484,10 @@ fn main() {
                 if let Some(wrong) = oracle(&conn, &fname, &case, &out) {
                     oracle_failures += 1;
                     if failures.len() < 50 {
-                        failures.push(format!("case {i}: wrong answer: {wrong}, from {}", case.show()));
+                        failures.push(format!(
+                            "case {i}: wrong answer: {wrong}, from {}",
+                            case.show()
+                        ));
                     }
                 }
             }
@@ -1474,7 +1523,9 @@ fn main() {
         slowest.0,
         slowest.1.chars().take(300).collect::<String>()
     );
-    println!("answers the oracles of sluice_bucket and sluice_percentile refused: {oracle_failures}");
+    println!(
+        "answers the oracles of sluice_bucket and sluice_percentile refused: {oracle_failures}"
+    );
     println!("per function (ok / error):");
     for (f, (ok, err)) in &per_fn {
         println!("  {f}: {ok} / {err}");

@@ -12,7 +12,13 @@
 //! release, up to [`VERSION`]. Functions that only read never create or
 //! upgrade anything: they read a missing table as empty.
 
+pub mod acks;
 pub mod budget;
+pub mod drops;
+pub mod meta;
+pub mod ranges;
+pub mod rollups;
+pub mod tables;
 
 use rusqlite::{Connection, OptionalExtension};
 
@@ -74,7 +80,9 @@ impl Table {
 
 /// Whether `name` is a bookkeeping table (they cannot be tracked).
 pub fn is_bookkeeping(name: &str) -> bool {
-    Table::ALL.iter().any(|t| t.name().eq_ignore_ascii_case(name))
+    Table::ALL
+        .iter()
+        .any(|t| t.name().eq_ignore_ascii_case(name))
 }
 
 /// The bookkeeping schema version this extension writes.
@@ -86,7 +94,10 @@ const VERSION_KEY: &str = "schema_version";
 /// The upgrades, in order: upgrade `n` brings version `n - 1` to `n`.
 /// Version 0 is a database without the key: no bookkeeping at all, or
 /// bookkeeping made by v0.1.0 or older (which had no version).
-const UPGRADES: [(i64, fn(&Connection) -> Res<()>); 2] = [(1, to_v1), (2, to_v2)];
+const UPGRADES: [(i64, Upgrade); 2] = [(1, to_v1), (2, to_v2)];
+
+/// One upgrade step of the bookkeeping.
+type Upgrade = fn(&Connection) -> Res<()>;
 
 /// The bookkeeping version of this database; 0 without bookkeeping or
 /// without a version (v0.1.0 and older).

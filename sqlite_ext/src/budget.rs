@@ -1,73 +1,30 @@
-//! The bounded local buffer: `sluice_enforce_budget` keeps the database under
-//! a byte budget during a long outage, and the status view `sluice_status`
-//! (with `sluice_pending_age`) says per tracked table what is waiting.
+//! The storage budget: `sluice_enforce_budget` keeps the database under a
+//! byte budget during a long outage.
 //!
-//! The budget drops, first, raw rows of rollup sources that every rollup of
-//! the source has already processed, in windows that ended more than a
-//! late-data horizon ago, oldest window first; then (unless told
-//! `rolled_up_only`) the oldest rows of the other tracked tables that have
-//! a time column, oldest hour first. Never a rollup target (the
-//! aggregates), never a row a rollup has not processed, never a table
+//! It drops, first, raw rows of rollup sources that every rollup of the
+//! source has already processed, in windows that ended more than a
+//! late-data horizon ago, oldest window first ([`crate::seal`]); then
+//! (unless told `rolled_up_only`) the oldest rows of the other tracked
+//! tables that have a time column, oldest hour first. Never a rollup target
+//! (the aggregates), never a row a rollup has not processed, never a table
 //! without a time column. Every drop is a row of `sluice_drops`, and the
 //! rollup never recomputes a window that starts before the newest dropped
-//! row of its source (it would compute it from partial data). The same
-//! condition guards `sluice_cleanup` of a rollup source ([`cleanup_guard`],
-//! [`seal`]).
+//! row of its source (it would compute it from partial data).
 
 use rusqlite::functions::Context;
 use rusqlite::types::{Value, ValueRef};
 use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::Value as Json;
+use sluice_wire::names::quote_ident;
 
-use crate::options::{parse_duration, quote_ident};
-use crate::rollup::{parse_rollup, Rollup, WINDOW_COLUMN};
-use crate::schema::{
-    atomic, ensure_bookkeeping, meta_get, seq_column, table_info, tracked, TableInfo,
-};
-use crate::window::IsoTime;
-use crate::{arg_int, arg_opt_text, arg_text, connection, finish, now_ms, Fail, Res};
-
-/// Default late-data horizon of `sluice_enforce_budget`: raw rows of a
-/// window are kept at least this long after the window ends, so that a late
-/// row still finds its window's rows (one hour, in seconds).
-pub const DEFAULT_HORIZON_SECS: i64 = 3600;
-
-/// SQL: a time value (ISO-8601 text or unix seconds) as whole unix seconds;
-/// NULL for anything else.
-pub fn epoch_sql(x: &str) -> String {
-    format!(
-        "(CASE typeof({x}) WHEN 'text' THEN unixepoch({x}) WHEN 'integer' THEN {x} \
-         WHEN 'real' THEN CAST({x} AS INTEGER) END)"
-    )
-}
-
-/// A time value as unix seconds: integers and reals are seconds, text is
-/// ISO-8601 (a `±HH:MM` offset is applied; no suffix means UTC).
-pub fn epoch_of(v: ValueRef<'_>) -> Option<i64> {
-    match v {
-        ValueRef::Integer(i) => Some(i),
-        ValueRef::Real(r) if r.is_finite() && r.abs() < 9.0e15 => Some(r.floor() as i64),
-        ValueRef::Text(t) => {
-            let s = std::str::from_utf8(t).ok()?;
-            let it = IsoTime::parse(s).ok()?;
-            let suffix = it.suffix.as_bytes();
-            let offset = if suffix.len() == 6 {
-                let n =
-                    |a: usize| i64::from(suffix[a] - b'0') * 10 + i64::from(suffix[a + 1] - b'0');
-                let o = n(1) * 3600 + n(4) * 60;
-                if suffix[0] == b'-' {
-                    -o
-                } else {
-                    o
-                }
-            } else {
-                0
-            };
-            Some(it.secs - offset)
-        }
-        _ => None,
-    }
-}
+use crate::bookkeeping::budget::BudgetState;
+use crate::bookkeeping::{self, drops, rollups, tables};
+use crate::glue::{arg_int, arg_opt_text, atomic, connection, finish, now_ms, Fail, Res};
+use crate::options::parse_duration;
+use crate::schema::{table_info, TableInfo};
+use crate::seal::{rolled_up, sources, Source, DEFAULT_HORIZON_SECS};
+use crate::sequence::seq_column;
+use crate::time::{epoch_of, EpochSql};
 
 /// The bytes the database needs: `(page_count − freelist_count) × page_size`
 /// of `main`, and the whole file (`page_count × page_size`).
@@ -111,40 +68,6 @@ pub fn disk_bytes(conn: &Connection) -> Res<(i64, i64)> {
 /// so it takes that much disk whatever it holds.
 fn budget_bytes(conn: &Connection) -> Res<i64> {
     Ok(used_bytes(conn)?.0 + disk_bytes(conn)?.1)
-}
-
-/// Key prefix in `sluice_meta` of the seal that `sluice_cleanup` leaves on
-/// a rollup source (`sealed_until:<table>`, unix seconds).
-pub const SEALED_KEY: &str = "sealed_until:";
-
-/// Windows of `source` that start before this (unix seconds) had raw rows
-/// dropped by the budget or deleted by cleanup: rollups must not recompute
-/// them (they would compute them from partial data).
-pub fn sealed_until(conn: &Connection, source: &str) -> Res<Option<i64>> {
-    let has: bool = conn.query_row(
-        "SELECT count(*) > 0 FROM main.sqlite_master WHERE type = 'table' AND name = 'sluice_drops'",
-        [],
-        |r| r.get(0),
-    )?;
-    let dropped: Option<i64> = if has {
-        conn.query_row(
-            "SELECT max(sealed_until) FROM main.sluice_drops WHERE tbl = ?1",
-            [source],
-            |r| r.get(0),
-        )?
-    } else {
-        None
-    };
-    let cleaned = match meta_get(conn, &format!("{SEALED_KEY}{source}"))? {
-        Some(Value::Integer(i)) => Some(i),
-        _ => None,
-    };
-    Ok(dropped.max(cleaned))
-}
-
-/// SQL condition: the window (of `bucket_expr`) starts at or after `sealed`.
-pub fn unsealed_condition(bucket_expr: &str, sealed: i64) -> String {
-    format!("{} >= {sealed}", epoch_sql(bucket_expr))
 }
 
 // ---------------------------------------------------------------------------
@@ -228,51 +151,10 @@ fn enforce(ctx: &Context<'_>) -> Res<Value> {
     let opts = parse_budget_options(arg_opt_text(ctx, 1, "options")?)?;
     let conn = connection(ctx)?;
     let n = atomic(&conn, "sluice_enforce_budget", || {
-        ensure_bookkeeping(&conn)?;
+        bookkeeping::ensure(&conn)?;
         enforce_in(&conn, max, &opts)
     })?;
     Ok(Value::Integer(n))
-}
-
-/// One rollup source and the rollups that read it.
-struct Source {
-    name: String,
-    rollups: Vec<(Rollup, i64)>,
-}
-
-fn sources(conn: &Connection) -> Res<Vec<Source>> {
-    let has: bool = conn.query_row(
-        "SELECT count(*) > 0 FROM main.sqlite_master WHERE type = 'table' AND name = 'sluice_rollups'",
-        [],
-        |r| r.get(0),
-    )?;
-    if !has {
-        return Ok(Vec::new());
-    }
-    let mut stmt =
-        conn.prepare("SELECT name, options, watermark FROM main.sluice_rollups ORDER BY name")?;
-    let rows = stmt
-        .query_map([], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, i64>(2)?,
-            ))
-        })?
-        .collect::<Result<Vec<_>, _>>()?;
-    let mut out: Vec<Source> = Vec::new();
-    for (name, options, wm) in rows {
-        let (r, _) = parse_rollup(conn, &name, &options)
-            .map_err(|Fail(m)| Fail(format!("rollup '{name}': {m}")))?;
-        match out.iter_mut().find(|s| s.name == r.source) {
-            Some(s) => s.rollups.push((r, wm)),
-            None => out.push(Source {
-                name: r.source.clone(),
-                rollups: vec![(r, wm)],
-            }),
-        }
-    }
-    Ok(out)
 }
 
 fn enforce_in(conn: &Connection, max: i64, o: &BudgetOptions) -> Res<i64> {
@@ -308,9 +190,9 @@ fn enforce_in(conn: &Connection, max: i64, o: &BudgetOptions) -> Res<i64> {
                 .into()
         };
     }
-    crate::bookkeeping::budget::write(
+    bookkeeping::budget::write(
         conn,
-        &crate::bookkeeping::budget::BudgetState {
+        &BudgetState {
             max_bytes: max,
             used_bytes: after,
             file_bytes: file + wal,
@@ -359,9 +241,9 @@ struct Droppable {
 
 impl Droppable {
     fn new(conn: &Connection, name: &str) -> Res<Droppable> {
-        let acked_seq = tracked(conn, name)?.map(|t| t.acked_seq);
+        let acked_seq = tables::get(conn, name)?.map(|t| t.acked_seq);
         let ranges = match acked_seq {
-            Some(a) => crate::acked::ranges_above(conn, name, a)?,
+            Some(a) => bookkeeping::ranges::above(conn, name, a)?,
             None => Vec::new(),
         };
         let in_acked_range = if ranges.is_empty() {
@@ -388,42 +270,17 @@ impl Droppable {
     /// Writes what was dropped so far into `sluice_drops` (one row per table
     /// and call), so that the size measured next includes the record.
     fn record(&mut self, conn: &Connection, now: &str) -> Res<()> {
-        let unsynced = self.acked_seq.map(|_| self.unsynced);
+        let d = drops::Drop {
+            tbl: &self.name,
+            rows: self.rows,
+            unsynced: self.acked_seq.map(|_| self.unsynced),
+            first: self.first,
+            last: self.last,
+            dropped_at: now,
+        };
         match self.record {
-            None => {
-                conn.execute(
-                    "INSERT INTO main.sluice_drops \
-                     (tbl, rows, unsynced_rows, from_time, to_time, sealed_until, dropped_at) \
-                     VALUES (?1, ?2, ?3, strftime('%Y-%m-%dT%H:%M:%SZ', ?4, 'unixepoch'), \
-                             strftime('%Y-%m-%dT%H:%M:%SZ', ?5, 'unixepoch'), ?6, ?7)",
-                    params![
-                        self.name,
-                        self.rows,
-                        unsynced,
-                        self.first,
-                        self.last,
-                        self.last.saturating_add(1),
-                        now
-                    ],
-                )?;
-                self.record = Some(conn.last_insert_rowid());
-            }
-            Some(id) => {
-                conn.execute(
-                    "UPDATE main.sluice_drops SET rows = ?2, unsynced_rows = ?3, \
-                     from_time = strftime('%Y-%m-%dT%H:%M:%SZ', ?4, 'unixepoch'), \
-                     to_time = strftime('%Y-%m-%dT%H:%M:%SZ', ?5, 'unixepoch'), \
-                     sealed_until = ?6 WHERE id = ?1",
-                    params![
-                        id,
-                        self.rows,
-                        unsynced,
-                        self.first,
-                        self.last,
-                        self.last.saturating_add(1)
-                    ],
-                )?;
-            }
+            None => self.record = Some(drops::insert(conn, &d)?),
+            Some(id) => drops::update(conn, id, &d)?,
         }
         Ok(())
     }
@@ -432,8 +289,8 @@ impl Droppable {
 /// SQL for the sequence number of a row of `name` (what the watermark
 /// compares): the rowid alias or `sluice_version`; NULL when untracked.
 fn seq_sql(conn: &Connection, info: &TableInfo) -> Res<String> {
-    match tracked(conn, &info.name)? {
-        Some(t) => seq_column(info, &t),
+    match tables::get(conn, &info.name)? {
+        Some(t) => Ok(seq_column(info, &t)?.to_string()),
         None => Ok("NULL".into()),
     }
 }
@@ -527,68 +384,24 @@ fn drop_chunks(
     Ok(total)
 }
 
-/// SQL condition over the rows of a rollup source: true for a row that may
-/// leave the source without changing an aggregate. For every rollup of the
-/// source, the row's window ended at least `horizon` before `now`, and the
-/// rollup has processed the row and every row of its window and of older
-/// windows (the condition stops at the oldest window that still has a row
-/// above the rollup's watermark). `"0"` when a rollup never ran. Also
-/// returns the widest rollup (whose windows are the unit of dropping).
-fn rolled_up_condition<'a>(
-    conn: &Connection,
-    source_quoted: &str,
-    rollups: &'a [(Rollup, i64)],
-    horizon: i64,
-    now: i64,
-) -> Res<(String, Option<&'a Rollup>)> {
-    let mut conds: Vec<String> = Vec::new();
-    let mut widest: Option<&Rollup> = None;
-    for (r, wm) in rollups {
-        if *wm <= 0 {
-            // Never run: nothing of this source is rolled up yet.
-            return Ok(("0".into(), None));
-        }
-        let t = quote_ident(&r.time);
-        let bucket = format!("sluice_bucket({t}, {})", r.width);
-        let ws = epoch_sql(&bucket);
-        // The oldest window that still has unprocessed (late or new) rows.
-        let first_unprocessed: Option<i64> = conn.query_row(
-            &format!("SELECT min({ws}) FROM main.{source_quoted} WHERE rowid > ?1"),
-            [wm],
-            |row| row.get(0),
-        )?;
-        let by_horizon = now
-            .saturating_sub(horizon)
-            .saturating_sub(r.width)
-            .saturating_add(1);
-        let limit = first_unprocessed.map_or(by_horizon, |f| f.min(by_horizon));
-        conds.push(format!("rowid <= {wm} AND {ws} < {limit}"));
-        if widest.is_none_or(|w| r.width > w.width) {
-            widest = Some(r);
-        }
-    }
-    if conds.is_empty() {
-        return Ok(("0".into(), None));
-    }
-    Ok((conds.join(" AND "), widest))
-}
-
 /// Puts the droppable rows of one source into `temp.sluice_budget_rows`
-/// (tier 1): the rows of [`rolled_up_condition`], except the source's
+/// (tier 1): the rows of [`crate::seal::RolledUp`], except the source's
 /// newest row (the rowid high-water mark of sync, see sluice_cleanup).
 fn collect_candidates(conn: &Connection, idx: usize, s: &Source, o: &BudgetOptions) -> Res<()> {
     let info = table_info(conn, &s.name)?;
     let src = info.quoted();
-    let (cond, widest) = rolled_up_condition(conn, &src, &s.rollups, o.horizon, o.now)?;
-    let Some(w) = widest else { return Ok(()) };
-    let t = quote_ident(&w.time);
-    let chunk = epoch_sql(&format!("sluice_bucket({t}, {})", w.width));
+    let rolled = rolled_up(conn, &info, &s.rollups, o.horizon, o.now)?;
+    let Some(w) = rolled.widest() else {
+        return Ok(());
+    };
     conn.execute(
         &format!(
             "INSERT INTO temp.sluice_budget_rows (tier, src, ws, ep, rid, sq) \
              SELECT 1, ?1, {chunk}, {ep}, rowid, {sq} FROM main.{src} \
              WHERE {cond} AND rowid < (SELECT max(rowid) FROM main.{src})",
-            ep = epoch_sql(&t),
+            chunk = w.start_sql(),
+            ep = w.time_sql(),
+            cond = rolled.condition(),
             sq = seq_sql(conn, &info)?,
         ),
         [idx as i64],
@@ -600,34 +413,10 @@ fn collect_candidates(conn: &Connection, idx: usize, s: &Source, o: &BudgetOptio
 /// (`sluice_track`'s `"time"` option) that are neither a rollup's source nor
 /// its target, with that column.
 fn raw_tables(conn: &Connection, srcs: &[Source]) -> Res<Vec<(String, String)>> {
-    let targets: Vec<String> = {
-        let has: bool = conn.query_row(
-            "SELECT count(*) > 0 FROM main.sqlite_master WHERE type = 'table' \
-             AND name = 'sluice_rollups'",
-            [],
-            |r| r.get(0),
-        )?;
-        if has {
-            let mut stmt = conn.prepare("SELECT target FROM main.sluice_rollups")?;
-            let rows = stmt
-                .query_map([], |r| r.get(0))?
-                .collect::<Result<Vec<_>, _>>()?;
-            rows
-        } else {
-            Vec::new()
-        }
-    };
-    let listed: Vec<(String, Option<String>)> = {
-        let mut stmt =
-            conn.prepare("SELECT tbl, time_column FROM main.sluice_tables ORDER BY tbl")?;
-        let rows = stmt
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-            .collect::<Result<Vec<_>, _>>()?;
-        rows
-    };
+    let targets = rollups::targets(conn)?;
+    let listed = tables::with_time_column(conn)?;
     let mut out = Vec::new();
     for (tbl, time) in listed {
-        let Some(time) = time else { continue };
         let is = |n: &String| n.eq_ignore_ascii_case(&tbl);
         if targets.iter().any(is) || srcs.iter().any(|s| is(&s.name)) {
             continue;
@@ -653,7 +442,7 @@ fn raw_tables(conn: &Connection, srcs: &[Source]) -> Res<Vec<(String, String)>> 
 fn collect_raw(conn: &Connection, idx: usize, name: &str, time: &str) -> Res<()> {
     let info = table_info(conn, name)?;
     let table = info.quoted();
-    let append_only = tracked(conn, &info.name)?.is_some_and(|t| !t.mutable);
+    let append_only = tables::get(conn, &info.name)?.is_some_and(|t| !t.mutable);
     let keep_newest = if append_only {
         format!("WHERE rowid < (SELECT max(rowid) FROM main.{table})")
     } else {
@@ -666,7 +455,7 @@ fn collect_raw(conn: &Connection, idx: usize, name: &str, time: &str) -> Res<()>
              SELECT 2, ?1, ep - ((ep % {c}) + {c}) % {c}, ep, rid, sq FROM \
              (SELECT {ep} AS ep, rowid AS rid, {sq} AS sq FROM main.{table} {keep_newest}) \
              WHERE ep IS NOT NULL",
-            ep = epoch_sql(&quote_ident(time)),
+            ep = EpochSql(&quote_ident(time)),
             sq = seq_sql(conn, &info)?,
         ),
         [idx as i64],
@@ -674,155 +463,10 @@ fn collect_raw(conn: &Connection, idx: usize, name: &str, time: &str) -> Res<()>
     Ok(())
 }
 
-// ---------------------------------------------------------------------------
-// sluice_cleanup of a rollup source
-
-/// For `sluice_cleanup` of a table that rollups read: the SQL condition a
-/// row must meet to be deleted ([`rolled_up_condition`] with the default
-/// horizon: its windows are processed and ended an hour ago), and the
-/// epoch expression of the time column of the widest rollup. `None` when
-/// no rollup reads the table.
-pub fn cleanup_guard(conn: &Connection, info: &TableInfo) -> Res<Option<(String, String)>> {
-    let Some(s) = sources(conn)?
-        .into_iter()
-        .find(|s| s.name.eq_ignore_ascii_case(&info.name))
-    else {
-        return Ok(None);
-    };
-    let (cond, widest) = rolled_up_condition(
-        conn,
-        &info.quoted(),
-        &s.rollups,
-        DEFAULT_HORIZON_SECS,
-        now_ms() / 1000,
-    )?;
-    let ep = widest.map_or("NULL".to_string(), |w| epoch_sql(&quote_ident(&w.time)));
-    Ok(Some((cond, ep)))
-}
-
-/// Records that the raw rows of `source` before `until` (unix seconds) were
-/// deleted by cleanup: rollups no longer recompute the windows that start
-/// before it (see [`sealed_until`]).
-pub fn seal(conn: &Connection, source: &str, until: i64) -> Res<()> {
-    conn.execute(
-        "INSERT INTO main.sluice_meta (key, value) VALUES (?1, ?2) \
-         ON CONFLICT (key) DO UPDATE SET value = max(value, excluded.value)",
-        params![format!("{SEALED_KEY}{source}"), until],
-    )?;
-    Ok(())
-}
-
-// ---------------------------------------------------------------------------
-// sluice_pending_age
-
-/// `sluice_pending_age(table)` → seconds since the time of the oldest
-/// pending row, or NULL (nothing pending, or no known time column).
-pub fn sluice_pending_age(ctx: &Context<'_>) -> rusqlite::Result<Value> {
-    finish("sluice_pending_age", pending_age(ctx))
-}
-
-/// The time column of a tracked table: the `time` option of `sluice_track`,
-/// else the time column of a rollup that reads it, else `window_start` of a
-/// rollup target.
-pub fn time_column(conn: &Connection, tbl: &str) -> Res<Option<String>> {
-    let own: Option<String> = conn
-        .query_row(
-            "SELECT time_column FROM main.sluice_tables WHERE tbl = ?1",
-            [tbl],
-            |r| r.get(0),
-        )
-        .optional()?
-        .flatten();
-    if own.is_some() {
-        return Ok(own);
-    }
-    let has: bool = conn.query_row(
-        "SELECT count(*) > 0 FROM main.sqlite_master WHERE type = 'table' AND name = 'sluice_rollups'",
-        [],
-        |r| r.get(0),
-    )?;
-    if !has {
-        return Ok(None);
-    }
-    Ok(conn
-        .query_row(
-            "SELECT CASE WHEN source = ?1 COLLATE NOCASE THEN json_extract(options, '$.time') \
-                    ELSE ?2 END \
-               FROM main.sluice_rollups \
-              WHERE source = ?1 COLLATE NOCASE OR target = ?1 COLLATE NOCASE \
-              ORDER BY source = ?1 COLLATE NOCASE DESC, name LIMIT 1",
-            params![tbl, WINDOW_COLUMN],
-            |r| r.get(0),
-        )
-        .optional()?
-        .flatten())
-}
-
-fn pending_age(ctx: &Context<'_>) -> Res<Value> {
-    let table = arg_text(ctx, 0, "the table name")?;
-    let conn = connection(ctx)?;
-    let info = table_info(&conn, table)?;
-    let t = crate::schema::require_tracked(&conn, &info)?;
-    let Some(tc) = time_column(&conn, &info.name)? else {
-        return Ok(Value::Null);
-    };
-    if info.column(&tc).is_none() {
-        return Ok(Value::Null);
-    }
-    let seq = seq_column(&info, &t)?;
-    // The oldest pending row: the first row of the first non-empty gap
-    // between acknowledged ranges (newest-first draining leaves ranges).
-    let ranges = crate::acked::ranges_above(&conn, &t.tbl, t.acked_seq)?;
-    let mut stmt = conn.prepare(&format!(
-        "SELECT {} FROM main.{} WHERE {seq} > ?1 AND {seq} <= ?2 ORDER BY {seq} LIMIT 1",
-        quote_ident(&tc),
-        info.quoted()
-    ))?;
-    let mut v: Option<Value> = None;
-    for (lo, hi) in crate::acked::pending_gaps(&ranges, t.acked_seq) {
-        v = stmt.query_row([lo, hi], |r| r.get(0)).optional()?;
-        if v.is_some() {
-            break;
-        }
-    }
-    let ep = v.as_ref().and_then(|v| match v {
-        Value::Integer(i) => epoch_of(ValueRef::Integer(*i)),
-        Value::Real(f) => epoch_of(ValueRef::Real(*f)),
-        Value::Text(s) => epoch_of(ValueRef::Text(s.as_bytes())),
-        _ => None,
-    });
-    // A time far in the past (-2^63 seconds) is older than any age an
-    // integer holds: the age saturates at i64::MAX instead of wrapping to a
-    // negative number.
-    Ok(ep.map_or(Value::Null, |e| {
-        Value::Integer((now_ms() / 1000).saturating_sub(e))
-    }))
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn epochs() {
-        assert_eq!(epoch_of(ValueRef::Integer(5)), Some(5));
-        assert_eq!(epoch_of(ValueRef::Real(5.7)), Some(5));
-        assert_eq!(
-            epoch_of(ValueRef::Text(b"1970-01-01T00:01:00.500Z")),
-            Some(60)
-        );
-        assert_eq!(
-            epoch_of(ValueRef::Text(b"1970-01-01T02:00:00+02:00")),
-            Some(0)
-        );
-        assert_eq!(
-            epoch_of(ValueRef::Text(b"1970-01-01T00:00:00-01:30")),
-            Some(5400)
-        );
-        assert_eq!(epoch_of(ValueRef::Text(b"soon")), None);
-        assert_eq!(epoch_of(ValueRef::Null), None);
-    }
 
     #[test]
     fn options() {

@@ -1,0 +1,179 @@
+//! The other end of a batch: `sluice_ack` (the cloud applied it),
+//! `sluice_pending` (what is not acknowledged yet) and `sluice_cleanup`
+//! (delete what was acknowledged long enough ago).
+//!
+//! Acknowledging moves the watermark (or records a range above it, see
+//! [`crate::acked`]); cleanup deletes only rows at or below a watermark that
+//! was acknowledged at least `keep` ago.
+
+use rusqlite::functions::Context;
+use rusqlite::types::{Value, ValueRef};
+use rusqlite::Connection;
+use sluice_wire::decode_header;
+
+use crate::acked;
+use crate::bookkeeping::tables::Tracked;
+use crate::bookkeeping::{acks, meta, ranges, tables, Table};
+use crate::glue::{
+    arg_blob, arg_raw, arg_text, atomic, connection, describe_value, finish, now_ms, Fail, Res,
+};
+use crate::options::{check_keep, parse_duration};
+use crate::schema::{table_info, TableInfo};
+use crate::seal;
+use crate::sequence::{autoincrement_covers, check_high_water, seq_column, SeqColumn};
+
+/// `sluice_ack(batch)` → the batch's row count, or 0 if it was acknowledged already.
+pub fn sluice_ack(ctx: &Context<'_>) -> rusqlite::Result<Value> {
+    finish("sluice_ack", ack(ctx))
+}
+
+fn ack(ctx: &Context<'_>) -> Res<Value> {
+    let blob = arg_blob(ctx, 0, "the batch")?;
+    let h = decode_header(blob).map_err(|e| Fail(e.to_string()))?;
+    let conn = connection(ctx)?;
+    if !Table::Tables.exists(&conn)? {
+        return Err(Fail(format!(
+            "batch {} belongs to another database: no table is tracked in this one",
+            h.id()
+        )));
+    }
+    let ours = meta::stream_id(&conn)?;
+    if h.stream_id != ours as u64 {
+        return Err(Fail(format!(
+            "batch {} belongs to another database (stream id {:016x}, this database has {:016x})",
+            h.id(),
+            h.stream_id,
+            ours as u64
+        )));
+    }
+    let Some(t) = tables::get(&conn, &h.table)? else {
+        return Err(Fail(format!(
+            "batch {}: table '{}' is not tracked in this database",
+            h.id(),
+            h.table
+        )));
+    };
+    let ranges = ranges::above(&conn, &t.tbl, t.acked_seq)?;
+    if acked::covered(&ranges, t.acked_seq, h.base_seq, h.last_seq) {
+        return Ok(Value::Integer(0));
+    }
+    let now = now_ms();
+    atomic(&conn, "sluice_ack", || {
+        let rows = i64::from(h.row_count);
+        match acked::record(&conn, &t.tbl, t.acked_seq, &ranges, h.base_seq, h.last_seq)? {
+            acked::Acked::Watermark(wm) => {
+                tables::record_ack(&conn, &t.tbl, Some(wm), rows, now)?;
+                acks::record(&conn, &t.tbl, wm, now)?;
+            }
+            acked::Acked::Range => tables::record_ack(&conn, &t.tbl, None, rows, now)?,
+        }
+        Ok(())
+    })?;
+    Ok(Value::Integer(i64::from(h.row_count)))
+}
+
+// ---------------------------------------------------------------------------
+// sluice_pending
+
+/// `sluice_pending(table)` → rows above the watermark.
+pub fn sluice_pending(ctx: &Context<'_>) -> rusqlite::Result<Value> {
+    finish("sluice_pending", pending(ctx))
+}
+
+fn pending(ctx: &Context<'_>) -> Res<Value> {
+    let table = arg_text(ctx, 0, "the table name")?;
+    let conn = connection(ctx)?;
+    let info = table_info(&conn, table)?;
+    let t = tables::require(&conn, &info)?;
+    let seq = seq_column(&info, &t)?;
+    check_high_water(&conn, &info, &t, &seq)?;
+    let ranges = ranges::above(&conn, &t.tbl, t.acked_seq)?;
+    let mut stmt = conn.prepare(&format!(
+        "SELECT count(*) FROM main.{} WHERE {seq} > ?1 AND {seq} <= ?2",
+        info.quoted()
+    ))?;
+    let mut n = 0i64;
+    for (lo, hi) in acked::pending_gaps(&ranges, t.acked_seq) {
+        n += stmt.query_row([lo, hi], |r| r.get::<_, i64>(0))?;
+    }
+    Ok(Value::Integer(n))
+}
+
+// ---------------------------------------------------------------------------
+// sluice_cleanup
+
+/// `sluice_cleanup(table, keep)` → rows deleted.
+pub fn sluice_cleanup(ctx: &Context<'_>) -> rusqlite::Result<Value> {
+    finish("sluice_cleanup", cleanup(ctx))
+}
+
+fn cleanup(ctx: &Context<'_>) -> Res<Value> {
+    let table = arg_text(ctx, 0, "the table name")?;
+    let keep = match arg_raw(ctx, 1)? {
+        ValueRef::Integer(n) => check_keep(n)?,
+        ValueRef::Text(_) => parse_duration(arg_text(ctx, 1, "keep")?)?,
+        other => {
+            return Err(Fail(format!(
+                "keep must be seconds (an integer) or text like '24 hours', got {}",
+                describe_value(other)
+            )))
+        }
+    };
+    let conn = connection(ctx)?;
+    let info = table_info(&conn, table)?;
+    let t = tables::require(&conn, &info)?;
+    let seq = seq_column(&info, &t)?;
+    let cutoff = now_ms().saturating_sub(keep.saturating_mul(1000));
+    let n = atomic(&conn, "sluice_cleanup", || {
+        cleanup_rows(&conn, &info, &t, &seq, cutoff)
+    })?;
+    Ok(Value::Integer(n))
+}
+
+fn cleanup_rows(
+    conn: &Connection,
+    info: &TableInfo,
+    t: &Tracked,
+    seq: &SeqColumn,
+    cutoff: i64,
+) -> Res<i64> {
+    let upto = acks::acked_by(conn, &t.tbl, cutoff)?;
+    // Never past the current watermark, whatever sluice_acks says.
+    let Some(upto) = upto.map(|u| u.min(t.acked_seq)) else {
+        return Ok(0);
+    };
+    let table = info.quoted();
+    let mut cond = format!("{seq} <= ?1");
+    if !t.mutable && !autoincrement_covers(conn, &info.name, upto)? {
+        // Keep the newest row: it holds the rowid high-water mark, so that
+        // SQLite never hands out a rowid at or below the watermark again.
+        cond.push_str(&format!(
+            " AND {seq} < (SELECT max({seq}) FROM main.{table})"
+        ));
+    }
+    // A rollup source keeps the rows of windows that are not complete yet
+    // (not processed by every rollup, or ended less than the late-data
+    // horizon ago): a late row re-aggregates its window from all its raw
+    // rows. The windows whose rows go are sealed, so that a row arriving
+    // even later is not aggregated with what is left of them.
+    let mut sealed: Option<i64> = None;
+    if let Some(rolled) = seal::cleanup_guard(conn, info)? {
+        cond = format!("{cond} AND {}", rolled.condition());
+        let ep = rolled
+            .widest()
+            .map_or_else(|| "NULL".to_string(), |w| w.time_sql());
+        sealed = conn.query_row(
+            &format!("SELECT max({ep}) FROM main.{table} WHERE {cond}"),
+            [upto],
+            |r| r.get(0),
+        )?;
+    }
+    let deleted = conn.execute(&format!("DELETE FROM main.{table} WHERE {cond}"), [upto])?;
+    if let (true, Some(s)) = (deleted > 0, sealed) {
+        seal::seal(conn, &info.name, s.saturating_add(1))?;
+    }
+    // The newest acknowledgement at or before the cutoff is kept: it is what
+    // the next cleanup with the same keep needs.
+    acks::prune(conn, &t.tbl, cutoff, upto)?;
+    Ok(deleted as i64)
+}

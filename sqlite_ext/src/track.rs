@@ -1,0 +1,198 @@
+//! Registering: `sluice_device` (the device id) and `sluice_track` (a table
+//! for sync; a mutable table gets its version column and triggers).
+//!
+//! A tracked table has a watermark `acked_seq`; a row is pending when its
+//! sequence number (the rowid of an append-only table, the `sluice_version`
+//! of a mutable one) is above it (docs/sync-protocol.md).
+
+use rusqlite::functions::Context;
+use rusqlite::types::{Value, ValueRef};
+use rusqlite::Connection;
+use sluice_wire::names::{check_device_id, quote_ident};
+
+use crate::bookkeeping::{self, meta, tables};
+use crate::glue::{
+    arg_opt_text, arg_raw, arg_text, atomic, connection, describe_value, finish, now_ms, Fail, Res,
+};
+use crate::options::{parse_track_options, TrackOptions};
+use crate::schema::{table_info, TableInfo};
+use crate::sequence::VERSION_COLUMN;
+
+/// `sluice_device()` → the device id or NULL; `sluice_device(id)` sets it.
+pub fn sluice_device(ctx: &Context<'_>) -> rusqlite::Result<Value> {
+    finish("sluice_device", device(ctx))
+}
+
+fn device(ctx: &Context<'_>) -> Res<Value> {
+    let conn = connection(ctx)?;
+    if ctx.is_empty() {
+        return Ok(meta::device_id(&conn)?.unwrap_or(Value::Null));
+    }
+    let id = match arg_raw(ctx, 0)? {
+        ValueRef::Text(_) => arg_text(ctx, 0, "the device id")?,
+        other => {
+            return Err(Fail(format!(
+                "the device id must be text, got {}",
+                describe_value(other)
+            )))
+        }
+    };
+    check_device_id(id).map_err(Fail)?;
+    atomic(&conn, "sluice_device", || {
+        bookkeeping::ensure(&conn)?;
+        meta::set_device_id(&conn, id)
+    })?;
+    Ok(Value::Text(id.to_string()))
+}
+
+// ---------------------------------------------------------------------------
+// sluice_track
+
+/// `sluice_track(table [, options])` → 1.
+pub fn sluice_track(ctx: &Context<'_>) -> rusqlite::Result<Value> {
+    finish("sluice_track", track(ctx))
+}
+
+fn track(ctx: &Context<'_>) -> Res<Value> {
+    let table = arg_text(ctx, 0, "the table name")?;
+    let opts = match arg_opt_text(ctx, 1, "options")? {
+        Some(text) => parse_track_options(text)?,
+        None => TrackOptions::default(),
+    };
+    let conn = connection(ctx)?;
+    let info = table_info(&conn, table)?;
+    if info.name.to_ascii_lowercase().starts_with("sqlite_")
+        || bookkeeping::is_bookkeeping(&info.name)
+    {
+        return Err(Fail(format!(
+            "'{}' is an internal table and cannot be tracked",
+            info.name
+        )));
+    }
+    atomic(&conn, "sluice_track", || {
+        bookkeeping::ensure(&conn)?;
+        let existing = tables::get(&conn, &info.name)?;
+        let mutable = match (&existing, opts.mutable) {
+            (Some(e), Some(m)) if e.mutable != m => {
+                return Err(Fail(format!(
+                    "'{}' is already tracked as {}; changing \"mutable\" of a tracked table is \
+                     not supported (its sequence numbers would change meaning)",
+                    info.name,
+                    if e.mutable { "mutable" } else { "append-only" }
+                )))
+            }
+            (Some(e), _) => e.mutable,
+            (None, m) => m.unwrap_or(false),
+        };
+        let local_only = canonical_columns(
+            &info,
+            "local_only",
+            opts.local_only
+                .or_else(|| existing.as_ref().map(|e| e.local_only.clone()))
+                .unwrap_or_default(),
+        )?;
+        let key = canonical_columns(
+            &info,
+            "key",
+            opts.key
+                .or_else(|| existing.as_ref().map(|e| e.key.clone()))
+                .unwrap_or_default(),
+        )?;
+        let time_column = match &opts.time {
+            Some(t) => Some(canonical_columns(&info, "time", vec![t.clone()])?.remove(0)),
+            None => None,
+        };
+        if mutable {
+            setup_mutable(&conn, &info)?;
+        } else if info.rowid_alias().is_none() {
+            return Err(Fail(format!(
+                "append-only table '{}' needs an INTEGER PRIMARY KEY column (a rowid alias{}) to \
+                 number its rows; add one, or track it as mutable: \
+                 SELECT sluice_track('{}', '{{\"mutable\": true}}')",
+                info.name,
+                if info.without_rowid {
+                    "; this is a WITHOUT ROWID table"
+                } else {
+                    ""
+                },
+                info.name.replace('\'', "''")
+            )));
+        }
+        tables::upsert(
+            &conn,
+            &info.name,
+            mutable,
+            &local_only,
+            &key,
+            time_column.as_deref(),
+            now_ms(),
+        )?;
+        Ok(())
+    })?;
+    Ok(Value::Integer(1))
+}
+
+/// Checks that every name is a column of the table; returns the names as the
+/// schema spells them.
+fn canonical_columns(info: &TableInfo, option: &str, names: Vec<String>) -> Res<Vec<String>> {
+    names
+        .iter()
+        .map(|n| {
+            info.column(n).map(|(_, c)| c.name.clone()).ok_or_else(|| {
+                Fail(format!(
+                    "option '{option}': table '{}' has no column '{n}'",
+                    info.name
+                ))
+            })
+        })
+        .collect()
+}
+
+/// Adds the version column, its index and the triggers of a mutable table,
+/// and gives every row without a version one.
+fn setup_mutable(conn: &Connection, info: &TableInfo) -> Res<()> {
+    let t = info.quoted();
+    let v = quote_ident(VERSION_COLUMN);
+    if info.column(VERSION_COLUMN).is_none() {
+        conn.execute_batch(&format!("ALTER TABLE main.{t} ADD COLUMN {v} INTEGER"))?;
+    }
+    let index = quote_ident(&format!("{}_sluice_version", info.name));
+    let ins = quote_ident(&format!("{}_sluice_insert", info.name));
+    let upd = quote_ident(&format!("{}_sluice_update", info.name));
+    // Trigger bodies may not name a schema. Which row the trigger fired for: the rowid, or the primary key of a
+    // WITHOUT ROWID table.
+    let this_row = if info.without_rowid {
+        info.columns
+            .iter()
+            .filter(|c| c.pk > 0)
+            .map(|c| {
+                let q = quote_ident(&c.name);
+                format!("{q} IS NEW.{q}")
+            })
+            .collect::<Vec<_>>()
+            .join(" AND ")
+    } else {
+        "_rowid_ = NEW._rowid_".to_string()
+    };
+    let bump = format!(
+        "UPDATE sluice_clock SET value = value + 1 WHERE id = 1; \
+         UPDATE {t} SET {v} = (SELECT value FROM sluice_clock WHERE id = 1) \
+         WHERE {this_row};"
+    );
+    conn.execute_batch(&format!(
+        "CREATE INDEX IF NOT EXISTS main.{index} ON {t} ({v});
+         UPDATE main.sluice_clock
+            SET value = max(value, coalesce((SELECT max({v}) FROM main.{t}), 0))
+          WHERE id = 1;
+         DROP TRIGGER IF EXISTS main.{ins};
+         DROP TRIGGER IF EXISTS main.{upd};
+         CREATE TRIGGER main.{ins} AFTER INSERT ON {t} FOR EACH ROW
+           WHEN NEW.{v} IS NULL
+         BEGIN {bump} END;
+         CREATE TRIGGER main.{upd} AFTER UPDATE ON {t} FOR EACH ROW
+           WHEN NEW.{v} IS OLD.{v} OR NEW.{v} IS NULL
+         BEGIN {bump} END;
+         UPDATE main.{t} SET {v} = NULL WHERE {v} IS NULL;"
+    ))?;
+    Ok(())
+}
