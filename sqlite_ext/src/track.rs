@@ -10,7 +10,7 @@ use rusqlite::types::{Value, ValueRef};
 use rusqlite::Connection;
 use sluice_wire::names::{check_device_id, quote_ident};
 
-use crate::bookkeeping::{self, meta, tables};
+use crate::bookkeeping::{self, clock, meta, tables};
 use crate::glue::{
     arg_opt_text, arg_raw, arg_text, atomic, connection, describe_value, finish, now_ms, Fail, Res,
 };
@@ -159,7 +159,7 @@ fn setup_mutable(conn: &Connection, info: &TableInfo) -> Res<()> {
     let index = quote_ident(&format!("{}_sluice_version", info.name));
     let ins = quote_ident(&format!("{}_sluice_insert", info.name));
     let upd = quote_ident(&format!("{}_sluice_update", info.name));
-    // Trigger bodies may not name a schema. Which row the trigger fired for: the rowid, or the primary key of a
+    // Which row the trigger fired for: the rowid, or the primary key of a
     // WITHOUT ROWID table.
     let this_row = if info.without_rowid {
         info.columns
@@ -174,17 +174,13 @@ fn setup_mutable(conn: &Connection, info: &TableInfo) -> Res<()> {
     } else {
         "_rowid_ = NEW._rowid_".to_string()
     };
-    let bump = format!(
-        "UPDATE sluice_clock SET value = value + 1 WHERE id = 1; \
-         UPDATE {t} SET {v} = (SELECT value FROM sluice_clock WHERE id = 1) \
-         WHERE {this_row};"
-    );
+    let bump = clock::next_version_sql(&t, &v, &this_row);
     conn.execute_batch(&format!(
-        "CREATE INDEX IF NOT EXISTS main.{index} ON {t} ({v});
-         UPDATE main.sluice_clock
-            SET value = max(value, coalesce((SELECT max({v}) FROM main.{t}), 0))
-          WHERE id = 1;
-         DROP TRIGGER IF EXISTS main.{ins};
+        "CREATE INDEX IF NOT EXISTS main.{index} ON {t} ({v});"
+    ))?;
+    clock::raise_past(conn, &t, &v)?;
+    conn.execute_batch(&format!(
+        "DROP TRIGGER IF EXISTS main.{ins};
          DROP TRIGGER IF EXISTS main.{upd};
          CREATE TRIGGER main.{ins} AFTER INSERT ON {t} FOR EACH ROW
            WHEN NEW.{v} IS NULL

@@ -14,6 +14,7 @@
 
 pub mod acks;
 pub mod budget;
+pub mod clock;
 pub mod drops;
 pub mod meta;
 pub mod ranges;
