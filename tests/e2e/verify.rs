@@ -109,7 +109,7 @@ fn verify_walks_a_without_rowid_table_by_its_primary_key() {
     // first key column and go on in the second.
     edge.execute_batch(
         "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < 1499)
-         INSERT INTO settings SELECT CASE WHEN i % 2 = 0 THEN 'store-a' ELSE 'store-b' END,
+         INSERT INTO settings (location_id, name, value) SELECT CASE WHEN i % 2 = 0 THEN 'store-a' ELSE 'store-b' END,
            printf('key-%05d', i), 'v' || i FROM n;",
     )
     .unwrap();

@@ -110,30 +110,40 @@ impl EdgeScan {
         } else {
             order.clone()
         };
-        let mut filter = String::new();
+        // The time range, bound after the cursor's values (none in the
+        // first bucket's statement): `?{offset + 1}`, ...
         let mut params: Vec<String> = Vec::new();
+        let mut conditions: Vec<(&str, String)> = Vec::new();
         if let Some((tc, since, until)) = range {
             if let Some(s) = since {
                 params.push(s.to_owned());
-                filter += &format!(" AND {} >= ?{}", quote(tc), params.len() + nk);
+                conditions.push((">=", quote(tc)));
             }
             if let Some(u) = until {
                 params.push(u.to_owned());
-                filter += &format!(" AND {} < ?{}", quote(tc), params.len() + nk);
+                conditions.push(("<", quote(tc)));
             }
         }
+        let filter = |offset: usize| -> String {
+            conditions
+                .iter()
+                .enumerate()
+                .map(|(i, (op, col))| format!(" AND {col} {op} ?{}", offset + i + 1))
+                .collect()
+        };
         let select_cols: Vec<String> = columns.iter().map(|c| quote(&c.name)).collect();
         let after: Vec<String> = (1..=nk).map(|i| format!("?{i}")).collect();
-        let sql = |start: String| {
+        let sql = |start: String, offset: usize| {
             format!(
-                "SELECT {order}, {seq}, {} FROM {} WHERE {start}{filter} ORDER BY {order} LIMIT {BUCKET_ROWS}",
+                "SELECT {order}, {seq}, {} FROM {} WHERE {start}{} ORDER BY {order} LIMIT {BUCKET_ROWS}",
                 select_cols.join(", "),
                 quote(table),
+                filter(offset),
             )
         };
         EdgeScan {
-            first_sql: sql("1".to_owned()),
-            next_sql: sql(format!("({order}) > ({})", after.join(", "))),
+            first_sql: sql("1".to_owned(), 0),
+            next_sql: sql(format!("({order}) > ({})", after.join(", ")), nk),
             params,
             cursor_len: nk,
             kinds: columns.iter().map(|c| c.kind).collect(),
