@@ -193,3 +193,47 @@ pub fn cleanup_guard(conn: &Connection, info: &TableInfo) -> Res<Option<RolledUp
     )
     .map(Some)
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    fn cut(time: &str, width: i64, watermark: i64, before: i64) -> Cut {
+        Cut {
+            window: Window {
+                time: time.into(),
+                width,
+            },
+            watermark,
+            before,
+        }
+    }
+
+    #[test]
+    fn nothing_rolled_up_lets_nothing_go() {
+        let r = RolledUp { cuts: Vec::new() };
+        assert_eq!(r.condition(), "0");
+        assert_eq!(r.widest(), None);
+    }
+
+    #[test]
+    fn every_rollup_must_have_processed_a_row() {
+        let r = RolledUp {
+            cuts: vec![cut("ts", 300, 10, 600), cut("t\"s", 3600, 7, 0)],
+        };
+        let c = r.condition();
+        assert!(c.starts_with("rowid <= 10 AND "), "{c}");
+        assert!(c.contains("sluice_bucket(\"ts\", 300)") && c.contains(" < 600 AND rowid <= 7"));
+        assert!(
+            c.contains("sluice_bucket(\"t\"\"s\", 3600)") && c.ends_with(" < 0"),
+            "{c}"
+        );
+        assert_eq!(r.widest().map(|w| w.width), Some(3600));
+        // The first of equally wide windows.
+        let r = RolledUp {
+            cuts: vec![cut("a", 60, 1, 0), cut("b", 60, 1, 0)],
+        };
+        assert_eq!(r.widest().map(|w| w.time.as_str()), Some("a"));
+    }
+}

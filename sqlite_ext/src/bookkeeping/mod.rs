@@ -275,3 +275,27 @@ fn to_v2(conn: &Connection) -> Res<()> {
     )?;
     Ok(())
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_bookkeeping_table_is_named_once_and_cannot_be_tracked() {
+        let names: std::collections::HashSet<&str> = Table::ALL.iter().map(|t| t.name()).collect();
+        assert_eq!(names.len(), Table::ALL.len());
+        for n in names {
+            assert!(n.starts_with("sluice_") && is_bookkeeping(n), "{n}");
+            assert!(is_bookkeeping(&n.to_uppercase()), "{n}");
+        }
+        assert!(!is_bookkeeping("readings"));
+        assert!(!is_bookkeeping("sluice_status"));
+    }
+
+    #[test]
+    fn upgrades_are_in_order_and_reach_the_version() {
+        let steps: Vec<i64> = UPGRADES.iter().map(|(n, _)| *n).collect();
+        assert_eq!(steps, (1..=VERSION).collect::<Vec<_>>());
+    }
+}
