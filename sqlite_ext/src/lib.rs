@@ -94,6 +94,20 @@ const WRITES: FunctionFlags = UTF8.union(FunctionFlags::SQLITE_DIRECTONLY);
 
 use Imp::{Aggregate, Scalar, Window};
 
+/// The registration of an aggregate implemented by `$imp`.
+macro_rules! aggregate {
+    ($imp:expr) => {
+        Aggregate(|db, name, n, flags| db.create_aggregate_function(name, n, flags, $imp))
+    };
+}
+
+/// The registration of a window function implemented by `$imp`.
+macro_rules! window {
+    ($imp:expr) => {
+        Window(|db, name, n, flags| db.create_window_function(name, n, flags, $imp))
+    };
+}
+
 /// Every SQL function: name, number of arguments (-1: any), flags,
 /// implementation.
 pub const FUNCTIONS: &[(&str, c_int, FunctionFlags, Imp)] = &[
@@ -119,28 +133,14 @@ pub const FUNCTIONS: &[(&str, c_int, FunctionFlags, Imp)] = &[
         PURE,
         Scalar(window::sluice_sketch_quantile),
     ),
-    (
-        "sluice_sketch",
-        1,
-        PURE,
-        Aggregate(|db, name, n, flags| {
-            db.create_aggregate_function(name, n, flags, window::SketchAgg)
-        }),
-    ),
+    ("sluice_sketch", 1, PURE, aggregate!(window::SketchAgg)),
     (
         "sluice_sketch_merge",
         1,
         PURE,
-        Aggregate(|db, name, n, flags| {
-            db.create_aggregate_function(name, n, flags, window::SketchMerge)
-        }),
+        aggregate!(window::SketchMerge),
     ),
-    (
-        "sluice_percentile",
-        2,
-        PURE,
-        Window(|db, name, n, flags| db.create_window_function(name, n, flags, window::Percentile)),
-    ),
+    ("sluice_percentile", 2, PURE, window!(window::Percentile)),
     ("sluice_compress", 1, PURE, Scalar(pack::sluice_compress)),
     ("sluice_compress", 2, PURE, Scalar(pack::sluice_compress)),
     (
@@ -149,12 +149,7 @@ pub const FUNCTIONS: &[(&str, c_int, FunctionFlags, Imp)] = &[
         PURE,
         Scalar(pack::sluice_decompress),
     ),
-    (
-        "sluice_pack",
-        -1,
-        PURE,
-        Aggregate(|db, name, n, flags| db.create_aggregate_function(name, n, flags, pack::Pack)),
-    ),
+    ("sluice_pack", -1, PURE, aggregate!(pack::Pack)),
     ("sluice_unpack", 1, PURE, Scalar(pack::sluice_unpack)),
     ("sluice_rollup", 2, WRITES, Scalar(rollup::sluice_rollup)),
     (
