@@ -244,10 +244,11 @@ fn to_v1(conn: &Connection) -> Res<()> {
 /// Version 2: the state of the storage budget in columns of its own table
 /// (it was JSON in `sluice_meta`), so that the view `sluice_budget` needs
 /// no JSON function: SQLite before 3.41 does not flag them innocuous, and
-/// the view failed under `PRAGMA trusted_schema=OFF`.
+/// the view failed under `PRAGMA trusted_schema=OFF`. Like every upgrade,
+/// it may run again on what it made (a `schema_version` deleted by hand).
 fn to_v2(conn: &Connection) -> Res<()> {
     conn.execute_batch(
-        "CREATE TABLE main.sluice_budget_state (
+        "CREATE TABLE IF NOT EXISTS main.sluice_budget_state (
              id INTEGER PRIMARY KEY CHECK (id = 1),
              max_bytes INTEGER NOT NULL,
              used_bytes INTEGER NOT NULL,
@@ -258,7 +259,7 @@ fn to_v2(conn: &Connection) -> Res<()> {
              checked_at TEXT NOT NULL,
              note TEXT
          );
-         INSERT INTO main.sluice_budget_state
+         INSERT OR REPLACE INTO main.sluice_budget_state
              (id, max_bytes, used_bytes, file_bytes, wal_bytes, within_budget, dropped_rows,
               checked_at, note)
          SELECT 1, json_extract(value, '$.max_bytes'), json_extract(value, '$.used_bytes'),
