@@ -12,7 +12,7 @@ use crate::cloud::Cloud;
 use crate::config::Config;
 
 /// An arbitrary constant: the advisory lock key of migrations.
-const MIGRATION_LOCK: i64 = 0x5_1ce_0001;
+const MIGRATION_LOCK: i64 = 0x51ce_0001;
 
 #[derive(Debug)]
 pub struct Migration {
