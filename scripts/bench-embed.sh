@@ -82,7 +82,7 @@ print(json.dumps({"side": "python", "rss_before_load_mb": round(rss_before, 1), 
 EOF
 
 echo "[bench-embed] building the Rust side (cargo bench --no-run)" >&2
-bin=$(cargo bench --quiet -p sluice-inference --features edge --bench embed --no-run --message-format=json 2>/dev/null |
+bin=$(cargo bench --quiet -p sluice-inference --bench embed --no-run --message-format=json 2>/dev/null |
   "$py" -c 'import json, sys
 for l in sys.stdin:
     m = json.loads(l)
