@@ -2,12 +2,14 @@
 # Benchmarks of the SQLite extension (issue 3), each beside its baseline
 # measured in the same run; prints a markdown table (docs/BENCHMARKS.md,
 # "Edge extension (issue 3)", records it). BENCH_ROWS=100000 for a quick run;
-# BENCH_ONLY=insert stops the Rust part after the insert measurements.
+# BENCH_ONLY=insert stops both parts after the insert measurements.
 #   - bench/edge (Rust, built on its own so its rusqlite is not unified with
 #     the extension's): insert vs a prepared statement and json_each,
 #     tracked vs untracked, ack cost, rollup vs GROUP BY;
-#   - bench/edge/bench_edge.py (Debian's python3): insert vs executemany,
-#     local storage of one camera-day.
+#   - bench/edge/bench_edge.py (Debian's python3): insert vs executemany at
+#     10, 100 and 1,000 rows a call (a commit each; the JSON built in the
+#     timing, and beforehand), local storage of one camera-day (skipped with
+#     BENCH_ONLY=insert).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
