@@ -5,7 +5,8 @@
 #   2. unit and property tests of the plain crates (wire, agent)
 #   3. the PostgreSQL extension's #[pg_test]s (cargo pgrx test, PostgreSQL 17)
 #   4. against one throwaway PostgreSQL 17 + pgvector + sluice:
-#      the end-to-end tests in tests/ (Rust) and tests/python (pytest, Debian's
+#      the end-to-end tests in tests/ (Rust), the argument fuzzer again on a
+#      build with overflow checks, and tests/python (pytest, Debian's
 #      python3 loading the built sluice0.so)
 # The server is stopped on exit, also when a test fails.
 set -euo pipefail
@@ -47,6 +48,15 @@ export SLUICE_AGENT_BIN="$SLUICE_ROOT/target/release/sluice"
 
 step "end-to-end tests (tests/)"
 cargo test --release -p sluice-tests 2>&1 | tee -a "$results"
+
+step "argument fuzzing of sluice0.so built with overflow checks (profile fuzz)"
+# An integer overflow on a user's value panics in this build (and the fuzzer
+# reports it) where the release build would wrap silently.
+cargo build --profile fuzz --quiet -p sluice-sqlite
+cp -f target/fuzz/libsluice0.so target/fuzz/sluice0.so.tmp
+mv -f target/fuzz/sluice0.so.tmp target/fuzz/sluice0.so
+SLUICE_SQLITE_EXT="$SLUICE_ROOT/target/fuzz/sluice0.so" SLUICE_FUZZ_PROFILE=fuzz \
+  cargo test --release -p sluice-tests --test fuzz_sql_args 2>&1 | tee -a "$results"
 
 step "SQLite extension and SQL-only recipe (pytest, /usr/bin/python3)"
 /usr/bin/python3 -m pytest -q tests/python 2>&1 | tee -a "$results"
