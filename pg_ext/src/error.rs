@@ -5,6 +5,7 @@
 
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
+use sluice_pgsql::SqlState;
 
 #[derive(Debug)]
 pub struct SluiceError {
@@ -53,5 +54,20 @@ impl From<spi::SpiError> for SluiceError {
             PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
             format!("sluice: internal error in SPI: {e}"),
         )
+    }
+}
+
+/// The pgrx error code of an SQLSTATE of [`sluice_pgsql`].
+pub fn error_code(s: SqlState) -> PgSqlErrorCode {
+    match s {
+        SqlState::DataException => PgSqlErrorCode::ERRCODE_DATA_EXCEPTION,
+        SqlState::DatetimeFieldOverflow => PgSqlErrorCode::ERRCODE_DATETIME_FIELD_OVERFLOW,
+        SqlState::UntranslatableCharacter => PgSqlErrorCode::ERRCODE_UNTRANSLATABLE_CHARACTER,
+        SqlState::InvalidParameterValue => PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+        SqlState::NotNullViolation => PgSqlErrorCode::ERRCODE_NOT_NULL_VIOLATION,
+        SqlState::UndefinedColumn => PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN,
+        SqlState::GeneratedAlways => PgSqlErrorCode::ERRCODE_GENERATED_ALWAYS,
+        SqlState::InternalError => PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+        SqlState::DataCorrupted => PgSqlErrorCode::ERRCODE_DATA_CORRUPTED,
     }
 }

@@ -13,7 +13,7 @@ use sluice_pgsql::sqlgen;
 use sluice_pgsql::{Param, SqlState};
 use sluice_wire::{decode, decode_header, Batch, BatchId};
 
-use crate::error::{Result, SluiceError};
+use crate::error::{error_code, Result, SluiceError};
 use crate::register::{registration, Registration};
 use crate::spi::run_cached;
 use crate::tenancy;
@@ -31,7 +31,7 @@ pub fn ingest(bytes: &[u8]) -> Result<Outcome> {
     // The header (with the checksum over the whole batch) is enough to claim
     // the identity, so a replay costs a ledger lookup, not a decompression.
     let header = decode_header(bytes)
-        .map_err(|e| SluiceError::ingest(sqlstate(SqlState::of_wire_error(&e)), e))?;
+        .map_err(|e| SluiceError::ingest(error_code(SqlState::of_wire_error(&e)), e))?;
     let h = &header;
     let id = h.id();
     // decode_header verified the CRC-32C stored in the last four bytes.
@@ -91,7 +91,7 @@ pub fn ingest(bytes: &[u8]) -> Result<Outcome> {
 
         // 3. The rows, then registration and schema check.
         let batch = decode(bytes)
-            .map_err(|e| SluiceError::ingest(sqlstate(SqlState::of_wire_error(&e)), e))?;
+            .map_err(|e| SluiceError::ingest(error_code(SqlState::of_wire_error(&e)), e))?;
         let reg = registration(client, &h.table)?;
         tenancy::check_rows(client, &caller, &batch, &id, &reg)?;
         let plan = plan_columns(client, &batch, &id, &reg)?;
@@ -177,22 +177,7 @@ fn plan_columns(
 
 /// A [`PlanError`] as the error `sluice.ingest` raises.
 fn plan_error(e: &PlanError, id: &BatchId, reg: &Registration) -> SluiceError {
-    SluiceError::ingest(sqlstate(e.sqlstate()), e.message(id, &reg.target_name))
-}
-
-/// The pgrx error code of an SQLSTATE of [`sluice_pgsql`].
-fn sqlstate(s: SqlState) -> PgSqlErrorCode {
-    match s {
-        SqlState::DataException => PgSqlErrorCode::ERRCODE_DATA_EXCEPTION,
-        SqlState::DatetimeFieldOverflow => PgSqlErrorCode::ERRCODE_DATETIME_FIELD_OVERFLOW,
-        SqlState::UntranslatableCharacter => PgSqlErrorCode::ERRCODE_UNTRANSLATABLE_CHARACTER,
-        SqlState::InvalidParameterValue => PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
-        SqlState::NotNullViolation => PgSqlErrorCode::ERRCODE_NOT_NULL_VIOLATION,
-        SqlState::UndefinedColumn => PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN,
-        SqlState::GeneratedAlways => PgSqlErrorCode::ERRCODE_GENERATED_ALWAYS,
-        SqlState::InternalError => PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
-        SqlState::DataCorrupted => PgSqlErrorCode::ERRCODE_DATA_CORRUPTED,
-    }
+    SluiceError::ingest(error_code(e.sqlstate()), e.message(id, &reg.target_name))
 }
 
 /// Writes the batch's rows: the upsert, or, when the keys are one tenant and

@@ -5,11 +5,11 @@
 
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
-use sluice_pgsql::registration::check_arguments;
+use sluice_pgsql::registration::{check_arguments, ArgumentError};
 use sluice_pgsql::sqlgen::{self, Policy, DEVICE_COLUMN, VERSION_COLUMN};
 use sluice_wire::names::quote_ident;
 
-use crate::error::{Result, SluiceError};
+use crate::error::{error_code, Result, SluiceError};
 use crate::spi::run_cached;
 
 /// Registers (or re-registers) `edge_table` → `target`: validates the policy
@@ -25,7 +25,7 @@ pub fn register(
 ) -> Result<()> {
     let fail = |code, msg: String| SluiceError::new(code, format!("sluice.register_table: {msg}"));
     let policy = check_arguments(edge_table, key_columns, policy)
-        .map_err(|e| fail(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, e.message))?;
+        .map_err(|e| fail(error_code(ArgumentError::SQLSTATE), e.message))?;
 
     Spi::connect_mut(|client| {
         let (schema, table) = client
