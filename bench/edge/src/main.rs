@@ -74,23 +74,13 @@ impl Rng {
 }
 
 fn iso(secs: i64, ms: i64) -> String {
-    // Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).
-    let z = secs.div_euclid(86_400) + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    let tod = secs.rem_euclid(86_400);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{ms:03}Z",
-        tod / 3600,
-        tod / 60 % 60,
-        tod % 60
-    )
+    const ISO_MS: &[time::format_description::FormatItem<'static>] = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+    );
+    time::OffsetDateTime::from_unix_timestamp_nanos((i128::from(secs) * 1000 + i128::from(ms)) * 1_000_000)
+        .expect("benchmark times are in range")
+        .format(ISO_MS)
+        .expect("formatting a valid time")
 }
 
 const T0: i64 = 1_795_132_800; // 2026-11-21T00:00:00Z
