@@ -48,7 +48,7 @@ fn insert(ctx: &Context<'_>) -> Res<Value> {
         other => {
             return Err(Fail(format!(
                 "rows must be a JSON array of objects as text, got {}",
-                crate::describe_value(other)
+                crate::glue::describe_value(other)
             )))
         }
     };

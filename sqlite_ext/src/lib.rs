@@ -61,9 +61,6 @@ use rusqlite::functions::{Context, FunctionFlags};
 use rusqlite::types::Value;
 use rusqlite::Connection;
 
-// `insert.rs` names this one by its old path in its body.
-pub(crate) use glue::describe_value;
-
 /// The signature of every scalar SQL function of the extension.
 pub type SqlFn = fn(&Context<'_>) -> rusqlite::Result<Value>;
 
