@@ -59,7 +59,7 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// `[embed]`: the key-frame embedding job (see `docs/inference.md`);
     /// without it the `embed` job is skipped.
-    pub embed: Option<crate::embed::job_config::EmbedJobConfig>,
+    pub embed: Option<crate::embed_config::EmbedJobConfig>,
 }
 
 /// `[schedule]`: when `sluice run` runs each job. Cron expressions with a

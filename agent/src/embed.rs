@@ -256,11 +256,10 @@ fn text_hash(model_key: &str, text: &str) -> i64 {
     h.finish() as i64
 }
 
-pub mod job_config;
 #[cfg(test)]
 mod tests;
 
-pub use job_config::EmbedJobConfig;
+pub use crate::embed_config::EmbedJobConfig;
 
 /// Loads the model once, for a daemon that runs the job every minute
 /// (`sluice run`): about 0.3 s and ~100 MB saved per run.

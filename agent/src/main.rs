@@ -24,6 +24,7 @@ mod cloud;
 mod config;
 mod edge;
 mod embed;
+mod embed_config;
 mod failpoint;
 mod jobs;
 mod metrics;

@@ -71,8 +71,8 @@ pub enum SketchError {
     Malformed(String),
 }
 
-impl From<crate::WireError> for SketchError {
-    fn from(e: crate::WireError) -> Self {
+impl From<crate::error::WireError> for SketchError {
+    fn from(e: crate::error::WireError) -> Self {
         // Reader errors say "sluice batch"; keep the detail, not the noun.
         let msg = e.to_string();
         let detail = msg
