@@ -10,6 +10,15 @@ pub const DEFAULT_BUSY_TIMEOUT_MS: u64 = 5_000;
 /// Rows one run embeds at most; the rest wait for the next run, so one run
 /// of a large backlog cannot hold the box's CPU for long.
 pub const DEFAULT_MAX_ROWS_PER_RUN: usize = 5_000;
+/// The table whose rows get vectors, by default.
+pub const DEFAULT_TABLE: &str = "key_frames";
+/// Its integer key column (the rowid alias), by default.
+pub const DEFAULT_ID_COLUMN: &str = "id";
+/// The text to embed, by default.
+pub const DEFAULT_TEXT_COLUMN: &str = "description";
+/// The BLOB column that receives the vector, by default.
+pub const DEFAULT_VECTOR_COLUMN: &str = "embedding";
+
 /// The embedding job: which model, which table and columns.
 ///
 /// ```toml
@@ -38,7 +47,7 @@ pub struct EmbedJobConfig {
     /// The job owns it: a vector written by anyone else is replaced.
     #[serde(default = "default_vector_column")]
     pub vector_column: String,
-    /// Rows one run embeds at most (default 5,000); the rest wait for the next run.
+    /// Rows one run embeds at most ([`DEFAULT_MAX_ROWS_PER_RUN`]); the rest wait for the next run.
     #[serde(default = "default_max_rows")]
     pub max_rows_per_run: usize,
     /// How long a write waits for the pipeline's lock, in milliseconds.
@@ -46,17 +55,19 @@ pub struct EmbedJobConfig {
     pub busy_timeout_ms: u64,
 }
 
+// Field defaults by function, not a container default: `model` has none, so
+// the struct cannot implement `Default`. Each returns its constant above.
 fn default_table() -> String {
-    "key_frames".into()
+    DEFAULT_TABLE.into()
 }
 fn default_id_column() -> String {
-    "id".into()
+    DEFAULT_ID_COLUMN.into()
 }
 fn default_text_column() -> String {
-    "description".into()
+    DEFAULT_TEXT_COLUMN.into()
 }
 fn default_vector_column() -> String {
-    "embedding".into()
+    DEFAULT_VECTOR_COLUMN.into()
 }
 fn default_max_rows() -> usize {
     DEFAULT_MAX_ROWS_PER_RUN
