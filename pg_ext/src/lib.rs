@@ -121,10 +121,31 @@ fn version() -> String {
 /// `sluice.register_table(edge_table, target, key_columns, policy, tenant_column)`.
 /// Not STRICT (`tenant_column` may be NULL), so every other argument is an
 /// `Option` and a NULL is an ERROR (22004), not a panic.
-#[pg_extern(volatile, parallel_unsafe)]
+///
+/// `target` is declared `regclass` in SQL but taken as its OID: pgrx's
+/// `PgRelation` opens the relation while decoding the argument, so a
+/// `regclass` of a relation that does not exist (`1::regclass`, or one
+/// dropped since the value was made) ended in an internal error (XX000,
+/// "could not open relation with OID 1") before our check could name it.
+#[pg_extern(
+    volatile,
+    parallel_unsafe,
+    sql = r#"
+CREATE FUNCTION "register_table"(
+	"edge_table" TEXT,
+	"target" regclass,
+	"key_columns" TEXT[],
+	"policy" TEXT DEFAULT 'last_writer_wins',
+	"tenant_column" TEXT DEFAULT NULL
+) RETURNS void
+VOLATILE PARALLEL UNSAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'register_table_wrapper';
+"#
+)]
 fn register_table(
     edge_table: Option<&str>,
-    target: Option<pgrx::PgRelation>,
+    target: Option<pg_sys::Oid>,
     key_columns: Option<Vec<Option<String>>>,
     policy: default!(Option<&str>, "'last_writer_wins'"),
     tenant_column: default!(Option<&str>, "NULL"),
@@ -143,11 +164,10 @@ fn register_table(
         .into_iter()
         .map(|k| k.unwrap_or_else(|| null("an element of key_columns")))
         .collect();
-    let target = target.unwrap_or_else(|| null("target"));
-    // Only the OID is kept: an open relation would make the ALTER TABLE that
-    // adds the bookkeeping columns fail ("being used by active queries").
-    let oid = target.oid();
-    drop(target);
+    // Only the OID is taken: an open relation would also make the ALTER
+    // TABLE that adds the bookkeeping columns fail ("being used by active
+    // queries"); register() looks the relation up and names a missing one.
+    let oid = target.unwrap_or_else(|| null("target"));
     if let Err(e) = register::register(edge_table, oid, &key_columns, policy, tenant_column) {
         e.raise("register_table")
     }

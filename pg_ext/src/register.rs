@@ -28,15 +28,19 @@ pub fn register(
         .map_err(|e| fail(error_code(ArgumentError::SQLSTATE), e.message))?;
 
     Spi::connect_mut(|client| {
-        let (schema, table) = client
-            .select(
-                "SELECT n.nspname::text, c.relname::text FROM pg_class c \
-                 JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = $1",
-                Some(1),
-                &[target.into()],
-            )?
-            .first()
-            .get_two::<String, String>()?;
+        let found = client.select(
+            "SELECT n.nspname::text, c.relname::text FROM pg_class c \
+             JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = $1",
+            Some(1),
+            &[target.into()],
+        )?;
+        // No row: the OID names no relation (reading the first row of an
+        // empty result would be an SPI error, not this message).
+        let (schema, table) = if found.is_empty() {
+            (None, None)
+        } else {
+            found.first().get_two::<String, String>()?
+        };
         let (Some(schema), Some(table)) = (schema, table) else {
             return Err(fail(
                 PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE,

@@ -19,6 +19,8 @@ SELECT sluice.register_table('readings', 'public.readings', ARRAY['camera']);
 SELECT sluice.register_table('readings', 'public.readings', ARRAY[]::text[]);
 SELECT sluice.register_table('readings', 'public.readings', NULL);
 SELECT sluice.register_table('readings', 'public.no_such_table', ARRAY['camera']);
+-- A regclass of no relation (a dropped table's OID): named, not an internal error.
+SELECT sluice.register_table('readings', 1::regclass, ARRAY['camera']);
 SELECT sluice.register_table('readings', 'public.readings', ARRAY['camera', 'ts'], tenant_column => 'people');
 SELECT sluice.register_table('', 'public.readings', ARRAY['camera', 'ts']);
 
