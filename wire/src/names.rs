@@ -92,7 +92,9 @@ impl FromStr for DrainOrder {
         } else if s.eq_ignore_ascii_case("newest") {
             Ok(DrainOrder::Newest)
         } else {
-            Err(format!("the order must be \"oldest\" or \"newest\", got \"{s}\""))
+            Err(format!(
+                "the order must be \"oldest\" or \"newest\", got \"{s}\""
+            ))
         }
     }
 }

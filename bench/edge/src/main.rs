@@ -77,10 +77,12 @@ fn iso(secs: i64, ms: i64) -> String {
     const ISO_MS: &[time::format_description::FormatItem<'static>] = time::macros::format_description!(
         "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
     );
-    time::OffsetDateTime::from_unix_timestamp_nanos((i128::from(secs) * 1000 + i128::from(ms)) * 1_000_000)
-        .expect("benchmark times are in range")
-        .format(ISO_MS)
-        .expect("formatting a valid time")
+    time::OffsetDateTime::from_unix_timestamp_nanos(
+        (i128::from(secs) * 1000 + i128::from(ms)) * 1_000_000,
+    )
+    .expect("benchmark times are in range")
+    .format(ISO_MS)
+    .expect("formatting a valid time")
 }
 
 const T0: i64 = 1_795_132_800; // 2026-11-21T00:00:00Z

@@ -96,9 +96,7 @@ fn missing_extra_and_duplicate_keys_name_row_and_column() {
 fn bad_shapes() {
     let e = parse(r#"5"#).err().unwrap();
     assert!(
-        e.starts_with(
-            "invalid JSON: invalid type: integer `5`, expected a JSON array of objects"
-        ),
+        e.starts_with("invalid JSON: invalid type: integer `5`, expected a JSON array of objects"),
         "{e}"
     );
     let e = parse(r#"[{"a": 1}, 5]"#).err().unwrap();
@@ -114,9 +112,7 @@ fn bad_shapes() {
         .err()
         .unwrap();
     assert!(
-        e.starts_with(
-            "row 1, column 'a': integer 18446744073709551615 does not fit in 64 bits"
-        ),
+        e.starts_with("row 1, column 'a': integer 18446744073709551615 does not fit in 64 bits"),
         "{e}"
     );
     let e = parse("").err().unwrap();
@@ -125,8 +121,7 @@ fn bad_shapes() {
 
 #[test]
 fn compact_form() {
-    let c =
-        parse(r#"{"columns": ["a", "b"], "rows": [[1, "x"], [null, {"k": [2]}]]}"#).unwrap();
+    let c = parse(r#"{"columns": ["a", "b"], "rows": [[1, "x"], [null, {"k": [2]}]]}"#).unwrap();
     assert_eq!(c.names, ["a", "b"]);
     assert_eq!(c.rows[0], vec![Cell::Int(1), Cell::Text("x".into())]);
     assert_eq!(

@@ -1,9 +1,9 @@
 //! Round trips, hostile inputs and property tests of the batch format.
 
 use super::body::decimal;
+use super::*;
 use crate::codec;
 use crate::error::WireError;
-use super::*;
 use proptest::prelude::*;
 
 fn header(columns: Vec<Column>, base: i64, last: i64) -> BatchHeader {
