@@ -46,6 +46,8 @@ mod tests {
             sent_at_ms: 1_700_000_000_000,
             columns,
             fingerprint: 0,
+            digest: None,
+            origin: sluice_wire::Origin::default(),
         };
         encode(&header, &versions, &by_column, EncodeOptions::default()).expect("encodes")
     }

@@ -172,6 +172,8 @@ fn batch(ctx: &Context<'_>) -> Res<Value> {
         sent_at_ms: now_ms(),
         columns: cols,
         fingerprint: 0,
+        digest: None,
+        origin: sluice_wire::Origin::default(),
     };
     let bytes = encode(&header, &versions, &values, EncodeOptions::default())
         .map_err(|e| Fail(e.to_string()))?;

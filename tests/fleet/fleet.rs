@@ -70,6 +70,8 @@ fn batch(device: usize, b: usize, rows: usize) -> Vec<u8> {
         sent_at_ms: 1_795_000_000_000,
         columns: cols.iter().map(|(n, t)| Column::new(*n, *t)).collect(),
         fingerprint: 0,
+        digest: None,
+        origin: sluice_wire::Origin::default(),
     };
     encode(&header, &versions, &data, EncodeOptions::default()).unwrap()
 }

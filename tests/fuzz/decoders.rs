@@ -124,6 +124,8 @@ pub fn division_batch(
         sent_at_ms: 1_795_000_000_000,
         columns,
         fingerprint: 0,
+        digest: None,
+        origin: sluice_wire::Origin::default(),
     };
     let opts = EncodeOptions {
         brotli_quality: if compressed { Some(5) } else { None },
@@ -183,6 +185,8 @@ fn odd_batch(compressed: bool) -> Vec<u8> {
         sent_at_ms: 0,
         columns,
         fingerprint: 0,
+        digest: None,
+        origin: sluice_wire::Origin::default(),
     };
     encode(
         &header,

@@ -12,7 +12,7 @@ pub enum WireError {
     #[error("not a sluice batch: it does not start with the magic bytes \"SLB\"")]
     BadMagic,
     #[error(
-        "unsupported sluice batch format version {found} (this build reads version {supported})"
+        "unsupported sluice batch format version {found} (this build reads versions 1 to {supported})"
     )]
     UnsupportedVersion { found: u8, supported: u8 },
     #[error("corrupt sluice batch: checksum mismatch (stored {stored:#010x}, computed {computed:#010x}); the batch was damaged in transit or storage")]

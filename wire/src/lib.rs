@@ -24,8 +24,9 @@ pub mod names;
 pub mod sketch;
 
 pub use batch::{
-    column_fingerprint, decode, decode_header, encode, Batch, BatchHeader, BatchId, Column,
-    ColumnType, EncodeOptions, Value, FORMAT_VERSION, MAGIC, MAX_BODY_BYTES, MAX_COLUMNS,
+    column_fingerprint, content_digest, decode, decode_header, encode, Batch, BatchHeader, BatchId,
+    Column, ColumnType, EncodeOptions, Fork, Origin, Value, FORMAT_VERSION, MAGIC, MAX_BODY_BYTES,
+    MAX_COLUMNS, MAX_ZONE_BYTES, OLDEST_READABLE_VERSION,
 };
 pub use error::WireError;
 pub use names::{check_device_id, quote_ident, DrainOrder, MAX_DEVICE_ID_CHARS};

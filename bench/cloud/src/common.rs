@@ -133,6 +133,8 @@ pub fn batches(rows: &[Row], stream_id: u64) -> Vec<Vec<u8>> {
                 sent_at_ms: 1_714_550_400_000,
                 columns: cols.clone(),
                 fingerprint: 0,
+                digest: None,
+                origin: sluice_wire::Origin::default(),
             };
             encode(&header, &versions, &values, EncodeOptions::default()).expect("encode")
         })

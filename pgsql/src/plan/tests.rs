@@ -23,6 +23,8 @@ fn batch(columns: &[(&str, ColumnType)], rows: Vec<Vec<Value>>) -> Batch {
             row_count: rows.len() as u32,
             sent_at_ms: 0,
             fingerprint: column_fingerprint(&columns),
+            digest: None,
+            origin: sluice_wire::Origin::default(),
             columns,
         },
         versions: (1..=rows.len() as i64).collect(),

@@ -1,7 +1,7 @@
 //! The frame around header and body, and the two entry points:
 //!
 //! ```text
-//! magic "SLB" | version u8 = 1 | flags u8 | header_len u32 | header
+//! magic "SLB" | version u8 = 2 | flags u8 | header_len u32 | header
 //! body_raw_len u32 | body_len u32 | body (brotli if flags & 1) | crc32c u32
 //! ```
 //!
@@ -15,12 +15,15 @@ use crate::error::WireError;
 
 use super::body::{decode_body, encode_body};
 use super::header::{parse_header, write_header};
-use super::model::{Batch, BatchHeader, EncodeOptions, Value, MAX_COLUMNS};
+use super::model::{content_digest, Batch, BatchHeader, EncodeOptions, Value, MAX_COLUMNS};
 
 /// The first three bytes of every batch.
 pub const MAGIC: &[u8; 3] = b"SLB";
-/// The format version this build writes and reads.
-pub const FORMAT_VERSION: u8 = 1;
+/// The format version this build writes. It reads this one and version 1
+/// (whose header has no content digest and no origin).
+pub const FORMAT_VERSION: u8 = 2;
+/// The oldest format version this build reads.
+pub const OLDEST_READABLE_VERSION: u8 = 1;
 /// Largest uncompressed body accepted (64 MiB): a header that claims more is
 /// rejected before anything is allocated.
 pub const MAX_BODY_BYTES: u32 = 64 << 20;
@@ -68,9 +71,9 @@ pub fn encode(
     let row_count =
         u32::try_from(rows).map_err(|_| WireError::invalid(format!("{rows} rows in one batch")))?;
 
-    let head = write_header(header, row_count)?;
-
     let body = encode_body(header.base_seq, versions, columns);
+    let head = write_header(header, row_count, content_digest(&body))?;
+
     let raw_len = u32::try_from(body.len())
         .ok()
         .filter(|&n| n <= MAX_BODY_BYTES)
@@ -129,7 +132,8 @@ fn parse_frame(bytes: &[u8]) -> Result<Frame<'_>, WireError> {
     if &bytes[..3] != MAGIC {
         return Err(WireError::BadMagic);
     }
-    if bytes[3] != FORMAT_VERSION {
+    let version = bytes[3];
+    if !(OLDEST_READABLE_VERSION..=FORMAT_VERSION).contains(&version) {
         return Err(WireError::UnsupportedVersion {
             found: bytes[3],
             supported: FORMAT_VERSION,
@@ -151,7 +155,7 @@ fn parse_frame(bytes: &[u8]) -> Result<Frame<'_>, WireError> {
     }
     let header_len = r.u32("header length")? as usize;
     let head = r.take(header_len, "header")?;
-    let header = parse_header(head)?;
+    let header = parse_header(head, version)?;
     let raw_len = r.u32("body length")?;
     if raw_len > MAX_BODY_BYTES {
         return Err(WireError::TooLarge {
@@ -231,6 +235,13 @@ pub fn decode(bytes: &[u8]) -> Result<Batch, WireError> {
     } else {
         frame.body
     };
+    if let Some(digest) = frame.header.digest {
+        if content_digest(body) != digest {
+            return Err(WireError::malformed(
+                "the content digest does not match the rows",
+            ));
+        }
+    }
     let compact = frame.flags & FLAG_COMPACT_VALUES != 0;
     let (versions, columns) = decode_body(&frame.header, body, compact)?;
     Ok(Batch {

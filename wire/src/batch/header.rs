@@ -1,13 +1,32 @@
 //! The header's bytes: device id, stream id, table, sequence range, row
-//! count, send time, the columns and their fingerprint (checked on read).
+//! count, send time, the columns and their fingerprint (checked on read);
+//! from format version 2 also the content digest and the [`Origin`]
+//! (machine, zone, fork).
 
 use crate::codec::{self, Reader};
 use crate::error::WireError;
 
-use super::model::{column_fingerprint, BatchHeader, Column, ColumnType, MAX_COLUMNS};
+use super::model::{
+    column_fingerprint, BatchHeader, Column, ColumnType, Fork, Origin, MAX_COLUMNS, MAX_ZONE_BYTES,
+};
 
-/// The header's bytes, with `row_count` and a freshly computed fingerprint.
-pub(super) fn write_header(header: &BatchHeader, row_count: u32) -> Result<Vec<u8>, WireError> {
+/// The header's bytes (format version 2), with `row_count`, `digest` and a
+/// freshly computed fingerprint.
+pub(super) fn write_header(
+    header: &BatchHeader,
+    row_count: u32,
+    digest: u64,
+) -> Result<Vec<u8>, WireError> {
+    let origin = &header.origin;
+    if origin.zone.len() > MAX_ZONE_BYTES {
+        return Err(WireError::invalid(format!(
+            "the zone is {} bytes, the limit is {MAX_ZONE_BYTES}",
+            origin.zone.len()
+        )));
+    }
+    if origin.fork.is_some_and(|f| f.parent_stream == 0) {
+        return Err(WireError::invalid("a fork's parent stream is 0"));
+    }
     let mut head = Vec::with_capacity(64 + 16 * header.columns.len());
     codec::put_str16(&mut head, &header.device_id, "device id")?;
     codec::put_u64(&mut head, header.stream_id);
@@ -22,10 +41,19 @@ pub(super) fn write_header(header: &BatchHeader, row_count: u32) -> Result<Vec<u
         head.push(c.ty as u8);
     }
     codec::put_u64(&mut head, column_fingerprint(&header.columns));
+    codec::put_u64(&mut head, digest);
+    codec::put_u64(&mut head, origin.machine);
+    codec::put_str16(&mut head, &origin.zone, "zone")?;
+    let (parent, fork_seq) = origin
+        .fork
+        .map_or((0, 0), |f| (f.parent_stream, f.fork_seq));
+    codec::put_u64(&mut head, parent);
+    codec::put_u64(&mut head, fork_seq as u64);
     Ok(head)
 }
 
-pub(super) fn parse_header(head: &[u8]) -> Result<BatchHeader, WireError> {
+/// Parses a header of format `version` (1 or 2, checked by the frame).
+pub(super) fn parse_header(head: &[u8], version: u8) -> Result<BatchHeader, WireError> {
     let mut r = Reader::new(head);
     let device_id = r.str16("device id")?;
     let stream_id = r.u64("stream id")?;
@@ -52,6 +80,33 @@ pub(super) fn parse_header(head: &[u8]) -> Result<BatchHeader, WireError> {
         columns.push(Column { name, ty });
     }
     let fingerprint = r.u64("column fingerprint")?;
+    let (digest, origin) = if version >= 2 {
+        let digest = r.u64("content digest")?;
+        let machine = r.u64("machine")?;
+        let zone = r.str16("zone")?;
+        if zone.len() > MAX_ZONE_BYTES {
+            return Err(WireError::malformed(format!(
+                "the zone is {} bytes, the limit is {MAX_ZONE_BYTES}",
+                zone.len()
+            )));
+        }
+        let parent_stream = r.u64("parent stream")?;
+        let fork_seq = r.i64("fork sequence")?;
+        let fork = (parent_stream != 0).then_some(Fork {
+            parent_stream,
+            fork_seq,
+        });
+        (
+            Some(digest),
+            Origin {
+                machine,
+                zone,
+                fork,
+            },
+        )
+    } else {
+        (None, Origin::default())
+    };
     if r.remaining() != 0 {
         return Err(WireError::malformed(format!(
             "{} unexpected bytes at the end of the header",
@@ -81,5 +136,7 @@ pub(super) fn parse_header(head: &[u8]) -> Result<BatchHeader, WireError> {
         sent_at_ms,
         columns,
         fingerprint,
+        digest,
+        origin,
     })
 }

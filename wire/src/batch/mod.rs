@@ -2,15 +2,16 @@
 //! uses to recognise a replay and the column fingerprint it uses to refuse a
 //! batch it cannot map.
 //!
-//! Layout (version 1, all integers little-endian; see `docs/wire-format.md`):
+//! Layout (version 2, all integers little-endian; see `docs/wire-format.md`):
 //!
 //! ```text
-//! magic "SLB" | version u8 = 1 | flags u8 | header_len u32 | header
+//! magic "SLB" | version u8 = 2 | flags u8 | header_len u32 | header
 //! body_raw_len u32 | body_len u32 | body (brotli if flags & 1) | crc32c u32
 //! ```
 //!
 //! The header holds device id, stream id, table, sequence range, row count,
-//! send time, columns and their fingerprint. The body is columnar: first the
+//! send time, columns and their fingerprint, and (version 2) the content
+//! digest, the machine, the zone and the fork of a new epoch. The body is columnar: first the
 //! per-row versions (zigzag deltas), then for each column a tag per row and
 //! the values (integers as zigzag deltas, reals as 8 bytes, text and blobs
 //! length-prefixed). The checksum (CRC-32C) covers every byte before it and is
@@ -26,10 +27,12 @@ pub mod frame;
 pub mod header;
 pub mod model;
 
-pub use frame::{decode, decode_header, encode, FORMAT_VERSION, MAGIC, MAX_BODY_BYTES};
+pub use frame::{
+    decode, decode_header, encode, FORMAT_VERSION, MAGIC, MAX_BODY_BYTES, OLDEST_READABLE_VERSION,
+};
 pub use model::{
-    column_fingerprint, Batch, BatchHeader, BatchId, Column, ColumnType, EncodeOptions, Value,
-    DEFAULT_BROTLI_QUALITY, MAX_COLUMNS,
+    column_fingerprint, content_digest, Batch, BatchHeader, BatchId, Column, ColumnType,
+    EncodeOptions, Fork, Origin, Value, DEFAULT_BROTLI_QUALITY, MAX_COLUMNS, MAX_ZONE_BYTES,
 };
 
 #[cfg(test)]

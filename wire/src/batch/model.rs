@@ -133,7 +133,45 @@ pub struct BatchHeader {
     pub columns: Vec<Column>,
     /// [`column_fingerprint`] of `columns`.
     pub fingerprint: u64,
+    /// [`content_digest`] of the rows: what they are, whatever the send time.
+    /// Recomputed by `encode` (like the fingerprint); `None` in a batch of
+    /// format version 1, which did not carry it.
+    pub digest: Option<u64>,
+    /// Where the rows come from beyond the stream (format version 2; the
+    /// default in a version 1 batch).
+    pub origin: Origin,
 }
+
+/// What a batch says about the database and the clock its rows come from.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Origin {
+    /// A 64-bit hash of the identity of the machine the edge database ran on
+    /// when the batch was cut (0: unknown). The cloud keeps it per stream, so
+    /// that two databases sending under one device id can be told apart.
+    pub machine: u64,
+    /// The zone in which the device's zoneless timestamps are wall-clock time:
+    /// an IANA name (`Europe/Berlin`) or a fixed offset (`+05:30`). Empty:
+    /// UTC.
+    pub zone: String,
+    /// Set while the stream is young: the database continued an earlier
+    /// stream (it was restored or copied), and rows up to a sequence number
+    /// may already be in the cloud under that stream or its ancestors.
+    pub fork: Option<Fork>,
+}
+
+/// The earlier stream a new epoch continues.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fork {
+    /// The stream the database used before (never 0).
+    pub parent_stream: u64,
+    /// Rows with a version up to this one existed when the new epoch began:
+    /// they may be in the cloud under the parent stream already, with the
+    /// same content.
+    pub fork_seq: i64,
+}
+
+/// Largest length of [`Origin::zone`] in bytes.
+pub const MAX_ZONE_BYTES: usize = 64;
 
 impl BatchHeader {
     pub fn id(&self) -> BatchId {
@@ -193,6 +231,17 @@ impl Default for EncodeOptions {
             brotli_quality: Some(DEFAULT_BROTLI_QUALITY),
         }
     }
+}
+
+/// The digest of a batch's rows: FNV-1a 64 of the uncompressed body (the
+/// versions and every value, in the format's deterministic coding). Two
+/// batches with the same identity and the same digest carry the same rows;
+/// the send time is not part of it.
+pub fn content_digest(raw_body: &[u8]) -> u64 {
+    use std::hash::Hasher;
+    let mut h = fnv::FnvHasher::default();
+    h.write(raw_body);
+    h.finish()
 }
 
 /// A stable 64-bit fingerprint (FNV-1a) of column names and types, in order.

@@ -17,6 +17,8 @@ fn header(columns: Vec<Column>, base: i64, last: i64) -> BatchHeader {
         sent_at_ms: 1_700_000_000_000,
         fingerprint: column_fingerprint(&columns),
         columns,
+        digest: None,
+        origin: Origin::default(),
     }
 }
 
@@ -352,4 +354,114 @@ fn the_column_fingerprint_is_pinned() {
         Column::new("state", ColumnType::Text),
     ];
     assert_eq!(column_fingerprint(&cols), 0xaab6_b962_2b4f_db7d);
+}
+
+fn with_origin() -> (BatchHeader, Vec<i64>, Vec<Vec<Value>>) {
+    let (mut h, v, d) = sample();
+    h.origin = Origin {
+        machine: 0x1234_5678_9abc_def0,
+        zone: "Asia/Shanghai".into(),
+        fork: Some(Fork {
+            parent_stream: 77,
+            fork_seq: 14,
+        }),
+    };
+    (h, v, d)
+}
+
+#[test]
+fn version_2_carries_digest_and_origin() {
+    let (h, v, d) = with_origin();
+    let bytes = encode(&h, &v, &d, EncodeOptions::default()).unwrap();
+    assert_eq!(bytes[3], 2);
+    let b = decode(&bytes).unwrap();
+    assert_eq!(b.header.origin, h.origin);
+    let digest = b.header.digest.expect("a version 2 batch has a digest");
+    assert_eq!(decode_header(&bytes).unwrap().digest, Some(digest));
+    assert_eq!(decode_header(&bytes).unwrap().origin, h.origin);
+}
+
+#[test]
+fn the_digest_is_the_rows_not_the_send_time() {
+    let (mut h, v, mut d) = sample();
+    let digest = |h: &BatchHeader, d: &[Vec<Value>]| {
+        decode_header(&encode(h, &v, d, EncodeOptions::default()).unwrap())
+            .unwrap()
+            .digest
+            .unwrap()
+    };
+    let first = digest(&h, &d);
+    h.sent_at_ms += 60_000;
+    h.origin.machine = 9;
+    assert_eq!(digest(&h, &d), first, "send time and machine are not content");
+    // Compression is not content either.
+    let raw = encode(&h, &v, &d, EncodeOptions { brotli_quality: None }).unwrap();
+    assert_eq!(decode_header(&raw).unwrap().digest, Some(first));
+    d[1][1] = Value::Text("YELLOW".into());
+    assert_ne!(digest(&h, &d), first, "another value is other content");
+}
+
+#[test]
+fn a_digest_that_does_not_match_the_rows_is_refused() {
+    let (h, v, d) = sample();
+    let bytes = encode(&h, &v, &d, EncodeOptions { brotli_quality: None }).unwrap();
+    // The digest is the first of the version-2 fields, right after the
+    // fingerprint: header_len is at 5..9, the header ends 8 + 8 + 2 + 0 + 8
+    // + 8 bytes (digest, machine, empty zone, parent, fork sequence) before
+    // its end.
+    let header_len = u32::from_le_bytes(bytes[5..9].try_into().unwrap()) as usize;
+    let digest_at = 9 + header_len - 34;
+    let mut tampered = bytes.clone();
+    tampered[digest_at] ^= 1;
+    let tampered = resign(tampered);
+    assert!(decode_header(&tampered).is_ok(), "the header alone is whole");
+    let e = decode(&tampered).unwrap_err().to_string();
+    assert!(e.contains("content digest does not match"), "{e}");
+}
+
+/// `bytes` (version 2, no origin) as the version 1 writers wrote them.
+fn as_version_1(bytes: &[u8]) -> Vec<u8> {
+    let header_len = u32::from_le_bytes(bytes[5..9].try_into().unwrap()) as usize;
+    let v2_tail = 8 + 8 + 2 + 8 + 8;
+    let mut out = Vec::new();
+    out.extend_from_slice(&bytes[..3]);
+    out.push(1);
+    out.push(bytes[4]);
+    out.extend_from_slice(&((header_len - v2_tail) as u32).to_le_bytes());
+    out.extend_from_slice(&bytes[9..9 + header_len - v2_tail]);
+    out.extend_from_slice(&bytes[9 + header_len..]);
+    resign(out)
+}
+
+#[test]
+fn version_1_batches_still_read() {
+    let (h, v, d) = sample();
+    let v1 = as_version_1(&encode(&h, &v, &d, EncodeOptions::default()).unwrap());
+    let b = decode(&v1).unwrap();
+    assert_eq!(b.header.id(), h.id());
+    assert_eq!(b.header.digest, None);
+    assert_eq!(b.header.origin, Origin::default());
+    assert_eq!(b.versions, v);
+    assert_eq!(b.columns, d);
+}
+
+#[test]
+fn unknown_versions_and_bad_origins_are_refused() {
+    let (h, v, d) = sample();
+    let mut bytes = encode(&h, &v, &d, EncodeOptions::default()).unwrap();
+    bytes[3] = 3;
+    let e = decode(&resign(bytes)).unwrap_err().to_string();
+    assert!(e.contains("version 3") && e.contains("versions 1 to 2"), "{e}");
+
+    let (mut h, v, d) = with_origin();
+    h.origin.zone = "x".repeat(MAX_ZONE_BYTES + 1);
+    let e = encode(&h, &v, &d, EncodeOptions::default()).unwrap_err().to_string();
+    assert!(e.contains("zone"), "{e}");
+    h.origin.zone.clear();
+    h.origin.fork = Some(Fork {
+        parent_stream: 0,
+        fork_seq: 3,
+    });
+    let e = encode(&h, &v, &d, EncodeOptions::default()).unwrap_err().to_string();
+    assert!(e.contains("parent stream is 0"), "{e}");
 }
