@@ -4,6 +4,7 @@
 //! ```toml
 //! [device]
 //! id = "store-042-box-1"          # this box's device id, sent with every batch
+//! time_zone = "Europe/Berlin"     # the zone of zoneless timestamps (default UTC)
 //!
 //! [edge]
 //! database = "/var/lib/sluice/edge.db"
@@ -178,8 +179,87 @@ pub struct DeviceConfig {
     /// [`sluice_wire::MAX_DEVICE_ID_CHARS`] characters, no control
     /// characters ([`sluice_wire::check_device_id`], the rule of
     /// `sluice_device()` too). The cloud keeps its ledger, clock skew and
-    /// statistics per device id.
+    /// statistics per device id. Give every box its own: two edge
+    /// databases sending under one id are told apart by their streams, and
+    /// `sluice status` warns about them (docs/agent.md, "Replacing,
+    /// restoring and cloning boxes").
     pub id: String,
+    /// The identity of the machine the edge database runs on, recorded in
+    /// the database (`sluice_machine`) at every start: a database that finds
+    /// itself on another machine (a copied file, a cloned image) continues
+    /// under a new epoch by itself. 1 to [`crate::machine::MAX_MACHINE_ID_CHARS`]
+    /// characters, no control characters. Unset (the default): a hash of
+    /// `/etc/machine-id` and the MAC addresses of the box's network hardware
+    /// ([`crate::machine::derive`]). Set it where those are not stable or not
+    /// there (containers).
+    pub machine_id: Option<String>,
+    /// The zone of the box's wall clock: zoneless timestamp text the pipeline
+    /// writes (`'2025-12-13 14:35:00'`) is read in this zone by the cloud. An
+    /// IANA name (`"Europe/Berlin"`, `"America/Argentina/Buenos_Aires"`),
+    /// `"UTC"`, or a fixed offset east of UTC (`"+05:30"`, `"-03:00"`); set
+    /// at every start with `sluice_zone`. Default [`DEFAULT_TIME_ZONE`].
+    #[serde(default = "DeviceConfig::default_time_zone")]
+    pub time_zone: String,
+}
+
+/// Zoneless timestamps are UTC unless the box says otherwise.
+pub const DEFAULT_TIME_ZONE: &str = "UTC";
+
+/// The longest zone name, in bytes (the batch header's limit).
+pub const MAX_ZONE_BYTES: usize = sluice_wire::MAX_ZONE_BYTES;
+
+impl DeviceConfig {
+    // As for `EdgeConfig`: a required field, so a function for the default.
+    fn default_time_zone() -> String {
+        DEFAULT_TIME_ZONE.into()
+    }
+}
+
+/// Checks a zone by the rule of `sluice_zone`: an IANA-style name (ASCII
+/// letters, digits, `/ _ + -`, starting with a letter, at most
+/// [`MAX_ZONE_BYTES`] bytes), or a fixed offset `+HH:MM` / `-HH:MM` (hours
+/// 00 to 15, minutes 00 to 59). Whether the cloud knows the name is the
+/// cloud's to say (`sluice.ingest` refuses an unknown zone, 22023).
+pub fn check_zone(zone: &str) -> Result<(), String> {
+    if zone.is_empty() {
+        return Err("the zone must not be empty (the default is \"UTC\")".into());
+    }
+    if zone.len() > MAX_ZONE_BYTES {
+        return Err(format!(
+            "the zone is {} bytes long, the limit is {MAX_ZONE_BYTES}",
+            zone.len()
+        ));
+    }
+    let b = zone.as_bytes();
+    if matches!(b[0], b'+' | b'-') {
+        let digits = |s: &[u8]| s.iter().all(u8::is_ascii_digit);
+        let ok = b.len() == 6
+            && digits(&b[1..3])
+            && b[3] == b':'
+            && digits(&b[4..6])
+            && zone[1..3].parse::<u8>().is_ok_and(|h| h <= 15)
+            && zone[4..6].parse::<u8>().is_ok_and(|m| m <= 59);
+        return if ok {
+            Ok(())
+        } else {
+            Err(
+                "a fixed offset is written +HH:MM or -HH:MM (hours 00 to 15), e.g. \"+05:30\""
+                    .into(),
+            )
+        };
+    }
+    if !b[0].is_ascii_alphabetic() {
+        return Err("a zone name starts with a letter (e.g. \"Europe/Berlin\")".into());
+    }
+    if let Some(c) = zone
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '/' | '_' | '+' | '-')))
+    {
+        return Err(format!(
+            "a zone name holds only ASCII letters, digits and / _ + - (found {c:?}); e.g. \"Europe/Berlin\", \"UTC\" or \"+05:30\""
+        ));
+    }
+    Ok(())
 }
 
 /// `[edge]`: the local SQLite database.
@@ -377,6 +457,14 @@ impl Config {
     fn validate(&self) -> anyhow::Result<()> {
         if let Err(why) = sluice_wire::check_device_id(&self.device.id) {
             bail!("device.id {:?}: {why}", self.device.id);
+        }
+        if let Some(m) = &self.device.machine_id {
+            if let Err(why) = crate::machine::check_machine_id(m) {
+                bail!("device.machine_id {m:?}: {why}");
+            }
+        }
+        if let Err(why) = check_zone(&self.device.time_zone) {
+            bail!("device.time_zone {:?}: {why}", self.device.time_zone);
         }
         if url_has_password(&self.cloud.url) {
             bail!(

@@ -14,6 +14,7 @@
 //! - [`schedule`]: cron expressions, next fire times, missed runs.
 //! - [`embed`]: the key-frame embedding job (model code in `sluice-inference`).
 //! - [`migrate`]: applies `migrations/` to the cloud in order.
+//! - [`machine`]: this box's machine identity (`device.machine_id` or derived).
 //! - [`status`]: what `sluice status` reports.
 //! - [`metrics`]: the optional Prometheus endpoint of `sluice run`.
 //! - [`shutdown`], [`backoff`], [`failpoint`]: SIGTERM handling, retry waits,
@@ -27,6 +28,7 @@ mod embed;
 mod embed_config;
 mod failpoint;
 mod jobs;
+mod machine;
 mod metrics;
 mod migrate;
 mod schedule;

@@ -133,6 +133,7 @@ fn the_example_config_is_valid_and_complete() {
     assert_eq!(cfg.edge.busy_timeout_ms, d.edge.busy_timeout_ms);
     assert_eq!(cfg.cloud.connect_timeout_secs, d.cloud.connect_timeout_secs);
     assert_eq!(cfg.cloud.tls, d.cloud.tls);
+    assert_eq!(cfg.device.time_zone, d.device.time_zone);
 }
 
 #[test]
@@ -160,4 +161,68 @@ fn relative_paths_follow_the_config_file() {
     std::fs::write(&path, MINIMAL).unwrap();
     let cfg = Config::load(&path).unwrap();
     assert_eq!(cfg.edge.database, dir.path().join("edge.db"));
+}
+
+#[test]
+fn the_time_zone_defaults_to_utc_and_the_machine_id_to_derived() {
+    let cfg = Config::parse(MINIMAL).unwrap();
+    assert_eq!(cfg.device.time_zone, DEFAULT_TIME_ZONE);
+    assert_eq!(cfg.device.machine_id, None);
+    let with = |extra: &str| MINIMAL.replace("id = \"box-1\"", &format!("id = \"box-1\"\n{extra}"));
+    let cfg = Config::parse(&with(
+        "time_zone = \"America/Argentina/Buenos_Aires\"\nmachine_id = \"rack-7\"",
+    ))
+    .unwrap();
+    assert_eq!(cfg.device.time_zone, "America/Argentina/Buenos_Aires");
+    assert_eq!(cfg.device.machine_id.as_deref(), Some("rack-7"));
+    for ok in [
+        "UTC",
+        "Europe/Berlin",
+        "Etc/GMT+3",
+        "+05:30",
+        "-03:00",
+        "+00:00",
+        "EST5EDT",
+    ] {
+        assert!(check_zone(ok).is_ok(), "{ok}: {:?}", check_zone(ok));
+    }
+}
+
+#[test]
+fn a_bad_time_zone_or_machine_id_is_refused_at_start_naming_the_key() {
+    let with = |extra: &str| MINIMAL.replace("id = \"box-1\"", &format!("id = \"box-1\"\n{extra}"));
+    for bad in [
+        "",
+        "Europe/Berlin; DROP",
+        "Europe Berlin",
+        "+5:30",
+        "+05:60",
+        "+16:00",
+        "05:30",
+        "/etc/localtime",
+        "Zürich",
+    ] {
+        let err = format!(
+            "{:#}",
+            Config::parse(&with(&format!("time_zone = {bad:?}"))).unwrap_err()
+        );
+        assert!(err.contains("device.time_zone"), "{bad}: {err}");
+    }
+    let long = format!("Europe/{}", "x".repeat(MAX_ZONE_BYTES));
+    let err = format!(
+        "{:#}",
+        Config::parse(&with(&format!("time_zone = {long:?}"))).unwrap_err()
+    );
+    assert!(
+        err.contains("device.time_zone") && err.contains("64"),
+        "{err}"
+    );
+    let err = format!(
+        "{:#}",
+        Config::parse(&with("machine_id = \"\"")).unwrap_err()
+    );
+    assert!(
+        err.contains("device.machine_id") && err.contains("empty"),
+        "{err}"
+    );
 }
