@@ -15,7 +15,10 @@
 //! edge never acknowledged and does not hold (version above the edge's
 //! acknowledged watermark) are reported as extra; older cloud rows missing
 //! at the edge were cleaned up there after their acknowledgement and are
-//! only counted.
+//! only counted. Where the cloud key holds the edge stream
+//! (`sluice_stream`), rows are looked up under this database's streams (its
+//! epochs, from `sluice_identity()`), so the rows of another database sending
+//! under the same device id are not compared.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::ExitCode;
@@ -35,6 +38,29 @@ mod scan;
 use canon::{canon_cloud, cloud_expr, fnv, kind_of, Column, Kind};
 pub use scan::BUCKET_ROWS;
 use scan::{edge_columns, EdgeScan, ScanCursor};
+
+/// The cloud column that holds the edge stream of a row.
+const STREAM_COLUMN: &str = "sluice_stream";
+
+/// The streams of this edge database, from `sluice_identity()`: every epoch
+/// in its history.
+fn epoch_streams(identity_json: &str) -> anyhow::Result<Vec<i64>> {
+    let v: serde_json::Value =
+        serde_json::from_str(identity_json).context("sluice_identity() is not JSON")?;
+    let mut streams: Vec<i64> = v["epochs"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|e| e["stream_id"].as_i64()).collect())
+        .unwrap_or_default();
+    if let Some(current) = v["stream_id"].as_i64() {
+        if !streams.contains(&current) {
+            streams.push(current);
+        }
+    }
+    if streams.is_empty() {
+        bail!("sluice_identity() names no stream");
+    }
+    Ok(streams)
+}
 
 /// Differences printed per kind; all are counted.
 const MAX_LISTED: usize = 20;
@@ -110,8 +136,23 @@ pub async fn run(cfg: &Config, opts: &VerifyOptions) -> anyhow::Result<ExitCode>
         .collect();
     let has_device = cloud_types.contains_key("sluice_device");
     let has_version = cloud_types.contains_key("sluice_version");
+    // A target whose key holds the edge stream (`sluice_stream`, filled by
+    // sluice.ingest from the batch) is compared against the rows of this
+    // database's streams (its epochs): the stream is not an edge column.
+    let by_stream = key_columns.iter().any(|k| k == STREAM_COLUMN);
+    let streams: Vec<i64> = if by_stream {
+        edge.run(|e| {
+            let json: String =
+                e.connection()
+                    .query_row("SELECT sluice_identity()", [], |r| r.get(0))?;
+            epoch_streams(&json)
+        })
+        .await?
+    } else {
+        Vec::new()
+    };
     let mut keys: Vec<Column> = Vec::new();
-    for k in &key_columns {
+    for k in key_columns.iter().filter(|k| *k != STREAM_COLUMN) {
         let c = column(k).with_context(|| format!("key column '{k}' is not in {target}"))?;
         if k != "sluice_device" && !columns.iter().any(|x| &x.name == k) {
             bail!("key column '{k}' of {target} is not an uploaded column of the edge table '{table}'");
@@ -151,8 +192,13 @@ pub async fn run(cfg: &Config, opts: &VerifyOptions) -> anyhow::Result<ExitCode>
             .collect();
         let mut exprs: Vec<String> = keys.iter().map(cloud_expr).collect();
         exprs.extend(columns.iter().map(cloud_expr));
+        let stream = if by_stream {
+            format!(" AND t.{STREAM_COLUMN} = ANY(${}::bigint[])", keys.len() + 1)
+        } else {
+            String::new()
+        };
         format!(
-            "SELECT {} FROM {target} t JOIN unnest({}) AS u({}) ON {}",
+            "SELECT {} FROM {target} t JOIN unnest({}) AS u({}) ON {}{stream}",
             exprs.join(", "),
             unnest.join(", "),
             names.join(", "),
@@ -178,11 +224,14 @@ pub async fn run(cfg: &Config, opts: &VerifyOptions) -> anyhow::Result<ExitCode>
         compared += edge_rows.len() as u64;
         let mut cloud_rows: BTreeMap<String, String> = BTreeMap::new();
         if !edge_rows.is_empty() {
-            let bind: Vec<&(dyn ToSql + Sync)> = bucket
+            let mut bind: Vec<&(dyn ToSql + Sync)> = bucket
                 .key_params
                 .iter()
                 .map(|v| v as &(dyn ToSql + Sync))
                 .collect();
+            if by_stream {
+                bind.push(&streams);
+            }
             for r in client.query(&cloud_sql, &bind).await? {
                 let key: Vec<String> = keys
                     .iter()
@@ -194,7 +243,16 @@ pub async fn run(cfg: &Config, opts: &VerifyOptions) -> anyhow::Result<ExitCode>
                     .enumerate()
                     .map(|(i, c)| canon_cloud(&r, keys.len() + i, c.kind))
                     .collect();
-                cloud_rows.insert(key.join("|"), values.join("|"));
+                // A row id of this database can be in the cloud under two
+                // of its streams (a restored box reused it in a new epoch):
+                // the one holding the edge's content is its row.
+                let (key, values) = (key.join("|"), values.join("|"));
+                let keep_existing = cloud_rows
+                    .get(&key)
+                    .is_some_and(|held| edge_rows.get(&key) == Some(held));
+                if !keep_existing {
+                    cloud_rows.insert(key, values);
+                }
             }
         }
         let digest = |m: &BTreeMap<String, String>| {
@@ -230,6 +288,10 @@ pub async fn run(cfg: &Config, opts: &VerifyOptions) -> anyhow::Result<ExitCode>
             keys.iter().map(cloud_expr).collect::<Vec<_>>().join(", ")
         );
         let mut bind: Vec<&(dyn ToSql + Sync)> = vec![&cfg.device.id];
+        if by_stream {
+            bind.push(&streams);
+            sql += &format!(" AND t.{STREAM_COLUMN} = ANY($2::bigint[])");
+        }
         let (since, until) = (opts.since.clone(), opts.until.clone());
         if let Some(tc) = tracked
             .time_column
@@ -302,4 +364,19 @@ pub async fn run(cfg: &Config, opts: &VerifyOptions) -> anyhow::Result<ExitCode>
     } else {
         ExitCode::SUCCESS
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_streams_of_an_identity_are_every_epoch() {
+        let json = r#"{"device_id": "box-1", "stream_id": 9, "epochs": [
+            {"stream_id": 7, "parent_stream": null}, {"stream_id": 9, "parent_stream": 7}]}"#;
+        assert_eq!(epoch_streams(json).unwrap(), [7, 9]);
+        assert_eq!(epoch_streams(r#"{"stream_id": 5}"#).unwrap(), [5]);
+        assert!(epoch_streams("{}").is_err());
+        assert!(epoch_streams("not json").is_err());
+    }
 }
