@@ -39,6 +39,75 @@ pub enum IngestError {
     /// The batch itself was refused (corrupt, unregistered table, unknown
     /// column, constraint): retrying the same bytes gives the same answer.
     Rejected(anyhow::Error),
+    /// SQLSTATE 55000: the batch contradicts what the cloud already has from
+    /// this stream, so the edge database was restored from a backup or
+    /// copied; it must continue under a new epoch (`sluice_new_epoch`).
+    /// `message` is the server's message alone (the new epoch's reason),
+    /// `error` the whole of it (with detail and hint).
+    RestoredOrCopied {
+        message: String,
+        error: anyhow::Error,
+    },
+}
+
+/// What an SQLSTATE of `sluice.ingest` means for the batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IngestErrorKind {
+    Transient,
+    Rejected,
+    RestoredOrCopied,
+}
+
+impl IngestErrorKind {
+    /// Classifies by SQLSTATE: connection (08), transaction rollback (40),
+    /// resources (53), operator intervention (57), system (58), lock not
+    /// available and query canceled are transient; 55000
+    /// (object_not_in_prerequisite_state, which `sluice.ingest` raises for
+    /// nothing but a restored or copied edge database) is its own kind;
+    /// everything else is a refusal of the batch.
+    pub fn of(code: &SqlState) -> IngestErrorKind {
+        let class = &code.code()[..2];
+        if *code == SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE {
+            IngestErrorKind::RestoredOrCopied
+        } else if matches!(class, "08" | "40" | "53" | "57" | "58")
+            || *code == SqlState::LOCK_NOT_AVAILABLE
+            || *code == SqlState::QUERY_CANCELED
+        {
+            IngestErrorKind::Transient
+        } else {
+            IngestErrorKind::Rejected
+        }
+    }
+}
+
+/// One stream of this device as the cloud knows it
+/// (`sluice.device_streams`): one edge database's epoch.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CloudStream {
+    pub stream_id: i64,
+    pub parent_stream: Option<i64>,
+    /// The hash of the machine the batches came from (0: unknown).
+    pub machine: Option<i64>,
+    /// ISO-8601 UTC.
+    pub first_seen: Option<String>,
+    pub last_seen: Option<String>,
+    /// `last_seen` in Unix milliseconds.
+    #[serde(skip)]
+    pub last_seen_ms: Option<i64>,
+    pub batches: i64,
+    pub rows: i64,
+    /// A batch of it arrived in the last 15 minutes.
+    pub live: bool,
+}
+
+/// Why the cloud did not list the streams.
+#[derive(Debug)]
+pub enum StreamsError {
+    /// 42501: the role may not see them (issue 15 sorts out the roles).
+    NotPermitted(String),
+    /// The cloud's extension has no `sluice.device_streams` (older than 0.2).
+    Missing(String),
+    Other(anyhow::Error),
 }
 
 impl Cloud {
@@ -71,7 +140,67 @@ impl Cloud {
                 client
             }
         };
+        // `status` and `verify` compare timestamps as text; they must not
+        // depend on the server's or the database's default zone. A
+        // transaction-mode pooler keeps it too (pgbouncer tracks TimeZone
+        // per client).
+        client
+            .batch_execute("SET TimeZone = 'UTC'")
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot set the cloud session's TimeZone to UTC: {}",
+                    describe(&e)
+                )
+            })?;
         Ok(Cloud { client })
+    }
+
+    /// The streams of `device` (`sluice.device_streams`), oldest first.
+    pub async fn device_streams(&self, device: &str) -> Result<Vec<CloudStream>, StreamsError> {
+        let iso =
+            |c: &str| format!("to_char({c} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')");
+        let sql = format!(
+            "SELECT stream_id, parent_stream, machine, {}, {}, \
+                    (extract(epoch FROM last_seen) * 1000)::bigint, batches, rows, live \
+               FROM sluice.device_streams($1) ORDER BY first_seen, stream_id",
+            iso("first_seen"),
+            iso("last_seen")
+        );
+        let rows = self
+            .client
+            .query_typed(&sql, &[(&device, Type::TEXT)])
+            .await
+            .map_err(|e| {
+                let code = e.code().cloned();
+                let msg = describe(&e);
+                match code {
+                    Some(c) if c == SqlState::INSUFFICIENT_PRIVILEGE => {
+                        StreamsError::NotPermitted(msg)
+                    }
+                    Some(c)
+                        if c == SqlState::UNDEFINED_FUNCTION
+                            || c == SqlState::INVALID_SCHEMA_NAME =>
+                    {
+                        StreamsError::Missing(msg)
+                    }
+                    _ => StreamsError::Other(anyhow::anyhow!(msg)),
+                }
+            })?;
+        Ok(rows
+            .iter()
+            .map(|r| CloudStream {
+                stream_id: r.get(0),
+                parent_stream: r.get(1),
+                machine: r.get(2),
+                first_seen: r.get(3),
+                last_seen: r.get(4),
+                last_seen_ms: r.get(5),
+                batches: r.get::<_, Option<i64>>(6).unwrap_or(0),
+                rows: r.get::<_, Option<i64>>(7).unwrap_or(0),
+                live: r.get::<_, Option<bool>>(8).unwrap_or(false),
+            })
+            .collect())
     }
 
     pub fn client_mut(&mut self) -> &mut Client {
@@ -219,14 +348,45 @@ fn classify(e: tokio_postgres::Error) -> IngestError {
     let Some(db) = e.as_db_error() else {
         return IngestError::Transient(msg);
     };
-    let code = db.code();
-    let class = &code.code()[..2];
-    let transient = matches!(class, "08" | "40" | "53" | "57" | "58")
-        || *code == SqlState::LOCK_NOT_AVAILABLE
-        || *code == SqlState::QUERY_CANCELED;
-    if transient {
-        IngestError::Transient(msg)
-    } else {
-        IngestError::Rejected(msg)
+    match IngestErrorKind::of(db.code()) {
+        IngestErrorKind::Transient => IngestError::Transient(msg),
+        IngestErrorKind::Rejected => IngestError::Rejected(msg),
+        IngestErrorKind::RestoredOrCopied => IngestError::RestoredOrCopied {
+            message: db.message().to_owned(),
+            error: msg,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ingest_errors_are_classified_by_sqlstate() {
+        use IngestErrorKind::*;
+        for (code, kind) in [
+            ("55000", RestoredOrCopied),
+            ("08006", Transient),
+            ("40001", Transient),
+            ("40P01", Transient),
+            ("53100", Transient),
+            ("57P01", Transient),
+            ("55P03", Transient),
+            ("57014", Transient),
+            ("58030", Transient),
+            ("22023", Rejected),
+            ("XX000", Rejected),
+            ("42703", Rejected),
+            ("23505", Rejected),
+            // Class 55 beside 55000 and 55P03: not a fork.
+            ("55006", Rejected),
+        ] {
+            assert_eq!(
+                IngestErrorKind::of(&SqlState::from_code(code)),
+                kind,
+                "{code}"
+            );
+        }
     }
 }

@@ -68,6 +68,68 @@ impl Tracked {
     }
 }
 
+/// What `sluice_identity()` says about this edge database: its device, its
+/// current stream and the history of its epochs (docs/sqlite.md).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Identity {
+    pub device_id: Option<String>,
+    /// The current stream (epoch).
+    pub stream_id: i64,
+    pub machine: Option<String>,
+    #[serde(default)]
+    pub zone: Option<String>,
+    /// Oldest first; the last is the current one.
+    #[serde(default)]
+    pub epochs: Vec<Epoch>,
+}
+
+/// One epoch of the edge database.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Epoch {
+    pub stream_id: i64,
+    pub parent_stream: Option<i64>,
+    /// ISO-8601 UTC.
+    pub started_at: Option<String>,
+    pub reason: String,
+    pub machine: Option<String>,
+}
+
+/// A stream id as the batch identities show it (`BatchId`'s Display): 16
+/// hex digits.
+pub fn stream_hex(stream: i64) -> String {
+    format!("{:016x}", stream as u64)
+}
+
+/// Why the edge database began a new epoch: the label of
+/// `sluice_epochs_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EpochReason {
+    /// The cloud found the database's batches in conflict with what it
+    /// already had from this stream (SQLSTATE 55000): it was restored from a
+    /// backup or copied.
+    RestoredOrCopied,
+    /// `sluice_machine` found the database on another machine.
+    MovedMachine,
+}
+
+impl EpochReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EpochReason::RestoredOrCopied => "restored_or_copied",
+            EpochReason::MovedMachine => "moved_machine",
+        }
+    }
+}
+
+/// The database was found on another machine at open (`sluice_machine`
+/// returned 1) and continues under a new epoch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MachineMove {
+    pub from: Option<String>,
+    pub to: String,
+    pub new_stream: i64,
+}
+
 /// How a job run ended, as the sync log and `sluice status` say it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -223,10 +285,13 @@ pub fn open_connection(
 #[derive(Clone)]
 pub struct Edge {
     conn: Arc<Mutex<EdgeConn>>,
+    moved: Option<MachineMove>,
 }
 
 impl Edge {
-    /// Opens the database, loads the extension and sets the device id.
+    /// Opens the database, loads the extension, sets the device id and the
+    /// zone, and records the machine (a database found on another machine
+    /// begins a new epoch: [`Edge::moved`]).
     pub async fn open(cfg: &Config) -> anyhow::Result<Edge> {
         let (db, ext, busy) = (
             cfg.edge.database.clone(),
@@ -234,18 +299,30 @@ impl Edge {
             cfg.edge.busy_timeout_ms,
         );
         let device = cfg.device.id.clone();
-        let conn = tokio::task::spawn_blocking(move || {
+        let zone = cfg.device.time_zone.clone();
+        let configured_machine = cfg.device.machine_id.clone();
+        let (conn, moved) = tokio::task::spawn_blocking(move || {
             let conn = EdgeConn {
                 conn: open_connection(&db, &ext, busy)?,
             };
             conn.set_device(&device)?;
-            anyhow::Ok(conn)
+            conn.set_zone(&zone)?;
+            let machine = crate::machine::resolve(configured_machine.as_deref());
+            let moved = conn.set_machine(&device, machine.as_deref())?;
+            anyhow::Ok((conn, moved))
         })
         .await
         .context("the edge task failed")??;
         Ok(Edge {
             conn: Arc::new(Mutex::new(conn)),
+            moved,
         })
+    }
+
+    /// The database was found on another machine when this handle opened
+    /// it, and began a new epoch.
+    pub fn moved(&self) -> Option<&MachineMove> {
+        self.moved.as_ref()
     }
 
     /// Runs `f` on the connection, off the async runtime.
@@ -281,6 +358,91 @@ impl EdgeConn {
                 .context("cannot set the device id")?;
         }
         Ok(())
+    }
+
+    /// Sets the device's zone (`sluice_zone(?)`) when it is not the
+    /// configured one. An extension without `sluice_zone` (older than 0.2)
+    /// cannot carry a zone: only UTC is accepted then.
+    fn set_zone(&self, zone: &str) -> anyhow::Result<()> {
+        if !self.has_function("sluice_zone") {
+            if zone != crate::config::DEFAULT_TIME_ZONE {
+                anyhow::bail!(
+                    "device.time_zone is {zone:?}, but the loaded sluice0.so has no sluice_zone (it is older than 0.2): update it, or leave the zone at UTC"
+                );
+            }
+            return Ok(());
+        }
+        let current: Option<String> = self
+            .conn
+            .query_row("SELECT sluice_zone()", [], |r| r.get(0))?;
+        if current.as_deref() != Some(zone) {
+            self.write(|c| c.query_row("SELECT sluice_zone(?1)", [zone], |_| Ok(())))
+                .with_context(|| format!("cannot set the zone {zone:?} (device.time_zone)"))?;
+        }
+        Ok(())
+    }
+
+    /// Records the machine (`sluice_machine(?)`). A database that was on
+    /// another machine begins a new epoch: logged at WARN, and returned.
+    fn set_machine(
+        &self,
+        device: &str,
+        machine: Option<&str>,
+    ) -> anyhow::Result<Option<MachineMove>> {
+        if !self.has_function("sluice_machine") {
+            tracing::warn!(
+                "the loaded sluice0.so has no sluice_machine (it is older than 0.2): a copied database is not recognised at the edge"
+            );
+            return Ok(None);
+        }
+        let Some(machine) = machine else {
+            tracing::warn!(
+                "no machine identity (no /etc/machine-id, no network hardware): set device.machine_id so that a copied database is recognised"
+            );
+            return Ok(None);
+        };
+        let before: Option<String> = self
+            .conn
+            .query_row("SELECT sluice_machine()", [], |r| r.get(0))?;
+        if before.as_deref() == Some(machine) {
+            return Ok(None);
+        }
+        let moved: i64 = self
+            .write(|c| c.query_row("SELECT sluice_machine(?1)", [machine], |r| r.get(0)))
+            .context("cannot record the machine (sluice_machine)")?;
+        if moved != 1 {
+            return Ok(None);
+        }
+        let new_stream = self.identity()?.stream_id;
+        tracing::warn!(
+            device,
+            from = before.as_deref().unwrap_or(""),
+            to = machine,
+            stream = %stream_hex(new_stream),
+            "this database moved from machine {} to {machine}: continuing under a new epoch",
+            before.as_deref().unwrap_or("(none)")
+        );
+        Ok(Some(MachineMove {
+            from: before,
+            to: machine.to_owned(),
+            new_stream,
+        }))
+    }
+
+    /// `sluice_identity()`: the device, the current stream, the epochs.
+    pub fn identity(&self) -> anyhow::Result<Identity> {
+        let json: String = self
+            .conn
+            .query_row("SELECT sluice_identity()", [], |r| r.get(0))
+            .context("cannot read the edge database's identity (sluice_identity)")?;
+        serde_json::from_str(&json).context("sluice_identity() returned unexpected JSON")
+    }
+
+    /// Begins a new epoch (`sluice_new_epoch(reason)`, in its own immediate
+    /// transaction); returns the new stream.
+    pub fn new_epoch(&self, reason: &str) -> anyhow::Result<i64> {
+        self.write(|c| c.query_row("SELECT sluice_new_epoch(?1)", [reason], |r| r.get(0)))
+            .context("cannot begin a new epoch at the edge (sluice_new_epoch)")
     }
 
     /// Runs `f` in a `BEGIN IMMEDIATE` transaction. The extension's writing

@@ -14,7 +14,7 @@ use tracing::{info, warn};
 
 use crate::cloud::Cloud;
 use crate::config::Config;
-use crate::edge::{Edge, EdgeConn, LogEntry, RunStatus};
+use crate::edge::{Edge, EdgeConn, EpochReason, LogEntry, RunStatus};
 use crate::embed;
 use crate::metrics::Metrics;
 use crate::schedule::{self, Job};
@@ -170,7 +170,12 @@ pub async fn run_job(
             };
             sync::run(cfg, edge, &mut state.cloud, &opts, shutdown)
                 .await
-                .map(|r| r.log_entry())
+                .map(|r| {
+                    state
+                        .metrics
+                        .epochs(EpochReason::RestoredOrCopied, r.epochs());
+                    r.log_entry()
+                })
         }
         Job::Cleanup => {
             let (tables, keep) = (cfg.cleanup.tables.clone(), cfg.cleanup.keep.clone());
@@ -223,6 +228,9 @@ pub async fn run_daemon(cfg: &Config, shutdown: &Shutdown) -> anyhow::Result<()>
     let edge = Edge::open(cfg).await?;
     edge.run(|e| e.ensure_log()).await?;
     let mut state = JobState::default();
+    if edge.moved().is_some() {
+        state.metrics.epochs(EpochReason::MovedMachine, 1);
+    }
     if let Some(addr) = cfg.metrics.listen {
         state.metrics.clone().serve(addr, shutdown.clone()).await?;
     }

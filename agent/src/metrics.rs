@@ -2,7 +2,9 @@
 //! `GET /metrics` in the text exposition format (OpenMetrics), encoded by
 //! the `prometheus-client` crate and served by `hyper`. Counters end in
 //! `_total`; gauges: pending rows per table, the last success of each job,
-//! and the lag since the last successful sync.
+//! and the lag since the last successful sync. `sluice_epochs_total{reason}`
+//! counts the new epochs the edge database began (restored or copied, found
+//! on another machine).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -19,7 +21,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
-use crate::edge::LogEntry;
+use crate::edge::{EpochReason, LogEntry};
 use crate::schedule::Job;
 use crate::shutdown::Shutdown;
 
@@ -32,6 +34,11 @@ struct JobStatusLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct JobLabels {
     job: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -53,6 +60,7 @@ struct Inner {
     batches: Family<JobLabels, Counter>,
     bytes: Family<JobLabels, Counter>,
     pending: Family<TableLabels, Gauge>,
+    epochs: Family<ReasonLabels, Counter>,
     last_success: Family<JobLabels, FloatGauge>,
     sync_lag: Family<NoLabels, FloatGauge>,
     /// Unix seconds of the last successful sync or full sync.
@@ -82,6 +90,7 @@ impl Default for Metrics {
             batches: Family::default(),
             bytes: Family::default(),
             pending: Family::default(),
+            epochs: Family::default(),
             last_success: Family::default(),
             sync_lag: Family::default(),
             last_sync: Mutex::new(None),
@@ -118,6 +127,11 @@ impl Default for Metrics {
             registry.register(name, help, family.clone());
         }
         registry.register(
+            "sluice_epochs",
+            "New epochs the edge database began, by reason (restored_or_copied, moved_machine)",
+            inner.epochs.clone(),
+        );
+        registry.register(
             "sluice_pending_rows",
             "Rows not yet acknowledged by the cloud",
             inner.pending.clone(),
@@ -132,6 +146,16 @@ impl Default for Metrics {
             "Seconds since the last successful sync",
             inner.sync_lag.clone(),
         );
+        // Both reasons from the start, at 0, so that a rate is defined
+        // before the first epoch.
+        for reason in [EpochReason::RestoredOrCopied, EpochReason::MovedMachine] {
+            inner
+                .epochs
+                .get_or_create(&ReasonLabels {
+                    reason: reason.as_str().to_owned(),
+                })
+                .inc_by(0);
+        }
         Metrics {
             inner: Arc::new(Inner { registry, ..inner }),
         }
@@ -169,6 +193,16 @@ impl Metrics {
                 }
             }
         }
+    }
+
+    /// Counts `n` new epochs for `reason`.
+    pub fn epochs(&self, reason: EpochReason, n: u64) {
+        self.inner
+            .epochs
+            .get_or_create(&ReasonLabels {
+                reason: reason.as_str().to_owned(),
+            })
+            .inc_by(n);
     }
 
     /// Replaces the pending-rows gauges.
@@ -285,7 +319,18 @@ mod tests {
             },
         );
         m.set_pending([("metrics".into(), 42)]);
+        m.epochs(EpochReason::RestoredOrCopied, 1);
+        m.epochs(EpochReason::MovedMachine, 1);
+        m.epochs(EpochReason::RestoredOrCopied, 2);
         let text = m.render();
+        assert!(
+            text.contains("sluice_epochs_total{reason=\"restored_or_copied\"} 3"),
+            "{text}"
+        );
+        assert!(
+            text.contains("sluice_epochs_total{reason=\"moved_machine\"} 1"),
+            "{text}"
+        );
         assert!(
             text.contains("sluice_job_runs_total{job=\"sync\",status=\"success\"} 1"),
             "{text}"
@@ -321,6 +366,10 @@ mod tests {
         );
         let text = m.render();
         assert!(!text.contains("sluice_sync_lag_seconds "), "{text}");
+        assert!(
+            text.contains("sluice_epochs_total{reason=\"moved_machine\"} 0"),
+            "{text}"
+        );
         assert!(
             text.contains("sluice_job_errors_total{job=\"cleanup\"} 0"),
             "{text}"

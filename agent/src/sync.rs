@@ -15,6 +15,12 @@
 //!
 //! Every edge call goes through [`Edge::run`] (off the async runtime), so a
 //! lane that waits for the pipeline's lock stalls no other lane.
+//!
+//! A batch the cloud refuses with SQLSTATE 55000 contradicts what the cloud
+//! already has from this stream: the edge database was restored from a
+//! backup or copied. The run then begins a new epoch at the edge
+//! (`sluice_new_epoch`) and cuts the table's batch again, under the new
+//! stream; at most once per table and run.
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -28,7 +34,7 @@ use tracing::{info, warn};
 
 use crate::cloud::{Cloud, IngestError, IngestOutcome};
 use crate::config::Config;
-use crate::edge::{Edge, LogEntry, RunStatus};
+use crate::edge::{stream_hex, Edge, LogEntry, MachineMove, RunStatus};
 use crate::failpoint;
 use crate::schedule::Job;
 use crate::shutdown::Shutdown;
@@ -74,6 +80,9 @@ pub struct TableReport {
     pub updated: i64,
     pub skipped: i64,
     pub replays: u64,
+    /// New epochs this table's batches began (the cloud answered 55000:
+    /// the edge database was restored or copied); 0 or 1.
+    pub epochs: u64,
     pub pending_after: Option<i64>,
     pub error: Option<String>,
 }
@@ -85,6 +94,9 @@ pub struct Report {
     pub interrupted: bool,
     /// Stopped by the run-time limit, with rows left for the next run.
     pub time_limited: bool,
+    /// The edge database was found on another machine when this run opened
+    /// it, and began a new epoch.
+    pub moved: Option<MachineMove>,
     pub seconds: f64,
 }
 
@@ -98,24 +110,55 @@ impl Report {
     }
 
     pub fn print_summary(&self) {
+        for line in self.summary() {
+            println!("{line}");
+        }
+    }
+
+    /// The lines of [`Report::print_summary`].
+    pub fn summary(&self) -> Vec<String> {
         let verb = if self.dry_run { "would send" } else { "sent" };
+        let mut out = Vec::new();
+        if let Some(m) = &self.moved {
+            out.push(format!(
+                "this database moved from machine {} to {}: it continues under a new epoch (stream {})",
+                m.from.as_deref().unwrap_or("(none)"),
+                m.to,
+                stream_hex(m.new_stream)
+            ));
+        }
         for t in &self.tables {
-            match (&t.error, self.dry_run) {
-                (Some(e), _) => println!("{:<20} FAILED after {} batches: {e}", t.table, t.batches),
-                (None, true) => println!("{:<20} {verb} {} rows", t.table, t.pending_after.unwrap_or(0)),
-                (None, false) => println!(
+            let mut line = match (&t.error, self.dry_run) {
+                (Some(e), _) => format!("{:<20} FAILED after {} batches: {e}", t.table, t.batches),
+                (None, true) => format!("{:<20} {verb} {} rows", t.table, t.pending_after.unwrap_or(0)),
+                (None, false) => format!(
                     "{:<20} {verb} {} batches, {} rows, {} bytes: {} inserted, {} updated, {} skipped, {} replays",
                     t.table, t.batches, t.rows, t.bytes, t.inserted, t.updated, t.skipped, t.replays
                 ),
+            };
+            if t.epochs > 0 {
+                line.push_str(&format!(
+                    "; {} new epoch{} (the edge database was restored or copied)",
+                    t.epochs,
+                    if t.epochs == 1 { "" } else { "s" }
+                ));
             }
+            out.push(line);
         }
         if self.interrupted {
-            println!("interrupted: the batch in flight was finished or left unacknowledged");
+            out.push("interrupted: the batch in flight was finished or left unacknowledged".into());
         }
         if self.time_limited {
-            println!("stopped at sync.max_run_secs: the rest goes at the next run");
+            out.push("stopped at sync.max_run_secs: the rest goes at the next run".into());
         }
-        println!("done in {:.2}s", self.seconds);
+        out.push(format!("done in {:.2}s", self.seconds));
+        out
+    }
+
+    /// New epochs begun in this run because the cloud found the database
+    /// restored or copied (what `sluice_epochs_total{reason="restored_or_copied"}` counts).
+    pub fn epochs(&self) -> u64 {
+        self.tables.iter().map(|t| t.epochs).sum()
     }
 
     /// The sync log's view of this run.
@@ -192,7 +235,10 @@ pub async fn run_once(
     }
     let job = opts.mode.job();
     let log_id = edge.run(move |e| e.log_start(job)).await?;
-    let report = run(cfg, &edge, &mut cloud, opts, shutdown).await;
+    let mut report = run(cfg, &edge, &mut cloud, opts, shutdown).await;
+    if let Ok(r) = &mut report {
+        r.moved = edge.moved().cloned();
+    }
     let entry = match &report {
         Ok(r) => r.log_entry(),
         Err(e) => LogEntry {
@@ -291,6 +337,7 @@ pub async fn run(
         done: RefCell::new(Vec::new()),
         interrupted: Cell::new(false),
         time_limited: Cell::new(false),
+        new_streams: RefCell::new(Vec::new()),
     };
     let mut edges = Vec::with_capacity(lanes.saturating_sub(1));
     for _ in 1..lanes {
@@ -333,6 +380,9 @@ struct Lanes<'a> {
     done: RefCell<Vec<(usize, TableReport)>>,
     interrupted: Cell<bool>,
     time_limited: Cell<bool>,
+    /// The streams this run began (new epochs): a 55000 on a batch of one of
+    /// them is not answered with yet another epoch.
+    new_streams: RefCell<Vec<i64>>,
 }
 
 /// One lane: takes the next table from the queue until none is left.
@@ -364,6 +414,7 @@ async fn lane(shared: &Lanes<'_>, edge: &Edge, cloud: &mut Option<Cloud>) {
             shutdown: shared.shutdown,
             limits: shared.limits,
             progress: shared.progress,
+            new_streams: &shared.new_streams,
         };
         match sync_table(&ctx, cloud, &mut tr, &shared.throttle).await {
             Ok(TableEnd::Done) => {}
@@ -395,6 +446,7 @@ struct TableRun<'a> {
     shutdown: &'a Shutdown,
     limits: &'a Limits,
     progress: Option<&'a ProgressBar>,
+    new_streams: &'a RefCell<Vec<i64>>,
 }
 
 enum TableEnd {
@@ -422,10 +474,29 @@ async fn sync_table(
         };
         let header =
             sluice_wire::decode_header(&batch).context("the edge produced an unreadable batch")?;
-        let outcome = ingest_with_retry(ctx.cfg, cloud, &batch, &header, ctx.shutdown).await?;
+        let outcome = match ingest_with_retry(ctx.cfg, cloud, &batch, &header, ctx.shutdown).await?
+        {
+            Ingested::Applied(outcome) => outcome,
+            Ingested::RestoredOrCopied { message, error } => {
+                new_epoch(ctx, tr, &header, &message, error).await?;
+                continue;
+            }
+        };
         failpoint::after_ingest();
         let bytes = batch.len();
-        ctx.edge.run(move |e| e.ack(&batch)).await?;
+        let batch_stream = header.stream_id as i64;
+        if let Err(e) = ctx.edge.run(move |e| e.ack(&batch)).await {
+            // Another lane began a new epoch while this batch was in flight:
+            // the edge refuses a batch of the old stream. The cloud has its
+            // rows; the batch cut again under the new stream carries the
+            // fork, and the cloud skips what it has.
+            let current = ctx.edge.run(|e| e.identity()).await.map(|i| i.stream_id);
+            if current.is_ok_and(|s| s != batch_stream) {
+                info!(table, batch = %header.id(), "batch of the stream before the new epoch: cutting it again");
+                continue;
+            }
+            return Err(e);
+        }
         tr.batches += 1;
         tr.rows += u64::from(header.row_count);
         tr.bytes += bytes as u64;
@@ -459,6 +530,51 @@ async fn sync_table(
     Ok(end)
 }
 
+/// The cloud refused a batch with 55000: the edge database was restored or
+/// copied. Begins a new epoch (once per table and run) so that the caller
+/// cuts the batch again under the new stream; a 55000 on a batch of a
+/// stream this run began, or a second one for the table, is an error for
+/// the table.
+async fn new_epoch(
+    ctx: &TableRun<'_>,
+    tr: &mut TableReport,
+    header: &sluice_wire::BatchHeader,
+    message: &str,
+    error: anyhow::Error,
+) -> anyhow::Result<()> {
+    let old = header.stream_id as i64;
+    let refused = || format!("the cloud refused batch {}", header.id());
+    if tr.epochs > 0 || ctx.new_streams.borrow().contains(&old) {
+        return Err(error.context(format!(
+            "{}, a batch of the new epoch this run began: the edge database is not continued twice in one run",
+            refused()
+        )));
+    }
+    let current = ctx.edge.run(|e| e.identity()).await?.stream_id;
+    if current != old {
+        // Another lane began the new epoch after this batch was cut.
+        info!(table = ctx.table, batch = %header.id(), "batch of the stream before the new epoch: cutting it again");
+        return Ok(());
+    }
+    let reason = message.to_owned();
+    let new = ctx
+        .edge
+        .run(move |e| e.new_epoch(&reason))
+        .await
+        .with_context(refused)?;
+    ctx.new_streams.borrow_mut().push(new);
+    tr.epochs += 1;
+    warn!(
+        device = %header.device_id,
+        table = ctx.table,
+        old_stream = %stream_hex(old),
+        new_stream = %stream_hex(new),
+        cloud = %format!("{error:#}"),
+        "the edge database was restored or copied: continuing under a new epoch"
+    );
+    Ok(())
+}
+
 /// `sluice_batch`'s options for this run: the drain order, and for the
 /// incremental sync of a table with a time column, the window.
 async fn batch_options(ctx: &TableRun<'_>) -> anyhow::Result<String> {
@@ -480,13 +596,23 @@ async fn pending_of(edge: &Edge, tables: &[String]) -> anyhow::Result<Vec<i64>> 
         .await
 }
 
+/// What became of a batch sent to the cloud (other refusals are errors).
+enum Ingested {
+    Applied(IngestOutcome),
+    /// 55000: the edge database was restored or copied.
+    RestoredOrCopied {
+        message: String,
+        error: anyhow::Error,
+    },
+}
+
 async fn ingest_with_retry(
     cfg: &Config,
     cloud: &mut Option<Cloud>,
     batch: &[u8],
     header: &sluice_wire::BatchHeader,
     shutdown: &Shutdown,
-) -> anyhow::Result<IngestOutcome> {
+) -> anyhow::Result<Ingested> {
     let backoff = cfg.sync.backoff();
     let mut rng = rand::thread_rng();
     let mut last_error: Option<anyhow::Error> = None;
@@ -525,7 +651,10 @@ async fn ingest_with_retry(
                 if attempt > 0 {
                     info!(batch = %header.id(), attempts = attempt + 1, "batch applied after retrying");
                 }
-                return Ok(outcome);
+                return Ok(Ingested::Applied(outcome));
+            }
+            Err(IngestError::RestoredOrCopied { message, error }) => {
+                return Ok(Ingested::RestoredOrCopied { message, error });
             }
             Err(IngestError::Rejected(e)) => {
                 return Err(e.context(format!("the cloud refused batch {}", header.id())));
@@ -569,6 +698,54 @@ mod tests {
         );
         let mut free = Throttle::new(0);
         assert_eq!(free.after_send(1 << 30), Duration::ZERO);
+    }
+
+    #[test]
+    fn the_summary_names_a_new_epoch_only_when_there_was_one() {
+        let report = Report {
+            tables: vec![
+                TableReport {
+                    table: "division_states".into(),
+                    batches: 3,
+                    rows: 250,
+                    bytes: 4000,
+                    inserted: 200,
+                    skipped: 50,
+                    epochs: 1,
+                    ..TableReport::default()
+                },
+                TableReport {
+                    table: "metrics".into(),
+                    ..TableReport::default()
+                },
+                TableReport {
+                    table: "cameras".into(),
+                    epochs: 1,
+                    error: Some("the cloud refused batch ...".into()),
+                    ..TableReport::default()
+                },
+            ],
+            moved: Some(MachineMove {
+                from: Some("golden".into()),
+                to: "machine-a".into(),
+                new_stream: 0x1234,
+            }),
+            seconds: 0.5,
+            ..Report::default()
+        };
+        let lines = report.summary();
+        assert_eq!(
+            lines,
+            [
+                "this database moved from machine golden to machine-a: it continues under a new epoch (stream 0000000000001234)",
+                "division_states      sent 3 batches, 250 rows, 4000 bytes: 200 inserted, 0 updated, 50 skipped, 0 replays; 1 new epoch (the edge database was restored or copied)",
+                "metrics              sent 0 batches, 0 rows, 0 bytes: 0 inserted, 0 updated, 0 skipped, 0 replays",
+                "cameras              FAILED after 0 batches: the cloud refused batch ...; 1 new epoch (the edge database was restored or copied)",
+                "done in 0.50s",
+            ]
+        );
+        assert_eq!(report.epochs(), 2);
+        assert_eq!(Report::default().epochs(), 0);
     }
 
     #[test]
