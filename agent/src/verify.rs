@@ -142,9 +142,9 @@ pub async fn run(cfg: &Config, opts: &VerifyOptions) -> anyhow::Result<ExitCode>
     let by_stream = key_columns.iter().any(|k| k == STREAM_COLUMN);
     let streams: Vec<i64> = if by_stream {
         edge.run(|e| {
-            let json: String =
-                e.connection()
-                    .query_row("SELECT sluice_identity()", [], |r| r.get(0))?;
+            let json: String = e
+                .connection()
+                .query_row("SELECT sluice_identity()", [], |r| r.get(0))?;
             epoch_streams(&json)
         })
         .await?
@@ -193,7 +193,10 @@ pub async fn run(cfg: &Config, opts: &VerifyOptions) -> anyhow::Result<ExitCode>
         let mut exprs: Vec<String> = keys.iter().map(cloud_expr).collect();
         exprs.extend(columns.iter().map(cloud_expr));
         let stream = if by_stream {
-            format!(" AND t.{STREAM_COLUMN} = ANY(${}::bigint[])", keys.len() + 1)
+            format!(
+                " AND t.{STREAM_COLUMN} = ANY(${}::bigint[])",
+                keys.len() + 1
+            )
         } else {
             String::new()
         };
