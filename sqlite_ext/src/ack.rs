@@ -14,11 +14,12 @@ use sluice_wire::decode_header;
 use crate::acked;
 use crate::bookkeeping::tables::Tracked;
 use crate::bookkeeping::{acks, meta, ranges, tables, Table};
+use crate::fork;
 use crate::glue::{
     arg_blob, arg_raw, arg_text, atomic, connection, describe_value, finish, now_ms, Fail, Res,
 };
 use crate::options::{check_keep, parse_duration};
-use crate::schema::{table_info, TableInfo};
+use crate::schema::{find_table, table_info, TableInfo};
 use crate::seal;
 use crate::sequence::{autoincrement_covers, check_high_water, seq_column, SeqColumn};
 
@@ -67,9 +68,24 @@ fn ack(ctx: &Context<'_>) -> Res<Value> {
             }
             acked::Acked::Range => tables::record_ack(&conn, &t.tbl, None, rows, now)?,
         }
-        Ok(())
+        forget_fork(&conn, &t.tbl)
     })?;
     Ok(Value::Integer(i64::from(h.row_count)))
+}
+
+/// A new epoch's fork on the table goes once nothing pending is left at or
+/// below its `fork_seq` (looked at only while the table has one).
+fn forget_fork(conn: &Connection, tbl: &str) -> Res<()> {
+    if tables::fork(conn, tbl)?.is_none() {
+        return Ok(());
+    }
+    let (Some(t), Some(_)) = (tables::get(conn, tbl)?, find_table(conn, tbl)?) else {
+        // A table dropped since has nothing left to send.
+        return tables::set_fork(conn, tbl, None);
+    };
+    let info = table_info(conn, tbl)?;
+    let seq = seq_column(&info, &t)?;
+    fork::forget_if_done(conn, &info, &t, &seq)
 }
 
 // ---------------------------------------------------------------------------

@@ -11,10 +11,12 @@ use sluice_wire::{encode, BatchHeader, Column, ColumnType, EncodeOptions};
 use crate::acked;
 use crate::bookkeeping::tables::Tracked;
 use crate::bookkeeping::{meta, ranges, tables};
+use crate::fork;
 use crate::glue::{
     arg_int, arg_opt_text, arg_raw, arg_text, connection, finish, now_ms, Fail, Res,
 };
 use crate::options::{parse_batch_options, BatchOptions};
+use crate::origin::{machine_hash, wire_zone};
 use crate::schema::{table_info, TableInfo};
 use crate::sequence::{check_high_water, seq_column, SeqColumn, VERSION_COLUMN};
 use crate::time::EpochSql;
@@ -173,7 +175,11 @@ fn batch(ctx: &Context<'_>) -> Res<Value> {
         columns: cols,
         fingerprint: 0,
         digest: None,
-        origin: sluice_wire::Origin::default(),
+        origin: sluice_wire::Origin {
+            machine: machine_hash(meta::machine(&conn)?.as_deref()),
+            zone: wire_zone(meta::zone(&conn)?.as_deref()),
+            fork: fork::for_batch(&conn, &t.tbl, base_seq)?,
+        },
     };
     let bytes = encode(&header, &versions, &values, EncodeOptions::default())
         .map_err(|e| Fail(e.to_string()))?;

@@ -152,6 +152,14 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// Microseconds since the Unix epoch (0 if the clock is before 1970).
+pub fn now_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
 /// An aggregate's error: `name: message`, as SQLite shows it.
 pub fn agg_err(name: &str, m: impl Into<String>) -> rusqlite::Error {
     let m: String = m.into();

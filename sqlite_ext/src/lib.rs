@@ -10,7 +10,9 @@
 //!
 //! - the SQL functions: [`about`] (`sluice_version`, `sluice_debug`),
 //!   [`track`] (`sluice_device`, `sluice_track`), [`batch`], [`ack`]
-//!   (`sluice_ack`, `sluice_pending`, `sluice_cleanup`), [`tracked`],
+//!   (`sluice_ack`, `sluice_pending`, `sluice_cleanup`), [`epoch`]
+//!   (`sluice_machine`, `sluice_zone`, `sluice_new_epoch`,
+//!   `sluice_identity`), [`tracked`],
 //!   [`status`] (`sluice_pending_age`), [`insert`] (with [`rows`],
 //!   [`insert_cache`], [`raw_stmt`]), [`window`] (`sluice_bucket`,
 //!   percentiles, sketches), [`pack`], [`rollup`], [`budget`]
@@ -18,11 +20,12 @@
 //! - the policies they share: [`seal`] (which raw rows of a rollup source may
 //!   go, and the windows that are sealed), [`rollup_spec`] (a rollup's
 //!   declaration), [`sequence`] (the sequence column of a tracked table),
-//!   [`acked`] (acknowledged ranges above the watermark);
+//!   [`acked`] (acknowledged ranges above the watermark), [`fork`] (the
+//!   fork a new epoch leaves on a table);
 //! - the database: [`bookkeeping`] (every `sluice_*` table: DDL, versioned
 //!   upgrades, typed accessors) and [`schema`] (the user's tables);
-//! - pure: [`time`], [`options`], and [`glue`] (errors, arguments, the
-//!   savepoint, the clock).
+//! - pure: [`time`], [`options`], [`origin`] (machine ids, zones), and
+//!   [`glue`] (errors, arguments, the savepoint, the clock).
 //!
 //! No panic may cross into the host: the crate denies `unwrap`, `expect` and
 //! `panic!`, and every bad input becomes an SQLite error
@@ -36,10 +39,13 @@ pub mod acked;
 pub mod batch;
 pub mod bookkeeping;
 pub mod budget;
+pub mod epoch;
+pub mod fork;
 pub mod glue;
 pub mod insert;
 pub mod insert_cache;
 pub mod options;
+pub mod origin;
 pub mod pack;
 pub mod raw_stmt;
 pub mod rollup;
@@ -49,6 +55,8 @@ pub mod schema;
 pub mod seal;
 pub mod sequence;
 pub mod status;
+#[cfg(test)]
+pub mod testdb;
 pub mod time;
 pub mod track;
 pub mod tracked;
@@ -178,6 +186,22 @@ pub const FUNCTIONS: &[(&str, c_int, FunctionFlags, Imp)] = &[
         1,
         READS,
         Scalar(status::sluice_pending_age),
+    ),
+    ("sluice_machine", 0, READS, Scalar(epoch::sluice_machine)),
+    ("sluice_machine", 1, WRITES, Scalar(epoch::sluice_machine)),
+    ("sluice_zone", 0, READS, Scalar(epoch::sluice_zone)),
+    ("sluice_zone", 1, WRITES, Scalar(epoch::sluice_zone)),
+    (
+        "sluice_new_epoch",
+        1,
+        WRITES,
+        Scalar(epoch::sluice_new_epoch),
+    ),
+    (
+        "sluice_identity",
+        0,
+        READS,
+        Scalar(epoch::sluice_identity),
     ),
 ];
 

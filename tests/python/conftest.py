@@ -107,6 +107,12 @@ def parse_batch(blob):
         cols.append((name, {1: "integer", 2: "real", 3: "text", 4: "blob", 5: "numeric"}[ty]))
     h["columns"] = cols
     h["fingerprint"] = unpack("<Q")
+    if version >= 2:
+        h["digest"] = unpack("<Q")
+        h["machine"] = unpack("<Q")
+        h["zone"] = str16()
+        parent, fork_seq = unpack("<Q"), unpack("<q")
+        h["fork"] = (parent, fork_seq) if parent else None
     assert pos == 9 + header_len
     h["body"] = b[pos:-4]  # body lengths + body, without the checksum
     return h

@@ -57,6 +57,13 @@ EXPECTED_FUNCTIONS = {
     ("sluice_enforce_budget", 1): DIRECTONLY,
     ("sluice_enforce_budget", 2): DIRECTONLY,
     ("sluice_pending_age", 1): INNOCUOUS,
+    # epochs and origin (sqlite_ext/src/epoch.rs)
+    ("sluice_identity", 0): INNOCUOUS,
+    ("sluice_machine", 0): INNOCUOUS,
+    ("sluice_machine", 1): DIRECTONLY,
+    ("sluice_new_epoch", 1): DIRECTONLY,
+    ("sluice_zone", 0): INNOCUOUS,
+    ("sluice_zone", 1): DIRECTONLY,
 }
 
 

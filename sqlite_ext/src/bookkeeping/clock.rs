@@ -1,7 +1,7 @@
 //! `sluice_clock`: the database-wide counter that numbers the versions of
 //! the rows of mutable tables; their triggers advance it.
 
-use rusqlite::Connection;
+use rusqlite::{Connection, OptionalExtension};
 
 use crate::glue::Res;
 
@@ -25,4 +25,30 @@ pub fn next_version_sql(table: &str, column: &str, this_row: &str) -> String {
          UPDATE {table} SET {column} = (SELECT value FROM sluice_clock WHERE id = 1) \
          WHERE {this_row};"
     )
+}
+
+/// The clock: the last version handed out (0 without bookkeeping).
+pub fn value(conn: &Connection) -> Res<i64> {
+    if !super::Table::Clock.exists(conn)? {
+        return Ok(0);
+    }
+    let v: Option<i64> = conn
+        .query_row(
+            "SELECT value FROM main.sluice_clock WHERE id = 1",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?;
+    Ok(v.unwrap_or(0))
+}
+
+/// Sets the clock to `value`, the last version handed out (a new epoch
+/// moves it forward; the bookkeeping must exist).
+pub fn set(conn: &Connection, value: i64) -> Res<()> {
+    conn.execute(
+        "INSERT INTO main.sluice_clock (id, value) VALUES (1, ?1) \
+         ON CONFLICT (id) DO UPDATE SET value = excluded.value",
+        [value],
+    )?;
+    Ok(())
 }

@@ -1,6 +1,7 @@
-//! `sluice_meta`: the device id, this database's stream id, and the seals
-//! that `sluice_cleanup` leaves on rollup sources (the bookkeeping version
-//! is kept here too, by [`super::version`]).
+//! `sluice_meta`: the device id, this database's stream id, the machine it
+//! runs on and the device's zone (`sluice_machine`, `sluice_zone`), and the
+//! seals that `sluice_cleanup` leaves on rollup sources (the bookkeeping
+//! version is kept here too, by [`super::version`]).
 
 use rusqlite::types::Value;
 use rusqlite::{params, Connection, OptionalExtension};
@@ -50,6 +51,37 @@ pub fn stream_id(conn: &Connection) -> Res<i64> {
             "this database has no stream id in sluice_meta; track a table first".to_string(),
         )),
     }
+}
+
+/// Makes `stream` this database's stream (a new epoch).
+pub fn set_stream_id(conn: &Connection, stream: i64) -> Res<()> {
+    set(conn, "stream_id", &stream)
+}
+
+/// The machine id recorded by `sluice_machine`, if any.
+pub fn machine(conn: &Connection) -> Res<Option<String>> {
+    Ok(match get(conn, "machine")? {
+        Some(Value::Text(m)) => Some(m),
+        _ => None,
+    })
+}
+
+/// Records the machine id (the bookkeeping must exist).
+pub fn set_machine(conn: &Connection, machine: &str) -> Res<()> {
+    set(conn, "machine", &machine)
+}
+
+/// The device's zone as `sluice_zone` stored it; `None` is UTC.
+pub fn zone(conn: &Connection) -> Res<Option<String>> {
+    Ok(match get(conn, "zone")? {
+        Some(Value::Text(z)) => Some(z),
+        _ => None,
+    })
+}
+
+/// Records the device's zone (the bookkeeping must exist).
+pub fn set_zone(conn: &Connection, zone: &str) -> Res<()> {
+    set(conn, "zone", &zone)
 }
 
 /// Key prefix of the seal that `sluice_cleanup` leaves on a rollup source

@@ -19,6 +19,7 @@ pub mod drops;
 pub mod meta;
 pub mod ranges;
 pub mod rollups;
+pub mod streams;
 pub mod tables;
 
 use rusqlite::{Connection, OptionalExtension};
@@ -37,11 +38,12 @@ pub enum Table {
     Rollups,
     RollupSkipped,
     BudgetState,
+    Streams,
 }
 
 impl Table {
     /// Every bookkeeping table; none of them can be tracked.
-    pub const ALL: [Table; 9] = [
+    pub const ALL: [Table; 10] = [
         Table::Meta,
         Table::Tables,
         Table::Acks,
@@ -51,6 +53,7 @@ impl Table {
         Table::Rollups,
         Table::RollupSkipped,
         Table::BudgetState,
+        Table::Streams,
     ];
 
     pub fn name(self) -> &'static str {
@@ -64,6 +67,7 @@ impl Table {
             Table::Rollups => "sluice_rollups",
             Table::RollupSkipped => "sluice_rollup_skipped",
             Table::BudgetState => "sluice_budget_state",
+            Table::Streams => "sluice_streams",
         }
     }
 
@@ -87,7 +91,7 @@ pub fn is_bookkeeping(name: &str) -> bool {
 }
 
 /// The bookkeeping schema version this extension writes.
-pub const VERSION: i64 = 2;
+pub const VERSION: i64 = 3;
 
 /// Key of the version in `sluice_meta`.
 const VERSION_KEY: &str = "schema_version";
@@ -95,7 +99,7 @@ const VERSION_KEY: &str = "schema_version";
 /// The upgrades, in order: upgrade `n` brings version `n - 1` to `n`.
 /// Version 0 is a database without the key: no bookkeeping at all, or
 /// bookkeeping made by v0.1.0 or older (which had no version).
-const UPGRADES: [(i64, Upgrade); 2] = [(1, to_v1), (2, to_v2)];
+const UPGRADES: [(i64, Upgrade); 3] = [(1, to_v1), (2, to_v2), (3, to_v3)];
 
 /// One upgrade step of the bookkeeping.
 type Upgrade = fn(&Connection) -> Res<()>;
@@ -131,10 +135,16 @@ pub fn ensure(conn: &Connection) -> Res<()> {
              knows up to version {VERSION}: load the newer extension"
         )));
     }
+    // Whether the stream is made now (a new database) rather than kept from
+    // an older release: its epoch is then "created", not "existing".
+    let new_stream = meta::stream_id(conn).is_err();
     for (to, upgrade) in UPGRADES {
         if to > have {
             upgrade(conn)?;
         }
+    }
+    if new_stream {
+        streams::first_is_created(conn)?;
     }
     conn.execute(
         "INSERT INTO main.sluice_meta (key, value) VALUES (?1, ?2) \
@@ -274,6 +284,40 @@ fn to_v2(conn: &Connection) -> Res<()> {
          SELECT max_bytes, used_bytes, file_bytes, within_budget, dropped_rows, checked_at, note
            FROM sluice_budget_state;",
     )?;
+    Ok(())
+}
+
+/// Version 3 (sluice 0.2): epochs. `sluice_meta` gains the keys `machine`
+/// and `zone` (nothing to create); `sluice_streams` is the history of this
+/// database's streams, where the stream it has is recorded as "existing
+/// before sluice 0.2" (started when its first table was tracked);
+/// `sluice_tables` gains the fork of a new epoch (`fork_parent`,
+/// `fork_seq`). Like every upgrade, it may run again on what it made.
+fn to_v3(conn: &Connection) -> Res<()> {
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS main.sluice_streams (
+             n INTEGER PRIMARY KEY,
+             stream_id INTEGER NOT NULL UNIQUE,
+             parent_stream INTEGER,
+             started_at TEXT NOT NULL,
+             reason TEXT NOT NULL,
+             machine TEXT
+         );",
+    )?;
+    streams::record_existing(conn, streams::EXISTING_REASON)?;
+    for column in ["fork_parent", "fork_seq"] {
+        let has: bool = conn.query_row(
+            "SELECT count(*) > 0 FROM pragma_table_info('sluice_tables', 'main') \
+             WHERE name = ?1",
+            [column],
+            |r| r.get(0),
+        )?;
+        if !has {
+            conn.execute_batch(&format!(
+                "ALTER TABLE main.sluice_tables ADD COLUMN {column} INTEGER"
+            ))?;
+        }
+    }
     Ok(())
 }
 

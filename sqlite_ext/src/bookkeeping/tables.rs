@@ -1,6 +1,7 @@
 //! `sluice_tables`: one row per tracked table, its options (`mutable`,
 //! `local_only`, `key_columns`, `time_column`) and its acknowledged state
-//! (`acked_seq`, the watermark, and the counters).
+//! (`acked_seq`, the watermark, and the counters), and the fork a new epoch
+//! left on it (`fork_parent`, `fork_seq`).
 
 use rusqlite::{params, Connection, OptionalExtension};
 
@@ -231,4 +232,47 @@ pub fn with_time_column(conn: &Connection) -> Res<Vec<(String, String)>> {
         .into_iter()
         .filter_map(|(t, c)| c.map(|c| (t, c)))
         .collect())
+}
+
+/// Whether `sluice_tables` has the fork columns (bookkeeping version 3; a
+/// database upgraded by no write yet has not).
+fn has_fork(conn: &Connection) -> Res<bool> {
+    Ok(conn.query_row(
+        "SELECT count(*) = 2 FROM pragma_table_info('sluice_tables', 'main') \
+         WHERE name IN ('fork_parent', 'fork_seq')",
+        [],
+        |r| r.get(0),
+    )?)
+}
+
+/// The fork of `tbl` (the stream it continued and the largest sequence
+/// number it had then), if a new epoch left one that is not forgotten yet.
+pub fn fork(conn: &Connection, tbl: &str) -> Res<Option<sluice_wire::Fork>> {
+    if !Table::Tables.exists(conn)? || !has_fork(conn)? {
+        return Ok(None);
+    }
+    let row: Option<(Option<i64>, Option<i64>)> = conn
+        .query_row(
+            "SELECT fork_parent, fork_seq FROM main.sluice_tables WHERE tbl = ?1",
+            [tbl],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    Ok(match row {
+        Some((Some(parent), Some(fork_seq))) if parent > 0 => Some(sluice_wire::Fork {
+            parent_stream: parent as u64,
+            fork_seq,
+        }),
+        _ => None,
+    })
+}
+
+/// Sets the fork of `tbl`, or forgets it with `None` (the bookkeeping must
+/// be at the current version: [`super::ensure`]).
+pub fn set_fork(conn: &Connection, tbl: &str, fork: Option<(i64, i64)>) -> Res<()> {
+    conn.execute(
+        "UPDATE main.sluice_tables SET fork_parent = ?2, fork_seq = ?3 WHERE tbl = ?1",
+        params![tbl, fork.map(|f| f.0), fork.map(|f| f.1)],
+    )?;
+    Ok(())
 }
