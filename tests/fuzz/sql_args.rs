@@ -1423,6 +1423,10 @@ fn main() {
         "sluice_pack",
         "sluice_percentile",
         "sluice_tracked",
+        "sluice_machine",
+        "sluice_zone",
+        "sluice_new_epoch",
+        "sluice_identity",
     ] {
         assert!(names.contains(want), "{want} is not registered");
     }
