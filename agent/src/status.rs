@@ -5,15 +5,26 @@
 //! is lower); from the cloud, when reachable: this device's clock skew. The
 //! extension's own `sluice_status` view, where the loaded `sluice0.so` has
 //! one, is included as it is (oldest pending age, rows dropped by the budget).
+//!
+//! Epochs: the edge database's history of streams (`sluice_identity()`),
+//! and the cloud's streams of this device id (`sluice.device_streams`).
+//! When another database sends as this device (a stream that is live in the
+//! cloud and is not this database's), it says so.
 
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::cloud::Cloud;
+use crate::cloud::{Cloud, CloudStream, StreamsError};
 use crate::config::Config;
-use crate::edge::{Edge, EdgeConn, LogEntry, RunStatus, TableStatus};
+use crate::edge::{stream_hex, Edge, EdgeConn, Identity, LogEntry, RunStatus, TableStatus};
+
+/// How long after an epoch began the cloud may still see a batch of the
+/// stream before it from this same database (a batch in flight in another
+/// lane, the two clocks' difference) without that stream counting as
+/// another database's.
+pub const EPOCH_OVERLAP_MS: i64 = 5 * 60 * 1000;
 
 #[derive(Debug, Serialize)]
 pub struct Status {
@@ -29,6 +40,9 @@ pub struct Status {
     pub last_error: Option<LogEntry>,
     /// `sluice_status` of the extension, one JSON object per row.
     pub extension_status: Vec<serde_json::Value>,
+    /// `sluice_identity()`: the current stream and the epochs (absent with
+    /// an extension older than 0.2).
+    pub identity: Option<Identity>,
     pub cloud: CloudView,
 }
 
@@ -38,6 +52,84 @@ pub struct CloudView {
     pub clock_skew_ms: Option<i64>,
     pub last_batch_at: Option<String>,
     pub error: Option<String>,
+    /// The cloud's streams of this device id (`sluice.device_streams`).
+    pub streams: Option<Vec<CloudStream>>,
+    /// Why the streams are not listed (no permission, an older cloud).
+    pub streams_error: Option<String>,
+    /// Live streams of other databases sending as this device id.
+    pub other_live_streams: Vec<String>,
+}
+
+impl CloudView {
+    fn unreachable(error: String) -> CloudView {
+        CloudView {
+            reachable: false,
+            clock_skew_ms: None,
+            last_batch_at: None,
+            error: Some(error),
+            streams: None,
+            streams_error: None,
+            other_live_streams: Vec::new(),
+        }
+    }
+}
+
+/// The streams live in the cloud that are not this database's: neither its
+/// current stream nor one of its earlier epochs. An earlier epoch is this
+/// database's own when the cloud last saw it before the next epoch began
+/// (give or take [`EPOCH_OVERLAP_MS`] and the clock skew); seen later, a
+/// copy of the database goes on sending under it (a cloned image).
+pub fn other_live_streams(
+    identity: &Identity,
+    streams: &[CloudStream],
+    clock_skew_ms: Option<i64>,
+) -> Vec<i64> {
+    let overlap = EPOCH_OVERLAP_MS.saturating_add(clock_skew_ms.unwrap_or(0).saturating_abs());
+    let parse_ms = |t: &Option<String>| {
+        t.as_deref()
+            .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+            .map(|t| t.timestamp_millis())
+    };
+    streams
+        .iter()
+        .filter(|s| s.live && s.stream_id != identity.stream_id)
+        .filter(|s| {
+            let Some(i) = identity
+                .epochs
+                .iter()
+                .position(|e| e.stream_id == s.stream_id)
+            else {
+                return true;
+            };
+            let ended = identity
+                .epochs
+                .get(i + 1)
+                .and_then(|next| parse_ms(&next.started_at));
+            match (ended, s.last_seen_ms) {
+                (Some(ended), Some(seen)) => seen > ended.saturating_add(overlap),
+                _ => false,
+            }
+        })
+        .map(|s| s.stream_id)
+        .collect()
+}
+
+/// The warning of `sluice status` when other databases send as this device.
+pub fn shared_device_warning(
+    device: &str,
+    current: Option<i64>,
+    others: &[String],
+) -> Option<String> {
+    if others.is_empty() {
+        return None;
+    }
+    let mut streams: Vec<String> = current.map(stream_hex).into_iter().collect();
+    streams.extend(others.iter().cloned());
+    Some(format!(
+        "{} databases are sending as device {device} (streams {}): give each box its own device id (docs/agent.md, 'Replacing, restoring and cloning boxes')",
+        others.len() + 1,
+        streams.join(", ")
+    ))
 }
 
 fn seconds(e: &LogEntry) -> Option<f64> {
@@ -75,12 +167,18 @@ pub fn catch_up_secs(
 
 pub async fn collect(cfg: &Config, with_cloud: bool) -> anyhow::Result<Status> {
     let edge = Edge::open(cfg).await?;
-    let (tables, log, extension_status) = edge
+    let (tables, log, extension_status, identity) = edge
         .run(|e| {
+            let identity = if e.has_function("sluice_identity") {
+                Some(e.identity()?)
+            } else {
+                None
+            };
             Ok((
                 e.status()?,
                 e.recent_log(200)?,
                 extension_status(e).unwrap_or_default(),
+                identity,
             ))
         })
         .await?;
@@ -88,14 +186,9 @@ pub async fn collect(cfg: &Config, with_cloud: bool) -> anyhow::Result<Status> {
     let tp = throughput(&log);
     let syncs = |e: &&LogEntry| e.is_sync();
     let cloud = if with_cloud {
-        cloud_view(cfg).await
+        cloud_view(cfg, identity.as_ref()).await
     } else {
-        CloudView {
-            reachable: false,
-            clock_skew_ms: None,
-            last_batch_at: None,
-            error: Some("not asked (--offline)".into()),
-        }
+        CloudView::unreachable("not asked (--offline)".into())
     };
     Ok(Status {
         device: cfg.device.id.clone(),
@@ -111,6 +204,7 @@ pub async fn collect(cfg: &Config, with_cloud: bool) -> anyhow::Result<Status> {
             .and_then(|e| e.ended_at.clone()),
         last_error: log.iter().find(|e| e.status.is_error()).cloned(),
         extension_status,
+        identity,
         tables,
         cloud,
     })
@@ -147,10 +241,12 @@ fn extension_status(edge: &EdgeConn) -> anyhow::Result<Vec<serde_json::Value>> {
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
-async fn cloud_view(cfg: &Config) -> CloudView {
+async fn cloud_view(cfg: &Config, identity: Option<&Identity>) -> CloudView {
     let attempt = async {
         let cloud = Cloud::connect(&cfg.cloud).await?;
-        cloud.device_view(&cfg.device.id).await
+        let view = cloud.device_view(&cfg.device.id).await?;
+        let streams = cloud.device_streams(&cfg.device.id).await;
+        anyhow::Ok((view, streams))
     };
     match tokio::time::timeout(
         Duration::from_secs(cfg.cloud.connect_timeout_secs.min(5)),
@@ -158,24 +254,43 @@ async fn cloud_view(cfg: &Config) -> CloudView {
     )
     .await
     {
-        Ok(Ok(view)) => CloudView {
-            reachable: true,
-            clock_skew_ms: view.as_ref().and_then(|v| v.0),
-            last_batch_at: view.and_then(|v| v.1),
-            error: None,
-        },
-        Ok(Err(e)) => CloudView {
-            reachable: false,
-            clock_skew_ms: None,
-            last_batch_at: None,
-            error: Some(format!("{e:#}")),
-        },
-        Err(_) => CloudView {
-            reachable: false,
-            clock_skew_ms: None,
-            last_batch_at: None,
-            error: Some("timed out".into()),
-        },
+        Ok(Ok((view, streams))) => {
+            let clock_skew_ms = view.as_ref().and_then(|v| v.0);
+            let (streams, streams_error) = match streams {
+                Ok(s) => (Some(s), None),
+                Err(StreamsError::NotPermitted(e)) => (
+                    None,
+                    Some(format!(
+                        "this role may not list the device's streams ({e}); run `sluice status` with a role that may, or see issue 15"
+                    )),
+                ),
+                Err(StreamsError::Missing(e)) => (
+                    None,
+                    Some(format!(
+                        "the cloud's sluice extension has no device_streams (older than 0.2; {e})"
+                    )),
+                ),
+                Err(StreamsError::Other(e)) => (None, Some(format!("{e:#}"))),
+            };
+            let other_live_streams = match (identity, &streams) {
+                (Some(i), Some(s)) => other_live_streams(i, s, clock_skew_ms)
+                    .into_iter()
+                    .map(stream_hex)
+                    .collect(),
+                _ => Vec::new(),
+            };
+            CloudView {
+                reachable: true,
+                clock_skew_ms,
+                last_batch_at: view.and_then(|v| v.1),
+                error: None,
+                streams,
+                streams_error,
+                other_live_streams,
+            }
+        }
+        Ok(Err(e)) => CloudView::unreachable(format!("{e:#}")),
+        Err(_) => CloudView::unreachable("timed out".into()),
     }
 }
 
@@ -187,6 +302,79 @@ fn human_duration(secs: f64) -> String {
         s if s < 172_800 => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
         s => format!("{}d{:02}h", s / 86400, s % 86400 / 3600),
     }
+}
+
+/// The lines about the epochs: the current stream, how many epochs, the
+/// last one's start and reason.
+pub fn epoch_lines(identity: &Identity) -> Vec<String> {
+    let mut out = Vec::new();
+    let n = identity.epochs.len();
+    let mut line = format!(
+        "stream:        {} ({n} epoch{})",
+        stream_hex(identity.stream_id),
+        if n == 1 { "" } else { "s" }
+    );
+    if let Some(last) = identity.epochs.last() {
+        line.push_str(&format!(
+            "; the last began {}: {}",
+            last.started_at.as_deref().unwrap_or("at an unknown time"),
+            last.reason
+        ));
+    }
+    out.push(line);
+    out.push(format!(
+        "machine:       {}; zone {}",
+        identity.machine.as_deref().unwrap_or("not recorded"),
+        identity.zone.as_deref().unwrap_or("UTC")
+    ));
+    out
+}
+
+/// The lines about the cloud's streams of this device.
+pub fn cloud_stream_lines(status: &Status) -> Vec<String> {
+    let c = &status.cloud;
+    let mut out = Vec::new();
+    if let Some(e) = &c.streams_error {
+        out.push(format!("cloud streams: not listed: {e}"));
+    }
+    if let Some(streams) = &c.streams {
+        let current = status.identity.as_ref().map(|i| i.stream_id);
+        let live = streams.iter().filter(|s| s.live).count();
+        out.push(format!(
+            "cloud streams: {} of device {} ({live} live)",
+            streams.len(),
+            status.device
+        ));
+        for s in streams {
+            let mine = if Some(s.stream_id) == current {
+                " (this database)"
+            } else if status
+                .identity
+                .as_ref()
+                .is_some_and(|i| i.epochs.iter().any(|e| e.stream_id == s.stream_id))
+            {
+                " (an earlier epoch of this database)"
+            } else {
+                ""
+            };
+            out.push(format!(
+                "  {} {}: {} batches, {} rows, last seen {}{mine}",
+                stream_hex(s.stream_id),
+                if s.live { "live" } else { "idle" },
+                s.batches,
+                s.rows,
+                s.last_seen.as_deref().unwrap_or("never")
+            ));
+        }
+    }
+    if let Some(w) = shared_device_warning(
+        &status.device,
+        status.identity.as_ref().map(|i| i.stream_id),
+        &c.other_live_streams,
+    ) {
+        out.push(format!("WARNING: {w}"));
+    }
+    out
 }
 
 pub fn print(status: &Status) {
@@ -252,6 +440,14 @@ pub fn print(status: &Status) {
             c.error.as_deref().unwrap_or("")
         );
     }
+    if let Some(identity) = &status.identity {
+        for line in epoch_lines(identity) {
+            println!("{line}");
+        }
+    }
+    for line in cloud_stream_lines(status) {
+        println!("{line}");
+    }
     if !status.extension_status.is_empty() {
         println!();
         println!("sluice_status:");
@@ -264,6 +460,108 @@ pub fn print(status: &Status) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use crate::edge::Epoch;
+
+    fn epoch(stream_id: i64, parent: Option<i64>, started_at: &str, reason: &str) -> Epoch {
+        Epoch {
+            stream_id,
+            parent_stream: parent,
+            started_at: Some(started_at.into()),
+            reason: reason.into(),
+            machine: None,
+        }
+    }
+
+    fn stream(stream_id: i64, last_seen: &str, live: bool) -> CloudStream {
+        let ms = DateTime::parse_from_rfc3339(last_seen)
+            .unwrap()
+            .timestamp_millis();
+        CloudStream {
+            stream_id,
+            parent_stream: None,
+            machine: None,
+            first_seen: None,
+            last_seen: Some(last_seen.into()),
+            last_seen_ms: Some(ms),
+            batches: 1,
+            rows: 100,
+            live,
+        }
+    }
+
+    /// A database restored (or cloned) at 12:00: stream 1 before, 2 after.
+    fn restored() -> Identity {
+        Identity {
+            device_id: Some("box-1".into()),
+            stream_id: 2,
+            epochs: vec![
+                epoch(1, None, "2026-12-01T09:00:00.000Z", "created"),
+                epoch(2, Some(1), "2026-12-01T12:00:00.000Z", "restored"),
+            ],
+            ..Identity::default()
+        }
+    }
+
+    #[test]
+    fn a_restored_box_is_one_database_though_its_old_stream_is_still_live() {
+        // The old stream was last seen just before the epoch began (and a
+        // minute after it, from a batch in flight in another lane).
+        for seen in ["2026-12-01T11:59:00Z", "2026-12-01T12:01:00Z"] {
+            let streams = [
+                stream(1, seen, true),
+                stream(2, "2026-12-01T12:02:00Z", true),
+            ];
+            assert!(other_live_streams(&restored(), &streams, Some(0)).is_empty());
+        }
+    }
+
+    #[test]
+    fn a_clone_or_a_second_box_under_the_same_id_is_another_database() {
+        // The original goes on sending under the stream this clone left.
+        let streams = [
+            stream(1, "2026-12-01T12:30:00Z", true),
+            stream(2, "2026-12-01T12:31:00Z", true),
+            stream(7, "2026-12-01T12:29:00Z", true),
+            // Not live: a box replaced long ago.
+            stream(9, "2026-11-01T12:00:00Z", false),
+        ];
+        assert_eq!(other_live_streams(&restored(), &streams, None), [1, 7]);
+        // A clock skew of half an hour makes the old stream's last batch
+        // plausibly this database's own.
+        assert_eq!(
+            other_live_streams(&restored(), &streams, Some(-30 * 60 * 1000)),
+            [7]
+        );
+        let others: Vec<String> = [1, 7].into_iter().map(stream_hex).collect();
+        assert_eq!(
+            shared_device_warning("box-1", Some(2), &others).unwrap(),
+            "3 databases are sending as device box-1 (streams 0000000000000002, \
+             0000000000000001, 0000000000000007): give each box its own device id \
+             (docs/agent.md, 'Replacing, restoring and cloning boxes')"
+        );
+        assert_eq!(shared_device_warning("box-1", Some(2), &[]), None);
+    }
+
+    #[test]
+    fn the_epoch_lines_name_the_stream_the_count_and_the_last_reason() {
+        let lines = epoch_lines(&restored());
+        assert_eq!(
+            lines[0],
+            "stream:        0000000000000002 (2 epochs); the last began 2026-12-01T12:00:00.000Z: restored"
+        );
+        assert_eq!(lines[1], "machine:       not recorded; zone UTC");
+        let json = r#"{"device_id": "box-1", "stream_id": -1, "machine": "m1", "zone": "Europe/Berlin",
+            "epochs": [{"stream_id": -1, "parent_stream": null, "started_at": "2026-12-01T09:00:00.000Z",
+                        "reason": "created", "machine": "m1"}]}"#;
+        let identity: Identity = serde_json::from_str(json).unwrap();
+        let lines = epoch_lines(&identity);
+        assert!(
+            lines[0].starts_with("stream:        ffffffffffffffff (1 epoch); "),
+            "{lines:?}"
+        );
+        assert_eq!(lines[1], "machine:       m1; zone Europe/Berlin");
+    }
 
     #[test]
     fn catch_up_uses_the_lower_of_throughput_and_cap() {
