@@ -14,7 +14,9 @@
 //! them as SQLite cannot otherwise: a BLOB going into a pgvector `vector`
 //! column is a little-endian `float32` array (the edge's embeddings), and an
 //! INTEGER or REAL going into a `timestamptz`/`timestamp` column is a Unix
-//! time in seconds.
+//! time in seconds, and so is a TEXT that is a plain number (`1765636500`,
+//! `1765636500.25`: [`plain_seconds`]), which PostgreSQL would refuse or,
+//! for eight digits, read as a date.
 
 use sluice_wire::Value;
 use time::{Date, Month, OffsetDateTime, PrimitiveDateTime, Time};
@@ -188,6 +190,22 @@ pub fn parse_utc_timestamp(s: &str) -> Option<i64> {
         .checked_sub(PG_EPOCH_MICROS)
 }
 
+/// A text that is a plain decimal number (`1765636500`, `-86400`,
+/// `1765636500.25`: an optional `-`, digits, optionally `.` and digits) as
+/// the number; `None` for any other text, which goes to PostgreSQL as text.
+pub fn plain_seconds(s: &str) -> Option<f64> {
+    let digits = s.strip_prefix('-').unwrap_or(s);
+    let (int, frac) = match digits.split_once('.') {
+        Some((i, f)) => (i, Some(f)),
+        None => (digits, None),
+    };
+    let all_digits = |p: &str| !p.is_empty() && p.bytes().all(|c| c.is_ascii_digit());
+    if !all_digits(int) || !frac.is_none_or(all_digits) {
+        return None;
+    }
+    s.parse().ok()
+}
+
 /// One column of a batch as the upsert's parameter: native when the target
 /// takes it and every value fits, text otherwise (with the same errors as
 /// [`column_to_texts`]).
@@ -211,7 +229,9 @@ pub fn column_to_param(
         })
         .map(Param::Float8),
         Native::Timestamptz => native_values(values, is_key, |v| match v {
-            Value::Text(s) => parse_utc_timestamp(s),
+            Value::Text(s) => {
+                parse_utc_timestamp(s).or_else(|| plain_seconds(s).and_then(epoch_to_micros))
+            }
             Value::Integer(i) => epoch_to_micros(*i as f64),
             Value::Real(f) => epoch_to_micros(*f),
             _ => None,
@@ -377,6 +397,16 @@ pub fn column_to_texts(
                         row,
                         value: real_to_text(*f),
                     })
+                }
+                (Value::Text(s), ColumnKind::Timestamp) => {
+                    if let Some(secs) = plain_seconds(s) {
+                        return epoch_to_text(secs).map(Some).ok_or_else(|| {
+                            ConvertError::BadEpoch {
+                                row,
+                                value: s.clone(),
+                            }
+                        });
+                    }
                 }
                 _ => {}
             }

@@ -12,13 +12,16 @@
 //! - [`plan`]: the column plan of a batch against its target table (the
 //!   catalog query, the checks, the parameters) and the shape of its keys.
 //! - [`ledger`]: what the ledger records of a batch besides its identity.
+//! - [`epoch`]: the error of a batch whose edge database was restored or
+//!   copied (a fork of its stream), and the digests that show it.
+//! - [`zone`]: a batch's zone as PostgreSQL's `TimeZone`.
 //! - [`registration`]: the arguments of `sluice.register_table`.
 //! - [`sqlstate`]: the [`SqlState`] every error carries, which the caller
 //!   raises it with.
 //!
 //! Imports point down: `plan` and `registration` use `convert`, `sqlgen` and
-//! `sqlstate`, which
-//! use only `sluice-wire` and `time`; this file only declares and re-exports.
+//! `sqlstate`; `epoch` and `zone` use `sqlstate`; all of them use only
+//! `sluice-wire`, `time` and `fnv`; this file only declares and re-exports.
 
 // Linked into the PostgreSQL backend by pg_ext: no panic may cross into it
 // (tests may unwrap).
@@ -27,13 +30,17 @@
 #![warn(missing_docs)]
 
 pub mod convert;
+pub mod epoch;
 pub mod ledger;
 pub mod plan;
 pub mod registration;
 pub mod sqlgen;
 pub mod sqlstate;
+pub mod zone;
 
 pub use convert::{ColumnKind, ConvertError, Native, Param};
 pub use plan::{BatchColumns, CatalogColumn, ColumnPlan, KeyShape, PlanError, CATALOG_COLUMNS_SQL};
-pub use sqlgen::{Policy, TargetColumn, DEVICE_COLUMN, VERSION_COLUMN};
+pub use sqlgen::{
+    Bookkeeping, Policy, StreamColumn, TargetColumn, DEVICE_COLUMN, STREAM_COLUMN, VERSION_COLUMN,
+};
 pub use sqlstate::SqlState;

@@ -24,7 +24,9 @@ use fnv::FnvHasher;
 use sluice_wire::{Batch, BatchId, Column};
 
 use crate::convert::{column_to_param, ColumnKind, ConvertError, Native, Param};
-use crate::sqlgen::{TargetColumn, DEVICE_COLUMN, VERSION_COLUMN};
+use crate::sqlgen::{
+    Bookkeeping, StreamColumn, TargetColumn, DEVICE_COLUMN, STREAM_COLUMN, VERSION_COLUMN,
+};
 use crate::sqlstate::SqlState;
 
 /// Why a batch cannot be applied to its target as it stands.
@@ -127,9 +129,9 @@ impl PlanError {
 }
 
 /// The batch's columns that map to target columns: all but the bookkeeping
-/// columns, which come from the batch's versions and device (an edge table
-/// tracked as mutable has its own `sluice_version` column, equal to the row's
-/// version).
+/// columns, which come from the batch's versions, device and stream (an edge
+/// table tracked as mutable has its own `sluice_version` column, equal to the
+/// row's version).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BatchColumns {
     /// Their names, in the batch's order: the `$2` of [`CATALOG_COLUMNS_SQL`].
@@ -145,7 +147,7 @@ impl BatchColumns {
         let mut names: Vec<String> = Vec::with_capacity(columns.len());
         let mut batch_index = Vec::with_capacity(columns.len());
         for (i, c) in columns.iter().enumerate() {
-            if c.name == DEVICE_COLUMN || c.name == VERSION_COLUMN {
+            if c.name == DEVICE_COLUMN || c.name == VERSION_COLUMN || c.name == STREAM_COLUMN {
                 continue;
             }
             if names.contains(&c.name) {
@@ -166,7 +168,8 @@ impl BatchColumns {
 /// NULL when the target has no such column), whether it is generated
 /// (`bool`), its class (`'vector'`, `'timestamp'` or `'plain'`), its type
 /// modifier (`int4`), its native array (`'int'`, `'float8'`,
-/// `'timestamptz'` or `''`). Read each row with [`CatalogColumn::from_row`].
+/// `'timestamptz'` or `''`), its type with the modifier (`text`). Read each
+/// row with [`CatalogColumn::from_row`].
 pub const CATALOG_COLUMNS_SQL: &str = "SELECT b.name, format_type(a.atttypid, NULL), a.attgenerated <> '',
                 CASE WHEN ty.typname = 'vector' THEN 'vector'
                      WHEN a.atttypid IN ('timestamptz'::regtype, 'timestamp'::regtype) THEN 'timestamp'
@@ -175,7 +178,8 @@ pub const CATALOG_COLUMNS_SQL: &str = "SELECT b.name, format_type(a.atttypid, NU
                 CASE WHEN a.atttypid IN ('int2'::regtype, 'int4'::regtype, 'int8'::regtype) THEN 'int'
                      WHEN a.atttypid = 'float8'::regtype THEN 'float8'
                      WHEN a.atttypid = 'timestamptz'::regtype THEN 'timestamptz'
-                     ELSE '' END
+                     ELSE '' END,
+                format_type(a.atttypid, a.atttypmod)
          FROM unnest($2::text[]) WITH ORDINALITY AS b(name, ord)
          LEFT JOIN pg_attribute a
            ON a.attrelid = $1 AND a.attname = b.name AND a.attnum > 0 AND NOT a.attisdropped
@@ -196,6 +200,9 @@ pub struct CatalogColumn {
     pub kind: ColumnKind,
     /// The native array its type takes.
     pub native: Native,
+    /// The column's type with its modifier (`format_type(oid, typmod)`),
+    /// `None` when the target has no such column.
+    pub stored_sql: Option<String>,
 }
 
 impl CatalogColumn {
@@ -207,6 +214,7 @@ impl CatalogColumn {
         class: Option<&str>,
         typmod: Option<i32>,
         native: Option<&str>,
+        stored_sql: Option<String>,
     ) -> CatalogColumn {
         let kind = match class {
             Some("vector") => ColumnKind::Vector {
@@ -229,6 +237,7 @@ impl CatalogColumn {
             generated: generated.unwrap_or(false),
             kind,
             native,
+            stored_sql,
         }
     }
 }
@@ -249,13 +258,18 @@ pub struct ColumnPlan {
     pub keys: Vec<usize>,
     /// The key also includes `sluice_device` (filled from the batch header).
     pub device_key: bool,
+    /// The target's `sluice_stream` column (filled from the batch header),
+    /// in the key or not: [`ColumnPlan::new`] sees the key,
+    /// [`ColumnPlan::with_stream_column`] the column.
+    pub stream: StreamColumn,
 }
 
 impl ColumnPlan {
     /// The plan of `batch` columns whose catalog rows are `catalog` (in the
     /// same order), for a registration keyed by `key_columns`: every column
     /// exists in the target and is writable, and every key column is in the
-    /// batch (`sluice_device` is, always).
+    /// batch (`sluice_device` and `sluice_stream` are, always: they come from
+    /// the header).
     pub fn new(
         batch: BatchColumns,
         catalog: Vec<CatalogColumn>,
@@ -280,16 +294,23 @@ impl ColumnPlan {
             }
             kinds.push(c.kind);
             natives.push(c.native);
+            let stored_sql = c.stored_sql.unwrap_or_else(|| type_sql.clone());
             columns.push(TargetColumn {
                 name: c.name,
                 type_sql,
+                stored_sql,
             });
         }
         let mut keys = Vec::with_capacity(key_columns.len());
         let mut device_key = false;
+        let mut stream = StreamColumn::None;
         for k in key_columns {
             if k == DEVICE_COLUMN {
                 device_key = true;
+                continue;
+            }
+            if k == STREAM_COLUMN {
+                stream = StreamColumn::Key;
                 continue;
             }
             let Some(i) = columns.iter().position(|c| &c.name == k) else {
@@ -304,7 +325,33 @@ impl ColumnPlan {
             natives,
             keys,
             device_key,
+            stream,
         })
+    }
+
+    /// The plan for a target that has (`true`) or lacks a `sluice_stream`
+    /// column: outside the key it is written like `sluice_device`; in the
+    /// key, the target must have it.
+    pub fn with_stream_column(mut self, has_stream: bool) -> Result<ColumnPlan, PlanError> {
+        self.stream = match (self.stream, has_stream) {
+            (StreamColumn::Key, true) => StreamColumn::Key,
+            (StreamColumn::Key, false) => {
+                return Err(PlanError::MissingKey {
+                    column: STREAM_COLUMN.to_owned(),
+                })
+            }
+            (_, true) => StreamColumn::Column,
+            (_, false) => StreamColumn::None,
+        };
+        Ok(self)
+    }
+
+    /// The bookkeeping columns of the plan's statements.
+    pub fn bookkeeping(&self) -> Bookkeeping {
+        Bookkeeping {
+            device_key: self.device_key,
+            stream: self.stream,
+        }
     }
 
     /// The batch's values as the statement's parameters, one per column of
@@ -404,9 +451,9 @@ pub struct KeyShape {
 impl KeyShape {
     /// The advisory lock key that makes "no row in the key range" stay true
     /// until the batch is written: FNV-1a over the target's OID, the constant
-    /// key values and, when the key includes it, the device. Two batches with
-    /// the same target and constant keys take the same lock.
-    pub fn lock_key(&self, target_oid: u32, device: Option<&str>) -> i64 {
+    /// key values and, when the key includes them, the device and the stream.
+    /// Two batches with the same target and constant keys take the same lock.
+    pub fn lock_key(&self, target_oid: u32, device: Option<&str>, stream: Option<i64>) -> i64 {
         let mut h = FnvHasher::default();
         let mut eat = |bytes: &[u8]| {
             h.write(bytes);
@@ -419,6 +466,9 @@ impl KeyShape {
         }
         if let Some(d) = device {
             eat(d.as_bytes());
+        }
+        if let Some(s) = stream {
+            eat(&s.to_le_bytes());
         }
         // The bits as they are: any i64 is a lock key.
         h.finish() as i64

@@ -2,7 +2,7 @@
 //! read: the policy by name, and key columns that a unique index can cover
 //! and that ingest can fill.
 
-use crate::sqlgen::{Policy, DEVICE_COLUMN, VERSION_COLUMN};
+use crate::sqlgen::{Policy, DEVICE_COLUMN, STREAM_COLUMN, VERSION_COLUMN};
 use crate::sqlstate::SqlState;
 
 /// Why the arguments of a registration are refused; raised with
@@ -28,8 +28,9 @@ impl ArgumentError {
 /// `key_columns` under the policy named `policy`; returns the policy.
 ///
 /// The key columns are distinct and not empty, never include
-/// `sluice_version`, and include `sluice_device` only beside other columns
-/// (rows numbered per device, such as an edge table's rowid).
+/// `sluice_version`, and include `sluice_device` and `sluice_stream` only
+/// beside other columns (rows numbered per device and stream, such as an
+/// edge table's rowid).
 pub fn check_arguments(
     edge_table: &str,
     key_columns: &[String],
@@ -61,9 +62,14 @@ pub fn check_arguments(
             )));
         }
     }
-    if key_columns.iter().all(|k| k == DEVICE_COLUMN) {
+    if key_columns
+        .iter()
+        .all(|k| k == DEVICE_COLUMN || k == STREAM_COLUMN)
+    {
+        let named: Vec<String> = key_columns.iter().map(|k| format!("'{k}'")).collect();
         return Err(ArgumentError::new(format!(
-            "'{DEVICE_COLUMN}' alone cannot be the key: add the columns that identify a row within one device"
+            "{} alone cannot be the key: add the columns that identify a row within one device",
+            named.join(" and ")
         )));
     }
     Ok(policy)
@@ -90,7 +96,7 @@ mod tests {
         assert_eq!(
             check_arguments(
                 "t",
-                &keys(&["loc", DEVICE_COLUMN, "rowid"]),
+                &keys(&["loc", DEVICE_COLUMN, STREAM_COLUMN, "rowid"]),
                 "last_writer_wins"
             ),
             Ok(Policy::LastWriterWins)
@@ -122,6 +128,10 @@ mod tests {
         assert_eq!(
             refusal("t", &[DEVICE_COLUMN], "insert_only"),
             "'sluice_device' alone cannot be the key: add the columns that identify a row within one device"
+        );
+        assert_eq!(
+            refusal("t", &[DEVICE_COLUMN, STREAM_COLUMN], "insert_only"),
+            "'sluice_device' and 'sluice_stream' alone cannot be the key: add the columns that identify a row within one device"
         );
         assert_eq!(ArgumentError::SQLSTATE.code(), "22023");
     }

@@ -13,6 +13,10 @@ pub const DEVICE_COLUMN: &str = "sluice_device";
 /// Name of the bookkeeping column that holds the row's version (its sequence
 /// number at the edge).
 pub const VERSION_COLUMN: &str = "sluice_version";
+/// Name of the optional bookkeeping column that holds the stream (the edge
+/// database's epoch) of the row's last write; in the key of append-only
+/// tables, so that rows of a new epoch never meet rows of an earlier one.
+pub const STREAM_COLUMN: &str = "sluice_stream";
 
 /// `"schema"."table"`: a relation name for the statements below.
 pub fn quote_qualified(schema: &str, table: &str) -> String {
@@ -81,7 +85,6 @@ impl Policy {
         }
     }
 }
-
 /// A column of the target table that a batch column maps to.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct TargetColumn {
@@ -92,64 +95,128 @@ pub struct TargetColumn {
     /// `varchar(20)` length, a `vector(384)` dimension) is applied, and
     /// checked, by the assignment to the column.
     pub type_sql: String,
+    /// The column's type with its modifier (`format_type(oid, typmod)`):
+    /// what a value becomes when it is stored, which is what the content
+    /// comparisons of [`fork_check_sql`] and the fork filter of
+    /// [`upsert_sql`] compare with the stored row.
+    pub stored_sql: String,
+}
+
+/// Whether the target has the bookkeeping column `sluice_stream` (the
+/// stream of the row's last write, filled from the batch header like
+/// `sluice_device`), and whether it is part of the key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum StreamColumn {
+    /// The target has no `sluice_stream` column.
+    #[default]
+    None,
+    /// A column outside the key: updated with the row, like `sluice_device`.
+    Column,
+    /// Part of the key: rows of different streams never meet in `ON
+    /// CONFLICT` (the append-only tables of the default schema).
+    Key,
+}
+
+/// The bookkeeping columns of a statement: which ones the key includes, and
+/// which parameters follow the `n` column arrays: `$n+1` the row versions
+/// (`bigint[]`), `$n+2` the device (`text`), and with a stream column `$n+3`
+/// the stream (`bigint`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Bookkeeping {
+    /// The registration's key includes `sluice_device`.
+    pub device_key: bool,
+    /// The target's `sluice_stream` column.
+    pub stream: StreamColumn,
+}
+
+impl Bookkeeping {
+    /// The bookkeeping columns written with every row, in the statements'
+    /// order, and the expression of each (`n` column arrays before them).
+    fn written(&self, n: usize) -> Vec<(&'static str, String)> {
+        let mut w = vec![(DEVICE_COLUMN, format!("${}::text", n + 2))];
+        if self.stream != StreamColumn::None {
+            w.push((STREAM_COLUMN, format!("${}::bigint", n + 3)));
+        }
+        w.push((VERSION_COLUMN, "v".to_owned()));
+        w
+    }
+
+    /// The key columns beside the batch's: `sluice_device` and
+    /// `sluice_stream` where the key includes them, with their parameters.
+    fn key_params(&self, n: usize) -> Vec<(&'static str, String)> {
+        let mut k = Vec::new();
+        if self.device_key {
+            k.push((DEVICE_COLUMN, format!("${}::text", n + 2)));
+        }
+        if self.stream == StreamColumn::Key {
+            k.push((STREAM_COLUMN, format!("${}::bigint", n + 3)));
+        }
+        k
+    }
 }
 
 /// The upsert of one batch into `target` (already quoted), in one statement.
 ///
 /// Parameters: `$1..$n` one array per column, of the SQL type `arrays[i]`
 /// (`text[]`, or a native array such as `bigint[]`; values are cast to the
-/// column's type in SQL), `$n+1` the row versions (`bigint[]`), `$n+2` the
-/// device (`text`). With `dedup`, rows with the same key inside the batch are
-/// reduced to the one the policy keeps, so that `ON CONFLICT` never meets a
-/// row twice (the caller leaves it out only when it checked that the keys are
-/// distinct). `device_key`: the registration's key includes `sluice_device`,
-/// which the batch does not carry as a column (it is the batch's device, the
-/// same for every row): it joins the conflict target but not the reduction.
+/// column's type in SQL), then the bookkeeping parameters of [`Bookkeeping`]
+/// (`$n+1` the row versions, `$n+2` the device, `$n+3` the stream when the
+/// target has a `sluice_stream` column). With `dedup`, rows with the same key
+/// inside the batch are reduced to the one the policy keeps, so that `ON
+/// CONFLICT` never meets a row twice (the caller leaves it out only when it
+/// checked that the keys are distinct). `sluice_device` and `sluice_stream`
+/// in the key are the batch's, the same for every row: they join the
+/// conflict target but not the reduction.
+///
+/// With `fork` (a batch of a new epoch, [`sluice_wire::Fork`], into a target
+/// with a `sluice_stream` column), `$n+4` is the parent stream (`bigint`) and
+/// `$n+5` the fork's sequence number (`bigint`): a row with a version up to
+/// it is left out when the target holds a row with the same key but for
+/// `sluice_stream`, under the parent stream or one of its ancestors (followed
+/// through `sluice.streams`), and the same content. Such a row was sent
+/// before the database was restored or copied.
+///
 /// Returns one row: `(inserted bigint, updated bigint)`.
+#[allow(clippy::too_many_arguments)]
 pub fn upsert_sql(
     target: &str,
     columns: &[TargetColumn],
     arrays: &[&str],
     keys: &[usize],
-    device_key: bool,
+    bk: Bookkeeping,
     policy: Policy,
     dedup: bool,
+    fork: bool,
 ) -> String {
     let n = columns.len();
+    let fork = fork && bk.stream != StreamColumn::None;
     let mut sql = String::with_capacity(256 + 64 * n);
     // Typed rows.
-    sql.push_str("WITH src AS (\n  SELECT ");
-    if dedup {
-        sql.push_str("DISTINCT ON (");
-        push_list(&mut sql, keys.iter().map(|k| format!("s.c{}", k + 1)));
-        sql.push_str(") ");
+    if fork {
+        push_ancestors(&mut sql, n);
+        sql.push_str(",\n");
+        push_src_filtered(&mut sql, target, columns, arrays, keys, bk, policy, dedup);
+    } else {
+        sql.push_str("WITH ");
+        push_src(&mut sql, columns, arrays, keys, policy, dedup);
     }
-    sql.push_str("s.* FROM (\n    ");
-    push_typed_unnest(&mut sql, columns, arrays);
-    sql.push_str("\n  ) AS s");
-    if dedup {
-        sql.push_str("\n  ORDER BY ");
-        for k in keys {
-            let _ = write!(sql, "s.c{}, ", k + 1);
-        }
-        let _ = write!(sql, "s.v {}", policy.version_order());
-    }
-    sql.push_str("\n),\n");
+    sql.push_str(",\n");
     // The upsert.
     sql.push_str("up AS (\n  ");
-    push_insert_select(&mut sql, target, " AS t", columns, "\n  ");
+    push_insert_select(&mut sql, target, " AS t", columns, bk, "\n  ");
     sql.push_str("src\n  ON CONFLICT (");
     push_list(
         &mut sql,
         keys.iter()
             .map(|&k| quote_ident(&columns[k].name))
-            .chain(device_key.then(|| quote_ident(DEVICE_COLUMN))),
+            .chain(bk.key_params(n).into_iter().map(|(c, _)| quote_ident(c))),
     );
     sql.push_str(") ");
     match policy.update_condition() {
         None => sql.push_str("DO NOTHING"),
         Some(cond) => {
             sql.push_str("DO UPDATE SET ");
+            let stream_updated = (bk.stream == StreamColumn::Column).then_some(STREAM_COLUMN);
             push_list(
                 &mut sql,
                 columns
@@ -157,7 +224,9 @@ pub fn upsert_sql(
                     .enumerate()
                     .filter(|(i, _)| !keys.contains(i))
                     .map(|(_, c)| c.name.as_str())
-                    .chain([DEVICE_COLUMN, VERSION_COLUMN])
+                    .chain([DEVICE_COLUMN])
+                    .chain(stream_updated)
+                    .chain([VERSION_COLUMN])
                     .map(|name| {
                         let q = quote_ident(name);
                         format!("{q} = EXCLUDED.{q}")
@@ -171,13 +240,197 @@ pub fn upsert_sql(
     sql
 }
 
+/// `WITH RECURSIVE anc(stream) AS (...)`: the parent stream `$n+4` and its
+/// ancestors, as `sluice.streams` records them for the device `$n+2`
+/// (`UNION` ends a cycle).
+fn push_ancestors(sql: &mut String, n: usize) {
+    let _ = write!(
+        sql,
+        "WITH RECURSIVE anc(stream) AS (\n  SELECT ${p}::bigint\n  UNION\n  \
+         SELECT st.parent_stream FROM sluice.streams AS st JOIN anc ON st.stream_id = anc.stream\n  \
+         WHERE st.device_id = ${d}::text AND st.parent_stream IS NOT NULL\n)",
+        p = n + 4,
+        d = n + 2
+    );
+}
+
+/// `src AS (...)`: the batch's typed rows, reduced to the policy's winner per
+/// key with `dedup`.
+fn push_src(
+    sql: &mut String,
+    columns: &[TargetColumn],
+    arrays: &[&str],
+    keys: &[usize],
+    policy: Policy,
+    dedup: bool,
+) {
+    push_src_where(sql, columns, arrays, keys, policy, dedup, None);
+}
+
+/// [`push_src`] without the rows a fork batch leaves out (see [`upsert_sql`]).
+#[allow(clippy::too_many_arguments)]
+fn push_src_filtered(
+    sql: &mut String,
+    target: &str,
+    columns: &[TargetColumn],
+    arrays: &[&str],
+    keys: &[usize],
+    bk: Bookkeeping,
+    policy: Policy,
+    dedup: bool,
+) {
+    let n = columns.len();
+    let mut cond = format!(
+        "NOT (s.v <= ${}::bigint AND EXISTS (\n    SELECT 1 FROM {target} AS a WHERE ",
+        n + 5
+    );
+    let mut conds: Vec<String> = keys
+        .iter()
+        .map(|&k| format!("a.{} = s.c{}", quote_ident(&columns[k].name), k + 1))
+        .collect();
+    if bk.device_key {
+        conds.push(format!(
+            "a.{} = ${}::text",
+            quote_ident(DEVICE_COLUMN),
+            n + 2
+        ));
+    }
+    conds.push(format!(
+        "a.{} IN (SELECT stream FROM anc)",
+        quote_ident(STREAM_COLUMN)
+    ));
+    if let Some((stored, incoming)) = content_rows("a", columns, keys) {
+        conds.push(format!("{stored} IS NOT DISTINCT FROM {incoming}"));
+    }
+    cond.push_str(&conds.join(" AND "));
+    cond.push_str("))");
+    push_src_where(sql, columns, arrays, keys, policy, dedup, Some(&cond));
+}
+
+fn push_src_where(
+    sql: &mut String,
+    columns: &[TargetColumn],
+    arrays: &[&str],
+    keys: &[usize],
+    policy: Policy,
+    dedup: bool,
+    filter: Option<&str>,
+) {
+    sql.push_str("src AS (\n  SELECT ");
+    if dedup {
+        sql.push_str("DISTINCT ON (");
+        push_list(sql, keys.iter().map(|k| format!("s.c{}", k + 1)));
+        sql.push_str(") ");
+    }
+    sql.push_str("s.* FROM (\n    ");
+    push_typed_unnest(sql, columns, arrays);
+    sql.push_str("\n  ) AS s");
+    if let Some(f) = filter {
+        let _ = write!(sql, "\n  WHERE {f}");
+    }
+    if dedup {
+        sql.push_str("\n  ORDER BY ");
+        for k in keys {
+            let _ = write!(sql, "s.c{}, ", k + 1);
+        }
+        let _ = write!(sql, "s.v {}", policy.version_order());
+    }
+    sql.push_str("\n)");
+}
+
+/// The content of a row as two row values, the stored row's (`alias.col`)
+/// and the incoming one's (`s.cN`, cast to the stored type), each column as
+/// its text form (so that every type compares, `json` too, and a value
+/// compares as the column stores it: `numeric(6,2)`, `varchar(n)`). Key
+/// columns are left out (they are equal where this is used). `None` when
+/// every column is a key column.
+fn content_rows(alias: &str, columns: &[TargetColumn], keys: &[usize]) -> Option<(String, String)> {
+    let (stored, incoming): (Vec<String>, Vec<String>) = columns
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !keys.contains(i))
+        .map(|(i, c)| {
+            (
+                format!("{alias}.{}::text", quote_ident(&c.name)),
+                format!("CAST(s.c{} AS {})::text", i + 1, c.stored_sql),
+            )
+        })
+        .unzip();
+    if stored.is_empty() {
+        return None;
+    }
+    Some((
+        format!("ROW({})", stored.join(", ")),
+        format!("ROW({})", incoming.join(", ")),
+    ))
+}
+
+/// The fork check of a batch whose upsert skipped rows: the first row (by
+/// version) whose key exists in `target` with the batch's device, a version
+/// at least the incoming one and other content. Such a row is not a replay:
+/// the edge database was restored or copied and reused versions the cloud
+/// already holds for other rows. Run only when the upsert skipped rows, so
+/// the common batch pays nothing.
+///
+/// Parameters as in [`upsert_sql`] (without the fork's); `dedup` as the
+/// upsert had it (the rows of a batch that the reduction left out are not
+/// compared: the batch's own winner is in the table). Returns the version
+/// (`bigint`) of the first such row, or no row. `None` when the batch has no
+/// column outside the key (its content cannot differ).
+pub fn fork_check_sql(
+    target: &str,
+    columns: &[TargetColumn],
+    arrays: &[&str],
+    keys: &[usize],
+    bk: Bookkeeping,
+    policy: Policy,
+    dedup: bool,
+) -> Option<String> {
+    let n = columns.len();
+    let (stored, incoming) = content_rows("t", columns, keys)?;
+    let mut sql = String::with_capacity(256 + 64 * n);
+    sql.push_str("WITH ");
+    push_src(&mut sql, columns, arrays, keys, policy, dedup);
+    let _ = write!(sql, "\nSELECT s.v FROM src AS s JOIN {target} AS t ON ");
+    let mut on: Vec<String> = keys
+        .iter()
+        .map(|&k| format!("t.{} = s.c{}", quote_ident(&columns[k].name), k + 1))
+        .collect();
+    on.extend(
+        bk.key_params(n)
+            .into_iter()
+            .map(|(c, p)| format!("t.{} = {p}", quote_ident(c))),
+    );
+    sql.push_str(&on.join(" AND "));
+    sql.push_str("\nWHERE ");
+    if !bk.device_key {
+        let _ = write!(
+            sql,
+            "t.{} = ${}::text AND ",
+            quote_ident(DEVICE_COLUMN),
+            n + 2
+        );
+    }
+    let _ = write!(
+        sql,
+        "t.{} >= s.v\n  AND {stored} IS DISTINCT FROM {incoming}\nORDER BY s.v LIMIT 1",
+        quote_ident(VERSION_COLUMN),
+    );
+    Some(sql)
+}
+
 /// The plain `INSERT` of a batch whose keys are distinct and absent from
 /// `target` (the caller checked both under a lock): no conflict handling, no
 /// reduction, no counting. Parameters as in [`upsert_sql`].
-pub fn insert_sql(target: &str, columns: &[TargetColumn], arrays: &[&str]) -> String {
+pub fn insert_sql(
+    target: &str,
+    columns: &[TargetColumn],
+    arrays: &[&str],
+    bk: Bookkeeping,
+) -> String {
     let n = columns.len();
     let mut sql = String::with_capacity(256 + 64 * n);
-    push_insert_select(&mut sql, target, "", columns, "\n");
+    push_insert_select(&mut sql, target, "", columns, bk, "\n");
     sql.push_str("(\n  ");
     push_typed_unnest(&mut sql, columns, arrays);
     sql.push_str("\n) AS s");
@@ -187,15 +440,15 @@ pub fn insert_sql(target: &str, columns: &[TargetColumn], arrays: &[&str]) -> St
 /// Whether `target` holds a row whose key is in a batch's key range: the
 /// key columns `consts` equal `$1..$k` (text, cast to the column's type),
 /// the column `range` (an integer) lies between `$k+1` and `$k+2` (`bigint`),
-/// and, with `device_key`, `sluice_device` equals `$k+3` (or `$k+1` without a
-/// range). One index probe when the unique index covers the key. Returns one
-/// `boolean`.
+/// and `sluice_device` and `sluice_stream`, where the key includes them,
+/// equal the next parameters (`text`, then `bigint`). One index probe when
+/// the unique index covers the key. Returns one `boolean`.
 pub fn probe_sql(
     target: &str,
     columns: &[TargetColumn],
     consts: &[usize],
     range: Option<usize>,
-    device_key: bool,
+    bk: Bookkeeping,
 ) -> String {
     let mut conds = Vec::new();
     let mut p = 0;
@@ -217,9 +470,13 @@ pub fn probe_sql(
         ));
         p += 2;
     }
-    if device_key {
+    if bk.device_key {
         p += 1;
         conds.push(format!("{} = ${p}::text", quote_ident(DEVICE_COLUMN)));
+    }
+    if bk.stream == StreamColumn::Key {
+        p += 1;
+        conds.push(format!("{} = ${p}::bigint", quote_ident(STREAM_COLUMN)));
     }
     let mut sql = format!("SELECT EXISTS (SELECT 1 FROM {target} WHERE ");
     sql.push_str(&conds.join(" AND "));
@@ -240,29 +497,33 @@ fn push_typed_unnest(sql: &mut String, columns: &[TargetColumn], arrays: &[&str]
     let _ = write!(sql, "unnest(${}::bigint[]) AS v", n + 1);
 }
 
-/// `INSERT INTO target[alias] (columns, sluice_device, sluice_version)`,
-/// `newline`, `SELECT c1, ..., $n+2::text, v FROM ` (the source follows).
+/// `INSERT INTO target[alias] (columns, sluice_device[, sluice_stream],
+/// sluice_version)`, `newline`, `SELECT c1, ..., $n+2::text[, $n+3::bigint],
+/// v FROM ` (the source follows).
 fn push_insert_select(
     sql: &mut String,
     target: &str,
     alias: &str,
     columns: &[TargetColumn],
+    bk: Bookkeeping,
     newline: &str,
 ) {
+    let written = bk.written(columns.len());
     let _ = write!(sql, "INSERT INTO {target}{alias} (");
     push_list(
         sql,
         columns
             .iter()
             .map(|c| c.name.as_str())
-            .chain([DEVICE_COLUMN, VERSION_COLUMN])
+            .chain(written.iter().map(|(c, _)| *c))
             .map(quote_ident),
     );
     let _ = write!(sql, "){newline}SELECT ");
     for i in 0..columns.len() {
         let _ = write!(sql, "c{}, ", i + 1);
     }
-    let _ = write!(sql, "${}::text, v FROM ", columns.len() + 2);
+    push_list(sql, written.iter().map(|(_, e)| e.as_str()));
+    sql.push_str(" FROM ");
 }
 
 /// The statement a DBA runs to give `target` the unique index that
@@ -288,11 +549,20 @@ mod tests {
     use super::*;
 
     const TEXT: [&str; 3] = ["text[]"; 3];
+    const NO_BK: Bookkeeping = Bookkeeping {
+        device_key: false,
+        stream: StreamColumn::None,
+    };
+    const DEVICE_KEY: Bookkeeping = Bookkeeping {
+        device_key: true,
+        stream: StreamColumn::None,
+    };
 
     fn col(name: &str, ty: &str) -> TargetColumn {
         TargetColumn {
             name: name.into(),
             type_sql: ty.into(),
+            stored_sql: ty.into(),
         }
     }
 
@@ -320,9 +590,10 @@ mod tests {
             &cols,
             &TEXT,
             &[0],
-            false,
+            NO_BK,
             Policy::LastWriterWins,
             true,
+            false,
         );
         let expected = r#"WITH src AS (
   SELECT DISTINCT ON (s.c1) s.* FROM (
@@ -353,9 +624,10 @@ SELECT count(*) FILTER (WHERE ins), count(*) FILTER (WHERE NOT ins) FROM up"#;
             &cols,
             &TEXT,
             &[1, 0],
-            false,
+            NO_BK,
             Policy::FirstWriterWins,
             true,
+            false,
         );
         assert!(sql.contains("DISTINCT ON (s.c2, s.c1)"), "{sql}");
         assert!(sql.contains("ORDER BY s.c2, s.c1, s.v ASC"), "{sql}");
@@ -373,7 +645,16 @@ SELECT count(*) FILTER (WHERE ins), count(*) FILTER (WHERE NOT ins) FROM up"#;
     #[test]
     fn insert_only_does_nothing_on_conflict() {
         let cols = [col("k", "text")];
-        let sql = upsert_sql("t", &cols, &TEXT, &[0], false, Policy::InsertOnly, true);
+        let sql = upsert_sql(
+            "t",
+            &cols,
+            &TEXT,
+            &[0],
+            NO_BK,
+            Policy::InsertOnly,
+            true,
+            false,
+        );
         assert!(sql.contains(r#"ON CONFLICT ("k") DO NOTHING"#), "{sql}");
         assert!(!sql.contains("DO UPDATE"), "{sql}");
     }
@@ -381,7 +662,16 @@ SELECT count(*) FILTER (WHERE ins), count(*) FILTER (WHERE NOT ins) FROM up"#;
     #[test]
     fn device_in_the_key_joins_the_conflict_target_only() {
         let cols = [col("id", "bigint"), col("x", "text")];
-        let sql = upsert_sql("t", &cols, &TEXT, &[0], true, Policy::LastWriterWins, true);
+        let sql = upsert_sql(
+            "t",
+            &cols,
+            &TEXT,
+            &[0],
+            DEVICE_KEY,
+            Policy::LastWriterWins,
+            true,
+            false,
+        );
         assert!(
             sql.contains(r#"ON CONFLICT ("id", "sluice_device")"#),
             "{sql}"
@@ -392,7 +682,16 @@ SELECT count(*) FILTER (WHERE ins), count(*) FILTER (WHERE NOT ins) FROM up"#;
     #[test]
     fn key_only_table_still_updates_bookkeeping() {
         let cols = [col("k", "text")];
-        let sql = upsert_sql("t", &cols, &TEXT, &[0], false, Policy::LastWriterWins, true);
+        let sql = upsert_sql(
+            "t",
+            &cols,
+            &TEXT,
+            &[0],
+            NO_BK,
+            Policy::LastWriterWins,
+            true,
+            false,
+        );
         assert!(sql.contains(
             r#"DO UPDATE SET "sluice_device" = EXCLUDED."sluice_device", "sluice_version" = EXCLUDED."sluice_version""#
         ));
@@ -409,9 +708,10 @@ SELECT count(*) FILTER (WHERE ins), count(*) FILTER (WHERE NOT ins) FROM up"#;
             &cols,
             &TEXT,
             &[0],
-            false,
+            NO_BK,
             Policy::LastWriterWins,
             true,
+            false,
         );
         assert!(
             sql.contains(r#"INSERT INTO "s"."t""" AS t ("k""); DROP TABLE x; --", "Mixed Case""#)
@@ -427,8 +727,9 @@ SELECT count(*) FILTER (WHERE ins), count(*) FILTER (WHERE NOT ins) FROM up"#;
             &cols,
             &["bigint[]", "timestamptz[]"],
             &[0],
-            false,
+            NO_BK,
             Policy::LastWriterWins,
+            false,
             false,
         );
         assert!(!sql.contains("DISTINCT ON"), "{sql}");
@@ -451,11 +752,16 @@ SELECT c1, c2, c3, $5::text, v FROM (
   SELECT unnest($1::text[])::text AS c1, unnest($2::bigint[])::bigint AS c2, unnest($3::text[])::text AS c3, unnest($4::bigint[]) AS v
 ) AS s"#;
         assert_eq!(
-            insert_sql(r#""s"."t""#, &cols, &["text[]", "bigint[]", "text[]"]),
+            insert_sql(
+                r#""s"."t""#,
+                &cols,
+                &["text[]", "bigint[]", "text[]"],
+                NO_BK
+            ),
             expected
         );
         assert_eq!(
-            probe_sql("t", &cols, &[0], Some(1), true),
+            probe_sql("t", &cols, &[0], Some(1), DEVICE_KEY),
             r#"SELECT EXISTS (SELECT 1 FROM t WHERE "loc" = CAST($1::text AS text) AND "id" BETWEEN $2::bigint AND $3::bigint AND "sluice_device" = $4::text)"#
         );
     }
@@ -465,6 +771,235 @@ SELECT c1, c2, c3, $5::text, v FROM (
         assert_eq!(
             unique_index_hint("public.t", &["a".into(), "B".into()]),
             r#"CREATE UNIQUE INDEX ON public.t ("a", "B");"#
+        );
+    }
+
+    fn stored(name: &str, ty: &str, stored: &str) -> TargetColumn {
+        TargetColumn {
+            name: name.into(),
+            type_sql: ty.into(),
+            stored_sql: stored.into(),
+        }
+    }
+
+    const STREAM_KEY: Bookkeeping = Bookkeeping {
+        device_key: true,
+        stream: StreamColumn::Key,
+    };
+
+    #[test]
+    fn the_stream_is_written_and_probed_beside_the_device() {
+        let cols = [col("loc", "text"), col("id", "bigint"), col("x", "text")];
+        let arrays = ["text[]", "bigint[]", "text[]"];
+        assert_eq!(
+            insert_sql("t", &cols, &arrays, STREAM_KEY),
+            "INSERT INTO t (\"loc\", \"id\", \"x\", \"sluice_device\", \"sluice_stream\", \"sluice_version\")
+SELECT c1, c2, c3, $5::text, $6::bigint, v FROM (
+  SELECT unnest($1::text[])::text AS c1, unnest($2::bigint[])::bigint AS c2, unnest($3::text[])::text AS c3, unnest($4::bigint[]) AS v
+) AS s"
+        );
+        assert_eq!(
+            probe_sql("t", &cols, &[0], Some(1), STREAM_KEY),
+            r#"SELECT EXISTS (SELECT 1 FROM t WHERE "loc" = CAST($1::text AS text) AND "id" BETWEEN $2::bigint AND $3::bigint AND "sluice_device" = $4::text AND "sluice_stream" = $5::bigint)"#
+        );
+        let sql = upsert_sql(
+            "t",
+            &cols,
+            &arrays,
+            &[0, 1],
+            STREAM_KEY,
+            Policy::LastWriterWins,
+            false,
+            false,
+        );
+        assert!(
+            sql.contains(r#"ON CONFLICT ("loc", "id", "sluice_device", "sluice_stream") DO UPDATE SET "x" = EXCLUDED."x", "sluice_device" = EXCLUDED."sluice_device", "sluice_version""#),
+            "{sql}"
+        );
+        assert!(
+            sql.contains("SELECT c1, c2, c3, $5::text, $6::bigint, v FROM src"),
+            "{sql}"
+        );
+        // Outside the key, the stream is bookkeeping that follows the row.
+        let column = Bookkeeping {
+            device_key: false,
+            stream: StreamColumn::Column,
+        };
+        let sql = upsert_sql(
+            "t",
+            &cols,
+            &arrays,
+            &[0, 1],
+            column,
+            Policy::LastWriterWins,
+            false,
+            false,
+        );
+        assert!(
+            sql.contains(r#"ON CONFLICT ("loc", "id") DO UPDATE SET "x" = EXCLUDED."x", "sluice_device" = EXCLUDED."sluice_device", "sluice_stream" = EXCLUDED."sluice_stream", "sluice_version" = EXCLUDED."sluice_version""#),
+            "{sql}"
+        );
+        assert!(
+            !probe_sql("t", &cols, &[0], Some(1), column).contains("sluice_stream"),
+            "not in the key, not probed"
+        );
+    }
+
+    #[test]
+    fn a_fork_batch_leaves_out_rows_its_ancestors_sent() {
+        let cols = [
+            col("loc", "text"),
+            col("id", "bigint"),
+            stored("x", "numeric", "numeric(6,2)"),
+        ];
+        let arrays = ["text[]", "bigint[]", "text[]"];
+        let sql = upsert_sql(
+            "t",
+            &cols,
+            &arrays,
+            &[0, 1],
+            STREAM_KEY,
+            Policy::LastWriterWins,
+            true,
+            true,
+        );
+        let expected = r#"WITH RECURSIVE anc(stream) AS (
+  SELECT $7::bigint
+  UNION
+  SELECT st.parent_stream FROM sluice.streams AS st JOIN anc ON st.stream_id = anc.stream
+  WHERE st.device_id = $5::text AND st.parent_stream IS NOT NULL
+),
+src AS (
+  SELECT DISTINCT ON (s.c1, s.c2) s.* FROM (
+    SELECT unnest($1::text[])::text AS c1, unnest($2::bigint[])::bigint AS c2, unnest($3::text[])::numeric AS c3, unnest($4::bigint[]) AS v
+  ) AS s
+  WHERE NOT (s.v <= $8::bigint AND EXISTS (
+    SELECT 1 FROM t AS a WHERE a."loc" = s.c1 AND a."id" = s.c2 AND a."sluice_device" = $5::text AND a."sluice_stream" IN (SELECT stream FROM anc) AND ROW(a."x"::text) IS NOT DISTINCT FROM ROW(CAST(s.c3 AS numeric(6,2))::text)))
+  ORDER BY s.c1, s.c2, s.v DESC
+),
+up AS (
+  INSERT INTO t AS t ("loc", "id", "x", "sluice_device", "sluice_stream", "sluice_version")
+  SELECT c1, c2, c3, $5::text, $6::bigint, v FROM src
+"#;
+        assert!(sql.starts_with(expected), "{sql}");
+        // Without a stream column there is nothing to compare across streams.
+        let plain = upsert_sql(
+            "t",
+            &cols,
+            &arrays,
+            &[0, 1],
+            DEVICE_KEY,
+            Policy::LastWriterWins,
+            true,
+            true,
+        );
+        assert_eq!(
+            plain,
+            upsert_sql(
+                "t",
+                &cols,
+                &arrays,
+                &[0, 1],
+                DEVICE_KEY,
+                Policy::LastWriterWins,
+                true,
+                false
+            )
+        );
+        assert!(!plain.contains("anc"), "{plain}");
+    }
+
+    #[test]
+    fn the_fork_check_compares_content_as_stored() {
+        let cols = [
+            col("loc", "text"),
+            col("id", "bigint"),
+            stored("x", "numeric", "numeric(6,2)"),
+            col("j", "json"),
+        ];
+        let arrays = ["text[]", "bigint[]", "text[]", "text[]"];
+        // Mutable table: natural key, no device or stream in it.
+        let sql = fork_check_sql(
+            "t",
+            &cols,
+            &arrays,
+            &[0, 1],
+            NO_BK,
+            Policy::LastWriterWins,
+            true,
+        )
+        .unwrap();
+        assert_eq!(
+            sql,
+            r#"WITH src AS (
+  SELECT DISTINCT ON (s.c1, s.c2) s.* FROM (
+    SELECT unnest($1::text[])::text AS c1, unnest($2::bigint[])::bigint AS c2, unnest($3::text[])::numeric AS c3, unnest($4::text[])::json AS c4, unnest($5::bigint[]) AS v
+  ) AS s
+  ORDER BY s.c1, s.c2, s.v DESC
+)
+SELECT s.v FROM src AS s JOIN t AS t ON t."loc" = s.c1 AND t."id" = s.c2
+WHERE t."sluice_device" = $6::text AND t."sluice_version" >= s.v
+  AND ROW(t."x"::text, t."j"::text) IS DISTINCT FROM ROW(CAST(s.c3 AS numeric(6,2))::text, CAST(s.c4 AS json)::text)
+ORDER BY s.v LIMIT 1"#
+        );
+        // Append-only table: the device and stream are in the key.
+        let sql = fork_check_sql(
+            "t",
+            &cols,
+            &arrays,
+            &[0, 1],
+            STREAM_KEY,
+            Policy::InsertOnly,
+            false,
+        )
+        .unwrap();
+        assert!(
+            sql.contains(r#"JOIN t AS t ON t."loc" = s.c1 AND t."id" = s.c2 AND t."sluice_device" = $6::text AND t."sluice_stream" = $7::bigint
+WHERE t."sluice_version" >= s.v"#),
+            "{sql}"
+        );
+        assert!(!sql.contains("DISTINCT ON"), "{sql}");
+        // Only key columns: the content cannot differ.
+        assert_eq!(
+            fork_check_sql(
+                "t",
+                &cols[..2],
+                &arrays[..2],
+                &[0, 1],
+                NO_BK,
+                Policy::LastWriterWins,
+                true
+            ),
+            None
+        );
+    }
+
+    #[test]
+    fn hostile_names_are_quoted_in_the_fork_statements() {
+        let cols = [
+            col(r#"k"); DROP TABLE x; --"#, "text"),
+            col("Mixed Case", "text"),
+        ];
+        let sql =
+            fork_check_sql("t", &cols, &TEXT, &[0], NO_BK, Policy::LastWriterWins, true).unwrap();
+        assert!(
+            sql.contains(r#"t."k""); DROP TABLE x; --" = s.c1"#),
+            "{sql}"
+        );
+        assert!(sql.contains(r#"ROW(t."Mixed Case"::text)"#), "{sql}");
+        let sql = upsert_sql(
+            "t",
+            &cols,
+            &TEXT,
+            &[0],
+            STREAM_KEY,
+            Policy::LastWriterWins,
+            true,
+            true,
+        );
+        assert!(
+            sql.contains(r#"a."k""); DROP TABLE x; --" = s.c1"#),
+            "{sql}"
         );
     }
 }

@@ -23,6 +23,9 @@ pub enum SqlState {
     UndefinedColumn,
     /// `428C9` generated_always.
     GeneratedAlways,
+    /// `55000` object_not_in_prerequisite_state: a batch that shows its edge
+    /// database was restored or copied ([`crate::epoch`]).
+    ObjectNotInPrerequisiteState,
     /// `XX000` internal_error.
     InternalError,
     /// `XX001` data_corrupted.
@@ -52,6 +55,7 @@ impl SqlState {
             SqlState::NotNullViolation => "23502",
             SqlState::UndefinedColumn => "42703",
             SqlState::GeneratedAlways => "428C9",
+            SqlState::ObjectNotInPrerequisiteState => "55000",
             SqlState::InternalError => "XX000",
             SqlState::DataCorrupted => "XX001",
         }

@@ -253,3 +253,88 @@ fn numbers_become_timestamps() {
         ]
     );
 }
+
+#[test]
+fn plain_numbers_in_text_are_unix_seconds() {
+    for (s, v) in [
+        ("1765636500", Some(1_765_636_500.0)),
+        ("1765636500.25", Some(1_765_636_500.25)),
+        ("-86400", Some(-86_400.0)),
+        ("0", Some(0.0)),
+        ("20251213", Some(20_251_213.0)),
+    ] {
+        assert_eq!(plain_seconds(s), v, "{s}");
+    }
+    for s in [
+        "",
+        "-",
+        ".5",
+        "5.",
+        "1e9",
+        "+5",
+        " 5",
+        "5 ",
+        "0x10",
+        "1,5",
+        "NaN",
+        "inf",
+        "2025-12-13",
+        "12:00",
+        "1.2.3",
+    ] {
+        assert_eq!(plain_seconds(s), None, "{s}");
+    }
+    // Into timestamptz: native microseconds, beside ISO text.
+    let times = vec![
+        Value::Text("946684801".into()),
+        Value::Text("946684801.5".into()),
+        Value::Text("2000-01-01T00:00:03Z".into()),
+    ];
+    assert_eq!(
+        column_to_param(&times, false, ColumnKind::Timestamp, Native::Timestamptz).unwrap(),
+        Param::Timestamptz(vec![Some(1_000_000), Some(1_500_000), Some(3_000_000)])
+    );
+    // Beside zoneless text, the column goes as text: the number as a UTC time.
+    let mixed = vec![
+        Value::Text("1765636500".into()),
+        Value::Text("2025-12-13 14:35:00".into()),
+    ];
+    assert_eq!(
+        column_to_param(&mixed, false, ColumnKind::Timestamp, Native::Timestamptz).unwrap(),
+        Param::Text(vec![
+            Some("2025-12-13 14:35:00+00".into()),
+            Some("2025-12-13 14:35:00".into())
+        ])
+    );
+    // Into timestamp (without zone): the UTC wall-clock time.
+    assert_eq!(
+        column_to_texts(
+            &[Value::Text("1765636500.25".into())],
+            false,
+            ColumnKind::Timestamp
+        )
+        .unwrap(),
+        vec![Some("2025-12-13 14:35:00.25+00".into())]
+    );
+    // Not a time PostgreSQL holds: the value named, on both paths.
+    let far = vec![Value::Text("99999999999999".into())];
+    for native in [Native::Timestamptz, Native::None] {
+        assert_eq!(
+            column_to_param(&far, false, ColumnKind::Timestamp, native),
+            Err(ConvertError::BadEpoch {
+                row: 0,
+                value: "99999999999999".into()
+            })
+        );
+    }
+    // Into a text column, a number stays text.
+    assert_eq!(
+        column_to_texts(
+            &[Value::Text("1765636500".into())],
+            false,
+            ColumnKind::Plain
+        )
+        .unwrap(),
+        vec![Some("1765636500".into())]
+    );
+}

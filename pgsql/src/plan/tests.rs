@@ -41,6 +41,7 @@ fn catalog(name: &str, type_sql: &str, class: &str, native: &str) -> CatalogColu
         Some(class),
         Some(-1),
         Some(native),
+        Some(type_sql.into()),
     )
 }
 
@@ -119,10 +120,11 @@ fn catalog_rows_classify_types() {
         Some("vector"),
         Some(384),
         Some(""),
+        Some("vector(384)".into()),
     );
     assert_eq!(v.kind, ColumnKind::Vector { dims: Some(384) });
     assert_eq!(v.native, Native::None);
-    let v = CatalogColumn::from_row("e".into(), None, None, None, None, None);
+    let v = CatalogColumn::from_row("e".into(), None, None, None, None, None, None);
     assert_eq!(v.kind, ColumnKind::Plain);
     assert!(!v.generated);
     assert_eq!(
@@ -164,7 +166,7 @@ fn plan_refusals_name_the_column_and_the_target() {
         bc(),
         vec![
             catalog("id", "bigint", "plain", "int"),
-            CatalogColumn::from_row("g".into(), None, None, None, None, None),
+            CatalogColumn::from_row("g".into(), None, None, None, None, None, None),
         ],
         &keys(&["id"]),
     )
@@ -319,14 +321,64 @@ fn lock_keys_separate_targets_tenants_and_devices() {
     let a = shaped(&p, vec![row("a", 1, 0.0), row("a", 2, 0.0)]).unwrap();
     let a_again = shaped(&p, vec![row("a", 5, 0.0), row("a", 9, 0.0)]).unwrap();
     let b = shaped(&p, vec![row("b", 1, 0.0), row("b", 2, 0.0)]).unwrap();
-    assert_eq!(a.lock_key(16384, None), a_again.lock_key(16384, None));
-    assert_ne!(a.lock_key(16384, None), b.lock_key(16384, None));
-    assert_ne!(a.lock_key(16384, None), a.lock_key(16385, None));
-    assert_ne!(
-        a.lock_key(16384, Some("cam-1")),
-        a.lock_key(16384, Some("cam-2"))
+    assert_eq!(
+        a.lock_key(16384, None, None),
+        a_again.lock_key(16384, None, None)
     );
-    assert_ne!(a.lock_key(16384, Some("cam-1")), a.lock_key(16384, None));
+    assert_ne!(a.lock_key(16384, None, None), b.lock_key(16384, None, None));
+    assert_ne!(a.lock_key(16384, None, None), a.lock_key(16385, None, None));
+    assert_ne!(
+        a.lock_key(16384, Some("cam-1"), None),
+        a.lock_key(16384, Some("cam-2"), None)
+    );
+    assert_ne!(
+        a.lock_key(16384, Some("cam-1"), None),
+        a.lock_key(16384, None, None)
+    );
+    // Rows of another stream (an epoch of the edge database) have other keys.
+    assert_ne!(
+        a.lock_key(16384, Some("cam-1"), Some(7)),
+        a.lock_key(16384, Some("cam-1"), Some(8))
+    );
+    assert_ne!(
+        a.lock_key(16384, Some("cam-1"), Some(7)),
+        a.lock_key(16384, Some("cam-1"), None)
+    );
+}
+
+#[test]
+fn the_stream_joins_the_key_or_is_written_beside_it() {
+    let p = plan(&["loc", DEVICE_COLUMN, STREAM_COLUMN, "id"]);
+    assert_eq!(p.keys, [0, 1]);
+    assert_eq!(p.stream, StreamColumn::Key);
+    let p = p.with_stream_column(true).unwrap();
+    assert_eq!(
+        p.bookkeeping(),
+        Bookkeeping {
+            device_key: true,
+            stream: StreamColumn::Key
+        }
+    );
+    // A key the target lost since it was registered.
+    assert_eq!(
+        plan(&["loc", STREAM_COLUMN, "id"])
+            .with_stream_column(false)
+            .unwrap_err(),
+        PlanError::MissingKey {
+            column: STREAM_COLUMN.into()
+        }
+    );
+    // Outside the key: written with every row.
+    let p = plan(&["loc", "id"]).with_stream_column(true).unwrap();
+    assert_eq!(p.stream, StreamColumn::Column);
+    let p = plan(&["loc", "id"]).with_stream_column(false).unwrap();
+    assert_eq!(p.stream, StreamColumn::None);
+    // A batch column of that name is bookkeeping, like sluice_device.
+    let cols = [
+        Column::new("id", ColumnType::Integer),
+        Column::new(STREAM_COLUMN, ColumnType::Integer),
+    ];
+    assert_eq!(BatchColumns::new(&cols).unwrap().names, ["id"]);
 }
 
 #[test]
@@ -357,6 +409,9 @@ fn lock_key_is_pinned() {
     // FNV-1a of "sluice.ingest", the OID's bytes, "site-a" (and "cam-1"),
     // each followed by a 0 byte: the key of the releases before this one,
     // so that two versions of the library never take different locks.
-    assert_eq!(s.lock_key(16384, None), -8_039_552_780_182_160_623);
-    assert_eq!(s.lock_key(16384, Some("cam-1")), 6_227_322_318_620_800_638);
+    assert_eq!(s.lock_key(16384, None, None), -8_039_552_780_182_160_623);
+    assert_eq!(
+        s.lock_key(16384, Some("cam-1"), None),
+        6_227_322_318_620_800_638
+    );
 }
