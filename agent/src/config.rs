@@ -215,14 +215,17 @@ impl DeviceConfig {
     }
 }
 
-/// Checks a zone by the rule of `sluice_zone`: an IANA-style name (ASCII
-/// letters, digits, `/ _ + -`, starting with a letter, at most
-/// [`MAX_ZONE_BYTES`] bytes), or a fixed offset `+HH:MM` / `-HH:MM` (hours
-/// 00 to 15, minutes 00 to 59). Whether the cloud knows the name is the
-/// cloud's to say (`sluice.ingest` refuses an unknown zone, 22023).
+/// Checks a zone by the rule of `sluice_zone` (sqlite_ext's `origin.rs`),
+/// so that the agent refuses at start what the edge would refuse at open:
+/// an IANA-style name (ASCII letters, digits and `/ _ + -`, starting with a
+/// letter, no empty part between slashes, at most [`MAX_ZONE_BYTES`]
+/// bytes), or a fixed offset `+HH:MM` / `-HH:MM` east of UTC, at most
+/// 14:00. Whether the cloud knows the name is the cloud's to say
+/// (`sluice.ingest` refuses an unknown zone, 22023).
 pub fn check_zone(zone: &str) -> Result<(), String> {
+    const EXAMPLES: &str = "e.g. \"Europe/Berlin\", \"UTC\" or \"+05:30\"";
     if zone.is_empty() {
-        return Err("the zone must not be empty (the default is \"UTC\")".into());
+        return Err(format!("the zone must not be empty ({EXAMPLES})"));
     }
     if zone.len() > MAX_ZONE_BYTES {
         return Err(format!(
@@ -232,31 +235,39 @@ pub fn check_zone(zone: &str) -> Result<(), String> {
     }
     let b = zone.as_bytes();
     if matches!(b[0], b'+' | b'-') {
-        let digits = |s: &[u8]| s.iter().all(u8::is_ascii_digit);
+        let two = |s: &str| {
+            (s.len() == 2 && s.bytes().all(|c| c.is_ascii_digit()))
+                .then(|| s.parse::<u32>().ok())
+                .flatten()
+        };
         let ok = b.len() == 6
-            && digits(&b[1..3])
             && b[3] == b':'
-            && digits(&b[4..6])
-            && zone[1..3].parse::<u8>().is_ok_and(|h| h <= 15)
-            && zone[4..6].parse::<u8>().is_ok_and(|m| m <= 59);
+            && match (two(&zone[1..3]), two(&zone[4..6])) {
+                (Some(h), Some(m)) => m <= 59 && (h < 14 || (h == 14 && m == 0)),
+                _ => false,
+            };
         return if ok {
             Ok(())
         } else {
-            Err(
-                "a fixed offset is written +HH:MM or -HH:MM (hours 00 to 15), e.g. \"+05:30\""
-                    .into(),
-            )
+            Err(format!(
+                "a fixed offset is written +HH:MM or -HH:MM, at most 14:00 ({EXAMPLES})"
+            ))
         };
-    }
-    if !b[0].is_ascii_alphabetic() {
-        return Err("a zone name starts with a letter (e.g. \"Europe/Berlin\")".into());
     }
     if let Some(c) = zone
         .chars()
         .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '/' | '_' | '+' | '-')))
     {
         return Err(format!(
-            "a zone name holds only ASCII letters, digits and / _ + - (found {c:?}); e.g. \"Europe/Berlin\", \"UTC\" or \"+05:30\""
+            "a zone name has only ASCII letters, digits and / _ + - (found {c:?}; {EXAMPLES})"
+        ));
+    }
+    if !b[0].is_ascii_alphabetic() {
+        return Err(format!("a zone name starts with a letter ({EXAMPLES})"));
+    }
+    if zone.split('/').any(str::is_empty) {
+        return Err(format!(
+            "a zone name has no empty part between slashes ({EXAMPLES})"
         ));
     }
     Ok(())
