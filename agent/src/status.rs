@@ -315,11 +315,14 @@ pub fn epoch_lines(identity: &Identity) -> Vec<String> {
         if n == 1 { "" } else { "s" }
     );
     if let Some(last) = identity.epochs.last() {
-        line.push_str(&format!(
-            "; the last began {}: {}",
-            last.started_at.as_deref().unwrap_or("at an unknown time"),
-            last.reason
-        ));
+        line.insert_str(
+            line.len() - 1,
+            &format!(
+                "; the current one since {}: {}",
+                last.started_at.as_deref().unwrap_or("an unknown time"),
+                last.reason
+            ),
+        );
     }
     out.push(line);
     out.push(format!(
@@ -548,7 +551,7 @@ mod tests {
         let lines = epoch_lines(&restored());
         assert_eq!(
             lines[0],
-            "stream:        0000000000000002 (2 epochs); the last began 2026-12-01T12:00:00.000Z: restored"
+            "stream:        0000000000000002 (2 epochs; the current one since 2026-12-01T12:00:00.000Z: restored)"
         );
         assert_eq!(lines[1], "machine:       not recorded; zone UTC");
         let json = r#"{"device_id": "box-1", "stream_id": -1, "machine": "m1", "zone": "Europe/Berlin",
@@ -557,7 +560,8 @@ mod tests {
         let identity: Identity = serde_json::from_str(json).unwrap();
         let lines = epoch_lines(&identity);
         assert!(
-            lines[0].starts_with("stream:        ffffffffffffffff (1 epoch); "),
+            lines[0]
+                .starts_with("stream:        ffffffffffffffff (1 epoch; the current one since "),
             "{lines:?}"
         );
         assert_eq!(lines[1], "machine:       m1; zone Europe/Berlin");
