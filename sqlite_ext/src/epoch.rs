@@ -202,9 +202,7 @@ fn fresh_stream(conn: &Connection) -> Res<i64> {
 fn restamp(conn: &Connection, info: &TableInfo, after: i64) -> Res<i64> {
     let t = info.quoted();
     let v = quote_ident(VERSION_COLUMN);
-    let rows: i64 = conn.query_row(&format!("SELECT count(*) FROM main.{t}"), [], |r| {
-        r.get(0)
-    })?;
+    let rows: i64 = conn.query_row(&format!("SELECT count(*) FROM main.{t}"), [], |r| r.get(0))?;
     let Some(last) = after.checked_add(rows) else {
         return Err(Fail(clock_full(after)));
     };

@@ -10,8 +10,8 @@
 use rusqlite::Connection;
 
 use crate::acked;
-use crate::bookkeeping::tables::{self, Tracked};
 use crate::bookkeeping::ranges;
+use crate::bookkeeping::tables::{self, Tracked};
 use crate::glue::Res;
 use crate::schema::TableInfo;
 use crate::sequence::SeqColumn;

@@ -197,12 +197,7 @@ pub const FUNCTIONS: &[(&str, c_int, FunctionFlags, Imp)] = &[
         WRITES,
         Scalar(epoch::sluice_new_epoch),
     ),
-    (
-        "sluice_identity",
-        0,
-        READS,
-        Scalar(epoch::sluice_identity),
-    ),
+    ("sluice_identity", 0, READS, Scalar(epoch::sluice_identity)),
 ];
 
 /// Entry point; SQLite derives its name from the file name `sluice0.so`.

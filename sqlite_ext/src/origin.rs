@@ -53,9 +53,9 @@ pub fn check_zone(zone: &str) -> Result<String, String> {
         ));
     }
     if zone.starts_with(['+', '-']) {
-        return check_offset(zone).map(|()| zone.to_string()).map_err(|why| {
-            format!("the offset {zone:?} is not +HH:MM or -HH:MM: {why} ({RULE})")
-        });
+        return check_offset(zone)
+            .map(|()| zone.to_string())
+            .map_err(|why| format!("the offset {zone:?} is not +HH:MM or -HH:MM: {why} ({RULE})"));
     }
     if let Some(c) = zone
         .chars()
@@ -156,7 +156,10 @@ mod tests {
         let sixty_four = format!("A{}", "b".repeat(63));
         assert!(check_zone(&sixty_four).is_ok());
         let e = check_zone(&format!("{sixty_four}c")).unwrap_err();
-        assert!(e.starts_with("the zone is 65 bytes, the limit is 64"), "{e}");
+        assert!(
+            e.starts_with("the zone is 65 bytes, the limit is 64"),
+            "{e}"
+        );
         for (bad, why) in [
             ("Europe/Berlin'", "the character '\\''"),
             ("Europe\"Berlin", "the character '\"'"),

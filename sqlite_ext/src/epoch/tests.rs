@@ -1,11 +1,879 @@
+//! Epochs, machine and zone, tested on a real SQLite with the extension
+//! loaded ([`crate::testdb`]).
+
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use crate::testdb::{err, memory, one};
+use rusqlite::{params, Connection};
+use serde_json::Value as Json;
+use sluice_wire::{decode_header, BatchHeader, Fork};
+
+use crate::glue::now_us;
+use crate::testdb::{err, memory, one, open};
+
+fn identity(db: &Connection) -> Json {
+    serde_json::from_str(&one::<String>(db, "SELECT sluice_identity()")).unwrap()
+}
+
+fn stream(db: &Connection) -> i64 {
+    one(db, "SELECT value FROM sluice_meta WHERE key = 'stream_id'")
+}
+
+fn batch(db: &Connection, table: &str, max_rows: i64) -> Option<Vec<u8>> {
+    db.query_row(
+        "SELECT sluice_batch(?1, ?2)",
+        params![table, max_rows],
+        |r| r.get(0),
+    )
+    .unwrap()
+}
+
+fn header(blob: &[u8]) -> BatchHeader {
+    decode_header(blob).unwrap()
+}
+
+fn ack(db: &Connection, blob: &[u8]) -> i64 {
+    db.query_row("SELECT sluice_ack(?1)", [blob], |r| r.get(0))
+        .unwrap()
+}
+
+fn pending(db: &Connection, table: &str) -> i64 {
+    db.query_row("SELECT sluice_pending(?1)", [table], |r| r.get(0))
+        .unwrap()
+}
+
+fn fork_of(db: &Connection, table: &str) -> Option<(i64, i64)> {
+    db.query_row(
+        "SELECT fork_parent, fork_seq FROM sluice_tables WHERE tbl = ?1",
+        [table],
+        |r| Ok((r.get::<_, Option<i64>>(0)?, r.get::<_, Option<i64>>(1)?)),
+    )
+    .map(|(p, s)| p.zip(s))
+    .unwrap()
+}
+
+/// An append-only table `readings` with `n` rows, tracked, device `box-1`.
+fn readings(db: &Connection, n: i64) {
+    db.execute_batch(
+        "CREATE TABLE readings (id INTEGER PRIMARY KEY, ts TEXT, camera TEXT, people INTEGER);
+         SELECT sluice_device('box-1');
+         SELECT sluice_track('readings');",
+    )
+    .unwrap();
+    add_readings(db, n);
+}
+
+fn add_readings(db: &Connection, n: i64) {
+    db.execute(
+        "WITH RECURSIVE k(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM k WHERE i < ?1)
+         INSERT INTO readings (ts, camera, people)
+         SELECT '2026-12-01 10:00:00', 'cam' || (i % 3), i FROM k",
+        [n],
+    )
+    .unwrap();
+}
+
+/// A mutable table `cameras` with `n` rows, tracked.
+fn cameras(db: &Connection, n: i64, without_rowid: bool) {
+    db.execute_batch(&format!(
+        "CREATE TABLE cameras (camera_id TEXT PRIMARY KEY, name TEXT){};
+         SELECT sluice_device('box-1');
+         SELECT sluice_track('cameras', '{{\"mutable\": true, \"key\": [\"camera_id\"]}}');",
+        if without_rowid { " WITHOUT ROWID" } else { "" }
+    ))
+    .unwrap();
+    db.execute(
+        "WITH RECURSIVE k(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM k WHERE i < ?1)
+         INSERT INTO cameras (camera_id, name) SELECT 'cam' || i, 'door ' || i FROM k",
+        [n],
+    )
+    .unwrap();
+}
+
+// ---------------------------------------------------------------------------
+// sluice_machine
 
 #[test]
-fn smoke() {
+fn machine_first_same_and_another() {
     let db = memory();
-    assert_eq!(one::<String>(&db, "SELECT sluice_version()"), crate::about::version_string());
+    readings(&db, 3);
     assert_eq!(one::<Option<String>>(&db, "SELECT sluice_machine()"), None);
-    assert!(err(&db, "SELECT sluice_machine(NULL)").starts_with("sluice_machine: "));
+    let first = stream(&db);
+    assert_eq!(one::<i64>(&db, "SELECT sluice_machine('machine-a')"), 0);
+    assert_eq!(one::<String>(&db, "SELECT sluice_machine()"), "machine-a");
+    // The first epoch now knows its machine.
+    let id = identity(&db);
+    assert_eq!(id["machine"], "machine-a");
+    assert_eq!(id["epochs"][0]["machine"], "machine-a");
+    assert_eq!(id["epochs"][0]["reason"], "created");
+    // The same machine again: nothing happens.
+    assert_eq!(one::<i64>(&db, "SELECT sluice_machine('machine-a')"), 0);
+    assert_eq!(stream(&db), first);
+    assert_eq!(identity(&db)["epochs"].as_array().unwrap().len(), 1);
+    // Another machine: the database was copied; a new epoch.
+    assert_eq!(one::<i64>(&db, "SELECT sluice_machine('machine-b')"), 1);
+    let second = stream(&db);
+    assert_ne!(second, first);
+    assert!(second > 0);
+    assert_eq!(one::<String>(&db, "SELECT sluice_machine()"), "machine-b");
+    let id = identity(&db);
+    assert_eq!(id["stream_id"], second);
+    let epochs = id["epochs"].as_array().unwrap();
+    assert_eq!(epochs.len(), 2);
+    assert_eq!(epochs[0]["stream_id"], first);
+    assert_eq!(epochs[0]["parent_stream"], Json::Null);
+    assert_eq!(epochs[1]["stream_id"], second);
+    assert_eq!(epochs[1]["parent_stream"], first);
+    assert_eq!(
+        epochs[1]["reason"],
+        "moved from machine 'machine-a' to 'machine-b'"
+    );
+    assert_eq!(epochs[1]["machine"], "machine-b");
+    // The rows written before are pending under a fork of the old stream.
+    assert_eq!(fork_of(&db, "readings"), Some((first, 3)));
+    // And back: another move, another epoch, whose parent is the second.
+    assert_eq!(one::<i64>(&db, "SELECT sluice_machine('machine-a')"), 1);
+    let id = identity(&db);
+    assert_eq!(id["epochs"][2]["parent_stream"], second);
+    assert_eq!(fork_of(&db, "readings"), Some((second, 3)));
+}
+
+#[test]
+fn machine_ids_that_are_refused() {
+    let db = memory();
+    let long = "m".repeat(257);
+    for (sql, want) in [
+        (
+            "SELECT sluice_machine(NULL)".to_string(),
+            "sluice_machine: the machine id must be text, got NULL",
+        ),
+        (
+            "SELECT sluice_machine(42)".to_string(),
+            "sluice_machine: the machine id must be text, got the integer 42",
+        ),
+        (
+            "SELECT sluice_machine(x'00')".to_string(),
+            "sluice_machine: the machine id must be text, got a blob of 1 bytes",
+        ),
+        (
+            "SELECT sluice_machine('')".to_string(),
+            "sluice_machine: the machine id must not be empty",
+        ),
+        (
+            format!("SELECT sluice_machine('{long}')"),
+            "sluice_machine: the machine id is 257 characters, the limit is 256",
+        ),
+        (
+            "SELECT sluice_machine('a' || char(10) || 'b')".to_string(),
+            "sluice_machine: the machine id must not contain control characters, got '\\n'",
+        ),
+    ] {
+        assert_eq!(err(&db, &sql), want, "{sql}");
+    }
+    assert_eq!(
+        one::<i64>(
+            &db,
+            &format!("SELECT sluice_machine('{}')", "m".repeat(256))
+        ),
+        0
+    );
+    // Nothing refused was recorded; reading never writes.
+    assert_eq!(
+        one::<String>(&db, "SELECT sluice_machine()"),
+        "m".repeat(256)
+    );
+    let fresh = memory();
+    assert_eq!(
+        one::<Option<String>>(&fresh, "SELECT sluice_machine()"),
+        None
+    );
+    assert_eq!(
+        one::<i64>(
+            &fresh,
+            "SELECT count(*) FROM sqlite_master WHERE name LIKE 'sluice%'"
+        ),
+        0
+    );
+}
+
+// ---------------------------------------------------------------------------
+// sluice_zone
+
+#[test]
+fn zones_good_and_bad() {
+    let db = memory();
+    assert_eq!(one::<String>(&db, "SELECT sluice_zone()"), "UTC");
+    for good in [
+        "Europe/Berlin",
+        "America/Argentina/Buenos_Aires",
+        "Etc/GMT+3",
+        "+05:30",
+        "-03:00",
+        "UTC",
+    ] {
+        assert_eq!(
+            db.query_row("SELECT sluice_zone(?1)", [good], |r| r.get::<_, String>(0))
+                .unwrap(),
+            good
+        );
+        assert_eq!(one::<String>(&db, "SELECT sluice_zone()"), good);
+    }
+    assert_eq!(one::<String>(&db, "SELECT sluice_zone('')"), "UTC");
+    assert_eq!(one::<String>(&db, "SELECT sluice_zone()"), "UTC");
+    db.execute_batch("SELECT sluice_zone('Asia/Kolkata')")
+        .unwrap();
+    let bad = [
+        ("'Europe/Berlin'''", "has the character '\\''"),
+        ("'Europe\"Berlin'", "has the character '\"'"),
+        (
+            "'Europe/' || char(9) || 'Berlin'",
+            "has the character '\\t'",
+        ),
+        ("'Europe/' || char(0) || 'x'", "has the character '\\0'"),
+        ("'+25:00'", "at most 14:00"),
+        ("'+5'", "is not +HH:MM or -HH:MM"),
+        ("'//'", "does not start with a letter"),
+        (
+            "printf('%.65c', 'A')",
+            "the zone is 65 bytes, the limit is 64",
+        ),
+        ("NULL", "the zone must be text, got NULL"),
+        ("3", "the zone must be text, got the integer 3"),
+        ("1.5", "the zone must be text, got the real 1.5"),
+        ("x'41'", "the zone must be text, got a blob of 1 bytes"),
+        ("CAST(x'ff' AS TEXT)", "the zone is not valid UTF-8"),
+    ];
+    for (arg, want) in bad {
+        let e = err(&db, &format!("SELECT sluice_zone({arg})"));
+        assert!(
+            e.starts_with("sluice_zone: ") && e.contains(want),
+            "{arg}: {e}"
+        );
+    }
+    assert_eq!(
+        one::<String>(&db, &format!("SELECT sluice_zone('{}')", "A".repeat(64))),
+        "A".repeat(64)
+    );
+    // Refused zones left the last good one.
+    db.execute_batch("SELECT sluice_zone('Asia/Kolkata')")
+        .unwrap();
+    assert_eq!(one::<String>(&db, "SELECT sluice_zone()"), "Asia/Kolkata");
+    assert_eq!(identity(&db)["zone"], "Asia/Kolkata");
+}
+
+// ---------------------------------------------------------------------------
+// sluice_new_epoch
+
+#[test]
+fn a_new_epoch_touches_no_row_of_an_append_only_table() {
+    let db = memory();
+    readings(&db, 10);
+    let b = batch(&db, "readings", 4).unwrap();
+    assert_eq!(ack(&db, &b), 4);
+    // Any change to a row would be logged here.
+    db.execute_batch(
+        "CREATE TABLE touched (id INTEGER);
+         CREATE TRIGGER readings_touched AFTER UPDATE ON readings
+           BEGIN INSERT INTO touched VALUES (OLD.id); END;",
+    )
+    .unwrap();
+    let rows_before: Vec<(i64, i64)> = {
+        let mut s = db
+            .prepare("SELECT id, people FROM readings ORDER BY id")
+            .unwrap();
+        s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    };
+    let old = stream(&db);
+    let new: i64 = one(&db, "SELECT sluice_new_epoch('restored from a backup')");
+    assert_eq!(new, stream(&db));
+    assert!(new > 0 && new != old);
+    assert_eq!(one::<i64>(&db, "SELECT count(*) FROM touched"), 0);
+    let rows_after: Vec<(i64, i64)> = {
+        let mut s = db
+            .prepare("SELECT id, people FROM readings ORDER BY id")
+            .unwrap();
+        s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    };
+    assert_eq!(rows_after, rows_before);
+    assert_eq!(fork_of(&db, "readings"), Some((old, 10)));
+    assert_eq!(pending(&db, "readings"), 6);
+    let id = identity(&db);
+    assert_eq!(id["epochs"][1]["reason"], "restored from a backup");
+    assert_eq!(id["epochs"][1]["parent_stream"], old);
+    assert_eq!(id["epochs"][1]["machine"], Json::Null);
+}
+
+#[test]
+fn a_new_epoch_restamps_every_row_of_a_mutable_table() {
+    for without_rowid in [false, true] {
+        let db = memory();
+        cameras(&db, 5, without_rowid);
+        let b = batch(&db, "cameras", 1000).unwrap();
+        assert_eq!(ack(&db, &b), 5);
+        db.execute_batch("UPDATE cameras SET name = 'bar' WHERE camera_id = 'cam2'")
+            .unwrap();
+        assert_eq!(pending(&db, "cameras"), 1);
+        let clock: i64 = one(&db, "SELECT value FROM sluice_clock");
+        assert_eq!(clock, 6);
+        let t0 = now_us();
+        let old = stream(&db);
+        db.execute_batch("SELECT sluice_new_epoch('restored')")
+            .unwrap();
+        let (lo, hi, n): (i64, i64, i64) = db
+            .query_row(
+                "SELECT min(sluice_version), max(sluice_version), count(DISTINCT sluice_version) \
+                 FROM cameras",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .unwrap();
+        // Every row has a new version, above the old clock and the time of
+        // the call; the triggers did not bump them a second time.
+        assert!(lo > clock && lo >= t0, "{lo} {clock} {t0}");
+        assert_eq!((n, hi - lo), (5, 4));
+        assert_eq!(one::<i64>(&db, "SELECT value FROM sluice_clock"), hi);
+        assert_eq!(pending(&db, "cameras"), 5);
+        // The fork: the largest version before the epoch.
+        assert_eq!(fork_of(&db, "cameras"), Some((old, 6)));
+        // The rows as they are, in version order of before (cam2 last).
+        let order: Vec<String> = {
+            let mut s = db
+                .prepare("SELECT camera_id FROM cameras ORDER BY sluice_version")
+                .unwrap();
+            s.query_map([], |r| r.get(0))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap()
+        };
+        assert_eq!(order, ["cam1", "cam3", "cam4", "cam5", "cam2"]);
+        // The triggers go on from the clock.
+        db.execute_batch("UPDATE cameras SET name = 'x' WHERE camera_id = 'cam1'")
+            .unwrap();
+        assert_eq!(
+            one::<i64>(
+                &db,
+                "SELECT sluice_version FROM cameras WHERE camera_id = 'cam1'"
+            ),
+            hi + 1
+        );
+        // All of it goes out again, under the new stream, and the fork goes
+        // with the acknowledgement past it.
+        let b = batch(&db, "cameras", 1000).unwrap();
+        let h = header(&b);
+        assert_eq!((h.row_count, h.stream_id), (5, stream(&db) as u64));
+        assert_eq!(
+            h.origin.fork,
+            Some(Fork {
+                parent_stream: old as u64,
+                fork_seq: 6
+            })
+        );
+        assert_eq!(ack(&db, &b), 5);
+        assert_eq!(fork_of(&db, "cameras"), None);
+        assert_eq!(pending(&db, "cameras"), 0);
+    }
+}
+
+#[test]
+fn a_mutable_table_with_a_version_above_the_clock_gets_no_duplicate() {
+    let db = memory();
+    cameras(&db, 3, false);
+    // A version written by hand above the clock.
+    db.execute_batch("UPDATE cameras SET sluice_version = 1000 WHERE camera_id = 'cam1'")
+        .unwrap();
+    let t0 = now_us();
+    db.execute_batch("SELECT sluice_new_epoch('test')").unwrap();
+    let (lo, n): (i64, i64) = db
+        .query_row(
+            "SELECT min(sluice_version), count(DISTINCT sluice_version) FROM cameras",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert!(lo >= t0 && n == 3);
+}
+
+#[test]
+fn epochs_in_a_row_chain_their_parents_and_never_reuse_a_stream() {
+    let db = memory();
+    readings(&db, 2);
+    let mut seen = vec![stream(&db)];
+    for i in 0..20 {
+        let s: i64 = one(&db, &format!("SELECT sluice_new_epoch('epoch {i}')"));
+        assert!(s > 0 && !seen.contains(&s));
+        assert_eq!(fork_of(&db, "readings"), Some((*seen.last().unwrap(), 2)));
+        seen.push(s);
+    }
+    let id = identity(&db);
+    let epochs = id["epochs"].as_array().unwrap();
+    assert_eq!(epochs.len(), 21);
+    for (i, e) in epochs.iter().enumerate() {
+        assert_eq!(e["stream_id"], seen[i]);
+        let parent = if i == 0 {
+            Json::Null
+        } else {
+            seen[i - 1].into()
+        };
+        assert_eq!(e["parent_stream"], parent);
+    }
+}
+
+#[test]
+fn a_new_epoch_is_all_or_nothing_and_only_from_top_level_sql() {
+    let db = memory();
+    cameras(&db, 2, false);
+    let old = stream(&db);
+    let versions = |db: &Connection| -> Vec<i64> {
+        let mut s = db
+            .prepare("SELECT sluice_version FROM cameras ORDER BY camera_id")
+            .unwrap();
+        s.query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    };
+    let before = versions(&db);
+    db.execute_batch("BEGIN; SELECT sluice_new_epoch('rolled back'); ROLLBACK;")
+        .unwrap();
+    assert_eq!((stream(&db), versions(&db)), (old, before));
+    assert_eq!(identity(&db)["epochs"].as_array().unwrap().len(), 1);
+    // Writers cannot run from a view or a trigger.
+    db.execute_batch("CREATE VIEW sneaky AS SELECT sluice_new_epoch('from a view')")
+        .unwrap();
+    assert!(err(&db, "SELECT * FROM sneaky").contains("unsafe use of sluice_new_epoch"));
+    db.execute_batch("CREATE VIEW sneaky2 AS SELECT sluice_machine('x'), sluice_zone('UTC')")
+        .unwrap();
+    assert!(err(&db, "SELECT * FROM sneaky2").contains("unsafe use of sluice_"));
+    // Readers can.
+    db.execute_batch(
+        "PRAGMA trusted_schema = OFF;
+         CREATE VIEW who AS SELECT sluice_identity(), sluice_machine(), sluice_zone();",
+    )
+    .unwrap();
+    let (_, machine, zone): (String, Option<String>, String) = db
+        .query_row("SELECT * FROM who", [], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })
+        .unwrap();
+    assert_eq!((machine, zone.as_str()), (None, "UTC"));
+    for (sql, want) in [
+        (
+            "SELECT sluice_new_epoch(NULL)",
+            "sluice_new_epoch: the reason must be text, got NULL",
+        ),
+        (
+            "SELECT sluice_new_epoch('')",
+            "sluice_new_epoch: the reason must not be empty",
+        ),
+        (
+            "SELECT sluice_new_epoch(7)",
+            "sluice_new_epoch: the reason must be text, got the integer 7",
+        ),
+        (
+            "SELECT sluice_new_epoch(printf('%.10001c', 'x'))",
+            "sluice_new_epoch: the reason is 10001 characters, the limit is 10000",
+        ),
+    ] {
+        assert_eq!(err(&db, sql), want);
+    }
+    assert_eq!(stream(&db), old);
+}
+
+#[test]
+fn a_new_epoch_on_a_new_database_makes_its_bookkeeping() {
+    let db = memory();
+    let s: i64 = one(&db, "SELECT sluice_new_epoch('first')");
+    let id = identity(&db);
+    assert_eq!(id["stream_id"], s);
+    let epochs = id["epochs"].as_array().unwrap();
+    assert_eq!(epochs.len(), 2);
+    assert_eq!(epochs[0]["reason"], "created");
+    assert_eq!(epochs[1]["reason"], "first");
+}
+
+// ---------------------------------------------------------------------------
+// batches
+
+#[test]
+fn batches_carry_the_origin_and_the_fork_until_it_is_acknowledged() {
+    let db = memory();
+    readings(&db, 10);
+    // Before any machine or zone: unknown machine, UTC, no fork.
+    let h = header(&batch(&db, "readings", 3).unwrap());
+    assert_eq!(h.origin, sluice_wire::Origin::default());
+    assert!(h.digest.is_some());
+    db.execute_batch("SELECT sluice_machine('machine-a'); SELECT sluice_zone('Europe/Berlin');")
+        .unwrap();
+    let b = batch(&db, "readings", 3).unwrap();
+    let h = header(&b);
+    assert_eq!(
+        h.origin.machine,
+        crate::origin::machine_hash(Some("machine-a"))
+    );
+    assert_ne!(h.origin.machine, 0);
+    assert_eq!(h.origin.zone, "Europe/Berlin");
+    assert_eq!(h.origin.fork, None);
+    assert_eq!(ack(&db, &b), 3);
+    // A batch cut before the epoch.
+    let before = batch(&db, "readings", 2).unwrap();
+    let old = stream(&db);
+    let new: i64 = one(&db, "SELECT sluice_new_epoch('restored')");
+    let e = db
+        .query_row("SELECT sluice_ack(?1)", [&before], |r| r.get::<_, i64>(0))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("belongs to another database"), "{e}");
+    // Rows written after the epoch, above the fork.
+    add_readings(&db, 2);
+    db.execute_batch("SELECT sluice_zone('')").unwrap();
+    let fork = Some(Fork {
+        parent_stream: old as u64,
+        fork_seq: 10,
+    });
+    let b = batch(&db, "readings", 4).unwrap();
+    let h = header(&b);
+    assert_eq!((h.stream_id, h.base_seq, h.last_seq), (new as u64, 3, 7));
+    assert_eq!((h.origin.fork, h.origin.zone.as_str()), (fork, ""));
+    assert_eq!(ack(&db, &b), 4);
+    // Still below fork_seq: the next batch carries it too.
+    let b = batch(&db, "readings", 4).unwrap();
+    let h = header(&b);
+    assert_eq!((h.base_seq, h.last_seq, h.origin.fork), (7, 11, fork));
+    assert_eq!(fork_of(&db, "readings"), Some((old, 10)));
+    // Acknowledged past fork_seq: forgotten.
+    assert_eq!(ack(&db, &b), 4);
+    assert_eq!(fork_of(&db, "readings"), None);
+    let h = header(&batch(&db, "readings", 4).unwrap());
+    assert_eq!((h.base_seq, h.origin.fork), (11, None));
+}
+
+#[test]
+fn the_fork_goes_when_nothing_pending_is_left_below_it() {
+    let db = memory();
+    readings(&db, 10);
+    let old = stream(&db);
+    db.execute_batch("SELECT sluice_new_epoch('restored')")
+        .unwrap();
+    let fork = Some(Fork {
+        parent_stream: old as u64,
+        fork_seq: 10,
+    });
+    assert_eq!(fork_of(&db, "readings"), Some((old, 10)));
+    add_readings(&db, 5);
+    let newest = |db: &Connection, n: i64| -> Vec<u8> {
+        db.query_row(
+            "SELECT sluice_batch('readings', ?1, '{\"order\": \"newest\"}')",
+            [n],
+            |r| r.get(0),
+        )
+        .unwrap()
+    };
+    // Newest first, above fork_seq: no fork, though the table keeps it.
+    let b = newest(&db, 3);
+    let h = header(&b);
+    assert_eq!((h.base_seq, h.last_seq, h.origin.fork), (12, 15, None));
+    ack(&db, &b);
+    assert_eq!(fork_of(&db, "readings"), Some((old, 10)));
+    // Newest first, across fork_seq: a range above the watermark.
+    let b = newest(&db, 6);
+    let h = header(&b);
+    assert_eq!((h.base_seq, h.last_seq, h.origin.fork), (6, 12, fork));
+    ack(&db, &b);
+    // Rows 1..6 are still pending below fork_seq.
+    assert_eq!(fork_of(&db, "readings"), Some((old, 10)));
+    let b = batch(&db, "readings", 2).unwrap();
+    assert_eq!(header(&b).origin.fork, fork);
+    ack(&db, &b);
+    assert_eq!(fork_of(&db, "readings"), Some((old, 10)));
+    // The last of them: the watermark folds in the range, up to 15.
+    let b = batch(&db, "readings", 4).unwrap();
+    ack(&db, &b);
+    assert_eq!(fork_of(&db, "readings"), None);
+    assert_eq!(pending(&db, "readings"), 0);
+}
+
+#[test]
+fn nothing_pending_at_the_epoch_leaves_no_fork() {
+    let db = memory();
+    readings(&db, 5);
+    cameras(&db, 2, false);
+    for t in ["readings", "cameras"] {
+        let b = batch(&db, t, 100).unwrap();
+        ack(&db, &b);
+    }
+    db.execute_batch("CREATE TABLE empty (id INTEGER PRIMARY KEY); SELECT sluice_track('empty');")
+        .unwrap();
+    db.execute_batch("SELECT sluice_new_epoch('copied')")
+        .unwrap();
+    assert_eq!(fork_of(&db, "readings"), None);
+    assert_eq!(fork_of(&db, "empty"), None);
+    // A mutable table's rows go out again, without a fork.
+    assert_eq!(fork_of(&db, "cameras"), None);
+    assert_eq!(pending(&db, "cameras"), 2);
+    assert_eq!(
+        header(&batch(&db, "cameras", 100).unwrap()).origin.fork,
+        None
+    );
+    assert_eq!(batch(&db, "readings", 100), None);
+}
+
+// ---------------------------------------------------------------------------
+// sluice_identity
+
+#[test]
+fn identity_of_a_database_without_and_with_bookkeeping() {
+    let db = memory();
+    let id = identity(&db);
+    assert_eq!(
+        id,
+        serde_json::json!({"device_id": null, "stream_id": null, "machine": null,
+                           "zone": "UTC", "epochs": []})
+    );
+    // Reading wrote nothing.
+    assert_eq!(
+        one::<i64>(
+            &db,
+            "SELECT count(*) FROM sqlite_master WHERE name LIKE 'sluice%'"
+        ),
+        0
+    );
+    db.execute_batch("SELECT sluice_device('box-7'); SELECT sluice_machine('m1');")
+        .unwrap();
+    let id = identity(&db);
+    let s = stream(&db);
+    assert_eq!(id["device_id"], "box-7");
+    assert_eq!(id["stream_id"], s);
+    assert_eq!(id["machine"], "m1");
+    assert_eq!(id["zone"], "UTC");
+    let e = &id["epochs"][0];
+    assert_eq!(
+        (
+            &e["stream_id"],
+            &e["parent_stream"],
+            &e["reason"],
+            &e["machine"]
+        ),
+        (&s.into(), &Json::Null, &"created".into(), &"m1".into())
+    );
+    let started = e["started_at"].as_str().unwrap();
+    assert!(
+        time::OffsetDateTime::parse(started, &time::format_description::well_known::Rfc3339)
+            .is_ok(),
+        "{started}"
+    );
+    assert!(started.ends_with('Z'));
+    assert_eq!(e.as_object().unwrap().len(), 5);
+    assert_eq!(id.as_object().unwrap().len(), 5);
+}
+
+// ---------------------------------------------------------------------------
+// upgrades
+
+fn fixture(dir: &std::path::Path) -> String {
+    let path = dir.join("edge.db");
+    std::fs::copy(
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../tests/fixtures/edge-v0.1.0.db"
+        ),
+        &path,
+    )
+    .unwrap();
+    path.to_string_lossy().into_owned()
+}
+
+fn tmpdir(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!(
+        "sluice-epoch-{name}-{}-{}",
+        std::process::id(),
+        now_us()
+    ));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+#[test]
+fn the_v010_fixture_upgrades_with_its_stream_as_the_first_epoch() {
+    let dir = tmpdir("fixture");
+    let db = open(&fixture(&dir));
+    let version = |db: &Connection| -> Option<i64> {
+        db.query_row(
+            "SELECT value FROM sluice_meta WHERE key = 'schema_version'",
+            [],
+            |r| r.get(0),
+        )
+        .ok()
+    };
+    assert_eq!(version(&db), None);
+    let s = stream(&db);
+    // Read as it is: the stream is shown as the upgrade will record it.
+    let before = identity(&db);
+    assert_eq!(before["stream_id"], s);
+    assert_eq!(before["device_id"], "fixture-box");
+    assert_eq!(before["epochs"][0]["reason"], "existing before sluice 0.2");
+    assert_eq!(version(&db), None);
+    // Batches of a database not upgraded carry no fork.
+    let h = header(&batch(&db, "readings", 100).unwrap());
+    assert_eq!(h.origin, sluice_wire::Origin::default());
+    // The first write upgrades.
+    db.execute_batch("SELECT sluice_machine('fixture-machine')")
+        .unwrap();
+    assert_eq!(version(&db), Some(3));
+    let after = identity(&db);
+    assert_eq!(after["stream_id"], s);
+    let epochs = after["epochs"].as_array().unwrap();
+    assert_eq!(epochs.len(), 1);
+    assert_eq!(epochs[0]["reason"], "existing before sluice 0.2");
+    assert_eq!(epochs[0]["started_at"], before["epochs"][0]["started_at"]);
+    assert_eq!(epochs[0]["machine"], "fixture-machine");
+    // Again, after the version was deleted by hand: the same.
+    db.execute_batch(
+        "DELETE FROM sluice_meta WHERE key = 'schema_version'; SELECT sluice_zone('UTC');",
+    )
+    .unwrap();
+    assert_eq!(version(&db), Some(3));
+    assert_eq!(identity(&db)["epochs"], after["epochs"]);
+    // A new epoch on it: the append-only table with pending rows forks;
+    // the mutable one is sent again.
+    assert_eq!(pending(&db, "readings"), 11);
+    db.execute_batch("SELECT sluice_new_epoch('restored')")
+        .unwrap();
+    assert_eq!(fork_of(&db, "readings"), Some((s, 20)));
+    assert_eq!(pending(&db, "readings"), 11);
+    assert_eq!(pending(&db, "cameras"), 2);
+    let h = header(&batch(&db, "readings", 100).unwrap());
+    assert_eq!((h.base_seq, h.row_count), (5, 11));
+    assert_eq!(h.origin.fork.map(|f| f.parent_stream), Some(s as u64));
+    assert_eq!(one::<String>(&db, "PRAGMA integrity_check"), "ok");
+    drop(db);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn a_version_2_database_upgrades_to_3() {
+    let dir = tmpdir("v2");
+    let path = dir.join("edge.db").to_string_lossy().into_owned();
+    let db = open(&path);
+    readings(&db, 4);
+    // What version 2 had: no history of streams, no fork columns.
+    db.execute_batch(
+        "DROP TABLE sluice_streams;
+         ALTER TABLE sluice_tables DROP COLUMN fork_parent;
+         ALTER TABLE sluice_tables DROP COLUMN fork_seq;
+         UPDATE sluice_meta SET value = 2 WHERE key = 'schema_version';",
+    )
+    .unwrap();
+    let s = stream(&db);
+    assert_eq!(pending(&db, "readings"), 4);
+    assert_eq!(
+        header(&batch(&db, "readings", 2).unwrap()).origin.fork,
+        None
+    );
+    db.execute_batch("SELECT sluice_device('box-2')").unwrap();
+    assert_eq!(
+        one::<i64>(
+            &db,
+            "SELECT value FROM sluice_meta WHERE key = 'schema_version'"
+        ),
+        3
+    );
+    let id = identity(&db);
+    assert_eq!(id["epochs"][0]["stream_id"], s);
+    assert_eq!(id["epochs"][0]["reason"], "existing before sluice 0.2");
+    assert_eq!(fork_of(&db, "readings"), None);
+    drop(db);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn bookkeeping_tables_of_epochs_cannot_be_tracked() {
+    let db = memory();
+    readings(&db, 1);
+    assert!(err(&db, "SELECT sluice_track('sluice_streams')").contains("internal table"));
+}
+
+// ---------------------------------------------------------------------------
+// hostile input
+
+#[test]
+fn hostile_arguments_are_errors_never_panics() {
+    let db = memory();
+    readings(&db, 3);
+    let args = [
+        "NULL",
+        "0",
+        "-1",
+        "9223372036854775807",
+        "-9223372036854775808",
+        "1e308",
+        "-0.0",
+        "''",
+        "' '",
+        "x''",
+        "x'00ff'",
+        "zeroblob(100000)",
+        "CAST(x'ff' AS TEXT)",
+        "CAST(x'c3' AS TEXT)",
+        "'a' || char(0) || 'b'",
+        "char(0)",
+        "printf('%.100000c', 'x')",
+        "'x\"); DROP TABLE readings; --'",
+        "'''; DROP TABLE readings; --'",
+        "'Europe/Berlin'",
+        "'+05:30'",
+        "'\u{202e}evil'",
+        "'\u{1F600}'",
+    ];
+    let functions = [
+        "sluice_machine",
+        "sluice_zone",
+        "sluice_new_epoch",
+        "sluice_identity",
+    ];
+    for f in functions {
+        for a in args {
+            for sql in [format!("SELECT {f}({a})"), format!("SELECT {f}({a}, {a})")] {
+                match db.query_row(&sql, [], |r| r.get::<_, rusqlite::types::Value>(0)) {
+                    Ok(_) => {}
+                    Err(rusqlite::Error::SqliteFailure(_, Some(m))) => {
+                        assert!(
+                            (m.starts_with(&format!("{f}: "))
+                                || m.starts_with("wrong number of arguments"))
+                                && !m.contains("panic"),
+                            "{sql}: {m}"
+                        );
+                    }
+                    Err(e) => panic!("{sql}: {e}"),
+                }
+            }
+        }
+    }
+    // The database is whole and still syncs.
+    assert_eq!(one::<i64>(&db, "SELECT count(*) FROM readings"), 3);
+    assert_eq!(one::<String>(&db, "PRAGMA integrity_check"), "ok");
+    let b = batch(&db, "readings", 100).unwrap();
+    assert_eq!(ack(&db, &b), 3);
+    let id = identity(&db);
+    assert_eq!(id["stream_id"], stream(&db));
+}
+
+#[test]
+fn a_clock_written_by_hand_near_the_end_is_an_error() {
+    let db = memory();
+    cameras(&db, 2, false);
+    db.execute_batch("UPDATE sluice_clock SET value = 9223372036854775806")
+        .unwrap();
+    let old = stream(&db);
+    let e = err(&db, "SELECT sluice_new_epoch('x')");
+    assert!(e.starts_with("sluice_new_epoch: sluice_clock is at"), "{e}");
+    assert_eq!(stream(&db), old);
+    db.execute_batch("UPDATE sluice_clock SET value = 9223372036854775807")
+        .unwrap();
+    let e = err(&db, "SELECT sluice_new_epoch('x')");
+    assert!(e.starts_with("sluice_new_epoch: sluice_clock is at"), "{e}");
 }
