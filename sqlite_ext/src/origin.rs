@@ -13,6 +13,12 @@ pub const UTC: &str = "UTC";
 /// Largest fixed offset, in hours (the widest in use is +14:00).
 const MAX_OFFSET_HOURS: u32 = 14;
 
+/// A character as an error message shows it: in double quotes, escaped
+/// when it is not printable (`"'"`, `"\n"`, `"\u{1b}"`).
+fn show_char(c: char) -> String {
+    format!("{:?}", c.to_string())
+}
+
 /// Checks a machine id: 1 to [`MAX_MACHINE_ID_CHARS`] characters, no
 /// control characters.
 pub fn check_machine_id(id: &str) -> Result<(), String> {
@@ -27,8 +33,8 @@ pub fn check_machine_id(id: &str) -> Result<(), String> {
     }
     if let Some(c) = id.chars().find(|c| c.is_control()) {
         return Err(format!(
-            "the machine id must not contain control characters, got {:?}",
-            c
+            "the machine id must not contain control characters, got {}",
+            show_char(c)
         ));
     }
     Ok(())
@@ -62,8 +68,9 @@ pub fn check_zone(zone: &str) -> Result<String, String> {
         .find(|c| !(c.is_ascii_alphanumeric() || "/_+-".contains(*c)))
     {
         return Err(format!(
-            "the zone {zone:?} has the character {c:?}; a zone name has only ASCII letters, \
-             digits and / _ + - ({RULE})"
+            "the zone {zone:?} has the character {}; a zone name has only ASCII letters, \
+             digits and / _ + - ({RULE})",
+            show_char(c)
         ));
     }
     if !zone.starts_with(|c: char| c.is_ascii_alphabetic()) {
@@ -161,13 +168,13 @@ mod tests {
             "{e}"
         );
         for (bad, why) in [
-            ("Europe/Berlin'", "the character '\\''"),
-            ("Europe\"Berlin", "the character '\"'"),
-            ("Europe/Ber lin", "the character ' '"),
-            ("Europe/\nBerlin", "the character '\\n'"),
-            ("Europe/\0", "the character '\\0'"),
-            ("Europe/Zürich", "the character 'ü'"),
-            ("Europe;DROP", "the character ';'"),
+            ("Europe/Berlin'", r#"the character "'""#),
+            ("Europe\"Berlin", r#"the character "\"""#),
+            ("Europe/Ber lin", r#"the character " ""#),
+            ("Europe/\nBerlin", r#"the character "\n""#),
+            ("Europe/\0", r#"the character "\0""#),
+            ("Europe/Zürich", r#"the character "ü""#),
+            ("Europe;DROP", r#"the character ";""#),
             ("/Europe", "does not start with a letter"),
             ("1Europe", "does not start with a letter"),
             ("_x", "does not start with a letter"),

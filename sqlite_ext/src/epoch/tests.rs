@@ -164,7 +164,7 @@ fn machine_ids_that_are_refused() {
         ),
         (
             "SELECT sluice_machine('a' || char(10) || 'b')".to_string(),
-            "sluice_machine: the machine id must not contain control characters, got '\\n'",
+            r#"sluice_machine: the machine id must not contain control characters, got "\n""#,
         ),
     ] {
         assert_eq!(err(&db, &sql), want, "{sql}");
@@ -222,13 +222,13 @@ fn zones_good_and_bad() {
     db.execute_batch("SELECT sluice_zone('Asia/Kolkata')")
         .unwrap();
     let bad = [
-        ("'Europe/Berlin'''", "has the character '\\''"),
-        ("'Europe\"Berlin'", "has the character '\"'"),
+        ("'Europe/Berlin'''", r#"has the character "'""#),
+        ("'Europe\"Berlin'", r#"has the character "\"""#),
         (
             "'Europe/' || char(9) || 'Berlin'",
-            "has the character '\\t'",
+            r#"has the character "\t""#,
         ),
-        ("'Europe/' || char(0) || 'x'", "has the character '\\0'"),
+        ("'Europe/' || char(0) || 'x'", r#"has the character "\0""#),
         ("'+25:00'", "at most 14:00"),
         ("'+5'", "is not +HH:MM or -HH:MM"),
         ("'//'", "does not start with a letter"),
