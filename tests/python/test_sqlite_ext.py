@@ -118,12 +118,12 @@ def count(db, table="readings"):
 
 
 def test_version(one):
-    assert one("SELECT sluice_version()") == "v0.1.0"
+    assert one("SELECT sluice_version()") == "v0.2.0"
 
 
 def test_debug(one):
     d = json.loads(one("SELECT sluice_debug()"))
-    assert d["version"] == "v0.1.0"
+    assert d["version"] == "v0.2.0"
     assert d["sqlite"] == sqlite3.sqlite_version
     assert d["profile"] in ("debug", "release", "fuzz")
     assert d["commit"] == "unknown" or len(d["commit"]) >= 7
@@ -926,7 +926,7 @@ def test_sqlite3_shell_session(ext_path, tmp_path):
         text=True,
         timeout=60,
     )
-    assert r.stdout.splitlines() == ["v0.1.0", "2", "box-1|1|2", "2", "0"], r
+    assert r.stdout.splitlines() == ["v0.2.0", "2", "box-1|1|2", "2", "0"], r
     assert "sluice_insert: no such table: nope" in r.stderr
     r = subprocess.run(
         ["sqlite3", ":memory:", f".load {ext_path}", "select sluice_version()"],
@@ -934,7 +934,7 @@ def test_sqlite3_shell_session(ext_path, tmp_path):
         text=True,
         timeout=60,
     )
-    assert (r.returncode, r.stdout.strip()) == (0, "v0.1.0"), r
+    assert (r.returncode, r.stdout.strip()) == (0, "v0.2.0"), r
 
 
 def test_file_database_closes_cleanly(ext_path, tmp_path):
