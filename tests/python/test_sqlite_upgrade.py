@@ -114,6 +114,58 @@ def test_sync_rollups_and_budget_go_on_after_the_upgrade(old):
     assert len(old.execute("SELECT * FROM sluice_budget").fetchall()) == 1
 
 
+def identity(con):
+    return json.loads(con.execute("SELECT sluice_identity()").fetchone()[0])
+
+
+def test_the_existing_stream_becomes_the_first_epoch(old):
+    """Version 3 (sluice 0.2) keeps a history of the database's streams:
+    the stream v0.1.0 made is recorded as the first epoch, "existing before
+    sluice 0.2", started when its first table was tracked."""
+    stream = old.execute("SELECT value FROM sluice_meta WHERE key = 'stream_id'").fetchone()[0]
+    first_tracked = old.execute(
+        "SELECT strftime('%Y-%m-%dT%H:%M:%fZ', min(created_at) / 1000.0, 'unixepoch') FROM sluice_tables"
+    ).fetchone()[0]
+    # Read as it is, before any write: shown as the upgrade will record it.
+    before = identity(old)
+    assert version(old) is None
+    assert before == {
+        "device_id": "fixture-box",
+        "stream_id": stream,
+        "machine": None,
+        "zone": "UTC",
+        "epochs": [
+            {
+                "stream_id": stream,
+                "parent_stream": None,
+                "started_at": first_tracked,
+                "reason": "existing before sluice 0.2",
+                "machine": None,
+            }
+        ],
+    }
+    old.execute("SELECT sluice_device('fixture-box')")
+    assert version(old) == 3
+    assert identity(old) == before
+    cols = {r[1] for r in old.execute("PRAGMA table_info(sluice_tables)")}
+    assert {"fork_parent", "fork_seq"} <= cols
+    assert old.execute("SELECT count(*) FROM sluice_tables WHERE fork_parent IS NOT NULL").fetchone() == (0,)
+    # Run again on what it made: the same history.
+    old.execute("DELETE FROM sluice_meta WHERE key = 'schema_version'")
+    old.execute("SELECT sluice_device('fixture-box')")
+    assert identity(old) == before
+    # A copy to another machine goes on under a new epoch whose parent is it.
+    assert old.execute("SELECT sluice_machine('m-1')").fetchone() == (0,)
+    assert old.execute("SELECT sluice_machine('m-2')").fetchone() == (1,)
+    epochs = identity(old)["epochs"]
+    assert [e["parent_stream"] for e in epochs] == [None, stream]
+    assert epochs[0]["machine"] == "m-1" and epochs[1]["machine"] == "m-2"
+    b = parse_batch(old.execute("SELECT sluice_batch('readings', 100)").fetchone()[0])
+    assert b["stream_id"] == epochs[1]["stream_id"]
+    assert b["fork"] == (stream, 20) and b["base_seq"] == 5
+    assert b["zone"] == "" and b["machine"] != 0
+
+
 def test_bookkeeping_newer_than_the_extension_is_refused_by_writers(old):
     old.execute("SELECT sluice_device('fixture-box')")
     old.execute("UPDATE sluice_meta SET value = 99 WHERE key = 'schema_version'")
