@@ -67,6 +67,9 @@ pub fn error_code(s: SqlState) -> PgSqlErrorCode {
         SqlState::NotNullViolation => PgSqlErrorCode::ERRCODE_NOT_NULL_VIOLATION,
         SqlState::UndefinedColumn => PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN,
         SqlState::GeneratedAlways => PgSqlErrorCode::ERRCODE_GENERATED_ALWAYS,
+        SqlState::ObjectNotInPrerequisiteState => {
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE
+        }
         SqlState::InternalError => PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
         SqlState::DataCorrupted => PgSqlErrorCode::ERRCODE_DATA_CORRUPTED,
     }

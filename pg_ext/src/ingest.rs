@@ -7,16 +7,18 @@
 
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
-use sluice_pgsql::ledger::sent_at_ms;
+use sluice_pgsql::epoch::{digests_differ, fork_message, ForkEvidence, FORK_HINT, FORK_SQLSTATE};
 use sluice_pgsql::plan::{BatchColumns, CatalogColumn, ColumnPlan, PlanError, CATALOG_COLUMNS_SQL};
-use sluice_pgsql::sqlgen;
+use sluice_pgsql::sqlgen::{self, StreamColumn};
 use sluice_pgsql::{Param, SqlState};
 use sluice_wire::{decode, decode_header, Batch, BatchId};
 
 use crate::error::{error_code, Result, SluiceError};
+use crate::ledger::{self, Counts};
 use crate::register::{registration, Registration};
 use crate::spi::run_cached;
 use crate::tenancy;
+use crate::zone::set_batch_zone;
 
 /// What one call returns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,29 +60,14 @@ pub fn ingest(bytes: &[u8]) -> Result<Outcome> {
         let caller = tenancy::caller(client)?;
         tenancy::check_device_id(&caller, &h.device_id, &id)?;
 
-        // 2. Claim the identity; a replay stops here.
-        use pg_sys::BuiltinOid::*;
-        let claimed = run_cached(
-                client,
-                "INSERT INTO sluice.batches
-                   (device_id, stream_id, edge_table, base_seq, last_seq, row_count, checksum, sent_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, to_timestamp($8::float8 / 1000))
-                 ON CONFLICT (device_id, stream_id, edge_table, base_seq, last_seq) DO NOTHING
-                 RETURNING 1",
-                &[TEXTOID, INT8OID, TEXTOID, INT8OID, INT8OID, INT4OID, INT8OID, INT8OID],
-                &[
-                    h.device_id.as_str().into(),
-                    (h.stream_id as i64).into(),
-                    h.table.as_str().into(),
-                    h.base_seq.into(),
-                    h.last_seq.into(),
-                    (h.row_count as i32).into(),
-                    i64::from(checksum).into(),
-                    sent_at_ms(h.sent_at_ms).into(),
-                ],
-            )?
-            .len();
-        if claimed == 0 {
+        // 2. Claim the identity; a replay stops here, unless the ledger
+        // knows the identity with other content: then the edge database
+        // was restored or copied and reused its sequence numbers.
+        if !ledger::claim(client, h, checksum)? {
+            let stored = ledger::stored_digest(client, &id)?;
+            if let Some(evidence) = digests_differ(stored, h.digest) {
+                return Err(fork_error(&id, &evidence));
+            }
             return Ok(Outcome {
                 inserted: 0,
                 updated: 0,
@@ -89,14 +76,16 @@ pub fn ingest(bytes: &[u8]) -> Result<Outcome> {
             });
         }
 
-        // 3. The rows, then registration and schema check.
+        // 3. The rows, then registration and schema check; zoneless text is
+        // read in the batch's zone.
+        set_batch_zone(&id, &h.origin.zone)?;
         let batch = decode(bytes)
             .map_err(|e| SluiceError::ingest(error_code(SqlState::of_wire_error(&e)), e))?;
         let reg = registration(client, &h.table)?;
         tenancy::check_rows(client, &caller, &batch, &id, &reg)?;
         let plan = plan_columns(client, &batch, &id, &reg)?;
 
-        // 4. One upsert.
+        // 4. One upsert (and, when it skipped rows, the fork check).
         let (inserted, updated) = if batch.versions.is_empty() {
             (0, 0)
         } else {
@@ -104,38 +93,15 @@ pub fn ingest(bytes: &[u8]) -> Result<Outcome> {
         };
         let skipped = row_count - inserted - updated;
 
-        // 5. Ledger counts and device statistics, in one statement.
-        run_cached(
+        // 5. Ledger counts, device and stream statistics, in one statement.
+        ledger::record(
             client,
-            "WITH ledger AS (
-               UPDATE sluice.batches SET inserted = $6, updated = $7, skipped = $8
-               WHERE device_id = $1 AND stream_id = $2 AND edge_table = $3
-                 AND base_seq = $4 AND last_seq = $5)
-             INSERT INTO sluice.devices AS d
-               (device_id, first_seen, last_batch_at, batches, rows, clock_skew_ms)
-             VALUES ($1, now(), now(), 1, $9,
-                     (extract(epoch FROM clock_timestamp()) * 1000)::bigint - $10)
-             ON CONFLICT (device_id) DO UPDATE SET
-               last_batch_at = EXCLUDED.last_batch_at,
-               batches = d.batches + 1,
-               rows = d.rows + EXCLUDED.rows,
-               clock_skew_ms = EXCLUDED.clock_skew_ms",
-            &[
-                TEXTOID, INT8OID, TEXTOID, INT8OID, INT8OID, INT4OID, INT4OID, INT4OID, INT8OID,
-                INT8OID,
-            ],
-            &[
-                h.device_id.as_str().into(),
-                (h.stream_id as i64).into(),
-                h.table.as_str().into(),
-                h.base_seq.into(),
-                h.last_seq.into(),
-                (inserted as i32).into(),
-                (updated as i32).into(),
-                (skipped as i32).into(),
-                row_count.into(),
-                sent_at_ms(h.sent_at_ms).into(),
-            ],
+            h,
+            Counts {
+                inserted,
+                updated,
+                skipped,
+            },
         )?;
         Ok(Outcome {
             inserted,
@@ -144,6 +110,11 @@ pub fn ingest(bytes: &[u8]) -> Result<Outcome> {
             replay: false,
         })
     })
+}
+
+/// The ERROR 55000 of a batch whose edge database was restored or copied.
+fn fork_error(id: &BatchId, evidence: &ForkEvidence) -> SluiceError {
+    SluiceError::ingest(error_code(FORK_SQLSTATE), fork_message(id, evidence)).with_hint(FORK_HINT)
 }
 
 /// The column plan of `batch` against the registered target: the pure
@@ -170,9 +141,12 @@ fn plan_columns(
             row.get::<String>(4)?.as_deref(),
             row.get::<i32>(5)?,
             row.get::<String>(6)?.as_deref(),
+            row.get::<String>(7)?,
         ));
     }
-    ColumnPlan::new(columns, catalog, &reg.key_columns).map_err(fail)
+    ColumnPlan::new(columns, catalog, &reg.key_columns)
+        .and_then(|p| p.with_stream_column(reg.stream_column))
+        .map_err(fail)
 }
 
 /// A [`PlanError`] as the error `sluice.ingest` raises.
@@ -189,6 +163,11 @@ fn plan_error(e: &PlanError, id: &BatchId, reg: &Registration) -> SluiceError {
 /// overlapping ranges never both take the plain path. (A writer outside
 /// sluice that inserts a row of the range between the probe and the insert
 /// makes the ingest fail with a unique violation, and its retry upserts.)
+///
+/// A batch of a new epoch (`origin.fork`) into a target with a
+/// `sluice_stream` column always upserts, leaving out the rows its ancestor
+/// streams already sent. When the upsert skipped rows, the fork check looks
+/// for a skipped row of this device with other content (ERROR 55000).
 fn apply(
     client: &mut SpiClient<'_>,
     batch: &Batch,
@@ -198,6 +177,11 @@ fn apply(
 ) -> Result<(i64, i64)> {
     let params = plan.params(batch).map_err(|e| plan_error(&e, id, reg))?;
     let device = batch.header.device_id.as_str();
+    let stream = batch.header.stream_id as i64;
+    let bk = plan.bookkeeping();
+    let has_stream = bk.stream != StreamColumn::None;
+    let stream_key = (bk.stream == StreamColumn::Key).then_some(stream);
+    let fork = batch.header.origin.fork.filter(|_| has_stream);
     let rows = batch.versions.len() as i64;
 
     let shape = plan.key_shape(batch, &params);
@@ -208,16 +192,20 @@ fn apply(
             "SELECT pg_catalog.pg_advisory_xact_lock($1)",
             &[PgBuiltInOids::INT8OID],
             &[shape
-                .lock_key(reg.target.to_u32(), plan.device_key.then_some(device))
+                .lock_key(
+                    reg.target.to_u32(),
+                    plan.device_key.then_some(device),
+                    stream_key,
+                )
                 .into()],
         )?;
-        if shape.distinct {
+        if shape.distinct && fork.is_none() {
             let sql = sqlgen::probe_sql(
                 &reg.target_sql,
                 &plan.columns,
                 &shape.const_columns(),
                 shape.range.map(|(k, _, _)| k),
-                plan.device_key,
+                bk,
             );
             let mut args: Vec<pgrx::datum::DatumWithOid<'_>> = shape
                 .consts
@@ -229,6 +217,9 @@ fn apply(
             }
             if plan.device_key {
                 args.push(device.into());
+            }
+            if let Some(s) = stream_key {
+                args.push(s.into());
             }
             // Planned at every call, not kept: a plan made while the
             // target was small (a new deployment, a truncated table) would
@@ -254,7 +245,7 @@ fn apply(
         .collect();
     types.push(PgBuiltInOids::INT8ARRAYOID);
     types.push(PgBuiltInOids::TEXTOID);
-    let mut args: Vec<pgrx::datum::DatumWithOid<'_>> = Vec::with_capacity(params.len() + 2);
+    let mut args: Vec<pgrx::datum::DatumWithOid<'_>> = Vec::with_capacity(params.len() + 5);
     for p in params {
         args.push(match p {
             Param::Text(v) => v.into(),
@@ -269,9 +260,13 @@ fn apply(
     }
     args.push(batch.versions.clone().into());
     args.push(device.into());
+    if has_stream {
+        types.push(PgBuiltInOids::INT8OID);
+        args.push(stream.into());
+    }
 
     if plain {
-        let sql = sqlgen::insert_sql(&reg.target_sql, &plan.columns, &arrays);
+        let sql = sqlgen::insert_sql(&reg.target_sql, &plan.columns, &arrays, bk);
         run_cached(client, &sql, &types, &args)?;
         return Ok((rows, 0));
     }
@@ -281,14 +276,48 @@ fn apply(
         &plan.columns,
         &arrays,
         &plan.keys,
-        plan.device_key,
+        bk,
         reg.policy,
         dedup,
+        fork.is_some(),
     );
+    // The fork check takes the upsert's parameters, without the fork's.
+    let check_len = args.len();
+    if let Some(f) = fork {
+        types.extend([PgBuiltInOids::INT8OID, PgBuiltInOids::INT8OID]);
+        args.extend([(f.parent_stream as i64).into(), f.fork_seq.into()]);
+    }
     let counts = run_cached(client, &sql, &types, &args)?
         .first()
         .get_two::<i64, i64>()?;
-    Ok((counts.0.unwrap_or(0), counts.1.unwrap_or(0)))
+    let (inserted, updated) = (counts.0.unwrap_or(0), counts.1.unwrap_or(0));
+
+    if inserted + updated < rows {
+        let check = sqlgen::fork_check_sql(
+            &reg.target_sql,
+            &plan.columns,
+            &arrays,
+            &plan.keys,
+            bk,
+            reg.policy,
+            dedup,
+        );
+        if let Some(check) = check {
+            let found = run_cached(client, &check, &types[..check_len], &args[..check_len])?;
+            if !found.is_empty() {
+                if let Some(version) = found.first().get_one::<i64>()? {
+                    return Err(fork_error(
+                        id,
+                        &ForkEvidence::Row {
+                            target: reg.target_name.clone(),
+                            version,
+                        },
+                    ));
+                }
+            }
+        }
+    }
+    Ok((inserted, updated))
 }
 
 fn timestamptz(micros: i64) -> Result<TimestampWithTimeZone> {

@@ -8,6 +8,9 @@
 //! `#[pg_extern]` functions, each a thin wrapper); the work is in modules:
 //!
 //! - [`ingest`]: `sluice.ingest(batch)`, step by step as the protocol says.
+//! - [`ledger`]: `sluice.batches`, `sluice.devices` and `sluice.streams`,
+//!   their one owner, and `sluice.device_streams(device_id)`.
+//! - [`zone`]: the batch's zone as the ingest's `TimeZone`.
 //! - [`tenancy`]: who calls `ingest`, and may they write these rows.
 //! - [`register`]: `sluice.tables`, its one owner: `sluice.register_table(...)`
 //!   and its checks, and the registration ingest reads back.
@@ -24,8 +27,9 @@
 //! - [`error`]: the error type, raised as `ERROR` with a real SQLSTATE.
 //! - [`guc`]: the settings, registered in `_PG_init`, read through accessors.
 //!
-//! Imports point down this list: `ingest` → `tenancy` → `register` → `spi`
-//! → `error`; `docs/architecture.md` draws it.
+//! Imports point down this list: `ingest` → `ledger` → `tenancy` →
+//! `register` → `spi` → `error` (`zone` below `ingest`, beside `ledger`);
+//! `docs/architecture.md` draws it.
 //!
 //! The pure logic (SQL text, value conversion, the column plan) is the crate
 //! `sluice-pgsql`, tested without PostgreSQL; the batch format itself is the
@@ -41,12 +45,14 @@ use pgrx::prelude::*;
 pub mod error;
 pub mod guc;
 pub mod ingest;
+pub mod ledger;
 pub mod register;
 pub mod sketch;
 pub mod spi;
 pub mod tenancy;
 pub mod versions;
 pub mod worker;
+pub mod zone;
 
 ::pgrx::pg_module_magic!(name, version);
 
@@ -75,7 +81,9 @@ CREATE TABLE sluice.tables (
 );
 
 -- The ledger: one row per applied batch identity. A batch whose identity is
--- here is a replay.
+-- here is a replay, unless both digests are known and differ (a fork: the
+-- edge database was restored or copied). digest: the content digest of the
+-- rows (NULL for batches of format version 1 and rows of sluice 0.1).
 CREATE TABLE sluice.batches (
     device_id  text,
     stream_id  bigint,
@@ -89,6 +97,7 @@ CREATE TABLE sluice.batches (
     skipped    int,
     sent_at    timestamptz,
     applied_at timestamptz DEFAULT now(),
+    digest     bigint,
     PRIMARY KEY (device_id, stream_id, edge_table, base_seq, last_seq)
 );
 
@@ -102,11 +111,26 @@ CREATE TABLE sluice.devices (
     clock_skew_ms bigint
 );
 
+-- Per-stream statistics (one row per edge database sending under a device
+-- id: its epochs and clones), updated by every applied batch.
+CREATE TABLE sluice.streams (
+    device_id     text,
+    stream_id     bigint,
+    parent_stream bigint,
+    machine       bigint,
+    first_seen    timestamptz,
+    last_seen     timestamptz,
+    batches       bigint,
+    rows          bigint,
+    PRIMARY KEY (device_id, stream_id)
+);
+
 -- pg_dump keeps the contents of these tables: a restored database without
 -- its ledger would apply replayed batches again.
 SELECT pg_catalog.pg_extension_config_dump('sluice.tables', '');
 SELECT pg_catalog.pg_extension_config_dump('sluice.batches', '');
 SELECT pg_catalog.pg_extension_config_dump('sluice.devices', '');
+SELECT pg_catalog.pg_extension_config_dump('sluice.streams', '');
 "#,
     name = "bookkeeping_tables",
     bootstrap
@@ -195,6 +219,34 @@ fn ingest(
     }
 }
 
+/// `sluice.device_streams(device_id)`: the streams (edge databases) that sent
+/// under a device id, oldest first; `live` when seen in the last 15 minutes.
+/// Runs as the extension's owner; a device role may read its own device's
+/// only (42501 otherwise), a role that may read `sluice.streams` any.
+#[pg_extern(stable, parallel_safe, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+#[allow(clippy::type_complexity)]
+fn device_streams(
+    device_id: &str,
+) -> TableIterator<
+    'static,
+    (
+        name!(stream_id, i64),
+        name!(parent_stream, Option<i64>),
+        name!(machine, Option<i64>),
+        name!(first_seen, Option<TimestampWithTimeZone>),
+        name!(last_seen, Option<TimestampWithTimeZone>),
+        name!(batches, Option<i64>),
+        name!(rows, Option<i64>),
+        name!(live, bool),
+    ),
+> {
+    match ledger::device_streams(device_id) {
+        Ok(rows) => TableIterator::new(rows),
+        Err(e) => e.raise("device_streams"),
+    }
+}
+
 extension_sql_file!(
     "sql/tenancy.sql",
     name = "tenancy",
@@ -255,6 +307,9 @@ REVOKE EXECUTE ON FUNCTION sluice.set_retention(regclass, text, interval, regcla
 REVOKE EXECUTE ON FUNCTION sluice.drop_retention(regclass) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION sluice.retention_measure(regclass, text) FROM PUBLIC;
 REVOKE EXECUTE ON PROCEDURE sluice.run_retention(regclass, boolean) FROM PUBLIC;
+-- Zoneless timestamp text is read in the batch's zone (UTC when it has
+-- none); the caller's TimeZone is put back when the call ends.
+ALTER FUNCTION sluice.ingest(bytea) SET "TimeZone" TO 'UTC';
 "#,
     name = "privileges",
     finalize

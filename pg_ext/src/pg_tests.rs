@@ -134,8 +134,8 @@ mod tests {
 
     #[pg_test]
     fn version_names_the_crate() {
-        assert_eq!(crate::version(), "v0.1.0");
-        assert_eq!(text("SELECT sluice.version()"), "v0.1.0");
+        assert_eq!(crate::version(), "v0.2.0");
+        assert_eq!(text("SELECT sluice.version()"), "v0.2.0");
     }
 
     /// The prefix is reserved: a misspelt setting is an error, not a

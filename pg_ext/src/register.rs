@@ -6,7 +6,7 @@
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 use sluice_pgsql::registration::{check_arguments, ArgumentError};
-use sluice_pgsql::sqlgen::{self, Policy, DEVICE_COLUMN, VERSION_COLUMN};
+use sluice_pgsql::sqlgen::{self, Policy, DEVICE_COLUMN, STREAM_COLUMN, VERSION_COLUMN};
 use sluice_wire::names::quote_ident;
 
 use crate::error::{error_code, Result, SluiceError};
@@ -15,7 +15,9 @@ use crate::spi::run_cached;
 /// Registers (or re-registers) `edge_table` → `target`: validates the policy
 /// and key columns, requires a unique index on exactly the key columns, adds
 /// the bookkeeping columns `sluice_device text` and `sluice_version bigint`
-/// to the target if missing, and upserts the row of `sluice.tables`.
+/// to the target if missing (`sluice_stream bigint` is the target's choice:
+/// checked when present, never added), and upserts the row of
+/// `sluice.tables`.
 pub fn register(
     edge_table: &str,
     target: pg_sys::Oid,
@@ -54,6 +56,7 @@ pub fn register(
         let mut wanted: Vec<String> = key_columns.to_vec();
         wanted.push(DEVICE_COLUMN.into());
         wanted.push(VERSION_COLUMN.into());
+        wanted.push(STREAM_COLUMN.into());
         let mut existing: Vec<(String, String)> = Vec::new();
         for row in client.select(
             "SELECT a.attname::text, format_type(a.atttypid, NULL) FROM pg_attribute a \
@@ -154,6 +157,12 @@ pub fn register(
                 }
             }
         }
+        if let Some(t) = type_of(STREAM_COLUMN).filter(|t| *t != "bigint") {
+            return Err(fail(
+                PgSqlErrorCode::ERRCODE_DATATYPE_MISMATCH,
+                format!("{target_name}.{STREAM_COLUMN} has type {t}; sluice needs bigint"),
+            ));
+        }
         if !adds.is_empty() {
             client.update(
                 &format!("ALTER TABLE {target_sql} {}", adds.join(", ")),
@@ -194,13 +203,17 @@ pub struct Registration {
     pub policy: Policy,
     /// The column holding the location (tenant), if registered.
     pub tenant_column: Option<String>,
+    /// The target has a `sluice_stream` column, filled from the batch.
+    pub stream_column: bool,
 }
 
 /// The registration of `edge_table`, for `sluice.ingest` (errors say so).
 pub fn registration(client: &mut SpiClient<'_>, edge_table: &str) -> Result<Registration> {
     let table = run_cached(
         client,
-        "SELECT t.target::oid, n.nspname::text, c.relname::text, t.key_columns, t.policy, t.tenant_column
+        "SELECT t.target::oid, n.nspname::text, c.relname::text, t.key_columns, t.policy, t.tenant_column,
+                EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = t.target::oid
+                          AND a.attname = 'sluice_stream' AND a.attnum > 0 AND NOT a.attisdropped)
          FROM sluice.tables t
          LEFT JOIN pg_class c ON c.oid = t.target::oid
          LEFT JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -244,5 +257,6 @@ pub fn registration(client: &mut SpiClient<'_>, edge_table: &str) -> Result<Regi
         key_columns,
         policy,
         tenant_column: row.get::<String>(6)?,
+        stream_column: row.get::<bool>(7)?.unwrap_or(false),
     })
 }

@@ -1,0 +1,46 @@
+-- sluice 0.1.0 -> 0.2.0: restored and copied edge databases, shared device
+-- ids, zones (issue 12). Run by ALTER EXTENSION sluice UPDATE. The library
+-- (sluice.so) is replaced by the installation; every function of 0.1.0 keeps
+-- its SQL definition, so only what is new is created here. The result is the
+-- catalog of a fresh 0.2.0 install (tested by tests/sql/upgrade.sql).
+
+-- The ledger keeps each batch's content digest: a known identity with
+-- another digest is a fork (ERROR 55000), not a replay. NULL for the rows
+-- of 0.1.0, which are taken for replays as before.
+ALTER TABLE sluice.batches ADD COLUMN digest bigint;
+
+-- Per-stream statistics (one row per edge database sending under a device
+-- id: its epochs and clones), updated by every applied batch.
+CREATE TABLE sluice.streams (
+    device_id     text,
+    stream_id     bigint,
+    parent_stream bigint,
+    machine       bigint,
+    first_seen    timestamptz,
+    last_seen     timestamptz,
+    batches       bigint,
+    rows          bigint,
+    PRIMARY KEY (device_id, stream_id)
+);
+SELECT pg_catalog.pg_extension_config_dump('sluice.streams', '');
+
+CREATE FUNCTION sluice."device_streams"(
+	"device_id" TEXT
+) RETURNS TABLE (
+	"stream_id" bigint,
+	"parent_stream" bigint,
+	"machine" bigint,
+	"first_seen" timestamp with time zone,
+	"last_seen" timestamp with time zone,
+	"batches" bigint,
+	"rows" bigint,
+	"live" bool
+)
+STRICT STABLE SECURITY DEFINER PARALLEL SAFE
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'device_streams_wrapper';
+
+-- Zoneless timestamp text is read in the batch's zone (UTC when it has
+-- none); the caller's TimeZone is put back when the call ends.
+ALTER FUNCTION sluice.ingest(bytea) SET "TimeZone" TO 'UTC';
