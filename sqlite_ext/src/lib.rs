@@ -231,6 +231,72 @@ fn init(db: Connection) -> rusqlite::Result<bool> {
 mod tests {
     use super::*;
 
+    /// What SQLite lists of the loaded extension is the table, flags and
+    /// all (tests/python/test_sqlite_ext.py checks the built `.so` against
+    /// the promised list).
+    #[test]
+    fn sqlite_registers_exactly_the_table() {
+        let db = testdb::memory();
+        let mut stmt = db
+            .prepare(
+                "SELECT name, narg, flags FROM pragma_function_list \
+                 WHERE name LIKE 'sluice%' ORDER BY name, narg",
+            )
+            .unwrap();
+        let got: Vec<(String, i32, i32)> = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let mut want: Vec<(String, i32, i32)> = FUNCTIONS
+            .iter()
+            .map(|(name, n, flags, _)| {
+                let f = flags.bits()
+                    & (FunctionFlags::SQLITE_DETERMINISTIC
+                        | FunctionFlags::SQLITE_DIRECTONLY
+                        | FunctionFlags::SQLITE_INNOCUOUS)
+                        .bits();
+                (name.to_string(), *n, f)
+            })
+            .collect();
+        want.sort();
+        let got: Vec<(String, i32, i32)> = got
+            .into_iter()
+            .map(|(name, n, flags)| {
+                let f = flags
+                    & (FunctionFlags::SQLITE_DETERMINISTIC
+                        | FunctionFlags::SQLITE_DIRECTONLY
+                        | FunctionFlags::SQLITE_INNOCUOUS)
+                        .bits();
+                (name, n, f)
+            })
+            .collect();
+        assert_eq!(got, want);
+        // The writers of epochs are direct-only, their readers innocuous.
+        let flags_of = |name: &str, n: i32| {
+            got.iter()
+                .find(|(g, m, _)| g == name && *m == n)
+                .map(|f| f.2)
+                .unwrap()
+        };
+        let direct = FunctionFlags::SQLITE_DIRECTONLY.bits();
+        let innocuous = FunctionFlags::SQLITE_INNOCUOUS.bits();
+        for (name, n) in [
+            ("sluice_machine", 1),
+            ("sluice_zone", 1),
+            ("sluice_new_epoch", 1),
+        ] {
+            assert_eq!(flags_of(name, n), direct, "{name}/{n}");
+        }
+        for (name, n) in [
+            ("sluice_machine", 0),
+            ("sluice_zone", 0),
+            ("sluice_identity", 0),
+        ] {
+            assert_eq!(flags_of(name, n), innocuous, "{name}/{n}");
+        }
+    }
+
     #[test]
     fn one_list_of_functions_with_distinct_signatures() {
         let kinds = |k: &Imp| match k {
