@@ -219,6 +219,12 @@ fn restamp(conn: &Connection, info: &TableInfo, after: i64) -> Res<i64> {
     } else {
         vec!["_rowid_".to_string()]
     };
+    // The numbered rows, under a name that is not the table's.
+    let r = if info.name.eq_ignore_ascii_case("sluice_renumbered") {
+        "sluice_renumbered_"
+    } else {
+        "sluice_renumbered"
+    };
     let picked: Vec<String> = key
         .iter()
         .enumerate()
@@ -227,12 +233,12 @@ fn restamp(conn: &Connection, info: &TableInfo, after: i64) -> Res<i64> {
     let same: Vec<String> = key
         .iter()
         .enumerate()
-        .map(|(i, k)| format!("{t}.{k} IS r.k{i}"))
+        .map(|(i, k)| format!("{t}.{k} IS {r}.k{i}"))
         .collect();
     conn.execute(
         &format!(
-            "UPDATE main.{t} SET {v} = ?1 + r.n \
-               FROM (SELECT {}, row_number() OVER (ORDER BY {v}, {}) AS n FROM main.{t}) AS r \
+            "UPDATE main.{t} SET {v} = ?1 + {r}.n \
+               FROM (SELECT {}, row_number() OVER (ORDER BY {v}, {}) AS n FROM main.{t}) AS {r} \
               WHERE {}",
             picked.join(", "),
             key.join(", "),

@@ -380,6 +380,53 @@ fn a_new_epoch_restamps_every_row_of_a_mutable_table() {
 }
 
 #[test]
+fn restamping_tables_whose_names_look_like_its_own() {
+    let db = memory();
+    db.execute_batch("SELECT sluice_device('box-1')").unwrap();
+    for (name, rowid) in [
+        ("r", true),
+        ("sluice_renumbered", true),
+        ("n", false),
+        ("x\"; DROP TABLE r; --", false),
+    ] {
+        let q = sluice_wire::names::quote_ident(name);
+        db.execute_batch(&format!(
+            "CREATE TABLE {q} (n TEXT PRIMARY KEY, k0 INTEGER, r TEXT){};
+             INSERT INTO {q} (n, k0, r) VALUES ('a', 1, 'x'), ('b', 2, 'y'), ('c', 3, 'z');",
+            if rowid { "" } else { " WITHOUT ROWID" }
+        ))
+        .unwrap();
+        db.query_row(
+            "SELECT sluice_track(?1, '{\"mutable\": true}')",
+            [name],
+            |r| r.get::<_, i64>(0),
+        )
+        .unwrap();
+    }
+    let t0 = now_us();
+    db.execute_batch("SELECT sluice_new_epoch('names')").unwrap();
+    let mut all = Vec::new();
+    for name in ["r", "sluice_renumbered", "n", "x\"; DROP TABLE r; --"] {
+        let q = sluice_wire::names::quote_ident(name);
+        let mut s = db
+            .prepare(&format!("SELECT sluice_version, k0 FROM {q} ORDER BY n"))
+            .unwrap();
+        let rows: Vec<(i64, i64)> = s
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(rows.iter().map(|r| r.1).collect::<Vec<_>>(), [1, 2, 3]);
+        assert!(rows.iter().all(|r| r.0 >= t0), "{name}: {rows:?}");
+        all.extend(rows.into_iter().map(|r| r.0));
+    }
+    all.sort();
+    all.dedup();
+    assert_eq!(all.len(), 12);
+    assert_eq!(all[11] - all[0], 11);
+}
+
+#[test]
 fn a_mutable_table_with_a_version_above_the_clock_gets_no_duplicate() {
     let db = memory();
     cameras(&db, 3, false);
