@@ -404,7 +404,8 @@ fn restamping_tables_whose_names_look_like_its_own() {
         .unwrap();
     }
     let t0 = now_us();
-    db.execute_batch("SELECT sluice_new_epoch('names')").unwrap();
+    db.execute_batch("SELECT sluice_new_epoch('names')")
+        .unwrap();
     let mut all = Vec::new();
     for name in ["r", "sluice_renumbered", "n", "x\"; DROP TABLE r; --"] {
         let q = sluice_wire::names::quote_ident(name);
