@@ -1500,4 +1500,543 @@ mod tests {
         assert_eq!(text("SELECT public.try_q('SELECT sluice.sketch_merge(x) FROM (VALUES (''\\x00''::bytea)) v(x)')"), "22P03");
         assert_eq!(text("SELECT public.try_q('SELECT sluice.sketch_quantile(sluice.sketch_merge(sketch), 1.5) FROM public.win')"), "22023");
     }
+
+    // ---- Issue 12: restored and copied edge databases, streams, zones ----
+
+    /// A batch as [`make_batch`] makes it, of another stream and origin.
+    fn batch_of(
+        device: &str,
+        table: &str,
+        stream: u64,
+        origin: sluice_wire::Origin,
+        columns: Vec<Column>,
+        rows: Vec<(i64, Vec<Value>)>,
+        base_seq: Option<i64>,
+    ) -> Vec<u8> {
+        let b = make_batch(device, table, columns, rows);
+        let mut batch = sluice_wire::decode(&b).unwrap();
+        batch.header.stream_id = stream;
+        batch.header.origin = origin;
+        if let Some(base) = base_seq {
+            batch.header.base_seq = base;
+        }
+        encode(
+            &batch.header,
+            &batch.versions,
+            &batch.columns,
+            EncodeOptions::default(),
+        )
+        .unwrap()
+    }
+
+    fn digest_of(batch: &[u8]) -> u64 {
+        sluice_wire::decode_header(batch).unwrap().digest.unwrap()
+    }
+
+    fn ledger_batches() -> i64 {
+        count("SELECT count(*) FROM sluice.batches")
+    }
+
+    #[pg_test]
+    fn a_replay_with_the_same_digest_is_a_replay() {
+        setup_readings("last_writer_wins");
+        let rows = || vec![(1, reading(1, "IDLE")), (2, reading(2, "BUSY"))];
+        let b = make_batch("dev-a", "readings", reading_columns(), rows());
+        assert_eq!(ingest(&b), (2, 0, 0, false));
+        assert_eq!(
+            count("SELECT digest FROM sluice.batches"),
+            digest_of(&b) as i64
+        );
+        // Cut again later (another send time, so another checksum): the same
+        // rows, the same digest, a replay.
+        let mut again = sluice_wire::decode(&b).unwrap();
+        again.header.sent_at_ms += 60_000;
+        let again = encode(
+            &again.header,
+            &again.versions,
+            &again.columns,
+            EncodeOptions::default(),
+        )
+        .unwrap();
+        assert_ne!(again, b);
+        assert_eq!(ingest(&again), (0, 0, 2, true));
+        assert_eq!(ledger_batches(), 1);
+    }
+
+    #[pg_test]
+    fn a_known_identity_with_other_content_is_a_fork() {
+        setup_readings("last_writer_wins");
+        let b = make_batch(
+            "dev-a",
+            "readings",
+            reading_columns(),
+            vec![(1, reading(1, "IDLE")), (2, reading(2, "BUSY"))],
+        );
+        assert_eq!(ingest(&b), (2, 0, 0, false));
+        let before = readings();
+        // A restored box cut the same range again, with rows written since
+        // the backup: same identity, other content.
+        let restored = make_batch(
+            "dev-a",
+            "readings",
+            reading_columns(),
+            vec![
+                (1, reading(1, "IDLE")),
+                (2, reading(2, "NEW AFTER RESTORE")),
+            ],
+        );
+        let r = try_ingest(&restored);
+        assert!(
+            r.starts_with(&format!(
+                "55000: sluice.ingest: batch dev-a/readings/{:016x} (0, 2]: the ledger holds this batch identity with other content",
+                0x1234_5678_9abc_u64
+            )),
+            "{r}"
+        );
+        assert!(
+            r.contains("device 'dev-a', stream 0000123456789abc, table 'readings'")
+                && r.contains(
+                    "restored from a backup or copied, and must continue under a new epoch"
+                ),
+            "{r}"
+        );
+        assert_eq!(readings(), before);
+        assert_eq!(ledger_batches(), 1);
+        assert_eq!(count("SELECT batches FROM sluice.devices"), 1);
+        // The hint says what happens next.
+        Spi::run(
+            "CREATE FUNCTION public.hint_of(b bytea) RETURNS text LANGUAGE plpgsql AS $$
+             DECLARE h text;
+             BEGIN PERFORM sluice.ingest(b); RETURN 'ok';
+             EXCEPTION WHEN OTHERS THEN GET STACKED DIAGNOSTICS h = PG_EXCEPTION_HINT; RETURN h;
+             END $$",
+        )
+        .unwrap();
+        assert_eq!(
+            Spi::get_one_with_args::<String>(
+                "SELECT public.hint_of($1)",
+                &[restored.as_slice().into()]
+            )
+            .unwrap()
+            .unwrap(),
+            "the agent does this by itself (sluice_new_epoch); see docs/agent.md"
+        );
+        // A ledger row without a digest (sluice 0.1, format version 1) is
+        // taken for a replay, as before.
+        Spi::run("UPDATE sluice.batches SET digest = NULL").unwrap();
+        assert_eq!(ingest(&restored), (0, 0, 2, true));
+        assert_eq!(readings(), before);
+    }
+
+    #[pg_test]
+    fn a_skipped_row_of_this_device_with_other_content_is_a_fork() {
+        setup_readings("last_writer_wins");
+        let first = make_batch(
+            "dev-a",
+            "readings",
+            reading_columns(),
+            vec![
+                (1, reading(1, "IDLE")),
+                (2, reading(2, "BUSY")),
+                (3, reading(3, "IDLE")),
+            ],
+        );
+        assert_eq!(ingest(&first), (3, 0, 0, false));
+        let before = readings();
+        // The same rows cut again with other boundaries (a lost
+        // acknowledgement): skipped, no error.
+        let recut = make_batch(
+            "dev-a",
+            "readings",
+            reading_columns(),
+            vec![(2, reading(2, "BUSY")), (3, reading(3, "IDLE"))],
+        );
+        assert_eq!(ingest(&recut), (0, 0, 2, false));
+        // Another device's row at a lower version: the policy keeps the
+        // cloud's, no error.
+        let other = make_batch(
+            "dev-b",
+            "readings",
+            reading_columns(),
+            vec![(1, reading(3, "FROM B"))],
+        );
+        assert_eq!(ingest(&other), (0, 0, 1, false));
+        assert_eq!(readings(), before);
+        // A restored box: versions 2..4, row 2 rewritten since the backup,
+        // under new boundaries. Nothing of it is applied, row 4 neither.
+        let restored = make_batch(
+            "dev-a",
+            "readings",
+            reading_columns(),
+            vec![
+                (2, reading(2, "NEW AFTER RESTORE")),
+                (3, reading(3, "IDLE")),
+                (4, reading(4, "IDLE")),
+            ],
+        );
+        let r = try_ingest(&restored);
+        assert!(
+            r.starts_with("55000: sluice.ingest: batch dev-a/readings/0000123456789abc (1, 4]: the row of version 2 has a key that public.readings already holds from this device at a version at least 2, with other content"),
+            "{r}"
+        );
+        assert_eq!(readings(), before);
+        assert_eq!(ledger_batches(), 3);
+        assert_eq!(count("SELECT sum(batches)::bigint FROM sluice.devices"), 3);
+    }
+
+    /// An append-only table of the default schema's shape since 0.2: the
+    /// stream in the key.
+    fn setup_counts() {
+        Spi::run(
+            "CREATE TABLE public.counts (
+                 loc text NOT NULL, sluice_device text NOT NULL, sluice_stream bigint NOT NULL,
+                 id bigint NOT NULL, people integer, at timestamptz,
+                 PRIMARY KEY (loc, sluice_device, sluice_stream, id));
+             SELECT sluice.register_table('counts', 'public.counts',
+                 ARRAY['loc', 'sluice_device', 'sluice_stream', 'id'], tenant_column => 'loc')",
+        )
+        .unwrap();
+        Spi::run(
+            "CREATE FUNCTION public.try_ingest(b bytea) RETURNS text LANGUAGE plpgsql AS $$
+             BEGIN PERFORM sluice.ingest(b); RETURN 'ok';
+             EXCEPTION WHEN OTHERS THEN RETURN SQLSTATE || ': ' || SQLERRM; END $$",
+        )
+        .unwrap();
+    }
+
+    fn counts_batch(
+        stream: u64,
+        fork: Option<(u64, i64)>,
+        rows: &[(i64, i64)],
+        base_seq: Option<i64>,
+    ) -> Vec<u8> {
+        let origin = sluice_wire::Origin {
+            machine: 0xfeed,
+            zone: String::new(),
+            fork: fork.map(|(parent_stream, fork_seq)| sluice_wire::Fork {
+                parent_stream,
+                fork_seq,
+            }),
+        };
+        batch_of(
+            "box-1",
+            "counts",
+            stream,
+            origin,
+            vec![
+                Column::new("loc", ColumnType::Text),
+                Column::new("id", ColumnType::Integer),
+                Column::new("people", ColumnType::Integer),
+            ],
+            rows.iter()
+                .map(|&(id, people)| {
+                    (
+                        id,
+                        vec![
+                            Value::Text("L1".into()),
+                            Value::Integer(id),
+                            Value::Integer(people),
+                        ],
+                    )
+                })
+                .collect(),
+            base_seq,
+        )
+    }
+
+    fn counts() -> String {
+        text(
+            "SELECT coalesce(string_agg(format('%s:%s=%s', sluice_stream, id, people), ' '
+                    ORDER BY sluice_stream, id), '') FROM public.counts",
+        )
+    }
+
+    #[pg_test]
+    fn the_stream_is_in_the_key_and_a_restore_is_a_fork() {
+        setup_counts();
+        const S1: u64 = 11;
+        const S2: u64 = 22;
+        // The fast path (probe + plain INSERT) with the stream in the key.
+        assert_eq!(
+            ingest(&counts_batch(S1, None, &[(1, 10), (2, 20), (3, 30)], None)),
+            (3, 0, 0, false)
+        );
+        // A clone under another stream: its own rows, the plain INSERT again.
+        assert_eq!(
+            ingest(&counts_batch(S2, None, &[(1, 99), (2, 98)], None)),
+            (2, 0, 0, false)
+        );
+        assert_eq!(counts(), "11:1=10 11:2=20 11:3=30 22:1=99 22:2=98");
+        // The same rows of S1 cut again: skipped, no error.
+        assert_eq!(
+            ingest(&counts_batch(S1, None, &[(2, 20), (3, 30)], Some(1))),
+            (0, 0, 2, false)
+        );
+        // S1 restored from a backup taken after row 1: rows 2 and 3 again,
+        // with other content, under new boundaries.
+        let r = try_ingest(&counts_batch(
+            S1,
+            None,
+            &[(2, 21), (3, 31), (4, 41)],
+            Some(1),
+        ));
+        assert!(
+            r.starts_with("55000: sluice.ingest: batch box-1/counts/000000000000000b (1, 4]: the row of version 2"),
+            "{r}"
+        );
+        assert_eq!(counts(), "11:1=10 11:2=20 11:3=30 22:1=99 22:2=98");
+    }
+
+    #[pg_test]
+    fn a_fork_batch_skips_what_its_ancestors_sent() {
+        setup_counts();
+        const S1: u64 = 11;
+        const S3: u64 = 33;
+        const S4: u64 = 44;
+        assert_eq!(
+            ingest(&counts_batch(S1, None, &[(1, 10), (2, 20), (3, 30)], None)),
+            (3, 0, 0, false)
+        );
+        // A new epoch after the restore: rows up to 3 existed when it began.
+        // 1 and 2 are the parent's rows, 3 was rewritten after the restore,
+        // 4 and 5 are new.
+        assert_eq!(
+            ingest(&counts_batch(
+                S3,
+                Some((S1, 3)),
+                &[(1, 10), (2, 20), (3, 31), (4, 40), (5, 50)],
+                None
+            )),
+            (3, 0, 2, false)
+        );
+        assert_eq!(counts(), "11:1=10 11:2=20 11:3=30 33:3=31 33:4=40 33:5=50");
+        // Another epoch: its parent is S3, whose parent is S1 (recorded in
+        // sluice.streams by S3's fork batch). 1, 2 come from the grandparent,
+        // 3..5 from the parent, 6 is new; 7 is above fork_seq and inserted
+        // even though S3 has no row 7 either.
+        assert_eq!(
+            ingest(&counts_batch(
+                S4,
+                Some((S3, 6)),
+                &[
+                    (1, 10),
+                    (2, 20),
+                    (3, 31),
+                    (4, 40),
+                    (5, 50),
+                    (6, 60),
+                    (7, 70)
+                ],
+                None
+            )),
+            (2, 0, 5, false)
+        );
+        assert_eq!(
+            counts(),
+            "11:1=10 11:2=20 11:3=30 33:3=31 33:4=40 33:5=50 44:6=60 44:7=70"
+        );
+        // A row above fork_seq with the parent's content is the new
+        // epoch's own row: inserted.
+        assert_eq!(
+            ingest(&counts_batch(S4, Some((S3, 4)), &[(5, 50)], None)),
+            (1, 0, 0, false)
+        );
+        // The streams of the device, with their parents and counts.
+        assert_eq!(
+            text(
+                "SELECT string_agg(format('%s<%s m%s b%s r%s %s', stream_id, coalesce(parent_stream::text, '-'),
+                        machine, batches, rows, live), ' ' ORDER BY stream_id)
+                 FROM sluice.device_streams('box-1')"
+            ),
+            format!(
+                "11<- m{m} b1 r3 t 33<11 m{m} b1 r5 t 44<33 m{m} b2 r8 t",
+                m = 0xfeed
+            )
+        );
+        assert_eq!(
+            count("SELECT count(*) FROM sluice.streams WHERE first_seen <= last_seen"),
+            3
+        );
+        assert_eq!(
+            count("SELECT count(*) FROM sluice.device_streams('nobody')"),
+            0
+        );
+    }
+
+    #[pg_test]
+    fn device_streams_follow_the_tenancy_rule() {
+        setup_counts();
+        Spi::run(
+            "CREATE ROLE box_one; CREATE ROLE box_any; CREATE ROLE nosy;
+             SELECT sluice.grant_device('box_one', 'L1', 'box-1');
+             SELECT sluice.grant_device('box_any', 'L1');
+             GRANT USAGE ON SCHEMA sluice TO nosy;
+             CREATE FUNCTION public.try_sql(q text) RETURNS text LANGUAGE plpgsql AS $$
+             DECLARE n bigint;
+             BEGIN EXECUTE q INTO n; RETURN 'ok ' || n;
+             EXCEPTION WHEN OTHERS THEN RETURN SQLSTATE || ': ' || SQLERRM; END $$;",
+        )
+        .unwrap();
+        assert_eq!(
+            ingest(&counts_batch(11, None, &[(1, 10)], None)),
+            (1, 0, 0, false)
+        );
+        let as_role = |role: &str, device: &str| {
+            Spi::run(&format!("SET ROLE {role}")).unwrap();
+            let r = Spi::get_one_with_args::<String>(
+                "SELECT public.try_sql(format('SELECT count(*) FROM sluice.device_streams(%L)', $1::text))",
+                &[device.into()],
+            )
+            .unwrap()
+            .unwrap();
+            Spi::run("RESET ROLE").unwrap();
+            r
+        };
+        assert_eq!(as_role("box_one", "box-1"), "ok 1");
+        assert_eq!(
+            as_role("box_one", "box-2"),
+            "42501: sluice.device_streams: role \"box_one\" may read the streams of device 'box-1' only, not those of 'box-2'"
+        );
+        assert!(as_role("box_any", "box-1").starts_with("42501: "));
+        assert!(as_role("nosy", "box-1").starts_with("42501: "));
+        // The owner reads any device's.
+        assert_eq!(
+            count("SELECT count(*) FROM sluice.device_streams('box-1')"),
+            1
+        );
+    }
+
+    #[pg_test(
+        error = "sluice.register_table: public.t.sluice_stream has type integer; sluice needs bigint"
+    )]
+    fn register_refuses_a_stream_column_of_another_type() {
+        Spi::run("CREATE TABLE t (id int, sluice_stream int, PRIMARY KEY (id, sluice_stream))")
+            .unwrap();
+        Spi::run("SELECT sluice.register_table('t', 't', ARRAY['id', 'sluice_stream'])").unwrap();
+    }
+
+    fn setup_times() {
+        Spi::run(
+            "CREATE TABLE public.times (id bigint PRIMARY KEY, at timestamptz, wall timestamp);
+             SELECT sluice.register_table('times', 'public.times', ARRAY['id']);
+             CREATE FUNCTION public.try_ingest(b bytea) RETURNS text LANGUAGE plpgsql AS $$
+             BEGIN PERFORM sluice.ingest(b); RETURN 'ok';
+             EXCEPTION WHEN OTHERS THEN RETURN SQLSTATE || ': ' || SQLERRM; END $$",
+        )
+        .unwrap();
+    }
+
+    fn times_batch(zone: &str, stream: u64, rows: &[(i64, &str)]) -> Vec<u8> {
+        batch_of(
+            "box-1",
+            "times",
+            stream,
+            sluice_wire::Origin {
+                machine: 0,
+                zone: zone.into(),
+                fork: None,
+            },
+            vec![
+                Column::new("id", ColumnType::Integer),
+                Column::new("at", ColumnType::Text),
+                Column::new("wall", ColumnType::Text),
+            ],
+            rows.iter()
+                .map(|&(id, t)| {
+                    (
+                        id,
+                        vec![
+                            Value::Integer(id),
+                            Value::Text(t.into()),
+                            Value::Text(t.into()),
+                        ],
+                    )
+                })
+                .collect(),
+            None,
+        )
+    }
+
+    fn times() -> String {
+        text(
+            "SELECT string_agg(format('%s %s %s', id, to_char(at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS'),
+                    to_char(wall, 'HH24:MI:SS')), '; ' ORDER BY id) FROM public.times",
+        )
+    }
+
+    #[pg_test]
+    fn zoneless_text_is_read_in_the_batch_zone() {
+        setup_times();
+        Spi::run("SET TimeZone = 'Asia/Shanghai'").unwrap();
+        // A batch without a zone (UTC): the cloud's TimeZone does not matter.
+        assert_eq!(
+            ingest(&times_batch("", 1, &[(1, "2025-12-13 14:35:00")])),
+            (1, 0, 0, false)
+        );
+        assert_eq!(
+            ingest(&times_batch("UTC", 2, &[(2, "2025-12-13 14:35:00")])),
+            (1, 0, 0, false)
+        );
+        // The device's zone: 8 hours earlier in UTC; a time with its own
+        // zone beside it is not moved.
+        assert_eq!(
+            ingest(&times_batch(
+                "Asia/Shanghai",
+                3,
+                &[(3, "2025-12-13 14:35:00"), (4, "2025-12-13T14:35:00Z")]
+            )),
+            (2, 0, 0, false)
+        );
+        // An ISO offset means east of Greenwich.
+        assert_eq!(
+            ingest(&times_batch("+05:30", 4, &[(5, "2025-12-13 14:35:00")])),
+            (1, 0, 0, false)
+        );
+        assert_eq!(
+            times(),
+            "1 2025-12-13 14:35:00 14:35:00; 2 2025-12-13 14:35:00 14:35:00; \
+             3 2025-12-13 06:35:00 14:35:00; 4 2025-12-13 14:35:00 14:35:00; \
+             5 2025-12-13 09:05:00 14:35:00"
+        );
+        // The caller's TimeZone is put back.
+        assert_eq!(text("SELECT current_setting('TimeZone')"), "Asia/Shanghai");
+        // A zone the server does not know: 22023, nothing applied, the
+        // caller's zone still in place.
+        let r = try_ingest(&times_batch(
+            "Mars/Olympus_Mons",
+            5,
+            &[(6, "2025-12-13 14:35:00")],
+        ));
+        assert!(
+            r.starts_with("22023: sluice.ingest: batch box-1/times/0000000000000005 (5, 6]: zone 'Mars/Olympus_Mons' cannot be used: this server does not know it"),
+            "{r}"
+        );
+        let r = try_ingest(&times_batch("+5", 6, &[(6, "2025-12-13 14:35:00")]));
+        assert!(r.starts_with("22023: ") && r.contains("zone '+5'"), "{r}");
+        assert_eq!(count("SELECT count(*) FROM public.times"), 5);
+        assert_eq!(text("SELECT current_setting('TimeZone')"), "Asia/Shanghai");
+        Spi::run("RESET TimeZone").unwrap();
+    }
+
+    #[pg_test]
+    fn unix_time_in_text_is_seconds() {
+        setup_times();
+        Spi::run("SET TimeZone = 'Asia/Shanghai'").unwrap();
+        assert_eq!(
+            ingest(&times_batch(
+                "Asia/Shanghai",
+                1,
+                &[(1, "1765636500"), (2, "1765636500.25")]
+            )),
+            (2, 0, 0, false)
+        );
+        assert_eq!(
+            text(
+                "SELECT string_agg(format('%s %s %s', id, to_char(at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.MS'),
+                        to_char(wall, 'HH24:MI:SS.MS')), '; ' ORDER BY id) FROM public.times"
+            ),
+            "1 2025-12-13 14:35:00.000 14:35:00.000; 2 2025-12-13 14:35:00.250 14:35:00.250"
+        );
+        Spi::run("RESET TimeZone").unwrap();
+    }
 }
