@@ -29,7 +29,8 @@ SELECT * FROM sluice.ingest(:'batch_err_40');
 SELECT * FROM sluice.ingest(:'batch_valid_odd_raw');
 -- Inside a transaction, a refused batch rolls back with it: the good one too.
 BEGIN;
--- (20 rows, 3 of them already there from the first batch)
+-- (20 rows of another stream of the same device: rows of another edge
+-- database never meet those of the first batch, so all 20 are new)
 SELECT inserted, skipped FROM sluice.ingest(:'batch_valid_raw_20');
 SELECT * FROM sluice.ingest(:'batch_err_01');
 ROLLBACK;
