@@ -4,7 +4,9 @@
 //!
 //! Acknowledging moves the watermark (or records a range above it, see
 //! [`crate::acked`]); cleanup deletes only rows at or below a watermark that
-//! was acknowledged at least `keep` ago.
+//! was acknowledged at least `keep` ago. An acknowledgement recorded by a
+//! clock that was ahead counts as made when cleanup first sees it in the
+//! future, so a corrected clock never makes cleanup wait for the wrong time.
 
 use rusqlite::functions::Context;
 use rusqlite::types::{Value, ValueRef};
@@ -139,9 +141,10 @@ fn cleanup(ctx: &Context<'_>) -> Res<Value> {
     let info = table_info(&conn, table)?;
     let t = tables::require(&conn, &info)?;
     let seq = seq_column(&info, &t)?;
-    let cutoff = now_ms().saturating_sub(keep.saturating_mul(1000));
+    let now = now_ms();
+    let cutoff = now.saturating_sub(keep.saturating_mul(1000));
     let n = atomic(&conn, "sluice_cleanup", || {
-        cleanup_rows(&conn, &info, &t, &seq, cutoff)
+        cleanup_rows(&conn, &info, &t, &seq, now, cutoff)
     })?;
     Ok(Value::Integer(n))
 }
@@ -151,8 +154,10 @@ fn cleanup_rows(
     info: &TableInfo,
     t: &Tracked,
     seq: &SeqColumn,
+    now: i64,
     cutoff: i64,
 ) -> Res<i64> {
+    acks::clamp_future(conn, &t.tbl, now)?;
     let upto = acks::acked_by(conn, &t.tbl, cutoff)?;
     // Never past the current watermark, whatever sluice_acks says.
     let Some(upto) = upto.map(|u| u.min(t.acked_seq)) else {
@@ -171,13 +176,12 @@ fn cleanup_rows(
     // (not processed by every rollup, or ended less than the late-data
     // horizon ago): a late row re-aggregates its window from all its raw
     // rows. The windows whose rows go are sealed, so that a row arriving
-    // even later is not aggregated with what is left of them.
+    // even later is not aggregated with what is left of them. Rows from the
+    // future go once rolled up, and seal nothing (see crate::seal).
     let mut sealed: Option<i64> = None;
     if let Some(rolled) = seal::cleanup_guard(conn, info)? {
-        cond = format!("{cond} AND {}", rolled.condition());
-        let ep = rolled
-            .widest()
-            .map_or_else(|| "NULL".to_string(), |w| w.time_sql());
+        cond = format!("{cond} AND {}", rolled.may_leave());
+        let ep = rolled.seal_time_sql();
         sealed = conn.query_row(
             &format!("SELECT max({ep}) FROM main.{table} WHERE {cond}"),
             [upto],

@@ -10,6 +10,13 @@
 //! without a time column. Every drop is a row of `sluice_drops`, and the
 //! rollup never recomputes a window that starts before the newest dropped
 //! row of its source (it would compute it from partial data).
+//!
+//! Within each tier, rows whose time is from the future (a clock that
+//! jumped forward and was corrected since, [`crate::time::future_after`])
+//! are taken for the oldest and go first: their time cannot be right, they
+//! were written before the clock was corrected, and waiting for their time
+//! would let the disk fill. Rolled-up ones go once every rollup processed
+//! them, and they seal nothing ([`crate::seal`]).
 
 use rusqlite::functions::Context;
 use rusqlite::types::{Value, ValueRef};
@@ -24,7 +31,7 @@ use crate::options::parse_duration;
 use crate::schema::{table_info, TableInfo};
 use crate::seal::{rolled_up, sources, Source, DEFAULT_HORIZON_SECS};
 use crate::sequence::seq_column;
-use crate::time::{epoch_of, EpochSql};
+use crate::time::{epoch_of, future_after, EpochSql};
 
 /// The bytes the database needs: `(page_count − freelist_count) × page_size`
 /// of `main`, and the whole file (`page_count × page_size`).
@@ -235,6 +242,8 @@ struct Droppable {
     unsynced: i64,
     first: i64,
     last: i64,
+    /// The seal: the newest dropped time not from the future, + 1.
+    sealed_until: i64,
     /// Its row of `sluice_drops` for this call, once it dropped a row.
     record: Option<i64>,
 }
@@ -263,6 +272,7 @@ impl Droppable {
             unsynced: 0,
             first: i64::MAX,
             last: i64::MIN,
+            sealed_until: i64::MIN,
             record: None,
         })
     }
@@ -276,6 +286,7 @@ impl Droppable {
             unsynced: self.acked_seq.map(|_| self.unsynced),
             first: self.first,
             last: self.last,
+            sealed_until: self.sealed_until,
             dropped_at: now,
         };
         match self.record {
@@ -298,12 +309,15 @@ fn seq_sql(conn: &Connection, info: &TableInfo) -> Res<String> {
 /// Drops candidate rows until the database fits: first the raw rows that
 /// are rolled up (oldest window first), then, unless `rolled_up_only`, the
 /// oldest rows of the other tracked tables that have a time column (oldest
-/// hour first). Records each table's drop in `sluice_drops` as it goes.
+/// hour first); in each tier, rows from the future first. Records each
+/// table's drop in `sluice_drops` as it goes.
 fn drop_rows(conn: &Connection, max: i64, o: &BudgetOptions, srcs: &[Source]) -> Res<i64> {
+    // `fut` is 1 for a row whose time is from the future.
     conn.execute_batch(
         "DROP TABLE IF EXISTS temp.sluice_budget_rows;
          CREATE TEMP TABLE sluice_budget_rows
-             (tier INTEGER, src INTEGER, ws INTEGER, ep INTEGER, rid INTEGER, sq INTEGER);",
+             (tier INTEGER, src INTEGER, fut INTEGER, ws INTEGER, ep INTEGER, rid INTEGER,
+              sq INTEGER);",
     )?;
     let mut tables: Vec<Droppable> = Vec::new();
     for s in srcs {
@@ -312,7 +326,7 @@ fn drop_rows(conn: &Connection, max: i64, o: &BudgetOptions, srcs: &[Source]) ->
         collect_candidates(conn, idx, s, o)?;
     }
     conn.execute_batch(
-        "CREATE INDEX temp.sluice_budget_rows_ws ON sluice_budget_rows (tier, ws, src)",
+        "CREATE INDEX temp.sluice_budget_rows_ws ON sluice_budget_rows (tier, fut, ws, src)",
     )?;
     let now = iso_now(conn)?;
     let mut total = drop_chunks(conn, max, 1, &mut tables, &now)?;
@@ -320,7 +334,7 @@ fn drop_rows(conn: &Connection, max: i64, o: &BudgetOptions, srcs: &[Source]) ->
         for (name, time) in raw_tables(conn, srcs)? {
             let idx = tables.len();
             tables.push(Droppable::new(conn, &name)?);
-            collect_raw(conn, idx, &name, &time)?;
+            collect_raw(conn, idx, &name, &time, o.now)?;
         }
         total += drop_chunks(conn, max, 2, &mut tables, &now)?;
     }
@@ -328,8 +342,9 @@ fn drop_rows(conn: &Connection, max: i64, o: &BudgetOptions, srcs: &[Source]) ->
     Ok(total)
 }
 
-/// Drops the collected rows of one tier a chunk at a time, oldest chunk
-/// first, measuring the size after each; stops as soon as it fits.
+/// Drops the collected rows of one tier a chunk at a time, rows from the
+/// future first, then oldest chunk first, measuring the size after each;
+/// stops as soon as it fits.
 fn drop_chunks(
     conn: &Connection,
     max: i64,
@@ -340,41 +355,49 @@ fn drop_chunks(
     if budget_bytes(conn)? <= max {
         return Ok(0);
     }
-    let chunks: Vec<(i64, i64)> = {
+    let chunks: Vec<(i64, i64, i64)> = {
         let mut stmt = conn.prepare(
-            "SELECT DISTINCT ws, src FROM temp.sluice_budget_rows WHERE tier = ?1 ORDER BY ws, src",
+            "SELECT DISTINCT fut, ws, src FROM temp.sluice_budget_rows WHERE tier = ?1 \
+             ORDER BY fut DESC, ws, src",
         )?;
         let rows = stmt
-            .query_map([tier], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .query_map([tier], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
             .collect::<Result<Vec<_>, _>>()?;
         rows
     };
     let mut total = 0i64;
-    for (ws, src) in chunks {
+    for (fut, ws, src) in chunks {
         let Some(d) = usize::try_from(src).ok().and_then(|i| tables.get_mut(i)) else {
             continue;
         };
         let (n, unsynced, lo, hi): (i64, i64, Option<i64>, Option<i64>) = conn.query_row(
             &format!(
-                "SELECT count(*), coalesce(sum(sq > ?4 AND NOT ({})), 0), min(ep), max(ep) \
-                 FROM temp.sluice_budget_rows WHERE tier = ?1 AND ws = ?2 AND src = ?3",
+                "SELECT count(*), coalesce(sum(sq > ?5 AND NOT ({})), 0), min(ep), max(ep) \
+                 FROM temp.sluice_budget_rows \
+                 WHERE tier = ?1 AND fut = ?2 AND ws = ?3 AND src = ?4",
                 d.in_acked_range
             ),
-            params![tier, ws, src, d.acked_seq.unwrap_or(i64::MAX)],
+            params![tier, fut, ws, src, d.acked_seq.unwrap_or(i64::MAX)],
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
         )?;
         conn.execute(
             &format!(
                 "DELETE FROM main.{} WHERE rowid IN (SELECT rid FROM temp.sluice_budget_rows \
-                 WHERE tier = ?1 AND ws = ?2 AND src = ?3)",
+                 WHERE tier = ?1 AND fut = ?2 AND ws = ?3 AND src = ?4)",
                 quote_ident(&d.name)
             ),
-            params![tier, ws, src],
+            params![tier, fut, ws, src],
         )?;
         d.rows += n;
         d.unsynced += unsynced;
         d.first = d.first.min(lo.unwrap_or(i64::MAX));
         d.last = d.last.max(hi.unwrap_or(i64::MIN));
+        if fut == 0 {
+            // Rows from the future seal nothing (crate::seal).
+            if let Some(hi) = hi {
+                d.sealed_until = d.sealed_until.max(hi.saturating_add(1));
+            }
+        }
         d.record(conn, now)?;
         total += n;
         if budget_bytes(conn)? <= max {
@@ -385,8 +408,9 @@ fn drop_chunks(
 }
 
 /// Puts the droppable rows of one source into `temp.sluice_budget_rows`
-/// (tier 1): the rows of [`crate::seal::RolledUp`], except the source's
-/// newest row (the rowid high-water mark of sync, see sluice_cleanup).
+/// (tier 1): the rows of [`crate::seal::RolledUp`] (rows from the future
+/// among them), except the source's newest row (the rowid high-water mark
+/// of sync, see sluice_cleanup).
 fn collect_candidates(conn: &Connection, idx: usize, s: &Source, o: &BudgetOptions) -> Res<()> {
     let info = table_info(conn, &s.name)?;
     let src = info.quoted();
@@ -396,12 +420,13 @@ fn collect_candidates(conn: &Connection, idx: usize, s: &Source, o: &BudgetOptio
     };
     conn.execute(
         &format!(
-            "INSERT INTO temp.sluice_budget_rows (tier, src, ws, ep, rid, sq) \
-             SELECT 1, ?1, {chunk}, {ep}, rowid, {sq} FROM main.{src} \
+            "INSERT INTO temp.sluice_budget_rows (tier, src, fut, ws, ep, rid, sq) \
+             SELECT 1, ?1, ({fut}), {chunk}, {ep}, rowid, {sq} FROM main.{src} \
              WHERE {cond} AND rowid < (SELECT max(rowid) FROM main.{src})",
+            fut = rolled.future(),
             chunk = w.start_sql(),
             ep = w.time_sql(),
-            cond = rolled.condition(),
+            cond = rolled.may_leave(),
             sq = seq_sql(conn, &info)?,
         ),
         [idx as i64],
@@ -438,8 +463,9 @@ fn raw_tables(conn: &Connection, srcs: &[Source]) -> Res<Vec<(String, String)>> 
 /// Puts every row of a second-tier table into `temp.sluice_budget_rows`
 /// (tier 2), chunked by the hour of its time, except rows without a time
 /// and, for an append-only table, its newest row (the rowid high-water
-/// mark, as in sluice_cleanup).
-fn collect_raw(conn: &Connection, idx: usize, name: &str, time: &str) -> Res<()> {
+/// mark, as in sluice_cleanup). Rows whose time is from the future when the
+/// clock reads `now` are marked so (`fut`).
+fn collect_raw(conn: &Connection, idx: usize, name: &str, time: &str, now: i64) -> Res<()> {
     let info = table_info(conn, name)?;
     let table = info.quoted();
     let append_only = tables::get(conn, &info.name)?.is_some_and(|t| !t.mutable);
@@ -451,12 +477,13 @@ fn collect_raw(conn: &Connection, idx: usize, name: &str, time: &str) -> Res<()>
     let c = RAW_CHUNK_SECS;
     conn.execute(
         &format!(
-            "INSERT INTO temp.sluice_budget_rows (tier, src, ws, ep, rid, sq) \
-             SELECT 2, ?1, ep - ((ep % {c}) + {c}) % {c}, ep, rid, sq FROM \
+            "INSERT INTO temp.sluice_budget_rows (tier, src, fut, ws, ep, rid, sq) \
+             SELECT 2, ?1, ep > {fa}, ep - ((ep % {c}) + {c}) % {c}, ep, rid, sq FROM \
              (SELECT {ep} AS ep, rowid AS rid, {sq} AS sq FROM main.{table} {keep_newest}) \
              WHERE ep IS NOT NULL",
             ep = EpochSql(&quote_ident(time)),
             sq = seq_sql(conn, &info)?,
+            fa = future_after(now),
         ),
         [idx as i64],
     )?;

@@ -7,6 +7,14 @@
 //! ([`RolledUp`]). The windows whose rows went are then *sealed*: a rollup
 //! never recomputes a window that starts before the seal
 //! ([`sealed_until`]), because it would compute it from what is left.
+//!
+//! A row whose time is from the future ([`crate::time::future_after`]: a
+//! clock that jumped forward and was corrected since) may leave once every
+//! rollup processed it, whatever its window: its window cannot end before
+//! the clock reaches it, and the disk must not wait years for that. Its
+//! window is not sealed (a seal there would stop the rollup of every window
+//! of the present); if a row lands in it later, it is recomputed from the
+//! rows left, which is all a window of a wrong clock can be.
 
 use rusqlite::Connection;
 use sluice_wire::names::quote_ident;
@@ -15,7 +23,7 @@ use crate::bookkeeping::{drops, meta, rollups};
 use crate::glue::{now_ms, Fail, Res};
 use crate::rollup_spec::{parse_rollup, Rollup};
 use crate::schema::TableInfo;
-use crate::time::EpochSql;
+use crate::time::{future_after, EpochSql};
 
 /// Default late-data horizon: raw rows of a window are kept at least this
 /// long after the window ends, so that a late row still finds its window's
@@ -92,15 +100,64 @@ struct Cut {
 
 /// The rows of a rollup source that may leave it: those that every rollup
 /// of the source has processed, with the whole of their window and of the
-/// windows before, in windows that ended a horizon ago. Nothing when a
+/// windows before, in windows that ended a horizon ago; and those that
+/// every rollup processed whose time is from the future. Nothing when a
 /// rollup never ran.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RolledUp {
     cuts: Vec<Cut>,
+    /// Unix seconds: a time after this is from the future.
+    future_after: i64,
 }
 
 impl RolledUp {
-    /// SQL condition over the source's rows (`rowid` and its columns).
+    /// SQL condition over the source's rows (`rowid` and its columns): the
+    /// rows that may leave the source, [`Self::condition`] or
+    /// [`Self::future`].
+    pub fn may_leave(&self) -> String {
+        if self.cuts.is_empty() {
+            return "0".into();
+        }
+        format!("(({}) OR ({}))", self.condition(), self.future())
+    }
+
+    /// SQL condition: the row was processed by every rollup and its time
+    /// (by every rollup's time column) is from the future.
+    pub fn future(&self) -> String {
+        if self.cuts.is_empty() {
+            return "0".into();
+        }
+        self.cuts
+            .iter()
+            .map(|c| {
+                format!(
+                    "rowid <= {} AND {} > {}",
+                    c.watermark,
+                    c.window.time_sql(),
+                    self.future_after
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(" AND ")
+    }
+
+    /// SQL: the unix seconds of a row's time by the widest window, when it
+    /// is not from the future (NULL otherwise): what a seal is computed
+    /// from, so that a row from the future never seals the present. NULL
+    /// when no row may go.
+    pub fn seal_time_sql(&self) -> String {
+        match self.widest() {
+            Some(w) => {
+                let t = w.time_sql();
+                format!("(CASE WHEN {t} <= {} THEN {t} END)", self.future_after)
+            }
+            None => "NULL".into(),
+        }
+    }
+
+    /// SQL condition over the source's rows (`rowid` and its columns): the
+    /// rows that every rollup processed, with the whole of their window and
+    /// of the windows before, in windows that ended a horizon ago.
     pub fn condition(&self) -> String {
         if self.cuts.is_empty() {
             return "0".into();
@@ -145,7 +202,10 @@ pub fn rolled_up(
     for (r, wm) in rollups {
         if *wm <= 0 {
             // Never run: nothing of this source is rolled up yet.
-            return Ok(RolledUp { cuts: Vec::new() });
+            return Ok(RolledUp {
+                cuts: Vec::new(),
+                future_after: future_after(now),
+            });
         }
         let window = Window {
             time: r.time.clone(),
@@ -172,7 +232,10 @@ pub fn rolled_up(
             before,
         });
     }
-    Ok(RolledUp { cuts })
+    Ok(RolledUp {
+        cuts,
+        future_after: future_after(now),
+    })
 }
 
 /// For `sluice_cleanup` of a table: what of it may go when rollups read it
@@ -212,7 +275,10 @@ mod tests {
 
     #[test]
     fn nothing_rolled_up_lets_nothing_go() {
-        let r = RolledUp { cuts: Vec::new() };
+        let r = RolledUp {
+            cuts: Vec::new(),
+            future_after: 0,
+        };
         assert_eq!(r.condition(), "0");
         assert_eq!(r.widest(), None);
     }
@@ -221,6 +287,7 @@ mod tests {
     fn every_rollup_must_have_processed_a_row() {
         let r = RolledUp {
             cuts: vec![cut("ts", 300, 10, 600), cut("t\"s", 3600, 7, 0)],
+            future_after: 0,
         };
         let c = r.condition();
         assert!(c.starts_with("rowid <= 10 AND "), "{c}");
@@ -233,7 +300,11 @@ mod tests {
         // The first of equally wide windows.
         let r = RolledUp {
             cuts: vec![cut("a", 60, 1, 0), cut("b", 60, 1, 0)],
+            future_after: 0,
         };
         assert_eq!(r.widest().map(|w| w.time.as_str()), Some("a"));
     }
 }
+
+#[cfg(test)]
+mod clocks;

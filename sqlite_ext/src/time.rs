@@ -56,6 +56,20 @@ pub fn epoch_of(v: ValueRef<'_>) -> Option<i64> {
     }
 }
 
+/// How far ahead of the clock a row's time may be and still be taken as
+/// the present: one day, more than any zone's offset (a device that writes
+/// zoneless local time reads up to 14 hours ahead) and any honest skew. A
+/// time beyond it was written by a clock that was wrong (it jumped forward
+/// and was corrected since): cleanup, the storage budget and the hourly
+/// window never wait for it ([`future_after`]).
+pub const FUTURE_TOLERANCE_SECS: i64 = 86_400;
+
+/// Unix seconds after which a row's time is from the future when the clock
+/// reads `now`.
+pub fn future_after(now: i64) -> i64 {
+    now.saturating_add(FUTURE_TOLERANCE_SECS)
+}
+
 /// Largest magnitude of a real time: 2^53 seconds (285 million years);
 /// beyond it reals are further apart than a second, and a window start
 /// below the time cannot be written.

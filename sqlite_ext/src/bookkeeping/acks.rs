@@ -23,6 +23,18 @@ pub fn acked_by(conn: &Connection, tbl: &str, cutoff_ms: i64) -> Res<Option<i64>
     )?)
 }
 
+/// Moves the acknowledgements of `tbl` recorded after `now_ms` back to
+/// `now_ms`: a clock that was ahead recorded them and has been corrected
+/// since. Cleanup then counts `keep` from now for their rows, instead of
+/// waiting until the clock reaches the wrong time.
+pub fn clamp_future(conn: &Connection, tbl: &str, now_ms: i64) -> Res<()> {
+    conn.execute(
+        "UPDATE main.sluice_acks SET acked_at = ?2 WHERE tbl = ?1 AND acked_at > ?2",
+        params![tbl, now_ms],
+    )?;
+    Ok(())
+}
+
 /// Forgets the acknowledgements of `tbl` at or before `cutoff_ms` below
 /// `seq` (the newest one at or before the cutoff stays: the next cleanup
 /// with the same keep needs it).

@@ -16,6 +16,10 @@ pub struct Drop<'a> {
     /// The times of the oldest and newest row dropped, unix seconds.
     pub first: i64,
     pub last: i64,
+    /// Windows starting before this (unix seconds) lost rows: the newest
+    /// dropped row's time + 1, not counting rows from the future
+    /// ([`crate::seal`]); `i64::MIN` when only those were dropped.
+    pub sealed_until: i64,
     /// ISO-8601 UTC.
     pub dropped_at: &'a str,
 }
@@ -33,7 +37,7 @@ pub fn insert(conn: &Connection, d: &Drop<'_>) -> Res<i64> {
             d.unsynced,
             d.first,
             d.last,
-            d.last.saturating_add(1),
+            d.sealed_until,
             d.dropped_at
         ],
     )?;
@@ -47,14 +51,7 @@ pub fn update(conn: &Connection, id: i64, d: &Drop<'_>) -> Res<()> {
          from_time = strftime('%Y-%m-%dT%H:%M:%SZ', ?4, 'unixepoch'), \
          to_time = strftime('%Y-%m-%dT%H:%M:%SZ', ?5, 'unixepoch'), \
          sealed_until = ?6 WHERE id = ?1",
-        params![
-            id,
-            d.rows,
-            d.unsynced,
-            d.first,
-            d.last,
-            d.last.saturating_add(1)
-        ],
+        params![id, d.rows, d.unsynced, d.first, d.last, d.sealed_until],
     )?;
     Ok(())
 }
