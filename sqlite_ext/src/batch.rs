@@ -19,7 +19,7 @@ use crate::options::{parse_batch_options, BatchOptions};
 use crate::origin::{machine_hash, wire_zone};
 use crate::schema::{table_info, TableInfo};
 use crate::sequence::{check_high_water, seq_column, SeqColumn, VERSION_COLUMN};
-use crate::time::EpochSql;
+use crate::time::{future_after, EpochSql};
 
 /// Default `max_rows` of `sluice_batch`.
 pub const DEFAULT_BATCH_ROWS: i64 = 1000;
@@ -186,10 +186,20 @@ fn batch(ctx: &Context<'_>) -> Res<Value> {
     Ok(Value::Blob(bytes))
 }
 
-/// With `since`: the sequence number of the newest pending row whose time is
-/// older than `secs` ago (or the watermark if there is none). The rows above
-/// it are "the last `secs`" as one contiguous range, so that acknowledging
+/// With `since`: the sequence number the window starts above. Every row
+/// above the watermark whose time is within the last `secs` is above it, so
+/// that a row with a time from the past (a late reading, a clock that jumped
+/// back) never hides the recent rows below it, and is sent with them: the
+/// start is the newest pending row older than `secs` ago, or, when a row
+/// below that one has a time of the window, just below the oldest such row
+/// (a row acknowledged in a range counts, so that the window does not
+/// depend on how it was cut into batches); the watermark if no row is older.
+/// A time from the future ([`crate::time::future_after`]) is not of the
+/// window. The rows above are one contiguous range, so that acknowledging
 /// the batch can never cover a pending row it did not carry.
+///
+/// Finding the oldest recent row reads the rows between the watermark and
+/// the newest old one (the time column is not assumed to be indexed).
 fn since_floor(
     conn: &Connection,
     info: &TableInfo,
@@ -205,19 +215,37 @@ fn since_floor(
             info.name.replace('\'', "''")
         )));
     };
-    let cutoff = (now_ms() / 1000).saturating_sub(secs);
-    let floor: Option<i64> = conn
+    let now = now_ms() / 1000;
+    let cutoff = now.saturating_sub(secs);
+    let time = EpochSql(&quote_ident(&tc));
+    let newest_old: Option<i64> = conn
         .query_row(
             &format!(
-                "SELECT {seq} FROM main.{} WHERE {seq} > ?1 AND {} < ?2 ORDER BY {seq} DESC LIMIT 1",
+                "SELECT {seq} FROM main.{} WHERE {seq} > ?1 AND {time} < ?2 ORDER BY {seq} DESC LIMIT 1",
                 info.quoted(),
-                EpochSql(&quote_ident(&tc))
             ),
             params![t.acked_seq, cutoff],
             |r| r.get(0),
         )
         .optional()?;
-    Ok(floor.unwrap_or(t.acked_seq).max(t.acked_seq))
+    let Some(old) = newest_old.filter(|o| *o > t.acked_seq) else {
+        return Ok(t.acked_seq);
+    };
+    // The oldest row below it (pending, or acknowledged in a range above
+    // the watermark) whose time is of the window.
+    let recent: Option<i64> = conn
+        .query_row(
+            &format!(
+                "SELECT {seq} FROM main.{} WHERE {seq} > ?1 AND {seq} < ?2 \
+                 AND {time} >= ?3 AND {time} <= ?4 ORDER BY {seq} LIMIT 1",
+                info.quoted(),
+            ),
+            params![t.acked_seq, old, cutoff, future_after(now)],
+            |r| r.get(0),
+        )
+        .optional()?;
+    // Above the watermark, so one below it is not under it.
+    Ok(recent.map_or(old, |r| r.saturating_sub(1).max(t.acked_seq)))
 }
 
 fn wire_value(v: ValueRef<'_>) -> sluice_wire::Value {
@@ -242,3 +270,6 @@ fn value_size(v: &sluice_wire::Value) -> usize {
         sluice_wire::Value::Blob(b) => b.len() + 5,
     }
 }
+
+#[cfg(test)]
+mod since_tests;
