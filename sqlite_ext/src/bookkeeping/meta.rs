@@ -10,18 +10,21 @@ use super::Table;
 use crate::glue::{Fail, Res};
 
 /// A value of `sluice_meta`, if the table and the key exist (NULL is none).
+/// The table is looked for only when the query fails: `sluice_batch` reads
+/// four keys per batch.
 fn get(conn: &Connection, key: &str) -> Res<Option<Value>> {
-    if !Table::Meta.exists(conn)? {
-        return Ok(None);
-    }
     let v = conn
         .query_row(
             "SELECT value FROM main.sluice_meta WHERE key = ?1",
             [key],
             |r| r.get(0),
         )
-        .optional()?;
-    Ok(v.filter(|v| *v != Value::Null))
+        .optional();
+    match v {
+        Ok(v) => Ok(v.filter(|v| *v != Value::Null)),
+        Err(_) if !Table::Meta.exists(conn)? => Ok(None),
+        Err(e) => Err(e.into()),
+    }
 }
 
 fn set(conn: &Connection, key: &str, value: &dyn rusqlite::ToSql) -> Res<()> {

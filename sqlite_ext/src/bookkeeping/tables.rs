@@ -247,17 +247,21 @@ fn has_fork(conn: &Connection) -> Res<bool> {
 
 /// The fork of `tbl` (the stream it continued and the largest sequence
 /// number it had then), if a new epoch left one that is not forgotten yet.
+/// The table and its columns are looked for only when the query fails (it is
+/// read for every batch and acknowledgement).
 pub fn fork(conn: &Connection, tbl: &str) -> Res<Option<sluice_wire::Fork>> {
-    if !Table::Tables.exists(conn)? || !has_fork(conn)? {
-        return Ok(None);
-    }
-    let row: Option<(Option<i64>, Option<i64>)> = conn
+    let row: Option<(Option<i64>, Option<i64>)> = match conn
         .query_row(
             "SELECT fork_parent, fork_seq FROM main.sluice_tables WHERE tbl = ?1",
             [tbl],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
-        .optional()?;
+        .optional()
+    {
+        Ok(row) => row,
+        Err(_) if !Table::Tables.exists(conn)? || !has_fork(conn)? => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
     Ok(match row {
         Some((Some(parent), Some(fork_seq))) if parent > 0 => Some(sluice_wire::Fork {
             parent_stream: parent as u64,
