@@ -91,7 +91,10 @@ pub struct CloudStream {
     /// ISO-8601 UTC.
     pub first_seen: Option<String>,
     pub last_seen: Option<String>,
-    /// `last_seen` in Unix milliseconds.
+    /// `first_seen` in Unix milliseconds (the cloud's clock).
+    #[serde(skip)]
+    pub first_seen_ms: Option<i64>,
+    /// `last_seen` in Unix milliseconds (the cloud's clock).
     #[serde(skip)]
     pub last_seen_ms: Option<i64>,
     pub batches: i64,
@@ -162,6 +165,7 @@ impl Cloud {
             |c: &str| format!("to_char({c} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')");
         let sql = format!(
             "SELECT stream_id, parent_stream, machine, {}, {}, \
+                    (extract(epoch FROM first_seen) * 1000)::bigint, \
                     (extract(epoch FROM last_seen) * 1000)::bigint, batches, rows, live \
                FROM sluice.device_streams($1) ORDER BY first_seen, stream_id",
             iso("first_seen"),
@@ -195,10 +199,11 @@ impl Cloud {
                 machine: r.get(2),
                 first_seen: r.get(3),
                 last_seen: r.get(4),
-                last_seen_ms: r.get(5),
-                batches: r.get::<_, Option<i64>>(6).unwrap_or(0),
-                rows: r.get::<_, Option<i64>>(7).unwrap_or(0),
-                live: r.get::<_, Option<bool>>(8).unwrap_or(false),
+                first_seen_ms: r.get(5),
+                last_seen_ms: r.get(6),
+                batches: r.get::<_, Option<i64>>(7).unwrap_or(0),
+                rows: r.get::<_, Option<i64>>(8).unwrap_or(0),
+                live: r.get::<_, Option<bool>>(9).unwrap_or(false),
             })
             .collect())
     }

@@ -20,11 +20,15 @@ use crate::cloud::{Cloud, CloudStream, StreamsError};
 use crate::config::Config;
 use crate::edge::{stream_hex, Edge, EdgeConn, Identity, LogEntry, RunStatus, TableStatus};
 
-/// How long after an epoch began the cloud may still see a batch of the
-/// stream before it from this same database (a batch in flight in another
-/// lane, the two clocks' difference) without that stream counting as
-/// another database's.
-pub const EPOCH_OVERLAP_MS: i64 = 5 * 60 * 1000;
+/// How long after this database's next epoch reached the cloud the cloud
+/// may still receive a batch of the stream before it from this same
+/// database: a batch another sync lane had in flight when the epoch began.
+pub const EPOCH_OVERLAP_MS: i64 = 60 * 1000;
+
+/// The same when the cloud has no batch of the next epoch yet and the
+/// boundary is the edge's clock: the clocks may differ by this much more
+/// when the skew is unknown.
+pub const UNKNOWN_SKEW_MS: i64 = 5 * 60 * 1000;
 
 #[derive(Debug, Serialize)]
 pub struct Status {
@@ -76,19 +80,41 @@ impl CloudView {
 
 /// The streams live in the cloud that are not this database's: neither its
 /// current stream nor one of its earlier epochs. An earlier epoch is this
-/// database's own when the cloud last saw it before the next epoch began
-/// (give or take [`EPOCH_OVERLAP_MS`] and the clock skew); seen later, a
-/// copy of the database goes on sending under it (a cloned image).
+/// database's own when the cloud last saw it before the next epoch began:
+/// before the cloud's first batch of the next epoch (the cloud's own
+/// clock), or, while the next epoch has sent nothing, before its start at
+/// the edge (corrected by the clock skew), give or take
+/// [`EPOCH_OVERLAP_MS`]. Seen later, a copy of the database goes on
+/// sending under it (the original of a clone).
 pub fn other_live_streams(
     identity: &Identity,
     streams: &[CloudStream],
     clock_skew_ms: Option<i64>,
 ) -> Vec<i64> {
-    let overlap = EPOCH_OVERLAP_MS.saturating_add(clock_skew_ms.unwrap_or(0).saturating_abs());
     let parse_ms = |t: &Option<String>| {
         t.as_deref()
             .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
             .map(|t| t.timestamp_millis())
+    };
+    // When the epoch after stream `i` of the history began, on the cloud's clock.
+    let left_at = |i: usize| -> Option<i64> {
+        let next = identity.epochs.get(i + 1)?;
+        let seen = streams
+            .iter()
+            .find(|s| s.stream_id == next.stream_id)
+            .and_then(|s| s.first_seen_ms);
+        match seen {
+            Some(first) => Some(first.saturating_add(EPOCH_OVERLAP_MS)),
+            None => {
+                // clock_skew_ms is the server's clock minus the edge's.
+                let started = parse_ms(&next.started_at)?;
+                let slack = match clock_skew_ms {
+                    Some(skew) => skew.saturating_add(EPOCH_OVERLAP_MS),
+                    None => UNKNOWN_SKEW_MS.saturating_add(EPOCH_OVERLAP_MS),
+                };
+                Some(started.saturating_add(slack))
+            }
+        }
     };
     streams
         .iter()
@@ -101,12 +127,8 @@ pub fn other_live_streams(
             else {
                 return true;
             };
-            let ended = identity
-                .epochs
-                .get(i + 1)
-                .and_then(|next| parse_ms(&next.started_at));
-            match (ended, s.last_seen_ms) {
-                (Some(ended), Some(seen)) => seen > ended.saturating_add(overlap),
+            match (left_at(i), s.last_seen_ms) {
+                (Some(left), Some(seen)) => seen > left,
                 _ => false,
             }
         })
@@ -309,22 +331,18 @@ fn human_duration(secs: f64) -> String {
 pub fn epoch_lines(identity: &Identity) -> Vec<String> {
     let mut out = Vec::new();
     let n = identity.epochs.len();
-    let mut line = format!(
-        "stream:        {} ({n} epoch{})",
-        stream_hex(identity.stream_id),
-        if n == 1 { "" } else { "s" }
-    );
+    let since = identity
+        .epochs
+        .last()
+        .and_then(|e| e.started_at.as_deref())
+        .unwrap_or("an unknown time");
+    out.push(format!(
+        "stream:        {} (epoch {n} of {n}, since {since})",
+        stream_hex(identity.stream_id)
+    ));
     if let Some(last) = identity.epochs.last() {
-        line.insert_str(
-            line.len() - 1,
-            &format!(
-                "; the current one since {}: {}",
-                last.started_at.as_deref().unwrap_or("an unknown time"),
-                last.reason
-            ),
-        );
+        out.push(format!("epoch reason:  {}", last.reason));
     }
-    out.push(line);
     out.push(format!(
         "machine:       {}; zone {}",
         identity.machine.as_deref().unwrap_or("not recorded"),
@@ -476,17 +494,24 @@ mod tests {
         }
     }
 
-    fn stream(stream_id: i64, last_seen: &str, live: bool) -> CloudStream {
-        let ms = DateTime::parse_from_rfc3339(last_seen)
-            .unwrap()
-            .timestamp_millis();
+    fn ms(t: &str) -> i64 {
+        DateTime::parse_from_rfc3339(t).unwrap().timestamp_millis()
+    }
+
+    fn stream(
+        stream_id: i64,
+        first_seen: Option<&str>,
+        last_seen: &str,
+        live: bool,
+    ) -> CloudStream {
         CloudStream {
             stream_id,
             parent_stream: None,
             machine: None,
-            first_seen: None,
+            first_seen: first_seen.map(str::to_owned),
             last_seen: Some(last_seen.into()),
-            last_seen_ms: Some(ms),
+            first_seen_ms: first_seen.map(ms),
+            last_seen_ms: Some(ms(last_seen)),
             batches: 1,
             rows: 100,
             live,
@@ -508,34 +533,48 @@ mod tests {
 
     #[test]
     fn a_restored_box_is_one_database_though_its_old_stream_is_still_live() {
-        // The old stream was last seen just before the epoch began (and a
-        // minute after it, from a batch in flight in another lane).
-        for seen in ["2026-12-01T11:59:00Z", "2026-12-01T12:01:00Z"] {
+        // The old stream was last seen before the epoch began, or a few
+        // seconds after its first batch (another lane's batch in flight).
+        for seen in ["2026-12-01T11:59:00Z", "2026-12-01T12:00:40Z"] {
             let streams = [
-                stream(1, seen, true),
-                stream(2, "2026-12-01T12:02:00Z", true),
+                stream(1, None, seen, true),
+                stream(
+                    2,
+                    Some("2026-12-01T12:00:05Z"),
+                    "2026-12-01T12:02:00Z",
+                    true,
+                ),
             ];
             assert!(other_live_streams(&restored(), &streams, Some(0)).is_empty());
         }
+        // The new epoch has not reached the cloud yet: the edge's clock, with
+        // the skew, says when it began.
+        let streams = [stream(1, None, "2026-12-01T12:00:30Z", true)];
+        assert!(other_live_streams(&restored(), &streams, Some(0)).is_empty());
+        // An edge clock ten minutes behind the cloud's (skew: cloud minus
+        // edge): the old stream's last batch, at 12:08 by the cloud, was
+        // sent at 11:58 by the edge, before the epoch began.
+        let streams = [stream(1, None, "2026-12-01T12:08:00Z", true)];
+        assert!(other_live_streams(&restored(), &streams, Some(600_000)).is_empty());
+        assert_eq!(other_live_streams(&restored(), &streams, Some(0)), [1]);
     }
 
     #[test]
     fn a_clone_or_a_second_box_under_the_same_id_is_another_database() {
         // The original goes on sending under the stream this clone left.
         let streams = [
-            stream(1, "2026-12-01T12:30:00Z", true),
-            stream(2, "2026-12-01T12:31:00Z", true),
-            stream(7, "2026-12-01T12:29:00Z", true),
+            stream(1, None, "2026-12-01T12:30:00Z", true),
+            stream(
+                2,
+                Some("2026-12-01T12:00:05Z"),
+                "2026-12-01T12:31:00Z",
+                true,
+            ),
+            stream(7, None, "2026-12-01T12:29:00Z", true),
             // Not live: a box replaced long ago.
-            stream(9, "2026-11-01T12:00:00Z", false),
+            stream(9, None, "2026-11-01T12:00:00Z", false),
         ];
         assert_eq!(other_live_streams(&restored(), &streams, None), [1, 7]);
-        // A clock skew of half an hour makes the old stream's last batch
-        // plausibly this database's own.
-        assert_eq!(
-            other_live_streams(&restored(), &streams, Some(-30 * 60 * 1000)),
-            [7]
-        );
         let others: Vec<String> = [1, 7].into_iter().map(stream_hex).collect();
         assert_eq!(
             shared_device_warning("box-1", Some(2), &others).unwrap(),
@@ -544,27 +583,34 @@ mod tests {
              (docs/agent.md, 'Replacing, restoring and cloning boxes')"
         );
         assert_eq!(shared_device_warning("box-1", Some(2), &[]), None);
+        // The clone's new epoch has sent nothing yet; the original sent
+        // after the clone's epoch began (edge clock, no skew known).
+        let streams = [stream(1, None, "2026-12-01T12:07:00Z", true)];
+        assert_eq!(other_live_streams(&restored(), &streams, None), [1]);
     }
 
     #[test]
     fn the_epoch_lines_name_the_stream_the_count_and_the_last_reason() {
-        let lines = epoch_lines(&restored());
         assert_eq!(
-            lines[0],
-            "stream:        0000000000000002 (2 epochs; the current one since 2026-12-01T12:00:00.000Z: restored)"
+            epoch_lines(&restored()),
+            [
+                "stream:        0000000000000002 (epoch 2 of 2, since 2026-12-01T12:00:00.000Z)",
+                "epoch reason:  restored",
+                "machine:       not recorded; zone UTC",
+            ]
         );
-        assert_eq!(lines[1], "machine:       not recorded; zone UTC");
         let json = r#"{"device_id": "box-1", "stream_id": -1, "machine": "m1", "zone": "Europe/Berlin",
             "epochs": [{"stream_id": -1, "parent_stream": null, "started_at": "2026-12-01T09:00:00.000Z",
                         "reason": "created", "machine": "m1"}]}"#;
         let identity: Identity = serde_json::from_str(json).unwrap();
-        let lines = epoch_lines(&identity);
-        assert!(
-            lines[0]
-                .starts_with("stream:        ffffffffffffffff (1 epoch; the current one since "),
-            "{lines:?}"
+        assert_eq!(
+            epoch_lines(&identity),
+            [
+                "stream:        ffffffffffffffff (epoch 1 of 1, since 2026-12-01T09:00:00.000Z)",
+                "epoch reason:  created",
+                "machine:       m1; zone Europe/Berlin",
+            ]
         );
-        assert_eq!(lines[1], "machine:       m1; zone Europe/Berlin");
     }
 
     #[test]
