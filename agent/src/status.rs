@@ -55,6 +55,8 @@ pub struct CloudView {
     pub reachable: bool,
     pub clock_skew_ms: Option<i64>,
     pub last_batch_at: Option<String>,
+    /// Why the cloud was not reached, or (reachable) why the device's row
+    /// of `sluice.devices` was not read.
     pub error: Option<String>,
     /// The cloud's streams of this device id (`sluice.device_streams`).
     pub streams: Option<Vec<CloudStream>>,
@@ -266,7 +268,9 @@ fn extension_status(edge: &EdgeConn) -> anyhow::Result<Vec<serde_json::Value>> {
 async fn cloud_view(cfg: &Config, identity: Option<&Identity>) -> CloudView {
     let attempt = async {
         let cloud = Cloud::connect(&cfg.cloud).await?;
-        let view = cloud.device_view(&cfg.device.id).await?;
+        // Each view on its own: a role that may not read one (issue 15)
+        // still gets the other.
+        let view = cloud.device_view(&cfg.device.id).await;
         let streams = cloud.device_streams(&cfg.device.id).await;
         anyhow::Ok((view, streams))
     };
@@ -277,6 +281,10 @@ async fn cloud_view(cfg: &Config, identity: Option<&Identity>) -> CloudView {
     .await
     {
         Ok(Ok((view, streams))) => {
+            let (view, error) = match view {
+                Ok(v) => (v, None),
+                Err(e) => (None, Some(format!("{e:#}"))),
+            };
             let clock_skew_ms = view.as_ref().and_then(|v| v.0);
             let (streams, streams_error) = match streams {
                 Ok(s) => (Some(s), None),
@@ -305,7 +313,7 @@ async fn cloud_view(cfg: &Config, identity: Option<&Identity>) -> CloudView {
                 reachable: true,
                 clock_skew_ms,
                 last_batch_at: view.and_then(|v| v.1),
-                error: None,
+                error,
                 streams,
                 streams_error,
                 other_live_streams,
@@ -449,7 +457,11 @@ pub fn print(status: &Status) {
         ),
     }
     let c = &status.cloud;
-    if c.reachable {
+    if let (true, Some(e)) = (c.reachable, &c.error) {
+        println!(
+            "cloud:         reachable; the device's row in sluice.devices is not readable: {e}"
+        );
+    } else if c.reachable {
         println!(
             "cloud:         reachable; clock skew {} ms; last batch {}",
             c.clock_skew_ms.map_or("unknown".into(), |s| s.to_string()),
