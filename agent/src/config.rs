@@ -185,7 +185,8 @@ pub struct DeviceConfig {
     /// restoring and cloning boxes").
     pub id: String,
     /// The identity of the machine the edge database runs on, recorded in
-    /// the database (`sluice_machine`) at every start: a database that finds
+    /// the database (`sluice_machine`) whenever a command opens it (`run`,
+    /// `sync`, `status`, ...): a database that finds
     /// itself on another machine (a copied file, a cloned image) continues
     /// under a new epoch by itself. 1 to [`crate::machine::MAX_MACHINE_ID_CHARS`]
     /// characters, no control characters. Unset (the default): a hash of
@@ -197,7 +198,7 @@ pub struct DeviceConfig {
     /// writes (`'2025-12-13 14:35:00'`) is read in this zone by the cloud. An
     /// IANA name (`"Europe/Berlin"`, `"America/Argentina/Buenos_Aires"`),
     /// `"UTC"`, or a fixed offset east of UTC (`"+05:30"`, `"-03:00"`); set
-    /// at every start with `sluice_zone`. Default [`DEFAULT_TIME_ZONE`].
+    /// whenever a command opens the database, with `sluice_zone`. Default [`DEFAULT_TIME_ZONE`].
     #[serde(default = "DeviceConfig::default_time_zone")]
     pub time_zone: String,
 }

@@ -1,5 +1,5 @@
 //! This box's machine identity: what the agent records in the edge database
-//! at every start (`sluice_machine(?)`), so that a database file that finds
+//! whenever it opens it (`sluice_machine(?)`), so that a database file that finds
 //! itself on another machine (copied, or inside a cloned image) continues
 //! under a new epoch instead of sending rows the cloud would take for
 //! replays.
