@@ -634,6 +634,92 @@ impl EdgeConn {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_support::extension;
+
+    /// A config for an edge database with the default schema in `dir`;
+    /// `device_extra` goes into `[device]`.
+    fn config(dir: &Path, device_extra: &str) -> Config {
+        let db = dir.join("edge.db");
+        if !db.exists() {
+            let conn = Connection::open(&db).unwrap();
+            // SAFETY: loads the extension under test.
+            unsafe {
+                let _guard = rusqlite::LoadExtensionGuard::new(&conn).unwrap();
+                conn.load_extension(extension(), None::<&str>).unwrap();
+            }
+            conn.execute_batch(include_str!("../../sql/edge_schema.sql"))
+                .unwrap();
+        }
+        Config::parse(&format!(
+            "[device]\nid = \"box-1\"\n{device_extra}\n[edge]\ndatabase = {:?}\nextension = {:?}\n[cloud]\nurl = \"postgres://device@127.0.0.1:1/cloud\"\n",
+            db.display().to_string(),
+            extension().display().to_string()
+        ))
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn open_records_the_zone_and_the_machine_and_a_move_begins_an_epoch() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(
+            dir.path(),
+            "machine_id = \"machine-a\"\ntime_zone = \"Europe/Berlin\"",
+        );
+        let edge = Edge::open(&cfg).await.unwrap();
+        assert_eq!(
+            edge.moved(),
+            None,
+            "the first machine is recorded, no epoch"
+        );
+        let first = edge.run(|e| e.identity()).await.unwrap();
+        assert_eq!(first.machine.as_deref(), Some("machine-a"));
+        assert_eq!(first.zone.as_deref(), Some("Europe/Berlin"));
+        assert_eq!(first.device_id.as_deref(), Some("box-1"));
+        assert_eq!(first.epochs.len(), 1);
+        drop(edge);
+
+        // The same machine again: nothing happens.
+        let edge = Edge::open(&cfg).await.unwrap();
+        assert_eq!(edge.moved(), None);
+        drop(edge);
+
+        // The file on another machine: a new epoch, before anything is sent.
+        let moved_cfg = config(dir.path(), "machine_id = \"machine-b\"");
+        let edge = Edge::open(&moved_cfg).await.unwrap();
+        let moved = edge.moved().cloned().expect("a move");
+        assert_eq!(moved.from.as_deref(), Some("machine-a"));
+        assert_eq!(moved.to, "machine-b");
+        let now = edge.run(|e| e.identity()).await.unwrap();
+        assert_eq!(now.stream_id, moved.new_stream);
+        assert_ne!(now.stream_id, first.stream_id);
+        assert_eq!(now.epochs.len(), 2);
+        assert_eq!(now.epochs[1].parent_stream, Some(first.stream_id));
+        assert_eq!(
+            now.epochs[1].reason,
+            "moved from machine 'machine-a' to 'machine-b'"
+        );
+        // The default zone is set back to UTC by a config without one.
+        assert_eq!(now.zone.as_deref(), Some("UTC"));
+    }
+
+    #[tokio::test]
+    async fn new_epoch_returns_the_new_stream_and_records_the_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(dir.path(), "machine_id = \"machine-a\"");
+        let edge = Edge::open(&cfg).await.unwrap();
+        let before = edge.run(|e| e.identity()).await.unwrap();
+        let reason = "sluice.ingest: batch box-1/t/... the edge database was restored";
+        let new = edge.run(move |e| e.new_epoch(reason)).await.unwrap();
+        let after = edge.run(|e| e.identity()).await.unwrap();
+        assert_eq!(after.stream_id, new);
+        assert_ne!(new, before.stream_id);
+        let last = after.epochs.last().unwrap();
+        assert_eq!(
+            (last.stream_id, last.parent_stream, last.reason.as_str()),
+            (new, Some(before.stream_id), reason)
+        );
+        assert!(stream_hex(new).len() == 16, "{}", stream_hex(new));
+    }
 
     #[test]
     fn run_status_round_trips_through_its_name() {

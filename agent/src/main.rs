@@ -35,6 +35,8 @@ mod schedule;
 mod shutdown;
 mod status;
 mod sync;
+#[cfg(test)]
+mod test_support;
 mod verify;
 
 use std::path::PathBuf;

@@ -12,6 +12,7 @@ use rusqlite::{params, Connection};
 use sluice_inference::{cosine, Embedder, EmbedderConfig};
 
 use super::*;
+use crate::test_support::extension;
 
 #[test]
 fn blob_round_trip_and_layout() {
@@ -48,20 +49,6 @@ fn the_hash_is_the_fnv_1a_of_earlier_releases() {
 fn minilm() -> EmbedderConfig {
     EmbedderConfig::from_setup_env()
         .unwrap_or_else(|e| panic!("these tests run the real model: {e}"))
-}
-
-fn extension() -> PathBuf {
-    let p = std::env::var_os("SLUICE_SQLITE_EXT")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/sluice0.so")
-        });
-    assert!(
-        p.is_file(),
-        "the SQLite extension {} is missing: run `bash scripts/build.sh` (or set SLUICE_SQLITE_EXT)",
-        p.display()
-    );
-    p
 }
 
 fn edge_db(dir: &Path) -> (PathBuf, Connection) {
