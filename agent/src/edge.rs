@@ -389,16 +389,24 @@ impl EdgeConn {
         device: &str,
         machine: Option<&str>,
     ) -> anyhow::Result<Option<MachineMove>> {
+        // Every command, and every sync lane, opens the database: these say
+        // the same each time, so once per process.
+        static NO_FUNCTION: std::sync::Once = std::sync::Once::new();
+        static NO_IDENTITY: std::sync::Once = std::sync::Once::new();
         if !self.has_function("sluice_machine") {
-            tracing::warn!(
-                "the loaded sluice0.so has no sluice_machine (it is older than 0.2): a copied database is not recognised at the edge"
-            );
+            NO_FUNCTION.call_once(|| {
+                tracing::warn!(
+                    "the loaded sluice0.so has no sluice_machine (it is older than 0.2): a copied database is not recognised at the edge"
+                )
+            });
             return Ok(None);
         }
         let Some(machine) = machine else {
-            tracing::warn!(
-                "no machine identity (no /etc/machine-id, no network hardware): set device.machine_id so that a copied database is recognised"
-            );
+            NO_IDENTITY.call_once(|| {
+                tracing::warn!(
+                    "no machine identity (no /etc/machine-id, no network hardware): set device.machine_id so that a copied database is recognised"
+                )
+            });
             return Ok(None);
         };
         let before: Option<String> = self
