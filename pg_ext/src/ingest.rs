@@ -5,10 +5,14 @@
 //! record the counts and the device's statistics. Everything runs in the
 //! caller's transaction, so an error anywhere leaves nothing behind.
 
+use pgrx::pg_sys::panic::CaughtError;
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 use sluice_pgsql::epoch::{digests_differ, fork_message, ForkEvidence, FORK_HINT, FORK_SQLSTATE};
-use sluice_pgsql::plan::{BatchColumns, CatalogColumn, ColumnPlan, PlanError, CATALOG_COLUMNS_SQL};
+use sluice_pgsql::plan::{
+    bad_time_message, quoted_value, BatchColumns, CatalogColumn, ColumnPlan, PlanError,
+    CATALOG_COLUMNS_SQL,
+};
 use sluice_pgsql::sqlgen::{self, StreamColumn};
 use sluice_pgsql::{Param, SqlState};
 use sluice_wire::{decode, decode_header, Batch, BatchId};
@@ -267,7 +271,10 @@ fn apply(
 
     if plain {
         let sql = sqlgen::insert_sql(&reg.target_sql, &plan.columns, &arrays, bk);
-        run_cached(client, &sql, &types, &args)?;
+        write_rows(batch, id, reg, plan, || {
+            run_cached(client, &sql, &types, &args)?;
+            Ok(())
+        })?;
         return Ok((rows, 0));
     }
     let dedup = !shape.as_ref().is_some_and(|s| s.distinct);
@@ -287,9 +294,11 @@ fn apply(
         types.extend([PgBuiltInOids::INT8OID, PgBuiltInOids::INT8OID]);
         args.extend([(f.parent_stream as i64).into(), f.fork_seq.into()]);
     }
-    let counts = run_cached(client, &sql, &types, &args)?
-        .first()
-        .get_two::<i64, i64>()?;
+    let counts = write_rows(batch, id, reg, plan, || {
+        Ok(run_cached(client, &sql, &types, &args)?
+            .first()
+            .get_two::<i64, i64>()?)
+    })?;
     let (inserted, updated) = (counts.0.unwrap_or(0), counts.1.unwrap_or(0));
 
     if inserted + updated < rows {
@@ -318,6 +327,50 @@ fn apply(
         }
     }
     Ok((inserted, updated))
+}
+
+/// Runs the statement that writes the rows. PostgreSQL's time input names a
+/// value it cannot read (22007, 22008) but neither its row nor its column:
+/// when the value is one the batch sent as text for a timestamp column, the
+/// ERROR is raised again with them. Any other ERROR goes on unchanged.
+/// (pgrx has already copied and flushed PostgreSQL's error state when the
+/// ERROR reaches Rust as a panic; nothing runs in the backend between
+/// catching it and raising the new one.)
+fn write_rows<T>(
+    batch: &Batch,
+    id: &BatchId,
+    reg: &Registration,
+    plan: &ColumnPlan,
+    f: impl FnOnce() -> Result<T>,
+) -> Result<T> {
+    let payload = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(r) => return r,
+        Err(payload) => payload,
+    };
+    if let Some(CaughtError::PostgresError(report)) = payload.downcast_ref::<CaughtError>() {
+        let code = report.sql_error_code();
+        if matches!(
+            code,
+            PgSqlErrorCode::ERRCODE_INVALID_DATETIME_FORMAT
+                | PgSqlErrorCode::ERRCODE_DATETIME_FIELD_OVERFLOW
+        ) {
+            let found = quoted_value(report.message()).and_then(|value| {
+                let params = plan.params(batch).ok()?;
+                let (column, row) = plan.find_time_text(&params, &value)?;
+                Some(bad_time_message(
+                    id,
+                    &reg.target_name,
+                    column,
+                    row,
+                    report.message(),
+                ))
+            });
+            if let Some(message) = found {
+                return Err(SluiceError::ingest(code, message));
+            }
+        }
+    }
+    std::panic::resume_unwind(payload)
 }
 
 fn timestamptz(micros: i64) -> Result<TimestampWithTimeZone> {

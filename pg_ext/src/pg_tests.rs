@@ -2039,4 +2039,29 @@ mod tests {
         );
         Spi::run("RESET TimeZone").unwrap();
     }
+
+    #[pg_test]
+    fn a_value_that_is_not_a_time_names_its_row_and_column() {
+        setup_times();
+        let b = times_batch("", 1, &[(1, "2025-12-13 14:35:00"), (2, "yesterday-ish")]);
+        let r = try_ingest(&b);
+        assert_eq!(
+            r,
+            "22007: sluice.ingest: batch box-1/times/0000000000000001 (0, 2], row 2, column 'at' of public.times: \
+             invalid input syntax for type timestamp with time zone: \"yesterday-ish\""
+        );
+        let b = times_batch("", 2, &[(1, "2025-13-45 10:00:00")]);
+        let r = try_ingest(&b);
+        assert_eq!(
+            r,
+            "22008: sluice.ingest: batch box-1/times/0000000000000002 (0, 1], row 1, column 'at' of public.times: \
+             date/time field value out of range: \"2025-13-45 10:00:00\""
+        );
+        assert_eq!(count("SELECT count(*) FROM public.times"), 0);
+        // The backend goes on: a good batch applies.
+        assert_eq!(
+            ingest(&times_batch("", 3, &[(1, "2025-12-13 14:35:00")])),
+            (1, 0, 0, false)
+        );
+    }
 }

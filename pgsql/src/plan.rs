@@ -435,6 +435,53 @@ impl ColumnPlan {
     }
 }
 
+/// The value PostgreSQL quotes at the end of an input error's message
+/// (`invalid input syntax for type timestamp with time zone: "yesterday"`,
+/// `date/time field value out of range: "2025-13-01"`), unquoted.
+pub fn quoted_value(message: &str) -> Option<String> {
+    let (_, quoted) = message.rsplit_once(": \"")?;
+    let value = quoted.strip_suffix('"')?;
+    // PostgreSQL doubles nothing here: the value is as the input had it.
+    Some(value.to_owned())
+}
+
+impl ColumnPlan {
+    /// The first value of a timestamp column, sent as text, that equals
+    /// `value`: its column's name and its row (from 0). `params` are
+    /// [`ColumnPlan::params`] of the batch. For an error of PostgreSQL's
+    /// input function, which names the value but not where it is.
+    pub fn find_time_text(&self, params: &[Param], value: &str) -> Option<(&str, usize)> {
+        self.columns
+            .iter()
+            .zip(&self.kinds)
+            .zip(params)
+            .filter(|((_, kind), _)| **kind == ColumnKind::Timestamp)
+            .find_map(|((c, _), p)| match p {
+                Param::Text(v) => v
+                    .iter()
+                    .position(|t| t.as_deref() == Some(value))
+                    .map(|row| (c.name.as_str(), row)),
+                _ => None,
+            })
+    }
+}
+
+/// The message of a value PostgreSQL could not read as a time, with where
+/// it is (`row` from 0): `batch <id>, row <n>, column '<c>' of <target>:
+/// <PostgreSQL's message>`.
+pub fn bad_time_message(
+    id: &BatchId,
+    target_name: &str,
+    column: &str,
+    row: usize,
+    pg_message: &str,
+) -> String {
+    format!(
+        "batch {id}, row {}, column '{column}' of {target_name}: {pg_message}",
+        row + 1
+    )
+}
+
 /// The keys of a batch whose key columns are constant but for at most one
 /// integer column ([`ColumnPlan::key_shape`]).
 #[derive(Debug, Clone, PartialEq, Eq)]

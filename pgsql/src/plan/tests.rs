@@ -415,3 +415,47 @@ fn lock_key_is_pinned() {
         6_227_322_318_620_800_638
     );
 }
+
+#[test]
+fn a_bad_time_is_found_by_the_value_postgresql_quotes() {
+    assert_eq!(
+        quoted_value(r#"invalid input syntax for type timestamp with time zone: "yesterday-ish""#)
+            .as_deref(),
+        Some("yesterday-ish")
+    );
+    assert_eq!(
+        quoted_value(r#"date/time field value out of range: "2025-13-45 10:00""#).as_deref(),
+        Some("2025-13-45 10:00")
+    );
+    // A value with a quote and a colon in it: the last `: "` starts it.
+    assert_eq!(
+        quoted_value(r#"invalid input syntax for type timestamp: "a: "b""#).as_deref(),
+        Some("b")
+    );
+    assert_eq!(quoted_value("timestamp out of range"), None);
+
+    let b = batch(
+        &[("id", ColumnType::Integer), ("at", ColumnType::Text)],
+        vec![
+            vec![Value::Integer(1), Value::Text("2025-12-13 14:35:00".into())],
+            vec![Value::Integer(2), Value::Text("yesterday-ish".into())],
+        ],
+    );
+    let p = ColumnPlan::new(
+        BatchColumns::new(&b.header.columns).unwrap(),
+        vec![
+            catalog("id", "bigint", "plain", "int"),
+            catalog("at", "timestamp with time zone", "timestamp", "timestamptz"),
+        ],
+        &keys(&["id"]),
+    )
+    .unwrap();
+    let params = p.params(&b).unwrap();
+    assert_eq!(p.find_time_text(&params, "yesterday-ish"), Some(("at", 1)));
+    assert_eq!(p.find_time_text(&params, "2"), None, "not a time column");
+    assert_eq!(p.find_time_text(&params, "tomorrow"), None);
+    assert_eq!(
+        bad_time_message(&b.header.id(), "public.t", "at", 1, "invalid input syntax"),
+        "batch cam-1/readings/0000000000000007 (0, 2], row 2, column 'at' of public.t: invalid input syntax"
+    );
+}
