@@ -36,7 +36,7 @@ CREATE FUNCTION sluice."device_streams"(
 	"rows" bigint,
 	"live" bool
 )
-STRICT STABLE SECURITY DEFINER PARALLEL SAFE
+STRICT STABLE SECURITY DEFINER PARALLEL RESTRICTED
 SET search_path TO pg_catalog, pg_temp
 LANGUAGE c
 AS 'MODULE_PATHNAME', 'device_streams_wrapper';

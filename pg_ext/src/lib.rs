@@ -223,7 +223,8 @@ fn ingest(
 /// under a device id, oldest first; `live` when seen in the last 15 minutes.
 /// Runs as the extension's owner; a device role may read its own device's
 /// only (42501 otherwise), a role that may read `sluice.streams` any.
-#[pg_extern(stable, parallel_safe, security_definer)]
+/// Parallel restricted: it runs statements through the backend's plan cache.
+#[pg_extern(stable, parallel_restricted, security_definer)]
 #[search_path(pg_catalog, pg_temp)]
 #[allow(clippy::type_complexity)]
 fn device_streams(
