@@ -83,8 +83,21 @@ pub struct Identity {
     pub epochs: Vec<Epoch>,
 }
 
+impl Identity {
+    /// Every stream of this database: the epochs of its history, and the
+    /// current stream (which is the last of them).
+    pub fn streams(&self) -> Vec<i64> {
+        let mut streams: Vec<i64> = self.epochs.iter().map(|e| e.stream_id).collect();
+        if !streams.contains(&self.stream_id) {
+            streams.push(self.stream_id);
+        }
+        streams
+    }
+}
+
 /// One epoch of the edge database.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Epoch {
     pub stream_id: i64,
     pub parent_stream: Option<i64>,
@@ -742,6 +755,17 @@ mod tests {
             assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
         }
         assert!("done".parse::<RunStatus>().is_err());
+    }
+
+    #[test]
+    fn the_streams_of_an_identity_are_every_epoch() {
+        let identity = |json: &str| serde_json::from_str::<Identity>(json).map(|i| i.streams());
+        let json = r#"{"device_id": "box-1", "stream_id": 9, "epochs": [
+            {"stream_id": 7, "parent_stream": null}, {"stream_id": 9, "parent_stream": 7}]}"#;
+        assert_eq!(identity(json).unwrap(), [7, 9]);
+        assert_eq!(identity(r#"{"stream_id": 5}"#).unwrap(), [5]);
+        assert!(identity("{}").is_err());
+        assert!(identity("not json").is_err());
     }
 
     #[test]

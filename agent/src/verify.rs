@@ -42,26 +42,6 @@ use scan::{edge_columns, EdgeScan, ScanCursor};
 /// The cloud column that holds the edge stream of a row.
 const STREAM_COLUMN: &str = "sluice_stream";
 
-/// The streams of this edge database, from `sluice_identity()`: every epoch
-/// in its history.
-fn epoch_streams(identity_json: &str) -> anyhow::Result<Vec<i64>> {
-    let v: serde_json::Value =
-        serde_json::from_str(identity_json).context("sluice_identity() is not JSON")?;
-    let mut streams: Vec<i64> = v["epochs"]
-        .as_array()
-        .map(|a| a.iter().filter_map(|e| e["stream_id"].as_i64()).collect())
-        .unwrap_or_default();
-    if let Some(current) = v["stream_id"].as_i64() {
-        if !streams.contains(&current) {
-            streams.push(current);
-        }
-    }
-    if streams.is_empty() {
-        bail!("sluice_identity() names no stream");
-    }
-    Ok(streams)
-}
-
 /// Differences printed per kind; all are counted.
 const MAX_LISTED: usize = 20;
 
@@ -142,10 +122,8 @@ pub async fn run(cfg: &Config, opts: &VerifyOptions) -> anyhow::Result<ExitCode>
     let by_stream = key_columns.iter().any(|k| k == STREAM_COLUMN);
     let streams: Vec<i64> = if by_stream {
         edge.run(|e| {
-            let json: String = e
-                .connection()
-                .query_row("SELECT sluice_identity()", [], |r| r.get(0))?;
-            epoch_streams(&json)
+            // Every epoch in the database's history.
+            Ok(e.identity()?.streams())
         })
         .await?
     } else {
@@ -367,19 +345,4 @@ pub async fn run(cfg: &Config, opts: &VerifyOptions) -> anyhow::Result<ExitCode>
     } else {
         ExitCode::SUCCESS
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_streams_of_an_identity_are_every_epoch() {
-        let json = r#"{"device_id": "box-1", "stream_id": 9, "epochs": [
-            {"stream_id": 7, "parent_stream": null}, {"stream_id": 9, "parent_stream": 7}]}"#;
-        assert_eq!(epoch_streams(json).unwrap(), [7, 9]);
-        assert_eq!(epoch_streams(r#"{"stream_id": 5}"#).unwrap(), [5]);
-        assert!(epoch_streams("{}").is_err());
-        assert!(epoch_streams("not json").is_err());
-    }
 }
