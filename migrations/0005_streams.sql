@@ -5,8 +5,11 @@
 -- can never collide with those of an earlier epoch or of the other clone
 -- (docs/sync-protocol.md, "Epochs"). sluice.ingest fills sluice_stream from
 -- the batch, as it fills sluice_device. The mutable tables (cameras,
--- sessions, metrics_5m) keep their natural keys: a new epoch re-stamps
--- their rows at the edge instead.
+-- sessions, key_frames, metrics_5m) keep their keys: a new epoch re-stamps
+-- their rows at the edge instead, so the box's current state is sent again
+-- and wins. (key_frames is keyed by the edge's row id but mutable: with the
+-- stream in its key, every re-stamped row would arrive a second time under
+-- the new stream.)
 --
 -- Rows already in the cloud get the stream of the ledger's batch whose
 -- range (base_seq, last_seq] covers their id, for their device and table
@@ -20,7 +23,7 @@ DECLARE
     t text;
     pk text;
 BEGIN
-    FOREACH t IN ARRAY ARRAY['division_states', 'table_states', 'metrics', 'key_frames', 'health_metrics'] LOOP
+    FOREACH t IN ARRAY ARRAY['division_states', 'table_states', 'metrics', 'health_metrics'] LOOP
         EXECUTE format('ALTER TABLE %I ADD COLUMN IF NOT EXISTS sluice_stream bigint', t);
         EXECUTE format(
             'UPDATE %I AS r SET sluice_stream = coalesce((
