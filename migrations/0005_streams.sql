@@ -13,7 +13,8 @@
 --
 -- Rows already in the cloud get the stream of the ledger's batch whose
 -- range (base_seq, last_seq] covers their id, for their device and table
--- (the first applied, if two streams sent it); 0 when the ledger has none.
+-- (the first applied, if two streams sent it); 0 when the ledger has none,
+-- which is also the default of a row written by hand.
 -- Needs the extension at 0.2.0 or later (ALTER EXTENSION below), and may run
 -- again on what it made.
 ALTER EXTENSION sluice UPDATE;
@@ -32,7 +33,7 @@ BEGIN
                    AND r.id > b.base_seq AND r.id <= b.last_seq
                  ORDER BY b.applied_at, b.stream_id LIMIT 1), 0)
              WHERE r.sluice_stream IS NULL', t, t);
-        EXECUTE format('ALTER TABLE %I ALTER COLUMN sluice_stream SET NOT NULL', t);
+        EXECUTE format('ALTER TABLE %I ALTER COLUMN sluice_stream SET NOT NULL, ALTER COLUMN sluice_stream SET DEFAULT 0', t);
         -- The primary key gains the stream, unless it has it already.
         SELECT c.conname INTO pk FROM pg_constraint AS c
         WHERE c.conrelid = t::regclass AND c.contype = 'p'
