@@ -1,9 +1,12 @@
 //! `sluice.ingest`: applies one batch, exactly as `docs/sync-protocol.md`
 //! ("Applying a batch in the cloud") says: decode and verify, claim the
-//! batch's identity in the ledger (a replay stops there), check the columns
-//! against the registered target, upsert every row in one statement, then
-//! record the counts and the device's statistics. Everything runs in the
-//! caller's transaction, so an error anywhere leaves nothing behind.
+//! batch's identity and digest in the ledger (a replay stops there; the
+//! identity with another digest is a fork, ERROR 55000), read zoneless text
+//! in the batch's zone, check the columns against the registered target,
+//! upsert every row in one statement (and, when it skipped rows, look for a
+//! fork among them), then record the counts and the device's and stream's
+//! statistics. Everything runs in the caller's transaction, so an error
+//! anywhere leaves nothing behind.
 
 use pgrx::pg_sys::panic::CaughtError;
 use pgrx::prelude::*;
