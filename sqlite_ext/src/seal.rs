@@ -304,6 +304,33 @@ mod tests {
         };
         assert_eq!(r.widest().map(|w| w.time.as_str()), Some("a"));
     }
+
+    #[test]
+    fn rows_from_the_future_may_leave_once_every_rollup_processed_them() {
+        let r = RolledUp {
+            cuts: vec![cut("ts", 300, 10, 600), cut("t2", 60, 7, 0)],
+            future_after: 5000,
+        };
+        let f = r.future();
+        assert!(
+            f.starts_with("rowid <= 10 AND ")
+                && f.contains(" > 5000 AND rowid <= 7 AND ")
+                && f.ends_with(" > 5000"),
+            "{f}"
+        );
+        assert_eq!(r.may_leave(), format!("(({}) OR ({f}))", r.condition()));
+        // The seal is computed from the present only (the widest window's time).
+        let s = r.seal_time_sql();
+        assert!(s.contains("\"ts\"") && s.contains(" <= 5000 THEN "), "{s}");
+        let none = RolledUp {
+            cuts: Vec::new(),
+            future_after: 5000,
+        };
+        assert_eq!(
+            (none.may_leave(), none.future(), none.seal_time_sql()),
+            ("0".to_string(), "0".to_string(), "NULL".to_string())
+        );
+    }
 }
 
 #[cfg(test)]
