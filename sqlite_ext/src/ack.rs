@@ -15,7 +15,7 @@ use sluice_wire::decode_header;
 
 use crate::acked;
 use crate::bookkeeping::tables::Tracked;
-use crate::bookkeeping::{acks, meta, ranges, tables, Table};
+use crate::bookkeeping::{acks, clock, meta, ranges, tables, Table};
 use crate::fork;
 use crate::glue::{
     arg_blob, arg_raw, arg_text, atomic, connection, describe_value, finish, now_ms, Fail, Res,
@@ -69,6 +69,9 @@ fn ack(ctx: &Context<'_>) -> Res<Value> {
                 acks::record(&conn, &t.tbl, wm, now)?;
             }
             acked::Acked::Range => tables::record_ack(&conn, &t.tbl, None, rows, now)?,
+        }
+        if t.mutable {
+            meta::set_clock_at_ack(&conn, clock::value(&conn)?)?;
         }
         forget_fork(&conn, &t.tbl)
     })?;

@@ -164,10 +164,16 @@ fn new_epoch(conn: &Connection, reason: &str) -> Res<i64> {
             .checked_add(1)
             .ok_or_else(|| Fail(clock_full(clock)))?
             .max(now_us());
+        // Rows changed since the last acknowledgement are the database's own
+        // work since its restore point (a restored box's new changes, a
+        // clone's first ones): they get new versions and win in the cloud.
+        // Older rows keep theirs: the cloud may hold newer versions of them
+        // (what the lost future sent), which a restore must not revert.
+        let since = meta::clock_at_ack(conn)?.unwrap_or(0);
         // `last` is the last version handed out.
         let mut last = jump - 1;
         for info in &mutable {
-            last = restamp(conn, info, last)?;
+            last = restamp(conn, info, last, since)?;
         }
         clock::set(conn, last.max(clock))?;
     }
@@ -194,15 +200,19 @@ fn fresh_stream(conn: &Connection) -> Res<i64> {
     ))
 }
 
-/// Gives every row of the mutable table a new version, `after + 1`,
-/// `after + 2`, ... in the order of their old versions; returns the last
-/// one handed out. The update sets the version itself, so the table's
-/// triggers (which fire only when it stays the same or is NULL) do not
-/// bump it again.
-fn restamp(conn: &Connection, info: &TableInfo, after: i64) -> Res<i64> {
+/// Gives every row of the mutable table whose version is above `since` a
+/// new version, `after + 1`, `after + 2`, ... in the order of their old
+/// versions; returns the last one handed out. The update sets the version
+/// itself, so the table's triggers (which fire only when it stays the same
+/// or is NULL) do not bump it again.
+fn restamp(conn: &Connection, info: &TableInfo, after: i64, since: i64) -> Res<i64> {
     let t = info.quoted();
     let v = quote_ident(VERSION_COLUMN);
-    let rows: i64 = conn.query_row(&format!("SELECT count(*) FROM main.{t}"), [], |r| r.get(0))?;
+    let rows: i64 = conn.query_row(
+        &format!("SELECT count(*) FROM main.{t} WHERE {v} > ?1"),
+        [since],
+        |r| r.get(0),
+    )?;
     let Some(last) = after.checked_add(rows) else {
         return Err(Fail(clock_full(after)));
     };
@@ -238,13 +248,14 @@ fn restamp(conn: &Connection, info: &TableInfo, after: i64) -> Res<i64> {
     conn.execute(
         &format!(
             "UPDATE main.{t} SET {v} = ?1 + {r}.n \
-               FROM (SELECT {}, row_number() OVER (ORDER BY {v}, {}) AS n FROM main.{t}) AS {r} \
+               FROM (SELECT {}, row_number() OVER (ORDER BY {v}, {}) AS n FROM main.{t} \
+                      WHERE {v} > ?2) AS {r} \
               WHERE {}",
             picked.join(", "),
             key.join(", "),
             same.join(" AND ")
         ),
-        [after],
+        [after, since],
     )?;
     Ok(last)
 }

@@ -87,6 +87,21 @@ pub fn set_zone(conn: &Connection, zone: &str) -> Res<()> {
     set(conn, "zone", &zone)
 }
 
+/// The clock (`sluice_clock`) when a table of mutable rows was last
+/// acknowledged: the versions above it were written since. A new epoch
+/// gives those rows new versions (docs/sync-protocol.md, "Epochs").
+pub fn clock_at_ack(conn: &Connection) -> Res<Option<i64>> {
+    Ok(match get(conn, "clock_at_ack")? {
+        Some(Value::Integer(v)) => Some(v),
+        _ => None,
+    })
+}
+
+/// Records the clock at an acknowledgement of a mutable table.
+pub fn set_clock_at_ack(conn: &Connection, clock: i64) -> Res<()> {
+    set(conn, "clock_at_ack", &clock)
+}
+
 /// Key prefix of the seal that `sluice_cleanup` leaves on a rollup source
 /// (`sealed_until:<table>`, unix seconds).
 const SEALED_KEY: &str = "sealed_until:";

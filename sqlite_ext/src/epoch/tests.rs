@@ -309,7 +309,7 @@ fn a_new_epoch_touches_no_row_of_an_append_only_table() {
 }
 
 #[test]
-fn a_new_epoch_restamps_every_row_of_a_mutable_table() {
+fn a_new_epoch_restamps_the_rows_of_a_mutable_table_changed_since_the_last_ack() {
     for without_rowid in [false, true] {
         let db = memory();
         cameras(&db, 5, without_rowid);
@@ -324,23 +324,31 @@ fn a_new_epoch_restamps_every_row_of_a_mutable_table() {
         let old = stream(&db);
         db.execute_batch("SELECT sluice_new_epoch('restored')")
             .unwrap();
-        let (lo, hi, n): (i64, i64, i64) = db
-            .query_row(
-                "SELECT min(sluice_version), max(sluice_version), count(DISTINCT sluice_version) \
-                 FROM cameras",
-                [],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        let version = |cam: &str| -> i64 {
+            db.query_row(
+                "SELECT sluice_version FROM cameras WHERE camera_id = ?1",
+                [cam],
+                |r| r.get(0),
             )
-            .unwrap();
-        // Every row has a new version, above the old clock and the time of
-        // the call; the triggers did not bump them a second time.
-        assert!(lo > clock && lo >= t0, "{lo} {clock} {t0}");
-        assert_eq!((n, hi - lo), (5, 4));
+            .unwrap()
+        };
+        // The row changed since the acknowledgement has a new version,
+        // above the old clock and the time of the call; the triggers did not
+        // bump it a second time. The others keep theirs: the cloud may hold
+        // newer versions of them, which the epoch must not revert.
+        let hi = version("cam2");
+        assert!(hi > clock && hi >= t0, "{hi} {clock} {t0}");
+        let mut kept: Vec<i64> = ["cam1", "cam3", "cam4", "cam5"]
+            .iter()
+            .map(|c| version(c))
+            .collect();
+        kept.sort();
+        assert_eq!(kept, [1, 3, 4, 5]);
         assert_eq!(one::<i64>(&db, "SELECT value FROM sluice_clock"), hi);
-        assert_eq!(pending(&db, "cameras"), 5);
+        assert_eq!(pending(&db, "cameras"), 1);
         // The fork: the largest version before the epoch.
         assert_eq!(fork_of(&db, "cameras"), Some((old, 6)));
-        // The rows as they are, in version order of before (cam2 last).
+        // The rows in version order of before (cam2 last).
         let order: Vec<String> = {
             let mut s = db
                 .prepare("SELECT camera_id FROM cameras ORDER BY sluice_version")
@@ -354,18 +362,12 @@ fn a_new_epoch_restamps_every_row_of_a_mutable_table() {
         // The triggers go on from the clock.
         db.execute_batch("UPDATE cameras SET name = 'x' WHERE camera_id = 'cam1'")
             .unwrap();
-        assert_eq!(
-            one::<i64>(
-                &db,
-                "SELECT sluice_version FROM cameras WHERE camera_id = 'cam1'"
-            ),
-            hi + 1
-        );
-        // All of it goes out again, under the new stream, and the fork goes
+        assert_eq!(version("cam1"), hi + 1);
+        // What changed goes out under the new stream, and the fork goes
         // with the acknowledgement past it.
         let b = batch(&db, "cameras", 1000).unwrap();
         let h = header(&b);
-        assert_eq!((h.row_count, h.stream_id), (5, stream(&db) as u64));
+        assert_eq!((h.row_count, h.stream_id), (2, stream(&db) as u64));
         assert_eq!(
             h.origin.fork,
             Some(Fork {
@@ -373,10 +375,30 @@ fn a_new_epoch_restamps_every_row_of_a_mutable_table() {
                 fork_seq: 6
             })
         );
-        assert_eq!(ack(&db, &b), 5);
+        assert_eq!(ack(&db, &b), 2);
         assert_eq!(fork_of(&db, "cameras"), None);
         assert_eq!(pending(&db, "cameras"), 0);
     }
+}
+
+#[test]
+fn a_new_epoch_before_any_acknowledgement_restamps_every_row() {
+    let db = memory();
+    cameras(&db, 5, false);
+    let t0 = now_us();
+    db.execute_batch("SELECT sluice_new_epoch('copied')")
+        .unwrap();
+    let (lo, hi, n): (i64, i64, i64) = db
+        .query_row(
+            "SELECT min(sluice_version), max(sluice_version), count(DISTINCT sluice_version) \
+             FROM cameras",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .unwrap();
+    assert!(lo >= t0, "{lo} {t0}");
+    assert_eq!((n, hi - lo), (5, 4));
+    assert_eq!(pending(&db, "cameras"), 5);
 }
 
 #[test]
@@ -660,13 +682,11 @@ fn nothing_pending_at_the_epoch_leaves_no_fork() {
         .unwrap();
     assert_eq!(fork_of(&db, "readings"), None);
     assert_eq!(fork_of(&db, "empty"), None);
-    // A mutable table's rows go out again, without a fork.
+    // A mutable table acknowledged whole has nothing changed since: no
+    // fork, nothing to send again.
     assert_eq!(fork_of(&db, "cameras"), None);
-    assert_eq!(pending(&db, "cameras"), 2);
-    assert_eq!(
-        header(&batch(&db, "cameras", 100).unwrap()).origin.fork,
-        None
-    );
+    assert_eq!(pending(&db, "cameras"), 0);
+    assert_eq!(batch(&db, "cameras", 100), None);
     assert_eq!(batch(&db, "readings", 100), None);
 }
 
