@@ -18,7 +18,12 @@
 //! only counted. Where the cloud key holds the edge stream
 //! (`sluice_stream`), rows are looked up under this database's streams (its
 //! epochs, from `sluice_identity()`), so the rows of another database sending
-//! under the same device id are not compared.
+//! under the same device id are not compared; cloud rows of this database's
+//! earlier epochs that the edge does not hold (what a restored box sent
+//! before the restore, what the original of a copy went on sending) are
+//! counted, not reported as extra. A mutable table's cloud key has no
+//! stream: there, a version below the start of the current epoch (in
+//! microseconds, where a new epoch moves the clock) is an earlier epoch's.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::ExitCode;
@@ -120,14 +125,23 @@ pub async fn run(cfg: &Config, opts: &VerifyOptions) -> anyhow::Result<ExitCode>
     // sluice.ingest from the batch) is compared against the rows of this
     // database's streams (its epochs): the stream is not an edge column.
     let by_stream = key_columns.iter().any(|k| k == STREAM_COLUMN);
-    let streams: Vec<i64> = if by_stream {
-        edge.run(|e| {
-            // Every epoch in the database's history.
-            Ok(e.identity()?.streams())
+    let identity = edge
+        .run(|e| {
+            Ok(if e.has_function("sluice_identity") {
+                Some(e.identity()?)
+            } else {
+                None
+            })
         })
-        .await?
+        .await?;
+    let (streams, current_stream): (Vec<i64>, Option<i64>) = if by_stream {
+        // Every epoch in the database's history.
+        let Some(identity) = &identity else {
+            bail!("{target} is keyed by {STREAM_COLUMN}, but the loaded sluice0.so has no sluice_identity (it is older than 0.2)");
+        };
+        (identity.streams(), Some(identity.stream_id))
     } else {
-        Vec::new()
+        (Vec::new(), None)
     };
     let mut keys: Vec<Column> = Vec::new();
     for k in key_columns.iter().filter(|k| *k != STREAM_COLUMN) {
@@ -263,10 +277,30 @@ pub async fn run(cfg: &Config, opts: &VerifyOptions) -> anyhow::Result<ExitCode>
 
     // Cloud rows of this device the edge does not hold.
     let mut cleaned = 0u64;
+    // Of those, rows of an earlier epoch of this database: sent before a
+    // restore by what the backup did not keep (the lost future), or after a
+    // copy by the original. This edge cannot hold them; they are no error.
+    let mut earlier = 0u64;
+    // A mutable table's key has no stream; but a new epoch moves the clock
+    // to at least the Unix time in microseconds when it began and gives
+    // every row a version above it (docs/sync-protocol.md), so a version
+    // below that is an earlier epoch's.
+    let earlier_epochs_end: Option<i64> = identity
+        .as_ref()
+        .filter(|i| tracked.mutable && !by_stream && i.epochs.len() > 1)
+        .and_then(|i| i.epochs.last())
+        .and_then(|e| e.started_at.as_deref())
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        .map(|t| t.timestamp_millis().saturating_mul(1000));
     if has_device && has_version {
         let mut sql = format!(
-            "SELECT {}, t.sluice_version FROM {target} t WHERE t.sluice_device = $1",
-            keys.iter().map(cloud_expr).collect::<Vec<_>>().join(", ")
+            "SELECT {}, t.sluice_version{} FROM {target} t WHERE t.sluice_device = $1",
+            keys.iter().map(cloud_expr).collect::<Vec<_>>().join(", "),
+            if by_stream {
+                format!(", t.{STREAM_COLUMN}")
+            } else {
+                String::new()
+            }
         );
         let mut bind: Vec<&(dyn ToSql + Sync)> = vec![&cfg.device.id];
         if by_stream {
@@ -305,7 +339,16 @@ pub async fn run(cfg: &Config, opts: &VerifyOptions) -> anyhow::Result<ExitCode>
                 continue;
             }
             let version: i64 = r.get(keys.len());
-            if !tracked.acked(version) {
+            let stream: Option<i64> = if by_stream {
+                r.get(keys.len() + 1)
+            } else {
+                None
+            };
+            if (stream.is_some() && stream != current_stream)
+                || earlier_epochs_end.is_some_and(|end| version < end)
+            {
+                earlier += 1;
+            } else if !tracked.acked(version) {
                 findings.extra.push(format!(
                     "{key} (version {version}, edge acknowledged up to {})",
                     tracked.acked_seq
@@ -321,6 +364,11 @@ pub async fn run(cfg: &Config, opts: &VerifyOptions) -> anyhow::Result<ExitCode>
          {pending} pending rows not compared, {cleaned} cloud rows no longer at the edge (cleaned up after acknowledgement)",
         unit
     );
+    if earlier > 0 {
+        println!(
+            "  {earlier} cloud rows of earlier epochs of this database are not at the edge (sent before it was restored from a backup, or by the original of a copy)"
+        );
+    }
     if !(has_device && has_version) {
         println!("  extra rows not checked: {target} has no sluice_device/sluice_version column");
     }
