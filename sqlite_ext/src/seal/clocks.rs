@@ -280,3 +280,21 @@ fn the_budget_drops_rows_from_the_future_of_other_tables_first() {
         "the rows of three days ago stay while rows from the future are left"
     );
 }
+
+#[test]
+fn rows_from_the_future_not_yet_rolled_up_do_not_hold_back_the_present() {
+    let db = memory();
+    rolled_readings(&db);
+    rows(&db, "readings", now() - 86_400, 10, 1);
+    db.execute_batch("SELECT sluice_rollup_run()").unwrap();
+    rows(&db, "readings", now() + TWO_YEARS, 10, 1);
+    sync(&db, "readings");
+    // The rows of a day ago go; those from the future wait for the rollup.
+    assert_eq!(count(&db, "SELECT sluice_cleanup('readings', 0)"), 10);
+    assert_eq!(future_rows(&db), 10);
+    let sealed = count(
+        &db,
+        "SELECT value FROM sluice_meta WHERE key = 'sealed_until:readings'",
+    );
+    assert!(sealed <= now() - 86_400 + 10 + 300, "sealed until {sealed}");
+}
