@@ -47,6 +47,41 @@ use scan::{edge_columns, EdgeScan, ScanCursor};
 /// The cloud column that holds the edge stream of a row.
 const STREAM_COLUMN: &str = "sluice_stream";
 
+/// What tells this database's current epoch from its earlier ones in the
+/// cloud.
+struct Epochs {
+    /// The current stream, where the cloud key holds the stream.
+    current_stream: Option<i64>,
+    /// For a mutable table of a database with more than one epoch: every
+    /// version below this is an earlier epoch's.
+    earlier_end: Option<i64>,
+}
+
+/// What a cloud row of this device that the edge does not hold is.
+#[derive(Debug, PartialEq, Eq)]
+enum Absent {
+    /// Of an earlier epoch: the edge cannot hold it, no error.
+    EarlierEpoch,
+    /// Acknowledged, then cleaned up at the edge.
+    CleanedUp,
+    /// Never acknowledged by this database: a difference.
+    Extra,
+}
+
+/// Classifies a cloud row the edge does not hold, by its stream (where
+/// the key has one), its version, and whether the edge acknowledged it.
+fn absent_row(epochs: &Epochs, stream: Option<i64>, version: i64, acked: bool) -> Absent {
+    let earlier = (stream.is_some() && stream != epochs.current_stream)
+        || epochs.earlier_end.is_some_and(|end| version < end);
+    if earlier {
+        Absent::EarlierEpoch
+    } else if acked {
+        Absent::CleanedUp
+    } else {
+        Absent::Extra
+    }
+}
+
 /// Differences printed per kind; all are counted.
 const MAX_LISTED: usize = 20;
 
@@ -344,17 +379,17 @@ pub async fn run(cfg: &Config, opts: &VerifyOptions) -> anyhow::Result<ExitCode>
             } else {
                 None
             };
-            if (stream.is_some() && stream != current_stream)
-                || earlier_epochs_end.is_some_and(|end| version < end)
-            {
-                earlier += 1;
-            } else if !tracked.acked(version) {
-                findings.extra.push(format!(
+            let epochs = Epochs {
+                current_stream,
+                earlier_end: earlier_epochs_end,
+            };
+            match absent_row(&epochs, stream, version, tracked.acked(version)) {
+                Absent::EarlierEpoch => earlier += 1,
+                Absent::CleanedUp => cleaned += 1,
+                Absent::Extra => findings.extra.push(format!(
                     "{key} (version {version}, edge acknowledged up to {})",
                     tracked.acked_seq
-                ));
-            } else {
-                cleaned += 1;
+                )),
             }
         }
     }
@@ -393,4 +428,43 @@ pub async fn run(cfg: &Config, opts: &VerifyOptions) -> anyhow::Result<ExitCode>
     } else {
         ExitCode::SUCCESS
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_of_earlier_epochs_are_no_difference() {
+        // An append-only table keyed by stream: this database is on stream 2.
+        let keyed = Epochs {
+            current_stream: Some(2),
+            earlier_end: None,
+        };
+        // The lost future of a restore sent rows under stream 1.
+        assert_eq!(
+            absent_row(&keyed, Some(1), 900, false),
+            Absent::EarlierEpoch
+        );
+        assert_eq!(absent_row(&keyed, Some(2), 900, false), Absent::Extra);
+        assert_eq!(absent_row(&keyed, Some(2), 10, true), Absent::CleanedUp);
+        // A mutable table of a database whose current epoch began at
+        // 1_796_000_000_000 ms: versions below it in microseconds are older.
+        let mutable = Epochs {
+            current_stream: None,
+            earlier_end: Some(1_796_000_000_000_000),
+        };
+        assert_eq!(absent_row(&mutable, None, 28, false), Absent::EarlierEpoch);
+        assert_eq!(
+            absent_row(&mutable, None, 1_796_000_000_000_123, false),
+            Absent::Extra
+        );
+        // One epoch only: everything not acknowledged is extra, as before.
+        let first = Epochs {
+            current_stream: None,
+            earlier_end: None,
+        };
+        assert_eq!(absent_row(&first, None, 28, false), Absent::Extra);
+        assert_eq!(absent_row(&first, None, 28, true), Absent::CleanedUp);
+    }
 }
