@@ -47,6 +47,10 @@ use scan::{edge_columns, EdgeScan, ScanCursor};
 /// The cloud column that holds the edge stream of a row.
 const STREAM_COLUMN: &str = "sluice_stream";
 
+/// The `sluice_stream` of a cloud row whose stream is not known (written
+/// before 0.2, where the ledger does not cover it, or by hand).
+const UNKNOWN_STREAM: i64 = 0;
+
 /// What tells this database's current epoch from its earlier ones in the
 /// cloud.
 struct Epochs {
@@ -71,7 +75,7 @@ enum Absent {
 /// Classifies a cloud row the edge does not hold, by its stream (where
 /// the key has one), its version, and whether the edge acknowledged it.
 fn absent_row(epochs: &Epochs, stream: Option<i64>, version: i64, acked: bool) -> Absent {
-    let earlier = (stream.is_some() && stream != epochs.current_stream)
+    let earlier = stream.is_some_and(|s| s != UNKNOWN_STREAM && Some(s) != epochs.current_stream)
         || epochs.earlier_end.is_some_and(|end| version < end);
     if earlier {
         Absent::EarlierEpoch
@@ -174,7 +178,12 @@ pub async fn run(cfg: &Config, opts: &VerifyOptions) -> anyhow::Result<ExitCode>
         let Some(identity) = &identity else {
             bail!("{target} is keyed by {STREAM_COLUMN}, but the loaded sluice0.so has no sluice_identity (it is older than 0.2)");
         };
-        (identity.streams(), Some(identity.stream_id))
+        // And stream 0: rows the cloud holds from before it knew streams
+        // (migrations/0005 fills 0 where the ledger does not say), taken
+        // as this database's, as before 0.2.
+        let mut streams = identity.streams();
+        streams.push(UNKNOWN_STREAM);
+        (streams, Some(identity.stream_id))
     } else {
         (Vec::new(), None)
     };
@@ -448,6 +457,10 @@ mod tests {
         );
         assert_eq!(absent_row(&keyed, Some(2), 900, false), Absent::Extra);
         assert_eq!(absent_row(&keyed, Some(2), 10, true), Absent::CleanedUp);
+        // A row of no known stream (from before 0.2) counts as this
+        // database's, as it did then.
+        assert_eq!(absent_row(&keyed, Some(0), 900, false), Absent::Extra);
+        assert_eq!(absent_row(&keyed, Some(0), 10, true), Absent::CleanedUp);
         // A mutable table of a database whose current epoch began at
         // 1_796_000_000_000 ms: versions below it in microseconds are older.
         let mutable = Epochs {
