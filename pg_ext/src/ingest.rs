@@ -305,6 +305,16 @@ fn apply(
     let (inserted, updated) = (counts.0.unwrap_or(0), counts.1.unwrap_or(0));
 
     if inserted + updated < rows {
+        // In a new epoch's batch, the rows up to the fork existed when the
+        // epoch began: an earlier copy of the database may have sent them and
+        // updated them since; the policy decides, they are no fork.
+        args.truncate(check_len);
+        types.truncate(check_len);
+        let after_fork = batch.header.origin.fork.map(|f| {
+            types.push(PgBuiltInOids::INT8OID);
+            args.push(f.fork_seq.into());
+            args.len()
+        });
         let check = sqlgen::fork_check_sql(
             &reg.target_sql,
             &plan.columns,
@@ -313,9 +323,10 @@ fn apply(
             bk,
             reg.policy,
             dedup,
+            after_fork,
         );
         if let Some(check) = check {
-            let found = run_cached(client, &check, &types[..check_len], &args[..check_len])?;
+            let found = run_cached(client, &check, &types, &args)?;
             if !found.is_empty() {
                 if let Some(version) = found.first().get_one::<i64>()? {
                     return Err(fork_error(

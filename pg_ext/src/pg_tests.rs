@@ -1684,6 +1684,65 @@ mod tests {
         assert_eq!(count("SELECT sum(batches)::bigint FROM sluice.devices"), 3);
     }
 
+    #[pg_test]
+    fn a_new_epochs_rows_from_before_its_fork_are_left_to_the_policy() {
+        setup_readings("last_writer_wins");
+        // What the box sent before the restore was found (the lost future):
+        // row 2 updated to version 5.
+        let lost_future = make_batch(
+            "dev-a",
+            "readings",
+            reading_columns(),
+            vec![(1, reading(1, "IDLE")), (5, reading(2, "LOST FUTURE"))],
+        );
+        assert_eq!(ingest(&lost_future), (2, 0, 0, false));
+        // The restored box in its new epoch: row 2 at version 3 existed when
+        // the epoch began (fork_seq 4) and was not changed since; row 1 was
+        // changed since the restore point (a fresh version). Row 2 is left
+        // to the policy (the cloud's newer version stays), no 55000.
+        let origin = sluice_wire::Origin {
+            machine: 0,
+            zone: String::new(),
+            fork: Some(sluice_wire::Fork {
+                parent_stream: 0x0000_1234_5678_9abc,
+                fork_seq: 4,
+            }),
+        };
+        let epoch = batch_of(
+            "dev-a",
+            "readings",
+            0x77,
+            origin.clone(),
+            reading_columns(),
+            vec![
+                (3, reading(2, "BEFORE THE BACKUP")),
+                (1_800_000_000_000_000, reading(1, "AFTER THE RESTORE")),
+            ],
+            Some(2),
+        );
+        assert_eq!(ingest(&epoch), (0, 1, 1, false));
+        assert_eq!(
+            text("SELECT string_agg(id || '=' || state, ',' ORDER BY id) FROM public.readings"),
+            "1=AFTER THE RESTORE,2=LOST FUTURE"
+        );
+        // A row after the fork with a reused version and other content is
+        // still a fork.
+        let again = batch_of(
+            "dev-a",
+            "readings",
+            0x77,
+            origin,
+            reading_columns(),
+            vec![(1_800_000_000_000_000, reading(1, "OTHER"))],
+            Some(1_799_999_999_999_999),
+        );
+        assert!(
+            try_ingest(&again).starts_with("55000"),
+            "{}",
+            try_ingest(&again)
+        );
+    }
+
     /// An append-only table of the default schema's shape since 0.2: the
     /// stream in the key.
     fn setup_counts() {

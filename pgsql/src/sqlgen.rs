@@ -374,9 +374,14 @@ fn content_rows(alias: &str, columns: &[TargetColumn], keys: &[usize]) -> Option
 ///
 /// Parameters as in [`upsert_sql`] (without the fork's); `dedup` as the
 /// upsert had it (the rows of a batch that the reduction left out are not
-/// compared: the batch's own winner is in the table). Returns the version
+/// compared: the batch's own winner is in the table). `after_fork`: in a
+/// batch of a new epoch, the number of a `bigint` parameter holding the
+/// fork's sequence number; rows up to it are not checked (they existed when
+/// the epoch began and may have been sent, and since updated, by an earlier
+/// copy of the database: the policy decides, no fork). Returns the version
 /// (`bigint`) of the first such row, or no row. `None` when the batch has no
 /// column outside the key (its content cannot differ).
+#[allow(clippy::too_many_arguments)]
 pub fn fork_check_sql(
     target: &str,
     columns: &[TargetColumn],
@@ -385,6 +390,7 @@ pub fn fork_check_sql(
     bk: Bookkeeping,
     policy: Policy,
     dedup: bool,
+    after_fork: Option<usize>,
 ) -> Option<String> {
     let n = columns.len();
     let (stored, incoming) = content_rows("t", columns, keys)?;
@@ -410,6 +416,9 @@ pub fn fork_check_sql(
             quote_ident(DEVICE_COLUMN),
             n + 2
         );
+    }
+    if let Some(p) = after_fork {
+        let _ = write!(sql, "s.v > ${p}::bigint AND ");
     }
     let _ = write!(
         sql,
@@ -927,6 +936,7 @@ up AS (
             NO_BK,
             Policy::LastWriterWins,
             true,
+            None,
         )
         .unwrap();
         assert_eq!(
@@ -951,6 +961,7 @@ ORDER BY s.v LIMIT 1"#
             STREAM_KEY,
             Policy::InsertOnly,
             false,
+            None,
         )
         .unwrap();
         assert!(
@@ -968,9 +979,31 @@ WHERE t."sluice_version" >= s.v"#),
                 &[0, 1],
                 NO_BK,
                 Policy::LastWriterWins,
-                true
+                true,
+                None
             ),
             None
+        );
+    }
+
+    #[test]
+    fn a_new_epochs_batch_checks_only_rows_after_its_fork() {
+        let cols = [col("loc", "text"), col("id", "bigint"), col("x", "text")];
+        let arrays = ["text[]", "bigint[]", "text[]"];
+        let sql = fork_check_sql(
+            "t",
+            &cols,
+            &arrays,
+            &[0, 1],
+            NO_BK,
+            Policy::LastWriterWins,
+            true,
+            Some(6),
+        )
+        .unwrap();
+        assert!(
+            sql.contains(r#"WHERE t."sluice_device" = $5::text AND s.v > $6::bigint AND t."sluice_version" >= s.v"#),
+            "{sql}"
         );
     }
 
@@ -980,8 +1013,17 @@ WHERE t."sluice_version" >= s.v"#),
             col(r#"k"); DROP TABLE x; --"#, "text"),
             col("Mixed Case", "text"),
         ];
-        let sql =
-            fork_check_sql("t", &cols, &TEXT, &[0], NO_BK, Policy::LastWriterWins, true).unwrap();
+        let sql = fork_check_sql(
+            "t",
+            &cols,
+            &TEXT,
+            &[0],
+            NO_BK,
+            Policy::LastWriterWins,
+            true,
+            None,
+        )
+        .unwrap();
         assert!(
             sql.contains(r#"t."k""); DROP TABLE x; --" = s.c1"#),
             "{sql}"
