@@ -14,9 +14,9 @@
 //! them as SQLite cannot otherwise: a BLOB going into a pgvector `vector`
 //! column is a little-endian `float32` array (the edge's embeddings), and an
 //! INTEGER or REAL going into a `timestamptz`/`timestamp` column is a Unix
-//! time in seconds, and so is a TEXT that is a plain number (`1765636500`,
-//! `1765636500.25`: [`plain_seconds`]), which PostgreSQL would refuse or,
-//! for eight digits, read as a date.
+//! time in seconds, and so is a TEXT that is a Unix time as clocks write it
+//! (`1765636500`, `1765636500.25`: [`plain_seconds`]), which PostgreSQL
+//! would refuse.
 
 use sluice_wire::Value;
 use time::{Date, Month, OffsetDateTime, PrimitiveDateTime, Time};
@@ -190,17 +190,19 @@ pub fn parse_utc_timestamp(s: &str) -> Option<i64> {
         .checked_sub(PG_EPOCH_MICROS)
 }
 
-/// A text that is a plain decimal number (`1765636500`, `-86400`,
-/// `1765636500.25`: an optional `-`, digits, optionally `.` and digits) as
-/// the number; `None` for any other text, which goes to PostgreSQL as text.
+/// A text that is a Unix time in seconds as a clock writes it: 9 or 10
+/// digits, optionally `.` and more digits (`1765636500`, `1765636500.25`:
+/// 1973-03-03 to 2286-11-20), as the number; `None` for any other text,
+/// which goes to PostgreSQL as text. Shorter and longer digit strings are
+/// left to PostgreSQL, which reads some of them as dates (`20251213`,
+/// `251213`, `20251213143500`); milliseconds (13 digits) are not guessed.
 pub fn plain_seconds(s: &str) -> Option<f64> {
-    let digits = s.strip_prefix('-').unwrap_or(s);
-    let (int, frac) = match digits.split_once('.') {
+    let (int, frac) = match s.split_once('.') {
         Some((i, f)) => (i, Some(f)),
-        None => (digits, None),
+        None => (s, None),
     };
     let all_digits = |p: &str| !p.is_empty() && p.bytes().all(|c| c.is_ascii_digit());
-    if !all_digits(int) || !frac.is_none_or(all_digits) {
+    if !(9..=10).contains(&int.len()) || !all_digits(int) || !frac.is_none_or(all_digits) {
         return None;
     }
     s.parse().ok()

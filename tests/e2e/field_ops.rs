@@ -14,7 +14,13 @@ use sluice_tests::*;
 const DEVICE: &str = "box-1";
 
 fn sync(config: &Path) -> String {
-    run_ok(&["sync", "--mode", "full", "--config", config.to_str().unwrap()])
+    run_ok(&[
+        "sync",
+        "--mode",
+        "full",
+        "--config",
+        config.to_str().unwrap(),
+    ])
 }
 
 /// A consistent copy of the edge database, as an operator's backup tool
@@ -134,8 +140,11 @@ fn a_restored_box_keeps_its_updates_of_mutable_rows() {
     let edge = edge_db(&edge_path, true);
     let set_name = |edge: &Connection, name: &str| {
         edge.execute_batch("BEGIN IMMEDIATE").unwrap();
-        edge.execute("UPDATE cameras SET name = ?1 WHERE camera_id = 'cam-01'", [name])
-            .unwrap();
+        edge.execute(
+            "UPDATE cameras SET name = ?1 WHERE camera_id = 'cam-01'",
+            [name],
+        )
+        .unwrap();
         edge.execute_batch("COMMIT").unwrap();
     };
     edge.execute_batch(
@@ -156,7 +165,10 @@ fn a_restored_box_keeps_its_updates_of_mutable_rows() {
     assert_eq!(pending(&edge, "cameras"), 0, "{out}");
     let names: Vec<String> = cloud
         .client()
-        .query("SELECT camera_id || '=' || name FROM cameras ORDER BY camera_id", &[])
+        .query(
+            "SELECT camera_id || '=' || name FROM cameras ORDER BY camera_id",
+            &[],
+        )
         .unwrap()
         .iter()
         .map(|r| r.get(0))

@@ -393,9 +393,21 @@ fn the_digest_is_the_rows_not_the_send_time() {
     let first = digest(&h, &d);
     h.sent_at_ms += 60_000;
     h.origin.machine = 9;
-    assert_eq!(digest(&h, &d), first, "send time and machine are not content");
+    assert_eq!(
+        digest(&h, &d),
+        first,
+        "send time and machine are not content"
+    );
     // Compression is not content either.
-    let raw = encode(&h, &v, &d, EncodeOptions { brotli_quality: None }).unwrap();
+    let raw = encode(
+        &h,
+        &v,
+        &d,
+        EncodeOptions {
+            brotli_quality: None,
+        },
+    )
+    .unwrap();
     assert_eq!(decode_header(&raw).unwrap().digest, Some(first));
     d[1][1] = Value::Text("YELLOW".into());
     assert_ne!(digest(&h, &d), first, "another value is other content");
@@ -404,7 +416,15 @@ fn the_digest_is_the_rows_not_the_send_time() {
 #[test]
 fn a_digest_that_does_not_match_the_rows_is_refused() {
     let (h, v, d) = sample();
-    let bytes = encode(&h, &v, &d, EncodeOptions { brotli_quality: None }).unwrap();
+    let bytes = encode(
+        &h,
+        &v,
+        &d,
+        EncodeOptions {
+            brotli_quality: None,
+        },
+    )
+    .unwrap();
     // The digest is the first of the version-2 fields, right after the
     // fingerprint: header_len is at 5..9, the header ends 8 + 8 + 2 + 0 + 8
     // + 8 bytes (digest, machine, empty zone, parent, fork sequence) before
@@ -414,7 +434,10 @@ fn a_digest_that_does_not_match_the_rows_is_refused() {
     let mut tampered = bytes.clone();
     tampered[digest_at] ^= 1;
     let tampered = resign(tampered);
-    assert!(decode_header(&tampered).is_ok(), "the header alone is whole");
+    assert!(
+        decode_header(&tampered).is_ok(),
+        "the header alone is whole"
+    );
     let e = decode(&tampered).unwrap_err().to_string();
     assert!(e.contains("content digest does not match"), "{e}");
 }
@@ -451,17 +474,24 @@ fn unknown_versions_and_bad_origins_are_refused() {
     let mut bytes = encode(&h, &v, &d, EncodeOptions::default()).unwrap();
     bytes[3] = 3;
     let e = decode(&resign(bytes)).unwrap_err().to_string();
-    assert!(e.contains("version 3") && e.contains("versions 1 to 2"), "{e}");
+    assert!(
+        e.contains("version 3") && e.contains("versions 1 to 2"),
+        "{e}"
+    );
 
     let (mut h, v, d) = with_origin();
     h.origin.zone = "x".repeat(MAX_ZONE_BYTES + 1);
-    let e = encode(&h, &v, &d, EncodeOptions::default()).unwrap_err().to_string();
+    let e = encode(&h, &v, &d, EncodeOptions::default())
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("zone"), "{e}");
     h.origin.zone.clear();
     h.origin.fork = Some(Fork {
         parent_stream: 0,
         fork_seq: 3,
     });
-    let e = encode(&h, &v, &d, EncodeOptions::default()).unwrap_err().to_string();
+    let e = encode(&h, &v, &d, EncodeOptions::default())
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("parent stream is 0"), "{e}");
 }
