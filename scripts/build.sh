@@ -27,3 +27,8 @@ if ! (cd pg_ext && cargo pgrx install --release --pg-config "$SLUICE_PG/bin/pg_c
   echo "[build] cargo pgrx install failed" >&2
   exit 1
 fi
+# pgrx installs the generated script of this version and the upgrade
+# scripts; the install script of 0.1.0 (kept in pg_ext/sql) is installed
+# too, so that an upgrade from 0.1.0 can be tested (tests/sql/upgrade.sql)
+# and a 0.1.0 database restored from a dump can be brought up to date.
+cp -f pg_ext/sql/sluice--0.1.0.sql "$("$SLUICE_PG/bin/pg_config" --sharedir)/extension/"

@@ -60,8 +60,8 @@ fn every_corpus_batch_is_an_error_or_a_correct_apply_and_the_backend_keeps_servi
                     for (r, v) in b.versions.iter().enumerate() {
                         let got: String = c
                             .query_one(
-                                "SELECT state FROM division_states WHERE sluice_device = $1 AND id = $2",
-                                &[&b.header.device_id, v],
+                                "SELECT state FROM division_states WHERE sluice_device = $1 AND sluice_stream = $2 AND id = $3",
+                                &[&b.header.device_id, &(b.header.stream_id as i64), v],
                             )
                             .unwrap()
                             .get(0);
