@@ -7,6 +7,7 @@ use std::fmt;
 use rusqlite::{params, Connection, OptionalExtension};
 use sluice_wire::names::quote_ident;
 
+use crate::bookkeeping::clock;
 use crate::bookkeeping::tables::Tracked;
 use crate::glue::{Fail, Res};
 use crate::schema::{find_table, TableInfo};
@@ -79,6 +80,40 @@ pub fn check_high_water(
         )));
     }
     Ok(())
+}
+
+/// The largest sequence number this database has handed out for the table:
+/// its largest rowid (or the AUTOINCREMENT sequence, if larger) for an
+/// append-only table, the clock for a mutable one (the clock is never below
+/// a version). Nothing the database ever sent is above it, unless the
+/// database went back in time (it was restored from a backup); `None` when
+/// the table is gone.
+pub fn high_water(conn: &Connection, t: &Tracked) -> Res<Option<i64>> {
+    if find_table(conn, &t.tbl)?.is_none() {
+        return Ok(None);
+    }
+    if t.mutable {
+        return Ok(Some(clock::value(conn)?));
+    }
+    let info = crate::schema::table_info(conn, &t.tbl)?;
+    let seq = seq_column(&info, t)?;
+    let max: Option<i64> = conn.query_row(
+        &format!("SELECT max({seq}) FROM main.{}", info.quoted()),
+        [],
+        |r| r.get(0),
+    )?;
+    let auto: Option<i64> = if find_table(conn, "sqlite_sequence")?.is_some() {
+        conn.query_row(
+            "SELECT seq FROM main.sqlite_sequence WHERE name = ?1",
+            params![info.name],
+            |r| r.get(0),
+        )
+        .optional()?
+        .flatten()
+    } else {
+        None
+    };
+    Ok(Some(max.unwrap_or(0).max(auto.unwrap_or(0))))
 }
 
 /// Whether the table is AUTOINCREMENT and its sequence is already at or

@@ -10,6 +10,7 @@ use serde_json::{json, Value as Json};
 use crate::bookkeeping::{ranges, tables};
 use crate::glue::{arg_opt_text, connection, finish, Res};
 use crate::schema::find_table;
+use crate::sequence;
 
 /// `sluice_tracked()` → JSON array of every tracked table, by name;
 /// `sluice_tracked(table)` → that table's object, or NULL.
@@ -56,6 +57,7 @@ fn registrations(conn: &Connection, only: Option<&str>) -> Res<Vec<Json>> {
             "acked_rows": reg.acked_rows,
             "acked_at": reg.acked_at,
             "acked_ranges": above,
+            "high_water": sequence::high_water(conn, t)?,
         }));
     }
     Ok(out)

@@ -45,11 +45,13 @@ def test_one_object_per_table_sorted_by_name(db):
         "acked_rows": 0,
         "acked_at": None,
         "acked_ranges": [],
+        "high_water": 1,
     }
     assert zeta["mutable"] is False
     assert zeta["local_only"] is True and zeta["local_only_columns"] == ["path"]
     assert zeta["key_columns"] is None
     assert zeta["time_column"] == "ts"
+    assert zeta["high_water"] == 2
 
     # Acknowledging shows in the object.
     (batch,) = db.execute("SELECT sluice_batch('zeta', 1)").fetchone()
