@@ -113,6 +113,20 @@ pub enum StreamsError {
     Other(anyhow::Error),
 }
 
+/// A failure of `sluice.device_streams` or `sluice.stream_high_water`, by
+/// SQLSTATE.
+fn streams_error(e: &tokio_postgres::Error) -> StreamsError {
+    let code = e.code().cloned();
+    let msg = describe(e);
+    match code {
+        Some(c) if c == SqlState::INSUFFICIENT_PRIVILEGE => StreamsError::NotPermitted(msg),
+        Some(c) if c == SqlState::UNDEFINED_FUNCTION || c == SqlState::INVALID_SCHEMA_NAME => {
+            StreamsError::Missing(msg)
+        }
+        _ => StreamsError::Other(anyhow::anyhow!(msg)),
+    }
+}
+
 impl Cloud {
     pub async fn connect(cfg: &CloudConfig) -> anyhow::Result<Cloud> {
         let mut pg: tokio_postgres::Config = cfg
@@ -175,22 +189,7 @@ impl Cloud {
             .client
             .query_typed(&sql, &[(&device, Type::TEXT)])
             .await
-            .map_err(|e| {
-                let code = e.code().cloned();
-                let msg = describe(&e);
-                match code {
-                    Some(c) if c == SqlState::INSUFFICIENT_PRIVILEGE => {
-                        StreamsError::NotPermitted(msg)
-                    }
-                    Some(c)
-                        if c == SqlState::UNDEFINED_FUNCTION
-                            || c == SqlState::INVALID_SCHEMA_NAME =>
-                    {
-                        StreamsError::Missing(msg)
-                    }
-                    _ => StreamsError::Other(anyhow::anyhow!(msg)),
-                }
-            })?;
+            .map_err(|e| streams_error(&e))?;
         Ok(rows
             .iter()
             .map(|r| CloudStream {
@@ -206,6 +205,24 @@ impl Cloud {
                 live: r.get::<_, Option<bool>>(9).unwrap_or(false),
             })
             .collect())
+    }
+
+    /// Per edge table, the largest sequence number the cloud's ledger holds
+    /// of `stream` of `device` (`sluice.stream_high_water`).
+    pub async fn stream_high_water(
+        &self,
+        device: &str,
+        stream: i64,
+    ) -> Result<Vec<(String, i64)>, StreamsError> {
+        let rows = self
+            .client
+            .query_typed(
+                "SELECT edge_table, last_seq FROM sluice.stream_high_water($1, $2)",
+                &[(&device, Type::TEXT), (&stream, Type::INT8)],
+            )
+            .await
+            .map_err(|e| streams_error(&e))?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 
     pub fn client_mut(&mut self) -> &mut Client {

@@ -55,6 +55,10 @@ pub struct Tracked {
     pub acked_rows: i64,
     /// Unix milliseconds of the last acknowledgement.
     pub acked_at: Option<i64>,
+    /// The largest sequence number the database has handed out for the
+    /// table (`None`: the table is gone, or an extension older than 0.2).
+    #[serde(default)]
+    pub high_water: Option<i64>,
 }
 
 impl Tracked {

@@ -97,6 +97,10 @@ pub struct Report {
     /// The edge database was found on another machine when this run opened
     /// it, and began a new epoch.
     pub moved: Option<MachineMove>,
+    /// The edge database was found restored from a backup before anything
+    /// was sent (the cloud holds more of its stream than it ever had), and
+    /// began a new epoch.
+    pub restored: Option<Restored>,
     pub seconds: f64,
 }
 
@@ -125,6 +129,13 @@ impl Report {
                 m.from.as_deref().unwrap_or("(none)"),
                 m.to,
                 stream_hex(m.new_stream)
+            ));
+        }
+        if let Some(r) = &self.restored {
+            out.push(format!(
+                "this database was restored from a backup ({}): it continues under a new epoch (stream {})",
+                r.evidence,
+                stream_hex(r.new_stream)
             ));
         }
         for t in &self.tables {
@@ -158,7 +169,7 @@ impl Report {
     /// New epochs begun in this run because the cloud found the database
     /// restored or copied (what `sluice_epochs_total{reason="restored_or_copied"}` counts).
     pub fn epochs(&self) -> u64 {
-        self.tables.iter().map(|t| t.epochs).sum()
+        self.tables.iter().map(|t| t.epochs).sum::<u64>() + u64::from(self.restored.is_some())
     }
 
     /// The sync log's view of this run.
@@ -291,6 +302,8 @@ pub async fn run(
         report.seconds = started.elapsed().as_secs_f64();
         return Ok(report);
     }
+
+    report.restored = check_restored(cfg, edge, cloud).await;
 
     let limits = Limits {
         throttle_bytes_per_sec: match opts.mode {
@@ -530,6 +543,87 @@ async fn sync_table(
     Ok(end)
 }
 
+/// A new epoch begun before anything was sent, because the edge database
+/// went back in time.
+#[derive(Debug, Clone)]
+pub struct Restored {
+    /// What showed it: the tables whose cloud high water is above the edge's.
+    pub evidence: String,
+    pub new_stream: i64,
+}
+
+/// Before anything is sent: when the cloud's ledger holds a sequence number
+/// of this database's stream above the largest one the database ever handed
+/// out for the table (`sluice_tracked`'s `high_water`), the database went
+/// back in time: it was restored from a backup. It begins a new epoch then,
+/// so that its new rows never go under the stream the lost future used.
+/// Best effort: without a cloud connection now, or with a cloud older than
+/// 0.2, the cloud's 55000 finds the restore when a batch meets it.
+async fn check_restored(cfg: &Config, edge: &Edge, cloud: &mut Option<Cloud>) -> Option<Restored> {
+    if cloud.as_ref().is_none_or(Cloud::is_closed) {
+        match Cloud::connect(&cfg.cloud).await {
+            Ok(c) => *cloud = Some(c),
+            Err(e) => {
+                tracing::debug!(error = %format!("{e:#}"), "no cloud connection yet: the restore check is left to the batches");
+                return None;
+            }
+        }
+    }
+    let c = cloud.as_ref()?;
+    let identity = edge.run(|e| e.identity()).await.ok()?;
+    let marks = match c
+        .stream_high_water(&cfg.device.id, identity.stream_id)
+        .await
+    {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::debug!(error = ?e, "sluice.stream_high_water not available: the restore check is left to the batches");
+            return None;
+        }
+    };
+    let tracked = edge.run(|e| e.tracked()).await.ok()?;
+    let evidence = behind_the_cloud(&marks, &tracked);
+    if evidence.is_empty() {
+        return None;
+    }
+    let evidence = evidence.join(", ");
+    let reason = format!(
+        "restored from a backup: the cloud holds rows of stream {} that this database never had ({evidence})",
+        stream_hex(identity.stream_id)
+    );
+    match edge.run(move |e| e.new_epoch(&reason)).await {
+        Ok(new_stream) => {
+            warn!(
+                device = %cfg.device.id,
+                old_stream = %stream_hex(identity.stream_id),
+                new_stream = %stream_hex(new_stream),
+                evidence = %evidence,
+                "the edge database was restored from a backup: continuing under a new epoch"
+            );
+            Some(Restored {
+                evidence,
+                new_stream,
+            })
+        }
+        Err(e) => {
+            warn!(error = %format!("{e:#}"), "the edge database looks restored from a backup, but no new epoch could begin");
+            None
+        }
+    }
+}
+
+/// The tables whose cloud high water (`marks`: table, last sequence number
+/// of this stream in the ledger) is above the edge's own, described.
+fn behind_the_cloud(marks: &[(String, i64)], tracked: &[crate::edge::Tracked]) -> Vec<String> {
+    marks
+        .iter()
+        .filter_map(|(table, cloud)| {
+            let edge = tracked.iter().find(|t| &t.table == table)?.high_water?;
+            (edge < *cloud).then(|| format!("{table} up to {cloud}, this database up to {edge}"))
+        })
+        .collect()
+}
+
 /// The cloud refused a batch with 55000: the edge database was restored or
 /// copied. Begins a new epoch (once per table and run) so that the caller
 /// cuts the batch again under the new stream; a 55000 on a batch of a
@@ -698,6 +792,46 @@ mod tests {
         );
         let mut free = Throttle::new(0);
         assert_eq!(free.after_send(1 << 30), Duration::ZERO);
+    }
+
+    fn tracked(table: &str, high_water: Option<i64>) -> crate::edge::Tracked {
+        serde_json::from_value(serde_json::json!({
+            "table": table, "mutable": false, "time_column": null, "acked_seq": 0,
+            "acked_batches": 0, "acked_rows": 0, "acked_at": null, "high_water": high_water,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_database_behind_its_streams_cloud_high_water_was_restored() {
+        let edge = [
+            tracked("a", Some(100)),
+            tracked("b", Some(50)),
+            tracked("gone", None),
+        ];
+        let marks = [
+            ("a".to_owned(), 100),
+            ("b".to_owned(), 70),
+            ("gone".to_owned(), 9),
+            ("not_at_the_edge".to_owned(), 5),
+        ];
+        assert_eq!(
+            behind_the_cloud(&marks, &edge),
+            ["b up to 70, this database up to 50"]
+        );
+        assert!(behind_the_cloud(&marks[..1], &edge).is_empty());
+        let report = Report {
+            restored: Some(Restored {
+                evidence: "b up to 70, this database up to 50".into(),
+                new_stream: 0x99,
+            }),
+            ..Report::default()
+        };
+        assert_eq!(
+            report.summary()[0],
+            "this database was restored from a backup (b up to 70, this database up to 50): it continues under a new epoch (stream 0000000000000099)"
+        );
+        assert_eq!(report.epochs(), 1);
     }
 
     #[test]

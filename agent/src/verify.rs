@@ -44,6 +44,14 @@ use canon::{canon_cloud, cloud_expr, fnv, kind_of, Column, Kind};
 pub use scan::BUCKET_ROWS;
 use scan::{edge_columns, EdgeScan, ScanCursor};
 
+/// Whether the cloud's version of a row that differs from the edge's is the
+/// newer one: then the edge holds an older state (another device wrote
+/// later, or this database was restored from a backup) and the row is no
+/// difference. Equal versions with other content are.
+fn cloud_holds_newer(edge: Option<&i64>, cloud: Option<&i64>) -> bool {
+    matches!((edge, cloud), (Some(e), Some(c)) if c > e)
+}
+
 /// The cloud column that holds the edge stream of a row.
 const STREAM_COLUMN: &str = "sluice_stream";
 
@@ -228,6 +236,12 @@ pub async fn run(cfg: &Config, opts: &VerifyOptions) -> anyhow::Result<ExitCode>
             .collect();
         let mut exprs: Vec<String> = keys.iter().map(cloud_expr).collect();
         exprs.extend(columns.iter().map(cloud_expr));
+        // The cloud row's version, to tell a row the cloud holds newer.
+        exprs.push(if has_version {
+            "t.sluice_version".to_owned()
+        } else {
+            "NULL::bigint".to_owned()
+        });
         let stream = if by_stream {
             format!(
                 " AND t.{STREAM_COLUMN} = ANY(${}::bigint[])",
@@ -246,6 +260,11 @@ pub async fn run(cfg: &Config, opts: &VerifyOptions) -> anyhow::Result<ExitCode>
     };
 
     let mut findings = Findings::default();
+    // Rows the cloud holds at a higher version than the edge: another
+    // device's later write, or what this database sent before it was
+    // restored from a backup (a restore does not revert the cloud). The
+    // edge's older content is no difference to report.
+    let mut newer_in_cloud = 0u64;
     let (mut compared, mut pending, mut buckets, mut bad_buckets) = (0u64, 0u64, 0u64, 0u64);
     let mut edge_keys: BTreeSet<String> = BTreeSet::new();
     let mut last = None;
@@ -259,9 +278,11 @@ pub async fn run(cfg: &Config, opts: &VerifyOptions) -> anyhow::Result<ExitCode>
         edge_keys.extend(bucket.keys);
         pending += bucket.pending;
         let edge_rows = bucket.rows;
+        let edge_versions = bucket.versions;
         buckets += 1;
         compared += edge_rows.len() as u64;
         let mut cloud_rows: BTreeMap<String, String> = BTreeMap::new();
+        let mut cloud_versions: BTreeMap<String, i64> = BTreeMap::new();
         if !edge_rows.is_empty() {
             let mut bind: Vec<&(dyn ToSql + Sync)> = bucket
                 .key_params
@@ -286,10 +307,14 @@ pub async fn run(cfg: &Config, opts: &VerifyOptions) -> anyhow::Result<ExitCode>
                 // of its streams (a restored box reused it in a new epoch):
                 // the one holding the edge's content is its row.
                 let (key, values) = (key.join("|"), values.join("|"));
+                let version: Option<i64> = r.get(keys.len() + columns.len());
                 let keep_existing = cloud_rows
                     .get(&key)
                     .is_some_and(|held| edge_rows.get(&key) == Some(held));
                 if !keep_existing {
+                    if let Some(v) = version {
+                        cloud_versions.insert(key.clone(), v);
+                    }
                     cloud_rows.insert(key, values);
                 }
             }
@@ -311,9 +336,15 @@ pub async fn run(cfg: &Config, opts: &VerifyOptions) -> anyhow::Result<ExitCode>
         for (k, v) in &edge_rows {
             match cloud_rows.get(k) {
                 None => findings.missing.push(format!("{k}: {v}")),
-                Some(c) if c != v => findings
-                    .different
-                    .push(format!("{k}:\n      edge:  {v}\n      cloud: {c}")),
+                Some(c) if c != v => {
+                    if cloud_holds_newer(edge_versions.get(k), cloud_versions.get(k)) {
+                        newer_in_cloud += 1;
+                    } else {
+                        findings
+                            .different
+                            .push(format!("{k}:\n      edge:  {v}\n      cloud: {c}"));
+                    }
+                }
                 Some(_) => {}
             }
         }
@@ -408,6 +439,11 @@ pub async fn run(cfg: &Config, opts: &VerifyOptions) -> anyhow::Result<ExitCode>
          {pending} pending rows not compared, {cleaned} cloud rows no longer at the edge (cleaned up after acknowledgement)",
         unit
     );
+    if newer_in_cloud > 0 {
+        println!(
+            "  {newer_in_cloud} rows are newer in the cloud (a higher version: written by another device, or sent before this database was restored from a backup)"
+        );
+    }
     if earlier > 0 {
         println!(
             "  {earlier} cloud rows of earlier epochs of this database are not at the edge (sent before it was restored from a backup, or by the original of a copy)"
@@ -442,6 +478,15 @@ pub async fn run(cfg: &Config, opts: &VerifyOptions) -> anyhow::Result<ExitCode>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_row_the_cloud_holds_at_a_higher_version_is_no_difference() {
+        assert!(cloud_holds_newer(Some(&43), Some(&70)));
+        assert!(!cloud_holds_newer(Some(&70), Some(&70)));
+        assert!(!cloud_holds_newer(Some(&71), Some(&70)));
+        assert!(!cloud_holds_newer(None, Some(&70)));
+        assert!(!cloud_holds_newer(Some(&1), None));
+    }
 
     #[test]
     fn rows_of_earlier_epochs_are_no_difference() {

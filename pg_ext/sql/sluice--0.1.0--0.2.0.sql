@@ -41,6 +41,18 @@ SET search_path TO pg_catalog, pg_temp
 LANGUAGE c
 AS 'MODULE_PATHNAME', 'device_streams_wrapper';
 
+CREATE FUNCTION sluice."stream_high_water"(
+	"device_id" TEXT,
+	"stream_id" bigint
+) RETURNS TABLE (
+	"edge_table" TEXT,
+	"last_seq" bigint
+)
+STRICT STABLE SECURITY DEFINER PARALLEL RESTRICTED
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'stream_high_water_wrapper';
+
 -- Zoneless timestamp text is read in the batch's zone (UTC when it has
 -- none); the caller's TimeZone is put back when the call ends.
 ALTER FUNCTION sluice.ingest(bytea) SET "TimeZone" TO 'UTC';

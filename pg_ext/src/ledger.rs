@@ -144,35 +144,82 @@ pub type StreamRow = (
 /// How long a stream counts as live after its last batch.
 pub const LIVE_WINDOW: &str = "15 minutes";
 
+/// Refuses (42501) a caller that may not read what `table` holds of
+/// `device_id`: a device role may read its own device's only; a role that
+/// may read `table` (its owner, a superuser) any device's.
+fn check_device_reader(
+    client: &mut SpiClient<'_>,
+    function: &str,
+    table: &str,
+    device_id: &str,
+) -> Result<()> {
+    let caller = tenancy::caller(client)?;
+    let readable = run_cached(
+        client,
+        "SELECT pg_catalog.has_table_privilege($1, $2, 'SELECT')",
+        &[PgBuiltInOids::OIDOID, PgBuiltInOids::TEXTOID],
+        &[caller.role_oid.into(), table.into()],
+    )?
+    .first()
+    .get_one::<bool>()?
+    .unwrap_or(false);
+    let own = caller.device.as_ref().and_then(|d| d.device_id.as_deref());
+    if !readable && own != Some(device_id) {
+        let why = match own {
+            Some(own) => format!("may read the streams of device '{own}' only"),
+            None => format!("is not bound to a device id (sluice.grant_device with device_id) and may not read {table}"),
+        };
+        return Err(SluiceError::new(
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            format!(
+                "{function}: role \"{}\" {why}, not those of '{device_id}'",
+                caller.role
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// `sluice.stream_high_water(device_id, stream_id)`: per edge table, the
+/// largest sequence number the ledger holds of the stream (the last batch
+/// applied). An edge database whose own high water is below it went back in
+/// time: it was restored from a backup. One index probe per registered
+/// table. The same reading rule as [`device_streams`].
+pub fn stream_high_water(device_id: &str, stream_id: i64) -> Result<Vec<(String, i64)>> {
+    Spi::connect_mut(|client| {
+        check_device_reader(
+            client,
+            "sluice.stream_high_water",
+            "sluice.batches",
+            device_id,
+        )?;
+        let mut out = Vec::new();
+        for row in run_cached(
+            client,
+            "SELECT t.edge_table, b.last_seq FROM sluice.tables AS t
+             CROSS JOIN LATERAL (
+                 SELECT b.last_seq FROM sluice.batches AS b
+                 WHERE b.device_id = $1 AND b.stream_id = $2 AND b.edge_table = t.edge_table
+                 ORDER BY b.base_seq DESC, b.last_seq DESC LIMIT 1) AS b
+             ORDER BY t.edge_table",
+            &[PgBuiltInOids::TEXTOID, PgBuiltInOids::INT8OID],
+            &[device_id.into(), stream_id.into()],
+        )? {
+            out.push((
+                row.get::<String>(1)?.unwrap_or_default(),
+                row.get::<i64>(2)?.unwrap_or_default(),
+            ));
+        }
+        Ok(out)
+    })
+}
+
 /// `sluice.device_streams(device_id)`: the streams of a device, oldest first.
 /// A device role may read its own device's only; a role that may read
 /// `sluice.streams` (its owner, a superuser) any device's.
 pub fn device_streams(device_id: &str) -> Result<Vec<StreamRow>> {
     Spi::connect_mut(|client| {
-        let caller = tenancy::caller(client)?;
-        let readable = run_cached(
-            client,
-            "SELECT pg_catalog.has_table_privilege($1, 'sluice.streams', 'SELECT')",
-            &[PgBuiltInOids::OIDOID],
-            &[caller.role_oid.into()],
-        )?
-        .first()
-        .get_one::<bool>()?
-        .unwrap_or(false);
-        let own = caller.device.as_ref().and_then(|d| d.device_id.as_deref());
-        if !readable && own != Some(device_id) {
-            let why = match own {
-                Some(own) => format!("may read the streams of device '{own}' only"),
-                None => "is not bound to a device id (sluice.grant_device with device_id) and may not read sluice.streams".to_owned(),
-            };
-            return Err(SluiceError::new(
-                PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
-                format!(
-                    "sluice.device_streams: role \"{}\" {why}, not those of '{device_id}'",
-                    caller.role
-                ),
-            ));
-        }
+        check_device_reader(client, "sluice.device_streams", "sluice.streams", device_id)?;
         let mut out = Vec::new();
         for row in run_cached(
             client,

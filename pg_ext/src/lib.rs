@@ -248,6 +248,24 @@ fn device_streams(
     }
 }
 
+/// `sluice.stream_high_water(device_id, stream_id)`: per edge table, the
+/// largest sequence number the ledger holds of the stream. The agent
+/// compares it with the edge database's own (`sluice_tracked`'s
+/// `high_water`): below it, the database was restored from a backup, and it
+/// begins a new epoch before it sends anything. Runs as the extension's
+/// owner; the reading rule of `sluice.device_streams`.
+#[pg_extern(stable, parallel_restricted, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn stream_high_water(
+    device_id: &str,
+    stream_id: i64,
+) -> TableIterator<'static, (name!(edge_table, String), name!(last_seq, i64))> {
+    match ledger::stream_high_water(device_id, stream_id) {
+        Ok(rows) => TableIterator::new(rows),
+        Err(e) => e.raise("stream_high_water"),
+    }
+}
+
 extension_sql_file!(
     "sql/tenancy.sql",
     name = "tenancy",

@@ -1963,6 +1963,39 @@ mod tests {
             count("SELECT count(*) FROM sluice.device_streams('box-1')"),
             1
         );
+        // The ledger's high water of a stream, by the same rule.
+        assert_eq!(
+            ingest(&counts_batch(11, None, &[(2, 20), (3, 30)], None)),
+            (2, 0, 0, false)
+        );
+        assert_eq!(
+            text(
+                "SELECT string_agg(edge_table || '=' || last_seq, ' ')
+                 FROM sluice.stream_high_water('box-1', 11)"
+            ),
+            "counts=3"
+        );
+        assert_eq!(
+            count("SELECT count(*) FROM sluice.stream_high_water('box-1', 99)"),
+            0
+        );
+        let high_water_as = |role: &str, device: &str| {
+            Spi::run(&format!("SET ROLE {role}")).unwrap();
+            let r = Spi::get_one_with_args::<String>(
+                "SELECT public.try_sql(format('SELECT max(last_seq) FROM sluice.stream_high_water(%L, 11)', $1::text))",
+                &[device.into()],
+            )
+            .unwrap()
+            .unwrap();
+            Spi::run("RESET ROLE").unwrap();
+            r
+        };
+        assert_eq!(high_water_as("box_one", "box-1"), "ok 3");
+        assert_eq!(
+            high_water_as("box_one", "box-2"),
+            "42501: sluice.stream_high_water: role \"box_one\" may read the streams of device 'box-1' only, not those of 'box-2'"
+        );
+        assert!(high_water_as("nosy", "box-1").starts_with("42501: "));
     }
 
     #[pg_test(

@@ -170,9 +170,55 @@ fn cloud_rows(c: &mut postgres::Client) -> Vec<((String, String), String)> {
 #[derive(Default)]
 struct Model {
     versions: BTreeMap<(String, String), Vec<String>>,
+    /// The history as it was when the edge database was backed up.
+    at_backup: Option<BTreeMap<(String, String), Vec<String>>>,
+    /// Rows of mutable tables at the last restore: (edge value, cloud value).
+    /// A restore never reverts the cloud: while the edge keeps the restored
+    /// value, the cloud may keep the newer one it had (docs/sync-protocol.md,
+    /// "Epochs").
+    restored: BTreeMap<(String, String), (String, Option<String>)>,
 }
 
 impl Model {
+    fn backup(&mut self) {
+        self.at_backup = Some(self.versions.clone());
+    }
+
+    /// The edge database was put back to the backup: what it held only in
+    /// between and never sent is gone for good (no system could deliver
+    /// it), and every row's value at the edge and in the cloud is noted.
+    fn restore(&mut self, edge: &rusqlite::Connection, cloud: &[((String, String), String)]) {
+        let mut in_cloud: HashMap<&(String, String), Vec<&String>> = HashMap::new();
+        for (k, line) in cloud {
+            in_cloud.entry(k).or_default().push(line);
+        }
+        let at_backup = self.at_backup.clone().unwrap_or_default();
+        self.versions.retain(|k, versions| {
+            let kept = at_backup.get(k).map_or(0, Vec::len).min(versions.len());
+            let sent = in_cloud.get(k).cloned().unwrap_or_default();
+            let mut i = kept;
+            while i < versions.len() {
+                if sent.contains(&&versions[i]) {
+                    i += 1;
+                } else {
+                    versions.remove(i);
+                }
+            }
+            !versions.is_empty()
+        });
+        self.observe(edge);
+        self.restored.clear();
+        for (k, line) in edge_rows(edge) {
+            if k.0 != "division_states" {
+                let cloud_line = in_cloud
+                    .get(&k)
+                    .and_then(|v| v.first())
+                    .map(|l| (*l).clone());
+                self.restored.insert(k, (line, cloud_line));
+            }
+        }
+    }
+
     fn observe(&mut self, edge: &rusqlite::Connection) {
         for (k, line) in edge_rows(edge) {
             let v = self.versions.entry(k).or_default();
@@ -212,6 +258,11 @@ fn compare(model: &Model, cloud: &[((String, String), String)], report: &mut Vec
                 report.push(format!("lost {k:?}: {latest}"));
             }
             Some(got) if *got == latest => {}
+            // Unchanged at the edge since a restore: the cloud keeps what it had.
+            Some(got)
+                if model.restored.get(k).is_some_and(|(edge, cloud)| {
+                    edge == latest && cloud.as_ref() == Some(*got)
+                }) => {}
             Some(got) if versions.contains(got) => {
                 t.reverted += 1;
                 report.push(format!("reverted {k:?}: cloud {got}, latest {latest}"));
@@ -408,6 +459,7 @@ fn run_trial(server: &OwnServer, trial: u64, seed: u64) -> (Tally, Vec<String>, 
         if !backed_up && rng.chance(30) {
             edge.execute("VACUUM INTO ?1", [backup_path.to_str().unwrap()])
                 .unwrap();
+            model.backup();
             backed_up = true;
             log.push("Backup".to_owned());
         } else if backed_up && rng.chance(30) {
@@ -417,7 +469,8 @@ fn run_trial(server: &OwnServer, trial: u64, seed: u64) -> (Tally, Vec<String>, 
             }
             std::fs::copy(&backup_path, &edge_path).unwrap();
             edge = edge_db(&edge_path, false);
-            model.observe(&edge);
+            let mut c = postgres::Client::connect(&direct, postgres::NoTls).unwrap();
+            model.restore(&edge, &cloud_rows(&mut c));
             log.push("Restore".to_owned());
         }
         for _ in 0..rng.range(1, 3) {

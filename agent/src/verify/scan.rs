@@ -81,6 +81,8 @@ pub struct Bucket {
     pub read: usize,
     /// Key -> canonical row, for the acknowledged rows.
     pub rows: BTreeMap<String, String>,
+    /// Key -> the row's sequence number (its version), for the same rows.
+    pub versions: BTreeMap<String, i64>,
     /// Per key column, the raw edge text of each acknowledged row's key
     /// (timestamps as written), for the cloud to cast.
     pub key_params: Vec<Vec<String>>,
@@ -207,6 +209,9 @@ impl EdgeScan {
                     None => self.device.clone(),
                 };
                 out.key_params[i].push(raw);
+            }
+            if let Some(v) = version {
+                out.versions.insert(key.clone(), v);
             }
             out.rows.insert(key, values.join("|"));
         }
