@@ -324,6 +324,63 @@ async fn cloud_view(cfg: &Config, identity: Option<&Identity>) -> CloudView {
     }
 }
 
+/// A time further ahead than this is "in the future": the edge clock was
+/// ahead when it was recorded, or is behind now.
+const FUTURE_TOLERANCE_MS: i64 = 60_000;
+
+/// When a table was last acknowledged, as `status` prints it: `5m ago`, or
+/// `in the future (+2y ...)` when it lies ahead of the clock.
+fn ack_age(now_ms: i64, ms: i64) -> String {
+    if ms > now_ms.saturating_add(FUTURE_TOLERANCE_MS) {
+        format!(
+            "in the future (+{})",
+            human_duration((ms.saturating_sub(now_ms) / 1000) as f64)
+        )
+    } else {
+        format!(
+            "{} ago",
+            human_duration((now_ms.saturating_sub(ms).max(0) / 1000) as f64)
+        )
+    }
+}
+
+/// Warnings about times from the future (issue 12, a clock that jumped):
+/// acknowledgements recorded ahead of the clock, and tables whose oldest
+/// pending row is stamped ahead of it (`sluice_status`'s
+/// `oldest_pending_age_secs` below zero).
+fn future_time_warnings(
+    now_ms: i64,
+    acks: &[(&str, Option<i64>)],
+    extension_status: &[serde_json::Value],
+) -> Vec<String> {
+    let mut out = Vec::new();
+    let ahead: Vec<&str> = acks
+        .iter()
+        .filter(|(_, ms)| ms.is_some_and(|ms| ms > now_ms.saturating_add(FUTURE_TOLERANCE_MS)))
+        .map(|(t, _)| *t)
+        .collect();
+    if !ahead.is_empty() {
+        out.push(format!(
+            "the last acknowledgement of {} lies in the future: the edge clock was ahead then, or is behind now (cleanup counts such times from now)",
+            ahead.join(", ")
+        ));
+    }
+    for row in extension_status {
+        let age = row
+            .get("oldest_pending_age_secs")
+            .and_then(serde_json::Value::as_f64);
+        if let (Some(age), Some(table)) = (age, row.get("table").and_then(|t| t.as_str())) {
+            if age < -(FUTURE_TOLERANCE_MS as f64 / 1000.0) {
+                out.push(format!(
+                    "the oldest pending row of {table} is stamped {} in the future: check the clock of the box and of the pipeline that writes it",
+                    human_duration(-age)
+                ));
+            }
+        }
+    }
+    out
+}
+
 fn human_duration(secs: f64) -> String {
     let s = secs.round() as i64;
     match s {
@@ -415,13 +472,24 @@ pub fn print(status: &Status) {
     );
     for s in &status.tables {
         let last = match s.last_ack_ms {
-            Some(ms) => format!("{} ago", human_duration(((now - ms).max(0) / 1000) as f64)),
+            Some(ms) => ack_age(now, ms),
             None => "never".into(),
         };
         println!(
             "{:<24} {:>12} {:>10} {:>12}  {last}",
             s.table, s.pending_rows, s.acked_batches, s.acked_rows
         );
+    }
+    for line in future_time_warnings(
+        now,
+        &status
+            .tables
+            .iter()
+            .map(|t| (t.table.as_str(), t.last_ack_ms))
+            .collect::<Vec<_>>(),
+        &status.extension_status,
+    ) {
+        println!("WARNING: {line}");
     }
     println!();
     match &status.last_sync {
@@ -495,6 +563,36 @@ mod tests {
     use super::*;
 
     use crate::edge::Epoch;
+
+    #[test]
+    fn times_from_the_future_are_flagged_not_shown_as_0s_ago() {
+        let now = 1_800_000_000_000;
+        assert_eq!(ack_age(now, now - 300_000), "5m ago");
+        assert_eq!(ack_age(now, now + 30_000), "0s ago");
+        assert!(ack_age(now, now + 2 * 365 * 86_400_000).starts_with("in the future (+"));
+        let status = [
+            serde_json::json!({"table": "metrics", "oldest_pending_age_secs": -86400.0}),
+            serde_json::json!({"table": "health", "oldest_pending_age_secs": 30.0}),
+        ];
+        let w = future_time_warnings(
+            now,
+            &[
+                ("metrics", Some(now + 3_600_000)),
+                ("cameras", Some(now - 5)),
+            ],
+            &status,
+        );
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert!(
+            w[0].starts_with("the last acknowledgement of metrics lies in the future"),
+            "{w:?}"
+        );
+        assert!(
+            w[1].starts_with("the oldest pending row of metrics is stamped"),
+            "{w:?}"
+        );
+        assert!(future_time_warnings(now, &[("a", Some(now))], &status[1..]).is_empty());
+    }
 
     fn epoch(stream_id: i64, parent: Option<i64>, started_at: &str, reason: &str) -> Epoch {
         Epoch {
