@@ -130,7 +130,7 @@ pub fn bench_insert(c: &mut Client, table: &str, rows: &[Row]) -> Duration {
             );
         }
         sql.push_str(
-            " ON CONFLICT (location_id, sluice_device, id) DO UPDATE SET \
+            " ON CONFLICT (location_id, sluice_device, sluice_stream, id) DO UPDATE SET \
              session_id = EXCLUDED.session_id, camera_id = EXCLUDED.camera_id, \
              frame_number = EXCLUDED.frame_number, video_ts = EXCLUDED.video_ts, \
              recorded_at = EXCLUDED.recorded_at, state = EXCLUDED.state, \

@@ -133,12 +133,15 @@ fn main() {
         assert!(l.len() == k);
         (k, d)
     };
-    // The same rows in batches of another identity (an edge database
-    // restored from a backup, a batch cut again): new to the ledger, so
-    // applied, but every key exists: the upsert path, every row skipped.
+    // The same rows in batches of another identity (cut again after lost
+    // acknowledgements, with other boundaries: half a batch later) of the
+    // same stream: new to the ledger, so applied, but every key exists: the
+    // upsert path, every row skipped (and the fork check, which finds the
+    // same content).
     let (upsert_n, upsert) = {
-        let k = batches.len().min(200);
-        let again = self::batches(&rows[..k * BATCH_ROWS], 0x5eed_0000_0000_0002);
+        let k = batches.len().saturating_sub(1).min(200);
+        let half = BATCH_ROWS / 2;
+        let again = self::batches(&rows[half..half + k * BATCH_ROWS], 0x5eed_0000_0000_0001);
         let (d, _) = bench_ingest(&mut c, &again);
         (k, d)
     };
