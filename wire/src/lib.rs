@@ -5,7 +5,8 @@
 //! acknowledge), so the two ends can never disagree about the format.
 //!
 //! - [`batch`]: the data model ([`Batch`], [`BatchHeader`], [`Column`],
-//!   [`Value`]) and [`encode`] / [`decode`] / [`decode_header`].
+//!   [`Value`]) and [`encode`] (or [`encode_with_deletes`]) / [`decode`] /
+//!   [`decode_header`].
 //! - [`codec`]: the low-level readers and writers (varints, strings) that
 //!   never panic and never allocate more than the input can justify.
 //! - [`error`]: [`WireError`], whose messages say what is wrong and where.
@@ -24,9 +25,9 @@ pub mod names;
 pub mod sketch;
 
 pub use batch::{
-    column_fingerprint, content_digest, decode, decode_header, encode, Batch, BatchHeader, BatchId,
-    Column, ColumnType, EncodeOptions, Fork, Origin, Value, FORMAT_VERSION, MAGIC, MAX_BODY_BYTES,
-    MAX_COLUMNS, MAX_ZONE_BYTES, OLDEST_READABLE_VERSION,
+    column_fingerprint, content_digest, decode, decode_header, encode, encode_with_deletes, Batch,
+    BatchHeader, BatchId, Column, ColumnType, EncodeOptions, Fork, Origin, Value, FORMAT_VERSION,
+    MAGIC, MAX_BODY_BYTES, MAX_COLUMNS, MAX_ZONE_BYTES, OLDEST_READABLE_VERSION,
 };
 pub use error::WireError;
 pub use names::{check_device_id, quote_ident, DrainOrder, MAX_DEVICE_ID_CHARS};

@@ -28,6 +28,7 @@ fn batch(columns: &[(&str, ColumnType)], rows: Vec<Vec<Value>>) -> Batch {
             columns,
         },
         versions: (1..=rows.len() as i64).collect(),
+        deleted: Vec::new(),
         columns: by_column,
         checksum: 0,
     }

@@ -9,13 +9,30 @@ use crate::error::WireError;
 
 use super::model::{BatchHeader, Value};
 
-pub(super) fn encode_body(base_seq: i64, versions: &[i64], columns: &[Vec<Value>]) -> Vec<u8> {
+/// Row operation byte of a row that is written (inserted or updated).
+pub(super) const OP_UPSERT: u8 = 0;
+/// Row operation byte of a row that was deleted (a tombstone).
+pub(super) const OP_DELETE: u8 = 1;
+
+/// The body of `versions` and `columns`; with `deleted` non-empty (one flag
+/// per row), the row operations follow the versions.
+pub(super) fn encode_body(
+    base_seq: i64,
+    versions: &[i64],
+    deleted: &[bool],
+    columns: &[Vec<Value>],
+) -> Vec<u8> {
     let mut body = Vec::with_capacity(versions.len() * (2 + 4 * columns.len()));
     let mut prev = base_seq;
     for &v in versions {
         codec::put_zigzag(&mut body, v.wrapping_sub(prev));
         prev = v;
     }
+    body.extend(
+        deleted
+            .iter()
+            .map(|&d| if d { OP_DELETE } else { OP_UPSERT }),
+    );
     for col in columns {
         body.extend(col.iter().map(Value::tag));
         let mut prev_int: i64 = 0;
@@ -80,11 +97,17 @@ pub(super) fn decimal(f: f64) -> Option<(i64, u8)> {
     None
 }
 
+/// The rows of a body: versions, delete flags (empty when no row is a
+/// delete) and the values by column.
+pub(super) type Rows = (Vec<i64>, Vec<bool>, Vec<Vec<Value>>);
+
+/// Decodes a body; `ops`: it carries the row operations (frame flag bit 2).
 pub(super) fn decode_body(
     header: &BatchHeader,
     body: &[u8],
     compact: bool,
-) -> Result<(Vec<i64>, Vec<Vec<Value>>), WireError> {
+    ops: bool,
+) -> Result<Rows, WireError> {
     let rows = header.row_count as usize;
     // Every row costs at least one byte of versions, so a row count larger
     // than the body is a lie: refuse it before allocating for it.
@@ -107,6 +130,25 @@ pub(super) fn decode_body(
         }
         versions.push(v);
         prev = v;
+    }
+    let mut deleted = Vec::new();
+    if ops {
+        let bytes = r.take(rows, "row operations")?;
+        deleted.reserve(rows);
+        for (row, &op) in bytes.iter().enumerate() {
+            deleted.push(match op {
+                OP_UPSERT => false,
+                OP_DELETE => true,
+                op => {
+                    return Err(WireError::malformed(format!(
+                        "row {row}: unknown row operation {op}"
+                    )))
+                }
+            });
+        }
+        if !deleted.contains(&true) {
+            deleted.clear();
+        }
     }
     let mut columns = Vec::with_capacity(header.columns.len());
     for col in &header.columns {
@@ -181,5 +223,5 @@ pub(super) fn decode_body(
             r.remaining()
         )));
     }
-    Ok((versions, columns))
+    Ok((versions, deleted, columns))
 }

@@ -34,18 +34,47 @@ const FLAG_BROTLI: u8 = 1;
 /// column. Always written; a body without it (the first v1 writers) is read
 /// with plain reals and text.
 const FLAG_COMPACT_VALUES: u8 = 2;
+/// The body carries one operation byte per row after the versions (0
+/// upsert, 1 delete). Written only when a row is a delete; format version 2
+/// only.
+const FLAG_ROW_OPS: u8 = 4;
 /// magic + version + flags + header_len + raw_len + body_len + crc.
 const MIN_BATCH_BYTES: usize = 3 + 1 + 1 + 4 + 4 + 4 + 4;
 
 /// Encodes `header` (its `row_count` and `fingerprint` are recomputed) with
-/// rows given by column.
+/// rows given by column, every row an upsert.
 pub fn encode(
     header: &BatchHeader,
     versions: &[i64],
     columns: &[Vec<Value>],
     opts: EncodeOptions,
 ) -> Result<Vec<u8>, WireError> {
+    encode_with_deletes(header, versions, &[], columns, opts)
+}
+
+/// [`encode`] with the operation of each row: `deleted[r]` says row `r` is a
+/// delete (a tombstone: its key columns' values, NULL elsewhere). `deleted`
+/// is empty or has one flag per row; without a `true` in it, the batch is
+/// the same as [`encode`]'s.
+pub fn encode_with_deletes(
+    header: &BatchHeader,
+    versions: &[i64],
+    deleted: &[bool],
+    columns: &[Vec<Value>],
+    opts: EncodeOptions,
+) -> Result<Vec<u8>, WireError> {
     let rows = versions.len();
+    if !deleted.is_empty() && deleted.len() != rows {
+        return Err(WireError::invalid(format!(
+            "{} row operations given but there are {rows} rows",
+            deleted.len()
+        )));
+    }
+    let deleted: &[bool] = if deleted.contains(&true) {
+        deleted
+    } else {
+        &[]
+    };
     if columns.len() != header.columns.len() {
         return Err(WireError::invalid(format!(
             "{} columns declared but {} given",
@@ -71,7 +100,7 @@ pub fn encode(
     let row_count =
         u32::try_from(rows).map_err(|_| WireError::invalid(format!("{rows} rows in one batch")))?;
 
-    let body = encode_body(header.base_seq, versions, columns);
+    let body = encode_body(header.base_seq, versions, deleted, columns);
     let head = write_header(header, row_count, content_digest(&body))?;
 
     let raw_len = u32::try_from(body.len())
@@ -83,9 +112,13 @@ pub fn encode(
                 body.len()
             ))
         })?;
+    let ops = if deleted.is_empty() { 0 } else { FLAG_ROW_OPS };
     let (flags, stored) = match opts.brotli_quality {
-        Some(q) => (FLAG_BROTLI | FLAG_COMPACT_VALUES, brotli_compress(&body, q)),
-        None => (FLAG_COMPACT_VALUES, body),
+        Some(q) => (
+            FLAG_BROTLI | FLAG_COMPACT_VALUES | ops,
+            brotli_compress(&body, q),
+        ),
+        None => (FLAG_COMPACT_VALUES | ops, body),
     };
 
     let mut out = Vec::with_capacity(MIN_BATCH_BYTES + head.len() + stored.len());
@@ -150,7 +183,12 @@ fn parse_frame(bytes: &[u8]) -> Result<Frame<'_>, WireError> {
     let mut r = Reader::new(payload);
     r.take(4, "magic")?;
     let flags = r.u8("flags")?;
-    if flags & !(FLAG_BROTLI | FLAG_COMPACT_VALUES) != 0 {
+    let known = if version >= 2 {
+        FLAG_BROTLI | FLAG_COMPACT_VALUES | FLAG_ROW_OPS
+    } else {
+        FLAG_BROTLI | FLAG_COMPACT_VALUES
+    };
+    if flags & !known != 0 {
         return Err(WireError::malformed(format!("unknown flags {flags:#04x}")));
     }
     let header_len = r.u32("header length")? as usize;
@@ -243,10 +281,12 @@ pub fn decode(bytes: &[u8]) -> Result<Batch, WireError> {
         }
     }
     let compact = frame.flags & FLAG_COMPACT_VALUES != 0;
-    let (versions, columns) = decode_body(&frame.header, body, compact)?;
+    let ops = frame.flags & FLAG_ROW_OPS != 0;
+    let (versions, deleted, columns) = decode_body(&frame.header, body, compact, ops)?;
     Ok(Batch {
         header: frame.header,
         versions,
+        deleted,
         columns,
         checksum: frame.checksum,
     })

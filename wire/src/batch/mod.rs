@@ -28,7 +28,8 @@ pub mod header;
 pub mod model;
 
 pub use frame::{
-    decode, decode_header, encode, FORMAT_VERSION, MAGIC, MAX_BODY_BYTES, OLDEST_READABLE_VERSION,
+    decode, decode_header, encode, encode_with_deletes, FORMAT_VERSION, MAGIC, MAX_BODY_BYTES,
+    OLDEST_READABLE_VERSION,
 };
 pub use model::{
     column_fingerprint, content_digest, Batch, BatchHeader, BatchId, Column, ColumnType,

@@ -212,6 +212,9 @@ pub struct Batch {
     /// The version of each row (its sequence number at the edge): what
     /// "last writer wins" compares.
     pub versions: Vec<i64>,
+    /// `deleted[r]`: row `r` is a delete (a tombstone carrying the key
+    /// columns' values, NULL elsewhere). Empty when no row is a delete.
+    pub deleted: Vec<bool>,
     /// `columns[c][r]` is the value of column `c` in row `r`.
     pub columns: Vec<Vec<Value>>,
     /// The CRC-32C stored at the end of the encoded batch.

@@ -495,3 +495,131 @@ fn unknown_versions_and_bad_origins_are_refused() {
         .to_string();
     assert!(e.contains("parent stream is 0"), "{e}");
 }
+
+/// `sample()` with its middle row a delete: the key (`id`) and NULL elsewhere.
+fn with_a_delete() -> (BatchHeader, Vec<i64>, Vec<bool>, Vec<Vec<Value>>) {
+    let (h, v, mut d) = sample();
+    for col in d.iter_mut().skip(1) {
+        col[1] = Value::Null;
+    }
+    (h, v, vec![false, true, false], d)
+}
+
+#[test]
+fn deletes_round_trip_and_set_the_row_operations_flag() {
+    let (h, v, del, d) = with_a_delete();
+    for q in [None, Some(5)] {
+        let opts = EncodeOptions { brotli_quality: q };
+        let bytes = encode_with_deletes(&h, &v, &del, &d, opts).unwrap();
+        assert_eq!(bytes[4] & 4, 4, "flag bit 2");
+        let b = decode(&bytes).unwrap();
+        assert_eq!(b.versions, v);
+        assert_eq!(b.deleted, del);
+        assert_eq!(b.columns, d);
+        // The operations are content: the digest differs from the same rows
+        // as upserts.
+        let upserts = decode(&encode(&h, &v, &d, opts).unwrap()).unwrap();
+        assert_ne!(b.header.digest, upserts.header.digest);
+    }
+}
+
+#[test]
+fn no_delete_means_no_flag_and_the_bytes_of_encode() {
+    let (h, v, d) = sample();
+    let opts = EncodeOptions {
+        brotli_quality: None,
+    };
+    let plain = encode(&h, &v, &d, opts).unwrap();
+    assert_eq!(plain[4] & 4, 0);
+    assert!(decode(&plain).unwrap().deleted.is_empty());
+    for del in [vec![], vec![false; 3]] {
+        let mut with = encode_with_deletes(&h, &v, &del, &d, opts).unwrap();
+        // Only the send time may differ (it does not: same header).
+        with.truncate(plain.len());
+        assert_eq!(with, plain);
+    }
+}
+
+#[test]
+fn hostile_row_operations_are_refused() {
+    let (h, v, del, d) = with_a_delete();
+    let opts = EncodeOptions {
+        brotli_quality: None,
+    };
+    let e = encode_with_deletes(&h, &v, &del[..2], &d, opts)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("2 row operations given but there are 3 rows"),
+        "{e}"
+    );
+
+    let bytes = encode_with_deletes(&h, &v, &del, &d, opts).unwrap();
+    // The operations follow the three one-byte versions at the start of the
+    // body: 13 bytes from the end of the frame's fixed part and header.
+    let header_len = u32::from_le_bytes(bytes[5..9].try_into().unwrap()) as usize;
+    let body_at = 9 + header_len + 8;
+    assert_eq!(&bytes[body_at + 3..body_at + 6], &[0, 1, 0]);
+    // An unknown operation: the digest (checked first) no longer matches.
+    let mut bad = bytes.clone();
+    bad[body_at + 4] = 7;
+    assert!(decode(&resign(bad)).is_err());
+    // A body with the flag cleared has bytes left over (or misreads them):
+    // never a panic, always an error.
+    let mut cleared = bytes.clone();
+    cleared[4] &= !4;
+    assert!(decode(&resign(cleared)).is_err());
+    // Cut right after the versions: the operations are missing.
+    let e = super::body::decode_body(
+        &decode_header(&bytes).unwrap(),
+        &bytes[body_at..body_at + 3],
+        true,
+        true,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("row operations"), "{e}");
+    let e = super::body::decode_body(
+        &decode_header(&bytes).unwrap(),
+        &[2, 2, 6, 0, 9, 0],
+        true,
+        true,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("row 1: unknown row operation 9"), "{e}");
+}
+
+#[test]
+fn version_1_frames_cannot_carry_row_operations() {
+    let (h, v, d) = sample();
+    let mut v1 = as_version_1(&encode(&h, &v, &d, EncodeOptions::default()).unwrap());
+    assert!(decode(&v1).unwrap().deleted.is_empty());
+    v1[4] |= 4;
+    let e = decode(&resign(v1)).unwrap_err().to_string();
+    assert!(e.contains("unknown flags"), "{e}");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn prop_deletes_round_trip((h, v, d) in batch_parts(), seed in any::<u64>(), q in proptest::option::of(0u32..=11)) {
+        let del: Vec<bool> = (0..v.len()).map(|i| (seed >> (i % 64)) & 1 == 1).collect();
+        let bytes = encode_with_deletes(&h, &v, &del, &d, EncodeOptions { brotli_quality: q }).unwrap();
+        let b = decode(&bytes).unwrap();
+        let expect: Vec<bool> = if del.contains(&true) { del } else { vec![] };
+        prop_assert_eq!(&b.deleted, &expect);
+        prop_assert_eq!(&b.versions, &v);
+        prop_assert_eq!(&b.columns, &d);
+    }
+
+    #[test]
+    fn prop_resigned_mutations_of_deletes_never_panic((h, v, d) in batch_parts(), pos in any::<usize>(), byte in any::<u8>()) {
+        let del = vec![true; v.len()];
+        let mut bytes = encode_with_deletes(&h, &v, &del, &d, EncodeOptions { brotli_quality: None }).unwrap();
+        let n = bytes.len() - 4;
+        bytes[pos % n] = byte;
+        let _ = decode(&resign(bytes));
+    }
+}
