@@ -233,6 +233,17 @@ impl Throttle {
     }
 }
 
+/// The throttle's wait after a batch, cut at the run-time limit: a big
+/// batch at a low bandwidth cap asks for a wait longer than the run may
+/// last (a 2 MB row at 10 kB/s, 200 s, against a 10 s `sync.max_run_secs`).
+/// `true` when the run reaches its limit by waiting.
+fn wait_within(wait: Duration, deadline: Option<Instant>, now: Instant) -> (Duration, bool) {
+    match deadline {
+        Some(d) if now + wait >= d => (d.saturating_duration_since(now), true),
+        _ => (wait, false),
+    }
+}
+
 /// `sluice sync`: one run, recorded in the sync log.
 pub async fn run_once(
     cfg: &Config,
@@ -526,8 +537,13 @@ async fn sync_table(
             replay = outcome.replay, "batch applied and acknowledged"
         );
         let wait = throttle.borrow_mut().after_send(bytes as u64);
+        let (wait, at_limit) = wait_within(wait, ctx.limits.deadline, Instant::now());
         if !wait.is_zero() {
             ctx.shutdown.sleep(wait).await;
+        }
+        if at_limit {
+            end = TableEnd::TimeLimit;
+            break;
         }
     }
     if tr.batches > 0 {
@@ -792,6 +808,22 @@ mod tests {
         );
         let mut free = Throttle::new(0);
         assert_eq!(free.after_send(1 << 30), Duration::ZERO);
+    }
+
+    #[test]
+    fn the_throttles_wait_never_runs_past_the_run_time_limit() {
+        let now = Instant::now();
+        let s = Duration::from_secs;
+        // A 200 s wait against a limit 10 s away: 10 s, and the run ends.
+        assert_eq!(wait_within(s(200), Some(now + s(10)), now), (s(10), true));
+        // Within the limit, or without one: the whole wait.
+        assert_eq!(wait_within(s(2), Some(now + s(10)), now), (s(2), false));
+        assert_eq!(wait_within(s(200), None, now), (s(200), false));
+        // Already past it: no wait.
+        assert_eq!(
+            wait_within(s(5), Some(now), now + s(1)),
+            (Duration::ZERO, true)
+        );
     }
 
     fn tracked(table: &str, high_water: Option<i64>) -> crate::edge::Tracked {
