@@ -2,7 +2,7 @@
 //! through a fault proxy (cuts, stalls, mid-batch drops), is SIGKILLed at
 //! random moments, and sees its PostgreSQL restarted during a sync; then a
 //! clean sync. Between syncs the edge database is backed up and later
-//! restored (issue 12). Every row of `division_states`, `key_frames` and `metrics_5m`
+//! restored, and the cloud database's TimeZone is changed (issue 12). Every row of `division_states`, `key_frames` and `metrics_5m`
 //! must then be in the cloud exactly once, at its latest version: the test
 //! keeps a model of every version the edge ever held (rows cleaned up at the
 //! edge included) and classifies each difference as lost, duplicated or
@@ -472,6 +472,15 @@ fn run_trial(server: &OwnServer, trial: u64, seed: u64) -> (Tally, Vec<String>, 
             let mut c = postgres::Client::connect(&direct, postgres::NoTls).unwrap();
             model.restore(&edge, &cloud_rows(&mut c));
             log.push("Restore".to_owned());
+        }
+        // An operator changes the cloud database's zone: new sessions (the
+        // agent's next connection) get it; nothing may move.
+        if rng.chance(15) {
+            let zone = *rng.pick(&["Asia/Shanghai", "America/Los_Angeles", "UTC", "Asia/Kolkata"]);
+            let mut c = postgres::Client::connect(&direct, postgres::NoTls).unwrap();
+            c.batch_execute(&format!("ALTER DATABASE {db} SET timezone = '{zone}'"))
+                .unwrap();
+            log.push(format!("TimeZone {zone}"));
         }
         for _ in 0..rng.range(1, 3) {
             work(&mut rng, &edge, &mut w, &mut model, seed);
