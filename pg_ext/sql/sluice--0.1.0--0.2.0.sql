@@ -1,5 +1,5 @@
 -- sluice 0.1.0 -> 0.2.0: restored and copied edge databases, shared device
--- ids, zones (issue 12). Run by ALTER EXTENSION sluice UPDATE. The library
+-- ids, zones, deletes (issue 12). Run by ALTER EXTENSION sluice UPDATE. The library
 -- (sluice.so) is replaced by the installation; every function of 0.1.0 keeps
 -- its SQL definition, so only what is new is created here. The result is the
 -- catalog of a fresh 0.2.0 install (tested by tests/sql/upgrade.sql).
@@ -56,3 +56,32 @@ AS 'MODULE_PATHNAME', 'stream_high_water_wrapper';
 -- Zoneless timestamp text is read in the batch's zone (UTC when it has
 -- none); the caller's TimeZone is put back when the call ends.
 ALTER FUNCTION sluice.ingest(bytea) SET "TimeZone" TO 'UTC';
+
+-- Deletes at the edge travel as tombstones: the registration says what they
+-- do here (on_delete), and sluice.tombstones remembers those applied.
+ALTER TABLE sluice.tables ADD COLUMN on_delete text NOT NULL DEFAULT 'delete'
+    CHECK (on_delete IN ('delete', 'mark', 'ignore'));
+
+CREATE TABLE sluice.tombstones (
+    target     regclass,
+    key        text[],
+    version    bigint NOT NULL,
+    device_id  text NOT NULL,
+    deleted_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (target, key)
+);
+SELECT pg_catalog.pg_extension_config_dump('sluice.tombstones', '');
+
+DROP FUNCTION sluice.register_table(text, regclass, text[], text, text);
+CREATE FUNCTION sluice."register_table"(
+	"edge_table" TEXT,
+	"target" regclass,
+	"key_columns" TEXT[],
+	"policy" TEXT DEFAULT 'last_writer_wins',
+	"tenant_column" TEXT DEFAULT NULL,
+	"on_delete" TEXT DEFAULT 'delete'
+) RETURNS void
+VOLATILE PARALLEL UNSAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'register_table_wrapper';
+REVOKE EXECUTE ON FUNCTION sluice.register_table(text, regclass, text[], text, text, text) FROM PUBLIC;

@@ -16,7 +16,7 @@ use sluice_pgsql::plan::{
     bad_time_message, quoted_value, BatchColumns, CatalogColumn, ColumnPlan, PlanError,
     CATALOG_COLUMNS_SQL,
 };
-use sluice_pgsql::sqlgen::{self, StreamColumn};
+use sluice_pgsql::sqlgen::{self, DeleteOptions, OnDelete, StreamColumn};
 use sluice_pgsql::{Param, SqlState};
 use sluice_wire::{decode, decode_header, Batch, BatchId};
 
@@ -92,12 +92,38 @@ pub fn ingest(bytes: &[u8]) -> Result<Outcome> {
         tenancy::check_rows(client, &caller, &batch, &id, &reg)?;
         let plan = plan_columns(client, &batch, &id, &reg)?;
 
-        // 4. One upsert (and, when it skipped rows, the fork check).
-        let (inserted, updated) = if batch.versions.is_empty() {
+        // 4. The deletes (tombstones), then one upsert of the other rows
+        // (and, when it skipped rows, the fork check), in version order by
+        // the policy: a row older than a tombstone of its key is left out.
+        let (ups, dels) = split_deletes(batch);
+        let mut removed = 0;
+        let mut deletes = DeleteOptions::default();
+        if reg.on_delete.applies(reg.policy) {
+            if let Some(dels) = &dels {
+                removed = apply_tombstones(client, dels, &reg, &plan, &id)?;
+            }
+            // Only a target that has tombstones pays for looking at them.
+            let has = run_cached(
+                client,
+                sqlgen::HAS_TOMBSTONES_SQL,
+                &[PgBuiltInOids::OIDOID],
+                &[reg.target.into()],
+            )?
+            .first()
+            .get_one::<bool>()?
+            .unwrap_or(false);
+            deletes = DeleteOptions {
+                tombstones_of: has.then(|| reg.target.to_u32()),
+                clear_mark: reg.on_delete == OnDelete::Mark,
+            };
+        }
+        let (inserted, updated) = if ups.versions.is_empty() {
             (0, 0)
         } else {
-            apply(client, &batch, &id, &reg, &plan)?
+            apply(client, &ups, &id, &reg, &plan, deletes)?
         };
+        // A tombstone that deleted (or marked) a row counts as an update.
+        let updated = updated + removed;
         let skipped = row_count - inserted - updated;
 
         // 5. Ledger counts, device and stream statistics, in one statement.
@@ -181,6 +207,7 @@ fn apply(
     id: &BatchId,
     reg: &Registration,
     plan: &ColumnPlan,
+    deletes: DeleteOptions,
 ) -> Result<(i64, i64)> {
     let params = plan.params(batch).map_err(|e| plan_error(&e, id, reg))?;
     let device = batch.header.device_id.as_str();
@@ -206,7 +233,7 @@ fn apply(
                 )
                 .into()],
         )?;
-        if shape.distinct && fork.is_none() {
+        if shape.distinct && fork.is_none() && deletes.tombstones_of.is_none() {
             let sql = sqlgen::probe_sql(
                 &reg.target_sql,
                 &plan.columns,
@@ -281,7 +308,7 @@ fn apply(
         return Ok((rows, 0));
     }
     let dedup = !shape.as_ref().is_some_and(|s| s.distinct);
-    let sql = sqlgen::upsert_sql(
+    let sql = sqlgen::upsert_sql_with(
         &reg.target_sql,
         &plan.columns,
         &arrays,
@@ -290,6 +317,7 @@ fn apply(
         reg.policy,
         dedup,
         fork.is_some(),
+        deletes,
     );
     // The fork check takes the upsert's parameters, without the fork's.
     let check_len = args.len();
@@ -341,6 +369,105 @@ fn apply(
         }
     }
     Ok((inserted, updated))
+}
+
+/// The batch's rows that are written and, when it has any, those that are
+/// deletes (tombstones), as two batches with the header of the first.
+fn split_deletes(batch: Batch) -> (Batch, Option<Batch>) {
+    if !batch.deleted.contains(&true) {
+        return (batch, None);
+    }
+    let pick = |want: bool| Batch {
+        header: batch.header.clone(),
+        versions: batch
+            .versions
+            .iter()
+            .zip(&batch.deleted)
+            .filter(|(_, d)| **d == want)
+            .map(|(v, _)| *v)
+            .collect(),
+        deleted: Vec::new(),
+        columns: batch
+            .columns
+            .iter()
+            .map(|col| {
+                col.iter()
+                    .zip(&batch.deleted)
+                    .filter(|(_, d)| **d == want)
+                    .map(|(v, _)| v.clone())
+                    .collect()
+            })
+            .collect(),
+        checksum: batch.checksum,
+    };
+    let (ups, dels) = (pick(false), pick(true));
+    (ups, Some(dels))
+}
+
+/// Applies the tombstones `dels` (a batch of only deletes) to the target as
+/// its registration says ([`sqlgen::tombstones_sql`]); returns the number
+/// of rows deleted or marked.
+fn apply_tombstones(
+    client: &mut SpiClient<'_>,
+    dels: &Batch,
+    reg: &Registration,
+    plan: &ColumnPlan,
+    id: &BatchId,
+) -> Result<i64> {
+    let params = plan.params(dels).map_err(|e| plan_error(&e, id, reg))?;
+    let bk = plan.bookkeeping();
+    let arrays: Vec<&str> = params.iter().map(Param::array_type).collect();
+    let (mut types, mut args) = row_args(params)?;
+    types.push(PgBuiltInOids::INT8ARRAYOID);
+    args.push(dels.versions.clone().into());
+    types.push(PgBuiltInOids::TEXTOID);
+    args.push(dels.header.device_id.as_str().into());
+    if bk.stream != StreamColumn::None {
+        types.push(PgBuiltInOids::INT8OID);
+        args.push((dels.header.stream_id as i64).into());
+    }
+    let sql = sqlgen::tombstones_sql(
+        &reg.target_sql,
+        reg.target.to_u32(),
+        &plan.columns,
+        &arrays,
+        &plan.keys,
+        bk,
+        reg.on_delete,
+    );
+    Ok(run_cached(client, &sql, &types, &args)?
+        .first()
+        .get_one::<i64>()?
+        .unwrap_or(0))
+}
+
+/// The column arrays of a batch as SPI arguments, with their types.
+fn row_args(
+    params: Vec<Param>,
+) -> Result<(Vec<PgBuiltInOids>, Vec<pgrx::datum::DatumWithOid<'static>>)> {
+    let types: Vec<PgBuiltInOids> = params
+        .iter()
+        .map(|p| match p {
+            Param::Text(_) => PgBuiltInOids::TEXTARRAYOID,
+            Param::Int8(_) => PgBuiltInOids::INT8ARRAYOID,
+            Param::Float8(_) => PgBuiltInOids::FLOAT8ARRAYOID,
+            Param::Timestamptz(_) => PgBuiltInOids::TIMESTAMPTZARRAYOID,
+        })
+        .collect();
+    let mut args = Vec::with_capacity(params.len() + 3);
+    for p in params {
+        args.push(match p {
+            Param::Text(v) => v.into(),
+            Param::Int8(v) => v.into(),
+            Param::Float8(v) => v.into(),
+            Param::Timestamptz(v) => v
+                .into_iter()
+                .map(|t| t.map(timestamptz).transpose())
+                .collect::<Result<Vec<_>>>()?
+                .into(),
+        });
+    }
+    Ok((types, args))
 }
 
 /// Runs the statement that writes the rows. PostgreSQL's time input names a

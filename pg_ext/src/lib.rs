@@ -77,7 +77,9 @@ CREATE TABLE sluice.tables (
     policy        text NOT NULL
                   CHECK (policy IN ('last_writer_wins', 'first_writer_wins', 'insert_only')),
     tenant_column text,
-    registered_at timestamptz DEFAULT now()
+    registered_at timestamptz DEFAULT now(),
+    on_delete     text NOT NULL DEFAULT 'delete'
+                  CHECK (on_delete IN ('delete', 'mark', 'ignore'))
 );
 
 -- The ledger: one row per applied batch identity. A batch whose identity is
@@ -131,6 +133,20 @@ SELECT pg_catalog.pg_extension_config_dump('sluice.tables', '');
 SELECT pg_catalog.pg_extension_config_dump('sluice.batches', '');
 SELECT pg_catalog.pg_extension_config_dump('sluice.devices', '');
 SELECT pg_catalog.pg_extension_config_dump('sluice.streams', '');
+
+-- The deletes applied to targets registered with on_delete 'delete' or
+-- 'mark' (one row per target and key: the newest), so that an older write
+-- of the key arriving later does not bring the row back. key: the key
+-- columns' values as text, in the order ingest builds it.
+CREATE TABLE sluice.tombstones (
+    target     regclass,
+    key        text[],
+    version    bigint NOT NULL,
+    device_id  text NOT NULL,
+    deleted_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (target, key)
+);
+SELECT pg_catalog.pg_extension_config_dump('sluice.tombstones', '');
 "#,
     name = "bookkeeping_tables",
     bootstrap
@@ -142,7 +158,7 @@ fn version() -> String {
     format!("v{}", env!("CARGO_PKG_VERSION"))
 }
 
-/// `sluice.register_table(edge_table, target, key_columns, policy, tenant_column)`.
+/// `sluice.register_table(edge_table, target, key_columns, policy, tenant_column, on_delete)`.
 /// Not STRICT (`tenant_column` may be NULL), so every other argument is an
 /// `Option` and a NULL is an ERROR (22004), not a panic.
 ///
@@ -160,7 +176,8 @@ CREATE FUNCTION "register_table"(
 	"target" regclass,
 	"key_columns" TEXT[],
 	"policy" TEXT DEFAULT 'last_writer_wins',
-	"tenant_column" TEXT DEFAULT NULL
+	"tenant_column" TEXT DEFAULT NULL,
+	"on_delete" TEXT DEFAULT 'delete'
 ) RETURNS void
 VOLATILE PARALLEL UNSAFE
 LANGUAGE c
@@ -173,6 +190,7 @@ fn register_table(
     key_columns: Option<Vec<Option<String>>>,
     policy: default!(Option<&str>, "'last_writer_wins'"),
     tenant_column: default!(Option<&str>, "NULL"),
+    on_delete: default!(Option<&str>, "'delete'"),
 ) {
     fn null(what: &str) -> ! {
         error::SluiceError::new(
@@ -183,6 +201,7 @@ fn register_table(
     }
     let edge_table = edge_table.unwrap_or_else(|| null("edge_table"));
     let policy = policy.unwrap_or_else(|| null("policy"));
+    let on_delete = on_delete.unwrap_or_else(|| null("on_delete"));
     let key_columns: Vec<String> = key_columns
         .unwrap_or_else(|| null("key_columns"))
         .into_iter()
@@ -192,7 +211,14 @@ fn register_table(
     // TABLE that adds the bookkeeping columns fail ("being used by active
     // queries"); register() looks the relation up and names a missing one.
     let oid = target.unwrap_or_else(|| null("target"));
-    if let Err(e) = register::register(edge_table, oid, &key_columns, policy, tenant_column) {
+    if let Err(e) = register::register(
+        edge_table,
+        oid,
+        &key_columns,
+        policy,
+        tenant_column,
+        on_delete,
+    ) {
         e.raise("register_table")
     }
 }
@@ -314,7 +340,7 @@ extension_sql!(
 -- Only what a DBA grants: ingest through sluice.grant_device, the rest to
 -- roles that administer sluice.
 REVOKE EXECUTE ON FUNCTION sluice.ingest(bytea) FROM PUBLIC;
-REVOKE EXECUTE ON FUNCTION sluice.register_table(text, regclass, text[], text, text) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION sluice.register_table(text, regclass, text[], text, text, text) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION sluice.grant_device(regrole, text, text) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION sluice.revoke_device(regrole) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION sluice.grant_reader(regrole, text) FROM PUBLIC;

@@ -2156,4 +2156,216 @@ mod tests {
             (1, 0, 0, false)
         );
     }
+
+    // -----------------------------------------------------------------
+    // Deletes and key changes (issue 12, case 3)
+
+    fn camera_columns() -> Vec<Column> {
+        vec![
+            Column::new("location_id", ColumnType::Text),
+            Column::new("camera_id", ColumnType::Text),
+            Column::new("name", ColumnType::Text),
+        ]
+    }
+
+    /// A batch of cameras: `(version, deleted, location, camera, name)`.
+    fn camera_batch(device: &str, rows: &[(i64, bool, &str, &str, Option<&str>)]) -> Vec<u8> {
+        let versions: Vec<i64> = rows.iter().map(|r| r.0).collect();
+        let deleted: Vec<bool> = rows.iter().map(|r| r.1).collect();
+        let base_seq = versions.iter().copied().min().unwrap_or(1) - 1;
+        let last_seq = versions.iter().copied().max().unwrap_or(base_seq);
+        let columns = vec![
+            rows.iter().map(|r| Value::Text(r.2.into())).collect(),
+            rows.iter().map(|r| Value::Text(r.3.into())).collect(),
+            rows.iter()
+                .map(|r| r.4.map_or(Value::Null, |n| Value::Text(n.into())))
+                .collect(),
+        ];
+        let header = BatchHeader {
+            device_id: device.into(),
+            stream_id: 0x1234_5678_9abc,
+            table: "cameras".into(),
+            base_seq,
+            last_seq,
+            row_count: 0,
+            sent_at_ms: 1_700_000_000_000,
+            columns: camera_columns(),
+            fingerprint: 0,
+            digest: None,
+            origin: sluice_wire::Origin::default(),
+        };
+        sluice_wire::encode_with_deletes(
+            &header,
+            &versions,
+            &deleted,
+            &columns,
+            EncodeOptions::default(),
+        )
+        .expect("encodes")
+    }
+
+    fn setup_cameras(on_delete: &str) {
+        Spi::run(
+            "CREATE TABLE public.cameras (location_id text, camera_id text, name text,
+                 sluice_deleted_at timestamptz, PRIMARY KEY (location_id, camera_id))",
+        )
+        .unwrap();
+        Spi::run_with_args(
+            "SELECT sluice.register_table('cameras', 'public.cameras',
+                 ARRAY['location_id', 'camera_id'], on_delete => $1)",
+            &[on_delete.into()],
+        )
+        .unwrap();
+    }
+
+    fn cameras() -> String {
+        text(
+            "SELECT coalesce(string_agg(location_id || '/' || camera_id || '=' || coalesce(name, '-')
+                 || '@' || sluice_version || CASE WHEN sluice_deleted_at IS NULL THEN '' ELSE ' deleted' END,
+                 ', ' ORDER BY location_id, camera_id), '') FROM public.cameras",
+        )
+    }
+
+    #[pg_test]
+    fn a_tombstone_deletes_the_cloud_row_once() {
+        setup_cameras("delete");
+        ingest(&camera_batch(
+            "box-1",
+            &[
+                (1, false, "loc-1", "cam-1", Some("door")),
+                (2, false, "loc-1", "cam-2", Some("till")),
+            ],
+        ));
+        let del = camera_batch("box-1", &[(3, true, "loc-1", "cam-1", None)]);
+        assert_eq!(ingest(&del), (0, 1, 0, false));
+        assert_eq!(cameras(), "loc-1/cam-2=till@2");
+        // Re-sent: a replay.
+        assert_eq!(ingest(&del), (0, 0, 1, true));
+        assert_eq!(
+            text("SELECT key::text || ' ' || version || ' ' || device_id FROM sluice.tombstones"),
+            "{loc-1,cam-1} 3 box-1"
+        );
+    }
+
+    #[pg_test]
+    fn a_key_change_moves_the_row_and_an_older_write_does_not_bring_it_back() {
+        setup_cameras("delete");
+        ingest(&camera_batch(
+            "box-1",
+            &[(1, false, "loc-1", "cam-1", Some("door"))],
+        ));
+        // Moved to another location: a delete of the old key and the row
+        // under the new one, in one batch.
+        ingest(&camera_batch(
+            "box-1",
+            &[
+                (2, false, "loc-2", "cam-1", Some("door")),
+                (3, true, "loc-1", "cam-1", None),
+            ],
+        ));
+        assert_eq!(cameras(), "loc-2/cam-1=door@2");
+        // An older write of the deleted key (another device, or a batch
+        // drained newest first) arrives later: it stays deleted.
+        assert_eq!(
+            ingest(&camera_batch(
+                "box-0",
+                &[(2, false, "loc-1", "cam-1", Some("old"))]
+            )),
+            (0, 0, 1, false)
+        );
+        assert_eq!(cameras(), "loc-2/cam-1=door@2");
+        // A newer write of that key brings it back.
+        assert_eq!(
+            ingest(&camera_batch(
+                "box-1",
+                &[(9, false, "loc-1", "cam-1", Some("again"))]
+            )),
+            (1, 0, 0, false)
+        );
+        assert_eq!(cameras(), "loc-1/cam-1=again@9, loc-2/cam-1=door@2");
+    }
+
+    #[pg_test]
+    fn a_delete_older_than_the_cloud_row_does_not_win() {
+        setup_cameras("delete");
+        ingest(&camera_batch(
+            "box-2",
+            &[(10, false, "loc-1", "cam-1", Some("newer"))],
+        ));
+        assert_eq!(
+            ingest(&camera_batch("box-1", &[(5, true, "loc-1", "cam-1", None)])),
+            (0, 0, 1, false)
+        );
+        assert_eq!(cameras(), "loc-1/cam-1=newer@10");
+        // Insert and delete of a key in one batch: the delete is newer.
+        assert_eq!(
+            ingest(&camera_batch(
+                "box-1",
+                &[
+                    (11, false, "loc-1", "cam-7", Some("brief")),
+                    (12, true, "loc-1", "cam-7", None)
+                ]
+            )),
+            (0, 0, 2, false)
+        );
+        assert_eq!(cameras(), "loc-1/cam-1=newer@10");
+    }
+
+    #[pg_test]
+    fn mark_keeps_the_row_with_deleted_at_and_a_newer_write_clears_it() {
+        setup_cameras("mark");
+        ingest(&camera_batch(
+            "box-1",
+            &[(1, false, "loc-1", "cam-1", Some("door"))],
+        ));
+        assert_eq!(
+            ingest(&camera_batch("box-1", &[(2, true, "loc-1", "cam-1", None)])),
+            (0, 1, 0, false)
+        );
+        assert_eq!(cameras(), "loc-1/cam-1=door@2 deleted");
+        // An older write does not clear it; a newer one does.
+        ingest(&camera_batch(
+            "box-0",
+            &[(1, false, "loc-1", "cam-1", Some("old"))],
+        ));
+        assert_eq!(cameras(), "loc-1/cam-1=door@2 deleted");
+        ingest(&camera_batch(
+            "box-1",
+            &[(3, false, "loc-1", "cam-1", Some("back"))],
+        ));
+        assert_eq!(cameras(), "loc-1/cam-1=back@3");
+    }
+
+    #[pg_test]
+    fn ignore_keeps_every_row() {
+        setup_cameras("ignore");
+        ingest(&camera_batch(
+            "box-1",
+            &[(1, false, "loc-1", "cam-1", Some("door"))],
+        ));
+        assert_eq!(
+            ingest(&camera_batch("box-1", &[(2, true, "loc-1", "cam-1", None)])),
+            (0, 0, 1, false)
+        );
+        assert_eq!(cameras(), "loc-1/cam-1=door@1");
+        assert_eq!(text("SELECT count(*)::text FROM sluice.tombstones"), "0");
+    }
+
+    #[pg_test(
+        error = "sluice.register_table: on_delete 'mark' needs a column sluice_deleted_at timestamptz in public.plain"
+    )]
+    fn mark_needs_the_deleted_at_column() {
+        Spi::run("CREATE TABLE public.plain (id bigint PRIMARY KEY)").unwrap();
+        Spi::run("SELECT sluice.register_table('plain', 'public.plain', ARRAY['id'], on_delete => 'mark')")
+            .unwrap();
+    }
+
+    #[pg_test(
+        error = "sluice.register_table: unknown on_delete 'drop'; expected one of 'delete', 'mark', 'ignore'"
+    )]
+    fn unknown_on_delete_is_refused() {
+        Spi::run("CREATE TABLE public.plain (id bigint PRIMARY KEY)").unwrap();
+        Spi::run("SELECT sluice.register_table('plain', 'public.plain', ARRAY['id'], on_delete => 'drop')")
+            .unwrap();
+    }
 }

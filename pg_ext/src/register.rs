@@ -6,7 +6,9 @@
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 use sluice_pgsql::registration::{check_arguments, ArgumentError};
-use sluice_pgsql::sqlgen::{self, Policy, DEVICE_COLUMN, STREAM_COLUMN, VERSION_COLUMN};
+use sluice_pgsql::sqlgen::{
+    self, OnDelete, Policy, DELETED_AT_COLUMN, DEVICE_COLUMN, STREAM_COLUMN, VERSION_COLUMN,
+};
 use sluice_wire::names::quote_ident;
 
 use crate::error::{error_code, Result, SluiceError};
@@ -17,17 +19,28 @@ use crate::spi::run_cached;
 /// the bookkeeping columns `sluice_device text` and `sluice_version bigint`
 /// to the target if missing (`sluice_stream bigint` is the target's choice:
 /// checked when present, never added), and upserts the row of
-/// `sluice.tables`.
+/// `sluice.tables`. `on_delete` is what a delete at the edge does
+/// ([`OnDelete`]); `mark` needs a `sluice_deleted_at timestamptz` column.
 pub fn register(
     edge_table: &str,
     target: pg_sys::Oid,
     key_columns: &[String],
     policy: &str,
     tenant_column: Option<&str>,
+    on_delete: &str,
 ) -> Result<()> {
     let fail = |code, msg: String| SluiceError::new(code, format!("sluice.register_table: {msg}"));
     let policy = check_arguments(edge_table, key_columns, policy)
         .map_err(|e| fail(error_code(ArgumentError::SQLSTATE), e.message))?;
+    let on_delete = OnDelete::parse(on_delete).ok_or_else(|| {
+        fail(
+            error_code(ArgumentError::SQLSTATE),
+            format!(
+                "unknown on_delete '{on_delete}'; expected one of {}",
+                OnDelete::ALL.map(|m| format!("'{}'", m.name())).join(", ")
+            ),
+        )
+    })?;
 
     Spi::connect_mut(|client| {
         let found = client.select(
@@ -57,6 +70,7 @@ pub fn register(
         wanted.push(DEVICE_COLUMN.into());
         wanted.push(VERSION_COLUMN.into());
         wanted.push(STREAM_COLUMN.into());
+        wanted.push(DELETED_AT_COLUMN.into());
         let mut existing: Vec<(String, String)> = Vec::new();
         for row in client.select(
             "SELECT a.attname::text, format_type(a.atttypid, NULL) FROM pg_attribute a \
@@ -157,6 +171,27 @@ pub fn register(
                 }
             }
         }
+        if on_delete == OnDelete::Mark {
+            match type_of(DELETED_AT_COLUMN) {
+                Some("timestamp with time zone") => {}
+                found => {
+                    return Err(fail(
+                        PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN,
+                        match found {
+                            None => format!(
+                                "on_delete 'mark' needs a column {DELETED_AT_COLUMN} timestamptz in {target_name}"
+                            ),
+                            Some(t) => format!(
+                                "{target_name}.{DELETED_AT_COLUMN} has type {t}; on_delete 'mark' needs timestamptz"
+                            ),
+                        },
+                    )
+                    .with_hint(format!(
+                        "ALTER TABLE {target_sql} ADD COLUMN {DELETED_AT_COLUMN} timestamptz"
+                    )))
+                }
+            }
+        }
         if let Some(t) = type_of(STREAM_COLUMN).filter(|t| *t != "bigint") {
             return Err(fail(
                 PgSqlErrorCode::ERRCODE_DATATYPE_MISMATCH,
@@ -172,11 +207,12 @@ pub fn register(
         }
 
         client.update(
-            "INSERT INTO sluice.tables (edge_table, target, key_columns, policy, tenant_column)
-             VALUES ($1, $2::oid::regclass, $3, $4, $5)
+            "INSERT INTO sluice.tables (edge_table, target, key_columns, policy, tenant_column, on_delete)
+             VALUES ($1, $2::oid::regclass, $3, $4, $5, $6)
              ON CONFLICT (edge_table) DO UPDATE SET target = EXCLUDED.target,
                key_columns = EXCLUDED.key_columns, policy = EXCLUDED.policy,
-               tenant_column = EXCLUDED.tenant_column, registered_at = now()",
+               tenant_column = EXCLUDED.tenant_column, on_delete = EXCLUDED.on_delete,
+               registered_at = now()",
             None,
             &[
                 edge_table.into(),
@@ -184,6 +220,7 @@ pub fn register(
                 key_columns.to_vec().into(),
                 policy.name().into(),
                 tenant_column.into(),
+                on_delete.name().into(),
             ],
         )?;
         Ok(())
@@ -205,6 +242,8 @@ pub struct Registration {
     pub tenant_column: Option<String>,
     /// The target has a `sluice_stream` column, filled from the batch.
     pub stream_column: bool,
+    /// What a delete at the edge does here.
+    pub on_delete: OnDelete,
 }
 
 /// The registration of `edge_table`, for `sluice.ingest` (errors say so).
@@ -213,7 +252,8 @@ pub fn registration(client: &mut SpiClient<'_>, edge_table: &str) -> Result<Regi
         client,
         "SELECT t.target::oid, n.nspname::text, c.relname::text, t.key_columns, t.policy, t.tenant_column,
                 EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = t.target::oid
-                          AND a.attname = 'sluice_stream' AND a.attnum > 0 AND NOT a.attisdropped)
+                          AND a.attname = 'sluice_stream' AND a.attnum > 0 AND NOT a.attisdropped),
+                t.on_delete
          FROM sluice.tables t
          LEFT JOIN pg_class c ON c.oid = t.target::oid
          LEFT JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -258,5 +298,10 @@ pub fn registration(client: &mut SpiClient<'_>, edge_table: &str) -> Result<Regi
         policy,
         tenant_column: row.get::<String>(6)?,
         stream_column: row.get::<bool>(7)?.unwrap_or(false),
+        on_delete: row
+            .get::<String>(8)?
+            .as_deref()
+            .and_then(OnDelete::parse)
+            .unwrap_or_default(),
     })
 }

@@ -85,6 +85,62 @@ impl Policy {
         }
     }
 }
+/// Name of the column a registration with `on_delete => 'mark'` sets when
+/// the edge deletes a row (`timestamptz`; NULL while the row exists).
+pub const DELETED_AT_COLUMN: &str = "sluice_deleted_at";
+
+/// What a delete at the edge (a tombstone in a batch) does in the cloud.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum OnDelete {
+    /// The row is deleted, and the tombstone remembered in
+    /// `sluice.tombstones`, so that an older write arriving later does not
+    /// bring the row back.
+    #[default]
+    Delete,
+    /// The row is kept with `sluice_deleted_at` set to the time of ingest
+    /// (and the tombstone's version); a later write that wins clears it.
+    Mark,
+    /// Tombstones are skipped: the cloud keeps every row.
+    Ignore,
+}
+
+impl OnDelete {
+    /// Every mode, in the order the docs list them.
+    pub const ALL: [OnDelete; 3] = [OnDelete::Delete, OnDelete::Mark, OnDelete::Ignore];
+
+    /// The mode of a name as `sluice.register_table` takes it.
+    pub fn parse(s: &str) -> Option<OnDelete> {
+        OnDelete::ALL.into_iter().find(|m| m.name() == s)
+    }
+
+    /// The mode's name: `delete`, `mark` or `ignore`.
+    pub fn name(self) -> &'static str {
+        match self {
+            OnDelete::Delete => "delete",
+            OnDelete::Mark => "mark",
+            OnDelete::Ignore => "ignore",
+        }
+    }
+
+    /// Whether tombstones are applied under `policy`: only last writer wins
+    /// orders a delete against the cloud's row (under first writer wins and
+    /// insert only, the row that is there stays, as for any later write).
+    pub fn applies(self, policy: Policy) -> bool {
+        self != OnDelete::Ignore && policy == Policy::LastWriterWins
+    }
+}
+
+/// How an upsert meets the deletes of its target ([`upsert_sql_with`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct DeleteOptions {
+    /// The OID of the target when `sluice.tombstones` holds tombstones of
+    /// it: rows older than a tombstone of their key are left out.
+    pub tombstones_of: Option<u32>,
+    /// The target has `sluice_deleted_at` (`on_delete => 'mark'`): an
+    /// update that wins clears it.
+    pub clear_mark: bool,
+}
+
 /// A column of the target table that a batch column maps to.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct TargetColumn {
@@ -188,17 +244,69 @@ pub fn upsert_sql(
     dedup: bool,
     fork: bool,
 ) -> String {
+    upsert_sql_with(
+        target,
+        columns,
+        arrays,
+        keys,
+        bk,
+        policy,
+        dedup,
+        fork,
+        DeleteOptions::default(),
+    )
+}
+
+/// [`upsert_sql`] into a target that may have tombstones: with
+/// `deletes.tombstones_of`, a row is left out when `sluice.tombstones` holds
+/// a tombstone of its key with a higher `(version, device)` (a delete newer
+/// than the row: an older write arriving after the delete does not bring the
+/// row back); with `deletes.clear_mark`, an update that wins clears
+/// `sluice_deleted_at`.
+#[allow(clippy::too_many_arguments)]
+pub fn upsert_sql_with(
+    target: &str,
+    columns: &[TargetColumn],
+    arrays: &[&str],
+    keys: &[usize],
+    bk: Bookkeeping,
+    policy: Policy,
+    dedup: bool,
+    fork: bool,
+    deletes: DeleteOptions,
+) -> String {
     let n = columns.len();
     let fork = fork && bk.stream != StreamColumn::None;
     let mut sql = String::with_capacity(256 + 64 * n);
+    let buried = deletes
+        .tombstones_of
+        .map(|oid| not_buried_sql(oid, columns, keys, bk));
     // Typed rows.
     if fork {
         push_ancestors(&mut sql, n);
         sql.push_str(",\n");
-        push_src_filtered(&mut sql, target, columns, arrays, keys, bk, policy, dedup);
+        push_src_filtered(
+            &mut sql,
+            target,
+            columns,
+            arrays,
+            keys,
+            bk,
+            policy,
+            dedup,
+            buried.as_deref(),
+        );
     } else {
         sql.push_str("WITH ");
-        push_src(&mut sql, columns, arrays, keys, policy, dedup);
+        push_src_where(
+            &mut sql,
+            columns,
+            arrays,
+            keys,
+            policy,
+            dedup,
+            buried.as_deref(),
+        );
     }
     sql.push_str(",\n");
     // The upsert.
@@ -230,7 +338,12 @@ pub fn upsert_sql(
                     .map(|name| {
                         let q = quote_ident(name);
                         format!("{q} = EXCLUDED.{q}")
-                    }),
+                    })
+                    .chain(
+                        deletes
+                            .clear_mark
+                            .then(|| format!("{} = NULL", quote_ident(DELETED_AT_COLUMN))),
+                    ),
             );
             let _ = write!(sql, "\n  WHERE {cond}");
         }
@@ -278,6 +391,7 @@ fn push_src_filtered(
     bk: Bookkeeping,
     policy: Policy,
     dedup: bool,
+    extra: Option<&str>,
 ) {
     let n = columns.len();
     let mut cond = format!(
@@ -304,6 +418,9 @@ fn push_src_filtered(
     }
     cond.push_str(&conds.join(" AND "));
     cond.push_str("))");
+    if let Some(e) = extra {
+        cond = format!("{cond}\n  AND {e}");
+    }
     push_src_where(sql, columns, arrays, keys, policy, dedup, Some(&cond));
 }
 
@@ -533,6 +650,136 @@ fn push_insert_select(
     }
     push_list(sql, written.iter().map(|(_, e)| e.as_str()));
     sql.push_str(" FROM ");
+}
+
+/// The key of a row as `sluice.tombstones` stores it: a `text[]` of the key
+/// columns' values as the target stores them (`row` is the alias of the
+/// typed rows, columns `cN`), then `sluice_device` and `sluice_stream` where
+/// the key includes them (the batch's, `$n+2` and `$n+3`).
+fn tombstone_key_sql(
+    row: &str,
+    columns: &[TargetColumn],
+    keys: &[usize],
+    bk: Bookkeeping,
+) -> String {
+    let n = columns.len();
+    let mut parts: Vec<String> = keys
+        .iter()
+        .map(|&k| format!("CAST({row}.c{} AS {})::text", k + 1, columns[k].stored_sql))
+        .collect();
+    if bk.device_key {
+        parts.push(format!("${}::text", n + 2));
+    }
+    if bk.stream == StreamColumn::Key {
+        parts.push(format!("${}::bigint::text", n + 3));
+    }
+    format!("ARRAY[{}]::text[]", parts.join(", "))
+}
+
+/// The condition on a typed row `s` that no tombstone of its key in the
+/// target `oid` is newer (higher `(version, device)`).
+fn not_buried_sql(oid: u32, columns: &[TargetColumn], keys: &[usize], bk: Bookkeeping) -> String {
+    format!(
+        "NOT EXISTS (SELECT 1 FROM sluice.tombstones AS tb WHERE tb.target = {oid}::oid::regclass \
+         AND tb.key = {} AND (tb.version, tb.device_id) > (s.v, ${}::text))",
+        tombstone_key_sql("s", columns, keys, bk),
+        columns.len() + 2
+    )
+}
+
+/// Whether `sluice.tombstones` holds a tombstone of the target `$1` (an
+/// `oid`): only then does an upsert look for them.
+pub const HAS_TOMBSTONES_SQL: &str =
+    "SELECT EXISTS (SELECT 1 FROM sluice.tombstones WHERE target = $1::oid::regclass)";
+
+/// The statement that applies the tombstones of one batch (rows whose
+/// operation is a delete) to `target` (quoted, OID `oid`) under last writer
+/// wins, in `mode` ([`OnDelete::Delete`] or [`OnDelete::Mark`]).
+///
+/// Parameters as in [`upsert_sql`]: `$1..$n` one array per column (only the
+/// key columns' values are read; the others are NULL in a tombstone), `$n+1`
+/// the versions, `$n+2` the device, `$n+3` the stream when the target has a
+/// `sluice_stream` column. Several tombstones of one key are reduced to the
+/// newest. Each is remembered in `sluice.tombstones` (a newer one replaces an
+/// older one), and deletes (or marks, setting `sluice_deleted_at`, the
+/// version and the device) the row of its key whose `(version, device)` is
+/// below the tombstone's: a delete older than the cloud's row does not win.
+///
+/// Returns one row: the number of rows deleted or marked (`bigint`).
+pub fn tombstones_sql(
+    target: &str,
+    oid: u32,
+    columns: &[TargetColumn],
+    arrays: &[&str],
+    keys: &[usize],
+    bk: Bookkeeping,
+    mode: OnDelete,
+) -> String {
+    let n = columns.len();
+    let v = quote_ident(VERSION_COLUMN);
+    let d = quote_ident(DEVICE_COLUMN);
+    let mut sql = String::with_capacity(512 + 64 * n);
+    sql.push_str("WITH ");
+    push_src_where(
+        &mut sql,
+        columns,
+        arrays,
+        keys,
+        Policy::LastWriterWins,
+        true,
+        None,
+    );
+    let _ = write!(
+        sql,
+        ",\nrec AS (\n  INSERT INTO sluice.tombstones AS tb (target, key, version, device_id)\n  \
+         SELECT {oid}::oid::regclass, {}, src.v, ${dev}::text FROM src\n  \
+         ON CONFLICT (target, key) DO UPDATE SET version = EXCLUDED.version, \
+         device_id = EXCLUDED.device_id, deleted_at = now()\n  \
+         WHERE (EXCLUDED.version, EXCLUDED.device_id) > (tb.version, tb.device_id)\n)",
+        tombstone_key_sql("src", columns, keys, bk),
+        dev = n + 2
+    );
+    let mut conds: Vec<String> = keys
+        .iter()
+        .map(|&k| format!("t.{} = src.c{}", quote_ident(&columns[k].name), k + 1))
+        .collect();
+    for (c, p) in bk.key_params(n) {
+        conds.push(format!("t.{} = {p}", quote_ident(c)));
+    }
+    conds.push(format!(
+        "(t.{v} IS NULL OR (src.v, ${dev}::text) > (t.{v}, COALESCE(t.{d}, '')))",
+        dev = n + 2
+    ));
+    let cond = conds.join(" AND ");
+    match mode {
+        OnDelete::Mark => {
+            let mut sets = vec![
+                format!("{} = now()", quote_ident(DELETED_AT_COLUMN)),
+                format!("{v} = src.v"),
+                format!("{d} = ${}::text", n + 2),
+            ];
+            if bk.stream == StreamColumn::Column {
+                sets.push(format!(
+                    "{} = ${}::bigint",
+                    quote_ident(STREAM_COLUMN),
+                    n + 3
+                ));
+            }
+            let _ = write!(
+                sql,
+                ",\ngone AS (\n  UPDATE {target} AS t SET {}\n  FROM src WHERE {cond}\n  RETURNING 1\n)",
+                sets.join(", ")
+            );
+        }
+        OnDelete::Delete | OnDelete::Ignore => {
+            let _ = write!(
+                sql,
+                ",\ngone AS (\n  DELETE FROM {target} AS t USING src WHERE {cond}\n  RETURNING 1\n)"
+            );
+        }
+    }
+    sql.push_str("\nSELECT count(*) FROM gone");
+    sql
 }
 
 /// The statement a DBA runs to give `target` the unique index that
@@ -1041,6 +1288,160 @@ WHERE t."sluice_version" >= s.v"#),
         );
         assert!(
             sql.contains(r#"a."k""); DROP TABLE x; --" = s.c1"#),
+            "{sql}"
+        );
+    }
+
+    #[test]
+    fn on_delete_modes_parse_and_apply_only_under_last_writer_wins() {
+        assert_eq!(OnDelete::parse("delete"), Some(OnDelete::Delete));
+        assert_eq!(OnDelete::parse("mark"), Some(OnDelete::Mark));
+        assert_eq!(OnDelete::parse("ignore"), Some(OnDelete::Ignore));
+        assert_eq!(OnDelete::parse("Delete"), None);
+        assert_eq!(OnDelete::default(), OnDelete::Delete);
+        assert!(OnDelete::Delete.applies(Policy::LastWriterWins));
+        assert!(OnDelete::Mark.applies(Policy::LastWriterWins));
+        assert!(!OnDelete::Ignore.applies(Policy::LastWriterWins));
+        assert!(!OnDelete::Delete.applies(Policy::FirstWriterWins));
+        assert!(!OnDelete::Delete.applies(Policy::InsertOnly));
+    }
+
+    #[test]
+    fn tombstones_delete_only_older_rows_of_their_key_and_are_remembered() {
+        let cols = [col("loc", "text"), col("cam", "text"), col("name", "text")];
+        let sql = tombstones_sql(
+            "\"public\".\"cameras\"",
+            4242,
+            &cols,
+            &TEXT,
+            &[0, 1],
+            DEVICE_KEY,
+            OnDelete::Delete,
+        );
+        // The newest tombstone of a key in the batch, remembered with the
+        // key as the target stores it, replacing only an older one.
+        assert!(sql.contains("SELECT DISTINCT ON (s.c1, s.c2) s.*"), "{sql}");
+        assert!(sql.contains("ORDER BY s.c1, s.c2, s.v DESC"), "{sql}");
+        assert!(sql.contains(
+            "SELECT 4242::oid::regclass, ARRAY[CAST(src.c1 AS text)::text, CAST(src.c2 AS text)::text, $5::text]::text[], src.v, $5::text FROM src"
+        ), "{sql}");
+        assert!(
+            sql.contains(
+                "WHERE (EXCLUDED.version, EXCLUDED.device_id) > (tb.version, tb.device_id)"
+            ),
+            "{sql}"
+        );
+        // A delete older than the cloud's row does not win.
+        assert!(sql.contains(
+            "DELETE FROM \"public\".\"cameras\" AS t USING src WHERE t.\"loc\" = src.c1 AND t.\"cam\" = src.c2 AND t.\"sluice_device\" = $5::text AND (t.\"sluice_version\" IS NULL OR (src.v, $5::text) > (t.\"sluice_version\", COALESCE(t.\"sluice_device\", '')))"
+        ), "{sql}");
+        assert!(sql.ends_with("SELECT count(*) FROM gone"), "{sql}");
+    }
+
+    #[test]
+    fn mark_sets_deleted_at_version_and_device() {
+        let cols = [col("id", "bigint"), col("name", "text")];
+        let bk = Bookkeeping {
+            device_key: false,
+            stream: StreamColumn::Column,
+        };
+        let sql = tombstones_sql(
+            "t",
+            7,
+            &cols,
+            &["bigint[]", "text[]"],
+            &[0],
+            bk,
+            OnDelete::Mark,
+        );
+        assert!(sql.contains(
+            "UPDATE t AS t SET \"sluice_deleted_at\" = now(), \"sluice_version\" = src.v, \"sluice_device\" = $4::text, \"sluice_stream\" = $5::bigint"
+        ), "{sql}");
+        assert!(!sql.contains("DELETE FROM t"), "{sql}");
+        assert!(
+            sql.contains("ARRAY[CAST(src.c1 AS bigint)::text]::text[]"),
+            "{sql}"
+        );
+    }
+
+    #[test]
+    fn an_upsert_into_a_target_with_tombstones_leaves_out_buried_rows() {
+        let cols = [col("id", "bigint"), col("name", "text")];
+        let arrays = ["bigint[]", "text[]"];
+        let plain = upsert_sql(
+            "t",
+            &cols,
+            &arrays,
+            &[0],
+            NO_BK,
+            Policy::LastWriterWins,
+            true,
+            false,
+        );
+        assert_eq!(
+            plain,
+            upsert_sql_with(
+                "t",
+                &cols,
+                &arrays,
+                &[0],
+                NO_BK,
+                Policy::LastWriterWins,
+                true,
+                false,
+                DeleteOptions::default()
+            )
+        );
+        assert!(!plain.contains("tombstones") && !plain.contains("sluice_deleted_at"));
+        let sql = upsert_sql_with(
+            "t",
+            &cols,
+            &arrays,
+            &[0],
+            NO_BK,
+            Policy::LastWriterWins,
+            true,
+            false,
+            DeleteOptions {
+                tombstones_of: Some(99),
+                clear_mark: true,
+            },
+        );
+        assert!(sql.contains(
+            "WHERE NOT EXISTS (SELECT 1 FROM sluice.tombstones AS tb WHERE tb.target = 99::oid::regclass AND tb.key = ARRAY[CAST(s.c1 AS bigint)::text]::text[] AND (tb.version, tb.device_id) > (s.v, $4::text))"
+        ), "{sql}");
+        assert!(
+            sql.contains(
+                "\"sluice_version\" = EXCLUDED.\"sluice_version\", \"sluice_deleted_at\" = NULL"
+            ),
+            "{sql}"
+        );
+        // With a fork, both filters.
+        let bk = Bookkeeping {
+            device_key: true,
+            stream: StreamColumn::Key,
+        };
+        let sql = upsert_sql_with(
+            "t",
+            &cols,
+            &arrays,
+            &[0],
+            bk,
+            Policy::LastWriterWins,
+            true,
+            true,
+            DeleteOptions {
+                tombstones_of: Some(99),
+                clear_mark: false,
+            },
+        );
+        assert!(sql.contains("IN (SELECT stream FROM anc)"), "{sql}");
+        assert!(
+            sql.contains("AND NOT EXISTS (SELECT 1 FROM sluice.tombstones"),
+            "{sql}"
+        );
+        assert!(
+            sql.contains("ARRAY[CAST(s.c1 AS bigint)::text, $4::text, $5::bigint::text]::text[]"),
             "{sql}"
         );
     }
