@@ -91,12 +91,12 @@ CREATE TABLE IF NOT EXISTS health_metrics (
   temp_c       REAL
 );
 
-SELECT sluice_track('cameras', '{"mutable": true, "local_only": ["stream_url"]}');
-SELECT sluice_track('sessions', '{"mutable": true, "time": "started_at"}');
+SELECT sluice_track('cameras', '{"mutable": true, "local_only": ["stream_url"], "key": ["location_id", "camera_id"]}');
+SELECT sluice_track('sessions', '{"mutable": true, "time": "started_at", "key": ["location_id", "session_id"]}');
 SELECT sluice_track('division_states', '{"local_only": ["screenshot_path"], "time": "recorded_at"}');
 SELECT sluice_track('table_states', '{"time": "recorded_at"}');
 SELECT sluice_track('metrics', '{"time": "recorded_at"}');
-SELECT sluice_track('key_frames', '{"mutable": true, "time": "captured_at"}');
+SELECT sluice_track('key_frames', '{"mutable": true, "time": "captured_at", "key": ["location_id", "id"]}');
 SELECT sluice_track('health_metrics', '{"time": "recorded_at"}');
 
 -- Five-minute rollup of the raw metrics (about 100 samples per camera and

@@ -15,7 +15,7 @@ use sluice_wire::decode_header;
 
 use crate::acked;
 use crate::bookkeeping::tables::Tracked;
-use crate::bookkeeping::{acks, clock, meta, ranges, tables, Table};
+use crate::bookkeeping::{acks, clock, meta, ranges, tables, tombstones, Table};
 use crate::fork;
 use crate::glue::{
     arg_blob, arg_raw, arg_text, atomic, connection, describe_value, finish, now_ms, Fail, Res,
@@ -72,6 +72,8 @@ fn ack(ctx: &Context<'_>) -> Res<Value> {
         }
         if t.mutable {
             meta::set_clock_at_ack(&conn, clock::value(&conn)?)?;
+            // The batch carried every tombstone of its range: they go.
+            tombstones::forget(&conn, &t.tbl, h.base_seq, h.last_seq)?;
         }
         forget_fork(&conn, &t.tbl)
     })?;
@@ -96,7 +98,8 @@ fn forget_fork(conn: &Connection, tbl: &str) -> Res<()> {
 // ---------------------------------------------------------------------------
 // sluice_pending
 
-/// `sluice_pending(table)` → rows above the watermark.
+/// `sluice_pending(table)` → rows above the watermark (with a mutable
+/// table's deletes waiting to be sent).
 pub fn sluice_pending(ctx: &Context<'_>) -> rusqlite::Result<Value> {
     finish("sluice_pending", pending(ctx))
 }
@@ -116,6 +119,9 @@ fn pending(ctx: &Context<'_>) -> Res<Value> {
     let mut n = 0i64;
     for (lo, hi) in acked::pending_gaps(&ranges, t.acked_seq) {
         n += stmt.query_row([lo, hi], |r| r.get::<_, i64>(0))?;
+        if t.mutable {
+            n += tombstones::count(&conn, &t.tbl, lo, hi)?;
+        }
     }
     Ok(Value::Integer(n))
 }
@@ -191,7 +197,10 @@ fn cleanup_rows(
             |r| r.get(0),
         )?;
     }
-    let deleted = conn.execute(&format!("DELETE FROM main.{table} WHERE {cond}"), [upto])?;
+    // Cleanup frees space at the edge; the cloud keeps the rows.
+    let deleted = tombstones::quietly(conn, || {
+        Ok(conn.execute(&format!("DELETE FROM main.{table} WHERE {cond}"), [upto])?)
+    })?;
     if let (true, Some(s)) = (deleted > 0, sealed) {
         seal::seal(conn, &info.name, s.saturating_add(1))?;
     }

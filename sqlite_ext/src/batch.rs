@@ -6,11 +6,11 @@ use rusqlite::functions::Context;
 use rusqlite::types::{Value, ValueRef};
 use rusqlite::{params, Connection, OptionalExtension};
 use sluice_wire::names::{quote_ident, DrainOrder};
-use sluice_wire::{encode, BatchHeader, Column, ColumnType, EncodeOptions};
+use sluice_wire::{encode_with_deletes, BatchHeader, Column, ColumnType, EncodeOptions};
 
 use crate::acked;
 use crate::bookkeeping::tables::Tracked;
-use crate::bookkeeping::{meta, ranges, tables};
+use crate::bookkeeping::{meta, ranges, tables, tombstones, Table};
 use crate::fork;
 use crate::glue::{
     arg_int, arg_opt_text, arg_raw, arg_text, connection, finish, now_ms, Fail, Res,
@@ -94,14 +94,30 @@ fn batch(ctx: &Context<'_>) -> Res<Value> {
         gaps.reverse();
     }
     let select: Vec<String> = cols.iter().map(|c| quote_ident(&c.name)).collect();
-    let sql = format!(
-        "SELECT {}, {seq} FROM main.{} WHERE {seq} > ?1 AND {seq} <= ?2 ORDER BY {seq} {} LIMIT ?3",
+    let dir = if newest { "DESC" } else { "ASC" };
+    // A mutable table's tombstones are rows of the batch like the others,
+    // merged in version order (they share the clock); an append-only table
+    // reads its rows alone.
+    let with_tombstones = t.mutable && Table::Tombstones.exists(&conn)?;
+    let rows_sql = format!(
+        "SELECT {}, {seq}, 0 FROM main.{} WHERE {seq} > ?1 AND {seq} <= ?2",
         select.join(", "),
         info.quoted(),
-        if newest { "DESC" } else { "ASC" }
     );
+    let sql = if with_tombstones {
+        let names: Vec<String> = cols.iter().map(|c| c.name.clone()).collect();
+        let key = t.delete_key.as_deref().unwrap_or(&[]);
+        format!(
+            "{rows_sql} UNION ALL {} ORDER BY {} {dir} LIMIT ?3",
+            tombstones::select_sql(&names, key),
+            cols.len() + 1
+        )
+    } else {
+        format!("{rows_sql} ORDER BY {seq} {dir} LIMIT ?3")
+    };
     let mut stmt = conn.prepare(&sql)?;
     let n = cols.len();
+    let mut deleted: Vec<bool> = Vec::new();
     let mut versions: Vec<i64> = Vec::new();
     let mut values: Vec<Vec<sluice_wire::Value>> = vec![Vec::new(); n];
     let mut size = 0usize;
@@ -114,7 +130,11 @@ fn batch(ctx: &Context<'_>) -> Res<Value> {
             exhausted = false;
             break;
         }
-        let mut rows = stmt.query(params![lo, hi, room])?;
+        let mut rows = if with_tombstones {
+            stmt.query(params![lo, hi, room, t.tbl])?
+        } else {
+            stmt.query(params![lo, hi, room])?
+        };
         let mut taken = 0i64;
         while let Some(row) = rows.next()? {
             row_buf.clear();
@@ -131,6 +151,7 @@ fn batch(ctx: &Context<'_>) -> Res<Value> {
             size += row_size;
             taken += 1;
             versions.push(row.get(n)?);
+            deleted.push(row.get::<_, i64>(n + 1)? == 1);
             for (col, v) in values.iter_mut().zip(row_buf.drain(..)) {
                 col.push(v);
             }
@@ -148,6 +169,7 @@ fn batch(ctx: &Context<'_>) -> Res<Value> {
         // Newest first was only the choice of rows; a batch lists them in
         // sequence order.
         versions.reverse();
+        deleted.reverse();
         for col in &mut values {
             col.reverse();
         }
@@ -181,8 +203,14 @@ fn batch(ctx: &Context<'_>) -> Res<Value> {
             fork: fork::for_batch(&conn, &t.tbl, base_seq)?,
         },
     };
-    let bytes = encode(&header, &versions, &values, EncodeOptions::default())
-        .map_err(|e| Fail(e.to_string()))?;
+    let bytes = encode_with_deletes(
+        &header,
+        &versions,
+        &deleted,
+        &values,
+        EncodeOptions::default(),
+    )
+    .map_err(|e| Fail(e.to_string()))?;
     Ok(Value::Blob(bytes))
 }
 

@@ -173,7 +173,8 @@ fn enforce_in(conn: &Connection, max: i64, o: &BudgetOptions) -> Res<i64> {
         if srcs.is_empty() && o.rolled_up_only {
             note = "no rollup is registered, so no raw row may be dropped".into();
         }
-        dropped = drop_rows(conn, max, o, &srcs)?;
+        // Dropped to make room at the edge; the cloud keeps the rows.
+        dropped = bookkeeping::tombstones::quietly(conn, || drop_rows(conn, max, o, &srcs))?;
         if dropped > 0 && auto_vacuum_incremental(conn)? {
             // Each step frees pages; run it to the end.
             let mut stmt = conn.prepare("PRAGMA main.incremental_vacuum")?;

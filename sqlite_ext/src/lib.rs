@@ -58,6 +58,8 @@ pub mod status;
 #[cfg(test)]
 pub mod testdb;
 pub mod time;
+#[cfg(test)]
+mod tombstone_tests;
 pub mod track;
 pub mod tracked;
 pub mod window;

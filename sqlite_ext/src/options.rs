@@ -17,10 +17,13 @@ pub struct TrackOptions {
     /// The column holding each row's time (ISO-8601 text or unix seconds),
     /// used by the status view for the age of the oldest pending row.
     pub time: Option<String>,
+    /// Whether deletes (and key changes) of a mutable table travel to the
+    /// cloud as tombstones (default true).
+    pub deletes: Option<bool>,
 }
 
 /// The option names `sluice_track` accepts.
-pub const TRACK_OPTIONS: &str = "mutable, local_only, key, time";
+pub const TRACK_OPTIONS: &str = "mutable, local_only, key, time, deletes";
 
 /// Parses `{"mutable": bool, "local_only": [names], "key": [names], "time":
 /// name}`. Unknown
@@ -42,6 +45,15 @@ pub fn parse_track_options(text: &str) -> Result<TrackOptions, String> {
                 other => {
                     return Err(format!(
                         "option 'mutable' must be true or false, got {}",
+                        json_kind(other)
+                    ))
+                }
+            },
+            "deletes" => match v {
+                Json::Bool(b) => o.deletes = Some(*b),
+                other => {
+                    return Err(format!(
+                        "option 'deletes' must be true or false, got {}",
                         json_kind(other)
                     ))
                 }
@@ -290,7 +302,7 @@ mod tests {
         let e = parse_track_options(r#"{"mutible": true}"#).unwrap_err();
         assert_eq!(
             e,
-            "unknown option 'mutible' (known options: mutable, local_only, key, time)"
+            "unknown option 'mutible' (known options: mutable, local_only, key, time, deletes)"
         );
         assert_eq!(
             parse_track_options(r#"{"time": "recorded_at"}"#)

@@ -10,7 +10,7 @@ use rusqlite::types::{Value, ValueRef};
 use rusqlite::Connection;
 use sluice_wire::names::{check_device_id, quote_ident};
 
-use crate::bookkeeping::{self, clock, meta, tables};
+use crate::bookkeeping::{self, clock, meta, tables, tombstones};
 use crate::glue::{
     arg_opt_text, arg_raw, arg_text, atomic, connection, describe_value, finish, now_ms, Fail, Res,
 };
@@ -102,9 +102,40 @@ fn track(ctx: &Context<'_>) -> Res<Value> {
             Some(t) => Some(canonical_columns(&info, "time", vec![t.clone()])?.remove(0)),
             None => None,
         };
-        if mutable {
+        let delete_key = if mutable {
+            let track_deletes = opts.deletes.unwrap_or_else(|| {
+                // A re-track keeps the choice; a table tracked before 0.2
+                // (no choice stored) takes the default.
+                existing
+                    .as_ref()
+                    .and_then(|e| e.delete_key.as_ref())
+                    .is_none_or(|k| !k.is_empty())
+            });
+            let dk = if track_deletes {
+                delete_key(&info, &key, &local_only)?
+            } else {
+                Vec::new()
+            };
+            let before = existing.as_ref().and_then(|e| e.deletes()).unwrap_or(&[]);
+            if before != dk.as_slice() && tombstones::any(&conn, &info.name)? {
+                return Err(Fail(format!(
+                    "'{}' has deletes not yet sent; sync them before changing its key or                      \"deletes\"",
+                    info.name
+                )));
+            }
             setup_mutable(&conn, &info)?;
-        } else if info.rowid_alias().is_none() {
+            setup_deletes(&conn, &info, &dk)?;
+            dk
+        } else {
+            if opts.deletes == Some(true) {
+                return Err(Fail(format!(
+                    "option 'deletes': '{}' is append-only; only the deletes of a mutable table                      are tracked (the cloud keeps what an append-only table sent)",
+                    info.name
+                )));
+            }
+            Vec::new()
+        };
+        if !mutable && info.rowid_alias().is_none() {
             return Err(Fail(format!(
                 "append-only table '{}' needs an INTEGER PRIMARY KEY column (a rowid alias{}) to \
                  number its rows; add one, or track it as mutable: \
@@ -124,6 +155,7 @@ fn track(ctx: &Context<'_>) -> Res<Value> {
             mutable,
             &local_only,
             &key,
+            &delete_key,
             time_column.as_deref(),
             now_ms(),
         )?;
@@ -146,6 +178,83 @@ fn canonical_columns(info: &TableInfo, option: &str, names: Vec<String>) -> Res<
             })
         })
         .collect()
+}
+
+/// The columns that identify a row of a mutable table in the cloud, which a
+/// tombstone carries: the `key` option, else the rowid alias or the
+/// primary key.
+fn delete_key(info: &TableInfo, key: &[String], local_only: &[String]) -> Res<Vec<String>> {
+    let dk: Vec<String> = if !key.is_empty() {
+        key.to_vec()
+    } else if let Some(alias) = info.rowid_alias() {
+        vec![alias.name.clone()]
+    } else {
+        let mut pk: Vec<_> = info.columns.iter().filter(|c| c.pk > 0).collect();
+        pk.sort_by_key(|c| c.pk);
+        pk.into_iter().map(|c| c.name.clone()).collect()
+    };
+    let hint = format!(
+        "give its key with SELECT sluice_track('{0}', '{{\"key\": [\"column\", ...]}}'), or          turn delete tracking off with '{{\"deletes\": false}}'",
+        info.name.replace('\'', "''")
+    );
+    if dk.is_empty() {
+        return Err(Fail(format!(
+            "mutable table '{}' has no key to send its deletes by (no primary key); {hint}",
+            info.name
+        )));
+    }
+    if dk.len() > tombstones::MAX_KEY_COLUMNS {
+        return Err(Fail(format!(
+            "the key of '{}' has {} columns; deletes are tracked for keys of at most {}: {hint}",
+            info.name,
+            dk.len(),
+            tombstones::MAX_KEY_COLUMNS
+        )));
+    }
+    if let Some(l) = dk
+        .iter()
+        .find(|k| local_only.iter().any(|l| l.eq_ignore_ascii_case(k)))
+    {
+        return Err(Fail(format!(
+            "key column '{l}' of '{}' is local_only: a delete could not name its row in the              cloud; {hint}",
+            info.name
+        )));
+    }
+    Ok(dk)
+}
+
+/// Creates (or, with an empty `key`, drops) the triggers that record a
+/// tombstone when a row is deleted or its key changes (a key change is a
+/// delete of the old key and an insert of the new one). Not while sluice
+/// deletes rows itself ([`tombstones::quietly`]).
+fn setup_deletes(conn: &Connection, info: &TableInfo, key: &[String]) -> Res<()> {
+    let t = info.quoted();
+    let del = quote_ident(&format!("{}_sluice_delete", info.name));
+    let rekey = quote_ident(&format!("{}_sluice_rekey", info.name));
+    conn.execute_batch(&format!(
+        "DROP TRIGGER IF EXISTS main.{del}; DROP TRIGGER IF EXISTS main.{rekey};"
+    ))?;
+    if key.is_empty() {
+        return Ok(());
+    }
+    let record = tombstones::record_sql(&info.name, &tombstones::old_values(key));
+    let quiet = tombstones::not_quiet_sql();
+    let cols: Vec<String> = key.iter().map(|k| quote_ident(k)).collect();
+    let changed: Vec<String> = cols
+        .iter()
+        .map(|c| format!("OLD.{c} IS NOT NEW.{c}"))
+        .collect();
+    conn.execute_batch(&format!(
+        "CREATE TRIGGER main.{del} AFTER DELETE ON {t} FOR EACH ROW
+           WHEN {quiet}
+         BEGIN {record} END;
+         CREATE TRIGGER main.{rekey} AFTER UPDATE OF {} ON {t} FOR EACH ROW
+           WHEN ({}) AND {quiet}
+         BEGIN {record} END;",
+        cols.join(", "),
+        changed.join(" OR ")
+    ))?;
+    Ok(())
 }
 
 /// Adds the version column, its index and the triggers of a mutable table,

@@ -377,7 +377,7 @@ def test_track_options_and_retrack(db, one):
 @pytest.mark.parametrize(
     "options, message",
     [
-        ('{"mutible": true}', "unknown option 'mutible' (known options: mutable, local_only, key, time)"),
+        ('{"mutible": true}', "unknown option 'mutible' (known options: mutable, local_only, key, time, deletes)"),
         ('{"mutable": "yes"}', "option 'mutable' must be true or false, got a string"),
         ('{"local_only": ["nope"]}', "option 'local_only': table 'readings' has no column 'nope'"),
         ('{"key": "id"}', "option 'key' must be an array of column names, got a string"),
@@ -715,7 +715,7 @@ def test_mutable_update_makes_a_row_pending_again(db, one):
     assert (h["base_seq"], h["last_seq"], h["row_count"]) == (2, 5, 3)
     # Re-tracking does not add a second column, index or trigger.
     assert one("SELECT sluice_track('key_frames')") == 1
-    assert one("SELECT count(*) FROM sqlite_master WHERE type = 'trigger'") == 2
+    assert one("SELECT count(*) FROM sqlite_master WHERE type = 'trigger'") == 4
     assert one("SELECT count(*) FROM sqlite_master WHERE type = 'index' AND name LIKE '%sluice_version'") == 1
 
 

@@ -21,6 +21,7 @@ pub mod ranges;
 pub mod rollups;
 pub mod streams;
 pub mod tables;
+pub mod tombstones;
 
 use rusqlite::{Connection, OptionalExtension};
 
@@ -39,11 +40,12 @@ pub enum Table {
     RollupSkipped,
     BudgetState,
     Streams,
+    Tombstones,
 }
 
 impl Table {
     /// Every bookkeeping table; none of them can be tracked.
-    pub const ALL: [Table; 10] = [
+    pub const ALL: [Table; 11] = [
         Table::Meta,
         Table::Tables,
         Table::Acks,
@@ -54,6 +56,7 @@ impl Table {
         Table::RollupSkipped,
         Table::BudgetState,
         Table::Streams,
+        Table::Tombstones,
     ];
 
     pub fn name(self) -> &'static str {
@@ -68,6 +71,7 @@ impl Table {
             Table::RollupSkipped => "sluice_rollup_skipped",
             Table::BudgetState => "sluice_budget_state",
             Table::Streams => "sluice_streams",
+            Table::Tombstones => "sluice_tombstones",
         }
     }
 
@@ -91,7 +95,7 @@ pub fn is_bookkeeping(name: &str) -> bool {
 }
 
 /// The bookkeeping schema version this extension writes.
-pub const VERSION: i64 = 3;
+pub const VERSION: i64 = 4;
 
 /// Key of the version in `sluice_meta`.
 const VERSION_KEY: &str = "schema_version";
@@ -99,7 +103,7 @@ const VERSION_KEY: &str = "schema_version";
 /// The upgrades, in order: upgrade `n` brings version `n - 1` to `n`.
 /// Version 0 is a database without the key: no bookkeeping at all, or
 /// bookkeeping made by v0.1.0 or older (which had no version).
-const UPGRADES: [(i64, Upgrade); 3] = [(1, to_v1), (2, to_v2), (3, to_v3)];
+const UPGRADES: [(i64, Upgrade); 4] = [(1, to_v1), (2, to_v2), (3, to_v3), (4, to_v4)];
 
 /// One upgrade step of the bookkeeping.
 type Upgrade = fn(&Connection) -> Res<()>;
@@ -317,6 +321,26 @@ fn to_v3(conn: &Connection) -> Res<()> {
                 "ALTER TABLE main.sluice_tables ADD COLUMN {column} INTEGER"
             ))?;
         }
+    }
+    Ok(())
+}
+
+/// Version 4 (sluice 0.2): deletes of mutable tables travel.
+/// `sluice_tombstones` holds the deletes waiting to be sent
+/// ([`tombstones`]); `sluice_tables` gains `delete_key`, the key columns a
+/// tombstone of the table carries (JSON; `[]`: deletes are not tracked;
+/// NULL: tracked before 0.2, decided at the next `sluice_track`). Like every
+/// upgrade, it may run again on what it made.
+fn to_v4(conn: &Connection) -> Res<()> {
+    conn.execute_batch(tombstones::CREATE)?;
+    let has: bool = conn.query_row(
+        "SELECT count(*) > 0 FROM pragma_table_info('sluice_tables', 'main') \
+         WHERE name = 'delete_key'",
+        [],
+        |r| r.get(0),
+    )?;
+    if !has {
+        conn.execute_batch("ALTER TABLE main.sluice_tables ADD COLUMN delete_key TEXT")?;
     }
     Ok(())
 }

@@ -17,6 +17,19 @@ pub struct Tracked {
     pub local_only: Vec<String>,
     pub key: Vec<String>,
     pub acked_seq: i64,
+    /// The key columns a tombstone of the table carries: `Some` non-empty
+    /// when its deletes are tracked, `Some([])` when they are not, `None`
+    /// for a table tracked before 0.2 and not since (not tracked).
+    pub delete_key: Option<Vec<String>>,
+}
+
+impl Tracked {
+    /// The key of the table's tombstones, when its deletes are tracked.
+    pub fn deletes(&self) -> Option<&[String]> {
+        self.delete_key
+            .as_deref()
+            .filter(|k| self.mutable && !k.is_empty())
+    }
 }
 
 /// A registration with everything `sluice_tracked` shows.
@@ -51,6 +64,21 @@ fn time_column_sql(conn: &Connection) -> Res<&'static str> {
     Ok(if has { "time_column" } else { "NULL" })
 }
 
+/// `delete_key`, or NULL on a database not upgraded to bookkeeping 4.
+fn delete_key_sql(conn: &Connection) -> Res<&'static str> {
+    let has: bool = conn.query_row(
+        "SELECT count(*) > 0 FROM pragma_table_info('sluice_tables', 'main') \
+         WHERE name = 'delete_key'",
+        [],
+        |r| r.get(0),
+    )?;
+    Ok(if has { "delete_key" } else { "NULL" })
+}
+
+fn opt_list_of(tbl: &str, s: Option<String>) -> Res<Option<Vec<String>>> {
+    s.map(|s| list_of(tbl, "delete_key", &s)).transpose()
+}
+
 /// The registrations, sorted by table name; only `only` when given.
 pub fn list(conn: &Connection, only: Option<&str>) -> Res<Vec<Registration>> {
     if !Table::Tables.exists(conn)? {
@@ -58,9 +86,10 @@ pub fn list(conn: &Connection, only: Option<&str>) -> Res<Vec<Registration>> {
     }
     let mut stmt = conn.prepare(&format!(
         "SELECT tbl, mutable, local_only, key_columns, {}, acked_seq, acked_batches, \
-                acked_rows, acked_at \
+                acked_rows, acked_at, {} \
            FROM main.sluice_tables WHERE ?1 IS NULL OR tbl = ?1 ORDER BY tbl",
-        time_column_sql(conn)?
+        time_column_sql(conn)?,
+        delete_key_sql(conn)?
     ))?;
     let rows = stmt
         .query_map(params![only], |r| {
@@ -74,14 +103,27 @@ pub fn list(conn: &Connection, only: Option<&str>) -> Res<Vec<Registration>> {
                 r.get::<_, i64>(6)?,
                 r.get::<_, i64>(7)?,
                 r.get::<_, Option<i64>>(8)?,
+                r.get::<_, Option<String>>(9)?,
             ))
         })?
         .collect::<Result<Vec<_>, _>>()?;
     rows.into_iter()
         .map(
-            |(tbl, mutable, local_only, key, time_column, acked_seq, batches, acked_rows, at)| {
+            |(
+                tbl,
+                mutable,
+                local_only,
+                key,
+                time_column,
+                acked_seq,
+                batches,
+                acked_rows,
+                at,
+                del,
+            )| {
                 Ok(Registration {
                     tracked: Tracked {
+                        delete_key: opt_list_of(&tbl, del)?,
                         local_only: list_of(&tbl, "local_only", &local_only)?,
                         key: list_of(&tbl, "key_columns", &key)?,
                         tbl,
@@ -105,8 +147,11 @@ pub fn get(conn: &Connection, tbl: &str) -> Res<Option<Tracked>> {
     }
     let row = conn
         .query_row(
-            "SELECT tbl, mutable, local_only, key_columns, acked_seq FROM main.sluice_tables \
-             WHERE tbl = ?1",
+            &format!(
+                "SELECT tbl, mutable, local_only, key_columns, acked_seq, {} \
+                   FROM main.sluice_tables WHERE tbl = ?1",
+                delete_key_sql(conn)?
+            ),
             [tbl],
             |r| {
                 Ok((
@@ -115,14 +160,16 @@ pub fn get(conn: &Connection, tbl: &str) -> Res<Option<Tracked>> {
                     r.get::<_, String>(2)?,
                     r.get::<_, String>(3)?,
                     r.get::<_, i64>(4)?,
+                    r.get::<_, Option<String>>(5)?,
                 ))
             },
         )
         .optional()?;
-    let Some((tbl, mutable, local_only, key, acked_seq)) = row else {
+    let Some((tbl, mutable, local_only, key, acked_seq, del)) = row else {
         return Ok(None);
     };
     Ok(Some(Tracked {
+        delete_key: opt_list_of(&tbl, del)?,
         local_only: list_of(&tbl, "local_only", &local_only)?,
         key: list_of(&tbl, "key_columns", &key)?,
         tbl,
@@ -144,21 +191,23 @@ pub fn require(conn: &Connection, info: &TableInfo) -> Res<Tracked> {
 
 /// Registers `tbl`, or updates its options (a `time_column` of `None` keeps
 /// the one stored); the watermark and counters stay.
+#[allow(clippy::too_many_arguments)]
 pub fn upsert(
     conn: &Connection,
     tbl: &str,
     mutable: bool,
     local_only: &[String],
     key: &[String],
+    delete_key: &[String],
     time_column: Option<&str>,
     now_ms: i64,
 ) -> Res<()> {
     conn.execute(
         "INSERT INTO main.sluice_tables \
-         (tbl, mutable, local_only, key_columns, created_at, time_column) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
+         (tbl, mutable, local_only, key_columns, created_at, time_column, delete_key) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
          ON CONFLICT (tbl) DO UPDATE SET local_only = excluded.local_only, \
-         key_columns = excluded.key_columns, \
+         key_columns = excluded.key_columns, delete_key = excluded.delete_key, \
          time_column = coalesce(excluded.time_column, sluice_tables.time_column)",
         params![
             tbl,
@@ -166,7 +215,8 @@ pub fn upsert(
             json_list(local_only)?,
             json_list(key)?,
             now_ms,
-            time_column
+            time_column,
+            json_list(delete_key)?
         ],
     )?;
     Ok(())

@@ -791,7 +791,7 @@ fn the_v010_fixture_upgrades_with_its_stream_as_the_first_epoch() {
     // The first write upgrades.
     db.execute_batch("SELECT sluice_machine('fixture-machine')")
         .unwrap();
-    assert_eq!(version(&db), Some(3));
+    assert_eq!(version(&db), Some(crate::bookkeeping::VERSION));
     let after = identity(&db);
     assert_eq!(after["stream_id"], s);
     let epochs = after["epochs"].as_array().unwrap();
@@ -804,7 +804,7 @@ fn the_v010_fixture_upgrades_with_its_stream_as_the_first_epoch() {
         "DELETE FROM sluice_meta WHERE key = 'schema_version'; SELECT sluice_zone('UTC');",
     )
     .unwrap();
-    assert_eq!(version(&db), Some(3));
+    assert_eq!(version(&db), Some(crate::bookkeeping::VERSION));
     assert_eq!(identity(&db)["epochs"], after["epochs"]);
     // A new epoch on it: the append-only table with pending rows forks;
     // the mutable one is sent again.
@@ -848,7 +848,7 @@ fn a_version_2_database_upgrades_to_3() {
             &db,
             "SELECT value FROM sluice_meta WHERE key = 'schema_version'"
         ),
-        3
+        crate::bookkeeping::VERSION
     );
     let id = identity(&db);
     assert_eq!(id["epochs"][0]["stream_id"], s);
