@@ -76,6 +76,9 @@ enum Absent {
     EarlierEpoch,
     /// Acknowledged, then cleaned up at the edge.
     CleanedUp,
+    /// Deleted at the edge: a tombstone explains it (one not yet sent, or
+    /// the cloud's mark of one, `sluice_deleted_at`).
+    Deleted,
     /// Never acknowledged by this database: a difference.
     Extra,
 }
@@ -92,6 +95,79 @@ fn absent_row(epochs: &Epochs, stream: Option<i64>, version: i64, acked: bool) -
     } else {
         Absent::Extra
     }
+}
+
+/// The cloud column that marks a row deleted at the edge (`on_delete =>
+/// 'mark'`).
+const DELETED_AT_COLUMN: &str = "sluice_deleted_at";
+
+/// The keys of the table's pending tombstones at the edge, each as the
+/// cloud key of `kinds` (name and kind of each key column, `sluice_device`
+/// being this `device`) renders it; empty when the table's deletes are not
+/// tracked, or its delete key does not cover the cloud key.
+fn pending_tombstone_keys(
+    conn: &rusqlite::Connection,
+    table: &str,
+    kinds: &[(String, Kind)],
+    device: &str,
+) -> anyhow::Result<BTreeSet<String>> {
+    let exists: bool = conn.query_row(
+        "SELECT count(*) = 2 FROM sqlite_master WHERE type = 'table' \
+         AND name IN ('sluice_tombstones', 'sluice_tables')",
+        [],
+        |r| r.get(0),
+    )?;
+    let has_key_column: bool = exists
+        && conn.query_row(
+            "SELECT count(*) > 0 FROM pragma_table_info('sluice_tables') WHERE name = 'delete_key'",
+            [],
+            |r| r.get(0),
+        )?;
+    if !has_key_column {
+        return Ok(BTreeSet::new());
+    }
+    let delete_key: Option<String> = conn
+        .query_row(
+            "SELECT delete_key FROM sluice_tables WHERE tbl = ?1",
+            [table],
+            |r| r.get(0),
+        )
+        .unwrap_or(None);
+    let delete_key: Vec<String> = delete_key
+        .and_then(|k| serde_json::from_str(&k).ok())
+        .unwrap_or_default();
+    // For each cloud key column, the tombstone column holding it (None:
+    // the device).
+    let mut at: Vec<Option<usize>> = Vec::new();
+    for (name, _) in kinds {
+        if name == "sluice_device" {
+            at.push(None);
+        } else if let Some(i) = delete_key.iter().position(|k| k == name) {
+            at.push(Some(i));
+        } else {
+            return Ok(BTreeSet::new());
+        }
+    }
+    let cols: Vec<String> = (1..=delete_key.len().max(1))
+        .map(|i| format!("k{i}"))
+        .collect();
+    let mut stmt = conn.prepare(&format!(
+        "SELECT {} FROM sluice_tombstones WHERE tbl = ?1",
+        cols.join(", ")
+    ))?;
+    let mut rows = stmt.query([table])?;
+    let mut out = BTreeSet::new();
+    while let Some(r) = rows.next()? {
+        let mut key = Vec::with_capacity(kinds.len());
+        for ((_, kind), i) in kinds.iter().zip(&at) {
+            key.push(match i {
+                Some(i) => canon::canon_edge(r.get_ref(*i)?, *kind),
+                None => device.to_owned(),
+            });
+        }
+        out.insert(key.join("|"));
+    }
+    Ok(out)
 }
 
 /// Differences printed per kind; all are counted.
@@ -203,6 +279,17 @@ pub async fn run(cfg: &Config, opts: &VerifyOptions) -> anyhow::Result<ExitCode>
         }
         keys.push(c);
     }
+
+    // The keys of the deletes at the edge not yet sent (sluice_tombstones),
+    // in the canonical form of the cloud's key: a cloud row the edge does
+    // not hold under one of them was deleted, not cleaned up.
+    let tombstone_keys = {
+        let t = table.to_owned();
+        let device = cfg.device.id.clone();
+        let kinds: Vec<(String, Kind)> = keys.iter().map(|k| (k.name.clone(), k.kind)).collect();
+        edge.run(move |e| pending_tombstone_keys(e.connection(), &t, &kinds, &device))
+            .await?
+    };
 
     let range = if opts.since.is_some() || opts.until.is_some() {
         let Some(tc) = &tracked.time_column else {
@@ -367,9 +454,15 @@ pub async fn run(cfg: &Config, opts: &VerifyOptions) -> anyhow::Result<ExitCode>
         .and_then(|e| e.started_at.as_deref())
         .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
         .map(|t| t.timestamp_millis().saturating_mul(1000));
+    let mut deleted = 0u64;
     if has_device && has_version {
+        let marked = if cloud_types.contains_key(DELETED_AT_COLUMN) {
+            format!("t.{DELETED_AT_COLUMN} IS NOT NULL")
+        } else {
+            "false".to_owned()
+        };
         let mut sql = format!(
-            "SELECT {}, t.sluice_version{} FROM {target} t WHERE t.sluice_device = $1",
+            "SELECT {}, t.sluice_version, {marked}{} FROM {target} t WHERE t.sluice_device = $1",
             keys.iter().map(cloud_expr).collect::<Vec<_>>().join(", "),
             if by_stream {
                 format!(", t.{STREAM_COLUMN}")
@@ -414,8 +507,9 @@ pub async fn run(cfg: &Config, opts: &VerifyOptions) -> anyhow::Result<ExitCode>
                 continue;
             }
             let version: i64 = r.get(keys.len());
+            let marked: bool = r.get(keys.len() + 1);
             let stream: Option<i64> = if by_stream {
-                r.get(keys.len() + 1)
+                r.get(keys.len() + 2)
             } else {
                 None
             };
@@ -423,9 +517,17 @@ pub async fn run(cfg: &Config, opts: &VerifyOptions) -> anyhow::Result<ExitCode>
                 current_stream,
                 earlier_end: earlier_epochs_end,
             };
-            match absent_row(&epochs, stream, version, tracked.acked(version)) {
+            // A tombstone explains it: deleted at the edge, whatever its
+            // version says.
+            let absent = if marked || tombstone_keys.contains(&key) {
+                Absent::Deleted
+            } else {
+                absent_row(&epochs, stream, version, tracked.acked(version))
+            };
+            match absent {
                 Absent::EarlierEpoch => earlier += 1,
                 Absent::CleanedUp => cleaned += 1,
+                Absent::Deleted => deleted += 1,
                 Absent::Extra => findings.extra.push(format!(
                     "{key} (version {version}, edge acknowledged up to {})",
                     tracked.acked_seq
@@ -439,6 +541,11 @@ pub async fn run(cfg: &Config, opts: &VerifyOptions) -> anyhow::Result<ExitCode>
          {pending} pending rows not compared, {cleaned} cloud rows no longer at the edge (cleaned up after acknowledgement)",
         unit
     );
+    if deleted > 0 {
+        println!(
+            "  {deleted} cloud rows were deleted at the edge (the delete is not sent yet, or the cloud marks the row deleted: on_delete 'mark')"
+        );
+    }
     if newer_in_cloud > 0 {
         println!(
             "  {newer_in_cloud} rows are newer in the cloud (a higher version: written by another device, or sent before this database was restored from a backup)"
