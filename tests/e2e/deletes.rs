@@ -162,3 +162,64 @@ fn verify_counts_deleted_rows_apart_from_cleaned_up_ones() {
     assert!(!out.contains("deleted at the edge"), "{out}");
     assert!(out.contains("missing in the cloud: 0"), "{out}");
 }
+
+/// `on_delete => 'mark'`: the synced delete keeps the cloud row, marked;
+/// verify counts it as deleted, and a camera added again under its key
+/// clears the mark.
+#[test]
+fn mark_keeps_the_cloud_row_marked_and_verify_counts_it_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let cloud = CloudDb::create("deletes_mark");
+    cloud
+        .client()
+        .batch_execute(
+            "ALTER TABLE cameras ADD COLUMN sluice_deleted_at timestamptz;
+             SELECT sluice.register_table('cameras', 'cameras', ARRAY['location_id', 'camera_id'],
+                                          tenant_column => 'location_id', on_delete => 'mark');",
+        )
+        .unwrap();
+    let edge = edge_with_cameras(dir.path());
+    let config = write_config(
+        dir.path(),
+        &dir.path().join("edge.db"),
+        &cloud.url,
+        DEVICE,
+        100,
+    );
+    sync(&config);
+    edge.execute_batch("DELETE FROM cameras WHERE camera_id = 'cam-1'")
+        .unwrap();
+    sync(&config);
+    let marked = |cloud: &CloudDb| -> Vec<String> {
+        cloud
+            .client()
+            .query(
+                "SELECT camera_id FROM cameras WHERE sluice_deleted_at IS NOT NULL ORDER BY 1",
+                &[],
+            )
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+    };
+    assert_eq!(marked(&cloud), ["cam-1"]);
+    assert_eq!(cloud.count("cameras"), 3);
+    let out = run_ok(&[
+        "verify",
+        "--config",
+        config.to_str().unwrap(),
+        "--table",
+        "cameras",
+    ]);
+    assert!(
+        out.contains("1 cloud rows were deleted at the edge"),
+        "{out}"
+    );
+    edge.execute_batch(
+        "INSERT INTO cameras (camera_id, location_id, name) VALUES ('cam-1', 'loc-1', 'door 2')",
+    )
+    .unwrap();
+    sync(&config);
+    assert!(marked(&cloud).is_empty());
+    assert!(cloud_cameras(&cloud).contains(&"loc-1/cam-1=door 2".to_string()));
+}
