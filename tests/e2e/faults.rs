@@ -476,7 +476,12 @@ fn run_trial(server: &OwnServer, trial: u64, seed: u64) -> (Tally, Vec<String>, 
         // An operator changes the cloud database's zone: new sessions (the
         // agent's next connection) get it; nothing may move.
         if rng.chance(15) {
-            let zone = *rng.pick(&["Asia/Shanghai", "America/Los_Angeles", "UTC", "Asia/Kolkata"]);
+            let zone = *rng.pick(&[
+                "Asia/Shanghai",
+                "America/Los_Angeles",
+                "UTC",
+                "Asia/Kolkata",
+            ]);
             let mut c = postgres::Client::connect(&direct, postgres::NoTls).unwrap();
             c.batch_execute(&format!("ALTER DATABASE {db} SET timezone = '{zone}'"))
                 .unwrap();
