@@ -268,30 +268,9 @@ fn apply(
     }
 
     let arrays: Vec<&str> = params.iter().map(Param::array_type).collect();
-    let mut types: Vec<PgBuiltInOids> = params
-        .iter()
-        .map(|p| match p {
-            Param::Text(_) => PgBuiltInOids::TEXTARRAYOID,
-            Param::Int8(_) => PgBuiltInOids::INT8ARRAYOID,
-            Param::Float8(_) => PgBuiltInOids::FLOAT8ARRAYOID,
-            Param::Timestamptz(_) => PgBuiltInOids::TIMESTAMPTZARRAYOID,
-        })
-        .collect();
+    let (mut types, mut args) = row_args(params)?;
     types.push(PgBuiltInOids::INT8ARRAYOID);
     types.push(PgBuiltInOids::TEXTOID);
-    let mut args: Vec<pgrx::datum::DatumWithOid<'_>> = Vec::with_capacity(params.len() + 5);
-    for p in params {
-        args.push(match p {
-            Param::Text(v) => v.into(),
-            Param::Int8(v) => v.into(),
-            Param::Float8(v) => v.into(),
-            Param::Timestamptz(v) => v
-                .into_iter()
-                .map(|t| t.map(timestamptz).transpose())
-                .collect::<Result<Vec<_>>>()?
-                .into(),
-        });
-    }
     args.push(batch.versions.clone().into());
     args.push(device.into());
     if has_stream {
