@@ -48,6 +48,7 @@ mod tests {
             fingerprint: 0,
             digest: None,
             origin: sluice_wire::Origin::default(),
+            resend: 0,
         };
         encode(&header, &versions, &by_column, EncodeOptions::default()).expect("encodes")
     }
@@ -2193,6 +2194,7 @@ mod tests {
             fingerprint: 0,
             digest: None,
             origin: sluice_wire::Origin::default(),
+            resend: 0,
         };
         sluice_wire::encode_with_deletes(
             &header,

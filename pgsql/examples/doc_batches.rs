@@ -43,6 +43,7 @@ fn print(s: Spec<'_>) {
             zone: s.zone.into(),
             fork: s.fork,
         },
+        resend: 0,
     };
     let bytes = encode(
         &header,

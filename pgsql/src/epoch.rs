@@ -84,6 +84,7 @@ mod tests {
             table: "division_states".into(),
             base_seq: 10,
             last_seq: 20,
+            resend: 0,
         }
     }
 

@@ -202,6 +202,7 @@ fn batch(ctx: &Context<'_>) -> Res<Value> {
             zone: wire_zone(meta::zone(&conn)?.as_deref()),
             fork: fork::for_batch(&conn, &t.tbl, base_seq)?,
         },
+        resend: 0,
     };
     let bytes = encode_with_deletes(
         &header,

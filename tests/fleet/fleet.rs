@@ -72,6 +72,7 @@ fn batch(device: usize, b: usize, rows: usize) -> Vec<u8> {
         fingerprint: 0,
         digest: None,
         origin: sluice_wire::Origin::default(),
+        resend: 0,
     };
     encode(&header, &versions, &data, EncodeOptions::default()).unwrap()
 }

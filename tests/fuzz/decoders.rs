@@ -126,6 +126,7 @@ pub fn division_batch(
         fingerprint: 0,
         digest: None,
         origin: sluice_wire::Origin::default(),
+        resend: 0,
     };
     let opts = EncodeOptions {
         brotli_quality: if compressed { Some(5) } else { None },
@@ -187,6 +188,7 @@ fn odd_batch(compressed: bool) -> Vec<u8> {
         fingerprint: 0,
         digest: None,
         origin: sluice_wire::Origin::default(),
+        resend: 0,
     };
     encode(
         &header,

@@ -135,6 +135,7 @@ pub fn batches(rows: &[Row], stream_id: u64) -> Vec<Vec<u8>> {
                 fingerprint: 0,
                 digest: None,
                 origin: sluice_wire::Origin::default(),
+                resend: 0,
             };
             encode(&header, &versions, &values, EncodeOptions::default()).expect("encode")
         })

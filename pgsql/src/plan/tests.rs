@@ -26,6 +26,7 @@ fn batch(columns: &[(&str, ColumnType)], rows: Vec<Vec<Value>>) -> Batch {
             digest: None,
             origin: sluice_wire::Origin::default(),
             columns,
+            resend: 0,
         },
         versions: (1..=rows.len() as i64).collect(),
         deleted: Vec::new(),

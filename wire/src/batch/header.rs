@@ -49,11 +49,19 @@ pub(super) fn write_header(
         .map_or((0, 0), |f| (f.parent_stream, f.fork_seq));
     codec::put_u64(&mut head, parent);
     codec::put_u64(&mut head, fork_seq as u64);
+    if header.resend != 0 {
+        codec::put_u32(&mut head, header.resend);
+    }
     Ok(head)
 }
 
-/// Parses a header of format `version` (1 or 2, checked by the frame).
-pub(super) fn parse_header(head: &[u8], version: u8) -> Result<BatchHeader, WireError> {
+/// Parses a header of format `version` (1 or 2, checked by the frame);
+/// `resend`: the frame's flag says the header ends with a re-send number.
+pub(super) fn parse_header(
+    head: &[u8],
+    version: u8,
+    resend: bool,
+) -> Result<BatchHeader, WireError> {
     let mut r = Reader::new(head);
     let device_id = r.str16("device id")?;
     let stream_id = r.u64("stream id")?;
@@ -107,6 +115,18 @@ pub(super) fn parse_header(head: &[u8], version: u8) -> Result<BatchHeader, Wire
     } else {
         (None, Origin::default())
     };
+    let resend = if resend {
+        match r.u32("re-send number")? {
+            0 => {
+                return Err(WireError::malformed(
+                    "the re-send flag is set with number 0",
+                ))
+            }
+            n => n,
+        }
+    } else {
+        0
+    };
     if r.remaining() != 0 {
         return Err(WireError::malformed(format!(
             "{} unexpected bytes at the end of the header",
@@ -138,5 +158,6 @@ pub(super) fn parse_header(head: &[u8], version: u8) -> Result<BatchHeader, Wire
         fingerprint,
         digest,
         origin,
+        resend,
     })
 }

@@ -140,6 +140,14 @@ pub struct BatchHeader {
     /// Where the rows come from beyond the stream (format version 2; the
     /// default in a version 1 batch).
     pub origin: Origin,
+    /// 0 for an ordinary batch. `n > 0`: the batch re-sends rows the cloud
+    /// acknowledged before, for the table's `n`th re-send request (an
+    /// operator's `sluice_resend`, or a quarantined row released). Part of
+    /// the identity, so a re-send is never taken for a replay of the batch
+    /// that first sent the rows; the cloud lets a re-sent row replace its
+    /// copy with an equal (version, device) pair where the policy allows.
+    /// Written only when non-zero (flag bit 3, format version 2).
+    pub resend: u32,
 }
 
 /// What a batch says about the database and the clock its rows come from.
@@ -181,6 +189,7 @@ impl BatchHeader {
             table: self.table.clone(),
             base_seq: self.base_seq,
             last_seq: self.last_seq,
+            resend: self.resend,
         }
     }
 }
@@ -193,6 +202,8 @@ pub struct BatchId {
     pub table: String,
     pub base_seq: i64,
     pub last_seq: i64,
+    /// [`BatchHeader::resend`]: 0 for an ordinary batch.
+    pub resend: u32,
 }
 
 impl std::fmt::Display for BatchId {
@@ -201,7 +212,11 @@ impl std::fmt::Display for BatchId {
             f,
             "{}/{}/{:016x} ({}, {}]",
             self.device_id, self.table, self.stream_id, self.base_seq, self.last_seq
-        )
+        )?;
+        if self.resend != 0 {
+            write!(f, " re-send {}", self.resend)?;
+        }
+        Ok(())
     }
 }
 

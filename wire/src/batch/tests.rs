@@ -19,6 +19,7 @@ fn header(columns: Vec<Column>, base: i64, last: i64) -> BatchHeader {
         columns,
         digest: None,
         origin: Origin::default(),
+        resend: 0,
     }
 }
 
@@ -622,4 +623,30 @@ proptest! {
         bytes[pos % n] = byte;
         let _ = decode(&resign(bytes));
     }
+}
+
+#[test]
+fn a_resend_number_travels_in_the_header_and_is_part_of_the_identity() {
+    let (mut h, v, d) = sample();
+    let plain = encode(&h, &v, &d, EncodeOptions::default()).unwrap();
+    assert_eq!(plain[4] & 8, 0, "no re-send flag on an ordinary batch");
+    h.resend = 3;
+    let bytes = encode(&h, &v, &d, EncodeOptions::default()).unwrap();
+    assert_eq!(bytes[4] & 8, 8);
+    let back = decode(&bytes).unwrap();
+    assert_eq!(back.header.resend, 3);
+    assert_eq!(decode_header(&bytes).unwrap().resend, 3);
+    assert_ne!(back.header.id(), decode(&plain).unwrap().header.id());
+    assert!(back.header.id().to_string().ends_with(" re-send 3"));
+    // The same rows: the same digest, whatever the re-send number.
+    assert_eq!(back.header.digest, decode(&plain).unwrap().header.digest);
+    // The flag without the number, or a version 1 frame with the flag.
+    let mut cut = plain.clone();
+    cut[4] |= 8;
+    let e = decode(&resign(cut)).unwrap_err().to_string();
+    assert!(e.contains("re-send number"), "{e}");
+    let mut v1 = as_version_1(&plain);
+    v1[4] |= 8;
+    let e = decode(&resign(v1)).unwrap_err().to_string();
+    assert!(e.contains("unknown flags"), "{e}");
 }
