@@ -307,7 +307,7 @@ fn a_version_3_database_upgrades_to_4_and_tracks_deletes_at_the_next_track() {
             &db,
             "SELECT value FROM sluice_meta WHERE key = 'schema_version'"
         ),
-        4
+        crate::bookkeeping::VERSION
     );
     // Tracked before 0.2: not tracked until the next sluice_track, which
     // takes the default.

@@ -17,7 +17,9 @@ pub mod budget;
 pub mod clock;
 pub mod drops;
 pub mod meta;
+pub mod quarantine;
 pub mod ranges;
+pub mod resends;
 pub mod rollups;
 pub mod streams;
 pub mod tables;
@@ -41,11 +43,13 @@ pub enum Table {
     BudgetState,
     Streams,
     Tombstones,
+    Quarantine,
+    Resends,
 }
 
 impl Table {
     /// Every bookkeeping table; none of them can be tracked.
-    pub const ALL: [Table; 11] = [
+    pub const ALL: [Table; 13] = [
         Table::Meta,
         Table::Tables,
         Table::Acks,
@@ -57,6 +61,8 @@ impl Table {
         Table::BudgetState,
         Table::Streams,
         Table::Tombstones,
+        Table::Quarantine,
+        Table::Resends,
     ];
 
     pub fn name(self) -> &'static str {
@@ -72,6 +78,8 @@ impl Table {
             Table::BudgetState => "sluice_budget_state",
             Table::Streams => "sluice_streams",
             Table::Tombstones => "sluice_tombstones",
+            Table::Quarantine => "sluice_quarantine",
+            Table::Resends => "sluice_resends",
         }
     }
 
@@ -95,7 +103,7 @@ pub fn is_bookkeeping(name: &str) -> bool {
 }
 
 /// The bookkeeping schema version this extension writes.
-pub const VERSION: i64 = 4;
+pub const VERSION: i64 = 5;
 
 /// Key of the version in `sluice_meta`.
 const VERSION_KEY: &str = "schema_version";
@@ -103,7 +111,7 @@ const VERSION_KEY: &str = "schema_version";
 /// The upgrades, in order: upgrade `n` brings version `n - 1` to `n`.
 /// Version 0 is a database without the key: no bookkeeping at all, or
 /// bookkeeping made by v0.1.0 or older (which had no version).
-const UPGRADES: [(i64, Upgrade); 4] = [(1, to_v1), (2, to_v2), (3, to_v3), (4, to_v4)];
+const UPGRADES: [(i64, Upgrade); 5] = [(1, to_v1), (2, to_v2), (3, to_v3), (4, to_v4), (5, to_v5)];
 
 /// One upgrade step of the bookkeeping.
 type Upgrade = fn(&Connection) -> Res<()>;
@@ -342,6 +350,61 @@ fn to_v4(conn: &Connection) -> Res<()> {
     if !has {
         conn.execute_batch("ALTER TABLE main.sluice_tables ADD COLUMN delete_key TEXT")?;
     }
+    Ok(())
+}
+
+/// Adds `column` (with its type and constraints, `decl`) to bookkeeping
+/// table `table` unless it has it.
+fn add_column(conn: &Connection, table: Table, column: &str, decl: &str) -> Res<()> {
+    let has: bool = conn.query_row(
+        "SELECT count(*) > 0 FROM pragma_table_info(?1, 'main') WHERE name = ?2",
+        [table.name(), column],
+        |r| r.get(0),
+    )?;
+    if !has {
+        conn.execute_batch(&format!(
+            "ALTER TABLE main.{} ADD COLUMN {column} {decl}",
+            table.name()
+        ))?;
+    }
+    Ok(())
+}
+
+/// Version 5 (sluice 0.2): rows that cannot be sent, re-sends and a full
+/// disk. `sluice_quarantine` holds the rows moved aside ([`quarantine`]);
+/// `sluice_resends` the ranges an operator asked to send again
+/// ([`resends`]); `sluice_drops` gains `unrolled_rows` (rows dropped, as the
+/// last resort of a full disk, before every rollup of their table had
+/// processed them); `sluice_budget_state` gains what the budget found on
+/// the filesystem (`free_bytes`, `min_free_bytes`, `reserve_bytes`); the
+/// views `sluice_budget` and `sluice_status` show them and the quarantined
+/// rows. Like every upgrade, it may run again on what it made.
+fn to_v5(conn: &Connection) -> Res<()> {
+    conn.execute_batch(quarantine::CREATE)?;
+    conn.execute_batch(resends::CREATE)?;
+    add_column(conn, Table::Drops, "unrolled_rows", "INTEGER")?;
+    for column in ["free_bytes", "min_free_bytes", "reserve_bytes"] {
+        add_column(conn, Table::BudgetState, column, "INTEGER")?;
+    }
+    conn.execute_batch(
+        "DROP VIEW IF EXISTS main.sluice_budget;
+         CREATE VIEW main.sluice_budget AS
+         SELECT max_bytes, used_bytes, file_bytes, within_budget, dropped_rows, checked_at, note,
+                free_bytes, min_free_bytes, reserve_bytes
+           FROM sluice_budget_state;
+         DROP VIEW IF EXISTS main.sluice_status;
+         CREATE VIEW main.sluice_status AS
+         SELECT t.tbl AS \"table\",
+                sluice_pending(t.tbl) AS pending_rows,
+                sluice_pending_age(t.tbl) AS oldest_pending_age_secs,
+                strftime('%Y-%m-%dT%H:%M:%fZ', t.acked_at / 1000.0, 'unixepoch') AS last_ack_at,
+                t.acked_rows AS acked_rows,
+                coalesce((SELECT sum(d.rows) FROM sluice_drops d WHERE d.tbl = t.tbl), 0)
+                    AS rows_dropped,
+                (SELECT count(*) FROM sluice_quarantine q WHERE q.tbl = t.tbl)
+                    AS quarantined_rows
+           FROM sluice_tables t;",
+    )?;
     Ok(())
 }
 
