@@ -1,5 +1,6 @@
 //! What the ledger (`sluice.batches`) and the device statistics
-//! (`sluice.devices`) record of a batch besides its identity.
+//! (`sluice.devices`) record of a batch besides its identity, and the
+//! identity's re-send number as the ledger stores it.
 
 /// The largest send time stored, in ms since the Unix epoch:
 /// 9999-12-31T23:59:59.999Z (PostgreSQL goes further, but a clock is wrong by
@@ -13,6 +14,19 @@ pub fn sent_at_ms(ms: i64) -> Option<i64> {
     (-MAX_SENT_AT_MS..=MAX_SENT_AT_MS)
         .contains(&ms)
         .then_some(ms)
+}
+
+/// A batch's re-send number ([`sluice_wire::BatchHeader::resend`]) as
+/// `sluice.batches.resend` stores it (`integer`), or the message of a number
+/// above `i32::MAX` (no edge asks for two billion re-sends of a table),
+/// which is refused rather than wrapped into another identity.
+pub fn resend_to_sql(resend: u32) -> Result<i32, String> {
+    i32::try_from(resend).map_err(|_| {
+        format!(
+            "the batch's re-send number {resend} is out of range (at most {})",
+            i32::MAX
+        )
+    })
 }
 
 #[cfg(test)]
@@ -30,5 +44,18 @@ mod tests {
         // `abs()` of this one overflows (a panic in a debug build, and
         // i64::MIN itself, "in range", in a release build).
         assert_eq!(sent_at_ms(i64::MIN), None);
+    }
+
+    #[test]
+    fn resend_numbers_above_i32_are_refused_not_wrapped() {
+        assert_eq!(resend_to_sql(0), Ok(0));
+        assert_eq!(resend_to_sql(7), Ok(7));
+        assert_eq!(resend_to_sql(i32::MAX as u32), Ok(i32::MAX));
+        assert_eq!(
+            resend_to_sql(u32::MAX),
+            Err(
+                "the batch's re-send number 4294967295 is out of range (at most 2147483647)".into()
+            )
+        );
     }
 }

@@ -76,6 +76,45 @@ impl Policy {
         }
     }
 
+    /// The `WHERE` of `ON CONFLICT ... DO UPDATE` for the rows of a re-send
+    /// batch ([`sluice_wire::BatchHeader::resend`]): the policy's
+    /// [`update_condition`](Self::update_condition), or an equal `(version,
+    /// device)` pair with other content in a column outside the key (the
+    /// edge sends a row it sent before, as it holds it now: after an `ADD
+    /// COLUMN ... DEFAULT`, or a fix). The content compares each column's
+    /// text form, the stored row's with the incoming one's (`EXCLUDED` has
+    /// been assigned to the column's type). `None` under insert only, which
+    /// never updates; the policy's condition alone when every column is a
+    /// key column (the content cannot differ).
+    pub fn resend_update_condition(
+        self,
+        columns: &[TargetColumn],
+        keys: &[usize],
+    ) -> Option<String> {
+        let cond = self.update_condition()?;
+        let content: Vec<String> = columns
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !keys.contains(i))
+            .map(|(_, c)| quote_ident(&c.name))
+            .collect();
+        if content.is_empty() {
+            return Some(cond);
+        }
+        let v = quote_ident(VERSION_COLUMN);
+        let d = quote_ident(DEVICE_COLUMN);
+        let stored: Vec<String> = content.iter().map(|q| format!("t.{q}::text")).collect();
+        let incoming: Vec<String> = content
+            .iter()
+            .map(|q| format!("EXCLUDED.{q}::text"))
+            .collect();
+        Some(format!(
+            "{cond}\n     OR ((EXCLUDED.{v}, EXCLUDED.{d}) = (t.{v}, t.{d})\n         AND ROW({}) IS DISTINCT FROM ROW({}))",
+            stored.join(", "),
+            incoming.join(", ")
+        ))
+    }
+
     /// Among rows of one batch with the same key, the one this policy keeps
     /// comes first in this order of versions.
     fn version_order(self) -> &'static str {
@@ -254,15 +293,20 @@ pub fn upsert_sql(
         dedup,
         fork,
         DeleteOptions::default(),
+        false,
     )
 }
 
-/// [`upsert_sql`] into a target that may have tombstones: with
-/// `deletes.tombstones_of`, a row is left out when `sluice.tombstones` holds
-/// a tombstone of its key with a higher `(version, device)` (a delete newer
-/// than the row: an older write arriving after the delete does not bring the
-/// row back); with `deletes.clear_mark`, an update that wins clears
-/// `sluice_deleted_at`.
+/// [`upsert_sql`] into a target that may have tombstones, of an ordinary
+/// batch or of a re-send: with `deletes.tombstones_of`, a row is left out
+/// when `sluice.tombstones` holds a tombstone of its key with a higher
+/// `(version, device)` (a delete newer than the row: an older write arriving
+/// after the delete does not bring the row back); with `deletes.clear_mark`,
+/// an update that wins clears `sluice_deleted_at`. With `resend` (a batch
+/// whose header's `resend` is not 0), a row whose key the target holds with
+/// an equal `(version, device)` pair and other content replaces it under
+/// last and first writer wins ([`Policy::resend_update_condition`]); it
+/// counts as updated.
 #[allow(clippy::too_many_arguments)]
 pub fn upsert_sql_with(
     target: &str,
@@ -274,6 +318,7 @@ pub fn upsert_sql_with(
     dedup: bool,
     fork: bool,
     deletes: DeleteOptions,
+    resend: bool,
 ) -> String {
     let n = columns.len();
     let fork = fork && bk.stream != StreamColumn::None;
@@ -320,7 +365,12 @@ pub fn upsert_sql_with(
             .chain(bk.key_params(n).into_iter().map(|(c, _)| quote_ident(c))),
     );
     sql.push_str(") ");
-    match policy.update_condition() {
+    let condition = if resend {
+        policy.resend_update_condition(columns, keys)
+    } else {
+        policy.update_condition()
+    };
+    match condition {
         None => sql.push_str("DO NOTHING"),
         Some(cond) => {
             sql.push_str("DO UPDATE SET ");
@@ -1389,7 +1439,8 @@ WHERE t."sluice_version" >= s.v"#),
                 Policy::LastWriterWins,
                 true,
                 false,
-                DeleteOptions::default()
+                DeleteOptions::default(),
+                false
             )
         );
         assert!(!plain.contains("tombstones") && !plain.contains("sluice_deleted_at"));
@@ -1406,6 +1457,7 @@ WHERE t."sluice_version" >= s.v"#),
                 tombstones_of: Some(99),
                 clear_mark: true,
             },
+            false,
         );
         assert!(sql.contains(
             "WHERE NOT EXISTS (SELECT 1 FROM sluice.tombstones AS tb WHERE tb.target = 99::oid::regclass AND tb.key = ARRAY[CAST(s.c1 AS bigint)::text]::text[] AND (tb.version, tb.device_id) > (s.v, $4::text))"
@@ -1434,6 +1486,7 @@ WHERE t."sluice_version" >= s.v"#),
                 tombstones_of: Some(99),
                 clear_mark: false,
             },
+            false,
         );
         assert!(sql.contains("IN (SELECT stream FROM anc)"), "{sql}");
         assert!(
@@ -1443,6 +1496,133 @@ WHERE t."sluice_version" >= s.v"#),
         assert!(
             sql.contains("ARRAY[CAST(s.c1 AS bigint)::text, $4::text, $5::bigint::text]::text[]"),
             "{sql}"
+        );
+    }
+
+    fn resend_upsert(
+        cols: &[TargetColumn],
+        keys: &[usize],
+        bk: Bookkeeping,
+        policy: Policy,
+    ) -> String {
+        let arrays = vec!["text[]"; cols.len()];
+        upsert_sql_with(
+            "t",
+            cols,
+            &arrays,
+            keys,
+            bk,
+            policy,
+            true,
+            false,
+            DeleteOptions::default(),
+            true,
+        )
+    }
+
+    #[test]
+    fn a_resend_replaces_a_row_of_an_equal_pair_with_other_content() {
+        let cols = [
+            col("id", "bigint"),
+            col("state", "text"),
+            col("level", "integer"),
+        ];
+        let sql = resend_upsert(&cols, &[0], NO_BK, Policy::LastWriterWins);
+        let expected = r#"WITH src AS (
+  SELECT DISTINCT ON (s.c1) s.* FROM (
+    SELECT unnest($1::text[])::bigint AS c1, unnest($2::text[])::text AS c2, unnest($3::text[])::integer AS c3, unnest($4::bigint[]) AS v
+  ) AS s
+  ORDER BY s.c1, s.v DESC
+),
+up AS (
+  INSERT INTO t AS t ("id", "state", "level", "sluice_device", "sluice_version")
+  SELECT c1, c2, c3, $5::text, v FROM src
+  ON CONFLICT ("id") DO UPDATE SET "state" = EXCLUDED."state", "level" = EXCLUDED."level", "sluice_device" = EXCLUDED."sluice_device", "sluice_version" = EXCLUDED."sluice_version"
+  WHERE t."sluice_version" IS NULL OR (EXCLUDED."sluice_version", EXCLUDED."sluice_device") > (t."sluice_version", COALESCE(t."sluice_device", ''))
+     OR ((EXCLUDED."sluice_version", EXCLUDED."sluice_device") = (t."sluice_version", t."sluice_device")
+         AND ROW(t."state"::text, t."level"::text) IS DISTINCT FROM ROW(EXCLUDED."state"::text, EXCLUDED."level"::text))
+  RETURNING (t.xmax = 0) AS ins
+)
+SELECT count(*) FILTER (WHERE ins), count(*) FILTER (WHERE NOT ins) FROM up"#;
+        assert_eq!(sql, expected);
+        // First writer wins: the lower pair, or the equal one with other
+        // content.
+        let fww = resend_upsert(&cols, &[0], NO_BK, Policy::FirstWriterWins);
+        assert!(
+            fww.contains(r#"WHERE (EXCLUDED."sluice_version", EXCLUDED."sluice_device") < (t."sluice_version", COALESCE(t."sluice_device", ''))
+     OR ((EXCLUDED."sluice_version", EXCLUDED."sluice_device") = (t."sluice_version", t."sluice_device")
+         AND ROW(t."state"::text, t."level"::text) IS DISTINCT FROM"#),
+            "{fww}"
+        );
+        // Insert only never changes a row, re-sent or not.
+        let io = resend_upsert(&cols, &[0], NO_BK, Policy::InsertOnly);
+        assert!(io.contains(r#"ON CONFLICT ("id") DO NOTHING"#), "{io}");
+        assert_eq!(
+            io,
+            upsert_sql(
+                "t",
+                &cols,
+                &TEXT,
+                &[0],
+                NO_BK,
+                Policy::InsertOnly,
+                true,
+                false
+            )
+        );
+        assert_eq!(
+            Policy::InsertOnly.resend_update_condition(&cols, &[0]),
+            None
+        );
+        // An ordinary batch keeps the policy's condition alone.
+        let plain = upsert_sql(
+            "t",
+            &cols,
+            &TEXT,
+            &[0],
+            NO_BK,
+            Policy::LastWriterWins,
+            true,
+            false,
+        );
+        assert!(!plain.contains("IS DISTINCT FROM"), "{plain}");
+    }
+
+    #[test]
+    fn a_resend_compares_only_columns_outside_the_key() {
+        // The append-only shape: device and stream in the key, the stream
+        // not among the compared columns.
+        let cols = [
+            col("loc", "text"),
+            col("id", "bigint"),
+            col("people", "integer"),
+        ];
+        let sql = resend_upsert(&cols, &[0, 1], STREAM_KEY, Policy::LastWriterWins);
+        assert!(
+            sql.contains(
+                r#"ON CONFLICT ("loc", "id", "sluice_device", "sluice_stream") DO UPDATE"#
+            ),
+            "{sql}"
+        );
+        assert!(
+            sql.contains(
+                r#"AND ROW(t."people"::text) IS DISTINCT FROM ROW(EXCLUDED."people"::text))"#
+            ),
+            "{sql}"
+        );
+        // Only key columns: nothing can differ, the policy's condition.
+        assert_eq!(
+            Policy::LastWriterWins.resend_update_condition(&cols[..2], &[0, 1]),
+            Policy::LastWriterWins.update_condition()
+        );
+        // Hostile names are quoted in the comparison too.
+        let cols = [col("k", "text"), col(r#"x"); DROP TABLE y; --"#, "text")];
+        let c = Policy::FirstWriterWins
+            .resend_update_condition(&cols, &[0])
+            .unwrap();
+        assert!(
+            c.contains(r#"ROW(t."x""); DROP TABLE y; --"::text)"#),
+            "{c}"
         );
     }
 }
