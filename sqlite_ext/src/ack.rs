@@ -10,17 +10,20 @@
 
 use rusqlite::functions::Context;
 use rusqlite::types::{Value, ValueRef};
-use rusqlite::Connection;
-use sluice_wire::decode_header;
+use rusqlite::{params, Connection};
+use sluice_wire::{decode_header, BatchHeader};
 
 use crate::acked;
 use crate::bookkeeping::tables::Tracked;
-use crate::bookkeeping::{acks, clock, meta, ranges, tables, tombstones, Table};
+use crate::bookkeeping::{
+    acks, clock, meta, quarantine, ranges, resends, tables, tombstones, Table,
+};
 use crate::fork;
 use crate::glue::{
     arg_blob, arg_raw, arg_text, atomic, connection, describe_value, finish, now_ms, Fail, Res,
 };
 use crate::options::{check_keep, parse_duration};
+use crate::resend;
 use crate::schema::{find_table, table_info, TableInfo};
 use crate::seal;
 use crate::sequence::{autoincrement_covers, check_high_water, seq_column, SeqColumn};
@@ -56,6 +59,9 @@ fn ack(ctx: &Context<'_>) -> Res<Value> {
             h.table
         )));
     };
+    if h.resend > 0 {
+        return ack_resend(&conn, &h, &t);
+    }
     let ranges = ranges::above(&conn, &t.tbl, t.acked_seq)?;
     if acked::covered(&ranges, t.acked_seq, h.base_seq, h.last_seq) {
         return Ok(Value::Integer(0));
@@ -76,6 +82,44 @@ fn ack(ctx: &Context<'_>) -> Res<Value> {
             tombstones::forget(&conn, &t.tbl, h.base_seq, h.last_seq)?;
         }
         forget_fork(&conn, &t.tbl)
+    })?;
+    Ok(Value::Integer(i64::from(h.row_count)))
+}
+
+/// The acknowledgement of a batch of re-send request `h.resend`: the
+/// request moves to the batch's `last_seq` (never backwards), and is
+/// finished when nothing of it is left to send. The table's watermark and
+/// ranges stay as they are. A replayed acknowledgement returns 0.
+fn ack_resend(conn: &Connection, h: &BatchHeader, t: &Tracked) -> Res<Value> {
+    let n = i64::from(h.resend);
+    let Some((r, finished)) = resends::get(conn, &t.tbl, n)? else {
+        return Err(Fail(format!(
+            "batch {}: table '{}' has no re-send request {n} in this database",
+            h.id(),
+            t.tbl
+        )));
+    };
+    if finished || h.last_seq <= r.done_seq {
+        return Ok(Value::Integer(0));
+    }
+    if h.base_seq > r.done_seq || h.last_seq > r.hi {
+        return Err(Fail(format!(
+            "batch {} does not continue re-send request {n} of '{}', which stands at {} of              ({}, {}]",
+            h.id(),
+            t.tbl,
+            r.done_seq,
+            r.lo,
+            r.hi
+        )));
+    }
+    let info = table_info(conn, &t.tbl)?;
+    let seq = seq_column(&info, t)?;
+    let now = now_ms();
+    atomic(conn, "sluice_ack", || {
+        resends::advance(conn, &t.tbl, n, h.last_seq, false, now)?;
+        // Finished when no row is left above what was sent; with any other
+        // request left empty meanwhile (its rows deleted).
+        resend::finish_empty(conn, &info, t, &seq)
     })?;
     Ok(Value::Integer(i64::from(h.row_count)))
 }
@@ -112,17 +156,30 @@ fn pending(ctx: &Context<'_>) -> Res<Value> {
     let seq = seq_column(&info, &t)?;
     check_high_water(&conn, &info, &t, &seq)?;
     let ranges = ranges::above(&conn, &t.tbl, t.acked_seq)?;
+    // Quarantined rows are not pending (looked at only when there are some).
+    let aside = quarantine::any(&conn, &t.tbl)?;
     let mut stmt = conn.prepare(&format!(
-        "SELECT count(*) FROM main.{} WHERE {seq} > ?1 AND {seq} <= ?2",
-        info.quoted()
+        "SELECT count(*) FROM main.{} WHERE {seq} > ?1 AND {seq} <= ?2{}",
+        info.quoted(),
+        if aside {
+            format!(" AND {}", quarantine::exclude_sql(&seq.to_string(), "?3"))
+        } else {
+            String::new()
+        }
     ))?;
     let mut n = 0i64;
     for (lo, hi) in acked::pending_gaps(&ranges, t.acked_seq) {
-        n += stmt.query_row([lo, hi], |r| r.get::<_, i64>(0))?;
+        n += if aside {
+            stmt.query_row(params![lo, hi, t.tbl], |r| r.get::<_, i64>(0))?
+        } else {
+            stmt.query_row([lo, hi], |r| r.get::<_, i64>(0))?
+        };
         if t.mutable {
             n += tombstones::count(&conn, &t.tbl, lo, hi)?;
         }
     }
+    // And what unfinished re-sends are still to send.
+    n = n.saturating_add(resend::rows_to_send(&conn, &info, &t, &seq)?);
     Ok(Value::Integer(n))
 }
 
@@ -172,8 +229,21 @@ fn cleanup_rows(
     let Some(upto) = upto.map(|u| u.min(t.acked_seq)) else {
         return Ok(0);
     };
+    // Rows an unfinished re-send is still to send stay until it is done.
+    let upto = resends::unfinished(conn, &t.tbl)?
+        .iter()
+        .map(|r| r.done_seq)
+        .fold(upto, i64::min);
     let table = info.quoted();
     let mut cond = format!("{seq} <= ?1");
+    // Quarantined rows stay (looked at only when there are some).
+    if quarantine::any(conn, &t.tbl)? {
+        let name = t.tbl.replace('\'', "''");
+        cond.push_str(&format!(
+            " AND {}",
+            quarantine::exclude_sql(&seq.to_string(), &format!("'{name}'"))
+        ));
+    }
     if !t.mutable && !autoincrement_covers(conn, &info.name, upto)? {
         // Keep the newest row: it holds the rowid high-water mark, so that
         // SQLite never hands out a rowid at or below the watermark again.

@@ -47,7 +47,9 @@ pub mod insert_cache;
 pub mod options;
 pub mod origin;
 pub mod pack;
+pub mod quarantine;
 pub mod raw_stmt;
+pub mod resend;
 pub mod rollup;
 pub mod rollup_spec;
 pub mod rows;
@@ -200,6 +202,32 @@ pub const FUNCTIONS: &[(&str, c_int, FunctionFlags, Imp)] = &[
         Scalar(epoch::sluice_new_epoch),
     ),
     ("sluice_identity", 0, READS, Scalar(epoch::sluice_identity)),
+    ("sluice_resend", 1, WRITES, Scalar(resend::sluice_resend)),
+    ("sluice_resend", 2, WRITES, Scalar(resend::sluice_resend)),
+    (
+        "sluice_quarantine",
+        3,
+        WRITES,
+        Scalar(quarantine::sluice_quarantine),
+    ),
+    (
+        "sluice_quarantine",
+        4,
+        WRITES,
+        Scalar(quarantine::sluice_quarantine),
+    ),
+    (
+        "sluice_release",
+        1,
+        WRITES,
+        Scalar(quarantine::sluice_release),
+    ),
+    (
+        "sluice_release",
+        2,
+        WRITES,
+        Scalar(quarantine::sluice_release),
+    ),
 ];
 
 /// Entry point; SQLite derives its name from the file name `sluice0.so`.

@@ -3,11 +3,11 @@
 
 use rusqlite::functions::Context;
 use rusqlite::types::{Value, ValueRef};
-use rusqlite::OptionalExtension;
+use rusqlite::{params, OptionalExtension};
 use sluice_wire::names::quote_ident;
 
 use crate::acked;
-use crate::bookkeeping::{ranges, tables};
+use crate::bookkeeping::{quarantine, ranges, tables};
 use crate::glue::{arg_text, connection, finish, now_ms, Res};
 use crate::schema::table_info;
 use crate::sequence::seq_column;
@@ -34,14 +34,26 @@ fn pending_age(ctx: &Context<'_>) -> Res<Value> {
     // The oldest pending row: the first row of the first non-empty gap
     // between acknowledged ranges (newest-first draining leaves ranges).
     let ranges = ranges::above(&conn, &t.tbl, t.acked_seq)?;
+    // Quarantined rows are not pending (looked at only when there are some).
+    let aside = quarantine::any(&conn, &t.tbl)?;
     let mut stmt = conn.prepare(&format!(
-        "SELECT {} FROM main.{} WHERE {seq} > ?1 AND {seq} <= ?2 ORDER BY {seq} LIMIT 1",
+        "SELECT {} FROM main.{} WHERE {seq} > ?1 AND {seq} <= ?2{} ORDER BY {seq} LIMIT 1",
         quote_ident(&tc),
-        info.quoted()
+        info.quoted(),
+        if aside {
+            format!(" AND {}", quarantine::exclude_sql(&seq.to_string(), "?3"))
+        } else {
+            String::new()
+        }
     ))?;
     let mut v: Option<Value> = None;
     for (lo, hi) in acked::pending_gaps(&ranges, t.acked_seq) {
-        v = stmt.query_row([lo, hi], |r| r.get(0)).optional()?;
+        v = if aside {
+            stmt.query_row(params![lo, hi, t.tbl], |r| r.get(0))
+        } else {
+            stmt.query_row(params![lo, hi], |r| r.get(0))
+        }
+        .optional()?;
         if v.is_some() {
             break;
         }

@@ -7,10 +7,12 @@ use rusqlite::types::Value;
 use rusqlite::Connection;
 use serde_json::{json, Value as Json};
 
-use crate::bookkeeping::{ranges, tables};
+use crate::bookkeeping::tables::Tracked;
+use crate::bookkeeping::{quarantine, ranges, resends, tables};
 use crate::glue::{arg_opt_text, connection, finish, Res};
-use crate::schema::find_table;
-use crate::sequence;
+use crate::resend;
+use crate::schema::{find_table, table_info};
+use crate::sequence::{self, seq_column};
 
 /// `sluice_tracked()` → JSON array of every tracked table, by name;
 /// `sluice_tracked(table)` → that table's object, or NULL.
@@ -58,7 +60,20 @@ fn registrations(conn: &Connection, only: Option<&str>) -> Res<Vec<Json>> {
             "acked_at": reg.acked_at,
             "acked_ranges": above,
             "high_water": sequence::high_water(conn, t)?,
+            "quarantined_rows": quarantine::count(conn, &t.tbl)?,
+            "resend_rows": resend_rows(conn, t)?,
         }));
     }
     Ok(out)
+}
+
+/// The rows of the table's unfinished re-send requests still to send; 0
+/// when it has none (one lookup) or the table is gone.
+fn resend_rows(conn: &Connection, t: &Tracked) -> Res<i64> {
+    if resends::unfinished(conn, &t.tbl)?.is_empty() || find_table(conn, &t.tbl)?.is_none() {
+        return Ok(0);
+    }
+    let info = table_info(conn, &t.tbl)?;
+    let seq = seq_column(&info, t)?;
+    resend::rows_to_send(conn, &info, t, &seq)
 }

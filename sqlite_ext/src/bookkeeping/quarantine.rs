@@ -24,3 +24,119 @@ pub(super) const CREATE: &str = "CREATE TABLE IF NOT EXISTS main.sluice_quaranti
      quarantined_at TEXT NOT NULL,
      UNIQUE (tbl, seq)
  );";
+
+use rusqlite::{params, Connection, OptionalExtension};
+
+use super::Table;
+use crate::glue::Res;
+
+/// One quarantined row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub id: i64,
+    pub tbl: String,
+    pub seq: i64,
+    pub row_id: Option<i64>,
+    pub bytes: Option<i64>,
+    pub reason: String,
+    pub sqlstate: Option<String>,
+}
+
+/// Whether `tbl` has quarantined rows: the one cheap check before a query
+/// of its rows excludes them ([`exclude_sql`]), so that an empty quarantine
+/// costs nothing.
+pub fn any(conn: &Connection, tbl: &str) -> Res<bool> {
+    if !Table::Quarantine.exists(conn)? {
+        return Ok(false);
+    }
+    Ok(conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM main.sluice_quarantine WHERE tbl = ?1)",
+        [tbl],
+        |r| r.get(0),
+    )?)
+}
+
+/// SQL that is true for a row whose sequence number `seq` (an SQL
+/// expression) is not quarantined, the table's name bound as parameter
+/// `tbl_param` (`?4`). Only where [`any`] said so.
+pub fn exclude_sql(seq: &str, tbl_param: &str) -> String {
+    format!("{seq} NOT IN (SELECT seq FROM main.sluice_quarantine WHERE tbl = {tbl_param})")
+}
+
+/// The number of quarantined rows of `tbl`.
+pub fn count(conn: &Connection, tbl: &str) -> Res<i64> {
+    if !Table::Quarantine.exists(conn)? {
+        return Ok(0);
+    }
+    Ok(conn.query_row(
+        "SELECT count(*) FROM main.sluice_quarantine WHERE tbl = ?1",
+        [tbl],
+        |r| r.get(0),
+    )?)
+}
+
+/// Whether sequence number `seq` of `tbl` is quarantined.
+pub fn contains(conn: &Connection, tbl: &str, seq: i64) -> Res<bool> {
+    if !Table::Quarantine.exists(conn)? {
+        return Ok(false);
+    }
+    Ok(conn
+        .query_row(
+            "SELECT 1 FROM main.sluice_quarantine WHERE tbl = ?1 AND seq = ?2",
+            params![tbl, seq],
+            |_| Ok(()),
+        )
+        .optional()?
+        .is_some())
+}
+
+/// Moves `seq` of `tbl` aside; false when it is already. The bookkeeping
+/// must be at the current version ([`super::ensure`]).
+#[allow(clippy::too_many_arguments)]
+pub fn insert(
+    conn: &Connection,
+    tbl: &str,
+    seq: i64,
+    row_id: Option<i64>,
+    bytes: Option<i64>,
+    reason: &str,
+    sqlstate: Option<&str>,
+    now_ms: i64,
+) -> Res<bool> {
+    let n = conn.execute(
+        "INSERT OR IGNORE INTO main.sluice_quarantine \
+         (tbl, seq, row_id, bytes, reason, sqlstate, quarantined_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, strftime('%Y-%m-%dT%H:%M:%fZ', ?7 / 1000.0, 'unixepoch'))",
+        params![tbl, seq, row_id, bytes, reason, sqlstate, now_ms],
+    )?;
+    Ok(n > 0)
+}
+
+/// The entries of `tbl` (only entry `id` when given), by id.
+pub fn list(conn: &Connection, tbl: &str, id: Option<i64>) -> Res<Vec<Entry>> {
+    if !Table::Quarantine.exists(conn)? {
+        return Ok(Vec::new());
+    }
+    let mut stmt = conn.prepare(
+        "SELECT id, tbl, seq, row_id, bytes, reason, sqlstate FROM main.sluice_quarantine \
+          WHERE tbl = ?1 AND (?2 IS NULL OR id = ?2) ORDER BY id",
+    )?;
+    let rows = stmt.query_map(params![tbl, id], |r| {
+        Ok(Entry {
+            id: r.get(0)?,
+            tbl: r.get(1)?,
+            seq: r.get(2)?,
+            row_id: r.get(3)?,
+            bytes: r.get(4)?,
+            reason: r.get(5)?,
+            sqlstate: r.get(6)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Forgets entry `id`.
+pub fn delete(conn: &Connection, id: i64) -> Res<()> {
+    conn.execute("DELETE FROM main.sluice_quarantine WHERE id = ?1", [id])?;
+    Ok(())
+}
