@@ -1,5 +1,5 @@
 -- sluice 0.1.0 -> 0.2.0: restored and copied edge databases, shared device
--- ids, zones, deletes (issue 12). Run by ALTER EXTENSION sluice UPDATE. The library
+-- ids, zones, deletes, re-sends (issue 12). Run by ALTER EXTENSION sluice UPDATE. The library
 -- (sluice.so) is replaced by the installation; every function of 0.1.0 keeps
 -- its SQL definition, so only what is new is created here. The result is the
 -- catalog of a fresh 0.2.0 install (tested by tests/sql/upgrade.sql).
@@ -8,6 +8,13 @@
 -- another digest is a fork (ERROR 55000), not a replay. NULL for the rows
 -- of 0.1.0, which are taken for replays as before.
 ALTER TABLE sluice.batches ADD COLUMN digest bigint;
+
+-- A re-send of rows (sluice_resend at the edge) is a batch identity of its
+-- own: the re-send number joins the primary key. 0 for every row of 0.1.0
+-- (ordinary batches).
+ALTER TABLE sluice.batches ADD COLUMN resend integer NOT NULL DEFAULT 0;
+ALTER TABLE sluice.batches DROP CONSTRAINT batches_pkey,
+    ADD PRIMARY KEY (device_id, stream_id, edge_table, base_seq, last_seq, resend);
 
 -- Per-stream statistics (one row per edge database sending under a device
 -- id: its epochs and clones), updated by every applied batch.

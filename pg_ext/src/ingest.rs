@@ -5,7 +5,10 @@
 //! in the batch's zone, check the columns against the registered target,
 //! upsert every row in one statement (and, when it skipped rows, look for a
 //! fork among them), then record the counts and the device's and stream's
-//! statistics. Everything runs in the caller's transaction, so an error
+//! statistics. A re-send batch (its header's `resend` is not 0: the edge
+//! sends again rows it sent before) has an identity of its own, replaces a
+//! row of an equal `(version, device)` pair whose content differs (under
+//! last and first writer wins), and is never checked for a fork row by row. Everything runs in the caller's transaction, so an error
 //! anywhere leaves nothing behind.
 
 use pgrx::pg_sys::panic::CaughtError;
@@ -200,7 +203,10 @@ fn plan_error(e: &PlanError, id: &BatchId, reg: &Registration) -> SluiceError {
 /// A batch of a new epoch (`origin.fork`) into a target with a
 /// `sluice_stream` column always upserts, leaving out the rows its ancestor
 /// streams already sent. When the upsert skipped rows, the fork check looks
-/// for a skipped row of this device with other content (ERROR 55000).
+/// for a skipped row of this device with other content (ERROR 55000),
+/// unless the batch is a re-send: its rows were sent before, and a stored
+/// row of an equal `(version, device)` pair with other content is what it
+/// comes to replace ([`sqlgen::upsert_sql_with`]).
 fn apply(
     client: &mut SpiClient<'_>,
     batch: &Batch,
@@ -217,6 +223,7 @@ fn apply(
     let stream_key = (bk.stream == StreamColumn::Key).then_some(stream);
     let fork = batch.header.origin.fork.filter(|_| has_stream);
     let rows = batch.versions.len() as i64;
+    let resend = batch.header.resend != 0;
 
     let shape = plan.key_shape(batch, &params);
     let mut plain = false;
@@ -297,6 +304,7 @@ fn apply(
         dedup,
         fork.is_some(),
         deletes,
+        resend,
     );
     // The fork check takes the upsert's parameters, without the fork's.
     let check_len = args.len();
@@ -311,7 +319,7 @@ fn apply(
     })?;
     let (inserted, updated) = (counts.0.unwrap_or(0), counts.1.unwrap_or(0));
 
-    if inserted + updated < rows {
+    if inserted + updated < rows && !resend {
         // In a new epoch's batch, the rows up to the fork existed when the
         // epoch began: an earlier copy of the database may have sent them and
         // updated them since; the policy decides, they are no fork.

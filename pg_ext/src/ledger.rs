@@ -8,27 +8,30 @@
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 use sluice_pgsql::epoch::{digest_to_sql, machine_to_sql};
-use sluice_pgsql::ledger::sent_at_ms;
+use sluice_pgsql::ledger::{self, sent_at_ms};
 use sluice_wire::{BatchHeader, BatchId};
 
 use crate::error::{Result, SluiceError};
 use crate::spi::run_cached;
 use crate::tenancy;
 
-/// Claims the batch's identity in `sluice.batches`, with its checksum (the
-/// CRC-32C of the encoded batch) and content digest; `false` when the
-/// identity is already there (a replay, or a fork: [`stored_digest`]).
+/// Claims the batch's identity in `sluice.batches` (device, stream, table,
+/// range and re-send number: a re-send of rows is never taken for a replay
+/// of the batch that first sent them), with its checksum (the CRC-32C of the
+/// encoded batch) and content digest; `false` when the identity is already
+/// there (a replay, or a fork: [`stored_digest`]).
 pub fn claim(client: &mut SpiClient<'_>, h: &BatchHeader, checksum: u32) -> Result<bool> {
     use pg_sys::BuiltinOid::*;
     let claimed = run_cached(
         client,
         "INSERT INTO sluice.batches
-           (device_id, stream_id, edge_table, base_seq, last_seq, row_count, checksum, sent_at, digest)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, to_timestamp($8::float8 / 1000), $9)
-         ON CONFLICT (device_id, stream_id, edge_table, base_seq, last_seq) DO NOTHING
+           (device_id, stream_id, edge_table, base_seq, last_seq, row_count, checksum, sent_at, digest, resend)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, to_timestamp($8::float8 / 1000), $9, $10)
+         ON CONFLICT (device_id, stream_id, edge_table, base_seq, last_seq, resend) DO NOTHING
          RETURNING 1",
         &[
             TEXTOID, INT8OID, TEXTOID, INT8OID, INT8OID, INT4OID, INT8OID, INT8OID, INT8OID,
+            INT4OID,
         ],
         &[
             h.device_id.as_str().into(),
@@ -40,6 +43,7 @@ pub fn claim(client: &mut SpiClient<'_>, h: &BatchHeader, checksum: u32) -> Resu
             i64::from(checksum).into(),
             sent_at_ms(h.sent_at_ms).into(),
             digest_to_sql(h.digest).into(),
+            resend_to_sql(h.resend)?.into(),
         ],
     )?
     .len();
@@ -53,20 +57,29 @@ pub fn stored_digest(client: &mut SpiClient<'_>, id: &BatchId) -> Result<Option<
     let rows = run_cached(
         client,
         "SELECT digest FROM sluice.batches
-         WHERE device_id = $1 AND stream_id = $2 AND edge_table = $3 AND base_seq = $4 AND last_seq = $5",
-        &[TEXTOID, INT8OID, TEXTOID, INT8OID, INT8OID],
+         WHERE device_id = $1 AND stream_id = $2 AND edge_table = $3 AND base_seq = $4 AND last_seq = $5
+           AND resend = $6",
+        &[TEXTOID, INT8OID, TEXTOID, INT8OID, INT8OID, INT4OID],
         &[
             id.device_id.as_str().into(),
             (id.stream_id as i64).into(),
             id.table.as_str().into(),
             id.base_seq.into(),
             id.last_seq.into(),
+            resend_to_sql(id.resend)?.into(),
         ],
     )?;
     if rows.is_empty() {
         return Ok(None);
     }
     Ok(rows.first().get_one::<i64>()?)
+}
+
+/// [`sluice_pgsql::ledger::resend_to_sql`], refused (22003) when out of
+/// range.
+fn resend_to_sql(resend: u32) -> Result<i32> {
+    ledger::resend_to_sql(resend)
+        .map_err(|e| SluiceError::ingest(PgSqlErrorCode::ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE, e))
 }
 
 /// What an applied batch did.
@@ -87,7 +100,7 @@ pub fn record(client: &mut SpiClient<'_>, h: &BatchHeader, c: Counts) -> Result<
         "WITH ledger AS (
            UPDATE sluice.batches SET inserted = $6, updated = $7, skipped = $8
            WHERE device_id = $1 AND stream_id = $2 AND edge_table = $3
-             AND base_seq = $4 AND last_seq = $5),
+             AND base_seq = $4 AND last_seq = $5 AND resend = $13),
          stream AS (
            INSERT INTO sluice.streams AS s
              (device_id, stream_id, parent_stream, machine, first_seen, last_seen, batches, rows)
@@ -109,7 +122,7 @@ pub fn record(client: &mut SpiClient<'_>, h: &BatchHeader, c: Counts) -> Result<
            clock_skew_ms = EXCLUDED.clock_skew_ms",
         &[
             TEXTOID, INT8OID, TEXTOID, INT8OID, INT8OID, INT4OID, INT4OID, INT4OID, INT8OID,
-            INT8OID, INT8OID, INT8OID,
+            INT8OID, INT8OID, INT8OID, INT4OID,
         ],
         &[
             h.device_id.as_str().into(),
@@ -124,6 +137,7 @@ pub fn record(client: &mut SpiClient<'_>, h: &BatchHeader, c: Counts) -> Result<
             sent_at_ms(h.sent_at_ms).into(),
             parent.into(),
             machine_to_sql(h.origin.machine).into(),
+            resend_to_sql(h.resend)?.into(),
         ],
     )?;
     Ok(())
@@ -184,7 +198,8 @@ fn check_device_reader(
 /// largest sequence number the ledger holds of the stream (the last batch
 /// applied). An edge database whose own high water is below it went back in
 /// time: it was restored from a backup. One index probe per registered
-/// table. The same reading rule as [`device_streams`].
+/// table. Re-send batches are left out: they send again rows at or below
+/// what was acknowledged. The same reading rule as [`device_streams`].
 pub fn stream_high_water(device_id: &str, stream_id: i64) -> Result<Vec<(String, i64)>> {
     Spi::connect_mut(|client| {
         check_device_reader(
@@ -200,6 +215,7 @@ pub fn stream_high_water(device_id: &str, stream_id: i64) -> Result<Vec<(String,
              CROSS JOIN LATERAL (
                  SELECT b.last_seq FROM sluice.batches AS b
                  WHERE b.device_id = $1 AND b.stream_id = $2 AND b.edge_table = t.edge_table
+                   AND b.resend = 0
                  ORDER BY b.base_seq DESC, b.last_seq DESC LIMIT 1) AS b
              ORDER BY t.edge_table",
             &[PgBuiltInOids::TEXTOID, PgBuiltInOids::INT8OID],

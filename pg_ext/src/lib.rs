@@ -86,6 +86,9 @@ CREATE TABLE sluice.tables (
 -- here is a replay, unless both digests are known and differ (a fork: the
 -- edge database was restored or copied). digest: the content digest of the
 -- rows (NULL for batches of format version 1 and rows of sluice 0.1).
+-- resend: 0 for an ordinary batch, n for the n-th re-send request of the
+-- edge table (sluice_resend at the edge): part of the identity, so that rows
+-- sent again are never taken for a replay of the batch that first sent them.
 CREATE TABLE sluice.batches (
     device_id  text,
     stream_id  bigint,
@@ -100,7 +103,8 @@ CREATE TABLE sluice.batches (
     sent_at    timestamptz,
     applied_at timestamptz DEFAULT now(),
     digest     bigint,
-    PRIMARY KEY (device_id, stream_id, edge_table, base_seq, last_seq)
+    resend     integer NOT NULL DEFAULT 0,
+    PRIMARY KEY (device_id, stream_id, edge_table, base_seq, last_seq, resend)
 );
 
 -- Per-device statistics, updated by every applied batch.

@@ -2370,4 +2370,238 @@ mod tests {
         Spi::run("SELECT sluice.register_table('plain', 'public.plain', ARRAY['id'], on_delete => 'drop')")
             .unwrap();
     }
+
+    // -----------------------------------------------------------------
+    // Re-sends (issue 12, case 8)
+
+    /// `batch` as the `n`-th re-send request of its table sends it: the
+    /// same rows and range, `resend = n` (and another send time, as a
+    /// batch cut later has).
+    fn as_resend(batch: &[u8], n: u32) -> Vec<u8> {
+        let mut b = sluice_wire::decode(batch).unwrap();
+        b.header.resend = n;
+        b.header.sent_at_ms += 3_600_000;
+        encode(&b.header, &b.versions, &b.columns, EncodeOptions::default()).unwrap()
+    }
+
+    /// A mutable table `public.<name>` registered with `policy`, which the
+    /// edge sent rows 1 and 2 of (versions 1 and 2, device dev-a) before it
+    /// had the column `level`; then `level` is added in the cloud, where the
+    /// rows have it NULL.
+    fn setup_gear(name: &str, policy: &str) {
+        Spi::run(&format!(
+            "CREATE TABLE public.{name} (id bigint PRIMARY KEY, label text);
+             SELECT sluice.register_table('{name}', 'public.{name}', ARRAY['id'], '{policy}');
+             CREATE OR REPLACE FUNCTION public.try_ingest(b bytea) RETURNS text LANGUAGE plpgsql AS $$
+             BEGIN PERFORM sluice.ingest(b); RETURN 'ok';
+             EXCEPTION WHEN OTHERS THEN RETURN SQLSTATE || ': ' || SQLERRM; END $$"
+        ))
+        .unwrap();
+        let before = make_batch(
+            "dev-a",
+            name,
+            vec![
+                Column::new("id", ColumnType::Integer),
+                Column::new("label", ColumnType::Text),
+            ],
+            vec![
+                (1, vec![Value::Integer(1), Value::Text("drill".into())]),
+                (2, vec![Value::Integer(2), Value::Text("saw".into())]),
+            ],
+        );
+        assert_eq!(ingest(&before), (2, 0, 0, false));
+        Spi::run(&format!(
+            "ALTER TABLE public.{name} ADD COLUMN level integer"
+        ))
+        .unwrap();
+    }
+
+    /// Rows of the table of [`setup_gear`] after the edge's `ALTER TABLE
+    /// ... ADD COLUMN level integer DEFAULT 7`: `(version, id, label,
+    /// level)`.
+    fn gear_batch(name: &str, rows: &[(i64, i64, &str, i64)]) -> Vec<u8> {
+        make_batch(
+            "dev-a",
+            name,
+            vec![
+                Column::new("id", ColumnType::Integer),
+                Column::new("label", ColumnType::Text),
+                Column::new("level", ColumnType::Integer),
+            ],
+            rows.iter()
+                .map(|&(v, id, label, level)| {
+                    (
+                        v,
+                        vec![
+                            Value::Integer(id),
+                            Value::Text(label.into()),
+                            Value::Integer(level),
+                        ],
+                    )
+                })
+                .collect(),
+        )
+    }
+
+    fn gear(name: &str) -> String {
+        text(&format!(
+            "SELECT string_agg(format('%s=%s/%s@%s', id, label, coalesce(level::text, 'NULL'), sluice_version),
+                    ' ' ORDER BY id) FROM public.{name}"
+        ))
+    }
+
+    #[pg_test]
+    fn a_resend_after_an_edge_default_column_fills_the_cloud_rows() {
+        for policy in ["last_writer_wins", "first_writer_wins"] {
+            let name = format!("gear_{policy}");
+            setup_gear(&name, policy);
+            assert_eq!(gear(&name), "1=drill/NULL@1 2=saw/NULL@2");
+            let rows = gear_batch(&name, &[(1, 1, "drill", 7), (2, 2, "saw", 7)]);
+            // Sent ordinarily, the same range is the known identity with
+            // other content, and the same rows under other boundaries
+            // collide with equal (version, device) pairs and other content:
+            // both a fork (55000), nothing applied.
+            let r = try_ingest(&rows);
+            assert!(
+                r.starts_with("55000") && r.contains("with other content (digest"),
+                "{r}"
+            );
+            let recut = gear_batch(&name, &[(2, 2, "saw", 7)]);
+            let r = try_ingest(&recut);
+            assert!(
+                r.starts_with("55000") && r.contains("the row of version 2"),
+                "{r}"
+            );
+            assert_eq!(gear(&name), "1=drill/NULL@1 2=saw/NULL@2");
+            // As a re-send, the rows replace the cloud's: updated.
+            let resent = as_resend(&rows, 1);
+            assert_eq!(ingest(&resent), (0, 2, 0, false), "{policy}");
+            assert_eq!(gear(&name), "1=drill/7@1 2=saw/7@2", "{policy}");
+            assert_eq!(
+                count(&format!(
+                    "SELECT updated FROM sluice.batches WHERE edge_table = '{name}' AND resend = 1"
+                )),
+                2
+            );
+            // A replay of the re-send (its batch cut again after a lost
+            // acknowledgement) is a replay; the same identity with other
+            // content is a fork, as for any batch.
+            assert_eq!(ingest(&as_resend(&rows, 1)), (0, 0, 2, true));
+            let other = as_resend(
+                &gear_batch(&name, &[(1, 1, "drill", 8), (2, 2, "saw", 8)]),
+                1,
+            );
+            let r = try_ingest(&other);
+            assert!(r.starts_with("55000") && r.contains("re-send 1"), "{r}");
+            // A second request of the same rows: nothing differs, nothing
+            // changes twice.
+            assert_eq!(ingest(&as_resend(&rows, 2)), (0, 0, 2, false));
+            assert_eq!(gear(&name), "1=drill/7@1 2=saw/7@2");
+            assert_eq!(
+                count(&format!(
+                    "SELECT count(*) FROM sluice.batches WHERE edge_table = '{name}'"
+                )),
+                3
+            );
+        }
+        // The device's statistics: 2 ordinary batches and 4 re-sends applied
+        // (the replay and the refused batches are not counted), of 2 rows each.
+        assert_eq!(
+            text("SELECT format('%s batches, %s rows', batches, rows) FROM sluice.devices WHERE device_id = 'dev-a'"),
+            "6 batches, 12 rows"
+        );
+    }
+
+    #[pg_test]
+    fn a_resend_never_changes_a_row_under_insert_only() {
+        setup_gear("gear_io", "insert_only");
+        let rows = gear_batch("gear_io", &[(1, 1, "drill", 7), (2, 2, "saw", 7)]);
+        assert_eq!(ingest(&as_resend(&rows, 1)), (0, 0, 2, false));
+        assert_eq!(gear("gear_io"), "1=drill/NULL@1 2=saw/NULL@2");
+        // A new row in the range is inserted, as by any batch.
+        let more = as_resend(&gear_batch("gear_io", &[(3, 3, "plane", 7)]), 2);
+        assert_eq!(ingest(&more), (1, 0, 0, false));
+        assert_eq!(gear("gear_io"), "1=drill/NULL@1 2=saw/NULL@2 3=plane/7@3");
+    }
+
+    #[pg_test]
+    fn a_resent_row_older_than_the_clouds_does_not_win() {
+        setup_gear("gear_new", "last_writer_wins");
+        // Row 1 was updated since (version 5), in the cloud, by this device
+        // and by another.
+        let newer = gear_batch("gear_new", &[(5, 1, "drill v2", 1)]);
+        assert_eq!(ingest(&newer), (0, 1, 0, false));
+        let other = make_batch(
+            "dev-b",
+            "gear_new",
+            vec![
+                Column::new("id", ColumnType::Integer),
+                Column::new("label", ColumnType::Text),
+            ],
+            vec![(9, vec![Value::Integer(2), Value::Text("saw of b".into())])],
+        );
+        assert_eq!(ingest(&other), (0, 1, 0, false));
+        let before = gear("gear_new");
+        assert_eq!(before, "1=drill v2/1@5 2=saw of b/NULL@9");
+        // A re-send of the old versions: the policy keeps the newer rows, and
+        // no fork is found in the rows it skipped.
+        let resent = as_resend(
+            &gear_batch("gear_new", &[(1, 1, "drill", 7), (2, 2, "saw", 7)]),
+            1,
+        );
+        assert_eq!(ingest(&resent), (0, 0, 2, false));
+        assert_eq!(gear("gear_new"), before);
+    }
+
+    #[pg_test]
+    fn a_resend_updates_append_only_rows_in_place_under_their_stream() {
+        setup_counts();
+        const S1: u64 = 11;
+        assert_eq!(
+            ingest(&counts_batch(S1, None, &[(1, 10), (2, 20)], None)),
+            (2, 0, 0, false)
+        );
+        // The same rows with other content (fixed at the edge since): no
+        // second row, the stream's rows are updated in place.
+        let resent = as_resend(&counts_batch(S1, None, &[(1, 11), (2, 20)], None), 1);
+        assert_eq!(ingest(&resent), (0, 1, 1, false));
+        assert_eq!(counts(), "11:1=11 11:2=20");
+        assert_eq!(count("SELECT count(*) FROM public.counts"), 2);
+    }
+
+    #[pg_test]
+    fn a_resend_cannot_touch_another_tenants_row() {
+        setup_tenants();
+        let ingest_q = "SELECT * FROM sluice.ingest($1)";
+        let a = site_batch("box-a", &[(1, "A", 1, "IDLE")]);
+        assert_eq!(try_as("dev_a", ingest_q, Some(&a)), "ok");
+        let b = site_batch("box-b", &[(1, "B", 1, "IDLE")]);
+        assert_eq!(try_as("dev_b", ingest_q, Some(&b)), "ok");
+        // A re-send carrying tenant B's row (its pair is (1, box-b): a batch
+        // of box-b would be needed to meet it) is refused whole, as an
+        // ordinary batch.
+        let mixed = as_resend(
+            &site_batch("box-a", &[(1, "A", 1, "FIXED"), (1, "B", 1, "STOLEN")]),
+            1,
+        );
+        let r = try_as("dev_a", ingest_q, Some(&mixed));
+        assert!(
+            r.starts_with("42501: sluice.ingest: batch box-a/sites/0000123456789abc (0, 1] re-send 1, row 2: tenant column 'location_id' is 'B', but role \"dev_a\" may only write tenant 'A'"),
+            "{r}"
+        );
+        // Nor can a role bound to a device re-send another device's rows.
+        let forged = as_resend(&site_batch("box-a", &[(1, "B", 1, "STOLEN")]), 1);
+        assert!(
+            try_as("dev_b", ingest_q, Some(&forged))
+                .starts_with("42501: sluice.ingest: batch box-a/sites/0000123456789abc (0, 1] re-send 1: role \"dev_b\" may send batches of device 'box-b' only"),
+            "{}",
+            try_as("dev_b", ingest_q, Some(&forged))
+        );
+        assert_eq!(sites(), "A/1/IDLE/box-a;B/1/IDLE/box-b");
+        // The tenant's own re-send applies.
+        let own = as_resend(&site_batch("box-a", &[(1, "A", 1, "FIXED")]), 1);
+        assert_eq!(try_as("dev_a", ingest_q, Some(&own)), "ok");
+        assert_eq!(sites(), "A/1/FIXED/box-a;B/1/IDLE/box-b");
+        assert_eq!(count("SELECT count(*) FROM sluice.batches"), 3);
+    }
 }
