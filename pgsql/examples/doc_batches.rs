@@ -16,6 +16,7 @@ struct Spec<'a> {
     zone: &'a str,
     machine: u64,
     fork: Option<Fork>,
+    resend: u32,
 }
 
 fn print(s: Spec<'_>) {
@@ -43,7 +44,7 @@ fn print(s: Spec<'_>) {
             zone: s.zone.into(),
             fork: s.fork,
         },
-        resend: 0,
+        resend: s.resend,
     };
     let bytes = encode(
         &header,
@@ -87,8 +88,36 @@ fn main() {
             zone: "",
             machine: 0x5eed,
             fork: None,
+            resend: 0,
         });
     }
+    // docs/postgres.md: the same range of stream 43 re-sent (request 1)
+    // after the edge's `ALTER TABLE table_states ADD COLUMN area TEXT
+    // DEFAULT 'hall'`.
+    let mut with_area = states();
+    with_area.push(Column::new("area", ColumnType::Text));
+    print(Spec {
+        name: "doc_stream_43_resend_1",
+        device: "box-17",
+        stream: 43,
+        table: "table_states",
+        base_seq: 3,
+        columns: with_area,
+        rows: vec![
+            (
+                4,
+                vec![text("T1"), text("IDLE"), Value::Integer(0), text("hall")],
+            ),
+            (
+                5,
+                vec![text("T3"), text("BUSY"), Value::Integer(3), text("hall")],
+            ),
+        ],
+        zone: "",
+        machine: 0x5eed,
+        fork: None,
+        resend: 1,
+    });
     // docs/postgres.md: zoneless local time of a box in Berlin.
     print(Spec {
         name: "doc_visits_berlin",
@@ -108,6 +137,7 @@ fn main() {
         zone: "Europe/Berlin",
         machine: 0x5eed,
         fork: None,
+        resend: 0,
     });
 
     // tests/sql/streams.sql: metrics of box-9 in the default schema.
@@ -145,6 +175,7 @@ fn main() {
         zone,
         machine: 0xabc,
         fork,
+        resend: 0,
     };
     let shanghai = "Asia/Shanghai";
     print(batch(
