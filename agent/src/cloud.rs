@@ -48,6 +48,35 @@ pub enum IngestError {
         message: String,
         error: anyhow::Error,
     },
+    /// A refusal of the batch for a value of one of its rows
+    /// ([`refuses_a_value`]: a value out of range or not of the column's
+    /// type, a NULL where the cloud wants one, a unique or check constraint,
+    /// a value over a limit of the server): the batch's other rows may well
+    /// be fine, so the sync cuts smaller batches to find the row and moves it
+    /// aside (`sluice_quarantine`). `message` is the server's message alone,
+    /// `detail` its detail (which may hold the row's values), `error` the
+    /// whole of it.
+    RowValue {
+        sqlstate: String,
+        message: String,
+        detail: Option<String>,
+        error: anyhow::Error,
+    },
+}
+
+/// Whether a refusal with this SQLSTATE is one of a row's values rather
+/// than of the batch, its table or the connection: data exceptions (class
+/// 22), `23502` not_null_violation, `23505` unique_violation, `23514`
+/// check_violation, `54000` program_limit_exceeded (a value too large for an
+/// index, ...). Nothing else is: an unknown column (42703), an unregistered
+/// table (42P01), a permission (42501) or a fork (55000) refuses every row
+/// alike.
+pub fn refuses_a_value(code: &SqlState) -> bool {
+    code.code().starts_with("22")
+        || *code == SqlState::NOT_NULL_VIOLATION
+        || *code == SqlState::UNIQUE_VIOLATION
+        || *code == SqlState::CHECK_VIOLATION
+        || *code == SqlState::PROGRAM_LIMIT_EXCEEDED
 }
 
 /// What an SQLSTATE of `sluice.ingest` means for the batch.
@@ -372,6 +401,12 @@ fn classify(e: tokio_postgres::Error) -> IngestError {
     };
     match IngestErrorKind::of(db.code()) {
         IngestErrorKind::Transient => IngestError::Transient(msg),
+        IngestErrorKind::Rejected if refuses_a_value(db.code()) => IngestError::RowValue {
+            sqlstate: db.code().code().to_owned(),
+            message: db.message().to_owned(),
+            detail: db.detail().map(str::to_owned),
+            error: msg,
+        },
         IngestErrorKind::Rejected => IngestError::Rejected(msg),
         IngestErrorKind::RestoredOrCopied => IngestError::RestoredOrCopied {
             message: db.message().to_owned(),
@@ -409,6 +444,22 @@ mod tests {
                 kind,
                 "{code}"
             );
+        }
+    }
+
+    #[test]
+    fn a_refusal_of_a_rows_value_is_told_from_a_refusal_of_the_batch() {
+        for code in [
+            "22003", "22007", "22008", "22P02", "22001", "22023", "22P05", "23502", "23505",
+            "23514", "54000",
+        ] {
+            assert!(refuses_a_value(&SqlState::from_code(code)), "{code}");
+        }
+        for code in [
+            "42703", "42P01", "42501", "55000", "08006", "40001", "XX000", "XX001", "23503",
+            "23P01", "54001", "21000",
+        ] {
+            assert!(!refuses_a_value(&SqlState::from_code(code)), "{code}");
         }
     }
 }

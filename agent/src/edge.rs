@@ -2,8 +2,10 @@
 //! loaded. Everything goes through the extension's public SQL surface
 //! (`sluice_batch`, `sluice_ack`, `sluice_pending`, `sluice_tracked`, ...),
 //! exactly as any other client would call it; the agent holds no sync state
-//! of its own and reads no bookkeeping table of the extension. Its one table
-//! is its own sync log, `sluice_sync_log`.
+//! of its own and reads no bookkeeping table of the extension, but for the
+//! quarantine's listing, which is the documented table `sluice_quarantine`
+//! itself (docs/sqlite.md). Its one table is its own sync log,
+//! `sluice_sync_log`.
 //!
 //! SQLite calls block (a busy wait for the pipeline's lock can last
 //! `edge.busy_timeout_ms`), so they never run on the async runtime: an
@@ -34,6 +36,12 @@ pub struct TableStatus {
     pub acked_rows: i64,
     /// Unix milliseconds of the last acknowledgement.
     pub last_ack_ms: Option<i64>,
+    /// Rows moved aside (`sluice_quarantine`): not pending, never sent until
+    /// released. `None` with an extension older than 0.2.
+    pub quarantined_rows: Option<i64>,
+    /// Rows of unfinished re-send requests still to send (counted in
+    /// `pending_rows` too). `None` with an extension older than 0.2.
+    pub resend_rows: Option<i64>,
 }
 
 /// One object of `sluice_tracked()`: a tracked table's registration and
@@ -59,6 +67,13 @@ pub struct Tracked {
     /// table (`None`: the table is gone, or an extension older than 0.2).
     #[serde(default)]
     pub high_water: Option<i64>,
+    /// Rows moved aside in `sluice_quarantine` (`None`: an extension older
+    /// than 0.2).
+    #[serde(default)]
+    pub quarantined_rows: Option<i64>,
+    /// Rows of unfinished re-send requests still to send.
+    #[serde(default)]
+    pub resend_rows: Option<i64>,
 }
 
 impl Tracked {
@@ -145,6 +160,25 @@ pub struct MachineMove {
     pub from: Option<String>,
     pub to: String,
     pub new_stream: i64,
+}
+
+/// One row of `sluice_quarantine`: a row of a tracked table moved aside
+/// because it cannot be sent as it is (docs/sqlite.md).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct QuarantineEntry {
+    pub table: String,
+    pub id: i64,
+    /// The row's sequence number (its version) when it was moved aside.
+    pub seq: i64,
+    /// Its rowid (`None` for a `WITHOUT ROWID` table).
+    pub row_id: Option<i64>,
+    /// Its encoded size, when that was the reason (over the batch limit).
+    pub bytes: Option<i64>,
+    /// The cloud's SQLSTATE, when the cloud refused it.
+    pub sqlstate: Option<String>,
+    pub reason: String,
+    /// ISO-8601 UTC.
+    pub quarantined_at: String,
 }
 
 /// How a job run ended, as the sync log and `sluice status` say it.
@@ -635,6 +669,111 @@ impl EdgeConn {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// Moves a pending row aside (`sluice_quarantine(table, seq, reason,
+    /// sqlstate)`) after the cloud refused it for its value; 1, or 0 when it
+    /// was moved aside already.
+    pub fn quarantine(
+        &self,
+        table: &str,
+        seq: i64,
+        reason: &str,
+        sqlstate: &str,
+    ) -> anyhow::Result<i64> {
+        self.write(|c| {
+            c.query_row(
+                "SELECT sluice_quarantine(?1, ?2, ?3, ?4)",
+                rusqlite::params![table, seq, reason, sqlstate],
+                |r| r.get(0),
+            )
+        })
+        .with_context(|| {
+            format!("cannot move row {seq} of table '{table}' aside (sluice_quarantine)")
+        })
+    }
+
+    /// The rows moved aside (the table `sluice_quarantine`), of one table or
+    /// of all, above entry `after_id`, by table and id. Empty with an
+    /// extension older than 0.2 (no such table).
+    pub fn quarantined(
+        &self,
+        table: Option<&str>,
+        after_id: i64,
+    ) -> anyhow::Result<Vec<QuarantineEntry>> {
+        if !self.has_quarantine()? {
+            return Ok(Vec::new());
+        }
+        let mut stmt = self.conn.prepare(
+            "SELECT tbl, id, seq, row_id, bytes, sqlstate, reason, quarantined_at
+               FROM sluice_quarantine
+              WHERE (?1 IS NULL OR tbl = ?1) AND id > ?2
+              ORDER BY tbl, id",
+        )?;
+        let rows = stmt.query_map(rusqlite::params![table, after_id], |r| {
+            Ok(QuarantineEntry {
+                table: r.get(0)?,
+                id: r.get(1)?,
+                seq: r.get(2)?,
+                row_id: r.get(3)?,
+                bytes: r.get(4)?,
+                sqlstate: r.get(5)?,
+                reason: r.get(6)?,
+                quarantined_at: r.get(7)?,
+            })
+        })?;
+        rows.collect::<Result<_, _>>()
+            .context("cannot list the quarantined rows (sluice_quarantine)")
+    }
+
+    /// The largest entry id of `sluice_quarantine` for `table` (0: none, or
+    /// an extension older than 0.2).
+    pub fn last_quarantine_id(&self, table: &str) -> anyhow::Result<i64> {
+        if !self.has_quarantine()? {
+            return Ok(0);
+        }
+        Ok(self.conn.query_row(
+            "SELECT coalesce(max(id), 0) FROM sluice_quarantine WHERE tbl = ?1",
+            [table],
+            |r| r.get(0),
+        )?)
+    }
+
+    fn has_quarantine(&self) -> anyhow::Result<bool> {
+        Ok(self.conn.query_row(
+            "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'sluice_quarantine'",
+            [],
+            |r| r.get(0),
+        )?)
+    }
+
+    /// Releases quarantine entries (`sluice_release(table [, id])`): the
+    /// operator fixed the rows (or deleted them). Returns the entries released.
+    pub fn release(&self, table: &str, id: Option<i64>) -> anyhow::Result<i64> {
+        self.write(|c| match id {
+            Some(id) => c.query_row(
+                "SELECT sluice_release(?1, ?2)",
+                rusqlite::params![table, id],
+                |r| r.get(0),
+            ),
+            None => c.query_row("SELECT sluice_release(?1)", [table], |r| r.get(0)),
+        })
+        .with_context(|| {
+            format!("cannot release the quarantined rows of table '{table}' (sluice_release)")
+        })
+    }
+
+    /// Schedules acknowledged rows of `table` to be sent again
+    /// (`sluice_resend(table, options)`); returns the rows scheduled.
+    pub fn resend(&self, table: &str, options: &str) -> anyhow::Result<i64> {
+        self.write(|c| {
+            c.query_row(
+                "SELECT sluice_resend(?1, ?2)",
+                rusqlite::params![table, options],
+                |r| r.get(0),
+            )
+        })
+        .with_context(|| format!("cannot schedule a re-send of table '{table}' (sluice_resend)"))
+    }
+
     pub fn pending(&self, table: &str) -> anyhow::Result<i64> {
         self.conn
             .query_row("SELECT sluice_pending(?1)", [table], |r| r.get(0))
@@ -650,6 +789,8 @@ impl EdgeConn {
                 acked_batches: t.acked_batches,
                 acked_rows: t.acked_rows,
                 last_ack_ms: t.acked_at,
+                quarantined_rows: t.quarantined_rows,
+                resend_rows: t.resend_rows,
             });
         }
         Ok(out)

@@ -17,6 +17,7 @@ use crate::config::Config;
 use crate::edge::{Edge, EdgeConn, EpochReason, LogEntry, RunStatus};
 use crate::embed;
 use crate::metrics::Metrics;
+use crate::narrow::Narrowings;
 use crate::schedule::{self, Job};
 use crate::shutdown::Shutdown;
 use crate::sync::{self, Mode, SyncOptions};
@@ -117,6 +118,10 @@ pub struct JobState {
     /// What the last embedding run did (`sluice embed --json`).
     pub last_embed: Option<embed::EmbedReport>,
     pub metrics: Metrics,
+    /// The narrowings of batches refused for a row's value, kept between
+    /// sync runs so that a run stopped by `sync.max_run_secs` does not begin
+    /// one again.
+    pub narrowings: Narrowings,
 }
 
 /// Embeds key-frame descriptions (`[embed]`), keeping the model loaded in
@@ -167,15 +172,18 @@ pub async fn run_job(
                 tables: &[],
                 dry_run: false,
                 progress: false,
+                narrowings: Some(&state.narrowings),
             };
-            sync::run(cfg, edge, &mut state.cloud, &opts, shutdown)
-                .await
-                .map(|r| {
-                    state
-                        .metrics
-                        .epochs(EpochReason::RestoredOrCopied, r.epochs());
-                    r.log_entry()
-                })
+            let report = sync::run(cfg, edge, &mut state.cloud, &opts, shutdown).await;
+            report.map(|r| {
+                state
+                    .metrics
+                    .epochs(EpochReason::RestoredOrCopied, r.epochs());
+                for t in &r.tables {
+                    state.metrics.quarantined(&t.table, t.quarantined);
+                }
+                r.log_entry()
+            })
         }
         Job::Cleanup => {
             let (tables, keep) = (cfg.cleanup.tables.clone(), cfg.cleanup.keep.clone());

@@ -10,6 +10,9 @@
 //! - [`cloud`]: the PostgreSQL side: connects (credentials from the
 //!   environment or a file, never the command line) and calls `sluice.ingest`.
 //! - [`sync`]: the sync loop, with retries, bandwidth cap and progress.
+//! - [`narrow`]: finding the row of a batch the cloud refuses for a value.
+//! - [`quarantine`]: `sluice quarantine` (rows moved aside), `release`,
+//!   `sluice resend`.
 //! - [`jobs`]: cleanup, rollup, budget, and `sluice run` (the daemon).
 //! - [`schedule`]: cron expressions, next fire times, missed runs.
 //! - [`embed`]: the key-frame embedding job (model code in `sluice-inference`).
@@ -31,6 +34,8 @@ mod jobs;
 mod machine;
 mod metrics;
 mod migrate;
+mod narrow;
+mod quarantine;
 mod schedule;
 mod shutdown;
 mod status;
@@ -134,6 +139,37 @@ enum Command {
         #[arg(long)]
         until: Option<String>,
     },
+    /// List the rows moved aside (quarantined): refused by the cloud for their values, or over the batch limit.
+    #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+    Quarantine {
+        /// The configuration file (TOML).
+        #[arg(long, short, required = true)]
+        config: Option<PathBuf>,
+        /// Only the rows of this table.
+        #[arg(long)]
+        table: Option<String>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(subcommand)]
+        action: Option<QuarantineAction>,
+    },
+    /// Send acknowledged rows of a table again (after a fix in the cloud, or an ADD COLUMN ... DEFAULT at the edge).
+    Resend {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The edge table.
+        table: String,
+        /// Only rows whose time column is at or after this.
+        #[arg(long)]
+        from: Option<String>,
+        /// Only rows whose time column is before this.
+        #[arg(long)]
+        to: Option<String>,
+        /// Why, as the edge records it (default `operator`).
+        #[arg(long)]
+        reason: Option<String>,
+    },
     /// Apply the cloud schema's migrations in order, then exit.
     Migrate {
         #[arg(long, short)]
@@ -144,6 +180,19 @@ enum Command {
         /// List what would be applied; apply nothing.
         #[arg(long)]
         dry_run: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum QuarantineAction {
+    /// The rows were fixed (or deleted) at the edge: release their entries, so that the next sync sends them.
+    Release {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The edge table.
+        table: String,
+        /// Only this entry (`id` of the listing); default: every entry of the table.
+        id: Option<i64>,
     },
 }
 
@@ -272,6 +321,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 tables: &tables,
                 dry_run,
                 progress: !quiet && sync::interactive(),
+                narrowings: None,
             };
             let report = sync::run_once(&cfg, &opts, &Shutdown::on_signals()).await?;
             report.print_summary();
@@ -331,6 +381,42 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                     table,
                     since,
                     until,
+                },
+            )
+            .await
+        }
+        Command::Quarantine {
+            action: Some(QuarantineAction::Release { config, table, id }),
+            ..
+        } => {
+            let cfg = config::Config::load(&config)?;
+            quarantine::release(&cfg, table, id).await
+        }
+        Command::Quarantine {
+            config,
+            table,
+            json,
+            action: None,
+        } => {
+            let config = config.ok_or_else(|| anyhow::anyhow!("--config is required"))?;
+            let cfg = config::Config::load(&config)?;
+            quarantine::list(&cfg, table, json).await
+        }
+        Command::Resend {
+            config,
+            table,
+            from,
+            to,
+            reason,
+        } => {
+            let cfg = config::Config::load(&config)?;
+            quarantine::resend(
+                &cfg,
+                quarantine::ResendOptions {
+                    table,
+                    from,
+                    to,
+                    reason,
                 },
             )
             .await

@@ -4,7 +4,9 @@
 //! `_total`; gauges: pending rows per table, the last success of each job,
 //! and the lag since the last successful sync. `sluice_epochs_total{reason}`
 //! counts the new epochs the edge database began (restored or copied, found
-//! on another machine).
+//! on another machine); `sluice_quarantined_rows_total{table}` the rows the
+//! sync moved aside (refused by the cloud for their values, or over the
+//! batch limit).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -61,6 +63,7 @@ struct Inner {
     bytes: Family<JobLabels, Counter>,
     pending: Family<TableLabels, Gauge>,
     epochs: Family<ReasonLabels, Counter>,
+    quarantined: Family<TableLabels, Counter>,
     last_success: Family<JobLabels, FloatGauge>,
     sync_lag: Family<NoLabels, FloatGauge>,
     /// Unix seconds of the last successful sync or full sync.
@@ -91,6 +94,7 @@ impl Default for Metrics {
             bytes: Family::default(),
             pending: Family::default(),
             epochs: Family::default(),
+            quarantined: Family::default(),
             last_success: Family::default(),
             sync_lag: Family::default(),
             last_sync: Mutex::new(None),
@@ -130,6 +134,11 @@ impl Default for Metrics {
             "sluice_epochs",
             "New epochs the edge database began, by reason (restored_or_copied, moved_machine)",
             inner.epochs.clone(),
+        );
+        registry.register(
+            "sluice_quarantined_rows",
+            "Rows moved aside (quarantined) by table: refused by the cloud for their values, or over the batch limit",
+            inner.quarantined.clone(),
         );
         registry.register(
             "sluice_pending_rows",
@@ -201,6 +210,17 @@ impl Metrics {
             .epochs
             .get_or_create(&ReasonLabels {
                 reason: reason.as_str().to_owned(),
+            })
+            .inc_by(n);
+    }
+
+    /// Counts `n` rows of `table` moved aside (a table synced with none is
+    /// shown at 0, so that a rate is defined before the first).
+    pub fn quarantined(&self, table: &str, n: u64) {
+        self.inner
+            .quarantined
+            .get_or_create(&TableLabels {
+                table: table.to_owned(),
             })
             .inc_by(n);
     }
@@ -322,7 +342,18 @@ mod tests {
         m.epochs(EpochReason::RestoredOrCopied, 1);
         m.epochs(EpochReason::MovedMachine, 1);
         m.epochs(EpochReason::RestoredOrCopied, 2);
+        m.quarantined("division_states", 1);
+        m.quarantined("division_states", 2);
+        m.quarantined("metrics", 0);
         let text = m.render();
+        assert!(
+            text.contains("sluice_quarantined_rows_total{table=\"division_states\"} 3"),
+            "{text}"
+        );
+        assert!(
+            text.contains("sluice_quarantined_rows_total{table=\"metrics\"} 0"),
+            "{text}"
+        );
         assert!(
             text.contains("sluice_epochs_total{reason=\"restored_or_copied\"} 3"),
             "{text}"

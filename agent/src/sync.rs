@@ -21,6 +21,15 @@
 //! backup or copied. The run then begins a new epoch at the edge
 //! (`sluice_new_epoch`) and cuts the table's batch again, under the new
 //! stream; at most once per table and run.
+//!
+//! A batch the cloud refuses for a value of one of its rows (a data
+//! exception, a NULL, a unique or check constraint, a server limit:
+//! [`crate::cloud::refuses_a_value`]) is narrowed down to that row by
+//! cutting smaller batches ([`crate::narrow`]); the batches the cloud takes
+//! are acknowledged as usual, the row the cloud refuses alone is moved aside
+//! at the edge (`sluice_quarantine`, with the cloud's message and SQLSTATE),
+//! and the table goes on with the rows behind it. Rows the edge moved aside
+//! by itself while cutting (a row over the batch limit) are reported too.
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -34,8 +43,9 @@ use tracing::{info, warn};
 
 use crate::cloud::{Cloud, IngestError, IngestOutcome};
 use crate::config::Config;
-use crate::edge::{stream_hex, Edge, LogEntry, MachineMove, RunStatus};
+use crate::edge::{stream_hex, Edge, LogEntry, MachineMove, QuarantineEntry, RunStatus};
 use crate::failpoint;
+use crate::narrow::{cut, Narrowing, Narrowings, Refused};
 use crate::schedule::Job;
 use crate::shutdown::Shutdown;
 
@@ -67,6 +77,9 @@ pub struct SyncOptions<'a> {
     pub dry_run: bool,
     /// Show a progress bar (a person at a terminal).
     pub progress: bool,
+    /// Where the narrowing of a refused batch is kept between runs (the
+    /// daemon's); `None`: for this run only.
+    pub narrowings: Option<&'a Narrowings>,
 }
 
 /// What happened to one table in one run.
@@ -83,6 +96,9 @@ pub struct TableReport {
     /// New epochs this table's batches began (the cloud answered 55000:
     /// the edge database was restored or copied); 0 or 1.
     pub epochs: u64,
+    /// Rows moved aside in this run: refused by the cloud for their values
+    /// (`sluice_quarantine`), or over the batch limit (by the edge itself).
+    pub quarantined: u64,
     pub pending_after: Option<i64>,
     pub error: Option<String>,
 }
@@ -105,8 +121,15 @@ pub struct Report {
 }
 
 impl Report {
+    /// 1 when a table failed, the run was interrupted, or rows were moved
+    /// aside (someone must look at them); else 0.
     pub fn exit_code(&self) -> ExitCode {
-        if self.tables.iter().any(|t| t.error.is_some()) || self.interrupted {
+        if self
+            .tables
+            .iter()
+            .any(|t| t.error.is_some() || t.quarantined > 0)
+            || self.interrupted
+        {
             ExitCode::FAILURE
         } else {
             ExitCode::SUCCESS
@@ -154,6 +177,9 @@ impl Report {
                     if t.epochs == 1 { "" } else { "s" }
                 ));
             }
+            if t.quarantined > 0 {
+                line.push_str(&format!("; {}", quarantined_note(t.quarantined)));
+            }
             out.push(line);
         }
         if self.interrupted {
@@ -161,6 +187,16 @@ impl Report {
         }
         if self.time_limited {
             out.push("stopped at sync.max_run_secs: the rest goes at the next run".into());
+        }
+        let aside = self.quarantined();
+        if aside > 0 {
+            out.push(format!(
+                "{aside} row{} moved aside: `sluice quarantine` lists {}; fix {} at the edge (or delete {}), then `sluice quarantine release TABLE`",
+                if aside == 1 { "" } else { "s" },
+                if aside == 1 { "it" } else { "them" },
+                if aside == 1 { "it" } else { "them" },
+                if aside == 1 { "it" } else { "them" },
+            ));
         }
         out.push(format!("done in {:.2}s", self.seconds));
         out
@@ -172,22 +208,38 @@ impl Report {
         self.tables.iter().map(|t| t.epochs).sum::<u64>() + u64::from(self.restored.is_some())
     }
 
-    /// The sync log's view of this run.
+    /// Rows moved aside in this run, of every table.
+    pub fn quarantined(&self) -> u64 {
+        self.tables.iter().map(|t| t.quarantined).sum()
+    }
+
+    /// The sync log's view of this run. A run that moved rows aside is
+    /// `partial`, with the tables and counts in its error.
     pub fn log_entry(&self) -> LogEntry {
         let failed: Vec<String> = self
             .tables
             .iter()
             .filter_map(|t| t.error.as_ref().map(|e| format!("{}: {e}", t.table)))
             .collect();
+        let aside: Vec<String> = self
+            .tables
+            .iter()
+            .filter(|t| t.error.is_none() && t.quarantined > 0)
+            .map(|t| format!("{}: {}", t.table, quarantined_note(t.quarantined)))
+            .collect();
         let any_sent = self.tables.iter().any(|t| t.batches > 0);
-        let status = if failed.is_empty() && !self.interrupted {
+        let status = if failed.is_empty() && aside.is_empty() && !self.interrupted {
             RunStatus::Success
         } else if any_sent || failed.len() < self.tables.len() {
             RunStatus::Partial
         } else {
             RunStatus::Failed
         };
-        let mut error = failed.join("; ");
+        let mut error = failed
+            .into_iter()
+            .chain(aside)
+            .collect::<Vec<_>>()
+            .join("; ");
         if self.interrupted {
             error = if error.is_empty() {
                 "interrupted by shutdown".into()
@@ -204,6 +256,14 @@ impl Report {
             ..LogEntry::default()
         }
     }
+}
+
+/// What the summary and the sync log say of rows moved aside.
+fn quarantined_note(n: u64) -> String {
+    format!(
+        "{n} row{} quarantined (moved aside, not sent: `sluice quarantine` lists them)",
+        if n == 1 { "" } else { "s" }
+    )
 }
 
 /// Keeps the average send rate under a cap by sleeping between batches.
@@ -350,6 +410,7 @@ pub async fn run(
     // at once, each lane with its own edge and cloud connection; lane 0 uses
     // the caller's. The bandwidth cap is shared.
     let lanes = (cfg.sync.concurrency as usize).clamp(1, wanted.len().max(1));
+    let run_narrowings = Narrowings::default();
     let shared = Lanes {
         cfg,
         mode: opts.mode,
@@ -362,6 +423,10 @@ pub async fn run(
         interrupted: Cell::new(false),
         time_limited: Cell::new(false),
         new_streams: RefCell::new(Vec::new()),
+        narrowings: match opts.narrowings {
+            Some(n) => n,
+            None => &run_narrowings,
+        },
     };
     let mut edges = Vec::with_capacity(lanes.saturating_sub(1));
     for _ in 1..lanes {
@@ -407,6 +472,8 @@ struct Lanes<'a> {
     /// The streams this run began (new epochs): a 55000 on a batch of one of
     /// them is not answered with yet another epoch.
     new_streams: RefCell<Vec<i64>>,
+    /// The tables' narrowings of refused batches.
+    narrowings: &'a Narrowings,
 }
 
 /// One lane: takes the next table from the queue until none is left.
@@ -439,6 +506,7 @@ async fn lane(shared: &Lanes<'_>, edge: &Edge, cloud: &mut Option<Cloud>) {
             limits: shared.limits,
             progress: shared.progress,
             new_streams: &shared.new_streams,
+            narrowings: shared.narrowings,
         };
         match sync_table(&ctx, cloud, &mut tr, &shared.throttle).await {
             Ok(TableEnd::Done) => {}
@@ -471,6 +539,7 @@ struct TableRun<'a> {
     limits: &'a Limits,
     progress: Option<&'a ProgressBar>,
     new_streams: &'a RefCell<Vec<i64>>,
+    narrowings: &'a Narrowings,
 }
 
 enum TableEnd {
@@ -478,21 +547,95 @@ enum TableEnd {
     TimeLimit,
 }
 
+/// A table's rows moved aside by the edge are warned about and counted too,
+/// whatever became of the table's run.
 async fn sync_table(
     ctx: &TableRun<'_>,
     cloud: &mut Option<Cloud>,
     tr: &mut TableReport,
     throttle: &RefCell<Throttle>,
 ) -> anyhow::Result<TableEnd> {
+    let full = ctx.cfg.sync.batch_rows;
+    let t = ctx.table.to_owned();
+    let aside_before = ctx.edge.run(move |e| e.last_quarantine_id(&t)).await?;
+    let mut state = TableState {
+        narrowing: ctx.narrowings.get(ctx.table, full),
+        moved: Vec::new(),
+        witnessed: false,
+    };
+    let result = drain_table(ctx, cloud, tr, throttle, &mut state).await;
+    ctx.narrowings.put(ctx.table, state.narrowing, full);
+    let t = ctx.table.to_owned();
+    match ctx
+        .edge
+        .run(move |e| e.quarantined(Some(&t), aside_before))
+        .await
+    {
+        Ok(entries) => {
+            for entry in entries.iter().filter(|e| !state.moved.contains(&e.seq)) {
+                warn_edge_quarantine(entry);
+                tr.quarantined += 1;
+            }
+        }
+        Err(e) => {
+            warn!(table = ctx.table, error = %format!("{e:#}"), "cannot list the rows the edge moved aside")
+        }
+    }
+    if tr.batches > 0 || tr.quarantined > 0 {
+        info!(
+            table = ctx.table,
+            batches = tr.batches,
+            rows = tr.rows,
+            bytes = tr.bytes,
+            replays = tr.replays,
+            quarantined = tr.quarantined,
+            "table synced"
+        );
+    }
+    result
+}
+
+/// What one table's run keeps while it drains.
+struct TableState {
+    narrowing: Narrowing,
+    /// Sequence numbers of the rows this run moved aside.
+    moved: Vec<i64>,
+    /// The cloud took a batch of the table in this run.
+    witnessed: bool,
+}
+
+/// Rows moved aside one after another, each refused alone, while the cloud
+/// took no batch of the table in the run: after this many the table stops
+/// for the run. Every batch refused alike is a refusal of the batches (the
+/// cloud's table or extension, the device's zone), not of single rows, and
+/// must not move a whole backlog aside.
+pub const UNWITNESSED_LIMIT: u64 = 10;
+
+/// How much of a cloud message the edge keeps as a quarantined row's reason.
+pub const REASON_CHARS: usize = 1000;
+
+/// How much of a cloud message the log shows (a message may quote the value).
+pub const LOG_MESSAGE_CHARS: usize = 160;
+
+async fn drain_table(
+    ctx: &TableRun<'_>,
+    cloud: &mut Option<Cloud>,
+    tr: &mut TableReport,
+    throttle: &RefCell<Throttle>,
+    state: &mut TableState,
+) -> anyhow::Result<TableEnd> {
     let table = ctx.table;
+    let full = ctx.cfg.sync.batch_rows;
     let options = batch_options(ctx).await?;
-    let mut end = TableEnd::Done;
     while !ctx.shutdown.requested() {
         if ctx.limits.deadline.is_some_and(|d| Instant::now() >= d) {
-            end = TableEnd::TimeLimit;
-            break;
+            return Ok(TableEnd::TimeLimit);
         }
-        let (t, rows, o) = (table.to_owned(), ctx.cfg.sync.batch_rows, options.clone());
+        let (t, rows, o) = (
+            table.to_owned(),
+            state.narrowing.limit(full),
+            options.clone(),
+        );
         let Some(batch) = ctx.edge.run(move |e| e.next_batch(&t, rows, &o)).await? else {
             break;
         };
@@ -503,6 +646,14 @@ async fn sync_table(
             Ingested::Applied(outcome) => outcome,
             Ingested::RestoredOrCopied { message, error } => {
                 new_epoch(ctx, tr, &header, &message, error).await?;
+                continue;
+            }
+            Ingested::RowValue(refusal) => {
+                refused_value(ctx, tr, state, &batch, &header, refusal).await?;
+                // The refused batch used the link as much as a taken one.
+                if pause(ctx, throttle, batch.len()).await {
+                    return Ok(TableEnd::TimeLimit);
+                }
                 continue;
             }
         };
@@ -521,6 +672,8 @@ async fn sync_table(
             }
             return Err(e);
         }
+        state.narrowing.accepted(header.row_count, full);
+        state.witnessed = true;
         tr.batches += 1;
         tr.rows += u64::from(header.row_count);
         tr.bytes += bytes as u64;
@@ -536,27 +689,129 @@ async fn sync_table(
             inserted = outcome.inserted, updated = outcome.updated, skipped = outcome.skipped,
             replay = outcome.replay, "batch applied and acknowledged"
         );
-        let wait = throttle.borrow_mut().after_send(bytes as u64);
-        let (wait, at_limit) = wait_within(wait, ctx.limits.deadline, Instant::now());
-        if !wait.is_zero() {
-            ctx.shutdown.sleep(wait).await;
-        }
-        if at_limit {
-            end = TableEnd::TimeLimit;
-            break;
+        if pause(ctx, throttle, bytes).await {
+            return Ok(TableEnd::TimeLimit);
         }
     }
-    if tr.batches > 0 {
-        info!(
-            table,
-            batches = tr.batches,
-            rows = tr.rows,
-            bytes = tr.bytes,
-            replays = tr.replays,
-            "table synced"
+    Ok(TableEnd::Done)
+}
+
+/// The throttle's wait after `bytes` went over the link, cut at the run-time
+/// limit; `true` when the run reached its limit by waiting.
+async fn pause(ctx: &TableRun<'_>, throttle: &RefCell<Throttle>, bytes: usize) -> bool {
+    let wait = throttle.borrow_mut().after_send(bytes as u64);
+    let (wait, at_limit) = wait_within(wait, ctx.limits.deadline, Instant::now());
+    if !wait.is_zero() {
+        ctx.shutdown.sleep(wait).await;
+    }
+    at_limit
+}
+
+/// The cloud refused `batch` for a value of one of its rows: narrow the
+/// table's batches, or, when the batch was that one row, move the row aside.
+async fn refused_value(
+    ctx: &TableRun<'_>,
+    tr: &mut TableReport,
+    state: &mut TableState,
+    batch: &[u8],
+    header: &sluice_wire::BatchHeader,
+    refusal: RowRefusal,
+) -> anyhow::Result<()> {
+    let refused = || format!("the cloud refused batch {}", header.id());
+    if header.row_count == 0 {
+        return Err(refusal.error.context(refused()));
+    }
+    let can_move_aside = ctx
+        .edge
+        .run(|e| Ok(e.has_function("sluice_quarantine")))
+        .await?;
+    if !can_move_aside {
+        return Err(refusal.error.context(format!(
+            "{}; the loaded sluice0.so has no sluice_quarantine (older than 0.2), so the row cannot be moved aside",
+            refused()
+        )));
+    }
+    let was_full = state.narrowing.limit(ctx.cfg.sync.batch_rows) >= ctx.cfg.sync.batch_rows;
+    match state.narrowing.refused(header.row_count) {
+        Refused::Narrower => {
+            let limit = state.narrowing.limit(ctx.cfg.sync.batch_rows);
+            if was_full {
+                info!(
+                    table = ctx.table, batch = %header.id(), rows = header.row_count, limit,
+                    sqlstate = %refusal.sqlstate, cloud = %cut(&refusal.message, LOG_MESSAGE_CHARS),
+                    "the cloud refused a value of a row of the batch: cutting smaller batches to find the row"
+                );
+            } else {
+                tracing::debug!(table = ctx.table, batch = %header.id(), limit, "still refused: cutting smaller batches");
+            }
+            return Ok(());
+        }
+        Refused::Row => {}
+    }
+    let decoded = sluice_wire::decode(batch).context("the edge produced an unreadable batch")?;
+    let Some(&seq) = decoded.versions.first() else {
+        return Err(refusal.error.context(refused()));
+    };
+    let reason = cut(&refusal.reason(), REASON_CHARS);
+    let (t, sqlstate) = (ctx.table.to_owned(), refusal.sqlstate.clone());
+    let moved = match ctx
+        .edge
+        .run(move |e| e.quarantine(&t, seq, &reason, &sqlstate))
+        .await
+    {
+        Ok(n) => n,
+        Err(e) => {
+            return Err(refusal.error.context(format!(
+            "{}: row {seq} alone is refused for its value, and it could not be moved aside ({e:#})",
+            refused()
+        )))
+        }
+    };
+    if moved == 0 {
+        // Already aside, yet cut into a batch: moving it again would loop.
+        return Err(refusal.error.context(format!(
+            "{}: row {seq} is quarantined already, yet the edge cut it into a batch",
+            refused()
+        )));
+    }
+    warn!(
+        table = ctx.table,
+        seq,
+        batch = %header.id(),
+        sqlstate = %refusal.sqlstate,
+        cloud = %cut(&refusal.message, LOG_MESSAGE_CHARS),
+        "the cloud refuses a row for its value: moved it aside (quarantined); the rows behind it go on"
+    );
+    state.moved.push(seq);
+    state.narrowing.moved_aside();
+    tr.quarantined += 1;
+    if let Some(bar) = ctx.progress {
+        bar.inc(1);
+    }
+    let unwitnessed = state.moved.len() as u64;
+    if !state.witnessed && unwitnessed >= UNWITNESSED_LIMIT {
+        anyhow::bail!(
+            "the cloud refused each of {unwitnessed} rows alone ({}: {}) and took no batch of the table in this run: \
+             a refusal of every batch (the cloud's table or extension, the device's zone), not of single rows? \
+             The {unwitnessed} rows are quarantined (`sluice quarantine` lists them); once the cause is fixed, \
+             `sluice quarantine release {}` sends them again",
+            refusal.sqlstate,
+            cut(&refusal.message, LOG_MESSAGE_CHARS),
+            ctx.table
         );
     }
-    Ok(end)
+    Ok(())
+}
+
+/// WARN for a row the edge moved aside by itself while cutting a batch.
+fn warn_edge_quarantine(entry: &QuarantineEntry) {
+    warn!(
+        table = %entry.table,
+        seq = entry.seq,
+        bytes = entry.bytes,
+        reason = %cut(&entry.reason, LOG_MESSAGE_CHARS),
+        "the edge moved a row aside (quarantined): it cannot be sent as it is; the rows behind it go on"
+    );
 }
 
 /// A new epoch begun before anything was sent, because the edge database
@@ -714,6 +969,27 @@ enum Ingested {
         message: String,
         error: anyhow::Error,
     },
+    /// Refused for a value of one of its rows.
+    RowValue(RowRefusal),
+}
+
+/// The cloud's refusal of a batch for a row's value.
+struct RowRefusal {
+    sqlstate: String,
+    message: String,
+    detail: Option<String>,
+    error: anyhow::Error,
+}
+
+impl RowRefusal {
+    /// What the edge keeps as the quarantined row's reason: the server's
+    /// message and detail (the SQLSTATE has a column of its own).
+    fn reason(&self) -> String {
+        match &self.detail {
+            Some(d) => format!("{}; detail: {d}", self.message),
+            None => self.message.clone(),
+        }
+    }
 }
 
 async fn ingest_with_retry(
@@ -765,6 +1041,19 @@ async fn ingest_with_retry(
             }
             Err(IngestError::RestoredOrCopied { message, error }) => {
                 return Ok(Ingested::RestoredOrCopied { message, error });
+            }
+            Err(IngestError::RowValue {
+                sqlstate,
+                message,
+                detail,
+                error,
+            }) => {
+                return Ok(Ingested::RowValue(RowRefusal {
+                    sqlstate,
+                    message,
+                    detail,
+                    error,
+                }));
             }
             Err(IngestError::Rejected(e)) => {
                 return Err(e.context(format!("the cloud refused batch {}", header.id())));
@@ -912,6 +1201,56 @@ mod tests {
         );
         assert_eq!(report.epochs(), 2);
         assert_eq!(Report::default().epochs(), 0);
+    }
+
+    #[test]
+    fn rows_moved_aside_are_in_the_summary_the_log_and_the_exit_status() {
+        let report = Report {
+            tables: vec![
+                TableReport {
+                    table: "division_states".into(),
+                    batches: 12,
+                    rows: 299,
+                    bytes: 9000,
+                    inserted: 299,
+                    quarantined: 1,
+                    ..TableReport::default()
+                },
+                TableReport {
+                    table: "metrics".into(),
+                    ..TableReport::default()
+                },
+            ],
+            seconds: 0.25,
+            ..Report::default()
+        };
+        assert_eq!(
+            report.summary(),
+            [
+                "division_states      sent 12 batches, 299 rows, 9000 bytes: 299 inserted, 0 updated, 0 skipped, 0 replays; 1 row quarantined (moved aside, not sent: `sluice quarantine` lists them)",
+                "metrics              sent 0 batches, 0 rows, 0 bytes: 0 inserted, 0 updated, 0 skipped, 0 replays",
+                "1 row moved aside: `sluice quarantine` lists it; fix it at the edge (or delete it), then `sluice quarantine release TABLE`",
+                "done in 0.25s",
+            ]
+        );
+        assert_eq!(report.exit_code(), ExitCode::FAILURE);
+        let e = report.log_entry();
+        assert_eq!(e.status, RunStatus::Partial);
+        assert_eq!(
+            e.error.as_deref(),
+            Some("division_states: 1 row quarantined (moved aside, not sent: `sluice quarantine` lists them)")
+        );
+        assert_eq!(e.rows, 299);
+        // Nothing moved aside: success, exit 0.
+        let clean = Report {
+            tables: vec![TableReport {
+                table: "metrics".into(),
+                ..TableReport::default()
+            }],
+            ..Report::default()
+        };
+        assert_eq!(clean.exit_code(), ExitCode::SUCCESS);
+        assert_eq!(clean.log_entry().status, RunStatus::Success);
     }
 
     #[test]
