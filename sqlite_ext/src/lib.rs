@@ -16,8 +16,7 @@
 //!   [`status`] (`sluice_pending_age`), [`insert`] (with [`rows`],
 //!   [`insert_cache`], [`raw_stmt`]), [`window`] (`sluice_bucket`,
 //!   percentiles, sketches), [`pack`], [`rollup`], [`budget`]
-//!   (`sluice_enforce_budget`), [`reserve`] (`sluice_reserve`, the free
-//!   space of a full disk);
+//!   (`sluice_enforce_budget`);
 //! - the policies they share: [`seal`] (which raw rows of a rollup source may
 //!   go, and the windows that are sealed), [`rollup_spec`] (a rollup's
 //!   declaration), [`sequence`] (the sequence column of a tracked table),
@@ -50,7 +49,6 @@ pub mod origin;
 pub mod pack;
 pub mod quarantine;
 pub mod raw_stmt;
-pub mod reserve;
 pub mod resend;
 pub mod rollup;
 pub mod rollup_spec;
@@ -191,7 +189,6 @@ pub const FUNCTIONS: &[(&str, c_int, FunctionFlags, Imp)] = &[
         WRITES,
         Scalar(budget::sluice_enforce_budget),
     ),
-    ("sluice_reserve", 0, WRITES, Scalar(reserve::sluice_reserve)),
     (
         "sluice_pending_age",
         1,
