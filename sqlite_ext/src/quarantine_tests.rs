@@ -27,9 +27,10 @@ fn frames(n: i64) -> Connection {
     db
 }
 
-fn quarantined(
-    db: &Connection,
-) -> Vec<(i64, i64, Option<i64>, Option<i64>, String, Option<String>)> {
+/// A row of `sluice_quarantine`: id, seq, row_id, bytes, reason, sqlstate.
+type Entry = (i64, i64, Option<i64>, Option<i64>, String, Option<String>);
+
+fn quarantined(db: &Connection) -> Vec<Entry> {
     db.prepare("SELECT id, seq, row_id, bytes, reason, sqlstate FROM sluice_quarantine ORDER BY id")
         .unwrap()
         .query_map([], |r| {

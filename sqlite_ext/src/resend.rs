@@ -379,8 +379,9 @@ fn resend(ctx: &Context<'_>) -> Res<Value> {
 /// start. Rows written before the current epoch began may be in the cloud
 /// under the parent stream, and re-sent under this one they would be
 /// copies: refused when the range (after the filter) has one. The table's
-/// fork says where the epoch began; a later epoch whose fork was forgotten
-/// (or never needed) does not say it, and then every re-send is refused.
+/// fork says where the epoch began; once it is forgotten (or when it was
+/// never needed: nothing was pending at the epoch) nothing says it, and
+/// then every re-send of a table tracked before the epoch began is refused.
 fn before_epoch(
     conn: &Connection,
     info: &TableInfo,
@@ -388,11 +389,24 @@ fn before_epoch(
     rows: &RequestRows<'_>,
     hi: i64,
 ) -> Res<i64> {
-    let has_parent = streams::list(conn)?
-        .last()
-        .is_some_and(|e| e.parent_stream.is_some());
-    if !has_parent {
+    let epoch = streams::list(conn)?.pop();
+    let Some(epoch) = epoch.filter(|e| e.parent_stream.is_some()) else {
         return Ok(0);
+    };
+    // A table first tracked after the epoch began sent nothing under the
+    // parent stream.
+    let began: Option<i64> = match epoch.started_at.as_deref() {
+        Some(at) => conn.query_row(
+            "SELECT CAST(round((julianday(?1) - 2440587.5) * 86400000.0) AS INTEGER)",
+            [at],
+            |r| r.get(0),
+        )?,
+        None => None,
+    };
+    if let (Some(began), Some(tracked)) = (began, tables::created_at(conn, &t.tbl)?) {
+        if tracked >= began {
+            return Ok(0);
+        }
     }
     let (fork_seq, known) = match tables::fork(conn, &t.tbl)? {
         Some(f) => (f.fork_seq, true),

@@ -331,6 +331,14 @@ fn an_append_only_table_never_resends_rows_from_before_the_epoch() {
         e.contains("does not know which of its rows were written before"),
         "{e}"
     );
+    // A table first tracked in this epoch sent nothing under the parent.
+    db.execute_batch(
+        "CREATE TABLE later (id INTEGER PRIMARY KEY, v); SELECT sluice_track('later');
+         INSERT INTO later (v) VALUES (1), (2);",
+    )
+    .unwrap();
+    send_all(&db, "later", 1000);
+    assert_eq!(resend(&db, "later", None), 2);
 }
 
 #[test]

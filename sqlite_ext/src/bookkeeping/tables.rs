@@ -330,3 +330,18 @@ pub fn set_fork(conn: &Connection, tbl: &str, fork: Option<(i64, i64)>) -> Res<(
     )?;
     Ok(())
 }
+
+/// When `tbl` was first tracked (unix milliseconds), if known.
+pub fn created_at(conn: &Connection, tbl: &str) -> Res<Option<i64>> {
+    if !Table::Tables.exists(conn)? {
+        return Ok(None);
+    }
+    Ok(conn
+        .query_row(
+            "SELECT created_at FROM main.sluice_tables WHERE tbl = ?1",
+            [tbl],
+            |r| r.get::<_, Option<i64>>(0),
+        )
+        .optional()?
+        .flatten())
+}
