@@ -67,7 +67,9 @@ fn ack(ctx: &Context<'_>) -> Res<Value> {
         return Ok(Value::Integer(0));
     }
     let now = now_ms();
-    atomic(&conn, "sluice_ack", || {
+    // A full disk must not lose the acknowledgement of a batch the cloud
+    // applied: the reserve goes first, and once more on SQLITE_FULL.
+    crate::reserve::atomic(&conn, "sluice_ack", || {
         let rows = i64::from(h.row_count);
         match acked::record(&conn, &t.tbl, t.acked_seq, &ranges, h.base_seq, h.last_seq)? {
             acked::Acked::Watermark(wm) => {

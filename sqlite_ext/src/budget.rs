@@ -18,6 +18,8 @@
 //! would let the disk fill. Rolled-up ones go once every rollup processed
 //! them, and they seal nothing ([`crate::seal`]).
 
+use std::path::PathBuf;
+
 use rusqlite::functions::Context;
 use rusqlite::types::{Value, ValueRef};
 use rusqlite::{params, Connection, OptionalExtension};
@@ -26,10 +28,11 @@ use sluice_wire::names::quote_ident;
 
 use crate::bookkeeping::budget::BudgetState;
 use crate::bookkeeping::{self, drops, rollups, tables};
-use crate::glue::{arg_int, arg_opt_text, atomic, connection, finish, now_ms, Fail, Res};
+use crate::glue::{arg_int, arg_opt_text, arg_raw, atomic, connection, finish, now_ms, Fail, Res};
 use crate::options::parse_duration;
+use crate::reserve;
 use crate::schema::{table_info, TableInfo};
-use crate::seal::{rolled_up, sources, Source, DEFAULT_HORIZON_SECS};
+use crate::seal::{rolled_up, sources, Source, Window, DEFAULT_HORIZON_SECS};
 use crate::sequence::seq_column;
 use crate::time::{epoch_of, future_after, EpochSql};
 
@@ -85,15 +88,44 @@ struct BudgetOptions {
     now: i64,
     /// Only raw rows that are rolled up may go (no second tier).
     rolled_up_only: bool,
+    /// Bytes the filesystem holding the database must have free.
+    min_free: Option<i64>,
+    /// The reserve to keep beside the database ([`crate::reserve`]).
+    reserve: Option<i64>,
 }
 
-const BUDGET_OPTIONS: &str = "horizon, now, rolled_up_only";
+const BUDGET_OPTIONS: &str = "horizon, now, rolled_up_only, min_free_bytes, reserve_bytes";
+
+/// A byte count of the options: a whole number from 0 to `most`.
+fn bytes_option(name: &str, v: &Json, most: i64) -> Res<i64> {
+    let what = match v {
+        Json::Number(n) => match n.as_i64() {
+            Some(b) if (0..=most).contains(&b) => return Ok(b),
+            Some(b) if b < 0 => format!("got {b}"),
+            _ if n.as_u64().is_some() || n.as_f64().is_some_and(|f| f >= most as f64) => {
+                return Err(Fail(format!(
+                    "option '{name}' is {n} bytes, more than the most, {most}"
+                )))
+            }
+            _ => format!("got {n}"),
+        },
+        Json::Null => "got null".into(),
+        Json::Bool(_) => "got a boolean".into(),
+        Json::String(_) => "got text".into(),
+        Json::Array(_) | Json::Object(_) => "got JSON that is not a number".into(),
+    };
+    Err(Fail(format!(
+        "option '{name}' must be a whole number of bytes from 0 to {most}, {what}"
+    )))
+}
 
 fn parse_budget_options(text: Option<&str>) -> Res<BudgetOptions> {
     let mut o = BudgetOptions {
         horizon: DEFAULT_HORIZON_SECS,
         now: now_ms() / 1000,
         rolled_up_only: false,
+        min_free: None,
+        reserve: None,
     };
     let Some(text) = text else { return Ok(o) };
     let v: Json =
@@ -122,6 +154,16 @@ fn parse_budget_options(text: Option<&str>) -> Res<BudgetOptions> {
                     .ok_or_else(|| Fail(format!("option 'now': '{s}' is not an ISO-8601 time")))?
             }
             ("rolled_up_only", Json::Bool(b)) => o.rolled_up_only = *b,
+            ("min_free_bytes", v) => {
+                o.min_free = Some(bytes_option("min_free_bytes", v, MAX_MIN_FREE_BYTES)?)
+            }
+            ("reserve_bytes", v) => {
+                o.reserve = Some(bytes_option(
+                    "reserve_bytes",
+                    v,
+                    reserve::MAX_RESERVE_BYTES,
+                )?)
+            }
             ("horizon", _) => {
                 return Err(Fail(
                     "option 'horizon' must be seconds or text like '1 hour'".into(),
@@ -145,36 +187,342 @@ fn parse_budget_options(text: Option<&str>) -> Res<BudgetOptions> {
     Ok(o)
 }
 
+/// The largest `min_free_bytes` (1 PiB); the filesystem's own size is
+/// checked at the call.
+pub const MAX_MIN_FREE_BYTES: i64 = 1 << 50;
+
 /// `sluice_enforce_budget(max_bytes [, options])` → raw rows dropped.
 pub fn sluice_enforce_budget(ctx: &Context<'_>) -> rusqlite::Result<Value> {
     finish("sluice_enforce_budget", enforce(ctx))
 }
 
 fn enforce(ctx: &Context<'_>) -> Res<Value> {
-    let max = arg_int(ctx, 0, "max_bytes")?;
-    if max < 1 {
+    let opts = parse_budget_options(arg_opt_text(ctx, 1, "options")?)?;
+    let max = match arg_raw(ctx, 0)? {
+        // NULL: no byte budget, only the filesystem's free space.
+        ValueRef::Null if opts.min_free.is_some() => None,
+        _ => Some(arg_int(ctx, 0, "max_bytes")?),
+    };
+    if let Some(max) = max.filter(|m| *m < 1) {
         return Err(Fail(format!("max_bytes must be positive, got {max}")));
     }
-    let opts = parse_budget_options(arg_opt_text(ctx, 1, "options")?)?;
     let conn = connection(ctx)?;
-    let n = atomic(&conn, "sluice_enforce_budget", || {
-        bookkeeping::ensure(&conn)?;
-        enforce_in(&conn, max, &opts)
-    })?;
-    Ok(Value::Integer(n))
+    Ok(Value::Integer(enforce_on(&conn, max, &opts)?))
 }
 
-fn enforce_in(conn: &Connection, max: i64, o: &BudgetOptions) -> Res<i64> {
-    let before = budget_bytes(conn)?;
+/// The filesystem holding the database, as one call of the budget sees it.
+struct Disk {
+    file: PathBuf,
+    /// Free below [`reserve::FULL_BYTES`] when the call began.
+    full: bool,
+    /// Bytes the reserve held that the call released.
+    released: i64,
+}
+
+/// What the drops of one transaction aim for.
+struct Goal {
+    max: Option<i64>,
+    /// Free bytes wanted (min_free_bytes, room for the reserve), 0: none.
+    want_free: i64,
+    /// Free bytes below which the last resort may run: min_free_bytes, or
+    /// [`reserve::FULL_BYTES`] on a full filesystem.
+    need_free: i64,
+    /// The filesystem's free bytes and the data bytes of `main` when the
+    /// transaction began: data pages freed since count as free space (given
+    /// back by the incremental vacuum and the checkpoint, or reused by
+    /// SQLite before the file grows).
+    free_base: i64,
+    data_base: i64,
+    /// A transaction of a full disk frees at most this many data bytes
+    /// (and at least one chunk), so that its own WAL frames fit.
+    step: Option<i64>,
+}
+
+impl Goal {
+    fn free_now(&self, conn: &Connection) -> Res<i64> {
+        Ok(self
+            .free_base
+            .saturating_add(self.data_base - used_bytes(conn)?.0))
+    }
+
+    fn over_max(&self, conn: &Connection) -> Res<bool> {
+        match self.max {
+            Some(m) => Ok(budget_bytes(conn)? > m),
+            None => Ok(false),
+        }
+    }
+
+    /// More should go: over `max_bytes`, or less free than wanted.
+    fn unmet(&self, conn: &Connection) -> Res<bool> {
+        Ok(self.over_max(conn)? || (self.want_free > 0 && self.free_now(conn)? < self.want_free))
+    }
+
+    /// The last resort may run: the filesystem is full or under
+    /// min_free_bytes.
+    fn short(&self, conn: &Connection) -> Res<bool> {
+        Ok(self.need_free > 0 && self.free_now(conn)? < self.need_free)
+    }
+
+    /// This transaction has freed its share.
+    fn step_done(&self, conn: &Connection) -> Res<bool> {
+        match self.step {
+            Some(s) => Ok(self.data_base - used_bytes(conn)?.0 >= s),
+            None => Ok(false),
+        }
+    }
+}
+
+fn enforce_on(conn: &Connection, max: Option<i64>, o: &BudgetOptions) -> Res<i64> {
+    let file = reserve::db_file(conn)?;
+    if file.is_none() && (o.min_free.is_some() || o.reserve.is_some()) {
+        return Err(Fail(
+            "the options min_free_bytes and reserve_bytes need a database file; this one is \
+             in memory or temporary"
+                .into(),
+        ));
+    }
+    let mut disk = None;
+    if let Some(file) = file {
+        let (free, size) = reserve::space(&file)?;
+        let asked = o
+            .min_free
+            .unwrap_or(0)
+            .saturating_add(o.reserve.unwrap_or(0));
+        if asked > size {
+            return Err(Fail(format!(
+                "min_free_bytes + reserve_bytes ({asked}) is more than the size of the \
+                 filesystem holding {} ({size} bytes)",
+                file.display()
+            )));
+        }
+        // At 100 %: the reserve goes first, so that the drops can write.
+        let full = free < reserve::FULL_BYTES;
+        let released = if full { reserve::release(&file)? } else { 0 };
+        disk = Some(Disk {
+            file,
+            full,
+            released,
+        });
+    }
+    // Called outside a transaction, in WAL mode, the call commits as it
+    // goes and checkpoints: what a full disk needs (a checkpoint cannot run
+    // inside a transaction, and one transaction dropping much may not fit).
+    let stepwise = conn.is_autocommit() && disk.is_some() && wal_mode(conn)?;
+    let mut notes = Vec::new();
+    if stepwise {
+        checkpoint_if_it_fits(conn, disk.as_ref(), &mut notes)?;
+    }
+    let mut total = 0i64;
+    let mut step_limit: Option<i64> = None;
+    loop {
+        let goal = goal(conn, max, o, disk.as_ref(), stepwise, step_limit)?;
+        let run = || -> Res<(i64, bool)> {
+            bookkeeping::ensure(conn)?;
+            enforce_in(conn, &goal, o, total, disk.as_ref(), &notes)
+        };
+        let step = if stepwise {
+            immediate(conn, run)
+        } else {
+            atomic(conn, "sluice_enforce_budget", run)
+        };
+        let (n, more) = match step {
+            // A step of a full disk that did not fit: once more, one chunk.
+            Err(e) if stepwise && reserve::is_full(&e) && step_limit != Some(0) => {
+                step_limit = Some(0);
+                continue;
+            }
+            other => other?,
+        };
+        total += n;
+        if stepwise && n > 0 {
+            checkpoint(conn, &mut notes);
+        }
+        if !(stepwise && more && n > 0) {
+            break;
+        }
+        step_limit = None;
+    }
+    if let Some(d) = &disk {
+        finish_disk(conn, d, o, stepwise)?;
+    }
+    Ok(total)
+}
+
+/// The goal of the next transaction.
+fn goal(
+    conn: &Connection,
+    max: Option<i64>,
+    o: &BudgetOptions,
+    disk: Option<&Disk>,
+    stepwise: bool,
+    step_limit: Option<i64>,
+) -> Res<Goal> {
+    let data_base = used_bytes(conn)?.0;
+    let Some(d) = disk else {
+        return Ok(Goal {
+            max,
+            want_free: 0,
+            need_free: 0,
+            free_base: 0,
+            data_base,
+            step: None,
+        });
+    };
+    let free_base = reserve::free_bytes(&d.file)?;
+    let min_free = o.min_free.unwrap_or(0);
+    // Room for the reserve too, when it is asked for and missing.
+    let missing = o.reserve.map_or(0, |r| (r - reserve::held(&d.file)).max(0));
+    let floor = if d.full {
+        min_free.max(reserve::FULL_BYTES)
+    } else {
+        min_free
+    };
+    let want_free = if floor > 0 || missing > 0 {
+        floor.saturating_add(missing)
+    } else {
+        0
+    };
+    // On a disk that was full, the reserve released is a loan: the last
+    // resort may run until it can be made again, so that the next full
+    // disk finds one.
+    let need_free = if d.full { want_free } else { min_free };
+    Ok(Goal {
+        max,
+        want_free,
+        need_free,
+        free_base,
+        data_base,
+        step: stepwise.then(|| step_limit.unwrap_or((free_base / 2).max(1))),
+    })
+}
+
+/// After the drops: the checkpoint's figures and the reserve. The reserve
+/// is made (or resized) when the filesystem keeps at least min_free_bytes
+/// (and [`reserve::FULL_BYTES`]) free beside it; not inside a caller's
+/// transaction that began on a full disk, whose commit needs the room.
+fn finish_disk(conn: &Connection, d: &Disk, o: &BudgetOptions, stepwise: bool) -> Res<()> {
+    let mut reserve_note = None;
+    if let Some(want) = o.reserve {
+        let have = reserve::held(&d.file);
+        let free = reserve::free_bytes(&d.file)?;
+        let keep = o.min_free.unwrap_or(0).max(reserve::FULL_BYTES);
+        if want == 0 {
+            reserve::release(&d.file)?;
+        } else if have != want {
+            if (stepwise || !d.full) && free - (want - have) >= keep {
+                if !reserve::make(&d.file, want)? {
+                    reserve_note = Some("the reserve could not be written: the disk filled");
+                }
+            } else {
+                reserve_note = Some("no room for the reserve yet");
+            }
+        }
+    }
+    let free = reserve::free_bytes(&d.file)?;
+    let held = reserve::held(&d.file);
+    // A WAL larger than the reserve: at the next full disk the checkpoint
+    // may need more room than the reserve gives back.
+    let wal = disk_bytes(conn)?.1;
+    let wal_note = format!(
+        "the WAL ({wal} bytes) is larger than the reserve ({held} bytes): a full disk may not \
+         be recoverable from inside; raise reserve_bytes or lower PRAGMA wal_autocheckpoint"
+    );
+    let reserve_note = match reserve_note.filter(|_| o.reserve.is_some_and(|r| held < r)) {
+        Some(n) => Some(n.to_string()),
+        None => (o.reserve.is_some_and(|r| r > 0) && held > 0 && wal > held).then_some(wal_note),
+    };
+    let wrote =
+        bookkeeping::budget::record_disk(conn, free, o.min_free, held, reserve_note.as_deref());
+    match wrote {
+        // The state is what the transaction measured; the drops stand.
+        Err(e) if reserve::is_full(&e) => Ok(()),
+        other => other,
+    }
+}
+
+/// Runs `f` in a transaction of its own (`BEGIN IMMEDIATE`: the writer's
+/// lock is taken at once, waiting the busy timeout, as the agent does).
+fn immediate<T>(conn: &Connection, f: impl FnOnce() -> Res<T>) -> Res<T> {
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    let out = f().and_then(|v| {
+        conn.execute_batch("COMMIT")?;
+        Ok(v)
+    });
+    if out.is_err() && !conn.is_autocommit() {
+        let _ = conn.execute_batch("ROLLBACK");
+    }
+    out
+}
+
+fn wal_mode(conn: &Connection) -> Res<bool> {
+    let mode: String = conn.query_row("PRAGMA main.journal_mode", [], |r| r.get(0))?;
+    Ok(mode.eq_ignore_ascii_case("wal"))
+}
+
+/// `PRAGMA wal_checkpoint(TRUNCATE)`; a checkpoint that did not complete
+/// (readers, a full disk) is noted, not an error: the drops stand, and the
+/// next checkpoint gives the space back.
+fn checkpoint(conn: &Connection, notes: &mut Vec<String>) {
+    match conn.query_row("PRAGMA main.wal_checkpoint(TRUNCATE)", [], |r| {
+        r.get::<_, i64>(0)
+    }) {
+        Ok(0) => {}
+        Ok(_) => notes.push("the checkpoint was blocked by a reader".into()),
+        Err(e) => notes.push(format!(
+            "the checkpoint failed: {}",
+            crate::glue::sqlite_message(&e)
+        )),
+    }
+}
+
+/// The checkpoint before the drops, when the main file has room to take
+/// the WAL's pages: a checkpoint that fails half way on a full disk keeps
+/// the space it grew the file by, and the drops would then find none.
+fn checkpoint_if_it_fits(
+    conn: &Connection,
+    disk: Option<&Disk>,
+    notes: &mut Vec<String>,
+) -> Res<()> {
+    let Some(d) = disk else { return Ok(()) };
+    let (_, file_pages_bytes) = used_bytes(conn)?;
+    let (main_on_disk, wal) = disk_bytes(conn)?;
+    if wal == 0 {
+        return Ok(());
+    }
+    let growth = (file_pages_bytes - main_on_disk).max(0);
+    if growth < reserve::free_bytes(&d.file)? {
+        checkpoint(conn, notes);
+    } else {
+        notes.push(format!(
+            "no checkpoint before the drops: the main file would grow by {growth} bytes"
+        ));
+    }
+    Ok(())
+}
+
+/// One transaction of the budget: drops until the goal is met (or this
+/// step's share is freed); returns the rows dropped and whether it stopped
+/// for the step (more may go in the next one). `before`: rows dropped by
+/// the call's earlier steps.
+fn enforce_in(
+    conn: &Connection,
+    goal: &Goal,
+    o: &BudgetOptions,
+    before: i64,
+    disk: Option<&Disk>,
+    notes: &[String],
+) -> Res<(i64, bool)> {
     let mut dropped = 0i64;
+    let mut more = false;
     let mut note = String::new();
-    if before > max {
+    if goal.unmet(conn)? {
         let srcs = sources(conn)?;
         if srcs.is_empty() && o.rolled_up_only {
             note = "no rollup is registered, so no raw row may be dropped".into();
         }
         // Dropped to make room at the edge; the cloud keeps the rows.
-        dropped = bookkeeping::tombstones::quietly(conn, || drop_rows(conn, max, o, &srcs))?;
+        (dropped, more) =
+            bookkeeping::tombstones::quietly(conn, || drop_rows(conn, goal, o, &srcs))?;
         if dropped > 0 && auto_vacuum_incremental(conn)? {
             // Each step frees pages; run it to the end.
             let mut stmt = conn.prepare("PRAGMA main.incremental_vacuum")?;
@@ -185,33 +533,54 @@ fn enforce_in(conn: &Connection, max: i64, o: &BudgetOptions) -> Res<i64> {
     let (data, file) = used_bytes(conn)?;
     let wal = disk_bytes(conn)?.1;
     let after = data + wal;
-    let within = after <= max;
-    if !within && note.is_empty() {
+    let within = goal.max.is_none_or(|m| after <= m);
+    let free = disk.map(|_| goal.free_now(conn)).transpose()?;
+    let free_short = disk.is_some() && goal.want_free > 0 && free.unwrap_or(0) < goal.want_free;
+    if !more && (!within || free_short) && note.is_empty() {
         note = if o.rolled_up_only {
             "over budget: no more raw rows that are rolled up and older than the horizon; \
              with rolled_up_only nothing else is dropped"
                 .into()
-        } else {
+        } else if !within {
             "over budget: what is left may not be dropped (rollup targets, raw rows not yet \
              rolled up or within the horizon, tables without a time column, each table's \
              newest row)"
                 .into()
+        } else {
+            "short of free space: what is left may not be dropped (rollup targets, tables \
+             without a time column, each table's newest row)"
+                .into()
         };
+    }
+    let mut all_notes: Vec<String> = Vec::new();
+    if let Some(d) = disk.filter(|d| d.released > 0) {
+        all_notes.push(format!(
+            "the filesystem was full: released the reserve of {} bytes",
+            d.released
+        ));
+    }
+    all_notes.extend(notes.iter().cloned());
+    if !note.is_empty() {
+        all_notes.push(note);
     }
     bookkeeping::budget::write(
         conn,
         &BudgetState {
-            max_bytes: max,
+            // NULL max_bytes (only min_free_bytes): 0 in the state.
+            max_bytes: goal.max.unwrap_or(0),
             used_bytes: after,
             file_bytes: file + wal,
             wal_bytes: wal,
-            within_budget: within,
-            dropped_rows: dropped,
+            within_budget: within && !free_short,
+            dropped_rows: before + dropped,
             checked_at: iso_now(conn)?,
-            note: (!note.is_empty()).then_some(note),
+            note: (!all_notes.is_empty()).then(|| all_notes.join("; ")),
+            free_bytes: free,
+            min_free_bytes: o.min_free,
+            reserve_bytes: disk.map(|d| reserve::held(&d.file)),
         },
     )?;
-    Ok(dropped)
+    Ok((dropped, more))
 }
 
 fn auto_vacuum_incremental(conn: &Connection) -> Res<bool> {
@@ -241,6 +610,9 @@ struct Droppable {
     in_acked_range: String,
     rows: i64,
     unsynced: i64,
+    /// Rows dropped before every rollup of the table had processed them
+    /// (the last resort); `None` when no rollup reads the table.
+    unrolled: Option<i64>,
     first: i64,
     last: i64,
     /// The seal: the newest dropped time not from the future, + 1.
@@ -250,7 +622,7 @@ struct Droppable {
 }
 
 impl Droppable {
-    fn new(conn: &Connection, name: &str) -> Res<Droppable> {
+    fn new(conn: &Connection, name: &str, source: bool) -> Res<Droppable> {
         let acked_seq = tables::get(conn, name)?.map(|t| t.acked_seq);
         let ranges = match acked_seq {
             Some(a) => bookkeeping::ranges::above(conn, name, a)?,
@@ -271,6 +643,7 @@ impl Droppable {
             in_acked_range,
             rows: 0,
             unsynced: 0,
+            unrolled: source.then_some(0),
             first: i64::MAX,
             last: i64::MIN,
             sealed_until: i64::MIN,
@@ -285,6 +658,7 @@ impl Droppable {
             tbl: &self.name,
             rows: self.rows,
             unsynced: self.acked_seq.map(|_| self.unsynced),
+            unrolled: self.unrolled,
             first: self.first,
             last: self.last,
             sealed_until: self.sealed_until,
@@ -307,55 +681,75 @@ fn seq_sql(conn: &Connection, info: &TableInfo) -> Res<String> {
     }
 }
 
-/// Drops candidate rows until the database fits: first the raw rows that
+/// Drops candidate rows until the goal is met: first the raw rows that
 /// are rolled up (oldest window first), then, unless `rolled_up_only`, the
 /// oldest rows of the other tracked tables that have a time column (oldest
-/// hour first); in each tier, rows from the future first. Records each
-/// table's drop in `sluice_drops` as it goes.
-fn drop_rows(conn: &Connection, max: i64, o: &BudgetOptions, srcs: &[Source]) -> Res<i64> {
-    // `fut` is 1 for a row whose time is from the future.
+/// hour first), and last, only while the filesystem is full or under
+/// min_free_bytes, the raw rows of rollup sources that a rollup has not
+/// processed (oldest window first); in each tier, rows from the future
+/// first. Records each table's drop in `sluice_drops` as it goes. Returns
+/// the rows dropped and whether it stopped at the step's share.
+fn drop_rows(
+    conn: &Connection,
+    goal: &Goal,
+    o: &BudgetOptions,
+    srcs: &[Source],
+) -> Res<(i64, bool)> {
+    // `fut` is 1 for a row whose time is from the future, `ur` for a row
+    // some rollup has not processed.
     conn.execute_batch(
         "DROP TABLE IF EXISTS temp.sluice_budget_rows;
          CREATE TEMP TABLE sluice_budget_rows
              (tier INTEGER, src INTEGER, fut INTEGER, ws INTEGER, ep INTEGER, rid INTEGER,
-              sq INTEGER);",
+              sq INTEGER, ur INTEGER NOT NULL DEFAULT 0);",
     )?;
     let mut tables: Vec<Droppable> = Vec::new();
     for s in srcs {
         let idx = tables.len();
-        tables.push(Droppable::new(conn, &s.name)?);
+        tables.push(Droppable::new(conn, &s.name, true)?);
         collect_candidates(conn, idx, s, o)?;
     }
     conn.execute_batch(
         "CREATE INDEX temp.sluice_budget_rows_ws ON sluice_budget_rows (tier, fut, ws, src)",
     )?;
     let now = iso_now(conn)?;
-    let mut total = drop_chunks(conn, max, 1, &mut tables, &now)?;
-    if !o.rolled_up_only && budget_bytes(conn)? > max {
+    let (mut total, mut more) = drop_chunks(conn, goal, 1, &mut tables, &now)?;
+    if !more && !o.rolled_up_only && goal.unmet(conn)? {
         for (name, time) in raw_tables(conn, srcs)? {
             let idx = tables.len();
-            tables.push(Droppable::new(conn, &name)?);
+            tables.push(Droppable::new(conn, &name, false)?);
             collect_raw(conn, idx, &name, &time, o.now)?;
         }
-        total += drop_chunks(conn, max, 2, &mut tables, &now)?;
+        let (n, m) = drop_chunks(conn, goal, 2, &mut tables, &now)?;
+        (total, more) = (total + n, m);
+    }
+    // The last resort, never for max_bytes alone: a full disk stops the
+    // pipeline, the rollup and sync; rows lost this way are counted.
+    if !more && !o.rolled_up_only && goal.short(conn)? {
+        for (idx, s) in srcs.iter().enumerate() {
+            collect_unrolled(conn, idx, s, o.now)?;
+        }
+        let (n, m) = drop_chunks(conn, goal, 3, &mut tables, &now)?;
+        (total, more) = (total + n, m);
     }
     conn.execute_batch("DROP TABLE IF EXISTS temp.sluice_budget_rows")?;
-    Ok(total)
+    Ok((total, more))
 }
 
 /// Drops the collected rows of one tier a chunk at a time, rows from the
-/// future first, then oldest chunk first, measuring the size after each;
-/// stops as soon as it fits.
+/// future first, then oldest chunk first, measuring after each; stops as
+/// soon as the goal is met (or the step's share is freed: then `true`).
 fn drop_chunks(
     conn: &Connection,
-    max: i64,
+    goal: &Goal,
     tier: i64,
     tables: &mut [Droppable],
     now: &str,
-) -> Res<i64> {
-    if budget_bytes(conn)? <= max {
-        return Ok(0);
+) -> Res<(i64, bool)> {
+    if !goal.unmet(conn)? {
+        return Ok((0, false));
     }
+    let quarantine = bookkeeping::Table::Quarantine.exists(conn)?;
     let chunks: Vec<(i64, i64, i64)> = {
         let mut stmt = conn.prepare(
             "SELECT DISTINCT fut, ws, src FROM temp.sluice_budget_rows WHERE tier = ?1 \
@@ -371,16 +765,26 @@ fn drop_chunks(
         let Some(d) = usize::try_from(src).ok().and_then(|i| tables.get_mut(i)) else {
             continue;
         };
-        let (n, unsynced, lo, hi): (i64, i64, Option<i64>, Option<i64>) = conn.query_row(
-            &format!(
-                "SELECT count(*), coalesce(sum(sq > ?5 AND NOT ({})), 0), min(ep), max(ep) \
-                 FROM temp.sluice_budget_rows \
-                 WHERE tier = ?1 AND fut = ?2 AND ws = ?3 AND src = ?4",
-                d.in_acked_range
-            ),
-            params![tier, fut, ws, src, d.acked_seq.unwrap_or(i64::MAX)],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
-        )?;
+        // A quarantined row counts as unsynced even inside an acknowledged
+        // range: the cloud never got it.
+        let quarantined = if quarantine {
+            "EXISTS (SELECT 1 FROM main.sluice_quarantine q WHERE q.tbl = ?6 AND q.seq = sq)"
+        } else {
+            "0"
+        };
+        let (n, unsynced, unrolled, lo, hi): (i64, i64, i64, Option<i64>, Option<i64>) = conn
+            .query_row(
+                &format!(
+                    "SELECT count(*), \
+                            coalesce(sum((sq > ?5 AND NOT ({})) OR {quarantined}), 0), \
+                            coalesce(sum(ur), 0), min(ep), max(ep) \
+                     FROM temp.sluice_budget_rows \
+                     WHERE tier = ?1 AND fut = ?2 AND ws = ?3 AND src = ?4",
+                    d.in_acked_range
+                ),
+                params![tier, fut, ws, src, d.acked_seq.unwrap_or(i64::MAX), d.name],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+            )?;
         conn.execute(
             &format!(
                 "DELETE FROM main.{} WHERE rowid IN (SELECT rid FROM temp.sluice_budget_rows \
@@ -391,6 +795,9 @@ fn drop_chunks(
         )?;
         d.rows += n;
         d.unsynced += unsynced;
+        if let Some(u) = &mut d.unrolled {
+            *u += unrolled;
+        }
         d.first = d.first.min(lo.unwrap_or(i64::MAX));
         d.last = d.last.max(hi.unwrap_or(i64::MIN));
         if fut == 0 {
@@ -401,11 +808,14 @@ fn drop_chunks(
         }
         d.record(conn, now)?;
         total += n;
-        if budget_bytes(conn)? <= max {
+        if !goal.unmet(conn)? {
             break;
         }
+        if goal.step_done(conn)? {
+            return Ok((total, true));
+        }
     }
-    Ok(total)
+    Ok((total, false))
 }
 
 /// Puts the droppable rows of one source into `temp.sluice_budget_rows`
@@ -431,6 +841,35 @@ fn collect_candidates(conn: &Connection, idx: usize, s: &Source, o: &BudgetOptio
             sq = seq_sql(conn, &info)?,
         ),
         [idx as i64],
+    )?;
+    Ok(())
+}
+
+/// Puts the rows of one rollup source that tier 1 may not drop into
+/// `temp.sluice_budget_rows` (tier 3, the last resort of a full disk): rows
+/// some rollup has not processed (`ur`), and processed rows whose window is
+/// within the horizon; a window of the source's widest rollup at a time,
+/// except the source's newest row (the rowid high-water mark of sync).
+fn collect_unrolled(conn: &Connection, idx: usize, s: &Source, now: i64) -> Res<()> {
+    let Some((widest, _)) = s.rollups.iter().max_by_key(|(r, _)| r.width) else {
+        return Ok(());
+    };
+    let w = Window {
+        time: widest.time.clone(),
+        width: widest.width,
+    };
+    let processed = s.rollups.iter().map(|(_, wm)| *wm).min().unwrap_or(0);
+    let info = table_info(conn, &s.name)?;
+    let src = info.quoted();
+    conn.execute(
+        &format!(
+            "INSERT INTO temp.sluice_budget_rows (tier, src, fut, ws, ep, rid, sq, ur)              SELECT 3, ?1, coalesce({ep} > {fa}, 0), coalesce({chunk}, 0), {ep}, rowid, {sq},                     rowid > ?2 FROM main.{src}              WHERE rowid < (SELECT max(rowid) FROM main.{src})",
+            ep = w.time_sql(),
+            chunk = w.start_sql(),
+            fa = future_after(now),
+            sq = seq_sql(conn, &info)?,
+        ),
+        params![idx as i64, processed],
     )?;
     Ok(())
 }
@@ -514,3 +953,6 @@ mod tests {
         assert!(parse_budget_options(Some(r#"{"horizon": -1}"#)).is_err());
     }
 }
+
+#[cfg(test)]
+mod full_disk;

@@ -16,7 +16,8 @@
 //!   [`status`] (`sluice_pending_age`), [`insert`] (with [`rows`],
 //!   [`insert_cache`], [`raw_stmt`]), [`window`] (`sluice_bucket`,
 //!   percentiles, sketches), [`pack`], [`rollup`], [`budget`]
-//!   (`sluice_enforce_budget`);
+//!   (`sluice_enforce_budget`), [`reserve`] (`sluice_reserve`, the free
+//!   space of a full disk);
 //! - the policies they share: [`seal`] (which raw rows of a rollup source may
 //!   go, and the windows that are sealed), [`rollup_spec`] (a rollup's
 //!   declaration), [`sequence`] (the sequence column of a tracked table),
@@ -50,6 +51,7 @@ pub mod pack;
 pub mod quarantine;
 pub mod raw_stmt;
 pub mod resend;
+pub mod reserve;
 pub mod rollup;
 pub mod rollup_spec;
 pub mod rows;
@@ -189,6 +191,7 @@ pub const FUNCTIONS: &[(&str, c_int, FunctionFlags, Imp)] = &[
         WRITES,
         Scalar(budget::sluice_enforce_budget),
     ),
+    ("sluice_reserve", 0, WRITES, Scalar(reserve::sluice_reserve)),
     (
         "sluice_pending_age",
         1,

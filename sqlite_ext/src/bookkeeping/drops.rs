@@ -13,6 +13,9 @@ pub struct Drop<'a> {
     pub rows: i64,
     /// Rows above the watermark (never sent); `None` for an untracked table.
     pub unsynced: Option<i64>,
+    /// Rows dropped that a rollup of the table had not processed (the last
+    /// resort of a full disk); `None` when no rollup reads the table.
+    pub unrolled: Option<i64>,
     /// The times of the oldest and newest row dropped, unix seconds.
     pub first: i64,
     pub last: i64,
@@ -28,9 +31,10 @@ pub struct Drop<'a> {
 pub fn insert(conn: &Connection, d: &Drop<'_>) -> Res<i64> {
     conn.execute(
         "INSERT INTO main.sluice_drops \
-         (tbl, rows, unsynced_rows, from_time, to_time, sealed_until, dropped_at) \
+         (tbl, rows, unsynced_rows, from_time, to_time, sealed_until, dropped_at, \
+          unrolled_rows) \
          VALUES (?1, ?2, ?3, strftime('%Y-%m-%dT%H:%M:%SZ', ?4, 'unixepoch'), \
-                 strftime('%Y-%m-%dT%H:%M:%SZ', ?5, 'unixepoch'), ?6, ?7)",
+                 strftime('%Y-%m-%dT%H:%M:%SZ', ?5, 'unixepoch'), ?6, ?7, ?8)",
         params![
             d.tbl,
             d.rows,
@@ -38,7 +42,8 @@ pub fn insert(conn: &Connection, d: &Drop<'_>) -> Res<i64> {
             d.first,
             d.last,
             d.sealed_until,
-            d.dropped_at
+            d.dropped_at,
+            d.unrolled
         ],
     )?;
     Ok(conn.last_insert_rowid())
@@ -50,8 +55,16 @@ pub fn update(conn: &Connection, id: i64, d: &Drop<'_>) -> Res<()> {
         "UPDATE main.sluice_drops SET rows = ?2, unsynced_rows = ?3, \
          from_time = strftime('%Y-%m-%dT%H:%M:%SZ', ?4, 'unixepoch'), \
          to_time = strftime('%Y-%m-%dT%H:%M:%SZ', ?5, 'unixepoch'), \
-         sealed_until = ?6 WHERE id = ?1",
-        params![id, d.rows, d.unsynced, d.first, d.last, d.sealed_until],
+         sealed_until = ?6, unrolled_rows = ?7 WHERE id = ?1",
+        params![
+            id,
+            d.rows,
+            d.unsynced,
+            d.first,
+            d.last,
+            d.sealed_until,
+            d.unrolled
+        ],
     )?;
     Ok(())
 }
