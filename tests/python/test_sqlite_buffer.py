@@ -290,7 +290,8 @@ def test_enforce_budget_errors(edge, db):
     assert err(edge, "SELECT sluice_enforce_budget(NULL)") == \
         "sluice_enforce_budget: max_bytes must be an integer, got NULL"
     assert err(edge, "SELECT sluice_enforce_budget(1, '{\"horizn\": 1}')") == \
-        "sluice_enforce_budget: unknown option 'horizn' (known options: horizon, now, rolled_up_only)"
+        "sluice_enforce_budget: unknown option 'horizn' (known options: horizon, now, rolled_up_only, " \
+        "min_free_bytes, reserve_bytes)"
     assert err(edge, "SELECT sluice_enforce_budget(1, '{\"rolled_up_only\": 1}')") == \
         "sluice_enforce_budget: option 'rolled_up_only' must be true or false"
     assert "not a duration" in err(edge, "SELECT sluice_enforce_budget(1, '{\"horizon\": \"soon\"}')")

@@ -56,6 +56,7 @@ EXPECTED_FUNCTIONS = {
     # bounded buffer and status (test_sqlite_buffer.py)
     ("sluice_enforce_budget", 1): DIRECTONLY,
     ("sluice_enforce_budget", 2): DIRECTONLY,
+    ("sluice_reserve", 0): DIRECTONLY,
     ("sluice_pending_age", 1): INNOCUOUS,
     # epochs and origin (sqlite_ext/src/epoch.rs)
     ("sluice_identity", 0): INNOCUOUS,
