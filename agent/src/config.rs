@@ -161,14 +161,81 @@ pub struct MetricsConfig {
     pub listen: Option<std::net::SocketAddr>,
 }
 
-/// `[budget]`: the bounded local buffer.
-#[derive(Debug, Default, Deserialize)]
+/// `[budget]`: the bounded local buffer, and what the agent does at a full
+/// disk (docs/agent.md, "A full disk").
+#[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BudgetConfig {
     /// The most bytes the edge database may use. When a long outage outgrows
     /// it, raw rows that are already rolled up are dropped first, oldest
     /// first, each drop counted (`sluice status`). Unset: no budget.
     pub max_bytes: Option<u64>,
+    /// The bytes the filesystem holding the edge database must keep free
+    /// (statvfs, what an unprivileged process may write). Under it the budget
+    /// drops rows like for `max_bytes`, and as the last resort raw rows a
+    /// rollup has not processed, each drop counted. At most
+    /// [`MAX_MIN_FREE_BYTES`]. Unset: the filesystem is watched only for
+    /// being full.
+    pub min_free_bytes: Option<u64>,
+    /// The reserve, a file beside the edge database (`<database>-sluice-reserve`)
+    /// that sluice deletes when the disk is full so that its own recovery can
+    /// write: larger than the WAL grows (4 MB with SQLite's default
+    /// checkpoints). Default [`DEFAULT_RESERVE_BYTES`] when `max_bytes` or
+    /// `min_free_bytes` is set; 0: none. At most [`MAX_RESERVE_BYTES`].
+    pub reserve_bytes: Option<u64>,
+}
+
+/// 8 MiB: twice the WAL of SQLite's default checkpoints (1,000 pages of 4 KiB).
+pub const DEFAULT_RESERVE_BYTES: u64 = 8 << 20;
+/// The extension's limit of `reserve_bytes` (1 GiB).
+pub const MAX_RESERVE_BYTES: u64 = 1 << 30;
+/// The extension's limit of `min_free_bytes` (1 PiB).
+pub const MAX_MIN_FREE_BYTES: u64 = 1 << 50;
+
+impl BudgetConfig {
+    /// Whether the budget job has work: a byte budget or a free-space floor.
+    pub fn enabled(&self) -> bool {
+        self.max_bytes.is_some() || self.min_free_bytes.is_some()
+    }
+
+    /// The reserve the budget job keeps (None: the budget is off).
+    pub fn reserve(&self) -> Option<u64> {
+        self.enabled()
+            .then(|| self.reserve_bytes.unwrap_or(DEFAULT_RESERVE_BYTES))
+    }
+
+    /// `sluice_enforce_budget`'s options: `min_free_bytes`, `reserve_bytes`.
+    pub fn options_json(&self) -> String {
+        let mut o = serde_json::Map::new();
+        if let Some(m) = self.min_free_bytes {
+            o.insert("min_free_bytes".into(), m.into());
+        }
+        if let Some(r) = self.reserve() {
+            o.insert("reserve_bytes".into(), r.into());
+        }
+        serde_json::Value::Object(o).to_string()
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        if self.max_bytes == Some(0) {
+            bail!("budget.max_bytes must be positive; leave it out for no budget");
+        }
+        if let Some(m) = self.min_free_bytes.filter(|m| *m > MAX_MIN_FREE_BYTES) {
+            bail!("budget.min_free_bytes must be at most {MAX_MIN_FREE_BYTES} (1 PiB), got {m}");
+        }
+        if let Some(r) = self.reserve_bytes {
+            if r > MAX_RESERVE_BYTES {
+                bail!("budget.reserve_bytes must be at most {MAX_RESERVE_BYTES} (1 GiB), got {r}");
+            }
+            if !self.enabled() {
+                bail!(
+                    "budget.reserve_bytes needs budget.max_bytes or budget.min_free_bytes: the \
+                     budget job keeps the reserve"
+                );
+            }
+        }
+        Ok(())
+    }
 }
 
 /// `[device]`: who this box is.
@@ -512,9 +579,7 @@ impl Config {
         if self.cleanup.keep.trim().is_empty() {
             bail!("cleanup.keep must not be empty (e.g. \"24 hours\")");
         }
-        if self.budget.max_bytes == Some(0) {
-            bail!("budget.max_bytes must be positive; leave it out for no budget");
-        }
+        self.budget.validate()?;
         Ok(())
     }
 

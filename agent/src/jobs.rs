@@ -9,11 +9,12 @@
 
 use std::sync::Arc;
 
+use anyhow::Context;
 use chrono::Utc;
 use tracing::{info, warn};
 
 use crate::cloud::Cloud;
-use crate::config::Config;
+use crate::config::{BudgetConfig, Config};
 use crate::edge::{Edge, EdgeConn, EpochReason, LogEntry, RunStatus};
 use crate::embed;
 use crate::metrics::Metrics;
@@ -54,36 +55,116 @@ fn rollup(edge: &EdgeConn) -> anyhow::Result<LogEntry> {
     })
 }
 
-/// Keeps the edge database under `budget.max_bytes` (`sluice_enforce_budget`).
-fn budget(edge: &EdgeConn, max_bytes: Option<u64>) -> anyhow::Result<LogEntry> {
-    let Some(max) = max_bytes else {
-        return Ok(skipped("no budget.max_bytes configured"));
-    };
+/// Keeps the edge database under `budget.max_bytes` and its filesystem
+/// above `budget.min_free_bytes`, with the reserve of `budget.reserve_bytes`
+/// (`sluice_enforce_budget`).
+///
+/// Called outside a transaction: the extension then commits as it goes and
+/// checkpoints the WAL itself, which a full disk needs (a checkpoint cannot
+/// run inside a transaction, and one transaction dropping much may not fit
+/// in the space the reserve gives back).
+pub fn budget(edge: &EdgeConn, cfg: &BudgetConfig) -> anyhow::Result<LogEntry> {
+    if !cfg.enabled() {
+        return Ok(skipped(
+            "no budget.max_bytes or budget.min_free_bytes configured",
+        ));
+    }
     if !edge.has_function("sluice_enforce_budget") {
         return Ok(skipped(
             "the loaded sluice0.so has no sluice_enforce_budget",
         ));
     }
-    let dropped = edge.write_i64("SELECT sluice_enforce_budget(?1)", [max as i64])?;
+    let conn = edge.connection();
+    let max = cfg.max_bytes.map(|m| i64::try_from(m).unwrap_or(i64::MAX));
+    let dropped: i64 = conn
+        .query_row(
+            "SELECT sluice_enforce_budget(?1, ?2)",
+            rusqlite::params![max, cfg.options_json()],
+            |r| r.get(0),
+        )
+        .context("the storage budget (sluice_enforce_budget) failed")?;
+    let (within, free, note): (bool, Option<i64>, Option<String>) = conn
+        .query_row(
+            "SELECT within_budget, free_bytes, note FROM sluice_budget",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .context("cannot read the state of the storage budget (sluice_budget)")?;
     if dropped > 0 {
-        // In WAL mode the file shrinks only at a checkpoint: give the space
-        // back now. Busy readers only make it partial; that is fine.
-        if let Err(e) = edge
-            .connection()
-            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
-        {
-            warn!(error = %e, "checkpoint after the storage budget failed; the space comes back at the next one");
-        }
         warn!(
             rows = dropped,
-            max_bytes = max,
-            "storage budget exceeded: dropped the oldest rows (rolled-up raw rows first); see sluice_drops"
+            max_bytes = cfg.max_bytes,
+            min_free_bytes = cfg.min_free_bytes,
+            free_bytes = free,
+            note = note.as_deref().unwrap_or(""),
+            "storage budget: dropped the oldest rows (rolled-up raw rows first); see sluice_drops"
+        );
+    }
+    if !within {
+        warn!(
+            max_bytes = cfg.max_bytes,
+            min_free_bytes = cfg.min_free_bytes,
+            free_bytes = free,
+            note = note.as_deref().unwrap_or(""),
+            "storage budget not met: see sluice_budget"
         );
     }
     Ok(LogEntry {
         rows: dropped,
         status: RunStatus::Success,
+        error: (!within).then(|| note.unwrap_or_else(|| "storage budget not met".into())),
         ..LogEntry::default()
+    })
+}
+
+/// Whether an error of the edge is SQLite's "database or disk is full"
+/// (SQLITE_FULL), from the agent's own write or from the extension's.
+pub fn disk_full(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<rusqlite::Error>()
+            .is_some_and(|r| r.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull))
+            || c.to_string().contains("database or disk is full")
+    })
+}
+
+/// Runs `f`, a write of the agent to the edge database (`what`: the sync
+/// log, an acknowledgement). When it finds the disk full, says so, runs the
+/// storage budget job once (which releases the reserve and frees space from
+/// inside), and runs `f` once more; no further retries: a disk still full
+/// is an error that says what to do.
+pub fn when_full<T>(
+    edge: &EdgeConn,
+    cfg: &BudgetConfig,
+    what: &str,
+    f: impl Fn(&EdgeConn) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    let e = match f(edge) {
+        Err(e) if disk_full(&e) => e,
+        other => return other,
+    };
+    if !cfg.enabled() {
+        return Err(e.context(format!(
+            "{what}: the filesystem of the edge database is full and no [budget] is \
+             configured; free space on it, or set budget.min_free_bytes (docs/agent.md, \
+             \"A full disk\")"
+        )));
+    }
+    warn!(error = %format!("{e:#}"), "{what}: the filesystem of the edge database is full; running the storage budget job now");
+    match budget(edge, cfg) {
+        Ok(entry) => info!(
+            rows = entry.rows,
+            "storage budget job done after a full disk"
+        ),
+        Err(b) => {
+            warn!(error = %format!("{b:#}"), "the storage budget job after a full disk failed")
+        }
+    }
+    f(edge).with_context(|| {
+        format!(
+            "{what}: the filesystem of the edge database is still full after the storage \
+             budget job; free space on it, or raise budget.min_free_bytes (docs/agent.md, \
+             \"A full disk\")"
+        )
     })
 }
 
@@ -160,7 +241,10 @@ pub async fn run_job(
     state: &mut JobState,
     shutdown: &Shutdown,
 ) -> anyhow::Result<LogEntry> {
-    let id = edge.run(move |e| e.log_start(job)).await?;
+    let b = cfg.budget.clone();
+    let id = edge
+        .run(move |e| when_full(e, &b, "the sync log", |e| e.log_start(job)))
+        .await?;
     let result = match job {
         Job::Sync | Job::FullSync => {
             let opts = SyncOptions {
@@ -191,8 +275,8 @@ pub async fn run_job(
         }
         Job::Rollup => edge.run(rollup).await,
         Job::Budget => {
-            let max = cfg.budget.max_bytes;
-            edge.run(move |e| budget(e, max)).await
+            let b = cfg.budget.clone();
+            edge.run(move |e| budget(e, &b)).await
         }
         Job::Embed => embed(cfg, state).await,
     };
@@ -202,7 +286,9 @@ pub async fn run_job(
         ..LogEntry::default()
     });
     let logged = entry.clone();
-    edge.run(move |e| e.log_end(id, &logged)).await?;
+    let b = cfg.budget.clone();
+    edge.run(move |e| when_full(e, &b, "the sync log", |e| e.log_end(id, &logged)))
+        .await?;
     state.metrics.record(job, &entry);
     if matches!(job, Job::Sync | Job::FullSync | Job::Rollup | Job::Embed) {
         if let Ok(tables) = edge.run(|e| e.status()).await {

@@ -316,7 +316,10 @@ pub async fn run_once(
         return run(cfg, &edge, &mut cloud, opts, shutdown).await;
     }
     let job = opts.mode.job();
-    let log_id = edge.run(move |e| e.log_start(job)).await?;
+    let b = cfg.budget.clone();
+    let log_id = edge
+        .run(move |e| crate::jobs::when_full(e, &b, "the sync log", |e| e.log_start(job)))
+        .await?;
     let mut report = run(cfg, &edge, &mut cloud, opts, shutdown).await;
     if let Ok(r) = &mut report {
         r.moved = edge.moved().cloned();
@@ -329,7 +332,9 @@ pub async fn run_once(
             ..LogEntry::default()
         },
     };
-    edge.run(move |e| e.log_end(log_id, &entry)).await?;
+    let b = cfg.budget.clone();
+    edge.run(move |e| crate::jobs::when_full(e, &b, "the sync log", |e| e.log_end(log_id, &entry)))
+        .await?;
     report
 }
 
@@ -660,7 +665,12 @@ async fn drain_table(
         failpoint::after_ingest();
         let bytes = batch.len();
         let batch_stream = header.stream_id as i64;
-        if let Err(e) = ctx.edge.run(move |e| e.ack(&batch)).await {
+        // A full disk: the budget job frees space and the ack is tried once more.
+        let b = ctx.cfg.budget.clone();
+        let acked = ctx
+            .edge
+            .run(move |e| crate::jobs::when_full(e, &b, "the acknowledgement", |e| e.ack(&batch)));
+        if let Err(e) = acked.await {
             // Another lane began a new epoch while this batch was in flight:
             // the edge refuses a batch of the old stream. The cloud has its
             // rows; the batch cut again under the new stream carries the

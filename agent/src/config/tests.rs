@@ -229,3 +229,42 @@ fn a_bad_time_zone_or_machine_id_is_refused_at_start_naming_the_key() {
         "{err}"
     );
 }
+
+#[test]
+fn the_budget_watches_the_disk_with_a_reserve_and_checks_its_figures() {
+    let with = |budget: &str| format!("{MINIMAL}\n[budget]\n{budget}\n");
+    // No budget: no reserve, nothing to pass.
+    let cfg = Config::parse(MINIMAL).unwrap();
+    assert!(!cfg.budget.enabled());
+    assert_eq!(cfg.budget.reserve(), None);
+    assert_eq!(cfg.budget.options_json(), "{}");
+    // A byte budget brings the default reserve.
+    let cfg = Config::parse(&with("max_bytes = 1000000")).unwrap();
+    assert_eq!(cfg.budget.reserve(), Some(DEFAULT_RESERVE_BYTES));
+    assert_eq!(cfg.budget.options_json(), r#"{"reserve_bytes":8388608}"#);
+    // min_free_bytes alone is a budget too; reserve_bytes as given, 0: none.
+    let cfg = Config::parse(&with("min_free_bytes = 67108864\nreserve_bytes = 0")).unwrap();
+    assert!(cfg.budget.enabled());
+    assert_eq!(
+        cfg.budget.options_json(),
+        r#"{"min_free_bytes":67108864,"reserve_bytes":0}"#
+    );
+    let err = |budget: &str| format!("{:#}", Config::parse(&with(budget)).unwrap_err());
+    assert!(err("max_bytes = 0").contains("budget.max_bytes must be positive"));
+    assert_eq!(
+        err("max_bytes = 1\nreserve_bytes = 2147483648"),
+        "budget.reserve_bytes must be at most 1073741824 (1 GiB), got 2147483648"
+    );
+    assert_eq!(
+        err("min_free_bytes = 2251799813685248"),
+        "budget.min_free_bytes must be at most 1125899906842624 (1 PiB), got 2251799813685248"
+    );
+    assert!(
+        err("reserve_bytes = 1048576").starts_with("budget.reserve_bytes needs budget.max_bytes"),
+        "{}",
+        err("reserve_bytes = 1048576")
+    );
+    // TOML's own checks name the key.
+    assert!(err("min_free_bytes = -1").contains("min_free_bytes"));
+    assert!(err("reserve_bytes = \"8 MiB\"").contains("reserve_bytes"));
+}
