@@ -2,7 +2,8 @@
 -- release has it: a database with 0.1.0 installed from its own install
 -- script (pg_ext/sql/sluice--0.1.0.sql) and a ledger row, updated, must have
 -- the catalog of a fresh install of the current version, object for object,
--- and keep its rows (a ledger row of 0.1.0 has no digest).
+-- and keep its rows (a ledger row of 0.1.0 has no digest, and is an
+-- ordinary batch: re-send 0).
 \pset null '(null)'
 \set SHOW_CONTEXT never
 SELECT current_database() AS regress_db,
@@ -40,10 +41,17 @@ UNION ALL
 (SELECT 'only after the update: ' || l FROM unnest(string_to_array(:'updated_catalog', E'\n')) AS l
  EXCEPT SELECT 'only after the update: ' || l FROM unnest(string_to_array(:'fresh_catalog', E'\n')) AS l)
 ORDER BY 1;
--- The ledger row of 0.1.0 is kept, without a digest: its batch, sent
--- again, is a replay.
-SELECT device_id, stream_id, base_seq, last_seq, digest FROM sluice.batches;
+-- The ledger row of 0.1.0 is kept, without a digest, as an ordinary batch
+-- (re-send 0): its batch, sent again, is a replay.
+SELECT device_id, stream_id, base_seq, last_seq, digest, resend FROM sluice.batches;
 SELECT * FROM sluice.ingest(:'batch_valid_raw_3');
+-- The re-send number is part of the identity: a re-send of the same range
+-- is a ledger row of its own, the same re-send twice is refused.
+INSERT INTO sluice.batches (device_id, stream_id, edge_table, base_seq, last_seq, row_count, resend)
+VALUES ('fuzz-dev', 1311768467463790321, 'division_states', 0, 3, 3, 1);
+INSERT INTO sluice.batches (device_id, stream_id, edge_table, base_seq, last_seq, row_count, resend)
+VALUES ('fuzz-dev', 1311768467463790321, 'division_states', 0, 3, 3, 1);
+SELECT base_seq, last_seq, resend FROM sluice.batches ORDER BY resend;
 SELECT count(*) AS streams FROM sluice.streams;
 
 \c :"regress_db"
