@@ -117,7 +117,9 @@ fn ack_resend(conn: &Connection, h: &BatchHeader, t: &Tracked) -> Res<Value> {
     let info = table_info(conn, &t.tbl)?;
     let seq = seq_column(&info, t)?;
     let now = now_ms();
-    atomic(conn, "sluice_ack", || {
+    // As for any acknowledgement: at a full disk, the reserve goes and it
+    // is tried once more.
+    crate::reserve::atomic(conn, "sluice_ack", || {
         resends::advance(conn, &t.tbl, n, h.last_seq, false, now)?;
         // Finished when no row is left above what was sent; with any other
         // request left empty meanwhile (its rows deleted).
