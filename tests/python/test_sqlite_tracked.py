@@ -46,6 +46,8 @@ def test_one_object_per_table_sorted_by_name(db):
         "acked_at": None,
         "acked_ranges": [],
         "high_water": 1,
+        "quarantined_rows": 0,
+        "resend_rows": 0,
     }
     assert zeta["mutable"] is False
     assert zeta["local_only"] is True and zeta["local_only_columns"] == ["path"]
