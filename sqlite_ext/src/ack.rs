@@ -23,7 +23,7 @@ use crate::glue::{
     arg_blob, arg_raw, arg_text, atomic, connection, describe_value, finish, now_ms, Fail, Res,
 };
 use crate::options::{check_keep, parse_duration};
-use crate::resend;
+use crate::resend_rows;
 use crate::schema::{find_table, table_info, TableInfo};
 use crate::seal;
 use crate::sequence::{autoincrement_covers, check_high_water, seq_column, SeqColumn};
@@ -123,7 +123,7 @@ fn ack_resend(conn: &Connection, h: &BatchHeader, t: &Tracked) -> Res<Value> {
         resends::advance(conn, &t.tbl, n, h.last_seq, false, now)?;
         // Finished when no row is left above what was sent; with any other
         // request left empty meanwhile (its rows deleted).
-        resend::finish_empty(conn, &info, t, &seq)
+        resend_rows::finish_empty(conn, &info, t, &seq)
     })?;
     Ok(Value::Integer(i64::from(h.row_count)))
 }
@@ -183,7 +183,7 @@ fn pending(ctx: &Context<'_>) -> Res<Value> {
         }
     }
     // And what unfinished re-sends are still to send.
-    n = n.saturating_add(resend::rows_to_send(&conn, &info, &t, &seq)?);
+    n = n.saturating_add(resend_rows::rows_to_send(&conn, &info, &t, &seq)?);
     Ok(Value::Integer(n))
 }
 

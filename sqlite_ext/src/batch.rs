@@ -21,7 +21,7 @@ use crate::glue::{
 };
 use crate::options::{parse_batch_options, BatchOptions};
 use crate::origin::{machine_hash, wire_zone};
-use crate::resend::{self, RequestRows};
+use crate::resend_rows::{self, RequestRows};
 use crate::schema::{table_info, TableInfo};
 use crate::sequence::{check_high_water, seq_column, SeqColumn, VERSION_COLUMN};
 use crate::time::{future_after, EpochSql};
@@ -192,7 +192,7 @@ fn batch(ctx: &Context<'_>) -> Res<Value> {
     // at least one more row aside.
     let (rows, base_seq, last_seq, resend) = loop {
         // Re-sends first, oldest request first.
-        let found = match resend::next_request(&conn, &info, &t, &seq)? {
+        let found = match resend_rows::next_request(&conn, &info, &t, &seq)? {
             Some(r) => cut.resend(&r)?,
             None => cut.pending(&opts)?,
         };
@@ -400,7 +400,7 @@ impl Cut<'_> {
                     "row of {} bytes is over the batch limit of {MAX_ROW_BYTES} bytes",
                     g.bytes
                 );
-                let row_id = resend::rowid_of(conn, info, seq, g.seq)?;
+                let row_id = resend_rows::rowid_of(conn, info, seq, g.seq)?;
                 let bytes = i64::try_from(g.bytes).ok();
                 if quarantine::insert(conn, &t.tbl, g.seq, row_id, bytes, &reason, None, now)? {
                     moved += 1;

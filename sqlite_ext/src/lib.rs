@@ -17,12 +17,14 @@
 //!   [`insert_cache`], [`raw_stmt`]), [`window`] (`sluice_bucket`,
 //!   percentiles, sketches), [`pack`], [`rollup`], [`budget`]
 //!   (`sluice_enforce_budget`), [`reserve`] (`sluice_reserve`, the free
-//!   space of a full disk);
+//!   space of a full disk), [`resend`] (`sluice_resend`), [`quarantine`]
+//!   (`sluice_quarantine`, `sluice_release`);
 //! - the policies they share: [`seal`] (which raw rows of a rollup source may
 //!   go, and the windows that are sealed), [`rollup_spec`] (a rollup's
 //!   declaration), [`sequence`] (the sequence column of a tracked table),
 //!   [`acked`] (acknowledged ranges above the watermark), [`fork`] (the
-//!   fork a new epoch leaves on a table);
+//!   fork a new epoch leaves on a table), [`resend_rows`] (the rows of
+//!   re-send requests);
 //! - the database: [`bookkeeping`] (every `sluice_*` table: DDL, versioned
 //!   upgrades, typed accessors) and [`schema`] (the user's tables);
 //! - pure: [`time`], [`options`], [`origin`] (machine ids, zones), and
@@ -51,6 +53,7 @@ pub mod pack;
 pub mod quarantine;
 pub mod raw_stmt;
 pub mod resend;
+pub mod resend_rows;
 pub mod reserve;
 pub mod rollup;
 pub mod rollup_spec;

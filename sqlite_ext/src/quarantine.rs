@@ -17,7 +17,7 @@ use crate::glue::{
     arg_int, arg_opt_text, arg_raw, arg_text, atomic, connection, describe_value, finish, now_ms,
     Fail, Res,
 };
-use crate::resend::{self, MAX_REASON_CHARS};
+use crate::resend_rows::{self, MAX_REASON_CHARS};
 use crate::schema::{table_info, TableInfo};
 use crate::sequence::{seq_column, SeqColumn};
 
@@ -101,7 +101,7 @@ fn quarantine_sql(ctx: &Context<'_>) -> Res<Value> {
     // A row of an unfinished re-send counts as pending: the cloud may
     // refuse it as well.
     let pending = row_exists(&conn, &info, &seq, n)?
-        && (is_pending_seq(&conn, &t, n)? || resend::in_unfinished(&conn, &t, n)?);
+        && (is_pending_seq(&conn, &t, n)? || resend_rows::in_unfinished(&conn, &t, n)?);
     if !pending {
         return Err(Fail(format!(
             "table '{}' has no pending row with sequence number {n} (only a row waiting to be \
@@ -109,7 +109,7 @@ fn quarantine_sql(ctx: &Context<'_>) -> Res<Value> {
             info.name
         )));
     }
-    let row_id = resend::rowid_of(&conn, &info, &seq, n)?;
+    let row_id = resend_rows::rowid_of(&conn, &info, &seq, n)?;
     let now = now_ms();
     let moved = atomic(&conn, "sluice_quarantine", || {
         bookkeeping::ensure(&conn)?;
@@ -163,9 +163,9 @@ fn release(ctx: &Context<'_>) -> Res<Value> {
             // under its new number), nothing more.
             if row_exists(&conn, &info, &seq, e.seq)?
                 && !is_pending_seq(&conn, &t, e.seq)?
-                && !resend::in_unfinished(&conn, &t, e.seq)?
+                && !resend_rows::in_unfinished(&conn, &t, e.seq)?
             {
-                resend::request_range(
+                resend_rows::request_range(
                     &conn,
                     &t.tbl,
                     e.seq.saturating_sub(1),

@@ -10,7 +10,7 @@ use serde_json::{json, Value as Json};
 use crate::bookkeeping::tables::Tracked;
 use crate::bookkeeping::{quarantine, ranges, resends, tables};
 use crate::glue::{arg_opt_text, connection, finish, Res};
-use crate::resend;
+use crate::resend_rows;
 use crate::schema::{find_table, table_info};
 use crate::sequence::{self, seq_column};
 
@@ -75,5 +75,5 @@ fn resend_rows(conn: &Connection, t: &Tracked) -> Res<i64> {
     }
     let info = table_info(conn, &t.tbl)?;
     let seq = seq_column(&info, t)?;
-    resend::rows_to_send(conn, &info, t, &seq)
+    resend_rows::rows_to_send(conn, &info, t, &seq)
 }
