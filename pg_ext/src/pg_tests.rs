@@ -2604,4 +2604,31 @@ mod tests {
         assert_eq!(sites(), "A/1/FIXED/box-a;B/1/IDLE/box-b");
         assert_eq!(count("SELECT count(*) FROM sluice.batches"), 3);
     }
+
+    #[pg_test]
+    fn the_high_water_leaves_resends_out_and_odd_numbers_are_refused() {
+        setup_gear("gear_hw", "last_writer_wins");
+        let later = gear_batch(
+            "gear_hw",
+            &[(3, 3, "plane", 7), (4, 4, "file", 7), (5, 5, "rasp", 7)],
+        );
+        assert_eq!(ingest(&later), (3, 0, 0, false));
+        // A re-send request's batch that a row limit cut at row 4: its
+        // range (3, 4] starts above the last ordinary batch's base (2).
+        let high = as_resend(&gear_batch("gear_hw", &[(4, 4, "file", 8)]), 1);
+        assert_eq!(ingest(&high), (0, 1, 0, false));
+        assert_eq!(
+            text("SELECT string_agg(edge_table || '=' || last_seq, ',') FROM sluice.stream_high_water('dev-a', 20015998343868)"),
+            "gear_hw=5"
+        );
+        // A re-send number the ledger's integer cannot hold is refused, not
+        // wrapped into another identity.
+        let odd = as_resend(&later, u32::MAX);
+        let r = try_ingest(&odd);
+        assert_eq!(
+            r,
+            "22003: sluice.ingest: the batch's re-send number 4294967295 is out of range (at most 2147483647)"
+        );
+        assert_eq!(ledger_batches(), 3);
+    }
 }
