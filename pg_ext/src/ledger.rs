@@ -43,7 +43,7 @@ pub fn claim(client: &mut SpiClient<'_>, h: &BatchHeader, checksum: u32) -> Resu
             i64::from(checksum).into(),
             sent_at_ms(h.sent_at_ms).into(),
             digest_to_sql(h.digest).into(),
-            resend_to_sql(h.resend)?.into(),
+            resend_to_sql(&h.id())?.into(),
         ],
     )?
     .len();
@@ -66,7 +66,7 @@ pub fn stored_digest(client: &mut SpiClient<'_>, id: &BatchId) -> Result<Option<
             id.table.as_str().into(),
             id.base_seq.into(),
             id.last_seq.into(),
-            resend_to_sql(id.resend)?.into(),
+            resend_to_sql(id)?.into(),
         ],
     )?;
     if rows.is_empty() {
@@ -75,11 +75,16 @@ pub fn stored_digest(client: &mut SpiClient<'_>, id: &BatchId) -> Result<Option<
     Ok(rows.first().get_one::<i64>()?)
 }
 
-/// [`sluice_pgsql::ledger::resend_to_sql`], refused (22003) when out of
+/// The re-send number of the batch `id` as the ledger stores it
+/// ([`sluice_pgsql::ledger::resend_to_sql`]), refused (22003) when out of
 /// range.
-fn resend_to_sql(resend: u32) -> Result<i32> {
-    ledger::resend_to_sql(resend)
-        .map_err(|e| SluiceError::ingest(PgSqlErrorCode::ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE, e))
+fn resend_to_sql(id: &BatchId) -> Result<i32> {
+    ledger::resend_to_sql(id.resend).map_err(|e| {
+        SluiceError::ingest(
+            PgSqlErrorCode::ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE,
+            format!("batch {id}: {e}"),
+        )
+    })
 }
 
 /// What an applied batch did.
@@ -137,7 +142,7 @@ pub fn record(client: &mut SpiClient<'_>, h: &BatchHeader, c: Counts) -> Result<
             sent_at_ms(h.sent_at_ms).into(),
             parent.into(),
             machine_to_sql(h.origin.machine).into(),
-            resend_to_sql(h.resend)?.into(),
+            resend_to_sql(&h.id())?.into(),
         ],
     )?;
     Ok(())

@@ -2627,7 +2627,10 @@ mod tests {
         let r = try_ingest(&odd);
         assert_eq!(
             r,
-            "22003: sluice.ingest: the batch's re-send number 4294967295 is out of range (at most 2147483647)"
+            format!(
+                "22003: sluice.ingest: batch dev-a/gear_hw/{:016x} (2, 5] re-send 4294967295: the batch's re-send number 4294967295 is out of range (at most 2147483647)",
+                0x1234_5678_9abc_u64
+            )
         );
         assert_eq!(ledger_batches(), 3);
     }
