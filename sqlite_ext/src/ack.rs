@@ -83,7 +83,8 @@ fn ack(ctx: &Context<'_>) -> Res<Value> {
             // The batch carried every tombstone of its range: they go.
             tombstones::forget(&conn, &t.tbl, h.base_seq, h.last_seq)?;
         }
-        forget_fork(&conn, &t.tbl)
+        forget_fork(&conn, &t.tbl)?;
+        resend_rows::finish_void(&conn, &t)
     })?;
     Ok(Value::Integer(i64::from(h.row_count)))
 }
@@ -234,7 +235,7 @@ fn cleanup_rows(
         return Ok(0);
     };
     // Rows an unfinished re-send is still to send stay until it is done.
-    let upto = resends::unfinished(conn, &t.tbl)?
+    let upto = resend_rows::live(conn, t)?
         .iter()
         .map(|r| r.done_seq)
         .fold(upto, i64::min);

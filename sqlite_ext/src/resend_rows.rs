@@ -13,7 +13,7 @@ use sluice_wire::names::quote_ident;
 
 use crate::bookkeeping::resends::{self, Request};
 use crate::bookkeeping::tables::Tracked;
-use crate::bookkeeping::{self, quarantine, ranges, tables};
+use crate::bookkeeping::{self, quarantine, ranges, streams, tables};
 use crate::glue::{now_ms, Fail, Res};
 use crate::schema::TableInfo;
 use crate::sequence::SeqColumn;
@@ -194,11 +194,34 @@ fn stored_time(s: Option<&str>, what: &str) -> Res<Option<i64>> {
     .transpose()
 }
 
+/// The unfinished requests of the table that may still be sent, oldest
+/// first. An append-only table's request made before the current epoch
+/// began is not: its rows may be in the cloud under the parent stream, and
+/// re-sent under this one they would be copies (`sluice_resend` refuses such
+/// rows; a new epoch voids what was scheduled before it). A released
+/// quarantined row, never in the cloud, still goes.
+pub fn live(conn: &Connection, t: &Tracked) -> Res<Vec<Request>> {
+    let all = resends::unfinished(conn, &t.tbl)?;
+    if all.is_empty() || t.mutable {
+        return Ok(all);
+    }
+    let began = streams::list(conn)?
+        .pop()
+        .filter(|e| e.parent_stream.is_some())
+        .and_then(|e| e.started_at);
+    let Some(began) = began else { return Ok(all) };
+    // Both are ISO-8601 UTC with milliseconds: they compare as text.
+    Ok(all
+        .into_iter()
+        .filter(|r| r.reason == resends::RELEASED_REASON || r.requested_at > began)
+        .collect())
+}
+
 /// The rows of the table's unfinished requests still to send (a pending row
 /// in a request's range counts there too).
 pub fn rows_to_send(conn: &Connection, info: &TableInfo, t: &Tracked, seq: &SeqColumn) -> Res<i64> {
     let mut n = 0i64;
-    for r in resends::unfinished(conn, &t.tbl)? {
+    for r in live(conn, t)? {
         let rows = RequestRows::of(conn, info, t, seq, &r)?;
         n = n.saturating_add(rows.count(conn, r.done_seq, r.hi)?);
     }
@@ -216,14 +239,35 @@ pub fn acknowledged_top(conn: &Connection, t: &Tracked) -> Res<i64> {
 
 /// Finishes the unfinished requests of the table that have no row left to
 /// send (their rows were deleted, or the last batch the row limit cut
-/// ended on their last row). Inside the caller's savepoint.
+/// ended on their last row) or may no longer be sent ([`live`]). Inside the
+/// caller's savepoint.
 pub fn finish_empty(conn: &Connection, info: &TableInfo, t: &Tracked, seq: &SeqColumn) -> Res<()> {
     let now = now_ms();
+    let live: Vec<i64> = live(conn, t)?.iter().map(|r| r.n).collect();
     for r in resends::unfinished(conn, &t.tbl)? {
         let rows = RequestRows::of(conn, info, t, seq, &r)?;
-        if rows.first(conn, r.done_seq, r.hi)?.is_none() {
+        if !live.contains(&r.n) {
+            // Void: finished where it stood.
+            resends::advance(conn, &t.tbl, r.n, r.done_seq, true, now)?;
+        } else if rows.first(conn, r.done_seq, r.hi)?.is_none() {
             resends::advance(conn, &t.tbl, r.n, r.hi, true, now)?;
         }
+    }
+    Ok(())
+}
+
+/// Finishes the unfinished requests of the table that may no longer be
+/// sent ([`live`]); nothing to do (one lookup) when it has none. Inside the
+/// caller's savepoint.
+pub fn finish_void(conn: &Connection, t: &Tracked) -> Res<()> {
+    let all = resends::unfinished(conn, &t.tbl)?;
+    if all.is_empty() || t.mutable {
+        return Ok(());
+    }
+    let live: Vec<i64> = live(conn, t)?.iter().map(|r| r.n).collect();
+    let now = now_ms();
+    for r in all.iter().filter(|r| !live.contains(&r.n)) {
+        resends::advance(conn, &t.tbl, r.n, r.done_seq, true, now)?;
     }
     Ok(())
 }
@@ -242,7 +286,7 @@ pub fn next_request(
     t: &Tracked,
     seq: &SeqColumn,
 ) -> Res<Option<Request>> {
-    for r in resends::unfinished(conn, &t.tbl)? {
+    for r in live(conn, t)? {
         let rows = RequestRows::of(conn, info, t, seq, &r)?;
         if rows.first(conn, r.done_seq, r.hi)?.is_some() {
             return Ok(Some(r));
@@ -253,7 +297,7 @@ pub fn next_request(
 
 /// Whether `seq` of the table is still to be sent by an unfinished request.
 pub fn in_unfinished(conn: &Connection, t: &Tracked, seq: i64) -> Res<bool> {
-    Ok(resends::unfinished(conn, &t.tbl)?
+    Ok(live(conn, t)?
         .iter()
         .any(|r| seq > r.done_seq && seq <= r.hi))
 }

@@ -463,3 +463,43 @@ fn bad_arguments_give_clear_errors() {
     assert!(e.contains("has no re-send request 1"), "{e}");
     assert_eq!(one::<i64>(&db, "SELECT 1"), 1);
 }
+
+#[test]
+fn a_new_epoch_voids_what_an_append_only_table_had_scheduled_but_not_a_release() {
+    let db = readings();
+    assert_eq!(resend(&db, "readings", None), 5);
+    db.execute_batch("SELECT sluice_new_epoch('restored from a backup')")
+        .unwrap();
+    // Its rows are in the cloud under the parent stream: not sent again.
+    assert_eq!(pending(&db, "readings"), 0);
+    assert_eq!(tracked(&db, "readings")["resend_rows"].as_i64(), Some(0));
+    assert!(batch(&db, "readings", 1000).is_none());
+    db.execute_batch("INSERT INTO readings (camera) VALUES ('c9'), ('c9')")
+        .unwrap();
+    let b = batch(&db, "readings", 1000).unwrap();
+    assert_eq!(decode_header(&b).unwrap().resend, 0);
+    ack(&db, &b);
+    // The acknowledgement finished the void request.
+    assert_eq!(
+        one::<i64>(
+            &db,
+            "SELECT count(*) FROM sluice_resends WHERE finished_at IS NULL"
+        ),
+        0
+    );
+
+    // A released quarantined row was never in the cloud: it still goes.
+    db.execute_batch("INSERT INTO readings (camera) VALUES ('c10'), ('c11')")
+        .unwrap();
+    assert_eq!(
+        one::<i64>(&db, "SELECT sluice_quarantine('readings', 8, 'bad')"),
+        1
+    );
+    ack(&db, &batch(&db, "readings", 1000).unwrap());
+    assert_eq!(one::<i64>(&db, "SELECT sluice_release('readings')"), 1);
+    db.execute_batch("SELECT sluice_new_epoch('cloned')")
+        .unwrap();
+    assert_eq!(pending(&db, "readings"), 1);
+    let d = decode(&batch(&db, "readings", 1000).unwrap()).unwrap();
+    assert_eq!((d.header.resend, d.versions.clone()), (2, vec![8]));
+}

@@ -43,6 +43,8 @@ pub struct Request {
     pub from_time: Option<String>,
     pub to_time: Option<String>,
     pub reason: String,
+    /// ISO-8601 UTC, with milliseconds.
+    pub requested_at: String,
 }
 
 fn request(r: &rusqlite::Row<'_>) -> rusqlite::Result<Request> {
@@ -54,10 +56,11 @@ fn request(r: &rusqlite::Row<'_>) -> rusqlite::Result<Request> {
         from_time: r.get(4)?,
         to_time: r.get(5)?,
         reason: r.get(6)?,
+        requested_at: r.get(7)?,
     })
 }
 
-const COLUMNS: &str = "n, lo, hi, done_seq, from_time, to_time, reason";
+const COLUMNS: &str = "n, lo, hi, done_seq, from_time, to_time, reason, requested_at";
 
 /// The unfinished requests of `tbl`, oldest first; none when the table of
 /// requests does not exist yet (the common case costs one lookup).
@@ -85,7 +88,7 @@ pub fn get(conn: &Connection, tbl: &str, n: i64) -> Res<Option<(Request, bool)>>
                   WHERE tbl = ?1 AND n = ?2"
             ),
             params![tbl, n],
-            |r| Ok((request(r)?, r.get::<_, bool>(7)?)),
+            |r| Ok((request(r)?, r.get::<_, bool>(8)?)),
         )
         .optional()?)
 }
