@@ -320,11 +320,12 @@ def test_status_view(edge):
     assert set(s) == {"cameras", "sessions", "division_states", "table_states", "metrics", "key_frames",
                       "health_metrics", "metrics_5m"}
     assert list(s["metrics"]) == ["table", "pending_rows", "oldest_pending_age_secs", "last_ack_at",
-                                  "acked_rows", "rows_dropped"]
+                                  "acked_rows", "rows_dropped", "quarantined_rows"]
     now = datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
     age = (now - T0).total_seconds()
     m = s["metrics"]
     assert m["pending_rows"] == 2400 and m["acked_rows"] == 0 and m["rows_dropped"] == 0
+    assert m["quarantined_rows"] == 0
     assert m["last_ack_at"] is None
     assert abs(m["oldest_pending_age_secs"] - age) < 5
     assert abs(s["division_states"]["oldest_pending_age_secs"] - age) < 5
