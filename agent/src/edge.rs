@@ -352,14 +352,18 @@ impl Edge {
         let device = cfg.device.id.clone();
         let zone = cfg.device.time_zone.clone();
         let configured_machine = cfg.device.machine_id.clone();
+        let budget = cfg.budget.clone();
         let (conn, moved) = tokio::task::spawn_blocking(move || {
             let conn = EdgeConn {
                 conn: open_connection(&db, &ext, busy)?,
             };
-            conn.set_device(&device)?;
-            conn.set_zone(&zone)?;
             let machine = crate::machine::resolve(configured_machine.as_deref());
-            let moved = conn.set_machine(&device, machine.as_deref())?;
+            // A full disk: the budget job frees space, and these run once more.
+            let moved = crate::jobs::when_full(&conn, &budget, "opening the edge database", |c| {
+                c.set_device(&device)?;
+                c.set_zone(&zone)?;
+                c.set_machine(&device, machine.as_deref())
+            })?;
             anyhow::Ok((conn, moved))
         })
         .await

@@ -3,6 +3,11 @@
 //! the edge: it prints `sluice: failpoint after-ingest:N reached` on stderr and
 //! waits to be killed. The end-to-end tests use this to SIGKILL the agent at
 //! exactly the moment the protocol must survive. Unset in production.
+//!
+//! `SLUICE_FAILPOINT=after-ingest:N:wait-for=PATH` waits instead until the
+//! file PATH exists, then goes on with the acknowledgement (prints `sluice:
+//! failpoint after-ingest:N released`): tests/e2e/disk_full.rs fills the
+//! edge's disk between an ingest and its acknowledgement.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -14,9 +19,20 @@ pub fn after_ingest() {
     let Ok(spec) = std::env::var("SLUICE_FAILPOINT") else {
         return;
     };
-    if let Some(target) = spec.strip_prefix("after-ingest:") {
+    if let Some(rest) = spec.strip_prefix("after-ingest:") {
+        let (target, wait_for) = match rest.split_once(":wait-for=") {
+            Some((t, p)) => (t, Some(std::path::PathBuf::from(p))),
+            None => (rest, None),
+        };
         if target.parse::<u64>().ok() == Some(n) {
             eprintln!("sluice: failpoint after-ingest:{n} reached");
+            while let Some(p) = &wait_for {
+                if p.exists() {
+                    eprintln!("sluice: failpoint after-ingest:{n} released");
+                    return;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
             loop {
                 std::thread::sleep(std::time::Duration::from_secs(3600));
             }

@@ -187,6 +187,10 @@ fn parse_budget_options(text: Option<&str>) -> Res<BudgetOptions> {
     Ok(o)
 }
 
+/// Free space the budget wants beyond `min_free_bytes` and the reserve:
+/// its own records and the checkpoint write after it measured (64 KiB).
+pub const SLACK_BYTES: i64 = 64 * 1024;
+
 /// The largest `min_free_bytes` (1 PiB); the filesystem's own size is
 /// checked at the call.
 pub const MAX_MIN_FREE_BYTES: i64 = 1 << 50;
@@ -378,7 +382,7 @@ fn goal(
         min_free
     };
     let want_free = if floor > 0 || missing > 0 {
-        floor.saturating_add(missing)
+        floor.saturating_add(missing).saturating_add(SLACK_BYTES)
     } else {
         0
     };
