@@ -545,8 +545,12 @@ impl OwnServer {
 
     /// Restarts the server (fast shutdown: sessions are cut), waiting until it serves again.
     pub fn restart(&self) {
-        let data = repo_root().join(".cache/run").join(&self.name).join("data");
-        let pg_ctl = repo_root().join(".cache/pg17/bin/pg_ctl");
+        // Where scripts/pg.sh put it: under $SLUICE_CACHE (scripts/env.sh).
+        let cache = std::env::var_os("SLUICE_CACHE")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| repo_root().join(".cache"));
+        let data = cache.join("run").join(&self.name).join("data");
+        let pg_ctl = cache.join("pg17/bin/pg_ctl");
         let mut cmd = if unsafe { libc::geteuid() } == 0 {
             let user = std::env::var("SLUICE_PG_USER").unwrap_or_else(|_| "sluicepg".into());
             let mut c = Command::new("runuser");
