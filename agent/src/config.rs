@@ -162,7 +162,7 @@ pub struct MetricsConfig {
 }
 
 /// `[budget]`: the bounded local buffer, and what the agent does at a full
-/// disk (docs/agent.md, "A full disk").
+/// disk (docs/agent.md, "Full disk" in "Recovering from common failures").
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BudgetConfig {

@@ -97,7 +97,7 @@ pub fn budget(edge: &EdgeConn, cfg: &BudgetConfig) -> anyhow::Result<LogEntry> {
             min_free_bytes = cfg.min_free_bytes,
             free_bytes = free,
             note = note.as_deref().unwrap_or(""),
-            "storage budget: dropped the oldest rows (rolled-up raw rows first); see sluice_drops"
+            "storage budget exceeded: dropped the oldest rows (rolled-up raw rows first); see sluice_drops"
         );
     }
     if !within {
@@ -146,7 +146,7 @@ pub fn when_full<T>(
         return Err(e.context(format!(
             "{what}: the filesystem of the edge database is full and no [budget] is \
              configured; free space on it, or set budget.min_free_bytes (docs/agent.md, \
-             \"A full disk\")"
+             \"Full disk\" in \"Recovering from common failures\")"
         )));
     }
     warn!(error = %format!("{e:#}"), "{what}: the filesystem of the edge database is full; running the storage budget job now");
@@ -163,7 +163,7 @@ pub fn when_full<T>(
         format!(
             "{what}: the filesystem of the edge database is still full after the storage \
              budget job; free space on it, or raise budget.min_free_bytes (docs/agent.md, \
-             \"A full disk\")"
+             \"Full disk\" in \"Recovering from common failures\")"
         )
     })
 }
