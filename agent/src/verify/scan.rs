@@ -94,6 +94,16 @@ pub struct Bucket {
     pub last: Option<Vec<Value>>,
 }
 
+/// The instant of time column `tc` as SQLite compares it with `--since` and
+/// `--until` (as Julian days): ISO-8601 text, whatever its precision, or
+/// Unix seconds. Compared as text, `...T11:07:00.075Z` sorted before
+/// `...T11:07:00Z` and a row stamped with milliseconds in the second of
+/// `--since` was left out.
+fn instant_of(tc: &str) -> String {
+    let c = quote(tc);
+    format!("(CASE typeof({c}) WHEN 'integer' THEN julianday({c}, 'unixepoch') WHEN 'real' THEN julianday({c}, 'unixepoch') ELSE julianday({c}) END)")
+}
+
 impl EdgeScan {
     /// `range` is the time column and `(since, until)` when given.
     pub fn new(
@@ -119,18 +129,18 @@ impl EdgeScan {
         if let Some((tc, since, until)) = range {
             if let Some(s) = since {
                 params.push(s.to_owned());
-                conditions.push((">=", quote(tc)));
+                conditions.push((">=", instant_of(tc)));
             }
             if let Some(u) = until {
                 params.push(u.to_owned());
-                conditions.push(("<", quote(tc)));
+                conditions.push(("<", instant_of(tc)));
             }
         }
         let filter = |offset: usize| -> String {
             conditions
                 .iter()
                 .enumerate()
-                .map(|(i, (op, col))| format!(" AND {col} {op} ?{}", offset + i + 1))
+                .map(|(i, (op, col))| format!(" AND {col} {op} julianday(?{})", offset + i + 1))
                 .collect()
         };
         let select_cols: Vec<String> = columns.iter().map(|c| quote(&c.name)).collect();
@@ -216,5 +226,48 @@ impl EdgeScan {
             out.rows.insert(key, values.join("|"));
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The rows of `t` whose `at` is in `[since, until)` by [`instant_of`].
+    fn in_range(since: &str, until: &str) -> Vec<i64> {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(
+            "CREATE TABLE t (id INTEGER PRIMARY KEY, at);
+             INSERT INTO t (id, at) VALUES
+               (1, '2026-11-18T11:06:49.990Z'), (2, '2026-11-18T11:06:50Z'),
+               (3, '2026-11-18T11:06:50.010Z'), (4, '2026-11-18T11:06:59.999Z'),
+               (5, '2026-11-18T11:07:00Z'), (6, '2026-11-18T11:07:00.075Z'),
+               (7, '2026-11-18 11:06:55'), (8, 1795000015), (9, 1795000020.5),
+               (10, 'not a time');",
+        )
+        .unwrap();
+        let at = instant_of("at");
+        let sql = format!(
+            "SELECT id FROM t WHERE {at} >= julianday(?1) AND {at} < julianday(?2) ORDER BY id"
+        );
+        let mut stmt = conn.prepare(&sql).unwrap();
+        stmt.query_map([since, until], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    }
+
+    #[test]
+    fn the_time_range_compares_instants_not_text() {
+        // As text, rows 3 and 4 ('.' sorts before 'Z') fell out of the
+        // range and row 6 fell into it.
+        assert_eq!(
+            in_range("2026-11-18T11:06:50Z", "2026-11-18T11:07:00Z"),
+            [2, 3, 4, 7, 8]
+        );
+        assert_eq!(
+            in_range("2026-11-18T11:06:50.010Z", "2026-11-18T11:07:00.500Z"),
+            [3, 4, 5, 6, 7, 8]
+        );
     }
 }
