@@ -60,7 +60,7 @@ pub fn list_lines(entries: &[QuarantineEntry]) -> Vec<String> {
             opt(e.bytes),
             e.sqlstate.as_deref().unwrap_or("-"),
             e.quarantined_at,
-            cut(&e.reason, LIST_REASON_CHARS)
+            one_line(&cut(&e.reason, LIST_REASON_CHARS))
         ));
     }
     out.push(format!(
@@ -83,6 +83,14 @@ pub async fn release(cfg: &Config, table: String, id: Option<i64>) -> anyhow::Re
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// `text` with its line breaks and other control characters as spaces, for a
+/// listing of one line per row.
+fn one_line(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
 }
 
 /// What `sluice quarantine release` prints.
@@ -108,17 +116,21 @@ pub struct ResendOptions {
 }
 
 impl ResendOptions {
-    /// `sluice_resend`'s JSON options.
+    /// `sluice_resend`'s JSON options. A time of digits alone is Unix
+    /// seconds, given as a number; any other is text the edge parses.
     pub fn json(&self) -> String {
+        let time = |t: &str| match t.parse::<i64>() {
+            Ok(secs) => serde_json::Value::from(secs),
+            Err(_) => serde_json::Value::from(t),
+        };
         let mut o = serde_json::Map::new();
-        for (key, value) in [
-            ("from", &self.from),
-            ("to", &self.to),
-            ("reason", &self.reason),
-        ] {
+        for (key, value) in [("from", &self.from), ("to", &self.to)] {
             if let Some(v) = value {
-                o.insert(key.into(), v.clone().into());
+                o.insert(key.into(), time(v));
             }
+        }
+        if let Some(r) = &self.reason {
+            o.insert("reason".into(), r.clone().into());
         }
         serde_json::Value::Object(o).to_string()
     }
@@ -222,6 +234,11 @@ mod tests {
         assert_eq!(
             o.json(),
             r#"{"from":"2026-12-01T00:00:00Z","reason":"cloud column added"}"#
+        );
+        o.to = Some("1796133600".into());
+        assert_eq!(
+            o.json(),
+            r#"{"from":"2026-12-01T00:00:00Z","reason":"cloud column added","to":1796133600}"#
         );
     }
 }

@@ -993,11 +993,15 @@ struct RowRefusal {
 
 impl RowRefusal {
     /// What the edge keeps as the quarantined row's reason: the server's
-    /// message and detail (the SQLSTATE has a column of its own).
+    /// message, and its detail when that is one line (`Key (id)=(5) already
+    /// exists.`; a server may put a backtrace there). The SQLSTATE has a
+    /// column of its own.
     fn reason(&self) -> String {
-        match &self.detail {
-            Some(d) => format!("{}; detail: {d}", self.message),
-            None => self.message.clone(),
+        match self.detail.as_deref().map(str::trim) {
+            Some(d) if !d.is_empty() && !d.contains('\n') => {
+                format!("{}; detail: {d}", self.message)
+            }
+            _ => self.message.clone(),
         }
     }
 }
@@ -1261,6 +1265,26 @@ mod tests {
         };
         assert_eq!(clean.exit_code(), ExitCode::SUCCESS);
         assert_eq!(clean.log_entry().status, RunStatus::Success);
+    }
+
+    #[test]
+    fn a_quarantined_rows_reason_is_the_message_and_a_one_line_detail() {
+        let refusal = |detail: Option<&str>| RowRefusal {
+            sqlstate: "23505".into(),
+            message: "duplicate key value violates unique constraint \"k\"".into(),
+            detail: detail.map(str::to_owned),
+            error: anyhow::anyhow!("x"),
+        };
+        assert_eq!(
+            refusal(Some("Key (id)=(5) already exists.")).reason(),
+            "duplicate key value violates unique constraint \"k\"; detail: Key (id)=(5) already exists."
+        );
+        for junk in [None, Some(""), Some("\n   0: pgrx::panic\n   1: main")] {
+            assert_eq!(
+                refusal(junk).reason(),
+                "duplicate key value violates unique constraint \"k\""
+            );
+        }
     }
 
     #[test]
