@@ -221,6 +221,9 @@ struct Disk {
     full: bool,
     /// Bytes the reserve held that the call released.
     released: i64,
+    /// Under min_free_bytes (or full) when the call began: the WAL is
+    /// checkpointed before the drops too.
+    short: bool,
 }
 
 /// What the drops of one transaction aim for.
@@ -302,10 +305,12 @@ fn enforce_on(conn: &Connection, max: Option<i64>, o: &BudgetOptions) -> Res<i64
         // At 100 %: the reserve goes first, so that the drops can write.
         let full = free < reserve::FULL_BYTES;
         let released = if full { reserve::release(&file)? } else { 0 };
+        let short = full || free < o.min_free.unwrap_or(0);
         disk = Some(Disk {
             file,
             full,
             released,
+            short,
         });
     }
     // Called outside a transaction, in WAL mode, the call commits as it
@@ -313,7 +318,7 @@ fn enforce_on(conn: &Connection, max: Option<i64>, o: &BudgetOptions) -> Res<i64
     // inside a transaction, and one transaction dropping much may not fit).
     let stepwise = conn.is_autocommit() && disk.is_some() && wal_mode(conn)?;
     let mut notes = Vec::new();
-    if stepwise {
+    if stepwise && disk.as_ref().is_some_and(|d| d.short) {
         checkpoint_if_it_fits(conn, disk.as_ref(), &mut notes)?;
     }
     let mut total = 0i64;

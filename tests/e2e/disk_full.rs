@@ -386,9 +386,11 @@ fn a_sync_at_a_full_disk_ends_acknowledged_exactly_once() {
     // (1) 100 % full: the agent's first write fails.
     let written = fill(&edge, from_ms, &mut next, Some(1000));
     assert!(free_bytes(fs.path()) < 64 * 1024);
+    let t = Instant::now();
     let out = agent(&["sync", "--mode", "full", "--config", &cfg_arg])
         .output()
         .unwrap();
+    let took = t.elapsed();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         out.status.success(),
@@ -409,7 +411,10 @@ fn a_sync_at_a_full_disk_ends_acknowledged_exactly_once() {
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
         .unwrap();
-    eprintln!("agent at a full disk: {written} rows, the budget job dropped {dropped} ({unrolled} not rolled up)");
+    eprintln!(
+        "agent at a full disk: {written} rows; `sluice sync` ran the budget job (dropped \
+         {dropped}, {unrolled} not rolled up) and synced the rest in {took:?}"
+    );
     assert!(dropped > 0 && unrolled > 0, "{dropped} {unrolled}");
     assert_eq!(count(&edge, "SELECT sluice_pending('metrics')"), 0);
     assert_exactly_once(&edge, &cloud, "sync after a full disk");
