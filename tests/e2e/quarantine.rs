@@ -37,8 +37,10 @@ fn poisoned_edge(dir: &Path) -> (PathBuf, Connection) {
     (path, edge)
 }
 
-/// `(table, seq, row_id, sqlstate, reason)` of every quarantined row.
-fn quarantined(edge: &Connection) -> Vec<(String, i64, Option<i64>, Option<String>, String)> {
+/// `(table, seq, row_id, sqlstate, reason)` of a quarantined row.
+type Entry = (String, i64, Option<i64>, Option<String>, String);
+
+fn quarantined(edge: &Connection) -> Vec<Entry> {
     edge.prepare("SELECT tbl, seq, row_id, sqlstate, reason FROM sluice_quarantine ORDER BY id")
         .unwrap()
         .query_map([], |r| {
