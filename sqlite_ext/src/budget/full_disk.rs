@@ -326,10 +326,7 @@ fn the_last_resort_drops_rows_no_rollup_processed_counted_and_sealed() {
     let goal = free_goal(&db, i64::MAX / 4, true);
     drop_toward(&db, &goal);
     assert_eq!(one::<i64>(&db, "SELECT count(*) FROM readings"), 1);
-    assert_eq!(
-        one::<i64>(&db, "SELECT max(id) FROM readings"),
-        total as i64
-    );
+    assert_eq!(one::<i64>(&db, "SELECT max(id) FROM readings"), total);
     // Every row is counted once.
     assert_eq!(
         one::<i64>(&db, "SELECT sum(rows) FROM sluice_drops"),
