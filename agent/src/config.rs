@@ -80,7 +80,8 @@ pub struct ScheduleConfig {
     pub full_sync: String,
     /// Local cleanup of acknowledged rows: [`DEFAULT_CLEANUP_CRON`].
     pub cleanup: String,
-    /// Storage budget enforcement (only with `budget.max_bytes`): [`DEFAULT_BUDGET_CRON`].
+    /// Storage budget enforcement (only with `budget.max_bytes` or
+    /// `budget.min_free_bytes`): [`DEFAULT_BUDGET_CRON`].
     pub budget: String,
 }
 
