@@ -378,3 +378,30 @@ pub async fn run_daemon(cfg: &Config, shutdown: &Shutdown) -> anyhow::Result<()>
     info!("sluice agent stopped");
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_disk_is_recognised_through_the_context_the_agent_adds() {
+        let full = rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL),
+            Some("database or disk is full".into()),
+        );
+        let e = anyhow::Error::from(full).context("cannot acknowledge the batch at the edge");
+        assert!(disk_full(&e));
+        // The extension's own message, as text (its functions fail with a
+        // user error that carries SQLite's message).
+        let e = anyhow::anyhow!("sluice_ack: database or disk is full").context("the sync log");
+        assert!(disk_full(&e));
+        let locked = rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_BUSY),
+            Some("database is locked".into()),
+        );
+        assert!(!disk_full(&anyhow::Error::from(locked)));
+        assert!(!disk_full(&anyhow::anyhow!(
+            "no such table: sluice_sync_log"
+        )));
+    }
+}
