@@ -149,6 +149,10 @@ pub fn when_full<T>(
              \"Full disk\" in \"Recovering from common failures\")"
         )));
     }
+    // A commit that failed for a full disk may leave its transaction open.
+    if !edge.connection().is_autocommit() {
+        let _ = edge.connection().execute_batch("ROLLBACK");
+    }
     warn!(error = %format!("{e:#}"), "{what}: the filesystem of the edge database is full; running the storage budget job now");
     match budget(edge, cfg) {
         Ok(entry) => info!(
