@@ -130,10 +130,15 @@ def test_a_v010_database_gets_a_budget_view_that_works_at_its_first_write(ext_pa
     path = str(tmp_path / "edge.db")
     shutil.copy(FIXTURE, path)
     con = connect(ext_path, path)
-    before = con.execute("SELECT * FROM sluice_budget").fetchall()
+    # The columns of v0.1.0's view; version 5 adds the filesystem's figures.
+    budget = "SELECT max_bytes, used_bytes, file_bytes, within_budget, dropped_rows, checked_at, note FROM sluice_budget"
+    before = con.execute(budget).fetchall()
     assert before and before[0][4] == 199  # dropped_rows
     con.execute("SELECT sluice_device('fixture-box')")
     con.execute("PRAGMA trusted_schema = OFF")
-    assert con.execute("SELECT * FROM sluice_budget").fetchall() == before
+    assert con.execute(budget).fetchall() == before
+    assert con.execute("SELECT free_bytes, min_free_bytes, reserve_bytes FROM sluice_budget").fetchall() == [
+        (None, None, None)
+    ]
     assert con.execute("SELECT count(*) FROM sluice_status").fetchone() == (3,)
     con.close()

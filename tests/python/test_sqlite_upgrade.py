@@ -39,7 +39,10 @@ def state(con):
         "status": con.execute(
             'SELECT "table", pending_rows, last_ack_at, acked_rows, rows_dropped FROM sluice_status ORDER BY 1'
         ).fetchall(),
-        "budget": con.execute("SELECT * FROM sluice_budget").fetchall(),
+        # The columns every version has (version 5 adds the filesystem's).
+        "budget": con.execute(
+            "SELECT max_bytes, used_bytes, file_bytes, within_budget, dropped_rows, checked_at, note FROM sluice_budget"
+        ).fetchall(),
         "drops": con.execute("SELECT tbl, rows, sealed_until FROM sluice_drops").fetchall(),
         "device": con.execute("SELECT sluice_device()").fetchone()[0],
         "stream": con.execute("SELECT value FROM sluice_meta WHERE key = 'stream_id'").fetchone()[0],
