@@ -437,10 +437,41 @@ struct Tally {
     /// Rows pending in a clone's copy that the clone sent too (see
     /// `Model::cloned_pending`): documented, not a failure.
     sent_by_clone: u64,
+    /// Rows the budget dropped at a full disk before they were sent,
+    /// counted in `sluice_drops` (docs/agent.md, full disk).
+    dropped: u64,
 }
 
-fn compare(model: &Model, cloud: &[(Key, String)], report: &mut Vec<String>) -> Tally {
+/// `drops`: the budget's drops of rows not yet sent (`unsynced_drops`): a
+/// row missing in the cloud, or there at an older version, whose time is in
+/// one of its table's drops is counted as dropped, up to the rows they
+/// dropped; never silent, so never lost.
+fn compare(
+    model: &Model,
+    cloud: &[(Key, String)],
+    drops: &[(String, String, String, i64)],
+    report: &mut Vec<String>,
+) -> Tally {
     let mut t = Tally::default();
+    let mut droppable: HashMap<&str, i64> = HashMap::new();
+    for (tbl, _, _, rows) in drops {
+        *droppable.entry(tbl.as_str()).or_default() += rows;
+    }
+    let mut dropped = |k: &Key, latest: &String| -> bool {
+        let Some(at) = row_time(&k.0, latest) else {
+            return false;
+        };
+        let inside = drops
+            .iter()
+            .any(|(tbl, from, to, _)| *tbl == k.0 && *from <= at && at <= *to);
+        match droppable.get_mut(k.0.as_str()) {
+            Some(n) if inside && *n > 0 => {
+                *n -= 1;
+                true
+            }
+            _ => false,
+        }
+    };
     let mut seen: HashMap<&Key, Vec<&String>> = HashMap::new();
     for (k, line) in cloud {
         seen.entry(k).or_default().push(line);
@@ -470,6 +501,7 @@ fn compare(model: &Model, cloud: &[(Key, String)], report: &mut Vec<String>) -> 
             // lost future's delete.
             None if restored.is_some_and(|(edge, cloud)| edge == latest && cloud.is_none()) => {}
             None if cloned.is_some_and(|c| c == DELETED) => t.sent_by_clone += 1,
+            None if dropped(k, latest) => t.dropped += 1,
             None => {
                 t.lost += 1;
                 report.push(format!("lost {k:?}: {latest}"));
@@ -487,6 +519,7 @@ fn compare(model: &Model, cloud: &[(Key, String)], report: &mut Vec<String>) -> 
                     "deleted at the edge, still in the cloud {k:?}: {got}"
                 ));
             }
+            Some(got) if versions.contains(got) && dropped(k, latest) => t.dropped += 1,
             Some(got) if versions.contains(got) => {
                 t.reverted += 1;
                 report.push(format!("reverted {k:?}: cloud {got}, latest {latest}"));
@@ -500,10 +533,59 @@ fn compare(model: &Model, cloud: &[(Key, String)], report: &mut Vec<String>) -> 
     t
 }
 
-fn write_tx(edge: &rusqlite::Connection, f: impl FnOnce(&rusqlite::Connection)) {
-    edge.execute_batch("BEGIN IMMEDIATE").unwrap();
-    f(edge);
-    edge.execute_batch("COMMIT").unwrap();
+/// SQLite's message when the filesystem is full (a disk-full trial).
+const FULL: &str = "database or disk is full";
+
+/// A write that a full disk may refuse: `Err` with SQLite's message, the
+/// transaction rolled back. Any other error fails the trial.
+type Wrote = Result<(), String>;
+
+fn refused(edge: &rusqlite::Connection, e: rusqlite::Error) -> String {
+    if !edge.is_autocommit() {
+        let _ = edge.execute_batch("ROLLBACK");
+    }
+    let m = e.to_string();
+    assert!(m.contains(FULL), "an edge write failed: {m}");
+    m
+}
+
+fn write_tx(
+    edge: &rusqlite::Connection,
+    f: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<()>,
+) -> Wrote {
+    edge.execute_batch("BEGIN IMMEDIATE")
+        .and_then(|()| f(edge))
+        .and_then(|()| edge.execute_batch("COMMIT"))
+        .map_err(|e| refused(edge, e))
+}
+
+/// `insert_rows` (through `sluice_insert`, `chunk` rows a transaction),
+/// stopping at the first chunk a full disk refuses.
+fn insert(
+    edge: &rusqlite::Connection,
+    table: &str,
+    rows: &[serde_json::Value],
+    chunk: usize,
+) -> Wrote {
+    for part in rows.chunks(chunk) {
+        let json = serde_json::Value::Array(part.to_vec()).to_string();
+        write_tx(edge, |e| {
+            let n: i64 = e.query_row(
+                "SELECT sluice_insert(?1, ?2)",
+                rusqlite::params![table, json],
+                |r| r.get(0),
+            )?;
+            assert_eq!(n as usize, part.len());
+            Ok(())
+        })?;
+    }
+    Ok(())
+}
+
+fn rollup(edge: &rusqlite::Connection) -> Wrote {
+    write_tx(edge, |e| {
+        e.query_row("SELECT sluice_rollup_run()", [], |_| Ok(()))
+    })
 }
 
 /// The edge's state while the trial runs.
@@ -544,7 +626,11 @@ fn random_id(edge: &rusqlite::Connection, table: &str) -> Option<i64> {
 
 /// Cameras added, renamed, disabled, deleted, re-keyed (camera_id) and moved
 /// to another location (location_id: also part of the cloud key).
-fn camera_work(rng: &mut Rng, e: &rusqlite::Connection, w: &mut Workload) -> String {
+fn camera_work(
+    rng: &mut Rng,
+    e: &rusqlite::Connection,
+    w: &mut Workload,
+) -> rusqlite::Result<String> {
     let mut done = Vec::new();
     for _ in 0..rng.range(1, 4) {
         let id = random_id(e, "cameras");
@@ -556,46 +642,45 @@ fn camera_work(rng: &mut Rng, e: &rusqlite::Connection, w: &mut Workload) -> Str
                 e.execute(
                     "INSERT INTO cameras (camera_id, location_id, name, stream_url) VALUES (?1, ?2, ?3, 'rtsp://secret')",
                     rusqlite::params![name, rng.pick(&LOCATIONS), format!("camera {}", w.names)],
-                )
-                .unwrap();
+                )?;
                 done.push("add");
             }
             (1, Some(id)) => {
                 e.execute(
                     "UPDATE cameras SET name = ?1, enabled = ?2 WHERE id = ?3",
                     rusqlite::params![format!("renamed {}", w.names), rng.below(2) as i64, id],
-                )
-                .unwrap();
+                )?;
                 done.push("rename");
             }
             (2 | 3, Some(id)) => {
-                e.execute("DELETE FROM cameras WHERE id = ?1", [id])
-                    .unwrap();
+                e.execute("DELETE FROM cameras WHERE id = ?1", [id])?;
                 done.push("delete");
             }
             (4, Some(id)) => {
                 e.execute(
                     "UPDATE cameras SET camera_id = ?1 WHERE id = ?2",
                     rusqlite::params![name, id],
-                )
-                .unwrap();
+                )?;
                 done.push("key change");
             }
             (_, Some(id)) => {
                 e.execute(
                     "UPDATE cameras SET location_id = CASE location_id WHEN 'store-042' THEN 'store-043' ELSE 'store-042' END WHERE id = ?1",
                     [id],
-                )
-                .unwrap();
+                )?;
                 done.push("move");
             }
         }
     }
-    format!("cameras: {}", done.join(", "))
+    Ok(format!("cameras: {}", done.join(", ")))
 }
 
 /// Sessions started, ended, deleted and re-keyed (session_id).
-fn session_work(rng: &mut Rng, e: &rusqlite::Connection, w: &mut Workload) -> String {
+fn session_work(
+    rng: &mut Rng,
+    e: &rusqlite::Connection,
+    w: &mut Workload,
+) -> rusqlite::Result<String> {
     let mut done = Vec::new();
     for _ in 0..rng.range(1, 4) {
         let id = random_id(e, "sessions");
@@ -608,40 +693,40 @@ fn session_work(rng: &mut Rng, e: &rusqlite::Connection, w: &mut Workload) -> St
                 e.execute(
                     "INSERT INTO sessions (session_id, location_id, camera_id, started_at) VALUES (?1, ?2, ?3, ?4)",
                     rusqlite::params![name, rng.pick(&LOCATIONS), format!("cam-{:02}", rng.below(4)), at],
-                )
-                .unwrap();
+                )?;
                 done.push("start");
             }
             (2, Some(id)) => {
                 e.execute(
                     "UPDATE sessions SET ended_at = ?1 WHERE id = ?2",
                     rusqlite::params![at, id],
-                )
-                .unwrap();
+                )?;
                 done.push("end");
             }
             (3, Some(id)) => {
-                e.execute("DELETE FROM sessions WHERE id = ?1", [id])
-                    .unwrap();
+                e.execute("DELETE FROM sessions WHERE id = ?1", [id])?;
                 done.push("delete");
             }
             (_, Some(id)) => {
                 e.execute(
                     "UPDATE sessions SET session_id = ?1 WHERE id = ?2",
                     rusqlite::params![name, id],
-                )
-                .unwrap();
+                )?;
                 done.push("key change");
             }
         }
     }
-    format!("sessions: {}", done.join(", "))
+    Ok(format!("sessions: {}", done.join(", ")))
 }
 
 /// Rows written under a wrong clock: two years ahead, or days to a year
 /// behind (what the pipeline stamps them with; the extension takes the
 /// times from the rows). Returns the plan's label.
-fn wrong_clock_work(rng: &mut Rng, edge: &rusqlite::Connection, w: &mut Workload) -> String {
+fn wrong_clock_work(
+    rng: &mut Rng,
+    edge: &rusqlite::Connection,
+    w: &mut Workload,
+) -> Result<String, String> {
     let ahead = rng.below(2) == 0;
     let (at, label) = if ahead {
         w.clock_ahead = true;
@@ -655,8 +740,8 @@ fn wrong_clock_work(rng: &mut Rng, edge: &rusqlite::Connection, w: &mut Workload
     for (i, r) in rows.iter_mut().enumerate() {
         r["recorded_at"] = iso_ms(at + i as i64 * 200).into();
     }
-    insert_rows(edge, "division_states", &rows, 50);
     w.next_division += n;
+    insert(edge, "division_states", &rows, 50)?;
     let mut metrics = Vec::new();
     for s in 0..12 {
         for cam in 0..3 {
@@ -667,7 +752,7 @@ fn wrong_clock_work(rng: &mut Rng, edge: &rusqlite::Connection, w: &mut Workload
             }));
         }
     }
-    insert_rows(edge, "metrics", &metrics, 500);
+    insert(edge, "metrics", &metrics, 500)?;
     let frames: Vec<_> = (0..rng.range(1, 5))
         .map(|i| {
             serde_json::json!({
@@ -676,12 +761,9 @@ fn wrong_clock_work(rng: &mut Rng, edge: &rusqlite::Connection, w: &mut Workload
             })
         })
         .collect();
-    insert_rows(edge, "key_frames", &frames, 50);
-    write_tx(edge, |e| {
-        e.query_row("SELECT sluice_rollup_run()", [], |_| Ok(()))
-            .unwrap();
-    });
-    format!("{label}: {n} rows")
+    insert(edge, "key_frames", &frames, 50)?;
+    rollup(edge)?;
+    Ok(format!("{label}: {n} rows"))
 }
 
 /// One random piece of edge work; returns a label for the plan when it is
@@ -693,16 +775,12 @@ fn work(
     model: &mut Model,
 ) -> Option<String> {
     let mut label = None;
-    match rng.below(9) {
+    let wrote = match rng.below(9) {
         0 | 1 => {
             let n = rng.range(20, 400);
-            insert_rows(
-                edge,
-                "division_states",
-                &division_states(w.next_division, n, w.seed),
-                rng.range(10, 200) as usize,
-            );
+            let rows = division_states(w.next_division, n, w.seed);
             w.next_division += n;
+            insert(edge, "division_states", &rows, rng.range(10, 200) as usize)
         }
         2 => {
             let n = rng.range(1, 30);
@@ -718,7 +796,7 @@ fn work(
                     })
                 })
                 .collect();
-            insert_rows(edge, "key_frames", &rows, 50);
+            insert(edge, "key_frames", &rows, 50)
         }
         3 => {
             // Describe (or re-describe) some key frames: each update makes the row pending again.
@@ -739,10 +817,10 @@ fn work(
                             format!("{{\"v\": {}}}", w.descriptions),
                             id
                         ],
-                    )
-                    .unwrap();
+                    )?;
                 }
-            });
+                Ok(())
+            })
         }
         4 => {
             // Raw metrics for the next minutes (every 5 s per camera), then the rollup.
@@ -761,33 +839,33 @@ fn work(
                 }
             }
             w.next_minute += minutes;
-            insert_rows(edge, "metrics", &rows, 500);
-            write_tx(edge, |e| {
-                e.query_row("SELECT sluice_rollup_run()", [], |_| Ok(()))
-                    .unwrap();
-            });
+            insert(edge, "metrics", &rows, 500).and_then(|()| rollup(edge))
         }
         5 => {
             // Cleanup of acknowledged rows: remember every row first (same transaction).
             write_tx(edge, |e| {
                 model.observe(e, &TABLES);
                 for t in ["division_states", "key_frames"] {
-                    e.query_row("SELECT sluice_cleanup(?1, 0)", [t], |_| Ok(()))
-                        .unwrap();
+                    e.query_row("SELECT sluice_cleanup(?1, 0)", [t], |_| Ok(()))?;
                 }
-            });
+                Ok(())
+            })
         }
-        6 => {
-            let mut text = String::new();
-            write_tx(edge, |e| text = camera_work(rng, e, w));
-            label = Some(text);
-        }
-        7 => {
-            let mut text = String::new();
-            write_tx(edge, |e| text = session_work(rng, e, w));
-            label = Some(text);
-        }
-        _ => label = Some(wrong_clock_work(rng, edge, w)),
+        6 => write_tx(edge, |e| {
+            label = Some(camera_work(rng, e, w)?);
+            Ok(())
+        }),
+        7 => write_tx(edge, |e| {
+            label = Some(session_work(rng, e, w)?);
+            Ok(())
+        }),
+        _ => wrong_clock_work(rng, edge, w).map(|l| label = Some(l)),
+    };
+    if wrote.is_err() {
+        label = Some(format!(
+            "{}write refused: disk full",
+            label.map_or(String::new(), |l| format!("{l}: "))
+        ));
     }
     model.observe(edge, &TABLES);
     label
@@ -797,6 +875,7 @@ fn work(
 /// now and then a cleanup. It never touches the rows of mutable tables.
 fn second_box_work(rng: &mut Rng, b: &mut SecondBox, model: &mut Model) {
     if rng.chance(25) {
+        // (Not on a small filesystem: nothing refuses these writes.)
         write_tx(&b.edge, |e| {
             model.observe(e, &TABLES[..1]);
             e.query_row(
@@ -804,8 +883,8 @@ fn second_box_work(rng: &mut Rng, b: &mut SecondBox, model: &mut Model) {
                 [],
                 |_| Ok(()),
             )
-            .unwrap();
-        });
+        })
+        .unwrap();
     } else {
         let n = rng.range(20, 300);
         insert_rows(
@@ -817,6 +896,114 @@ fn second_box_work(rng: &mut Rng, b: &mut SecondBox, model: &mut Model) {
         b.w.next_division += n;
     }
     model.observe(&b.edge, &TABLES[..1]);
+}
+
+/// The `[budget]` of a disk-full trial's first box.
+const BUDGET: &str = "\n[budget]\nmin_free_bytes = 262144\nreserve_bytes = 524288\n";
+const BUDGET_OPTIONS: &str = r#"{"min_free_bytes": 262144, "reserve_bytes": 524288}"#;
+
+/// A 4 MB tmpfs on `dir` (the trials run as root, as CI does; a failed
+/// mount fails the trial), unmounted when dropped.
+struct Tmpfs {
+    dir: PathBuf,
+}
+
+impl Tmpfs {
+    fn mount(dir: &Path) -> Tmpfs {
+        std::fs::create_dir(dir).unwrap();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=4M", "tmpfs"])
+            .arg(dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "a disk-full trial needs a small filesystem of its own and runs as root: \
+             mount -t tmpfs -o size=4M tmpfs {} failed: {}",
+            dir.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        Tmpfs {
+            dir: dir.to_owned(),
+        }
+    }
+
+    /// Fills the filesystem to the last byte with a file `ballast`, as
+    /// something else on the box would; returns its size.
+    fn fill(&self) -> u64 {
+        use std::io::Write;
+        let mut f = std::fs::File::create(self.dir.join("ballast")).unwrap();
+        let mut written = 0u64;
+        for chunk in [65536, 4096, 512, 1] {
+            let buf = vec![0x5au8; chunk];
+            while f.write_all(&buf).is_ok() {
+                written += chunk as u64;
+            }
+        }
+        let _ = f.sync_all();
+        written
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let ok = std::process::Command::new("umount")
+            .arg(&self.dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            // Something still holds a file open (a hung agent): detach it.
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.dir)
+                .status();
+        }
+    }
+}
+
+/// The agent's budget job: `sluice_enforce_budget(NULL, options)` outside
+/// a transaction. It must work at a full disk too.
+fn budget_job(edge: &rusqlite::Connection, log: &mut Vec<String>, report: &mut Vec<String>) {
+    match edge.query_row(
+        "SELECT sluice_enforce_budget(NULL, ?1)",
+        [BUDGET_OPTIONS],
+        |r| r.get::<_, i64>(0),
+    ) {
+        Ok(0) => {}
+        Ok(n) => log.push(format!("budget dropped {n} rows")),
+        Err(e) => report.push(format!("the budget job failed: {e}")),
+    }
+}
+
+/// The budget's drops of rows not yet sent, from `sluice_drops`: (table,
+/// from, to (ISO seconds, 19 characters), rows).
+fn unsynced_drops(edge: &rusqlite::Connection) -> Vec<(String, String, String, i64)> {
+    let mut s = edge
+        .prepare(
+            "SELECT tbl, substr(from_time, 1, 19), substr(to_time, 1, 19), unsynced_rows \
+             FROM sluice_drops WHERE unsynced_rows > 0",
+        )
+        .unwrap();
+    let v: Vec<(String, String, String, i64)> = s
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    v
+}
+
+/// The time of a row of the model (the table's time column, ISO to the
+/// second), when the table has one.
+fn row_time(table: &str, line: &str) -> Option<String> {
+    let field = match table {
+        "division_states" => 6,
+        "key_frames" => 3,
+        "sessions" => 4,
+        _ => return None,
+    };
+    line.split('|')
+        .nth(field)
+        .map(|t| t.chars().take(19).collect())
 }
 
 /// A second box sending as the same device: a clone of the first box's
@@ -850,14 +1037,22 @@ const FAULTS: [Fault; 7] = [
 ];
 
 /// An agent config in `dir` for `edge`, on the machine `machine`.
-fn box_config(dir: &Path, edge: &Path, url: &str, batch_rows: u32, machine: &str) -> PathBuf {
+/// `extra`: more TOML (a `[budget]`).
+fn box_config(
+    dir: &Path,
+    edge: &Path,
+    url: &str,
+    batch_rows: u32,
+    machine: &str,
+    extra: &str,
+) -> PathBuf {
     let config = write_config_with(
         dir,
         edge,
         url,
         DEVICE,
         batch_rows,
-        "max_attempts = 40\nbandwidth_bytes_per_sec = 20000\n",
+        &format!("max_attempts = 40\nbandwidth_bytes_per_sec = 20000\n{extra}"),
     );
     let text = std::fs::read_to_string(&config).unwrap().replacen(
         "[device]\n",
@@ -1037,18 +1232,17 @@ fn frees_everything(
     let count = |sql: &str| -> i64 { edge.query_row(sql, [], |r| r.get(0)).unwrap() };
     let budget = rng.below(2) == 0;
     write_tx(edge, |e| {
-        e.query_row("SELECT sluice_rollup_run()", [], |_| Ok(()))
-            .unwrap();
+        e.query_row("SELECT sluice_rollup_run()", [], |_| Ok(()))?;
         if budget {
             e.query_row("SELECT sluice_enforce_budget(1)", [], |_| Ok(()))
-                .unwrap();
         } else {
             for (t, _) in tables {
-                e.query_row("SELECT sluice_cleanup(?1, 0)", [t], |_| Ok(()))
-                    .unwrap();
+                e.query_row("SELECT sluice_cleanup(?1, 0)", [t], |_| Ok(()))?;
             }
+            Ok(())
         }
-    });
+    })
+    .unwrap();
     for (t, time) in tables {
         let left = if budget {
             count(&format!(
@@ -1101,10 +1295,24 @@ fn run_trial(server: &OwnServer, trial: u64, seed: u64) -> (Tally, Vec<String>, 
         .to_owned();
     let url = format!("postgres://{user}@127.0.0.1:{}/{db}", proxy.port);
     let dir = tempfile::tempdir().unwrap();
-    let edge_path = dir.path().join("edge.db");
+    // A disk-full trial: the first box's database on a small filesystem
+    // of its own, with a [budget] (declared before the connection: values
+    // drop in reverse order).
+    let fs = rng.chance(15).then(|| Tmpfs::mount(&dir.path().join("fs")));
+    let edge_dir = fs.as_ref().map_or(dir.path(), |f| f.dir.as_path());
+    let budget = if fs.is_some() { BUDGET } else { "" };
+    let mut report = Vec::new();
+    let edge_path = edge_dir.join("edge.db");
     let mut edge = edge_db(&edge_path, true);
     let batch_rows = [25, 100, 250][rng.below(3)];
-    let config = box_config(dir.path(), &edge_path, &url, batch_rows, "machine-a");
+    let config = box_config(
+        dir.path(),
+        &edge_path,
+        &url,
+        batch_rows,
+        "machine-a",
+        budget,
+    );
     let mut model = Model::default();
     let mut w = Workload {
         seed,
@@ -1118,6 +1326,9 @@ fn run_trial(server: &OwnServer, trial: u64, seed: u64) -> (Tally, Vec<String>, 
     let backup_path = dir.path().join("backup.db");
     let mut backed_up = false;
     let rounds = rng.range(4, 7);
+    // The disk fills in one round after the first; it may be freed later.
+    let full_at = fs.as_ref().map(|_| rng.range(1, rounds - 1));
+    let mut ballast: Option<PathBuf> = None;
     // A second box under the same device id joins in one round after the
     // first: a clone of this box's database, or a new one.
     let second_at = match rng.below(10) {
@@ -1137,6 +1348,11 @@ fn run_trial(server: &OwnServer, trial: u64, seed: u64) -> (Tally, Vec<String>, 
             backed_up = true;
             log.push("Backup".to_owned());
         } else if backed_up && rng.chance(30) {
+            // (The copy needs room: an operator restoring frees the disk first.)
+            if let Some(b) = ballast.take() {
+                std::fs::remove_file(b).unwrap();
+                log.push("disk freed".into());
+            }
             drop(edge);
             for suffix in ["", "-wal", "-shm"] {
                 let _ = std::fs::remove_file(format!("{}{suffix}", edge_path.display()));
@@ -1185,7 +1401,7 @@ fn run_trial(server: &OwnServer, trial: u64, seed: u64) -> (Tally, Vec<String>, 
                 };
                 (edge_db(&path2, true), w2)
             };
-            let config2 = box_config(&dir2, &path2, &url, batch_rows, "machine-b");
+            let config2 = box_config(&dir2, &path2, &url, batch_rows, "machine-b", "");
             second = Some(SecondBox {
                 kind,
                 edge: edge2,
@@ -1215,6 +1431,24 @@ fn run_trial(server: &OwnServer, trial: u64, seed: u64) -> (Tally, Vec<String>, 
         }
         if let Some(b) = second.as_mut() {
             second_box_work(&mut rng, b, &mut model);
+        }
+        if let Some(fs) = &fs {
+            if full_at == Some(round) {
+                // The budget job ran while there was room (its reserve is made).
+                budget_job(&edge, &mut log, &mut report);
+                let bytes = fs.fill();
+                ballast = Some(fs.dir.join("ballast"));
+                log.push(format!("DiskFull ({bytes} bytes of ballast)"));
+                if let Some(label) = work(&mut rng, &edge, &mut w, &mut model) {
+                    log.push(label);
+                }
+            } else if ballast.is_some() && rng.chance(40) {
+                std::fs::remove_file(ballast.take().unwrap()).unwrap();
+                log.push("disk freed".into());
+            } else {
+                // The budget job's schedule (every 10 minutes in `sluice run`).
+                budget_job(&edge, &mut log, &mut report);
+            }
         }
         let fault = FAULTS[rng.below(FAULTS.len())];
         let delay = Duration::from_millis(rng.range(0, 800));
@@ -1276,9 +1510,8 @@ fn run_trial(server: &OwnServer, trial: u64, seed: u64) -> (Tally, Vec<String>, 
             log.push("acks of this round recorded two years ahead".into());
         }
     }
-    // The final clean sync: everything must go through.
+    // The final clean sync: everything must go through (at a full disk too).
     proxy.heal();
-    let mut report = Vec::new();
     settle("box 1", &config, &edge, &mut report);
     model.observe(&edge, &TABLES);
     if let Some(b) = &second {
@@ -1286,7 +1519,12 @@ fn run_trial(server: &OwnServer, trial: u64, seed: u64) -> (Tally, Vec<String>, 
         model.observe(&b.edge, &TABLES[..1]);
     }
     let mut c = postgres::Client::connect(&direct, postgres::NoTls).unwrap();
-    let tally = compare(&model, &cloud_rows(&mut c), &mut report);
+    let tally = compare(
+        &model,
+        &cloud_rows(&mut c),
+        &unsynced_drops(&edge),
+        &mut report,
+    );
     verify("box 1", &config, &TABLES, &mut report);
     if let Some(b) = &second {
         // Only the rows kept apart by stream: the mutable tables' keys are
@@ -1329,7 +1567,13 @@ fn run_trial(server: &OwnServer, trial: u64, seed: u64) -> (Tally, Vec<String>, 
             }
         }
     }
-    // (After a failure the edge is kept as it is, for the post-mortem.)
+    // The operator frees the disk; cleanup and the budget must then free
+    // every acknowledged row. (After a failure the edge is kept as it is,
+    // for the post-mortem.)
+    if let Some(b) = ballast.take() {
+        std::fs::remove_file(b).unwrap();
+        log.push("disk freed".into());
+    }
     if report.is_empty() {
         frees_everything(&mut rng, &edge, &mut log, &mut report);
     }
@@ -1337,13 +1581,21 @@ fn run_trial(server: &OwnServer, trial: u64, seed: u64) -> (Tally, Vec<String>, 
     let cuts = proxy.cuts();
     drop(proxy);
     log.push(format!(
-        "{} rows at the edge over the trial, {} connections cut by the proxy{}",
+        "{} rows at the edge over the trial, {} connections cut by the proxy{}{}",
         model.versions.len(),
         cuts,
         if tally.sent_by_clone > 0 {
             format!(
                 ", {} rows of the clone's copy sent by both boxes",
                 tally.sent_by_clone
+            )
+        } else {
+            String::new()
+        },
+        if tally.dropped > 0 {
+            format!(
+                ", {} unsent rows dropped by the budget (counted)",
+                tally.dropped
             )
         } else {
             String::new()
@@ -1386,6 +1638,14 @@ fn run_trial(server: &OwnServer, trial: u64, seed: u64) -> (Tally, Vec<String>, 
                 }
             }
             std::fs::write(dir.path().join("cloud-state.txt"), text).unwrap();
+        }
+        if let Some(fs) = &fs {
+            // The small filesystem goes with the trial: keep a copy.
+            let _ = std::process::Command::new("cp")
+                .arg("-a")
+                .arg(&fs.dir)
+                .arg(dir.path().join("fs-kept"))
+                .status();
         }
         let kept = dir.keep();
         log.push(format!(
@@ -1435,6 +1695,7 @@ fn every_row_survives_random_faults_exactly_once_at_its_latest_version() {
         total.reverted += t.reverted;
         total.different += t.different;
         total.sent_by_clone += t.sent_by_clone;
+        total.dropped += t.dropped;
         let ok = report.is_empty();
         println!(
             "trial {i} seed {seed}: {}  [{}]",
@@ -1449,8 +1710,8 @@ fn every_row_survives_random_faults_exactly_once_at_its_latest_version() {
         }
     }
     println!(
-        "{trials} trials, {} lost, {} duplicated, {} reverted, {} otherwise different ({} rows of a clone's copy sent by both boxes, as documented); failed seeds: {failed:?}",
-        total.lost, total.duplicated, total.reverted, total.different, total.sent_by_clone
+        "{trials} trials, {} lost, {} duplicated, {} reverted, {} otherwise different ({} rows of a clone's copy sent by both boxes, {} unsent rows dropped by the budget at a full disk and counted, as documented); failed seeds: {failed:?}",
+        total.lost, total.duplicated, total.reverted, total.different, total.sent_by_clone, total.dropped
     );
     if !failed.is_empty() && keep_failed {
         println!(
