@@ -51,9 +51,13 @@ pub mod options;
 pub mod origin;
 pub mod pack;
 pub mod quarantine;
+#[cfg(test)]
+mod quarantine_tests;
 pub mod raw_stmt;
 pub mod resend;
 pub mod resend_rows;
+#[cfg(test)]
+mod resend_tests;
 pub mod reserve;
 pub mod rollup;
 pub mod rollup_spec;
@@ -65,10 +69,6 @@ pub mod status;
 #[cfg(test)]
 pub mod testdb;
 pub mod time;
-#[cfg(test)]
-mod quarantine_tests;
-#[cfg(test)]
-mod resend_tests;
 #[cfg(test)]
 mod tombstone_tests;
 pub mod track;
