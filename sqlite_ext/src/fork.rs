@@ -45,8 +45,9 @@ fn pending_upto(
     Ok(false)
 }
 
-/// At a new epoch: the table's fork is (`parent`, its largest sequence
-/// number now), or none when nothing pending is at or below that number
+/// At a new epoch: records the table's largest sequence number now (its
+/// `epoch_seq`, kept for good), and the table's fork is (`parent`, that
+/// number), or none when nothing pending is at or below that number
 /// (the earlier stream's batches were all acknowledged). Call it before a
 /// mutable table's rows get their new versions.
 pub fn start(
@@ -61,6 +62,7 @@ pub fn start(
         [],
         |r| r.get(0),
     )?;
+    tables::set_epoch_seq(conn, &t.tbl, largest.unwrap_or(0))?;
     let fork = match largest {
         Some(upto) if pending_upto(conn, info, t, seq, upto)? => Some((parent, upto)),
         _ => None,

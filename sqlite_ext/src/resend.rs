@@ -165,9 +165,10 @@ fn resend(ctx: &Context<'_>) -> Res<Value> {
 /// start. Rows written before the current epoch began may be in the cloud
 /// under the parent stream, and re-sent under this one they would be
 /// copies: refused when the range (after the filter) has one. The table's
-/// fork says where the epoch began; once it is forgotten (or when it was
-/// never needed: nothing was pending at the epoch) nothing says it, and
-/// then every re-send of a table tracked before the epoch began is refused.
+/// `epoch_seq` says where the epoch began (its fork, while it is not
+/// forgotten, for an epoch begun under an older bookkeeping); when neither
+/// says it, every re-send of a table tracked before the epoch began is
+/// refused.
 fn before_epoch(
     conn: &Connection,
     info: &TableInfo,
@@ -194,8 +195,12 @@ fn before_epoch(
             return Ok(0);
         }
     }
-    let (fork_seq, known) = match tables::fork(conn, &t.tbl)? {
-        Some(f) => (f.fork_seq, true),
+    let known = match tables::epoch_seq(conn, &t.tbl)? {
+        Some(seq) => Some(seq),
+        None => tables::fork(conn, &t.tbl)?.map(|f| f.fork_seq),
+    };
+    let (fork_seq, known) = match known {
+        Some(seq) => (seq, true),
         None => (i64::MAX, false),
     };
     let Some(first) = rows.first(conn, 0, hi.min(fork_seq))? else {
@@ -209,7 +214,7 @@ fn before_epoch(
         )
     } else {
         "this database does not know which of its rows were written before the current epoch \
-         began (the table's fork is forgotten), and the cloud copies of those are under the \
+         began (the epoch began before sluice 0.2 recorded it), and the cloud copies of those are under the \
          parent stream: re-sent under this stream they would be copies"
             .to_string()
     };

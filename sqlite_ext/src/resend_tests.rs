@@ -321,16 +321,22 @@ fn an_append_only_table_never_resends_rows_from_before_the_epoch() {
         one::<String>(&db, "SELECT lo || ' ' || hi FROM sluice_resends"),
         "5 7"
     );
-    // Once the fork is forgotten (everything acknowledged), this database no
-    // longer knows where the epoch began, and refuses every re-send of the
-    // table rather than copy rows in the cloud.
+    // Once the fork is forgotten (everything acknowledged), the table's
+    // epoch_seq still says where the epoch began: the old rows are refused,
+    // the rows of this epoch may go again.
     send_all(&db, "readings", 1000);
     assert_eq!(pending(&db, "readings"), 0);
-    let e = err(&db, "SELECT sluice_resend('readings')");
-    assert!(
-        e.contains("does not know which of its rows were written before"),
-        "{e}"
+    assert_eq!(
+        one::<Option<i64>>(&db, "SELECT fork_seq FROM sluice_tables"),
+        None
     );
+    let e = err(&db, "SELECT sluice_resend('readings')");
+    assert!(e.contains("cannot re-send row 1: rows up to 5 were"), "{e}");
+    assert_eq!(
+        resend(&db, "readings", Some(r#"{"from": "2026-12-02"}"#)),
+        2
+    );
+    send_all(&db, "readings", 1000);
     // A table first tracked in this epoch sent nothing under the parent.
     db.execute_batch(
         "CREATE TABLE later (id INTEGER PRIMARY KEY, v); SELECT sluice_track('later');
@@ -502,4 +508,48 @@ fn a_new_epoch_voids_what_an_append_only_table_had_scheduled_but_not_a_release()
     assert_eq!(pending(&db, "readings"), 1);
     let d = decode(&batch(&db, "readings", 1000).unwrap()).unwrap();
     assert_eq!((d.header.resend, d.versions.clone()), (2, vec![8]));
+}
+
+#[test]
+fn an_epoch_begun_with_nothing_pending_still_bounds_the_resends_of_append_only_rows() {
+    let db = memory();
+    db.execute_batch(
+        "SELECT sluice_device('box-1');
+         CREATE TABLE readings (id INTEGER PRIMARY KEY, camera TEXT, ts TEXT);
+         SELECT sluice_track('readings', '{\"time\": \"ts\"}');
+         INSERT INTO readings (camera, ts) VALUES
+           ('c1', '2026-12-01T10:00:00Z'), ('c1', '2026-12-01T11:00:00Z');",
+    )
+    .unwrap();
+    send_all(&db, "readings", 1000);
+    // Nothing pending: the epoch leaves no fork, but records where it began.
+    db.execute_batch("SELECT sluice_new_epoch('cloned from an image')")
+        .unwrap();
+    assert_eq!(
+        one::<Option<i64>>(
+            &db,
+            "SELECT fork_seq FROM sluice_tables WHERE tbl = 'readings'"
+        ),
+        None
+    );
+    assert_eq!(
+        one::<i64>(
+            &db,
+            "SELECT epoch_seq FROM sluice_tables WHERE tbl = 'readings'"
+        ),
+        2
+    );
+    db.execute_batch("INSERT INTO readings (camera, ts) VALUES ('c2', '2026-12-02T10:00:00Z')")
+        .unwrap();
+    send_all(&db, "readings", 1000);
+    let e = err(&db, "SELECT sluice_resend('readings')");
+    assert!(e.contains("cannot re-send row 1: rows up to 2 were"), "{e}");
+    assert_eq!(
+        resend(&db, "readings", Some(r#"{"from": "2026-12-02"}"#)),
+        1
+    );
+    assert_eq!(
+        one::<String>(&db, "SELECT lo || ' ' || hi FROM sluice_resends"),
+        "2 3"
+    );
 }

@@ -373,7 +373,10 @@ fn add_column(conn: &Connection, table: Table, column: &str, decl: &str) -> Res<
 /// Version 5 (sluice 0.2): rows that cannot be sent, re-sends and a full
 /// disk. `sluice_quarantine` holds the rows moved aside ([`quarantine`]);
 /// `sluice_resends` the ranges an operator asked to send again
-/// ([`resends`]); `sluice_drops` gains `unrolled_rows` (rows dropped, as the
+/// ([`resends`]); `sluice_tables` gains `epoch_seq` (the largest sequence
+/// number the table had when the current epoch began, kept after its fork
+/// is forgotten: rows up to it were written under an earlier stream);
+/// `sluice_drops` gains `unrolled_rows` (rows dropped, as the
 /// last resort of a full disk, before every rollup of their table had
 /// processed them); `sluice_budget_state` gains what the budget found on
 /// the filesystem (`free_bytes`, `min_free_bytes`, `reserve_bytes`); the
@@ -383,6 +386,7 @@ fn to_v5(conn: &Connection) -> Res<()> {
     conn.execute_batch(quarantine::CREATE)?;
     conn.execute_batch(resends::CREATE)?;
     add_column(conn, Table::Drops, "unrolled_rows", "INTEGER")?;
+    add_column(conn, Table::Tables, "epoch_seq", "INTEGER")?;
     for column in ["free_bytes", "min_free_bytes", "reserve_bytes"] {
         add_column(conn, Table::BudgetState, column, "INTEGER")?;
     }

@@ -331,6 +331,41 @@ pub fn set_fork(conn: &Connection, tbl: &str, fork: Option<(i64, i64)>) -> Res<(
     Ok(())
 }
 
+/// Records the largest sequence number `tbl` had when the current epoch
+/// began (0 for an empty table). Unlike the fork, it is never forgotten
+/// (the bookkeeping must be at the current version: [`super::ensure`]).
+pub fn set_epoch_seq(conn: &Connection, tbl: &str, seq: i64) -> Res<()> {
+    conn.execute(
+        "UPDATE main.sluice_tables SET epoch_seq = ?2 WHERE tbl = ?1",
+        params![tbl, seq],
+    )?;
+    Ok(())
+}
+
+/// The largest sequence number `tbl` had when the current epoch began, if
+/// an epoch began since the table was tracked under bookkeeping version 5
+/// or later (rows up to it were written under an earlier stream).
+pub fn epoch_seq(conn: &Connection, tbl: &str) -> Res<Option<i64>> {
+    let has: bool = Table::Tables.exists(conn)?
+        && conn.query_row(
+            "SELECT count(*) > 0 FROM pragma_table_info('sluice_tables', 'main') \
+             WHERE name = 'epoch_seq'",
+            [],
+            |r| r.get(0),
+        )?;
+    if !has {
+        return Ok(None);
+    }
+    Ok(conn
+        .query_row(
+            "SELECT epoch_seq FROM main.sluice_tables WHERE tbl = ?1",
+            [tbl],
+            |r| r.get::<_, Option<i64>>(0),
+        )
+        .optional()?
+        .flatten())
+}
+
 /// When `tbl` was first tracked (unix milliseconds), if known.
 pub fn created_at(conn: &Connection, tbl: &str) -> Res<Option<i64>> {
     if !Table::Tables.exists(conn)? {
