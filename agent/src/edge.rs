@@ -359,11 +359,16 @@ impl Edge {
             };
             let machine = crate::machine::resolve(configured_machine.as_deref());
             // A full disk: the budget job frees space, and these run once more.
-            let moved = crate::jobs::when_full(&conn, &budget, "opening the edge database", |c| {
-                c.set_device(&device)?;
-                c.set_zone(&zone)?;
-                c.set_machine(&device, machine.as_deref())
-            })?;
+            let moved = crate::budget::when_full(
+                conn.connection(),
+                &budget,
+                "opening the edge database",
+                || {
+                    conn.set_device(&device)?;
+                    conn.set_zone(&zone)?;
+                    conn.set_machine(&device, machine.as_deref())
+                },
+            )?;
             anyhow::Ok((conn, moved))
         })
         .await

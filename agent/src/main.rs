@@ -24,6 +24,7 @@
 //!   and the test-only failpoints.
 
 mod backoff;
+mod budget;
 mod cloud;
 mod config;
 mod edge;

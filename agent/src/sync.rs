@@ -318,7 +318,9 @@ pub async fn run_once(
     let job = opts.mode.job();
     let b = cfg.budget.clone();
     let log_id = edge
-        .run(move |e| crate::jobs::when_full(e, &b, "the sync log", |e| e.log_start(job)))
+        .run(move |e| {
+            crate::budget::when_full(e.connection(), &b, "the sync log", || e.log_start(job))
+        })
         .await?;
     let mut report = run(cfg, &edge, &mut cloud, opts, shutdown).await;
     if let Ok(r) = &mut report {
@@ -333,8 +335,12 @@ pub async fn run_once(
         },
     };
     let b = cfg.budget.clone();
-    edge.run(move |e| crate::jobs::when_full(e, &b, "the sync log", |e| e.log_end(log_id, &entry)))
-        .await?;
+    edge.run(move |e| {
+        crate::budget::when_full(e.connection(), &b, "the sync log", || {
+            e.log_end(log_id, &entry)
+        })
+    })
+    .await?;
     report
 }
 
@@ -667,9 +673,9 @@ async fn drain_table(
         let batch_stream = header.stream_id as i64;
         // A full disk: the budget job frees space and the ack is tried once more.
         let b = ctx.cfg.budget.clone();
-        let acked = ctx
-            .edge
-            .run(move |e| crate::jobs::when_full(e, &b, "the acknowledgement", |e| e.ack(&batch)));
+        let acked = ctx.edge.run(move |e| {
+            crate::budget::when_full(e.connection(), &b, "the acknowledgement", || e.ack(&batch))
+        });
         if let Err(e) = acked.await {
             // Another lane began a new epoch while this batch was in flight:
             // the edge refuses a batch of the old stream. The cloud has its
