@@ -240,15 +240,26 @@ fn the_daemon_delivers_within_seconds_and_stops_cleanly_on_sigterm() {
     );
     eprintln!("edge-to-cloud latencies with a 2 s schedule: {latencies:?}");
 
-    // The Prometheus endpoint counts what was sent.
-    let metrics = http_get(metrics_port, "/metrics");
-    assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
-    let rows_sent: u64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("sluice_rows_total{job=\"sync\"} "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no sync rows counter in {metrics}"));
-    assert!(rows_sent >= 300, "{metrics}");
+    // The Prometheus endpoint counts what was sent. A run's rows are counted
+    // when the run ends, after its last acknowledgement: the rows can be in
+    // the cloud a moment before the counter has them.
+    let sent = |metrics: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("sluice_rows_total{job=\"sync\"} "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no sync rows counter in {metrics}"))
+    };
+    let counted_by = Instant::now() + Duration::from_secs(20);
+    let metrics = loop {
+        let metrics = http_get(metrics_port, "/metrics");
+        assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
+        if sent(&metrics) >= 300 || Instant::now() > counted_by {
+            break metrics;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(sent(&metrics) >= 300, "{metrics}");
     assert!(
         metrics.contains("sluice_pending_rows{table=\"division_states\"} "),
         "{metrics}"
