@@ -201,8 +201,9 @@ fn plan_error(e: &PlanError, id: &BatchId, reg: &Registration) -> SluiceError {
 /// makes the ingest fail with a unique violation, and its retry upserts.)
 ///
 /// A batch of a new epoch (`origin.fork`) into a target with a
-/// `sluice_stream` column always upserts, leaving out the rows its ancestor
-/// streams already sent. When the upsert skipped rows, the fork check looks
+/// `sluice_stream` column always upserts, leaving out the rows up to the
+/// fork that a stream of the parent's lineage already sent (its ancestors,
+/// or another epoch of the same parent: [`sqlgen::upsert_sql`]). When the upsert skipped rows, the fork check looks
 /// for a skipped row of this device with other content (ERROR 55000),
 /// unless the batch is a re-send: its rows were sent before, and a stored
 /// row of an equal `(version, device)` pair with other content is what it

@@ -1924,6 +1924,85 @@ mod tests {
     }
 
     #[pg_test]
+    fn sibling_epochs_of_one_parent_send_a_pending_row_once() {
+        setup_counts();
+        const S1: u64 = 11;
+        const S5: u64 = 55;
+        const S6: u64 = 66;
+        const S8: u64 = 88;
+        const S9: u64 = 99;
+        // S1 sent rows 1..3; its backup was taken with rows 3..5 pending
+        // (row 3 was then sent by the lost future).
+        assert_eq!(
+            ingest(&counts_batch(S1, None, &[(1, 10), (2, 20), (3, 30)], None)),
+            (3, 0, 0, false)
+        );
+        // The backup restored once: a new epoch S5 forked from S1 at 5.
+        assert_eq!(
+            ingest(&counts_batch(
+                S5,
+                Some((S1, 5)),
+                &[(3, 30), (4, 40), (5, 50), (6, 60)],
+                None
+            )),
+            (3, 0, 1, false)
+        );
+        // The same backup restored again: S6, a sibling of S5. Row 3 is
+        // the parent's, row 4 the sibling's (same version, same content):
+        // one copy in the cloud. Row 5 has other content than the
+        // sibling's row 5: another row, kept apart under S6 (no 55000: a
+        // row up to the fork is left to the policy). Rows 6 and 7 are
+        // above the fork: S6's own, inserted even where S5 has the same.
+        assert_eq!(
+            ingest(&counts_batch(
+                S6,
+                Some((S1, 5)),
+                &[(3, 30), (4, 40), (5, 55), (6, 60), (7, 70)],
+                None
+            )),
+            (3, 0, 2, false)
+        );
+        assert_eq!(
+            counts(),
+            "11:1=10 11:2=20 11:3=30 55:4=40 55:5=50 55:6=60 66:5=55 66:6=60 66:7=70"
+        );
+        // A third restore of the same backup: every row up to the fork is
+        // in the cloud under one of its siblings.
+        assert_eq!(
+            ingest(&counts_batch(
+                S8,
+                Some((S1, 5)),
+                &[(4, 40), (5, 55), (6, 61)],
+                None
+            )),
+            (1, 0, 2, false)
+        );
+        // A restore of S6 (forked at 7): row 4 came to S6 from S1 and was
+        // sent by S6's sibling S5, the new epoch's aunt; row 7 is its
+        // parent's; row 8 is new.
+        assert_eq!(
+            ingest(&counts_batch(
+                S9,
+                Some((S6, 7)),
+                &[(4, 40), (7, 70), (8, 80)],
+                None
+            )),
+            (1, 0, 2, false)
+        );
+        assert_eq!(
+            counts(),
+            "11:1=10 11:2=20 11:3=30 55:4=40 55:5=50 55:6=60 66:5=55 66:6=60 66:7=70 \
+             88:6=61 99:8=80"
+        );
+        // Another database under the same device id, never forked from S1:
+        // its rows are its own, whatever their content.
+        assert_eq!(
+            ingest(&counts_batch(22, Some((21, 5)), &[(3, 30), (4, 40)], None)),
+            (2, 0, 0, false)
+        );
+    }
+
+    #[pg_test]
     fn device_streams_follow_the_tenancy_rule() {
         setup_counts();
         Spi::run(

@@ -267,9 +267,11 @@ impl Bookkeeping {
 /// with a `sluice_stream` column), `$n+4` is the parent stream (`bigint`) and
 /// `$n+5` the fork's sequence number (`bigint`): a row with a version up to
 /// it is left out when the target holds a row with the same key but for
-/// `sluice_stream`, under the parent stream or one of its ancestors (followed
-/// through `sluice.streams`), and the same content. Such a row was sent
-/// before the database was restored or copied.
+/// `sluice_stream`, under a stream of the parent's lineage (the parent, its
+/// ancestors and every stream descending from one of them, followed through
+/// `sluice.streams`: see [`push_lineage`]), and the same content. Such a row
+/// was sent before the database was restored or copied, by the database
+/// itself or by another restore or copy of it (a sibling epoch).
 ///
 /// Returns one row: `(inserted bigint, updated bigint)`.
 #[allow(clippy::too_many_arguments)]
@@ -328,7 +330,7 @@ pub fn upsert_sql_with(
         .map(|oid| not_buried_sql(oid, columns, keys, bk));
     // Typed rows.
     if fork {
-        push_ancestors(&mut sql, n);
+        push_lineage(&mut sql, n);
         sql.push_str(",\n");
         push_src_filtered(
             &mut sql,
@@ -403,15 +405,25 @@ pub fn upsert_sql_with(
     sql
 }
 
-/// `WITH RECURSIVE anc(stream) AS (...)`: the parent stream `$n+4` and its
-/// ancestors, as `sluice.streams` records them for the device `$n+2`
-/// (`UNION` ends a cycle).
-fn push_ancestors(sql: &mut String, n: usize) {
+/// `WITH RECURSIVE anc(stream) AS (...), lin(stream) AS (...)`: the lineage
+/// of the parent stream `$n+4` as `sluice.streams` records it for the
+/// device `$n+2`: `anc` is the parent and its ancestors, `lin` every stream
+/// that descends from one of them, with `anc` itself: the other epochs that
+/// restores or copies of the same database started (siblings of the new
+/// epoch, the parent's siblings, their descendants). A row up to the fork may have
+/// reached the cloud under any of them. A stream of the device that never
+/// forked from this lineage (another database under the same device id) is
+/// not in it. `UNION` ends a cycle. Streams of one device are few, and this
+/// runs only for fork batches.
+fn push_lineage(sql: &mut String, n: usize) {
     let _ = write!(
         sql,
         "WITH RECURSIVE anc(stream) AS (\n  SELECT ${p}::bigint\n  UNION\n  \
          SELECT st.parent_stream FROM sluice.streams AS st JOIN anc ON st.stream_id = anc.stream\n  \
-         WHERE st.device_id = ${d}::text AND st.parent_stream IS NOT NULL\n)",
+         WHERE st.device_id = ${d}::text AND st.parent_stream IS NOT NULL\n),\n\
+         lin(stream) AS (\n  SELECT stream FROM anc\n  UNION\n  \
+         SELECT st.stream_id FROM sluice.streams AS st JOIN lin ON st.parent_stream = lin.stream\n  \
+         WHERE st.device_id = ${d}::text\n)",
         p = n + 4,
         d = n + 2
     );
@@ -460,7 +472,7 @@ fn push_src_filtered(
         ));
     }
     conds.push(format!(
-        "a.{} IN (SELECT stream FROM anc)",
+        "a.{} IN (SELECT stream FROM lin)",
         quote_ident(STREAM_COLUMN)
     ));
     if let Some((stored, incoming)) = content_rows("a", columns, keys) {
@@ -1152,7 +1164,7 @@ SELECT c1, c2, c3, $5::text, $6::bigint, v FROM (
     }
 
     #[test]
-    fn a_fork_batch_leaves_out_rows_its_ancestors_sent() {
+    fn a_fork_batch_leaves_out_rows_its_lineage_sent() {
         let cols = [
             col("loc", "text"),
             col("id", "bigint"),
@@ -1175,12 +1187,18 @@ SELECT c1, c2, c3, $5::text, $6::bigint, v FROM (
   SELECT st.parent_stream FROM sluice.streams AS st JOIN anc ON st.stream_id = anc.stream
   WHERE st.device_id = $5::text AND st.parent_stream IS NOT NULL
 ),
+lin(stream) AS (
+  SELECT stream FROM anc
+  UNION
+  SELECT st.stream_id FROM sluice.streams AS st JOIN lin ON st.parent_stream = lin.stream
+  WHERE st.device_id = $5::text
+),
 src AS (
   SELECT DISTINCT ON (s.c1, s.c2) s.* FROM (
     SELECT unnest($1::text[])::text AS c1, unnest($2::bigint[])::bigint AS c2, unnest($3::text[])::numeric AS c3, unnest($4::bigint[]) AS v
   ) AS s
   WHERE NOT (s.v <= $8::bigint AND EXISTS (
-    SELECT 1 FROM t AS a WHERE a."loc" = s.c1 AND a."id" = s.c2 AND a."sluice_device" = $5::text AND a."sluice_stream" IN (SELECT stream FROM anc) AND ROW(a."x"::text) IS NOT DISTINCT FROM ROW(CAST(s.c3 AS numeric(6,2))::text)))
+    SELECT 1 FROM t AS a WHERE a."loc" = s.c1 AND a."id" = s.c2 AND a."sluice_device" = $5::text AND a."sluice_stream" IN (SELECT stream FROM lin) AND ROW(a."x"::text) IS NOT DISTINCT FROM ROW(CAST(s.c3 AS numeric(6,2))::text)))
   ORDER BY s.c1, s.c2, s.v DESC
 ),
 up AS (
@@ -1488,7 +1506,7 @@ WHERE t."sluice_version" >= s.v"#),
             },
             false,
         );
-        assert!(sql.contains("IN (SELECT stream FROM anc)"), "{sql}");
+        assert!(sql.contains("IN (SELECT stream FROM lin)"), "{sql}");
         assert!(
             sql.contains("AND NOT EXISTS (SELECT 1 FROM sluice.tombstones"),
             "{sql}"
