@@ -5,11 +5,12 @@
 //!
 //! A new epoch gives the database a new random stream id, recorded in the
 //! history of its streams with the one before it as parent; every tracked
-//! table gets its fork ([`crate::fork`]); the rows of mutable tables get new
+//! table gets its fork ([`crate::fork`]); the pending rows of mutable tables
+//! (above each table's own watermark, in no acknowledged range) get new
 //! versions above the old clock and above the current time in
-//! microseconds, so that the box's state is sent again and wins in the
-//! cloud over whatever an earlier copy of it sent. Append-only tables get
-//! no work per row (docs/sync-protocol.md).
+//! microseconds, so that the box's own changes are sent again and win in
+//! the cloud over whatever an earlier copy of it sent. Append-only tables
+//! get no work per row (docs/sync-protocol.md).
 
 use rusqlite::functions::Context;
 use rusqlite::types::{Value, ValueRef};
@@ -17,7 +18,8 @@ use rusqlite::Connection;
 use serde_json::{json, Value as Json};
 use sluice_wire::names::quote_ident;
 
-use crate::bookkeeping::{self, clock, meta, streams, tables};
+use crate::acked;
+use crate::bookkeeping::{self, clock, meta, ranges, streams, tables};
 use crate::fork;
 use crate::glue::{
     arg_raw, arg_text, atomic, connection, describe_value, finish, now_ms, now_us, Fail, Res,
@@ -142,7 +144,8 @@ fn new_epoch(conn: &Connection, reason: &str) -> Res<i64> {
 
     // Forks first, from the sequence numbers as they are; then the clock
     // passes every version of every mutable table before it jumps.
-    let mut mutable: Vec<TableInfo> = Vec::new();
+    // Each mutable table with its pending intervals of versions.
+    let mut mutable: Vec<(TableInfo, Vec<(i64, i64)>)> = Vec::new();
     for reg in tables::list(conn, None)? {
         let t = &reg.tracked;
         // A tracked table dropped since has nothing to send.
@@ -155,7 +158,8 @@ fn new_epoch(conn: &Connection, reason: &str) -> Res<i64> {
         fork::start(conn, &info, t, &seq, old)?;
         if t.mutable {
             clock::raise_past(conn, &info.quoted(), &quote_ident(VERSION_COLUMN))?;
-            mutable.push(info);
+            let gaps = acked::pending_gaps(&ranges::above(conn, &t.tbl, t.acked_seq)?, t.acked_seq);
+            mutable.push((info, gaps));
         }
     }
     if !mutable.is_empty() {
@@ -164,16 +168,18 @@ fn new_epoch(conn: &Connection, reason: &str) -> Res<i64> {
             .checked_add(1)
             .ok_or_else(|| Fail(clock_full(clock)))?
             .max(now_us());
-        // Rows changed since the last acknowledgement are the database's own
-        // work since its restore point (a restored box's new changes, a
-        // clone's first ones): they get new versions and win in the cloud.
-        // Older rows keep theirs: the cloud may hold newer versions of them
-        // (what the lost future sent), which a restore must not revert.
-        let since = meta::clock_at_ack(conn)?.unwrap_or(0);
+        // The pending rows of each table (above its own watermark, in no
+        // acknowledged range) are the database's own work the cloud does not
+        // have (a restored box's changes since its restore point, a clone's
+        // first ones): they get new versions and win in the cloud. The
+        // acknowledged rows keep theirs: the cloud may hold newer versions
+        // of them (what the lost future sent), which a restore must not
+        // revert. The cut-off is per table: the acknowledgement of one table
+        // says nothing of another's rows.
         // `last` is the last version handed out.
         let mut last = jump - 1;
-        for info in &mutable {
-            last = restamp(conn, info, last, since)?;
+        for (info, gaps) in &mutable {
+            last = restamp(conn, info, last, gaps)?;
         }
         clock::set(conn, last.max(clock))?;
     }
@@ -200,17 +206,40 @@ fn fresh_stream(conn: &Connection) -> Res<i64> {
     ))
 }
 
-/// Gives every row of the mutable table whose version is above `since` a
-/// new version, `after + 1`, `after + 2`, ... in the order of their old
-/// versions; returns the last one handed out. The update sets the version
-/// itself, so the table's triggers (which fire only when it stays the same
-/// or is NULL) do not bump it again.
-fn restamp(conn: &Connection, info: &TableInfo, after: i64, since: i64) -> Res<i64> {
+/// Gives every row of the mutable table whose version is in one of the
+/// intervals `gaps` (`(lo, hi]`, from [`acked::pending_gaps`]: the pending
+/// rows) a new version, `after + 1`, `after + 2`, ... in the order of their
+/// old versions; returns the last one handed out. Only rows above the
+/// watermark are read (ranges on the version's index). The update sets the
+/// version itself, so the table's triggers (which fire only when it stays
+/// the same or is NULL) do not bump it again.
+fn restamp(conn: &Connection, info: &TableInfo, after: i64, gaps: &[(i64, i64)]) -> Res<i64> {
     let t = info.quoted();
     let v = quote_ident(VERSION_COLUMN);
+    // Integers written into the statement: there is no limit on how many.
+    // The first gap's floor comes first, alone, so that the planner reads
+    // the index from there in version order (with only the OR of ranges it
+    // scans the whole index for the numbering's ORDER BY).
+    let Some(&(floor, _)) = gaps.first() else {
+        return Ok(after);
+    };
+    let mut pending = format!("{v} > {floor}");
+    if gaps.len() > 1 {
+        let ors: Vec<String> = gaps
+            .iter()
+            .map(|&(lo, hi)| {
+                if hi == i64::MAX {
+                    format!("{v} > {lo}")
+                } else {
+                    format!("({v} > {lo} AND {v} <= {hi})")
+                }
+            })
+            .collect();
+        pending = format!("{pending} AND ({})", ors.join(" OR "));
+    }
     let rows: i64 = conn.query_row(
-        &format!("SELECT count(*) FROM main.{t} WHERE {v} > ?1"),
-        [since],
+        &format!("SELECT count(*) FROM main.{t} WHERE {pending}"),
+        [],
         |r| r.get(0),
     )?;
     let Some(last) = after.checked_add(rows) else {
@@ -249,13 +278,13 @@ fn restamp(conn: &Connection, info: &TableInfo, after: i64, since: i64) -> Res<i
         &format!(
             "UPDATE main.{t} SET {v} = ?1 + {r}.n \
                FROM (SELECT {}, row_number() OVER (ORDER BY {v}, {}) AS n FROM main.{t} \
-                      WHERE {v} > ?2) AS {r} \
+                      WHERE {pending}) AS {r} \
               WHERE {}",
             picked.join(", "),
             key.join(", "),
             same.join(" AND ")
         ),
-        [after, since],
+        [after],
     )?;
     Ok(last)
 }

@@ -87,17 +87,11 @@ pub fn set_zone(conn: &Connection, zone: &str) -> Res<()> {
     set(conn, "zone", &zone)
 }
 
-/// The clock (`sluice_clock`) when a table of mutable rows was last
-/// acknowledged: the versions above it were written since. A new epoch
-/// gives those rows new versions (docs/sync-protocol.md, "Epochs").
-pub fn clock_at_ack(conn: &Connection) -> Res<Option<i64>> {
-    Ok(match get(conn, "clock_at_ack")? {
-        Some(Value::Integer(v)) => Some(v),
-        _ => None,
-    })
-}
-
-/// Records the clock at an acknowledgement of a mutable table.
+/// Records the clock (`sluice_clock`) at an acknowledgement of a mutable
+/// table as `clock_at_ack`. Nothing reads it any more: a new epoch goes by
+/// each table's own watermark ([`crate::epoch`]), since this one value, set
+/// by the acknowledgement of any table, left another table's pending rows
+/// below it without new versions.
 pub fn set_clock_at_ack(conn: &Connection, clock: i64) -> Res<()> {
     set(conn, "clock_at_ack", &clock)
 }

@@ -401,6 +401,108 @@ fn a_new_epoch_before_any_acknowledgement_restamps_every_row() {
     assert_eq!(pending(&db, "cameras"), 5);
 }
 
+/// Two mutable tables `a` and `b` (key `k`), tracked, device `box-1`.
+fn two_mutable(db: &Connection) {
+    db.execute_batch(
+        "CREATE TABLE a (k TEXT PRIMARY KEY, v TEXT);
+         CREATE TABLE b (k TEXT PRIMARY KEY, v TEXT);
+         SELECT sluice_device('box-1');
+         SELECT sluice_track('a', '{\"mutable\": true, \"key\": [\"k\"]}');
+         SELECT sluice_track('b', '{\"mutable\": true, \"key\": [\"k\"]}');",
+    )
+    .unwrap();
+}
+
+fn version_of(db: &Connection, table: &str, k: &str) -> i64 {
+    db.query_row(
+        &format!("SELECT sluice_version FROM {table} WHERE k = ?1"),
+        [k],
+        |r| r.get(0),
+    )
+    .unwrap()
+}
+
+#[test]
+fn a_new_epoch_restamps_the_pending_rows_of_a_table_when_another_was_acknowledged_later() {
+    // Found by the fault trials: the cut-off was the clock at the last
+    // acknowledgement of any mutable table, so `b`'s pending row, older than
+    // `a`'s acknowledgement, kept its version; the cloud skipped it as older
+    // than what the lost future sent, and the edge acknowledged it: lost.
+    let db = memory();
+    two_mutable(&db);
+    db.execute_batch(
+        "INSERT INTO b (k, v) VALUES ('b1', 'mine'); INSERT INTO a (k, v) VALUES ('a1', 'x');",
+    )
+    .unwrap();
+    assert_eq!(
+        (version_of(&db, "b", "b1"), version_of(&db, "a", "a1")),
+        (1, 2)
+    );
+    let b = batch(&db, "a", 100).unwrap();
+    assert_eq!(ack(&db, &b), 1);
+    let t0 = now_us();
+    db.execute_batch("SELECT sluice_new_epoch('x')").unwrap();
+    // `b`'s pending row gets a version from the jumped clock and goes out
+    // under the new stream; `a`'s acknowledged row keeps its version.
+    let v = version_of(&db, "b", "b1");
+    assert!(v >= t0, "{v} {t0}");
+    assert_eq!(version_of(&db, "a", "a1"), 2);
+    assert_eq!((pending(&db, "a"), pending(&db, "b")), (0, 1));
+    assert_eq!(one::<i64>(&db, "SELECT value FROM sluice_clock"), v);
+    let blob = batch(&db, "b", 100).unwrap();
+    let h = header(&blob);
+    assert_eq!(
+        (h.row_count, h.stream_id, h.base_seq, h.last_seq),
+        (1, stream(&db) as u64, 0, v)
+    );
+    assert_eq!(ack(&db, &blob), 1);
+    assert_eq!(pending(&db, "b"), 0);
+}
+
+#[test]
+fn a_new_epoch_restamps_the_pending_rows_between_acknowledged_ranges() {
+    // One table: the rows left pending by an acknowledgement of part of the
+    // backlog (oldest first up to 2, newest first from 4) get new versions;
+    // the acknowledged ones keep theirs, in the ranges and at the watermark.
+    let db = memory();
+    cameras(&db, 6, false);
+    let b = batch(&db, "cameras", 2).unwrap();
+    assert_eq!(ack(&db, &b), 2);
+    let b: Vec<u8> = db
+        .query_row(
+            "SELECT sluice_batch('cameras', 2, '{\"order\": \"newest\"}')",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let h = header(&b);
+    assert_eq!((h.base_seq, h.last_seq), (4, 6));
+    assert_eq!(ack(&db, &b), 2);
+    assert_eq!(pending(&db, "cameras"), 2);
+    let t0 = now_us();
+    db.execute_batch("SELECT sluice_new_epoch('x')").unwrap();
+    let version = |cam: &str| -> i64 {
+        db.query_row(
+            "SELECT sluice_version FROM cameras WHERE camera_id = ?1",
+            [cam],
+            |r| r.get(0),
+        )
+        .unwrap()
+    };
+    let kept: Vec<i64> = ["cam1", "cam2", "cam5", "cam6"]
+        .iter()
+        .map(|c| version(c))
+        .collect();
+    assert_eq!(kept, [1, 2, 5, 6]);
+    let (v3, v4) = (version("cam3"), version("cam4"));
+    assert!(v3 >= t0 && v4 == v3 + 1, "{v3} {v4} {t0}");
+    assert_eq!(pending(&db, "cameras"), 2);
+    let b = batch(&db, "cameras", 100).unwrap();
+    assert_eq!(header(&b).row_count, 2);
+    assert_eq!(ack(&db, &b), 2);
+    assert_eq!(pending(&db, "cameras"), 0);
+}
+
 #[test]
 fn restamping_tables_whose_names_look_like_its_own() {
     let db = memory();
@@ -807,13 +909,27 @@ fn the_v010_fixture_upgrades_with_its_stream_as_the_first_epoch() {
     assert_eq!(version(&db), Some(crate::bookkeeping::VERSION));
     assert_eq!(identity(&db)["epochs"], after["epochs"]);
     // A new epoch on it: the append-only table with pending rows forks;
-    // the mutable one is sent again.
+    // the mutable one sends its pending row again under a new version (cam0,
+    // version 3, above the watermark 2), and the acknowledged one (cam1,
+    // version 2) keeps its version: the cloud has it.
     assert_eq!(pending(&db, "readings"), 11);
+    assert_eq!(pending(&db, "cameras"), 1);
+    let t0 = now_us();
     db.execute_batch("SELECT sluice_new_epoch('restored')")
         .unwrap();
     assert_eq!(fork_of(&db, "readings"), Some((s, 20)));
     assert_eq!(pending(&db, "readings"), 11);
-    assert_eq!(pending(&db, "cameras"), 2);
+    assert_eq!(pending(&db, "cameras"), 1);
+    let cam = |c: &str| -> i64 {
+        db.query_row(
+            "SELECT sluice_version FROM cameras WHERE camera_id = ?1",
+            [c],
+            |r| r.get(0),
+        )
+        .unwrap()
+    };
+    assert_eq!(cam("cam1"), 2);
+    assert!(cam("cam0") >= t0, "{} {t0}", cam("cam0"));
     let h = header(&batch(&db, "readings", 100).unwrap());
     assert_eq!((h.base_seq, h.row_count), (5, 11));
     assert_eq!(h.origin.fork.map(|f| f.parent_stream), Some(s as u64));
