@@ -15,9 +15,7 @@ use sluice_wire::{decode_header, BatchHeader};
 
 use crate::acked;
 use crate::bookkeeping::tables::Tracked;
-use crate::bookkeeping::{
-    acks, clock, meta, quarantine, ranges, resends, tables, tombstones, Table,
-};
+use crate::bookkeeping::{acks, meta, quarantine, ranges, resends, tables, tombstones, Table};
 use crate::fork;
 use crate::glue::{
     arg_blob, arg_raw, arg_text, atomic, connection, describe_value, finish, now_ms, Fail, Res,
@@ -79,7 +77,6 @@ fn ack(ctx: &Context<'_>) -> Res<Value> {
             acked::Acked::Range => tables::record_ack(&conn, &t.tbl, None, rows, now)?,
         }
         if t.mutable {
-            meta::set_clock_at_ack(&conn, clock::value(&conn)?)?;
             // The batch carried every tombstone of its range: they go.
             tombstones::forget(&conn, &t.tbl, h.base_seq, h.last_seq)?;
         }

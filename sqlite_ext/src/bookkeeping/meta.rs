@@ -87,15 +87,6 @@ pub fn set_zone(conn: &Connection, zone: &str) -> Res<()> {
     set(conn, "zone", &zone)
 }
 
-/// Records the clock (`sluice_clock`) at an acknowledgement of a mutable
-/// table as `clock_at_ack`. Nothing reads it any more: a new epoch goes by
-/// each table's own watermark ([`crate::epoch`]), since this one value, set
-/// by the acknowledgement of any table, left another table's pending rows
-/// below it without new versions.
-pub fn set_clock_at_ack(conn: &Connection, clock: i64) -> Res<()> {
-    set(conn, "clock_at_ack", &clock)
-}
-
 /// Key prefix of the seal that `sluice_cleanup` leaves on a rollup source
 /// (`sealed_until:<table>`, unix seconds).
 const SEALED_KEY: &str = "sealed_until:";
