@@ -11,7 +11,14 @@
 //! and a `timestamptz` agree) and compares the buckets' row counts and
 //! hashes; a bucket that differs is descended into row by row. Rows still
 //! pending at the edge are not compared (the cloud may hold an older
-//! version: that is expected). Rows of this device in the cloud that the
+//! version: that is expected). An acknowledged edge row that the cloud does
+//! not hold because it applied a newer delete of its key (a tombstone in
+//! `sluice.tombstones` above the edge row's version: another device's, or
+//! what this database sent before it was restored from a backup) is counted
+//! like a row newer in the cloud, not reported missing; `sluice.tombstones`
+//! is read only for the rows a bucket misses, and only if this role may
+//! read it (otherwise those rows stay missing, and verify says so). Rows of
+//! this device in the cloud that the
 //! edge never acknowledged and does not hold (version above the edge's
 //! acknowledged watermark) are reported as extra; older cloud rows missing
 //! at the edge were cleaned up there after their acknowledgement and are
@@ -50,6 +57,29 @@ use scan::{edge_columns, EdgeScan, ScanCursor};
 /// difference. Equal versions with other content are.
 fn cloud_holds_newer(edge: Option<&i64>, cloud: Option<&i64>) -> bool {
     matches!((edge, cloud), (Some(e), Some(c)) if c > e)
+}
+
+/// What an acknowledged edge row that the cloud does not hold is.
+#[derive(Debug, PartialEq, Eq)]
+enum Missing {
+    /// The cloud applied a newer delete of its key (`sluice.tombstones`):
+    /// sent by another device, or by this database before it was restored
+    /// from a backup (the lost future). The cloud keeps the newer delete,
+    /// as it keeps a newer write; no difference.
+    DeletedByNewer,
+    /// A difference.
+    Missing,
+}
+
+/// Classifies an edge row at `edge_version` (of this `device`) that the
+/// cloud does not hold, by the newest tombstone of its key in the cloud
+/// (version and device), if any: a tombstone that wins over the edge's row
+/// (higher `(version, device)`, as ingest orders them) explains it.
+fn missing_row(edge_version: Option<i64>, device: &str, tombstone: Option<(i64, &str)>) -> Missing {
+    match (edge_version, tombstone) {
+        (Some(v), Some((tv, td))) if (tv, td) > (v, device) => Missing::DeletedByNewer,
+        _ => Missing::Missing,
+    }
 }
 
 /// The cloud column that holds the edge stream of a row.
@@ -346,7 +376,63 @@ pub async fn run(cfg: &Config, opts: &VerifyOptions) -> anyhow::Result<ExitCode>
         )
     };
 
+    // The newest tombstone in the cloud (sluice.tombstones) of each of the
+    // keys `$2..` (the edge's raw text, cast to the key columns' types and
+    // rendered as ingest stores the key: the key columns, then
+    // sluice_device, then sluice_stream), `$1` numbering them; read only
+    // for the rows a bucket misses. `None`: the cloud has no such table
+    // (older than 0.2); `Some(false)`: this role may not read it.
+    let tombstones_readable: Option<bool> = client
+        .query_one(
+            "SELECT CASE WHEN to_regclass('sluice.tombstones') IS NULL THEN NULL \
+             ELSE has_table_privilege('sluice.tombstones', 'SELECT') END",
+            &[],
+        )
+        .await?
+        .get(0);
+    let tombstone_sql = {
+        let n = keys.len();
+        let unnest: Vec<String> = (2..=n + 1).map(|i| format!("${i}::text[]")).collect();
+        let names: Vec<String> = (0..n).map(|i| format!("k{i}")).collect();
+        let cast = |i: usize| format!("CAST(u.k{i} AS {})::text", keys[i].pg_type);
+        let mut parts: Vec<String> = (0..n)
+            .filter(|&i| keys[i].name != "sluice_device")
+            .map(cast)
+            .collect();
+        parts.extend(
+            (0..n)
+                .filter(|&i| keys[i].name == "sluice_device")
+                .map(cast),
+        );
+        let m = parts.len();
+        let key = if by_stream {
+            format!(
+                "tb.key[1:{m}] = ARRAY[{}]::text[] AND tb.key[{}] = ANY(${}::bigint[]::text[])",
+                parts.join(", "),
+                m + 1,
+                n + 3
+            )
+        } else {
+            format!("tb.key = ARRAY[{}]::text[]", parts.join(", "))
+        };
+        format!(
+            "SELECT u.i, tb.version, tb.device_id FROM unnest($1::bigint[], {}) AS u(i, {}) \
+             JOIN sluice.tombstones tb ON tb.target = ${}::oid::regclass AND {key}",
+            unnest.join(", "),
+            names.join(", "),
+            n + 2
+        )
+    };
+
     let mut findings = Findings::default();
+    // Acknowledged edge rows the cloud does not hold because it applied a
+    // newer delete of their key: another device's, or what this database
+    // sent before it was restored from a backup (the lost future). Like a
+    // newer write, no difference.
+    let mut deleted_in_cloud = 0u64;
+    // Missing rows not checked against the cloud's deletes: this role may
+    // not read sluice.tombstones.
+    let mut deletes_unchecked = 0u64;
     // Rows the cloud holds at a higher version than the edge: another
     // device's later write, or what this database sent before it was
     // restored from a backup (a restore does not revert the cloud). The
@@ -420,9 +506,50 @@ pub async fn run(cfg: &Config, opts: &VerifyOptions) -> anyhow::Result<ExitCode>
             continue;
         }
         bad_buckets += 1;
+        // The newest cloud tombstone of each key the cloud does not hold.
+        let absent: Vec<&String> = edge_rows
+            .keys()
+            .filter(|k| !cloud_rows.contains_key(*k))
+            .collect();
+        let mut tombstones: BTreeMap<&String, (i64, String)> = BTreeMap::new();
+        if !absent.is_empty() && tombstones_readable == Some(true) {
+            let index: Vec<i64> = (0..absent.len() as i64).collect();
+            let params: Vec<Vec<String>> = (0..keys.len())
+                .map(|c| {
+                    absent
+                        .iter()
+                        .map(|k| bucket.key_params[c][bucket.param_index[*k]].clone())
+                        .collect()
+                })
+                .collect();
+            let mut bind: Vec<&(dyn ToSql + Sync)> = vec![&index];
+            bind.extend(params.iter().map(|p| p as &(dyn ToSql + Sync)));
+            bind.push(&target_oid);
+            if by_stream {
+                bind.push(&streams);
+            }
+            for r in client.query(&tombstone_sql, &bind).await? {
+                let (i, version, device): (i64, i64, String) = (r.get(0), r.get(1), r.get(2));
+                let Some(k) = usize::try_from(i).ok().and_then(|i| absent.get(i)) else {
+                    continue;
+                };
+                let newest = tombstones.entry(*k).or_insert((version, device.clone()));
+                if (version, &device) > (newest.0, &newest.1) {
+                    *newest = (version, device);
+                }
+            }
+        } else if tombstones_readable == Some(false) {
+            deletes_unchecked += absent.len() as u64;
+        }
         for (k, v) in &edge_rows {
             match cloud_rows.get(k) {
-                None => findings.missing.push(format!("{k}: {v}")),
+                None => {
+                    let tombstone = tombstones.get(k).map(|(v, d)| (*v, d.as_str()));
+                    match missing_row(edge_versions.get(k).copied(), &cfg.device.id, tombstone) {
+                        Missing::DeletedByNewer => deleted_in_cloud += 1,
+                        Missing::Missing => findings.missing.push(format!("{k}: {v}")),
+                    }
+                }
                 Some(c) if c != v => {
                     if cloud_holds_newer(edge_versions.get(k), cloud_versions.get(k)) {
                         newer_in_cloud += 1;
@@ -551,6 +678,16 @@ pub async fn run(cfg: &Config, opts: &VerifyOptions) -> anyhow::Result<ExitCode>
             "  {newer_in_cloud} rows are newer in the cloud (a higher version: written by another device, or sent before this database was restored from a backup)"
         );
     }
+    if deleted_in_cloud > 0 {
+        println!(
+            "  {deleted_in_cloud} rows were deleted in the cloud by a newer delete (a higher version: sent by another device, or before this database was restored from a backup)"
+        );
+    }
+    if deletes_unchecked > 0 {
+        println!(
+            "  {deletes_unchecked} rows missing in the cloud not checked against its deletes: this role may not read sluice.tombstones"
+        );
+    }
     if earlier > 0 {
         println!(
             "  {earlier} cloud rows of earlier epochs of this database are not at the edge (sent before it was restored from a backup, or by the original of a copy)"
@@ -593,6 +730,50 @@ mod tests {
         assert!(!cloud_holds_newer(Some(&71), Some(&70)));
         assert!(!cloud_holds_newer(None, Some(&70)));
         assert!(!cloud_holds_newer(Some(&1), None));
+    }
+
+    /// Defect: after a restore from a backup, a camera that the lost future
+    /// deleted (the cloud applied the delete, the restored edge holds the
+    /// row again, unchanged since the backup) was reported missing in the
+    /// cloud, and verify failed.
+    #[test]
+    fn a_row_the_cloud_deleted_by_a_newer_delete_is_no_difference() {
+        // The edge's row is at version 40; the cloud's tombstone of its key
+        // at 75, sent by this device before the restore.
+        assert_eq!(
+            missing_row(Some(40), "box-1", Some((75, "box-1"))),
+            Missing::DeletedByNewer
+        );
+        // Or by another device, later.
+        assert_eq!(
+            missing_row(Some(40), "box-1", Some((41, "box-2"))),
+            Missing::DeletedByNewer
+        );
+        // Equal versions: ordered by device, as ingest orders them.
+        assert_eq!(
+            missing_row(Some(40), "box-1", Some((40, "box-2"))),
+            Missing::DeletedByNewer
+        );
+        assert_eq!(
+            missing_row(Some(40), "box-2", Some((40, "box-1"))),
+            Missing::Missing
+        );
+        // An older delete does not explain it: the edge's newer row should
+        // have brought the row back.
+        assert_eq!(
+            missing_row(Some(40), "box-1", Some((39, "box-1"))),
+            Missing::Missing
+        );
+        assert_eq!(
+            missing_row(Some(40), "box-1", Some((40, "box-1"))),
+            Missing::Missing
+        );
+        // No tombstone: missing.
+        assert_eq!(missing_row(Some(40), "box-1", None), Missing::Missing);
+        assert_eq!(
+            missing_row(None, "box-1", Some((75, "box-1"))),
+            Missing::Missing
+        );
     }
 
     #[test]

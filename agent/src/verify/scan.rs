@@ -86,6 +86,8 @@ pub struct Bucket {
     /// Per key column, the raw edge text of each acknowledged row's key
     /// (timestamps as written), for the cloud to cast.
     pub key_params: Vec<Vec<String>>,
+    /// Key -> the index of the row's values in `key_params`.
+    pub param_index: BTreeMap<String, usize>,
     /// The keys of every row read, acknowledged or not.
     pub keys: Vec<String>,
     /// Rows still pending (not compared).
@@ -210,6 +212,8 @@ impl EdgeScan {
                 out.pending += 1;
                 continue;
             }
+            out.param_index
+                .insert(key.clone(), out.key_params.first().map_or(0, Vec::len));
             for (i, ki) in self.key_index.iter().enumerate() {
                 let raw = match ki {
                     Some(ci) => match r.get_ref(ci + nk + 1)? {
