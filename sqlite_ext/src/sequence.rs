@@ -7,8 +7,8 @@ use std::fmt;
 use rusqlite::{params, Connection, OptionalExtension};
 use sluice_wire::names::quote_ident;
 
-use crate::bookkeeping::clock;
 use crate::bookkeeping::tables::Tracked;
+use crate::bookkeeping::{ranges, tombstones};
 use crate::glue::{Fail, Res};
 use crate::schema::{find_table, TableInfo};
 
@@ -82,21 +82,40 @@ pub fn check_high_water(
     Ok(())
 }
 
-/// The largest sequence number this database has handed out for the table:
-/// its largest rowid (or the AUTOINCREMENT sequence, if larger) for an
-/// append-only table, the clock for a mutable one (the clock is never below
-/// a version). Nothing the database ever sent is above it, unless the
-/// database went back in time (it was restored from a backup); `None` when
-/// the table is gone.
+/// The largest sequence number this database has handed out for the table
+/// and may have sent: its largest rowid (or the AUTOINCREMENT sequence, if
+/// larger) for an append-only table. For a mutable one, the largest of its
+/// rows' versions, its waiting tombstones' versions, its watermark and its
+/// acknowledged ranges: a batch's `last_seq` is a version it carried, which
+/// is still a row or a tombstone, or was acknowledged. (Not the clock: the
+/// clock is shared by every mutable table, so after a restore the writes to
+/// one table would lift it above what the lost future sent of another, and
+/// hide the restore.) Nothing the database ever sent is above it, unless
+/// the database went back in time (it was restored from a backup); `None`
+/// when the table is gone.
 pub fn high_water(conn: &Connection, t: &Tracked) -> Res<Option<i64>> {
     if find_table(conn, &t.tbl)?.is_none() {
         return Ok(None);
     }
-    if t.mutable {
-        return Ok(Some(clock::value(conn)?));
-    }
     let info = crate::schema::table_info(conn, &t.tbl)?;
     let seq = seq_column(&info, t)?;
+    if t.mutable {
+        let rows: Option<i64> = conn.query_row(
+            &format!("SELECT max({seq}) FROM main.{}", info.quoted()),
+            [],
+            |r| r.get(0),
+        )?;
+        let highest = [
+            Some(t.acked_seq),
+            rows,
+            ranges::highest(conn, &t.tbl)?,
+            tombstones::highest(conn, &t.tbl)?,
+        ]
+        .into_iter()
+        .flatten()
+        .max();
+        return Ok(Some(highest.unwrap_or(0)));
+    }
     let max: Option<i64> = conn.query_row(
         &format!("SELECT max({seq}) FROM main.{}", info.quoted()),
         [],

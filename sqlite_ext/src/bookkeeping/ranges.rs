@@ -19,6 +19,18 @@ pub fn above(conn: &Connection, tbl: &str, from: i64) -> Res<Vec<(i64, i64)>> {
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
+/// The top of the highest acknowledged range of `tbl`, if any.
+pub fn highest(conn: &Connection, tbl: &str) -> Res<Option<i64>> {
+    if !Table::AckedRanges.exists(conn)? {
+        return Ok(None);
+    }
+    Ok(conn.query_row(
+        "SELECT max(hi) FROM main.sluice_acked_ranges WHERE tbl = ?1",
+        [tbl],
+        |r| r.get(0),
+    )?)
+}
+
 /// Forgets the ranges of `tbl` that start at or below `seq` (the watermark
 /// absorbed them). Only for ranges [`above`] returned: the table exists.
 pub fn forget_upto(conn: &Connection, tbl: &str, seq: i64) -> Res<()> {

@@ -94,6 +94,18 @@ pub fn count(conn: &Connection, tbl: &str, lo: i64, hi: i64) -> Res<i64> {
     )?)
 }
 
+/// The highest version of the tombstones of `tbl` waiting, if any.
+pub fn highest(conn: &Connection, tbl: &str) -> Res<Option<i64>> {
+    if !Table::Tombstones.exists(conn)? {
+        return Ok(None);
+    }
+    Ok(conn.query_row(
+        "SELECT max(version) FROM main.sluice_tombstones WHERE tbl = ?1",
+        [tbl],
+        |r| r.get(0),
+    )?)
+}
+
 /// Whether `tbl` has tombstones waiting.
 pub fn any(conn: &Connection, tbl: &str) -> Res<bool> {
     count(conn, tbl, i64::MIN, i64::MAX).map(|n| n > 0)

@@ -1061,3 +1061,53 @@ fn a_clock_written_by_hand_near_the_end_is_an_error() {
     let e = err(&db, "SELECT sluice_new_epoch('x')");
     assert!(e.starts_with("sluice_new_epoch: sluice_clock is at"), "{e}");
 }
+
+/// `sluice_tracked(table)`'s `high_water`.
+fn high_water(db: &Connection, table: &str) -> i64 {
+    one(
+        db,
+        &format!("SELECT json_extract(sluice_tracked('{table}'), '$.high_water')"),
+    )
+}
+
+#[test]
+fn a_mutable_tables_high_water_is_its_own_not_the_shared_clock() {
+    // The restore check compares the cloud's high water of each table with
+    // this one. With the shared clock, writes to one mutable table after a
+    // restore lifted every table above what the lost future had sent of
+    // another, and the restore went unseen (fault trial seed 20261297).
+    let db = memory();
+    db.execute_batch(
+        "SELECT sluice_device('box-1');
+         CREATE TABLE a (k TEXT PRIMARY KEY, v INTEGER);
+         CREATE TABLE b (k TEXT PRIMARY KEY, v INTEGER);
+         SELECT sluice_track('a', '{\"mutable\": true}');
+         SELECT sluice_track('b', '{\"mutable\": true}');
+         INSERT INTO b (k, v) VALUES ('b1', 1);",
+    )
+    .unwrap();
+    ack(&db, &batch(&db, "b", 100).unwrap());
+    db.execute_batch("INSERT INTO a (k, v) VALUES ('a1', 1), ('a2', 2), ('a3', 3)")
+        .unwrap();
+    assert_eq!(high_water(&db, "b"), 1);
+    assert_eq!(high_water(&db, "a"), 4);
+    // A delete: its tombstone's version, then the watermark that its
+    // acknowledgement moves, keep the high water at what was sent.
+    db.execute_batch("DELETE FROM b WHERE k = 'b1'").unwrap();
+    assert_eq!(high_water(&db, "b"), 5);
+    ack(&db, &batch(&db, "b", 100).unwrap());
+    assert_eq!(one::<i64>(&db, "SELECT count(*) FROM b"), 0);
+    assert_eq!(high_water(&db, "b"), 5);
+    // Newest first: an acknowledged range above the watermark counts.
+    db.execute_batch("UPDATE a SET v = 9 WHERE k = 'a1'; DELETE FROM a WHERE k = 'a1'")
+        .unwrap();
+    let newest: Vec<u8> = db
+        .query_row(
+            "SELECT sluice_batch('a', 1, '{\"order\": \"newest\"}')",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    ack(&db, &newest);
+    assert_eq!(high_water(&db, "a"), 7);
+}
