@@ -180,8 +180,12 @@ fn before_epoch(
     let Some(epoch) = epoch.filter(|e| e.parent_stream.is_some()) else {
         return Ok(0);
     };
+    // The largest sequence number the table had when the epoch began,
+    // recorded by the epoch for every table tracked then.
+    let epoch_seq = tables::epoch_seq(conn, &t.tbl)?;
     // A table first tracked after the epoch began sent nothing under the
-    // parent stream.
+    // parent stream (the epoch recorded nothing for it; `started_at` has
+    // whole seconds, so it is asked only then).
     let began: Option<i64> = match epoch.started_at.as_deref() {
         Some(at) => conn.query_row(
             "SELECT CAST(round((julianday(?1) - 2440587.5) * 86400000.0) AS INTEGER)",
@@ -190,12 +194,14 @@ fn before_epoch(
         )?,
         None => None,
     };
-    if let (Some(began), Some(tracked)) = (began, tables::created_at(conn, &t.tbl)?) {
+    if let (None, Some(began), Some(tracked)) =
+        (epoch_seq, began, tables::created_at(conn, &t.tbl)?)
+    {
         if tracked >= began {
             return Ok(0);
         }
     }
-    let known = match tables::epoch_seq(conn, &t.tbl)? {
+    let known = match epoch_seq {
         Some(seq) => Some(seq),
         None => tables::fork(conn, &t.tbl)?.map(|f| f.fork_seq),
     };
