@@ -13,19 +13,10 @@ use crate::config::BudgetConfig;
 /// What a run of the budget job did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Enforced {
-    /// Not run, and why (no budget configured, an extension without it).
+    /// Not run, and why (no budget configured).
     Skipped(&'static str),
     /// Run: `rows` dropped; `unmet` says why the budget is not met, if not.
     Done { rows: i64, unmet: Option<String> },
-}
-
-fn has_function(conn: &Connection, name: &str) -> bool {
-    conn.query_row(
-        "SELECT count(*) > 0 FROM pragma_function_list WHERE name = ?1",
-        [name],
-        |r| r.get(0),
-    )
-    .unwrap_or(false)
 }
 
 /// Keeps the edge database under `budget.max_bytes` and its filesystem
@@ -40,11 +31,6 @@ pub fn enforce(conn: &Connection, cfg: &BudgetConfig) -> anyhow::Result<Enforced
     if !cfg.enabled() {
         return Ok(Enforced::Skipped(
             "no budget.max_bytes or budget.min_free_bytes configured",
-        ));
-    }
-    if !has_function(conn, "sluice_enforce_budget") {
-        return Ok(Enforced::Skipped(
-            "the loaded sluice0.so has no sluice_enforce_budget",
         ));
     }
     let max = cfg.max_bytes.map(|m| i64::try_from(m).unwrap_or(i64::MAX));

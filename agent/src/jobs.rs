@@ -58,6 +58,11 @@ fn rollup(edge: &EdgeConn) -> anyhow::Result<LogEntry> {
 /// The storage budget job ([`crate::budget::enforce`]) as a run of the
 /// sync log.
 fn budget(edge: &EdgeConn, cfg: &BudgetConfig) -> anyhow::Result<LogEntry> {
+    if cfg.enabled() && !edge.has_function("sluice_enforce_budget") {
+        return Ok(skipped(
+            "the loaded sluice0.so has no sluice_enforce_budget",
+        ));
+    }
     Ok(match crate::budget::enforce(edge.connection(), cfg)? {
         Enforced::Skipped(why) => skipped(why),
         Enforced::Done { rows, unmet } => LogEntry {

@@ -197,15 +197,7 @@ fn to_v1(conn: &Connection) -> Res<()> {
          );
          INSERT OR IGNORE INTO main.sluice_clock (id, value) VALUES (1, 0);",
     )?;
-    let has_time: bool = conn.query_row(
-        "SELECT count(*) > 0 FROM pragma_table_info('sluice_tables', 'main') \
-         WHERE name = 'time_column'",
-        [],
-        |r| r.get(0),
-    )?;
-    if !has_time {
-        conn.execute_batch("ALTER TABLE main.sluice_tables ADD COLUMN time_column TEXT")?;
-    }
+    add_column(conn, Table::Tables, "time_column", "TEXT")?;
     conn.execute_batch(
         "CREATE TABLE IF NOT EXISTS main.sluice_drops (
              id INTEGER PRIMARY KEY,
@@ -318,17 +310,7 @@ fn to_v3(conn: &Connection) -> Res<()> {
     )?;
     streams::record_existing(conn, streams::EXISTING_REASON)?;
     for column in ["fork_parent", "fork_seq"] {
-        let has: bool = conn.query_row(
-            "SELECT count(*) > 0 FROM pragma_table_info('sluice_tables', 'main') \
-             WHERE name = ?1",
-            [column],
-            |r| r.get(0),
-        )?;
-        if !has {
-            conn.execute_batch(&format!(
-                "ALTER TABLE main.sluice_tables ADD COLUMN {column} INTEGER"
-            ))?;
-        }
+        add_column(conn, Table::Tables, column, "INTEGER")?;
     }
     Ok(())
 }
@@ -341,15 +323,7 @@ fn to_v3(conn: &Connection) -> Res<()> {
 /// upgrade, it may run again on what it made.
 fn to_v4(conn: &Connection) -> Res<()> {
     conn.execute_batch(tombstones::CREATE)?;
-    let has: bool = conn.query_row(
-        "SELECT count(*) > 0 FROM pragma_table_info('sluice_tables', 'main') \
-         WHERE name = 'delete_key'",
-        [],
-        |r| r.get(0),
-    )?;
-    if !has {
-        conn.execute_batch("ALTER TABLE main.sluice_tables ADD COLUMN delete_key TEXT")?;
-    }
+    add_column(conn, Table::Tables, "delete_key", "TEXT")?;
     Ok(())
 }
 
