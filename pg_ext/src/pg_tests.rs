@@ -49,6 +49,7 @@ mod tests {
             digest: None,
             origin: sluice_wire::Origin::default(),
             resend: 0,
+            changes: None,
         };
         encode(&header, &versions, &by_column, EncodeOptions::default()).expect("encodes")
     }
@@ -2274,6 +2275,7 @@ mod tests {
             digest: None,
             origin: sluice_wire::Origin::default(),
             resend: 0,
+            changes: None,
         };
         sluice_wire::encode_with_deletes(
             &header,

@@ -45,6 +45,7 @@ fn print(s: Spec<'_>) {
             fork: s.fork,
         },
         resend: s.resend,
+        changes: None,
     };
     let bytes = encode(
         &header,

@@ -219,6 +219,7 @@ fn batch(ctx: &Context<'_>) -> Res<Value> {
             fork: fork::for_batch(&conn, &t.tbl, base_seq)?,
         },
         resend,
+        changes: None,
     };
     let bytes = encode_with_deletes(
         &header,

@@ -73,6 +73,7 @@ fn batch(device: usize, b: usize, rows: usize) -> Vec<u8> {
         digest: None,
         origin: sluice_wire::Origin::default(),
         resend: 0,
+        changes: None,
     };
     encode(&header, &versions, &data, EncodeOptions::default()).unwrap()
 }

@@ -127,6 +127,7 @@ pub fn division_batch(
         digest: None,
         origin: sluice_wire::Origin::default(),
         resend: 0,
+        changes: None,
     };
     let opts = EncodeOptions {
         brotli_quality: if compressed { Some(5) } else { None },
@@ -189,6 +190,7 @@ fn odd_batch(compressed: bool) -> Vec<u8> {
         digest: None,
         origin: sluice_wire::Origin::default(),
         resend: 0,
+        changes: None,
     };
     encode(
         &header,

@@ -26,8 +26,8 @@ pub mod sketch;
 
 pub use batch::{
     column_fingerprint, content_digest, decode, decode_header, encode, encode_with_deletes, Batch,
-    BatchHeader, BatchId, Column, ColumnType, EncodeOptions, Fork, Origin, Value, FORMAT_VERSION,
-    MAGIC, MAX_BODY_BYTES, MAX_COLUMNS, MAX_ZONE_BYTES, OLDEST_READABLE_VERSION,
+    BatchHeader, BatchId, Changes, Column, ColumnType, EncodeOptions, Fork, Origin, Value,
+    FORMAT_VERSION, MAGIC, MAX_BODY_BYTES, MAX_COLUMNS, MAX_ZONE_BYTES, OLDEST_READABLE_VERSION,
 };
 pub use error::WireError;
 pub use names::{check_device_id, quote_ident, DrainOrder, MAX_DEVICE_ID_CHARS};

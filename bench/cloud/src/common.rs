@@ -136,6 +136,7 @@ pub fn batches(rows: &[Row], stream_id: u64) -> Vec<Vec<u8>> {
                 digest: None,
                 origin: sluice_wire::Origin::default(),
                 resend: 0,
+                changes: None,
             };
             encode(&header, &versions, &values, EncodeOptions::default()).expect("encode")
         })

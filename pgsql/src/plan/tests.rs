@@ -27,6 +27,7 @@ fn batch(columns: &[(&str, ColumnType)], rows: Vec<Vec<Value>>) -> Batch {
             origin: sluice_wire::Origin::default(),
             columns,
             resend: 0,
+            changes: None,
         },
         versions: (1..=rows.len() as i64).collect(),
         deleted: Vec::new(),

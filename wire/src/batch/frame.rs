@@ -41,6 +41,9 @@ const FLAG_ROW_OPS: u8 = 4;
 /// The header ends with a re-send number ([`BatchHeader::resend`]); written
 /// only when it is not 0; format version 2 only.
 const FLAG_RESEND: u8 = 8;
+/// The batch carries changes from the cloud to a device and its header ends
+/// with their fields ([`BatchHeader::changes`]); format version 2 only.
+const FLAG_CHANGES: u8 = 16;
 /// magic + version + flags + header_len + raw_len + body_len + crc.
 const MIN_BATCH_BYTES: usize = 3 + 1 + 1 + 4 + 4 + 4 + 4;
 
@@ -116,7 +119,12 @@ pub fn encode_with_deletes(
             ))
         })?;
     let ops = if deleted.is_empty() { 0 } else { FLAG_ROW_OPS }
-        | if header.resend == 0 { 0 } else { FLAG_RESEND };
+        | if header.resend == 0 { 0 } else { FLAG_RESEND }
+        | if header.changes.is_none() {
+            0
+        } else {
+            FLAG_CHANGES
+        };
     let (flags, stored) = match opts.brotli_quality {
         Some(q) => (
             FLAG_BROTLI | FLAG_COMPACT_VALUES | ops,
@@ -188,7 +196,7 @@ fn parse_frame(bytes: &[u8]) -> Result<Frame<'_>, WireError> {
     r.take(4, "magic")?;
     let flags = r.u8("flags")?;
     let known = if version >= 2 {
-        FLAG_BROTLI | FLAG_COMPACT_VALUES | FLAG_ROW_OPS | FLAG_RESEND
+        FLAG_BROTLI | FLAG_COMPACT_VALUES | FLAG_ROW_OPS | FLAG_RESEND | FLAG_CHANGES
     } else {
         FLAG_BROTLI | FLAG_COMPACT_VALUES
     };
@@ -197,7 +205,12 @@ fn parse_frame(bytes: &[u8]) -> Result<Frame<'_>, WireError> {
     }
     let header_len = r.u32("header length")? as usize;
     let head = r.take(header_len, "header")?;
-    let header = parse_header(head, version, flags & FLAG_RESEND != 0)?;
+    let header = parse_header(
+        head,
+        version,
+        flags & FLAG_RESEND != 0,
+        flags & FLAG_CHANGES != 0,
+    )?;
     let raw_len = r.u32("body length")?;
     if raw_len > MAX_BODY_BYTES {
         return Err(WireError::TooLarge {

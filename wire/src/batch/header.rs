@@ -7,7 +7,8 @@ use crate::codec::{self, Reader};
 use crate::error::WireError;
 
 use super::model::{
-    column_fingerprint, BatchHeader, Column, ColumnType, Fork, Origin, MAX_COLUMNS, MAX_ZONE_BYTES,
+    column_fingerprint, BatchHeader, Changes, Column, ColumnType, Fork, Origin, MAX_COLUMNS,
+    MAX_ZONE_BYTES,
 };
 
 /// The header's bytes (format version 2), with `row_count`, `digest` and a
@@ -52,15 +53,22 @@ pub(super) fn write_header(
     if header.resend != 0 {
         codec::put_u32(&mut head, header.resend);
     }
+    if let Some(c) = header.changes {
+        codec::put_u32(&mut head, c.snapshot_page);
+        head.push(u8::from(c.last_page));
+    }
     Ok(head)
 }
 
 /// Parses a header of format `version` (1 or 2, checked by the frame);
-/// `resend`: the frame's flag says the header ends with a re-send number.
+/// `resend`: the frame's flag says the header ends with a re-send number;
+/// `changes`: that it ends with the fields of a batch of cloud changes
+/// ([`Changes`]), after the re-send number if both are set.
 pub(super) fn parse_header(
     head: &[u8],
     version: u8,
     resend: bool,
+    changes: bool,
 ) -> Result<BatchHeader, WireError> {
     let mut r = Reader::new(head);
     let device_id = r.str16("device id")?;
@@ -127,6 +135,34 @@ pub(super) fn parse_header(
     } else {
         0
     };
+    let changes = if changes {
+        let snapshot_page = r.u32("snapshot page")?;
+        let last_page = match r.u8("last page")? {
+            0 => false,
+            1 => true,
+            b => {
+                return Err(WireError::malformed(format!(
+                    "the last-page byte is {b}, not 0 or 1"
+                )))
+            }
+        };
+        if snapshot_page == 0 && !last_page {
+            return Err(WireError::malformed(
+                "an incremental batch of changes must say it is the last page",
+            ));
+        }
+        if snapshot_page > 0 && base_seq != 0 {
+            return Err(WireError::malformed(format!(
+                "a snapshot page must have base sequence 0, not {base_seq}"
+            )));
+        }
+        Some(Changes {
+            snapshot_page,
+            last_page,
+        })
+    } else {
+        None
+    };
     if r.remaining() != 0 {
         return Err(WireError::malformed(format!(
             "{} unexpected bytes at the end of the header",
@@ -159,5 +195,6 @@ pub(super) fn parse_header(
         digest,
         origin,
         resend,
+        changes,
     })
 }

@@ -32,7 +32,7 @@ pub use frame::{
     OLDEST_READABLE_VERSION,
 };
 pub use model::{
-    column_fingerprint, content_digest, Batch, BatchHeader, BatchId, Column, ColumnType,
+    column_fingerprint, content_digest, Batch, BatchHeader, BatchId, Changes, Column, ColumnType,
     EncodeOptions, Fork, Origin, Value, DEFAULT_BROTLI_QUALITY, MAX_COLUMNS, MAX_ZONE_BYTES,
 };
 

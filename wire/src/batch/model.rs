@@ -148,6 +148,30 @@ pub struct BatchHeader {
     /// copy with an equal (version, device) pair where the policy allows.
     /// Written only when non-zero (flag bit 3, format version 2).
     pub resend: u32,
+    /// `Some`: the batch carries changes of a published cloud table down to
+    /// one device (the cloud-to-edge direction; flag bit 4, format version
+    /// 2). Such a batch is applied at the edge by `sluice_apply` and never
+    /// ingested by the cloud; a batch without it is never applied at the
+    /// edge.
+    pub changes: Option<Changes>,
+}
+
+/// What a batch of cloud changes says beyond the common header. In such a
+/// batch `device_id` is the device the changes are for, `stream_id` the
+/// publication's random id, `table` the edge table, `base_seq` the checkpoint
+/// the changes follow (exclusive) and `last_seq` the checkpoint they lead to
+/// (inclusive); each row's version is the change's position in the cloud's
+/// change order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Changes {
+    /// 0: the changes after `base_seq` (an incremental batch). `n >= 1`: page
+    /// `n` of a snapshot, a full copy of the device's share of the table as
+    /// of checkpoint `last_seq` (`base_seq` is 0); the rows of the table that
+    /// no page of the snapshot carried are deleted when its last page is
+    /// applied.
+    pub snapshot_page: u32,
+    /// The last page of a snapshot. Always true in an incremental batch.
+    pub last_page: bool,
 }
 
 /// What a batch says about the database and the clock its rows come from.

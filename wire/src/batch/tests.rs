@@ -20,6 +20,7 @@ fn header(columns: Vec<Column>, base: i64, last: i64) -> BatchHeader {
         digest: None,
         origin: Origin::default(),
         resend: 0,
+        changes: None,
     }
 }
 
@@ -647,6 +648,69 @@ fn a_resend_number_travels_in_the_header_and_is_part_of_the_identity() {
     assert!(e.contains("re-send number"), "{e}");
     let mut v1 = as_version_1(&plain);
     v1[4] |= 8;
+    let e = decode(&resign(v1)).unwrap_err().to_string();
+    assert!(e.contains("unknown flags"), "{e}");
+}
+
+#[test]
+fn a_batch_of_cloud_changes_carries_its_page_and_readers_refuse_nonsense() {
+    let (mut h, v, d) = sample();
+    let plain = encode(&h, &v, &d, EncodeOptions::default()).unwrap();
+    assert_eq!(plain[4] & 16, 0, "no changes flag on an edge batch");
+    assert_eq!(decode(&plain).unwrap().header.changes, None);
+    h.changes = Some(Changes {
+        snapshot_page: 0,
+        last_page: true,
+    });
+    let bytes = encode(&h, &v, &d, EncodeOptions::default()).unwrap();
+    assert_eq!(bytes[4] & 16, 16);
+    assert_eq!(decode(&bytes).unwrap().header.changes, h.changes);
+    assert_eq!(decode_header(&bytes).unwrap().changes, h.changes);
+    // With a re-send number too, both fields in order.
+    h.resend = 2;
+    let both = encode(&h, &v, &d, EncodeOptions::default()).unwrap();
+    let back = decode(&both).unwrap().header;
+    assert_eq!((back.resend, back.changes), (2, h.changes));
+    h.resend = 0;
+    // A snapshot page: base 0, every version up to last_seq.
+    let (mut s, v, d) = sample();
+    s.base_seq = 0;
+    s.changes = Some(Changes {
+        snapshot_page: 3,
+        last_page: false,
+    });
+    let page = encode(&s, &v, &d, EncodeOptions::default()).unwrap();
+    assert_eq!(decode(&page).unwrap().header.changes, s.changes);
+    // Nonsense: an incremental batch that is not its last page, a snapshot
+    // page with a base, a last-page byte of 2, the flag without the fields.
+    h.changes = Some(Changes {
+        snapshot_page: 0,
+        last_page: false,
+    });
+    let e = decode(&encode(&h, &v, &d, EncodeOptions::default()).unwrap())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("incremental"), "{e}");
+    let (mut b, v, d) = sample();
+    b.changes = Some(Changes {
+        snapshot_page: 1,
+        last_page: true,
+    });
+    let e = decode(&encode(&b, &v, &d, EncodeOptions::default()).unwrap())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("base sequence 0"), "{e}");
+    let mut two = bytes.clone();
+    let at = 9 + u32::from_le_bytes([two[5], two[6], two[7], two[8]]) as usize - 1;
+    two[at] = 2;
+    let e = decode(&resign(two)).unwrap_err().to_string();
+    assert!(e.contains("last-page byte"), "{e}");
+    let mut cut = plain.clone();
+    cut[4] |= 16;
+    let e = decode(&resign(cut)).unwrap_err().to_string();
+    assert!(e.contains("snapshot page"), "{e}");
+    let mut v1 = as_version_1(&plain);
+    v1[4] |= 16;
     let e = decode(&resign(v1)).unwrap_err().to_string();
     assert!(e.contains("unknown flags"), "{e}");
 }
