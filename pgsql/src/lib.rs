@@ -16,6 +16,9 @@
 //!   copied (a fork of its stream), and the digests that show it.
 //! - [`zone`]: a batch's zone as PostgreSQL's `TimeZone`.
 //! - [`registration`]: the arguments of `sluice.register_table`.
+//! - [`publication`]: the cloud-to-edge direction: the checks of
+//!   `sluice.publish`, its capture trigger, the statements of `sluice.pull`,
+//!   the wire type of a cloud column and the snapshot cursor.
 //! - [`sqlstate`]: the [`SqlState`] every error carries, which the caller
 //!   raises it with.
 //!
@@ -33,6 +36,7 @@ pub mod convert;
 pub mod epoch;
 pub mod ledger;
 pub mod plan;
+pub mod publication;
 pub mod registration;
 pub mod sqlgen;
 pub mod sqlstate;

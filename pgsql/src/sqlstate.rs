@@ -23,6 +23,11 @@ pub enum SqlState {
     UndefinedColumn,
     /// `428C9` generated_always.
     GeneratedAlways,
+    /// `42701` duplicate_column.
+    DuplicateColumn,
+    /// `42P10` invalid_column_reference: key columns that no unique index
+    /// covers.
+    InvalidColumnReference,
     /// `55000` object_not_in_prerequisite_state: a batch that shows its edge
     /// database was restored or copied ([`crate::epoch`]).
     ObjectNotInPrerequisiteState,
@@ -55,6 +60,8 @@ impl SqlState {
             SqlState::NotNullViolation => "23502",
             SqlState::UndefinedColumn => "42703",
             SqlState::GeneratedAlways => "428C9",
+            SqlState::DuplicateColumn => "42701",
+            SqlState::InvalidColumnReference => "42P10",
             SqlState::ObjectNotInPrerequisiteState => "55000",
             SqlState::InternalError => "XX000",
             SqlState::DataCorrupted => "XX001",
