@@ -18,7 +18,9 @@
 //!   percentiles, sketches), [`pack`], [`rollup`], [`budget`]
 //!   (`sluice_enforce_budget`), [`reserve`] (`sluice_reserve`, the free
 //!   space of a full disk), [`resend`] (`sluice_resend`), [`quarantine`]
-//!   (`sluice_quarantine`, `sluice_release`);
+//!   (`sluice_quarantine`, `sluice_release`), [`subscribe`]
+//!   (`sluice_subscribe`, `sluice_unsubscribe`) and [`apply`]
+//!   (`sluice_apply`): the cloud-to-edge direction;
 //! - the policies they share: [`seal`] (which raw rows of a rollup source may
 //!   go, and the windows that are sealed), [`rollup_spec`] (a rollup's
 //!   declaration), [`sequence`] (the sequence column of a tracked table),
@@ -39,6 +41,9 @@
 pub mod about;
 pub mod ack;
 pub mod acked;
+pub mod apply;
+#[cfg(test)]
+mod apply_tests;
 pub mod batch;
 pub mod bookkeeping;
 pub mod budget;
@@ -66,6 +71,7 @@ pub mod schema;
 pub mod seal;
 pub mod sequence;
 pub mod status;
+pub mod subscribe;
 #[cfg(test)]
 pub mod testdb;
 pub mod time;
@@ -238,6 +244,25 @@ pub const FUNCTIONS: &[(&str, c_int, FunctionFlags, Imp)] = &[
         WRITES,
         Scalar(quarantine::sluice_release),
     ),
+    (
+        "sluice_subscribe",
+        1,
+        WRITES,
+        Scalar(subscribe::sluice_subscribe),
+    ),
+    (
+        "sluice_subscribe",
+        2,
+        WRITES,
+        Scalar(subscribe::sluice_subscribe),
+    ),
+    (
+        "sluice_unsubscribe",
+        1,
+        WRITES,
+        Scalar(subscribe::sluice_unsubscribe),
+    ),
+    ("sluice_apply", 1, WRITES, Scalar(apply::sluice_apply)),
 ];
 
 /// Entry point; SQLite derives its name from the file name `sluice0.so`.

@@ -83,6 +83,52 @@ pub fn parse_track_options(text: &str) -> Result<TrackOptions, String> {
     Ok(o)
 }
 
+/// Options of `sluice_subscribe`. A field left out is `None`: on a first
+/// subscribe it takes its default, again it keeps its stored value.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SubscribeOptions {
+    /// The columns the changes are applied by (default: the primary key, or
+    /// the only unique index).
+    pub key: Option<Vec<String>>,
+    /// The columns the cloud owns and may write (default: any column of the
+    /// table but sluice's).
+    pub columns: Option<Vec<String>>,
+}
+
+/// The option names `sluice_subscribe` accepts.
+pub const SUBSCRIBE_OPTIONS: &str = "key, columns";
+
+/// Parses `{"key": [names], "columns": [names]}`; unknown keys are errors.
+pub fn parse_subscribe_options(text: &str) -> Result<SubscribeOptions, String> {
+    let v: Json =
+        serde_json::from_str(text).map_err(|e| format!("options are not valid JSON: {e}"))?;
+    let Json::Object(map) = v else {
+        return Err(format!(
+            "options must be a JSON object like {{\"key\": [\"id\"]}}, got {}",
+            json_kind(&v)
+        ));
+    };
+    let mut o = SubscribeOptions::default();
+    for (k, v) in &map {
+        match k.as_str() {
+            "key" => {
+                let key = string_list("key", v)?;
+                if key.is_empty() {
+                    return Err("option 'key' must name at least one column".to_string());
+                }
+                o.key = Some(key);
+            }
+            "columns" => o.columns = Some(string_list("columns", v)?),
+            other => {
+                return Err(format!(
+                    "unknown option '{other}' (known options: {SUBSCRIBE_OPTIONS})"
+                ))
+            }
+        }
+    }
+    Ok(o)
+}
+
 /// Options of `sluice_batch`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct BatchOptions {

@@ -7,10 +7,10 @@
 
 use rusqlite::functions::Context;
 use rusqlite::types::{Value, ValueRef};
-use rusqlite::Connection;
+use rusqlite::{Connection, OptionalExtension};
 use sluice_wire::names::{check_device_id, quote_ident};
 
-use crate::bookkeeping::{self, clock, meta, tables, tombstones};
+use crate::bookkeeping::{self, clock, meta, subscriptions, tables, tombstones};
 use crate::glue::{
     arg_opt_text, arg_raw, arg_text, atomic, connection, describe_value, finish, now_ms, Fail, Res,
 };
@@ -84,6 +84,15 @@ fn track(ctx: &Context<'_>) -> Res<Value> {
             (Some(e), _) => e.mutable,
             (None, m) => m.unwrap_or(false),
         };
+        if !mutable && subscriptions::get(&conn, &info.name)?.is_some() {
+            // Its rows would be numbered by rowid, and every row the cloud
+            // writes would be sent back up (the quiet rule needs versions).
+            return Err(Fail(format!(
+                "'{}' is subscribed (sluice_subscribe): it can be tracked only as mutable, so that the rows the cloud writes are not sent back: SELECT sluice_track('{}', '{{\"mutable\": true}}')",
+                info.name,
+                info.name.replace('\'', "''")
+            )));
+        }
         let local_only = canonical_columns(
             &info,
             "local_only",
@@ -284,6 +293,10 @@ fn setup_mutable(conn: &Connection, info: &TableInfo) -> Res<()> {
         "_rowid_ = NEW._rowid_".to_string()
     };
     let bump = clock::next_version_sql(&t, &v, &this_row);
+    // Updates that sluice_apply makes (quietly) keep the row's version: a
+    // row the cloud wrote is not pending for the way up (the quiet rule of
+    // docs/sync-protocol.md); the edge's own later updates bump it.
+    let quiet = tombstones::not_quiet_sql();
     conn.execute_batch(&format!(
         "CREATE INDEX IF NOT EXISTS main.{index} ON {t} ({v});"
     ))?;
@@ -295,9 +308,28 @@ fn setup_mutable(conn: &Connection, info: &TableInfo) -> Res<()> {
            WHEN NEW.{v} IS NULL
          BEGIN {bump} END;
          CREATE TRIGGER main.{upd} AFTER UPDATE ON {t} FOR EACH ROW
-           WHEN NEW.{v} IS OLD.{v} OR NEW.{v} IS NULL
+           WHEN (NEW.{v} IS OLD.{v} OR NEW.{v} IS NULL) AND {quiet}
          BEGIN {bump} END;
          UPDATE main.{t} SET {v} = NULL WHERE {v} IS NULL;"
     ))?;
     Ok(())
+}
+
+/// For `sluice_apply` and `sluice_subscribe`: makes sure the update trigger
+/// of the mutable tracked table `info` keeps quiet while sluice_apply
+/// writes (a table tracked by a release before the cloud-to-edge direction
+/// has a trigger without the test); re-creates the triggers when not.
+pub fn ensure_quiet_triggers(conn: &Connection, info: &TableInfo) -> Res<()> {
+    let upd = format!("{}_sluice_update", info.name);
+    let sql: Option<String> = conn
+        .query_row(
+            "SELECT sql FROM main.sqlite_master WHERE type = 'trigger' AND name = ?1",
+            [&upd],
+            |r| r.get(0),
+        )
+        .optional()?;
+    if sql.is_some_and(|s| s.contains(&tombstones::not_quiet_sql())) {
+        return Ok(());
+    }
+    setup_mutable(conn, info)
 }

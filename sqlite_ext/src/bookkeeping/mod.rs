@@ -22,6 +22,7 @@ pub mod ranges;
 pub mod resends;
 pub mod rollups;
 pub mod streams;
+pub mod subscriptions;
 pub mod tables;
 pub mod tombstones;
 
@@ -45,11 +46,12 @@ pub enum Table {
     Tombstones,
     Quarantine,
     Resends,
+    Subscriptions,
 }
 
 impl Table {
     /// Every bookkeeping table; none of them can be tracked.
-    pub const ALL: [Table; 13] = [
+    pub const ALL: [Table; 14] = [
         Table::Meta,
         Table::Tables,
         Table::Acks,
@@ -63,6 +65,7 @@ impl Table {
         Table::Tombstones,
         Table::Quarantine,
         Table::Resends,
+        Table::Subscriptions,
     ];
 
     pub fn name(self) -> &'static str {
@@ -80,6 +83,7 @@ impl Table {
             Table::Tombstones => "sluice_tombstones",
             Table::Quarantine => "sluice_quarantine",
             Table::Resends => "sluice_resends",
+            Table::Subscriptions => "sluice_subscriptions",
         }
     }
 
@@ -103,7 +107,7 @@ pub fn is_bookkeeping(name: &str) -> bool {
 }
 
 /// The bookkeeping schema version this extension writes.
-pub const VERSION: i64 = 5;
+pub const VERSION: i64 = 6;
 
 /// Key of the version in `sluice_meta`.
 const VERSION_KEY: &str = "schema_version";
@@ -111,7 +115,14 @@ const VERSION_KEY: &str = "schema_version";
 /// The upgrades, in order: upgrade `n` brings version `n - 1` to `n`.
 /// Version 0 is a database without the key: no bookkeeping at all, or
 /// bookkeeping made by v0.1.0 or older (which had no version).
-const UPGRADES: [(i64, Upgrade); 5] = [(1, to_v1), (2, to_v2), (3, to_v3), (4, to_v4), (5, to_v5)];
+const UPGRADES: [(i64, Upgrade); 6] = [
+    (1, to_v1),
+    (2, to_v2),
+    (3, to_v3),
+    (4, to_v4),
+    (5, to_v5),
+    (6, to_v6),
+];
 
 /// One upgrade step of the bookkeeping.
 type Upgrade = fn(&Connection) -> Res<()>;
@@ -383,6 +394,16 @@ fn to_v5(conn: &Connection) -> Res<()> {
                     AS quarantined_rows
            FROM sluice_tables t;",
     )?;
+    Ok(())
+}
+
+/// Version 6 (sluice 0.2): the cloud-to-edge direction (issue 13).
+/// `sluice_subscriptions` holds the local tables that receive a published
+/// cloud table, with the checkpoint `sluice_apply` moves
+/// ([`subscriptions`]). Like every upgrade, it may run again on what it
+/// made.
+fn to_v6(conn: &Connection) -> Res<()> {
+    conn.execute_batch(subscriptions::CREATE)?;
     Ok(())
 }
 
