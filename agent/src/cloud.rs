@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 use anyhow::Context;
+use tokio::sync::mpsc;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::Type;
 use tokio_postgres::{Client, NoTls};
@@ -158,48 +159,77 @@ fn streams_error(e: &tokio_postgres::Error) -> StreamsError {
 
 impl Cloud {
     pub async fn connect(cfg: &CloudConfig) -> anyhow::Result<Cloud> {
-        let mut pg: tokio_postgres::Config = cfg
-            .url
-            .parse()
-            .context("cloud.url is not a valid PostgreSQL connection string")?;
-        pg.connect_timeout(Duration::from_secs(cfg.connect_timeout_secs));
-        pg.application_name("sluice-agent");
-        if let Some(password) = read_password(cfg)? {
-            pg.password(password);
-        }
-        let client = match cfg.tls {
-            TlsMode::Disable => {
-                pg.ssl_mode(SslMode::Disable);
-                let (client, connection) = pg.connect(NoTls).await.map_err(connect_error)?;
-                spawn_connection(connection);
-                client
-            }
-            mode => {
-                pg.ssl_mode(if mode == TlsMode::Require {
-                    SslMode::Require
-                } else {
-                    SslMode::Prefer
-                });
-                let tls = MakeRustlsConnect::new(tls_config(cfg)?);
-                let (client, connection) = pg.connect(tls).await.map_err(connect_error)?;
-                spawn_connection(connection);
-                client
-            }
-        };
-        // `status` and `verify` compare timestamps as text; they must not
-        // depend on the server's or the database's default zone. A
-        // transaction-mode pooler keeps it too (pgbouncer tracks TimeZone
-        // per client).
-        client
-            .batch_execute("SET TimeZone = 'UTC'")
+        let client = open(cfg, None).await?;
+        Ok(Cloud { client })
+    }
+
+    /// The next batch of changes of a published table for this device
+    /// (`sluice.pull`, one row). An unnamed statement, like `ingest`.
+    pub async fn pull(&self, req: &PullRequest<'_>) -> Result<PullReply, PullError> {
+        let max_rows = i32::try_from(req.max_rows).unwrap_or(i32::MAX);
+        let row = self
+            .client
+            .query_typed_one(
+                "SELECT batch, checkpoint, cursor, more, rows \
+                   FROM sluice.pull($1, $2, $3, $4, $5, $6, $7)",
+                &[
+                    (&req.table, Type::TEXT),
+                    (&req.device, Type::TEXT),
+                    (&req.checkpoint, Type::INT8),
+                    (&req.stream_id, Type::INT8),
+                    (&max_rows, Type::INT4),
+                    (&req.cursor, Type::TEXT),
+                    (&req.tenant, Type::TEXT),
+                ],
+            )
             .await
             .map_err(|e| {
-                anyhow::anyhow!(
-                    "cannot set the cloud session's TimeZone to UTC: {}",
-                    describe(&e)
-                )
+                let transient = match e.as_db_error() {
+                    None => true,
+                    Some(db) => IngestErrorKind::of(db.code()) == IngestErrorKind::Transient,
+                };
+                let msg = anyhow::anyhow!(describe(&e));
+                if transient {
+                    PullError::Transient(msg)
+                } else {
+                    PullError::Refused(msg)
+                }
             })?;
-        Ok(Cloud { client })
+        Ok(PullReply {
+            batch: row.get(0),
+            checkpoint: row.get::<_, Option<i64>>(1).unwrap_or(req.checkpoint),
+            cursor: row.get(2),
+            more: row.get::<_, Option<bool>>(3).unwrap_or(false),
+            rows: row.get::<_, Option<i32>>(4).unwrap_or(0),
+        })
+    }
+
+    /// What the cloud has not delivered yet to `device`, per subscription
+    /// (`sluice.subscription_lag`).
+    pub async fn subscription_lag(&self, device: &str) -> anyhow::Result<Vec<SubscriptionLag>> {
+        let rows = self
+            .client
+            .query_typed(
+                "SELECT edge_table, checkpoint, pending, \
+                        to_char(oldest_pending AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'), \
+                        extract(epoch FROM now() - oldest_pending)::float8, \
+                        to_char(last_pulled AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"') \
+                   FROM sluice.subscription_lag($1) ORDER BY edge_table",
+                &[(&device, Type::TEXT)],
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("sluice.subscription_lag: {}", describe(&e)))?;
+        Ok(rows
+            .iter()
+            .map(|r| SubscriptionLag {
+                table: r.get(0),
+                checkpoint: r.get(1),
+                pending: r.get::<_, Option<i64>>(2).unwrap_or(0),
+                oldest_pending: r.get(3),
+                oldest_pending_age_secs: r.get(4),
+                last_pulled: r.get(5),
+            })
+            .collect())
     }
 
     /// The streams of `device` (`sluice.device_streams`), oldest first.
@@ -299,17 +329,195 @@ impl Cloud {
     }
 }
 
+/// Opens a connection by the config (TLS as configured, the password from
+/// the file or the environment) and sets the session's TimeZone to UTC.
+/// With `notify`, the connection's notifications go there (the listener);
+/// the sender is dropped when the connection ends.
+async fn open(
+    cfg: &CloudConfig,
+    notify: Option<mpsc::UnboundedSender<String>>,
+) -> anyhow::Result<Client> {
+    let mut pg: tokio_postgres::Config = cfg
+        .url
+        .parse()
+        .context("cloud.url is not a valid PostgreSQL connection string")?;
+    pg.connect_timeout(Duration::from_secs(cfg.connect_timeout_secs));
+    pg.application_name("sluice-agent");
+    if let Some(password) = read_password(cfg)? {
+        pg.password(password);
+    }
+    let client = match cfg.tls {
+        TlsMode::Disable => {
+            pg.ssl_mode(SslMode::Disable);
+            let (client, connection) = pg.connect(NoTls).await.map_err(connect_error)?;
+            spawn_connection(connection, notify);
+            client
+        }
+        mode => {
+            pg.ssl_mode(if mode == TlsMode::Require {
+                SslMode::Require
+            } else {
+                SslMode::Prefer
+            });
+            let tls = MakeRustlsConnect::new(tls_config(cfg)?);
+            let (client, connection) = pg.connect(tls).await.map_err(connect_error)?;
+            spawn_connection(connection, notify);
+            client
+        }
+    };
+    // `status` and `verify` compare timestamps as text; they must not
+    // depend on the server's or the database's default zone. A
+    // transaction-mode pooler keeps it too (pgbouncer tracks TimeZone
+    // per client).
+    client
+        .batch_execute("SET TimeZone = 'UTC'")
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot set the cloud session's TimeZone to UTC: {}",
+                describe(&e)
+            )
+        })?;
+    Ok(client)
+}
+
+/// The channel the cloud notifies on a commit to a published table; the
+/// payload is the edge table.
+pub const CHANGES_CHANNEL: &str = "sluice_changes";
+
+/// A dedicated cloud connection that listens on [`CHANGES_CHANNEL`].
+pub struct Listener {
+    client: Client,
+    /// The payloads of the notifications; closed when the connection ends.
+    pub notifications: mpsc::UnboundedReceiver<String>,
+}
+
+impl Listener {
+    pub async fn connect(cfg: &CloudConfig) -> anyhow::Result<Listener> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let client = open(cfg, Some(tx)).await?;
+        client
+            .batch_execute(&format!("LISTEN {CHANGES_CHANNEL}"))
+            .await
+            .map_err(|e| anyhow::anyhow!("LISTEN {CHANGES_CHANNEL} failed: {}", describe(&e)))?;
+        Ok(Listener {
+            client,
+            notifications: rx,
+        })
+    }
+
+    /// The cloud's next transaction id to be assigned, minus one
+    /// (`pg_snapshot_xmax` of the current snapshot): every transaction that
+    /// had committed when this is asked has a position at or below it, so a
+    /// checkpoint at or above it has delivered them.
+    pub async fn horizon(&self) -> anyhow::Result<i64> {
+        let row = self
+            .client
+            .query_typed_one(
+                "SELECT (pg_snapshot_xmax(pg_current_snapshot())::text)::bigint - 1",
+                &[],
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!(describe(&e)))?;
+        Ok(row.get(0))
+    }
+
+    /// A round trip, to find a connection that died without a word.
+    pub async fn ping(&self) -> anyhow::Result<()> {
+        self.client
+            .batch_execute("SELECT 1")
+            .await
+            .map_err(|e| anyhow::anyhow!(describe(&e)))
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.client.is_closed()
+    }
+}
+
+/// One call of `sluice.pull`.
+#[derive(Debug, Clone)]
+pub struct PullRequest<'a> {
+    pub table: &'a str,
+    pub device: &'a str,
+    pub checkpoint: i64,
+    pub stream_id: i64,
+    pub max_rows: u32,
+    pub cursor: Option<&'a str>,
+    pub tenant: Option<&'a str>,
+}
+
+/// The row `sluice.pull` returns.
+#[derive(Debug, Clone, Default)]
+pub struct PullReply {
+    /// `None`: nothing moved at all.
+    pub batch: Option<Vec<u8>>,
+    pub checkpoint: i64,
+    /// Continues a snapshot.
+    pub cursor: Option<String>,
+    pub more: bool,
+    pub rows: i32,
+}
+
+/// Why `sluice.pull` failed.
+#[derive(Debug)]
+pub enum PullError {
+    /// The connection or the server's state: retry, after reconnecting.
+    Transient(anyhow::Error),
+    /// Refused (no publication, no permission, an older cloud): the same
+    /// call gives the same answer.
+    Refused(anyhow::Error),
+}
+
+/// One row of `sluice.subscription_lag`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SubscriptionLag {
+    pub table: String,
+    /// What the cloud recorded as applied (the device's last acknowledgement).
+    pub checkpoint: Option<i64>,
+    pub pending: i64,
+    /// ISO-8601 UTC.
+    pub oldest_pending: Option<String>,
+    /// Seconds since then, by the cloud's clock.
+    pub oldest_pending_age_secs: Option<f64>,
+    pub last_pulled: Option<String>,
+}
+
 fn connect_error(e: tokio_postgres::Error) -> anyhow::Error {
     anyhow::anyhow!("cannot connect to the cloud database: {}", describe(&e))
 }
 
-fn spawn_connection<T>(connection: tokio_postgres::Connection<tokio_postgres::Socket, T>)
-where
+fn spawn_connection<T>(
+    connection: tokio_postgres::Connection<tokio_postgres::Socket, T>,
+    notify: Option<mpsc::UnboundedSender<String>>,
+) where
     T: tokio_postgres::tls::TlsStream + Unpin + Send + 'static,
 {
+    let Some(notify) = notify else {
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::warn!(error = %describe(&e), "cloud connection closed");
+            }
+        });
+        return;
+    };
     tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::warn!(error = %describe(&e), "cloud connection closed");
+        let mut connection = connection;
+        loop {
+            let message = std::future::poll_fn(|cx| connection.poll_message(cx)).await;
+            match message {
+                Some(Ok(tokio_postgres::AsyncMessage::Notification(n))) => {
+                    if notify.send(n.payload().to_owned()).is_err() {
+                        return;
+                    }
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => {
+                    tracing::warn!(error = %describe(&e), "the cloud listening connection closed");
+                    return;
+                }
+                None => return,
+            }
         }
     });
 }

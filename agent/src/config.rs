@@ -16,6 +16,9 @@
 //!
 //! [sync]
 //! batch_rows = 1000
+//!
+//! [pull]
+//! listen = true                   # LISTEN for cloud commits; false: poll
 //! ```
 //!
 //! Relative paths are relative to the directory of the configuration file.
@@ -58,6 +61,8 @@ pub struct Config {
     pub budget: BudgetConfig,
     #[serde(default)]
     pub metrics: MetricsConfig,
+    #[serde(default)]
+    pub pull: PullConfig,
     /// `[embed]`: the key-frame embedding job (see `docs/inference.md`);
     /// without it the `embed` job is skipped.
     pub embed: Option<crate::embed_config::EmbedJobConfig>,
@@ -151,6 +156,113 @@ impl Default for CleanupConfig {
             tables: None,
         }
     }
+}
+
+/// `[pull]`: the cloud-to-edge direction (docs/agent.md, "Pull: cloud to
+/// edge"). Every table subscribed at the edge (`sluice_subscribe`, listed in
+/// `sluice_subscriptions`) receives the changes of the cloud table published
+/// under its name (`sluice.publish`): `sluice sync` pulls after it pushes,
+/// and `sluice run` pulls on [`PullConfig::schedule`], at once when the cloud
+/// notifies a commit ([`PullConfig::listen`]), or every
+/// [`PullConfig::poll_interval`] where it cannot listen.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PullConfig {
+    /// Pull at all; default true (nothing happens without a subscription).
+    pub enabled: bool,
+    /// When `sluice run` pulls every subscription, whatever it heard: a cron
+    /// expression with a seconds field, or `"off"`; default
+    /// [`DEFAULT_PULL_CRON`]. Scheduled pulls that applied nothing are not
+    /// written to the sync log (they would push the other jobs' runs out).
+    pub schedule: String,
+    /// Keep a dedicated cloud connection that runs `LISTEN sluice_changes`:
+    /// a commit to a published table pulls that table within a second.
+    /// Default true. Set false where LISTEN cannot work (behind a pgbouncer
+    /// in transaction mode, which accepts LISTEN and never delivers a
+    /// notification): the agent polls every `poll_interval` instead.
+    pub listen: bool,
+    /// How often `sluice run` pulls every subscription when it does not
+    /// listen (`listen = false`, or the listening connection is down and
+    /// reconnecting): `"500ms"`, `"2s"`, `"1m"`, from [`MIN_POLL_INTERVAL`]
+    /// to [`MAX_POLL_INTERVAL`]; default [`DEFAULT_POLL_INTERVAL`].
+    pub poll_interval: String,
+    /// Rows per batch asked of `sluice.pull` (1 to 100000); default
+    /// [`DEFAULT_PULL_MAX_ROWS`]. A cloud transaction larger than this comes
+    /// in one batch whole.
+    pub max_rows: u32,
+    /// The tenant to pull for (`sluice.pull`'s `tenant`). Unset: the tenant of
+    /// the device's grant (`sluice.grant_device`), which is what a device
+    /// role must use; set it for a role without such a grant.
+    pub tenant: Option<String>,
+}
+
+/// Every 30 seconds: the safety net under `listen` and polling.
+pub const DEFAULT_PULL_CRON: &str = "*/30 * * * * *";
+/// Two seconds: a poll costs the cloud one call per subscription.
+pub const DEFAULT_POLL_INTERVAL: &str = "2s";
+/// The rows of one batch of cloud changes (as `sluice.pull`'s default).
+pub const DEFAULT_PULL_MAX_ROWS: u32 = 10_000;
+/// The shortest `pull.poll_interval`.
+pub const MIN_POLL_INTERVAL: Duration = Duration::from_millis(100);
+/// The longest `pull.poll_interval`.
+pub const MAX_POLL_INTERVAL: Duration = Duration::from_secs(3600);
+
+impl Default for PullConfig {
+    fn default() -> Self {
+        PullConfig {
+            enabled: true,
+            schedule: DEFAULT_PULL_CRON.into(),
+            listen: true,
+            poll_interval: DEFAULT_POLL_INTERVAL.into(),
+            max_rows: DEFAULT_PULL_MAX_ROWS,
+            tenant: None,
+        }
+    }
+}
+
+impl PullConfig {
+    /// `poll_interval` as a duration (checked at start).
+    pub fn poll(&self) -> Duration {
+        parse_interval(&self.poll_interval).unwrap_or(Duration::from_secs(2))
+    }
+
+    /// The scheduled pull, or `None` when it is off (or pulling is).
+    pub fn entry(&self) -> anyhow::Result<Option<crate::schedule::Entry>> {
+        if !self.enabled {
+            return Ok(None);
+        }
+        crate::schedule::parse(crate::schedule::Job::Pull, &self.schedule)
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        self.entry()?;
+        match parse_interval(&self.poll_interval) {
+            Err(why) => bail!("pull.poll_interval {:?}: {why}", self.poll_interval),
+            Ok(d) if d < MIN_POLL_INTERVAL || d > MAX_POLL_INTERVAL => bail!(
+                "pull.poll_interval {:?} must be between 100ms and 1h",
+                self.poll_interval
+            ),
+            Ok(_) => {}
+        }
+        if !(1..=100_000).contains(&self.max_rows) {
+            bail!(
+                "pull.max_rows must be between 1 and 100000, got {}",
+                self.max_rows
+            );
+        }
+        if let Some(t) = &self.tenant {
+            if t.is_empty() || t.chars().any(char::is_control) {
+                bail!("pull.tenant {t:?} must be non-empty text without control characters; leave it out for the tenant of the device's grant");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A duration as `humantime` writes it (`"500ms"`, `"2s"`, `"1m 30s"`).
+pub fn parse_interval(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text.trim())
+        .map_err(|e| format!("{e}; write it like \"500ms\", \"2s\" or \"1m\""))
 }
 
 /// `[metrics]`: the optional Prometheus endpoint of `sluice run`.
@@ -581,6 +693,7 @@ impl Config {
             bail!("cleanup.keep must not be empty (e.g. \"24 hours\")");
         }
         self.budget.validate()?;
+        self.pull.validate()?;
         Ok(())
     }
 

@@ -87,6 +87,41 @@ impl Tracked {
     }
 }
 
+/// One row of `sluice_subscriptions`: a local table that receives a
+/// published cloud table (docs/sqlite.md, "Cloud to edge").
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Subscription {
+    pub table: String,
+    /// The last cloud position applied; 0 before the first snapshot.
+    pub checkpoint: i64,
+    /// The publication's stream; 0 before the first snapshot.
+    pub stream_id: i64,
+    /// When a batch was last applied (ISO-8601 UTC).
+    pub applied_at: Option<String>,
+    pub batches: i64,
+    pub upserted: i64,
+    pub deleted: i64,
+    pub snapshots: i64,
+}
+
+/// What `sluice_apply` reports for one batch.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+pub struct Applied {
+    pub table: String,
+    #[serde(default)]
+    pub upserted: i64,
+    #[serde(default)]
+    pub deleted: i64,
+    #[serde(default)]
+    pub replay: bool,
+    pub checkpoint: i64,
+    #[serde(default)]
+    pub snapshot_page: u32,
+    /// The snapshot is complete (its last page), or the batch was incremental.
+    #[serde(default)]
+    pub complete: bool,
+}
+
 /// What `sluice_identity()` says about this edge database: its device, its
 /// current stream and the history of its epochs (docs/sqlite.md).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -536,6 +571,77 @@ impl EdgeConn {
         }
     }
 
+    /// Every subscription of the edge (`sluice_subscriptions`, which
+    /// docs/sqlite.md documents as the listing), by table; none with an
+    /// extension older than the cloud-to-edge direction.
+    pub fn subscriptions(&self) -> anyhow::Result<Vec<Subscription>> {
+        let exists: bool = self.conn.query_row(
+            "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'sluice_subscriptions'",
+            [],
+            |r| r.get(0),
+        )?;
+        if !exists {
+            return Ok(Vec::new());
+        }
+        let mut stmt = self.conn.prepare(
+            "SELECT tbl, checkpoint, stream_id, applied_at, batches, upserted, deleted, snapshots
+               FROM sluice_subscriptions ORDER BY tbl",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(Subscription {
+                table: r.get(0)?,
+                checkpoint: r.get::<_, Option<i64>>(1)?.unwrap_or(0),
+                stream_id: r.get::<_, Option<i64>>(2)?.unwrap_or(0),
+                applied_at: r.get(3)?,
+                batches: r.get::<_, Option<i64>>(4)?.unwrap_or(0),
+                upserted: r.get::<_, Option<i64>>(5)?.unwrap_or(0),
+                deleted: r.get::<_, Option<i64>>(6)?.unwrap_or(0),
+                snapshots: r.get::<_, Option<i64>>(7)?.unwrap_or(0),
+            })
+        })?;
+        rows.collect::<Result<_, _>>()
+            .context("cannot list the subscriptions (sluice_subscriptions)")
+    }
+
+    /// Applies a batch of cloud changes (`sluice_apply(?)`), in the
+    /// transaction that is open (a snapshot's) or else in its own immediate
+    /// one. The function is atomic: refused, it applied nothing.
+    pub fn apply(&self, batch: &[u8]) -> anyhow::Result<Applied> {
+        let call = |c: &Connection| {
+            c.query_row("SELECT sluice_apply(?1)", [batch], |r| {
+                r.get::<_, String>(0)
+            })
+        };
+        let json = if self.conn.is_autocommit() {
+            self.write(call)?
+        } else {
+            call(&self.conn)?
+        };
+        serde_json::from_str(&json)
+            .with_context(|| format!("sluice_apply returned unexpected JSON: {json}"))
+    }
+
+    /// Begins the transaction a snapshot's pages are applied in (`BEGIN
+    /// IMMEDIATE`: the write lock first, waiting up to the busy timeout).
+    pub fn begin(&self) -> anyhow::Result<()> {
+        self.conn
+            .execute_batch("BEGIN IMMEDIATE")
+            .context("cannot begin the edge transaction of a snapshot")
+    }
+
+    pub fn commit(&self) -> anyhow::Result<()> {
+        self.conn
+            .execute_batch("COMMIT")
+            .context("cannot commit the edge transaction of a snapshot")
+    }
+
+    /// Rolls back the open transaction, if any.
+    pub fn rollback(&self) {
+        if !self.conn.is_autocommit() {
+            let _ = self.conn.execute_batch("ROLLBACK");
+        }
+    }
+
     /// Every tracked table, by name (`sluice_tracked()`).
     pub fn tracked(&self) -> anyhow::Result<Vec<Tracked>> {
         let json: String = self
@@ -637,6 +743,19 @@ impl EdgeConn {
         self.conn.execute(
             "UPDATE sluice_sync_log SET ended_at = ?2, batches = ?3, rows = ?4, bytes = ?5, status = ?6, error = ?7 WHERE id = ?1",
             rusqlite::params![id, now_iso(), e.batches, e.rows, e.bytes, e.status, e.error],
+        )?;
+        Ok(())
+    }
+
+    /// Records a run that has ended already (started at `started_at`), in
+    /// one statement: for the pull task, which logs only the runs that did
+    /// something.
+    pub fn log_finished(&self, job: Job, started_at: &str, e: &LogEntry) -> anyhow::Result<()> {
+        self.ensure_log()?;
+        self.conn.execute(
+            "INSERT INTO sluice_sync_log (kind, started_at, ended_at, batches, rows, bytes, status, error)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            rusqlite::params![job.name(), started_at, now_iso(), e.batches, e.rows, e.bytes, e.status, e.error],
         )?;
         Ok(())
     }

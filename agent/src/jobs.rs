@@ -185,6 +185,12 @@ pub async fn run_job(
             edge.run(move |e| budget(e, &b)).await
         }
         Job::Embed => embed(cfg, state).await,
+        Job::Pull => crate::pull::pass(cfg, edge, &mut state.cloud, None, shutdown)
+            .await
+            .map(|pulls| {
+                crate::pull::record(&state.metrics, &pulls);
+                crate::pull::log_entry(&pulls)
+            }),
     };
     let entry = result.unwrap_or_else(|e| LogEntry {
         status: RunStatus::Failed,
@@ -241,9 +247,39 @@ pub async fn run_daemon(cfg: &Config, shutdown: &Shutdown) -> anyhow::Result<()>
     info!(
         device = %cfg.device.id,
         jobs = %entries.iter().map(|e| e.job.name()).collect::<Vec<_>>().join(","),
+        pull = %if !cfg.pull.enabled { "off" } else if cfg.pull.listen { "listen" } else { "poll" },
         "sluice agent started"
     );
 
+    // The pull has a task of its own (its own edge and cloud connections,
+    // the listener): a long sync does not delay a cloud change.
+    let metrics = state.metrics.clone();
+    let pull = async {
+        if let Err(e) = crate::pull::daemon(cfg, &metrics, shutdown).await {
+            warn!(error = %format!("{e:#}"), "the pull stopped; the other jobs go on");
+        }
+    };
+    let jobs_loop = async {
+        let result = job_loop(cfg, &entries, &edge, &mut state, shutdown).await;
+        if result.is_err() {
+            shutdown.request();
+        }
+        result
+    };
+    let (result, ()) = tokio::join!(jobs_loop, pull);
+    result?;
+    info!("sluice agent stopped");
+    Ok(())
+}
+
+/// The scheduled jobs: the missed ones at start, then each at its time.
+async fn job_loop(
+    cfg: &Config,
+    entries: &[schedule::Entry],
+    edge: &Edge,
+    state: &mut JobState,
+    shutdown: &Shutdown,
+) -> anyhow::Result<()> {
     let now = Utc::now();
     let jobs: Vec<Job> = entries.iter().map(|e| e.job).collect();
     let last_runs = edge
@@ -265,11 +301,11 @@ pub async fn run_daemon(cfg: &Config, shutdown: &Shutdown) -> anyhow::Result<()>
             break;
         }
         info!(job = job.name(), "running a missed scheduled run");
-        run_job(job, cfg, &edge, &mut state, shutdown).await?;
+        run_job(job, cfg, edge, state, shutdown).await?;
     }
 
     while !shutdown.requested() {
-        let Some((at, jobs)) = schedule::next_fire(&entries, Utc::now()) else {
+        let Some((at, jobs)) = schedule::next_fire(entries, Utc::now()) else {
             info!("no job is scheduled; waiting for shutdown");
             while !shutdown.requested() {
                 shutdown.sleep(std::time::Duration::from_secs(3600)).await;
@@ -282,9 +318,8 @@ pub async fn run_daemon(cfg: &Config, shutdown: &Shutdown) -> anyhow::Result<()>
             if shutdown.requested() {
                 break;
             }
-            run_job(job, cfg, &edge, &mut state, shutdown).await?;
+            run_job(job, cfg, edge, state, shutdown).await?;
         }
     }
-    info!("sluice agent stopped");
     Ok(())
 }

@@ -10,6 +10,8 @@
 //! - [`cloud`]: the PostgreSQL side: connects (credentials from the
 //!   environment or a file, never the command line) and calls `sluice.ingest`.
 //! - [`sync`]: the sync loop, with retries, bandwidth cap and progress.
+//! - [`pull`]: the cloud-to-edge direction: `sluice.pull` to `sluice_apply`,
+//!   the listener and the polling of `sluice run`.
 //! - [`narrow`]: finding the row of a batch the cloud refuses for a value.
 //! - [`quarantine`]: `sluice quarantine` (rows moved aside), `release`,
 //!   `sluice resend`.
@@ -36,6 +38,7 @@ mod machine;
 mod metrics;
 mod migrate;
 mod narrow;
+mod pull;
 mod quarantine;
 mod schedule;
 mod shutdown;

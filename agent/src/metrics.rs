@@ -6,7 +6,10 @@
 //! counts the new epochs the edge database began (restored or copied, found
 //! on another machine); `sluice_quarantined_rows_total{table}` the rows the
 //! sync moved aside (refused by the cloud for their values, or over the
-//! batch limit).
+//! batch limit). The pull (cloud to edge): `sluice_pull_rows_total{table}`
+//! the rows applied, `sluice_pull_checkpoint{table}` the position applied,
+//! `sluice_pull_lag_seconds{table}` the age of the oldest change not yet
+//! applied (the cloud's `sluice.subscription_lag`).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -66,6 +69,9 @@ struct Inner {
     quarantined: Family<TableLabels, Counter>,
     last_success: Family<JobLabels, FloatGauge>,
     sync_lag: Family<NoLabels, FloatGauge>,
+    pull_rows: Family<TableLabels, Counter>,
+    pull_checkpoint: Family<TableLabels, Gauge>,
+    pull_lag: Family<TableLabels, FloatGauge>,
     /// Unix seconds of the last successful sync or full sync.
     last_sync: Mutex<Option<f64>>,
 }
@@ -97,6 +103,9 @@ impl Default for Metrics {
             quarantined: Family::default(),
             last_success: Family::default(),
             sync_lag: Family::default(),
+            pull_rows: Family::default(),
+            pull_checkpoint: Family::default(),
+            pull_lag: Family::default(),
             last_sync: Mutex::new(None),
             registry: Registry::default(),
         };
@@ -154,6 +163,21 @@ impl Default for Metrics {
             "sluice_sync_lag_seconds",
             "Seconds since the last successful sync",
             inner.sync_lag.clone(),
+        );
+        registry.register(
+            "sluice_pull_rows",
+            "Rows of cloud changes applied at the edge (upserted and deleted), by subscribed table",
+            inner.pull_rows.clone(),
+        );
+        registry.register(
+            "sluice_pull_checkpoint",
+            "The cloud position each subscribed table has applied",
+            inner.pull_checkpoint.clone(),
+        );
+        registry.register(
+            "sluice_pull_lag_seconds",
+            "Age of the oldest cloud change not yet applied at the edge (0: none), by subscribed table, from sluice.subscription_lag",
+            inner.pull_lag.clone(),
         );
         // Both reasons from the start, at 0, so that a rate is defined
         // before the first epoch.
@@ -223,6 +247,37 @@ impl Metrics {
                 table: table.to_owned(),
             })
             .inc_by(n);
+    }
+
+    /// Counts `n` rows of cloud changes applied to `table` (a table pulled
+    /// with none is shown at 0).
+    pub fn pulled(&self, table: &str, n: u64) {
+        self.inner
+            .pull_rows
+            .get_or_create(&TableLabels {
+                table: table.to_owned(),
+            })
+            .inc_by(n);
+    }
+
+    /// The checkpoint `table` has applied.
+    pub fn pull_checkpoint(&self, table: &str, checkpoint: i64) {
+        self.inner
+            .pull_checkpoint
+            .get_or_create(&TableLabels {
+                table: table.to_owned(),
+            })
+            .set(checkpoint);
+    }
+
+    /// The age of the oldest change of `table` the edge has not applied.
+    pub fn pull_lag(&self, table: &str, secs: f64) {
+        self.inner
+            .pull_lag
+            .get_or_create(&TableLabels {
+                table: table.to_owned(),
+            })
+            .set(secs);
     }
 
     /// Replaces the pending-rows gauges.
@@ -345,7 +400,20 @@ mod tests {
         m.quarantined("division_states", 1);
         m.quarantined("division_states", 2);
         m.quarantined("metrics", 0);
+        m.pulled("cameras", 3);
+        m.pulled("cameras", 2);
+        m.pulled("zones", 0);
+        m.pull_checkpoint("cameras", 7_351_244);
+        m.pull_lag("cameras", 1.5);
         let text = m.render();
+        for line in [
+            "sluice_pull_rows_total{table=\"cameras\"} 5",
+            "sluice_pull_rows_total{table=\"zones\"} 0",
+            "sluice_pull_checkpoint{table=\"cameras\"} 7351244",
+            "sluice_pull_lag_seconds{table=\"cameras\"} 1.5",
+        ] {
+            assert!(text.contains(line), "{line} in {text}");
+        }
         assert!(
             text.contains("sluice_quarantined_rows_total{table=\"division_states\"} 3"),
             "{text}"

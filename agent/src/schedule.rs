@@ -25,6 +25,9 @@ pub enum Job {
     Cleanup,
     /// Keep the edge database under `budget.max_bytes`.
     Budget,
+    /// Pull the changes of the published cloud tables to the subscribed edge
+    /// tables (`[pull]`; its own task in `sluice run`).
+    Pull,
 }
 
 impl Job {
@@ -37,6 +40,15 @@ impl Job {
             Job::FullSync => "full_sync",
             Job::Cleanup => "cleanup",
             Job::Budget => "budget",
+            Job::Pull => "pull",
+        }
+    }
+
+    /// The config key of the job's cron expression.
+    pub fn config_key(self) -> String {
+        match self {
+            Job::Pull => "pull.schedule".into(),
+            j => format!("schedule.{}", j.name()),
         }
     }
 }
@@ -56,12 +68,12 @@ pub fn parse(job: Job, expr: &str) -> anyhow::Result<Option<Entry>> {
     }
     let schedule = Schedule::from_str(expr).map_err(|e| {
         anyhow::anyhow!(
-            "schedule.{}: {expr:?} is not a cron expression ({e}); the syntax has a seconds field: \"sec min hour day month weekday\", e.g. \"0 */5 * * * *\"",
-            job.name()
+            "{}: {expr:?} is not a cron expression ({e}); the syntax has a seconds field: \"sec min hour day month weekday\", e.g. \"0 */5 * * * *\"",
+            job.config_key()
         )
     })?;
     if schedule.upcoming(Utc).next().is_none() {
-        anyhow::bail!("schedule.{}: {expr:?} never fires", job.name());
+        anyhow::bail!("{}: {expr:?} never fires", job.config_key());
     }
     Ok(Some(Entry { job, schedule }))
 }

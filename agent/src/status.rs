@@ -10,6 +10,11 @@
 //! listed by `sluice quarantine`) and the rows of re-send requests still to
 //! send (`sluice_resend`), from `sluice_tracked()`.
 //!
+//! Subscriptions (cloud to edge): per subscribed table, the checkpoint
+//! applied and when a batch was last applied (`sluice_subscriptions`), and,
+//! when the cloud is reachable, the changes pending for this device and the
+//! oldest of them (`sluice.subscription_lag`).
+//!
 //! Epochs: the edge database's history of streams (`sluice_identity()`),
 //! and the cloud's streams of this device id (`sluice.device_streams`).
 //! When another database sends as this device (a stream that is live in the
@@ -20,7 +25,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::cloud::{Cloud, CloudStream, StreamsError};
+use crate::cloud::{Cloud, CloudStream, StreamsError, SubscriptionLag};
 use crate::config::Config;
 use crate::edge::{stream_hex, Edge, EdgeConn, Identity, LogEntry, RunStatus, TableStatus};
 
@@ -51,7 +56,29 @@ pub struct Status {
     /// `sluice_identity()`: the current stream and the epochs (absent with
     /// an extension older than 0.2).
     pub identity: Option<Identity>,
+    /// The subscribed tables (cloud to edge).
+    pub subscriptions: Vec<SubscriptionStatus>,
     pub cloud: CloudView,
+}
+
+/// One subscribed table, as `sluice status` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct SubscriptionStatus {
+    pub table: String,
+    /// The cloud position the edge has applied (0: no snapshot yet).
+    pub checkpoint: i64,
+    pub stream_id: i64,
+    /// When a batch was last applied (ISO-8601 UTC).
+    pub applied_at: Option<String>,
+    pub batches: i64,
+    pub upserted: i64,
+    pub deleted: i64,
+    pub snapshots: i64,
+    /// From the cloud (`sluice.subscription_lag`), when reachable: the
+    /// changes not yet applied, and the oldest one's time.
+    pub pending: Option<i64>,
+    pub oldest_pending: Option<String>,
+    pub oldest_pending_age_secs: Option<f64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -68,6 +95,11 @@ pub struct CloudView {
     pub streams_error: Option<String>,
     /// Live streams of other databases sending as this device id.
     pub other_live_streams: Vec<String>,
+    /// `sluice.subscription_lag` of this device (none asked without subscriptions).
+    #[serde(skip)]
+    pub subscription_lag: Option<Vec<SubscriptionLag>>,
+    /// Why it was not read (no permission, an older cloud).
+    pub subscription_lag_error: Option<String>,
 }
 
 impl CloudView {
@@ -80,6 +112,8 @@ impl CloudView {
             streams: None,
             streams_error: None,
             other_live_streams: Vec::new(),
+            subscription_lag: None,
+            subscription_lag_error: None,
         }
     }
 }
@@ -195,7 +229,7 @@ pub fn catch_up_secs(
 
 pub async fn collect(cfg: &Config, with_cloud: bool) -> anyhow::Result<Status> {
     let edge = Edge::open(cfg).await?;
-    let (tables, log, extension_status, identity) = edge
+    let (tables, log, extension_status, identity, subs) = edge
         .run(|e| {
             let identity = if e.has_function("sluice_identity") {
                 Some(e.identity()?)
@@ -207,6 +241,7 @@ pub async fn collect(cfg: &Config, with_cloud: bool) -> anyhow::Result<Status> {
                 e.recent_log(200)?,
                 extension_status(e).unwrap_or_default(),
                 identity,
+                e.subscriptions()?,
             ))
         })
         .await?;
@@ -215,11 +250,12 @@ pub async fn collect(cfg: &Config, with_cloud: bool) -> anyhow::Result<Status> {
     let pending_rows: i64 = tables.iter().map(|t| t.pending_rows).sum();
     let tp = throughput(&log);
     let syncs = |e: &&LogEntry| e.is_sync();
-    let cloud = if with_cloud {
-        cloud_view(cfg, identity.as_ref()).await
+    let mut cloud = if with_cloud {
+        cloud_view(cfg, identity.as_ref(), !subs.is_empty()).await
     } else {
         CloudView::unreachable("not asked (--offline)".into())
     };
+    let subscriptions = subscription_status(subs, cloud.subscription_lag.take().as_deref());
     Ok(Status {
         device: cfg.device.id.clone(),
         pending_rows,
@@ -235,9 +271,79 @@ pub async fn collect(cfg: &Config, with_cloud: bool) -> anyhow::Result<Status> {
         last_error: log.iter().find(|e| e.status.is_error()).cloned(),
         extension_status,
         identity,
+        subscriptions,
         tables,
         cloud,
     })
+}
+
+/// The edge's subscriptions with the cloud's lag where it has one.
+pub fn subscription_status(
+    subs: Vec<crate::edge::Subscription>,
+    lag: Option<&[SubscriptionLag]>,
+) -> Vec<SubscriptionStatus> {
+    subs.into_iter()
+        .map(|s| {
+            let l = lag.and_then(|l| l.iter().find(|l| l.table.eq_ignore_ascii_case(&s.table)));
+            SubscriptionStatus {
+                pending: match (lag, l) {
+                    (Some(_), Some(l)) => Some(l.pending),
+                    // The cloud has no record of it yet: nothing pulled.
+                    _ => None,
+                },
+                oldest_pending: l.and_then(|l| l.oldest_pending.clone()),
+                oldest_pending_age_secs: l.and_then(|l| l.oldest_pending_age_secs),
+                table: s.table,
+                checkpoint: s.checkpoint,
+                stream_id: s.stream_id,
+                applied_at: s.applied_at,
+                batches: s.batches,
+                upserted: s.upserted,
+                deleted: s.deleted,
+                snapshots: s.snapshots,
+            }
+        })
+        .collect()
+}
+
+/// The lines about the subscriptions (none without one).
+pub fn subscription_lines(subs: &[SubscriptionStatus], cloud: &CloudView) -> Vec<String> {
+    if subs.is_empty() {
+        return Vec::new();
+    }
+    let mut out = vec![format!(
+        "{:<24} {:>20}  {:<24}  {:>8}  oldest pending",
+        "subscription", "checkpoint", "last applied", "pending"
+    )];
+    for s in subs {
+        let (pending, oldest) = match (s.pending, cloud.reachable) {
+            (Some(n), _) => (
+                n.to_string(),
+                match (&s.oldest_pending, s.oldest_pending_age_secs) {
+                    (Some(t), Some(age)) if n > 0 => {
+                        format!("{t} ({} ago)", human_duration(age.max(0.0)))
+                    }
+                    (Some(t), None) if n > 0 => t.clone(),
+                    _ => "-".into(),
+                },
+            ),
+            (None, true) if cloud.subscription_lag_error.is_none() => {
+                ("?".into(), "not pulled yet".into())
+            }
+            (None, _) => ("?".into(), "cloud not asked".into()),
+        };
+        out.push(format!(
+            "{:<24} {:>20}  {:<24}  {:>8}  {oldest}",
+            s.table,
+            s.checkpoint,
+            s.applied_at.as_deref().unwrap_or("never"),
+            pending
+        ));
+    }
+    if let Some(e) = &cloud.subscription_lag_error {
+        out.push(format!("subscription lag not read: {e}"));
+    }
+    out
 }
 
 /// Where `sluice_tracked()` does not say how many rows are quarantined (an
@@ -312,14 +418,19 @@ fn extension_status(edge: &EdgeConn) -> anyhow::Result<Vec<serde_json::Value>> {
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
-async fn cloud_view(cfg: &Config, identity: Option<&Identity>) -> CloudView {
+async fn cloud_view(cfg: &Config, identity: Option<&Identity>, subscribed: bool) -> CloudView {
     let attempt = async {
         let cloud = Cloud::connect(&cfg.cloud).await?;
         // Each view on its own: a role that may not read one (issue 15)
         // still gets the other.
         let view = cloud.device_view(&cfg.device.id).await;
         let streams = cloud.device_streams(&cfg.device.id).await;
-        anyhow::Ok((view, streams))
+        let lag = if subscribed {
+            Some(cloud.subscription_lag(&cfg.device.id).await)
+        } else {
+            None
+        };
+        anyhow::Ok((view, streams, lag))
     };
     match tokio::time::timeout(
         Duration::from_secs(cfg.cloud.connect_timeout_secs.min(5)),
@@ -327,7 +438,7 @@ async fn cloud_view(cfg: &Config, identity: Option<&Identity>) -> CloudView {
     )
     .await
     {
-        Ok(Ok((view, streams))) => {
+        Ok(Ok((view, streams, lag))) => {
             let (view, error) = match view {
                 Ok(v) => (v, None),
                 Err(e) => (None, Some(format!("{e:#}"))),
@@ -364,6 +475,11 @@ async fn cloud_view(cfg: &Config, identity: Option<&Identity>) -> CloudView {
                 streams,
                 streams_error,
                 other_live_streams,
+                subscription_lag_error: match &lag {
+                    Some(Err(e)) => Some(format!("{e:#}")),
+                    _ => None,
+                },
+                subscription_lag: lag.and_then(Result::ok),
             }
         }
         Ok(Err(e)) => CloudView::unreachable(format!("{e:#}")),
@@ -540,6 +656,13 @@ pub fn print(status: &Status) {
     }
     for line in held_lines(&status.tables) {
         println!("{line}");
+    }
+    let subs = subscription_lines(&status.subscriptions, &status.cloud);
+    if !subs.is_empty() {
+        println!();
+        for line in subs {
+            println!("{line}");
+        }
     }
     println!();
     match &status.last_sync {

@@ -117,6 +117,10 @@ pub struct Report {
     /// was sent (the cloud holds more of its stream than it ever had), and
     /// began a new epoch.
     pub restored: Option<Restored>,
+    /// The pull after the push (`sluice sync`): one entry per subscribed table.
+    pub pulls: Vec<crate::pull::TablePull>,
+    /// Why the pull did not run at all (the subscriptions not readable).
+    pub pull_error: Option<String>,
     pub seconds: f64,
 }
 
@@ -129,6 +133,8 @@ impl Report {
             .iter()
             .any(|t| t.error.is_some() || t.quarantined > 0)
             || self.interrupted
+            || self.pull_error.is_some()
+            || self.pulls.iter().any(|p| p.error.is_some())
         {
             ExitCode::FAILURE
         } else {
@@ -182,6 +188,12 @@ impl Report {
             }
             out.push(line);
         }
+        for p in &self.pulls {
+            out.push(p.summary());
+        }
+        if let Some(e) = &self.pull_error {
+            out.push(format!("pull                 FAILED: {e}"));
+        }
         if self.interrupted {
             out.push("interrupted: the batch in flight was finished or left unacknowledged".into());
         }
@@ -220,6 +232,12 @@ impl Report {
             .tables
             .iter()
             .filter_map(|t| t.error.as_ref().map(|e| format!("{}: {e}", t.table)))
+            .chain(
+                self.pulls
+                    .iter()
+                    .filter_map(|p| p.error.as_ref().map(|e| format!("pull {}: {e}", p.table))),
+            )
+            .chain(self.pull_error.iter().map(|e| format!("pull: {e}")))
             .collect();
         let aside: Vec<String> = self
             .tables
@@ -230,7 +248,10 @@ impl Report {
         let any_sent = self.tables.iter().any(|t| t.batches > 0);
         let status = if failed.is_empty() && aside.is_empty() && !self.interrupted {
             RunStatus::Success
-        } else if any_sent || failed.len() < self.tables.len() {
+        } else if any_sent
+            || failed.len() < self.tables.len() + self.pulls.len()
+            || self.pulls.iter().any(|p| p.batches > 0)
+        {
             RunStatus::Partial
         } else {
             RunStatus::Failed
@@ -310,6 +331,7 @@ pub async fn run_once(
     opts: &SyncOptions<'_>,
     shutdown: &Shutdown,
 ) -> anyhow::Result<Report> {
+    let started = Instant::now();
     let edge = Edge::open(cfg).await?;
     let mut cloud = None;
     if opts.dry_run {
@@ -325,6 +347,17 @@ pub async fn run_once(
     let mut report = run(cfg, &edge, &mut cloud, opts, shutdown).await;
     if let Ok(r) = &mut report {
         r.moved = edge.moved().cloned();
+        // The pull, after the push: the cloud's changes to the subscribed
+        // tables (only those of `--table`, when given).
+        if cfg.pull.enabled && !shutdown.requested() {
+            let only: Option<std::collections::BTreeSet<String>> =
+                (!opts.tables.is_empty()).then(|| opts.tables.iter().cloned().collect());
+            match crate::pull::pass(cfg, &edge, &mut cloud, only.as_ref(), shutdown).await {
+                Ok(pulls) => r.pulls = pulls,
+                Err(e) => r.pull_error = Some(format!("{e:#}")),
+            }
+            r.seconds = started.elapsed().as_secs_f64();
+        }
     }
     let entry = match &report {
         Ok(r) => r.log_entry(),
@@ -361,13 +394,24 @@ pub async fn run(
     } else {
         tracked.clone()
     };
+    // A table named that is only subscribed (cloud to edge) is the pull's.
+    let subscribed: Vec<String> = if wanted.iter().any(|t| !tracked.contains(t)) {
+        edge.run(|e| e.subscriptions())
+            .await?
+            .into_iter()
+            .map(|s| s.table)
+            .collect()
+    } else {
+        Vec::new()
+    };
     for t in &wanted {
-        if !tracked.contains(t) {
+        if !tracked.contains(t) && !subscribed.iter().any(|s| s.eq_ignore_ascii_case(t)) {
             anyhow::bail!(
                 "table '{t}' is not tracked at the edge (track it with SELECT sluice_track('{t}'))"
             );
         }
     }
+    let wanted: Vec<String> = wanted.into_iter().filter(|t| tracked.contains(t)).collect();
     let mut report = Report {
         dry_run: opts.dry_run,
         ..Report::default()

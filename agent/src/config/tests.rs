@@ -268,3 +268,57 @@ fn the_budget_watches_the_disk_with_a_reserve_and_checks_its_figures() {
     assert!(err("min_free_bytes = -1").contains("min_free_bytes"));
     assert!(err("reserve_bytes = \"8 MiB\"").contains("reserve_bytes"));
 }
+
+#[test]
+fn the_pull_section_has_defaults_and_its_errors_name_the_key() {
+    let d = Config::parse(MINIMAL).unwrap();
+    assert!(d.pull.enabled && d.pull.listen);
+    assert_eq!(d.pull.schedule, DEFAULT_PULL_CRON);
+    assert_eq!(d.pull.poll(), Duration::from_secs(2));
+    assert_eq!(d.pull.max_rows, DEFAULT_PULL_MAX_ROWS);
+    assert_eq!(d.pull.tenant, None);
+    assert!(d.pull.entry().unwrap().is_some());
+    let cfg = Config::parse(&format!(
+        "{MINIMAL}\n[pull]\nlisten = false\npoll_interval = \"500ms\"\nmax_rows = 200\ntenant = \"acme\"\nschedule = \"off\""
+    ))
+    .unwrap();
+    assert!(!cfg.pull.listen);
+    assert_eq!(cfg.pull.poll(), Duration::from_millis(500));
+    assert_eq!(cfg.pull.max_rows, 200);
+    assert_eq!(cfg.pull.tenant.as_deref(), Some("acme"));
+    assert!(cfg.pull.entry().unwrap().is_none());
+    let off = Config::parse(&format!("{MINIMAL}\n[pull]\nenabled = false")).unwrap();
+    assert!(off.pull.entry().unwrap().is_none());
+    assert_eq!(parse_interval("1m 30s").unwrap(), Duration::from_secs(90));
+
+    for (pull, key, what) in [
+        (
+            "schedule = \"every 30 seconds\"",
+            "pull.schedule",
+            "seconds field",
+        ),
+        ("poll_interval = \"2\"", "pull.poll_interval", "\"500ms\""),
+        ("poll_interval = \"soon\"", "pull.poll_interval", "\"2s\""),
+        (
+            "poll_interval = \"10ms\"",
+            "pull.poll_interval",
+            "between 100ms and 1h",
+        ),
+        (
+            "poll_interval = \"2h\"",
+            "pull.poll_interval",
+            "between 100ms and 1h",
+        ),
+        ("max_rows = 0", "pull.max_rows", "between 1 and 100000"),
+        ("max_rows = 100001", "pull.max_rows", "between 1 and 100000"),
+        ("tenant = \"\"", "pull.tenant", "non-empty"),
+        ("listen = \"yes\"", "listen", "boolean"),
+        ("interval = \"2s\"", "interval", "unknown field"),
+    ] {
+        let err = format!(
+            "{:#}",
+            Config::parse(&format!("{MINIMAL}\n[pull]\n{pull}")).unwrap_err()
+        );
+        assert!(err.contains(key) && err.contains(what), "{pull}: {err}");
+    }
+}
