@@ -936,6 +936,86 @@ mod tests {
         assert!(held_lines(&[table("t", Some(0), None)]).is_empty());
     }
 
+    fn sub(table: &str, checkpoint: i64, applied_at: Option<&str>) -> crate::edge::Subscription {
+        crate::edge::Subscription {
+            table: table.into(),
+            checkpoint,
+            stream_id: 9,
+            applied_at: applied_at.map(str::to_owned),
+            ..crate::edge::Subscription::default()
+        }
+    }
+
+    fn lag(table: &str, pending: i64, oldest: Option<&str>, age: Option<f64>) -> SubscriptionLag {
+        SubscriptionLag {
+            table: table.into(),
+            checkpoint: Some(1),
+            pending,
+            oldest_pending: oldest.map(str::to_owned),
+            oldest_pending_age_secs: age,
+            last_pulled: None,
+        }
+    }
+
+    #[test]
+    fn each_subscription_has_a_line_with_the_clouds_pending_changes() {
+        let subs = || {
+            vec![
+                sub("camera_config", 7531, Some("2026-12-01T21:40:03.250Z")),
+                sub("zones", 0, None),
+                sub("thresholds", 12, Some("2026-12-01T21:00:00.000Z")),
+            ]
+        };
+        let lags = [
+            lag("camera_config", 0, None, None),
+            lag(
+                "Thresholds",
+                3,
+                Some("2026-12-01T21:39:00.000Z"),
+                Some(64.0),
+            ),
+        ];
+        let reachable = CloudView {
+            reachable: true,
+            ..CloudView::unreachable(String::new())
+        };
+        let status = subscription_status(subs(), Some(&lags));
+        assert_eq!(status[0].pending, Some(0));
+        assert_eq!(status[1].pending, None, "the cloud has no record of it yet");
+        assert_eq!(status[2].pending, Some(3));
+        let reachable = CloudView {
+            error: None,
+            ..reachable
+        };
+        assert_eq!(
+            subscription_lines(&status, &reachable),
+            [
+                "subscription                       checkpoint  last applied               pending  oldest pending",
+                "camera_config                            7531  2026-12-01T21:40:03.250Z         0  -",
+                "zones                                       0  never                            ?  not pulled yet",
+                "thresholds                                 12  2026-12-01T21:00:00.000Z         3  2026-12-01T21:39:00.000Z (64s ago)",
+            ]
+        );
+        // Offline: no pending figures; the cloud's refusal is said.
+        let offline = CloudView::unreachable("not asked (--offline)".into());
+        let lines = subscription_lines(&subscription_status(subs(), None), &offline);
+        assert!(lines[1].ends_with("?  cloud not asked"), "{lines:?}");
+        let refused = CloudView {
+            reachable: true,
+            subscription_lag_error: Some(
+                "sluice.subscription_lag: permission denied (42501)".into(),
+            ),
+            ..CloudView::unreachable(String::new())
+        };
+        let lines = subscription_lines(&subscription_status(subs(), None), &refused);
+        assert!(lines[1].ends_with("?  cloud not asked"), "{lines:?}");
+        assert_eq!(
+            lines.last().unwrap(),
+            "subscription lag not read: sluice.subscription_lag: permission denied (42501)"
+        );
+        assert!(subscription_lines(&[], &reachable).is_empty());
+    }
+
     #[test]
     fn catch_up_uses_the_lower_of_throughput_and_cap() {
         assert_eq!(catch_up_secs(10_000, 1000.0, 10.0, 0), 10.0);

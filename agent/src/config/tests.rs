@@ -134,6 +134,7 @@ fn the_example_config_is_valid_and_complete() {
     assert_eq!(cfg.cloud.connect_timeout_secs, d.cloud.connect_timeout_secs);
     assert_eq!(cfg.cloud.tls, d.cloud.tls);
     assert_eq!(cfg.device.time_zone, d.device.time_zone);
+    assert_eq!(format!("{:?}", cfg.pull), format!("{:?}", d.pull));
 }
 
 #[test]
@@ -320,5 +321,21 @@ fn the_pull_section_has_defaults_and_its_errors_name_the_key() {
             Config::parse(&format!("{MINIMAL}\n[pull]\n{pull}")).unwrap_err()
         );
         assert!(err.contains(key) && err.contains(what), "{pull}: {err}");
+    }
+}
+
+#[test]
+fn the_pull_section_of_docs_agent_md_quotes_the_defaults() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/agent.md");
+    let doc = std::fs::read_to_string(path).unwrap();
+    let d = PullConfig::default();
+    for line in [
+        format!("enabled = {}", d.enabled),
+        format!("schedule = {:?}", d.schedule),
+        format!("listen = {}", d.listen),
+        format!("poll_interval = {:?}", d.poll_interval),
+        format!("max_rows = {}", d.max_rows),
+    ] {
+        assert!(doc.contains(&line), "docs/agent.md has no `{line}`");
     }
 }
