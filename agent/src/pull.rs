@@ -384,6 +384,7 @@ async fn pull_table(
             }
             if b.snapshot_page > 0 {
                 tp.snapshot_pages += 1;
+                crate::failpoint::after_snapshot_page();
             }
             debug!(table = %table, batch = %b.id, rows = reply.rows, upserted = applied.upserted, deleted = applied.deleted, replay = applied.replay, "batch of cloud changes applied");
             let (next, commit) =
