@@ -25,6 +25,7 @@ use sluice_wire::{decode, decode_header, Batch, BatchId};
 
 use crate::error::{error_code, Result, SluiceError};
 use crate::ledger::{self, Counts};
+use crate::publish;
 use crate::register::{registration, Registration};
 use crate::spi::run_cached;
 use crate::tenancy;
@@ -46,6 +47,12 @@ pub fn ingest(bytes: &[u8]) -> Result<Outcome> {
         .map_err(|e| SluiceError::ingest(error_code(SqlState::of_wire_error(&e)), e))?;
     let h = &header;
     let id = h.id();
+    if h.changes.is_some() {
+        return Err(SluiceError::ingest(
+            PgSqlErrorCode::ERRCODE_INVALID_BINARY_REPRESENTATION,
+            format!("batch {id}: a batch of cloud changes (flag bit 4) cannot be ingested; sluice_apply applies it at the edge"),
+        ));
+    }
     // decode_header verified the CRC-32C stored in the last four bytes.
     let checksum = bytes
         .last_chunk::<4>()
@@ -295,7 +302,9 @@ fn apply(
         return Ok((rows, 0));
     }
     let dedup = !shape.as_ref().is_some_and(|s| s.distinct);
-    let sql = sqlgen::upsert_sql_with(
+    // A published target: the cloud owns the published columns but the key.
+    let cloud_owned = publish::cloud_owned(client, reg.target)?;
+    let sql = sqlgen::upsert_sql_keeping(
         &reg.target_sql,
         &plan.columns,
         &arrays,
@@ -306,6 +315,7 @@ fn apply(
         fork.is_some(),
         deletes,
         resend,
+        &cloud_owned,
     );
     // The fork check takes the upsert's parameters, without the fork's.
     let check_len = args.len();

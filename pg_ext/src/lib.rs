@@ -14,6 +14,13 @@
 //! - [`tenancy`]: who calls `ingest`, and may they write these rows.
 //! - [`register`]: `sluice.tables`, its one owner: `sluice.register_table(...)`
 //!   and its checks, and the registration ingest reads back.
+//! - [`publish`]: `sluice.publications`, its one owner: `sluice.publish`
+//!   and `sluice.unpublish` (the capture triggers), read back by `pull` and
+//!   by `ingest` (the cloud's columns of a published target).
+//! - [`pull`]: `sluice.pull` (the down direction's batches) and
+//!   `sluice.subscription_lag`; the one writer of `sluice.subscriptions`.
+//! - `sql/publish.sql`: the tables of the down direction,
+//!   `sluice.purge_changes` and the view `sluice.subscription_status`.
 //! - [`sketch`]: merging the edge's quantile sketches.
 //! - [`worker`]: the optional retention worker, registered in `_PG_init`
 //!   when the library is in `shared_preload_libraries`.
@@ -46,6 +53,8 @@ pub mod error;
 pub mod guc;
 pub mod ingest;
 pub mod ledger;
+pub mod publish;
+pub mod pull;
 pub mod register;
 pub mod sketch;
 pub mod spi;
@@ -302,6 +311,177 @@ extension_sql_file!(
     requires = ["bookkeeping_tables", ingest]
 );
 
+/// `sluice.publish(target, edge_table, columns, key_columns, tenant_column,
+/// device_column, horizon)`: publishes a cloud table to devices
+/// (`docs/postgres.md`, "Cloud to edge"). Runs as the extension's owner;
+/// the caller must own the target. `target` is taken as its OID, as in
+/// `register_table`.
+#[pg_extern(
+    volatile,
+    parallel_unsafe,
+    security_definer,
+    sql = r#"
+CREATE FUNCTION "publish"(
+	"target" regclass,
+	"edge_table" TEXT DEFAULT NULL,
+	"columns" TEXT[] DEFAULT NULL,
+	"key_columns" TEXT[] DEFAULT NULL,
+	"tenant_column" TEXT DEFAULT NULL,
+	"device_column" TEXT DEFAULT NULL,
+	"horizon" interval DEFAULT '7 days'
+) RETURNS void
+VOLATILE SECURITY DEFINER PARALLEL UNSAFE
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'publish_wrapper';
+"#
+)]
+#[allow(clippy::too_many_arguments)]
+fn publish(
+    target: Option<pg_sys::Oid>,
+    edge_table: default!(Option<String>, "NULL"),
+    columns: default!(Option<Vec<Option<String>>>, "NULL"),
+    key_columns: default!(Option<Vec<Option<String>>>, "NULL"),
+    tenant_column: default!(Option<String>, "NULL"),
+    device_column: default!(Option<String>, "NULL"),
+    horizon: default!(Option<Interval>, "'7 days'"),
+) {
+    fn null(what: &str) -> ! {
+        error::SluiceError::new(
+            PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
+            format!("sluice.publish: {what} must not be NULL"),
+        )
+        .raise("publish")
+    }
+    let list = |v: Option<Vec<Option<String>>>, what: &str| {
+        v.map(|v| {
+            v.into_iter()
+                .map(|c| c.unwrap_or_else(|| null(what)))
+                .collect::<Vec<_>>()
+        })
+    };
+    let args = sluice_pgsql::publication::PublishArgs {
+        edge_table,
+        columns: list(columns, "an element of columns"),
+        key_columns: list(key_columns, "an element of key_columns"),
+        tenant_column,
+        device_column,
+    };
+    let target = target.unwrap_or_else(|| null("target"));
+    if let Err(e) = publish::publish(target, args, horizon) {
+        e.raise("publish")
+    }
+}
+
+/// `sluice.unpublish(edge_table)`: drops the capture triggers, the change
+/// entries and the subscriptions; false when it was not published.
+#[pg_extern(volatile, parallel_unsafe, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+fn unpublish(edge_table: &str) -> bool {
+    publish::unpublish(edge_table).unwrap_or_else(|e| e.raise("unpublish"))
+}
+
+/// `sluice.pull(edge_table, device_id, checkpoint, stream_id, max_rows,
+/// cursor, tenant)`: the next batch of changes for a device; exactly one
+/// row. Runs as the extension's owner; the caller is checked inside
+/// ([`pull`]).
+#[pg_extern(
+    volatile,
+    parallel_unsafe,
+    security_definer,
+    sql = r#"
+CREATE FUNCTION "pull"(
+	"edge_table" TEXT,
+	"device_id" TEXT,
+	"checkpoint" bigint,
+	"stream_id" bigint,
+	"max_rows" INT DEFAULT 10000,
+	"cursor" TEXT DEFAULT NULL,
+	"tenant" TEXT DEFAULT NULL
+) RETURNS TABLE (
+	"batch" bytea,
+	"checkpoint" bigint,
+	"cursor" TEXT,
+	"more" bool,
+	"rows" INT
+)
+VOLATILE SECURITY DEFINER PARALLEL UNSAFE
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'pull_wrapper';
+"#
+)]
+#[allow(clippy::type_complexity)]
+fn pull(
+    edge_table: Option<&str>,
+    device_id: Option<&str>,
+    checkpoint: Option<i64>,
+    stream_id: Option<i64>,
+    max_rows: default!(Option<i32>, "10000"),
+    cursor: default!(Option<&str>, "NULL"),
+    tenant: default!(Option<&str>, "NULL"),
+) -> TableIterator<
+    'static,
+    (
+        name!(batch, Option<Vec<u8>>),
+        name!(checkpoint, i64),
+        name!(cursor, Option<String>),
+        name!(more, bool),
+        name!(rows, i32),
+    ),
+> {
+    fn null(what: &str) -> ! {
+        error::SluiceError::new(
+            PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
+            format!("sluice.pull: {what} must not be NULL"),
+        )
+        .raise("pull")
+    }
+    let args = pull::PullArgs {
+        edge_table: edge_table.unwrap_or_else(|| null("edge_table")),
+        device_id: device_id.unwrap_or_else(|| null("device_id")),
+        checkpoint: checkpoint.unwrap_or_else(|| null("checkpoint")),
+        stream_id: stream_id.unwrap_or_else(|| null("stream_id")),
+        max_rows: max_rows.unwrap_or(sluice_pgsql::publication::DEFAULT_MAX_ROWS),
+        cursor,
+        tenant,
+    };
+    match pull::pull(&args) {
+        Ok(p) => TableIterator::once((p.batch, p.checkpoint, p.cursor, p.more, p.rows)),
+        Err(e) => e.raise("pull"),
+    }
+}
+
+/// `sluice.subscription_lag(device_id)`: per subscription of the device,
+/// its checkpoint, the changes in its scope after it, the oldest of them,
+/// and its last pull.
+#[pg_extern(stable, parallel_restricted, security_definer)]
+#[search_path(pg_catalog, pg_temp)]
+#[allow(clippy::type_complexity)]
+fn subscription_lag(
+    device_id: &str,
+) -> TableIterator<
+    'static,
+    (
+        name!(edge_table, String),
+        name!(checkpoint, i64),
+        name!(pending, i64),
+        name!(oldest_pending, Option<TimestampWithTimeZone>),
+        name!(last_pulled, Option<TimestampWithTimeZone>),
+    ),
+> {
+    match pull::subscription_lag(device_id) {
+        Ok(rows) => TableIterator::new(rows),
+        Err(e) => e.raise("subscription_lag"),
+    }
+}
+
+extension_sql_file!(
+    "sql/publish.sql",
+    name = "publish",
+    requires = ["bookkeeping_tables"]
+);
+
 /// `sluice.float32_to_vector_text(bytes bytea, dims int DEFAULT NULL)`: the
 /// edge's float32 little-endian embedding as pgvector's text form.
 #[pg_extern(immutable, parallel_safe)]
@@ -356,6 +536,11 @@ REVOKE EXECUTE ON FUNCTION sluice.set_retention(regclass, text, interval, regcla
 REVOKE EXECUTE ON FUNCTION sluice.drop_retention(regclass) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION sluice.retention_measure(regclass, text) FROM PUBLIC;
 REVOKE EXECUTE ON PROCEDURE sluice.run_retention(regclass, boolean) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION sluice.publish(regclass, text, text[], text[], text, text, interval) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION sluice.unpublish(text) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION sluice.pull(text, text, bigint, bigint, integer, text, text) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION sluice.subscription_lag(text) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION sluice.purge_changes() FROM PUBLIC;
 -- Zoneless timestamp text is read in the batch's zone (UTC when it has
 -- none); the caller's TimeZone is put back when the call ends.
 ALTER FUNCTION sluice.ingest(bytea) SET "TimeZone" TO 'UTC';
@@ -367,6 +552,9 @@ ALTER FUNCTION sluice.ingest(bytea) SET "TimeZone" TO 'UTC';
 #[cfg(any(test, feature = "pg_test"))]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod pg_tests;
+#[cfg(any(test, feature = "pg_test"))]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod pg_tests_publish;
 
 /// Required by `cargo pgrx test`.
 #[cfg(test)]

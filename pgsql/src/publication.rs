@@ -401,9 +401,7 @@ impl Publication {
         let mut sql = String::with_capacity(2048);
         let _ = write!(
             sql,
-            "CREATE OR REPLACE FUNCTION {function_sql}() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $sluice$
-DECLARE
+            "DECLARE
     written bigint;
 BEGIN
     IF TG_OP = 'INSERT' THEN
@@ -426,7 +424,7 @@ BEGIN
     END IF;
     RETURN NULL;
 END
-$sluice$",
+",
             new_entry = self.entry("n"),
             old_entry = self.entry("o"),
             key_no = same_key("o", "n"),
@@ -435,11 +433,19 @@ $sluice$",
             values_n = values("n"),
             channel = quote_literal(NOTIFY_CHANNEL),
         );
-        sql
+        // A dollar quote that no column name in the body contains.
+        let tag = (0..)
+            .map(|n| if n == 0 { "$sluice$".to_owned() } else { format!("$sluice{n}$") })
+            .find(|t| !sql.contains(t.as_str()))
+            .unwrap_or_default();
+        format!(
+            "CREATE OR REPLACE FUNCTION {function_sql}() RETURNS trigger\n\
+             LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS {tag}\n{sql}{tag}"
+        )
     }
 
     /// The statements that create the capture triggers on the target
-    /// (after [`Publication::drop_triggers_sql`]): statement-level INSERT,
+    /// (after dropping those it has: [`Publication::drop_trigger_sql`]): statement-level INSERT,
     /// UPDATE and DELETE triggers with transition tables, and one that
     /// refuses TRUNCATE (it would remove rows without a change entry).
     pub fn create_triggers_sql(&self, function_sql: &str) -> Vec<String> {
@@ -453,12 +459,18 @@ $sluice$",
         ]
     }
 
-    /// The statements that drop the capture triggers of `target_sql`.
-    pub fn drop_triggers_sql(target_sql: &str) -> Vec<String> {
-        ["insert", "update", "delete", "truncate"]
-            .iter()
-            .map(|op| format!("DROP TRIGGER IF EXISTS sluice_capture_{op} ON {target_sql}"))
-            .collect()
+    /// The names of the capture triggers.
+    pub const TRIGGERS: [&'static str; 4] = [
+        "sluice_capture_insert",
+        "sluice_capture_update",
+        "sluice_capture_delete",
+        "sluice_capture_truncate",
+    ];
+
+    /// The statement that drops capture trigger `name` (one of
+    /// [`Publication::TRIGGERS`]) of `target_sql`.
+    pub fn drop_trigger_sql(target_sql: &str, name: &str) -> String {
+        format!("DROP TRIGGER {} ON {target_sql}", quote_ident(name))
     }
 
     /// The scope condition on change entries `c`; tenant `$t`, device `$d`.
@@ -488,15 +500,27 @@ $sluice$",
 
     /// The position of the `$4 + 1`-th change in scope after position `$2`
     /// and below `$3` (`$1` edge table, `$5` tenant, `$6` device, all
-    /// text but the positions and offset, bigint): the last position of a
-    /// batch of at most `max_rows` entries, cut between positions. No row:
-    /// fewer entries than that.
+    /// text but the positions and offset, bigint), with `$4` = `max_rows`:
+    /// the first position that does not fit in a batch. No row: every
+    /// change fits.
     pub fn cut_sql(&self) -> String {
         format!(
             "SELECT c.position FROM sluice.changes c \
              WHERE c.edge_table = $1 AND c.position > $2 AND c.position < $3 AND {} \
              ORDER BY c.position OFFSET $4 LIMIT 1",
             self.change_scope(5, 6)
+        )
+    }
+
+    /// The last position in scope after `$2` and below `$3` (same
+    /// parameters as [`Publication::more_sql`]): with `$3` the first
+    /// position that does not fit, the last one of the batch (NULL when not
+    /// even the first transaction fits: it goes whole).
+    pub fn last_before_sql(&self) -> String {
+        format!(
+            "SELECT max(c.position) FROM sluice.changes c \
+             WHERE c.edge_table = $1 AND c.position > $2 AND c.position < $3 AND {}",
+            self.change_scope(4, 5)
         )
     }
 
@@ -576,6 +600,37 @@ $sluice$",
         let _ = write!(sql, " ORDER BY {} LIMIT ${next}", order.join(", "));
         sql
     }
+}
+
+/// What `sluice.pull` reads to know how far it may serve: its snapshot's
+/// xmax and in-progress transaction ids (`pg_snapshot_xip`), the ids of the
+/// transactions running in *other* databases (`pg_stat_activity`'s
+/// `backend_xid`, 32 bits), and the caller's own transaction id if it has
+/// one. One row; [`serve_below`] makes the bound of them.
+pub const HORIZON_SQL: &str = "SELECT pg_catalog.pg_snapshot_xmax(snap.s)::text::bigint, \
+     ARRAY(SELECT x::text::bigint FROM pg_catalog.pg_snapshot_xip(snap.s) AS x), \
+     ARRAY(SELECT a.backend_xid::text::bigint FROM pg_catalog.pg_stat_activity a \
+           WHERE a.backend_xid IS NOT NULL AND a.datid IS NOT NULL \
+             AND a.datid <> (SELECT d.oid FROM pg_catalog.pg_database d WHERE d.datname = pg_catalog.current_database())), \
+     pg_catalog.pg_current_xact_id_if_assigned()::text::bigint \
+     FROM (SELECT pg_catalog.pg_current_snapshot() AS s) AS snap";
+
+/// The position below which every change of this database is committed or
+/// gone for good: the least transaction id still in progress here, else the
+/// snapshot's `xmax`. A transaction in progress is another database's when
+/// the 32-bit `backend_xid` of a backend of another database equals its low
+/// 32 bits (a backend never changes database, and no two running
+/// transactions share those bits); one found nowhere (it ended meanwhile, a
+/// prepared transaction) is taken for this database's: the bound is only
+/// ever too low, never too high. The caller's own transaction, when it has
+/// an id, is in progress too.
+pub fn serve_below(xmax: i64, in_progress: &[i64], elsewhere: &[i64], own: Option<i64>) -> i64 {
+    in_progress
+        .iter()
+        .copied()
+        .filter(|x| !elsewhere.contains(&(x & 0xffff_ffff)))
+        .chain(own)
+        .fold(xmax, i64::min)
 }
 
 /// Where a snapshot stands between two calls of `sluice.pull`: opaque text

@@ -268,10 +268,11 @@ impl Bookkeeping {
 /// `$n+5` the fork's sequence number (`bigint`): a row with a version up to
 /// it is left out when the target holds a row with the same key but for
 /// `sluice_stream`, under a stream of the parent's lineage (the parent, its
-/// ancestors and every stream descending from one of them, followed through
-/// `sluice.streams`: see [`push_lineage`]), and the same content. Such a row
-/// was sent before the database was restored or copied, by the database
-/// itself or by another restore or copy of it (a sibling epoch).
+/// ancestors and every stream descending from one of them but the batch's
+/// own and its descendants, followed through `sluice.streams`: see
+/// [`push_lineage`]), and the same content. Such a row was sent before the
+/// database was restored or copied, by the database itself or by another
+/// restore or copy of it (a sibling epoch).
 ///
 /// Returns one row: `(inserted bigint, updated bigint)`.
 #[allow(clippy::too_many_arguments)]
@@ -321,6 +322,29 @@ pub fn upsert_sql_with(
     fork: bool,
     deletes: DeleteOptions,
     resend: bool,
+) -> String {
+    upsert_sql_keeping(
+        target, columns, arrays, keys, bk, policy, dedup, fork, deletes, resend, &[],
+    )
+}
+
+/// [`upsert_sql_with`] into a target that is also published (cloud to
+/// edge): the columns named in `cloud_owned` are the cloud's, so an update
+/// of an existing row leaves them as they are (a new row is inserted with
+/// every column of the batch).
+#[allow(clippy::too_many_arguments)]
+pub fn upsert_sql_keeping(
+    target: &str,
+    columns: &[TargetColumn],
+    arrays: &[&str],
+    keys: &[usize],
+    bk: Bookkeeping,
+    policy: Policy,
+    dedup: bool,
+    fork: bool,
+    deletes: DeleteOptions,
+    resend: bool,
+    cloud_owned: &[String],
 ) -> String {
     let n = columns.len();
     let fork = fork && bk.stream != StreamColumn::None;
@@ -382,7 +406,7 @@ pub fn upsert_sql_with(
                 columns
                     .iter()
                     .enumerate()
-                    .filter(|(i, _)| !keys.contains(i))
+                    .filter(|(i, c)| !keys.contains(i) && !cloud_owned.contains(&c.name))
                     .map(|(_, c)| c.name.as_str())
                     .chain([DEVICE_COLUMN])
                     .chain(stream_updated)
@@ -413,8 +437,12 @@ pub fn upsert_sql_with(
 /// epoch, the parent's siblings, their descendants). A row up to the fork may have
 /// reached the cloud under any of them. A stream of the device that never
 /// forked from this lineage (another database under the same device id) is
-/// not in it. `UNION` ends a cycle. Streams of one device are few, and this
-/// runs only for fork batches.
+/// not in it, and neither are the batch's own stream `$n+3` and the streams
+/// descending from it: copies of this database made since its epoch began
+/// (a clone of a box that was restored) skip what this database sent, not
+/// the other way round, or the original's rows would be in the cloud only
+/// under the copy's stream. `UNION` ends a cycle. Streams of one device are
+/// few, and this runs only for fork batches.
 fn push_lineage(sql: &mut String, n: usize) {
     let _ = write!(
         sql,
@@ -423,9 +451,10 @@ fn push_lineage(sql: &mut String, n: usize) {
          WHERE st.device_id = ${d}::text AND st.parent_stream IS NOT NULL\n),\n\
          lin(stream) AS (\n  SELECT stream FROM anc\n  UNION\n  \
          SELECT st.stream_id FROM sluice.streams AS st JOIN lin ON st.parent_stream = lin.stream\n  \
-         WHERE st.device_id = ${d}::text\n)",
+         WHERE st.device_id = ${d}::text AND st.stream_id <> ${s}::bigint\n)",
         p = n + 4,
-        d = n + 2
+        d = n + 2,
+        s = n + 3
     );
 }
 
@@ -1191,7 +1220,7 @@ lin(stream) AS (
   SELECT stream FROM anc
   UNION
   SELECT st.stream_id FROM sluice.streams AS st JOIN lin ON st.parent_stream = lin.stream
-  WHERE st.device_id = $5::text
+  WHERE st.device_id = $5::text AND st.stream_id <> $6::bigint
 ),
 src AS (
   SELECT DISTINCT ON (s.c1, s.c2) s.* FROM (
@@ -1462,6 +1491,24 @@ WHERE t."sluice_version" >= s.v"#),
             )
         );
         assert!(!plain.contains("tombstones") && !plain.contains("sluice_deleted_at"));
+        // A published target: the cloud's columns are never updated.
+        let kept = upsert_sql_keeping(
+            "t",
+            &cols,
+            &arrays,
+            &[0],
+            NO_BK,
+            Policy::LastWriterWins,
+            true,
+            false,
+            DeleteOptions::default(),
+            false,
+            &[cols[1].name.clone()],
+        );
+        let set = kept.split("DO UPDATE SET").nth(1).unwrap();
+        assert!(!set.contains(&format!("{} =", quote_ident(&cols[1].name))), "{kept}");
+        assert!(set.contains("\"sluice_version\" = EXCLUDED"), "{kept}");
+        assert!(kept.split("DO UPDATE SET").next().unwrap().contains(&quote_ident(&cols[1].name)));
         let sql = upsert_sql_with(
             "t",
             &cols,

@@ -40,6 +40,8 @@ BEGIN
         SET tenant = EXCLUDED.tenant, device_id = EXCLUDED.device_id, granted_at = now();
     EXECUTE format('GRANT USAGE ON SCHEMA sluice TO %I', r);
     EXECUTE format('GRANT EXECUTE ON FUNCTION sluice.ingest(bytea) TO %I', r);
+    EXECUTE format('GRANT EXECUTE ON FUNCTION sluice.pull(text, text, bigint, bigint, integer, text, text) TO %I', r);
+    EXECUTE format('GRANT EXECUTE ON FUNCTION sluice.subscription_lag(text) TO %I', r);
 END
 $fn$;
 
@@ -50,6 +52,8 @@ DECLARE
 BEGIN
     DELETE FROM sluice.device_roles d WHERE d.role = r;
     EXECUTE format('REVOKE EXECUTE ON FUNCTION sluice.ingest(bytea) FROM %I', r);
+    EXECUTE format('REVOKE EXECUTE ON FUNCTION sluice.pull(text, text, bigint, bigint, integer, text, text) FROM %I', r);
+    EXECUTE format('REVOKE EXECUTE ON FUNCTION sluice.subscription_lag(text) FROM %I', r);
     -- USAGE on the schema came with the grant; a reader keeps it.
     IF NOT EXISTS (SELECT FROM sluice.reader_roles rr WHERE rr.role = r) THEN
         EXECUTE format('REVOKE USAGE ON SCHEMA sluice FROM %I', r);

@@ -137,7 +137,7 @@ fn refusals_name_the_problem() {
 #[test]
 fn hostile_names_are_quoted_everywhere() {
     let evil = "a\"; DROP TABLE x; --";
-    let t = vec![col(evil, "text", true), col("v", "integer", false)];
+    let t = vec![col(evil, "text", true), col("v", "integer", false), col("x$sluice$", "text", false)];
     let p = Publication::check(
         "public.t",
         "\"public\".\"t\"",
@@ -160,7 +160,11 @@ fn hostile_names_are_quoted_everywhere() {
     let triggers = p.create_triggers_sql("sluice.f").join("\n");
     assert!(triggers.contains("('it''s $sluice$')"), "{triggers}");
     // The edge table is a trigger argument, never in the function body.
-    assert!(!p.capture_function_sql("sluice.f").contains("it''s"));
+    let f = p.capture_function_sql("sluice.f");
+    assert!(!f.contains("it''s"));
+    // The body's dollar quote is one no column name contains.
+    assert!(f.contains("AS $sluice1$\n") && f.ends_with("$sluice1$"), "{f}");
+    assert_eq!(f.matches("$sluice1$").count(), 2);
 }
 
 #[test]
@@ -172,6 +176,7 @@ fn the_pull_statements_keep_to_the_scope() {
     })
     .unwrap();
     assert!(p.cut_sql().contains("c.tenant = $5 AND (c.device = $6 OR c.device IS NULL)"));
+    assert!(p.last_before_sql().contains("SELECT max(c.position)") && p.last_before_sql().contains("c.tenant = $4"));
     assert!(p.more_sql().contains("c.tenant = $4 AND (c.device = $5 OR c.device IS NULL)"));
     let changes = p.changes_sql();
     assert!(changes.contains("t.\"location_id\"::text = $4"), "{changes}");
@@ -229,4 +234,17 @@ fn modes_of_a_pull() {
     assert_eq!(pull_mode(11, 5, 5, 11, 100), Incremental);
     assert_eq!(pull_mode(101, 5, 5, 0, 100), Snapshot(Ahead));
     assert_eq!(pull_mode(100, 5, 5, 0, 100), Incremental);
+}
+
+#[test]
+fn only_this_databases_transactions_hold_the_bound_back() {
+    assert_eq!(serve_below(100, &[], &[], None), 100);
+    assert_eq!(serve_below(100, &[90, 95], &[], None), 90);
+    // 90 runs in another database: only 95 holds back.
+    assert_eq!(serve_below(100, &[90, 95], &[90], None), 95);
+    // Matched by the low 32 bits of the 64-bit id.
+    let x = (7_i64 << 32) + 90;
+    assert_eq!(serve_below(x + 10, &[x], &[90], None), x + 10);
+    // Our own transaction, if it has an id, is in progress.
+    assert_eq!(serve_below(100, &[90], &[90], Some(97)), 97);
 }

@@ -1,0 +1,118 @@
+-- Cloud to edge (issue 13): published tables, their change entries, the
+-- devices' subscriptions, and what reads them. sluice.publish,
+-- sluice.unpublish and sluice.pull are in Rust (publish.rs, pull.rs).
+
+-- A cloud table published to devices. stream_id: random, new when the
+-- target, key, scope or columns change (every device then takes a
+-- snapshot). purged_through: the entries up to this position are purged; a
+-- device behind it takes a snapshot.
+CREATE TABLE sluice.publications (
+    edge_table     text PRIMARY KEY,
+    target         regclass NOT NULL,
+    stream_id      bigint NOT NULL,
+    key_columns    text[] NOT NULL,
+    columns        text[] NOT NULL,
+    tenant_column  text,
+    device_column  text,
+    horizon        interval NOT NULL DEFAULT '7 days',
+    purged_through bigint NOT NULL DEFAULT 0,
+    created_at     timestamptz DEFAULT now()
+);
+
+-- One entry per row image touched (key and scope), written by the capture
+-- triggers: position = the writing transaction's id. Append-only; purged by
+-- sluice.purge_changes.
+CREATE TABLE sluice.changes (
+    edge_table text NOT NULL,
+    position   bigint NOT NULL,
+    tenant     text,
+    device     text,
+    key        text[] NOT NULL,
+    changed_at timestamptz DEFAULT now()
+);
+-- One index serves the pulls (a tenant's entries after a checkpoint; NULL
+-- for a publication without a tenant column) and the purge.
+CREATE INDEX changes_scope ON sluice.changes (edge_table, tenant, position);
+
+-- Per device and published table: what the device acknowledged (the
+-- checkpoint it pulled from), its stream, its pulls.
+CREATE TABLE sluice.subscriptions (
+    device_id    text,
+    edge_table   text,
+    tenant       text,
+    checkpoint   bigint NOT NULL,
+    stream_id    bigint NOT NULL,
+    first_pulled timestamptz,
+    last_pulled  timestamptz,
+    snapshots    bigint NOT NULL DEFAULT 0,
+    PRIMARY KEY (device_id, edge_table)
+);
+
+SELECT pg_catalog.pg_extension_config_dump('sluice.publications', '');
+SELECT pg_catalog.pg_extension_config_dump('sluice.changes', '');
+SELECT pg_catalog.pg_extension_config_dump('sluice.subscriptions', '');
+
+-- TRUNCATE would remove rows without change entries: refused on a
+-- published table (DELETE, or unpublish first).
+CREATE FUNCTION sluice._internal_refuse_truncate()
+RETURNS trigger LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $fn$
+BEGIN
+    RAISE EXCEPTION 'sluice: % is published as edge table ''%''; TRUNCATE is not captured', TG_TABLE_NAME, TG_ARGV[0]
+        USING ERRCODE = '0A000', HINT = 'DELETE the rows, or call sluice.unpublish first';
+END
+$fn$;
+
+-- Per publication: deletes the entries up to the least checkpoint of the
+-- subscriptions on its stream that pulled within its horizon (none: up to
+-- the current xmin - 1), and raises purged_through. A device behind it
+-- takes a snapshot at its next pull. Returns the entries deleted.
+CREATE FUNCTION sluice.purge_changes()
+RETURNS bigint LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
+DECLARE
+    p record;
+    upto bigint;
+    snap pg_snapshot := pg_current_snapshot();
+    xmax bigint := pg_snapshot_xmax(snap)::text::bigint;
+    served bigint;
+    n bigint;
+    total bigint := 0;
+BEGIN
+    -- What sluice.pull may serve: below the least transaction in progress
+    -- in this database (serve_below in the pgsql crate says why).
+    SELECT min(x::text::bigint) INTO served FROM pg_snapshot_xip(snap) AS x
+    WHERE (x::text::bigint & 4294967295) NOT IN (
+        SELECT a.backend_xid::text::bigint FROM pg_stat_activity a
+        WHERE a.backend_xid IS NOT NULL AND a.datid IS NOT NULL
+          AND a.datid <> (SELECT d.oid FROM pg_database d WHERE d.datname = current_database()));
+    served := least(coalesce(served, xmax), coalesce(pg_current_xact_id_if_assigned()::text::bigint, xmax)) - 1;
+    FOR p IN SELECT edge_table, stream_id, horizon, purged_through FROM sluice.publications ORDER BY edge_table LOOP
+        SELECT least(min(s.checkpoint), served) INTO upto FROM sluice.subscriptions s
+        WHERE s.edge_table = p.edge_table AND s.stream_id = p.stream_id
+          AND s.last_pulled > now() - p.horizon;
+        upto := coalesce(upto, served);
+        IF upto > p.purged_through THEN
+            DELETE FROM sluice.changes c WHERE c.edge_table = p.edge_table AND c.position <= upto;
+            GET DIAGNOSTICS n = ROW_COUNT;
+            total := total + n;
+            UPDATE sluice.publications SET purged_through = upto WHERE edge_table = p.edge_table;
+        END IF;
+    END LOOP;
+    RETURN total;
+END
+$fn$;
+
+-- Per subscription: the changes in its scope after its checkpoint.
+CREATE VIEW sluice.subscription_status AS
+SELECT s.device_id, s.edge_table, s.tenant, s.checkpoint,
+       coalesce(w.pending, 0) AS pending, w.oldest_pending,
+       now() - w.oldest_pending AS waiting, s.last_pulled,
+       s.stream_id IS DISTINCT FROM p.stream_id AS snapshot_needed
+FROM sluice.subscriptions s
+JOIN sluice.publications p ON p.edge_table = s.edge_table
+LEFT JOIN LATERAL (
+    SELECT count(*) AS pending, min(c.changed_at) AS oldest_pending
+    FROM sluice.changes c
+    WHERE c.edge_table = s.edge_table AND c.position > s.checkpoint
+      AND (c.tenant = s.tenant OR (s.tenant IS NULL AND c.tenant IS NULL))
+      AND (p.device_column IS NULL OR c.device = s.device_id OR c.device IS NULL)
+) w ON true;
