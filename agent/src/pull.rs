@@ -636,7 +636,17 @@ pub const LISTEN_PING: Duration = Duration::from_secs(30);
 
 /// The listener: a dedicated cloud connection that runs `LISTEN
 /// sluice_changes`, reconnecting with the sync's backoff.
-async fn listen(cfg: &Config, tx: mpsc::UnboundedSender<Heard>, shutdown: &Shutdown) {
+async fn listen(
+    cfg: &Config,
+    tx: mpsc::UnboundedSender<Heard>,
+    mut subscribed: tokio::sync::watch::Receiver<bool>,
+    shutdown: &Shutdown,
+) {
+    // No connection is kept for a box without subscriptions.
+    tokio::select! {
+        r = subscribed.wait_for(|s| *s) => if r.is_err() { return },
+        _ = shutdown.cancelled() => return,
+    }
     let backoff = cfg.sync.backoff();
     let mut rng = rand::thread_rng();
     let mut attempt = 0u32;
@@ -721,9 +731,10 @@ pub async fn daemon(cfg: &Config, metrics: &Metrics, shutdown: &Shutdown) -> any
     }
     let entry = cfg.pull.entry()?;
     let (tx, mut rx) = mpsc::unbounded_channel();
+    let (subscribed_tx, subscribed) = tokio::sync::watch::channel(false);
     let listener = async {
         if cfg.pull.listen {
-            listen(cfg, tx, shutdown).await;
+            listen(cfg, tx, subscribed, shutdown).await;
         } else {
             drop(tx);
         }
@@ -750,6 +761,9 @@ pub async fn daemon(cfg: &Config, metrics: &Metrics, shutdown: &Shutdown) -> any
                 let after = Instant::now();
                 match pulls {
                     Ok(pulls) => {
+                        if !pulls.is_empty() {
+                            subscribed_tx.send_if_modified(|s| !std::mem::replace(s, true));
+                        }
                         record(metrics, &pulls);
                         for t in &pulls {
                             waiting.pulled(
@@ -778,7 +792,12 @@ pub async fn daemon(cfg: &Config, metrics: &Metrics, shutdown: &Shutdown) -> any
                             lag(cfg, &cloud, metrics).await;
                         }
                     }
-                    Err(e) => warn!(error = %format!("{e:#}"), "cannot read the subscriptions"),
+                    Err(e) => {
+                        warn!(error = %format!("{e:#}"), "cannot read the subscriptions");
+                        for t in &tables {
+                            waiting.pulled(t, None, after);
+                        }
+                    }
                 }
                 all = false;
                 scheduled = false;
