@@ -63,8 +63,15 @@ pub fn publish(target: pg_sys::Oid, args: PublishArgs, horizon: Option<Interval>
 
         let mut table = Vec::new();
         for r in client.select(
-            "SELECT a.attname::text, pg_catalog.format_type(a.atttypid, NULL), a.attnotnull
+            "SELECT a.attname::text, pg_catalog.format_type(a.atttypid, NULL), a.attnotnull,
+                    EXISTS (SELECT FROM pg_catalog.pg_operator o
+                            WHERE o.oprname = '=' AND o.oprleft = b.base AND o.oprright = b.base
+                              AND o.oprnamespace = 'pg_catalog'::regnamespace)
+                    AND (a.attcollation = 0 OR COALESCE((SELECT c.collisdeterministic FROM pg_catalog.pg_collation c
+                                                          WHERE c.oid = a.attcollation), true))
              FROM pg_catalog.pg_attribute a
+             JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
+             CROSS JOIN LATERAL (SELECT CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE a.atttypid END AS base) b
              WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
             None,
             &[target.into()],
@@ -73,6 +80,7 @@ pub fn publish(target: pg_sys::Oid, args: PublishArgs, horizon: Option<Interval>
                 name: r.get::<String>(1)?.unwrap_or_default(),
                 type_sql: r.get::<String>(2)?.unwrap_or_default(),
                 not_null: r.get::<bool>(3)?.unwrap_or(false),
+                comparable: r.get::<bool>(4)?.unwrap_or(false),
             });
         }
         let mut primary_key = Vec::new();
@@ -321,6 +329,8 @@ pub fn publication(client: &mut SpiClient<'_>, edge_table: &str) -> Result<Publi
             name: name.clone(),
             kind: WireKind::of(&type_sql),
             type_sql,
+            // Only the capture trigger compares values: not used by pulls.
+            comparable: false,
         });
     }
     let pos = |n: &str| columns.iter().position(|c| c.name == n);

@@ -111,6 +111,10 @@ pub struct TableColumn {
     pub type_sql: String,
     /// `attnotnull`.
     pub not_null: bool,
+    /// The type (or a domain's base type) has an `=` operator of its own
+    /// and the column a deterministic collation: the capture trigger
+    /// compares old and new values with it (else as text).
+    pub comparable: bool,
 }
 
 /// What `sluice.publish` was given, beside the target.
@@ -156,6 +160,8 @@ pub struct PubColumn {
     pub type_sql: String,
     /// How it travels.
     pub kind: WireKind,
+    /// [`TableColumn::comparable`].
+    pub comparable: bool,
 }
 
 /// A publication, checked: what the triggers and the pulls are made of.
@@ -237,6 +243,7 @@ impl Publication {
                 name: c.name.clone(),
                 type_sql: c.type_sql.clone(),
                 kind: WireKind::of(&c.type_sql),
+                comparable: c.comparable,
             });
         }
         let key_names: Vec<String> = match &args.key_columns {
@@ -393,10 +400,22 @@ impl Publication {
                 .map(|i| format!(" AND {a}.{c} IS NOT DISTINCT FROM {b}.{c}", c = self.col(i)))
                 .collect()
         };
-        let values = |a: &str| -> String {
-            let cols: Vec<String> =
-                (0..self.columns.len()).map(|i| format!("{a}.{}", self.col(i))).collect();
-            format!("ROW({})::text", cols.join(", "))
+        // The published values of `o` and `n` are the same: `=` (through
+        // IS NOT DISTINCT FROM) where the type has one, else their text.
+        let same_values = || -> String {
+            self.columns
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| !self.key.contains(i))
+                .map(|(i, c)| {
+                    let q = self.col(i);
+                    if c.comparable {
+                        format!(" AND o.{q} IS NOT DISTINCT FROM n.{q}")
+                    } else {
+                        format!(" AND o.{q}::text IS NOT DISTINCT FROM n.{q}::text")
+                    }
+                })
+                .collect()
         };
         let mut sql = String::with_capacity(2048);
         let _ = write!(
@@ -413,7 +432,7 @@ BEGIN
     ELSE
         {insert}
         SELECT TG_ARGV[0], {new_entry} FROM sluice_new n
-        WHERE NOT EXISTS (SELECT FROM sluice_old o WHERE {key_no} AND {values_o} = {values_n})
+        WHERE NOT EXISTS (SELECT FROM sluice_old o WHERE {key_no}{values_no})
         UNION ALL
         SELECT TG_ARGV[0], {old_entry} FROM sluice_old o
         WHERE NOT EXISTS (SELECT FROM sluice_new n WHERE {key_no}{scope_no});
@@ -429,8 +448,7 @@ END
             old_entry = self.entry("o"),
             key_no = same_key("o", "n"),
             scope_no = same_scope("o", "n"),
-            values_o = values("o"),
-            values_n = values("n"),
+            values_no = same_values(),
             channel = quote_literal(NOTIFY_CHANNEL),
         );
         // A dollar quote that no column name in the body contains.
