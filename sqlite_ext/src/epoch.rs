@@ -6,11 +6,12 @@
 //! A new epoch gives the database a new random stream id, recorded in the
 //! history of its streams with the one before it as parent; every tracked
 //! table gets its fork ([`crate::fork`]); the pending rows of mutable tables
-//! (above each table's own watermark, in no acknowledged range) get new
-//! versions above the old clock and above the current time in
-//! microseconds, so that the box's own changes are sent again and win in
-//! the cloud over whatever an earlier copy of it sent. Append-only tables
-//! get no work per row (docs/sync-protocol.md).
+//! (above each table's own watermark, in no acknowledged range) and their
+//! pending tombstones get new versions above the old clock and above the
+//! current time in microseconds, so that the box's own changes, its deletes
+//! too, are sent again and win in the cloud over whatever an earlier copy
+//! of it sent. Append-only tables get no work per row
+//! (docs/sync-protocol.md).
 
 use rusqlite::functions::Context;
 use rusqlite::types::{Value, ValueRef};
@@ -19,7 +20,7 @@ use serde_json::{json, Value as Json};
 use sluice_wire::names::quote_ident;
 
 use crate::acked;
-use crate::bookkeeping::{self, clock, meta, ranges, streams, tables};
+use crate::bookkeeping::{self, clock, meta, ranges, streams, tables, Table};
 use crate::fork;
 use crate::glue::{
     arg_raw, arg_text, atomic, connection, describe_value, finish, now_ms, now_us, Fail, Res,
@@ -145,7 +146,7 @@ fn new_epoch(conn: &Connection, reason: &str) -> Res<i64> {
     // Forks first, from the sequence numbers as they are; then the clock
     // passes every version of every mutable table before it jumps.
     // Each mutable table with its pending intervals of versions.
-    let mut mutable: Vec<(TableInfo, Vec<(i64, i64)>)> = Vec::new();
+    let mut mutable: Vec<MutablePending> = Vec::new();
     for reg in tables::list(conn, None)? {
         let t = &reg.tracked;
         // A tracked table dropped since has nothing to send.
@@ -159,7 +160,7 @@ fn new_epoch(conn: &Connection, reason: &str) -> Res<i64> {
         if t.mutable {
             clock::raise_past(conn, &info.quoted(), &quote_ident(VERSION_COLUMN))?;
             let gaps = acked::pending_gaps(&ranges::above(conn, &t.tbl, t.acked_seq)?, t.acked_seq);
-            mutable.push((info, gaps));
+            mutable.push((info, t.tbl.clone(), gaps));
         }
     }
     if !mutable.is_empty() {
@@ -171,20 +172,32 @@ fn new_epoch(conn: &Connection, reason: &str) -> Res<i64> {
         // The pending rows of each table (above its own watermark, in no
         // acknowledged range) are the database's own work the cloud does not
         // have (a restored box's changes since its restore point, a clone's
-        // first ones): they get new versions and win in the cloud. The
-        // acknowledged rows keep theirs: the cloud may hold newer versions
-        // of them (what the lost future sent), which a restore must not
-        // revert. The cut-off is per table: the acknowledgement of one table
-        // says nothing of another's rows.
+        // first ones): they get new versions and win in the cloud. So do its
+        // pending tombstones: a delete (or the old key of a key change) made
+        // since the restore point is the box's own change too, and left at
+        // its old version it would lose to what an earlier copy sent of the
+        // key (fault trial seed 20261764). The acknowledged rows keep
+        // theirs: the cloud may hold newer versions of them (what the lost
+        // future sent), which a restore must not revert. The cut-off is per
+        // table: the acknowledgement of one table says nothing of another's
+        // rows.
         // `last` is the last version handed out.
         let mut last = jump - 1;
-        for (info, gaps) in &mutable {
+        let with_tombstones = Table::Tombstones.exists(conn)?;
+        for (info, tbl, gaps) in &mutable {
+            if with_tombstones {
+                last = restamp_tombstones(conn, tbl, last, gaps)?;
+            }
             last = restamp(conn, info, last, gaps)?;
         }
         clock::set(conn, last.max(clock))?;
     }
     Ok(stream)
 }
+
+/// A mutable table at a new epoch: its description, its name as tracked
+/// (its tombstones' `tbl`) and its pending intervals of versions.
+type MutablePending = (TableInfo, String, Vec<(i64, i64)>);
 
 fn clock_full(clock: i64) -> String {
     format!(
@@ -206,23 +219,14 @@ fn fresh_stream(conn: &Connection) -> Res<i64> {
     ))
 }
 
-/// Gives every row of the mutable table whose version is in one of the
-/// intervals `gaps` (`(lo, hi]`, from [`acked::pending_gaps`]: the pending
-/// rows) a new version, `after + 1`, `after + 2`, ... in the order of their
-/// old versions; returns the last one handed out. Only rows above the
-/// watermark are read (ranges on the version's index). The update sets the
-/// version itself, so the table's triggers (which fire only when it stays
-/// the same or is NULL) do not bump it again.
-fn restamp(conn: &Connection, info: &TableInfo, after: i64, gaps: &[(i64, i64)]) -> Res<i64> {
-    let t = info.quoted();
-    let v = quote_ident(VERSION_COLUMN);
-    // Integers written into the statement: there is no limit on how many.
-    // The first gap's floor comes first, alone, so that the planner reads
-    // the index from there in version order (with only the OR of ranges it
-    // scans the whole index for the numbering's ORDER BY).
-    let Some(&(floor, _)) = gaps.first() else {
-        return Ok(after);
-    };
+/// The condition "`v` (a quoted column) is in one of the intervals `gaps`"
+/// (`(lo, hi]`, from [`acked::pending_gaps`]), or `None` without gaps.
+/// Integers written into the statement: there is no limit on how many.
+/// The first gap's floor comes first, alone, so that the planner reads the
+/// index from there in version order (with only the OR of ranges it scans
+/// the whole index for the numbering's ORDER BY).
+fn pending_sql(v: &str, gaps: &[(i64, i64)]) -> Option<String> {
+    let &(floor, _) = gaps.first()?;
     let mut pending = format!("{v} > {floor}");
     if gaps.len() > 1 {
         let ors: Vec<String> = gaps
@@ -237,6 +241,49 @@ fn restamp(conn: &Connection, info: &TableInfo, after: i64, gaps: &[(i64, i64)])
             .collect();
         pending = format!("{pending} AND ({})", ors.join(" OR "));
     }
+    Some(pending)
+}
+
+/// Gives every tombstone of `tbl` whose version is in one of the intervals
+/// `gaps` (the pending ones) a new version, `after + 1`, `after + 2`, ...
+/// in the order of their old versions; returns the last one handed out.
+/// Call it before [`restamp`] of the table's rows, which then number on
+/// from there: a row of a key is always newer than the key's tombstones (a
+/// key deleted and inserted again; a deleted row is gone), so every row
+/// staying above every tombstone keeps that order for each key. The new
+/// versions are above every old one (`after` is at least the clock), so
+/// the primary key `(tbl, version)` never meets itself.
+fn restamp_tombstones(conn: &Connection, tbl: &str, after: i64, gaps: &[(i64, i64)]) -> Res<i64> {
+    let Some(pending) = pending_sql("version", gaps) else {
+        return Ok(after);
+    };
+    let n = conn.execute(
+        &format!(
+            "UPDATE main.sluice_tombstones SET version = ?1 + r.n \
+               FROM (SELECT version AS old, row_number() OVER (ORDER BY version) AS n \
+                       FROM main.sluice_tombstones WHERE tbl = ?2 AND {pending}) AS r \
+              WHERE sluice_tombstones.tbl = ?2 AND sluice_tombstones.version = r.old"
+        ),
+        rusqlite::params![after, tbl],
+    )?;
+    after
+        .checked_add(i64::try_from(n).unwrap_or(i64::MAX))
+        .ok_or_else(|| Fail(clock_full(after)))
+}
+
+/// Gives every row of the mutable table whose version is in one of the
+/// intervals `gaps` (`(lo, hi]`, from [`acked::pending_gaps`]: the pending
+/// rows) a new version, `after + 1`, `after + 2`, ... in the order of their
+/// old versions; returns the last one handed out. Only rows above the
+/// watermark are read (ranges on the version's index). The update sets the
+/// version itself, so the table's triggers (which fire only when it stays
+/// the same or is NULL) do not bump it again.
+fn restamp(conn: &Connection, info: &TableInfo, after: i64, gaps: &[(i64, i64)]) -> Res<i64> {
+    let t = info.quoted();
+    let v = quote_ident(VERSION_COLUMN);
+    let Some(pending) = pending_sql(&v, gaps) else {
+        return Ok(after);
+    };
     let rows: i64 = conn.query_row(
         &format!("SELECT count(*) FROM main.{t} WHERE {pending}"),
         [],

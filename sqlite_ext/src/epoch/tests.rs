@@ -1111,3 +1111,95 @@ fn a_mutable_tables_high_water_is_its_own_not_the_shared_clock() {
     ack(&db, &newest);
     assert_eq!(high_water(&db, "a"), 7);
 }
+
+#[test]
+fn a_new_epoch_restamps_the_pending_tombstones_too() {
+    // Found by the fault trials (seed 20261764): a box restored from a
+    // backup changed a session's key before the restore was found. The new
+    // epoch gave the session's new row a fresh version but left the old
+    // key's tombstone at its version from the restored clock, below what an
+    // earlier restore of the same backup had sent for that key: the cloud
+    // ordered the delete before that version and kept the row.
+    for without_rowid in [false, true] {
+        let db = memory();
+        cameras(&db, 4, without_rowid);
+        let b = batch(&db, "cameras", 1000).unwrap();
+        assert_eq!(ack(&db, &b), 4);
+        // cam1 deleted; cam2 deleted and inserted again; cam3 re-keyed as cam9.
+        db.execute_batch(
+            "DELETE FROM cameras WHERE camera_id = 'cam1';
+             DELETE FROM cameras WHERE camera_id = 'cam2';
+             INSERT INTO cameras (camera_id, name) VALUES ('cam2', 'again');
+             UPDATE cameras SET camera_id = 'cam9' WHERE camera_id = 'cam3';",
+        )
+        .unwrap();
+        let clock: i64 = one(&db, "SELECT value FROM sluice_clock");
+        let tombs = |db: &Connection| -> Vec<(String, i64)> {
+            let mut s = db
+                .prepare("SELECT k1, version FROM sluice_tombstones ORDER BY version")
+                .unwrap();
+            s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap()
+        };
+        let before = tombs(&db);
+        assert_eq!(
+            before.iter().map(|t| t.0.as_str()).collect::<Vec<_>>(),
+            ["cam1", "cam2", "cam3"]
+        );
+        assert!(before.iter().all(|t| t.1 <= clock));
+        assert_eq!(pending(&db, "cameras"), 5);
+        let t0 = now_us();
+        db.execute_batch("SELECT sluice_new_epoch('restored')")
+            .unwrap();
+        // Every pending change, the deletes too, is above the old clock and
+        // the time of the call, each version once; a key's row stays newer
+        // than its tombstone (cam2 inserted again after its delete).
+        let after = tombs(&db);
+        assert_eq!(
+            after.iter().map(|t| t.0.as_str()).collect::<Vec<_>>(),
+            ["cam1", "cam2", "cam3"]
+        );
+        assert!(
+            after.iter().all(|t| t.1 > clock && t.1 >= t0),
+            "{after:?} {clock} {t0}"
+        );
+        let again = version_of_camera(&db, "cam2");
+        let rekeyed = version_of_camera(&db, "cam9");
+        assert!(
+            after.iter().all(|t| t.1 < again && t.1 < rekeyed),
+            "{after:?} {again} {rekeyed}"
+        );
+        let mut all: Vec<i64> = after.iter().map(|t| t.1).chain([again, rekeyed]).collect();
+        all.sort();
+        all.dedup();
+        assert_eq!(all.len(), 5);
+        assert_eq!(
+            one::<i64>(&db, "SELECT value FROM sluice_clock"),
+            *all.last().unwrap()
+        );
+        assert_eq!(version_of_camera(&db, "cam4"), 4, "acknowledged: kept");
+        assert_eq!(pending(&db, "cameras"), 5);
+        // One batch carries the five with their new versions, and its
+        // acknowledgement forgets the tombstones.
+        let b = batch(&db, "cameras", 1000).unwrap();
+        let batch = sluice_wire::decode(&b).unwrap();
+        let mut sent = batch.versions.clone();
+        sent.sort();
+        assert_eq!(sent, all);
+        assert_eq!(batch.deleted.iter().filter(|d| **d).count(), 3);
+        assert_eq!(ack(&db, &b), 5);
+        assert_eq!(pending(&db, "cameras"), 0);
+        assert!(tombs(&db).is_empty());
+    }
+}
+
+fn version_of_camera(db: &Connection, cam: &str) -> i64 {
+    db.query_row(
+        "SELECT sluice_version FROM cameras WHERE camera_id = ?1",
+        [cam],
+        |r| r.get(0),
+    )
+    .unwrap()
+}
