@@ -45,6 +45,11 @@ struct EdgeBox {
 }
 
 fn edge_box(cloud: &CloudDb, device: &str, pull: &str, extra: &str, rows: &[&str]) -> EdgeBox {
+    edge_box_at(&cloud.url, device, pull, extra, rows)
+}
+
+/// [`edge_box`] with the cloud at `url` (a pooler's).
+fn edge_box_at(url: &str, device: &str, pull: &str, extra: &str, rows: &[&str]) -> EdgeBox {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("edge.db");
     let conn = edge_db(&path, false);
@@ -70,7 +75,7 @@ fn edge_box(cloud: &CloudDb, device: &str, pull: &str, extra: &str, rows: &[&str
     let config = write_config_with(
         dir.path(),
         &path,
-        &cloud.url,
+        url,
         device,
         1000,
         &format!("\n[pull]\ntenant = \"{TENANT}\"\n{pull}\n{extra}"),
@@ -255,14 +260,18 @@ fn wait_for_rows(
 
 const QUIET_JOBS: &str = "[schedule]\nrollup = \"off\"\nembed = \"off\"\nsync = \"off\"\nfull_sync = \"off\"\ncleanup = \"off\"\nbudget = \"off\"\n";
 
-fn daemon_applies_cloud_commits(test: &str, pull: &str, what: &str) {
+fn daemon_applies_cloud_commits(test: &str, pull: &str, what: &str, bouncer: Option<&Pgbouncer>) {
     let cloud = published_cloud(test);
+    let url = match bouncer {
+        Some(b) => b.url(&cloud.name),
+        None => cloud.url.clone(),
+    };
     let mut c = cloud.client();
     c.batch_execute("INSERT INTO camera_config VALUES ('cam-1', 'acme', 'box-1', 'fps=10')")
         .unwrap();
     let port = free_port();
-    let b = edge_box(
-        &cloud,
+    let b = edge_box_at(
+        &url,
         "box-1",
         pull,
         &format!("{QUIET_JOBS}\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n"),
@@ -361,6 +370,7 @@ fn the_daemon_listening_applies_a_cloud_commit_within_seconds() {
         "down_listen",
         "schedule = \"off\"\nlisten = true\npoll_interval = \"1h\"",
         "with LISTEN",
+        None,
     );
 }
 
@@ -370,6 +380,19 @@ fn the_daemon_polling_applies_a_cloud_commit_within_seconds() {
         "down_poll",
         "schedule = \"off\"\nlisten = false\npoll_interval = \"500ms\"",
         "polling every 500 ms",
+        None,
+    );
+}
+
+#[test]
+fn the_daemon_polls_through_a_transaction_mode_pgbouncer() {
+    // Where LISTEN cannot work: pgbouncer in transaction mode.
+    let bouncer = Pgbouncer::start();
+    daemon_applies_cloud_commits(
+        "down_bouncer",
+        "schedule = \"off\"\nlisten = false\npoll_interval = \"500ms\"",
+        "polling every 500 ms through pgbouncer",
+        Some(&bouncer),
     );
 }
 
