@@ -194,6 +194,15 @@ impl Worker {
                 ),
             }
         }
+        // The change entries of published tables that every device has
+        // acknowledged (sluice.purge_changes; absent before 0.2.0).
+        match self.guarded(|| in_transaction(purge_changes)) {
+            Ok(0) => {}
+            Ok(n) => log!("{WORKER_NAME}: purged {n} change entries every device has acknowledged"),
+            Err(message) => warning!(
+                "{WORKER_NAME}: sluice.purge_changes failed: {message}; the next pass tries again"
+            ),
+        }
     }
 
     /// Runs `f`; a PostgreSQL ERROR or a panic in it becomes `Err(message)`
@@ -304,6 +313,24 @@ fn last_run(oid: u32) -> (i64, i64) {
         Ok((deleted, dropped)) => (deleted.unwrap_or(0), dropped.unwrap_or(0)),
         Err(_) => (0, 0),
     }
+}
+
+/// `sluice.purge_changes()` when the installed version has it; the number
+/// of entries deleted.
+fn purge_changes() -> i64 {
+    let present = Spi::get_one::<bool>(
+        "SELECT pg_catalog.to_regprocedure('sluice.purge_changes()') IS NOT NULL",
+    )
+    .ok()
+    .flatten()
+    .unwrap_or(false);
+    if !present {
+        return 0;
+    }
+    Spi::get_one::<i64>("SELECT sluice.purge_changes()")
+        .ok()
+        .flatten()
+        .unwrap_or(0)
 }
 
 /// Runs one statement as a client's top-level statement runs

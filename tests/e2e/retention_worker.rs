@@ -21,8 +21,12 @@ const WORKER: &str = "sluice retention worker";
 /// The log of the restarted server (its logging collector writes it: the
 /// restart sends the server's own output nowhere).
 fn server_log(server: &OwnServer) -> String {
-    let path = repo_root()
-        .join(".cache/run")
+    // Where scripts/pg.sh put it: under $SLUICE_CACHE (scripts/env.sh).
+    let cache = std::env::var_os("SLUICE_CACHE")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| repo_root().join(".cache"));
+    let path = cache
+        .join("run")
         .join(&server.name)
         .join("data/log/retention-worker.log");
     std::fs::read_to_string(&path).unwrap_or_default()
@@ -155,6 +159,16 @@ fn the_retention_worker_runs_on_its_interval_follows_sighup_and_survives_errors(
         "no retention ran"
     );
 
+    // A published table's change entries, which no device needs (none
+    // subscribed): the worker's pass purges them too.
+    c.batch_execute(
+        "CREATE TABLE public.configs (id int PRIMARY KEY, v text);
+         SELECT sluice.publish('public.configs');
+         INSERT INTO public.configs SELECT g, 'x' FROM generate_series(1, 10) g;",
+    )
+    .unwrap();
+    assert_eq!(count(&mut c, "SELECT count(*) FROM sluice.changes"), 10);
+
     // 3. An interval, taken on SIGHUP (pg_reload_conf): the expired rows go
     // without anyone calling run_retention; the broken policy is reported.
     run_each(
@@ -170,6 +184,8 @@ fn the_retention_worker_runs_on_its_interval_follows_sighup_and_survives_errors(
     });
     assert_eq!(count(&mut c, "SELECT count(*) FROM public.events"), 100);
     wait_for_log(&server, ": events: deleted 5000 expired rows", 0);
+    wait_for_log(&server, "purged 10 change entries every device has acknowledged", 0);
+    assert_eq!(count(&mut c, "SELECT count(*) FROM sluice.changes"), 0);
     wait_for_log(&server, "retention of a_broken failed", 0);
     let log = server_log(&server);
     assert!(
