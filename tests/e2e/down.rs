@@ -14,6 +14,9 @@ use std::time::{Duration, Instant};
 use rusqlite::Connection;
 use sluice_tests::*;
 
+mod agent_docs;
+use agent_docs::Story;
+
 const TENANT: &str = "acme";
 
 /// The cloud table: configurations per camera, for one device (`device`) or
@@ -464,4 +467,31 @@ fn http_get(port: u16, path: &str) -> String {
     let mut out = String::new();
     sock.read_to_string(&mut out).unwrap();
     out
+}
+
+#[test]
+fn the_pull_examples_of_docs_agent_md_run_as_written() {
+    let cloud = CloudDb::create("down_docs");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("edge.db");
+    let edge = edge_db(&path, false);
+    edge.execute_batch("PRAGMA journal_mode = WAL").unwrap();
+    let config = write_config_with(
+        dir.path(),
+        &path,
+        &cloud.url,
+        "box-1",
+        1000,
+        &format!("\n[pull]\ntenant = \"{TENANT}\"\n"),
+    );
+    let mut story = Story::new(&["### Pull, step by step"], &config, &edge, &cloud);
+    story.step("psql cloud");
+    story.step("sqlite3 edge.db");
+    assert!(story.step("sluice sync").success);
+    assert_eq!(edge_rows(&edge), ["cam-1=fps=10", "cam-2=fps=12"]);
+    story.step("psql cloud");
+    assert!(story.step("sluice sync").success);
+    assert_eq!(edge_rows(&edge), ["cam-1=fps=11"]);
+    assert!(story.step("sluice status").success);
+    story.finish();
 }
