@@ -35,7 +35,8 @@
 //! - [`guc`]: the settings, registered in `_PG_init`, read through accessors.
 //!
 //! Imports point down this list: `ingest` → `ledger` → `tenancy` →
-//! `register` → `spi` → `error` (`zone` below `ingest`, beside `ledger`);
+//! `register` → `spi` → `error` (`zone` below `ingest`, beside `ledger`;
+//! `ingest` and `pull` → `publish` → `tenancy`);
 //! `docs/architecture.md` draws it.
 //!
 //! The pure logic (SQL text, value conversion, the column plan) is the crate

@@ -393,6 +393,24 @@ fn valid_calls(corpus: &[(String, Vec<u8>)]) -> Vec<(&'static str, Vec<String>)>
             vec![file("sketch-valid-small.bin"), "0.5".into()],
         ),
         ("sketch_count", vec![file("sketch-valid-wide.bin")]),
+        (
+            "publish",
+            s(&[
+                "'public.fuzz_t'::regclass",
+                "'fuzz_t'",
+                "NULL::text[]",
+                "NULL::text[]",
+                "NULL::text",
+                "NULL::text",
+                "'7 days'::interval",
+            ]),
+        ),
+        (
+            "pull",
+            s(&["'fuzz_t'", "'box-1'", "0::bigint", "0::bigint", "10", "NULL::text", "'lyon'"]),
+        ),
+        ("subscription_lag", s(&["'box-1'"])),
+        ("unpublish", s(&["'fuzz_t'"])),
     ]
 }
 
@@ -511,6 +529,11 @@ fn every_pg_function_gives_a_result_or_an_error_and_the_backend_keeps_serving() 
         "sketch_merge",
         "sketch_quantile",
         "sketch_count",
+        "publish",
+        "unpublish",
+        "pull",
+        "subscription_lag",
+        "purge_changes",
     ] {
         assert!(
             functions.iter().any(|f| f.name == want),
