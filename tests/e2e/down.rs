@@ -495,3 +495,86 @@ fn the_pull_examples_of_docs_agent_md_run_as_written() {
     assert!(story.step("sluice status").success);
     story.finish();
 }
+
+#[test]
+fn the_daemon_listens_again_after_its_connection_is_killed() {
+    let cloud = published_cloud("down_relisten");
+    let mut c = cloud.client();
+    c.batch_execute("INSERT INTO camera_config VALUES ('cam-1', 'acme', 'box-1', 'fps=10')")
+        .unwrap();
+    let b = edge_box(
+        &cloud,
+        "box-1",
+        "schedule = \"off\"\nlisten = true\npoll_interval = \"1h\"",
+        QUIET_JOBS,
+        &[],
+    );
+    let (mut child, log) = daemon(&b.config);
+    wait_for_rows(
+        &b.conn,
+        &["cam-1=fps=10"],
+        Duration::from_secs(30),
+        &mut child,
+        &log,
+    );
+    // The listening session: the one whose last statement was LISTEN (or
+    // its horizon query, or its ping).
+    let mut listener = || -> Vec<i32> {
+        c.query(
+            "SELECT pid FROM pg_stat_activity
+              WHERE datname = current_database() AND application_name = 'sluice-agent'
+                AND (query LIKE 'LISTEN%' OR query LIKE '%pg_snapshot_xmax%' OR query = 'SELECT 1')",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let pids = loop {
+        let p = listener();
+        if !p.is_empty() {
+            break p;
+        }
+        assert!(Instant::now() < deadline, "no listening session");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    for pid in &pids {
+        c.execute("SELECT pg_terminate_backend($1)", &[pid])
+            .unwrap();
+    }
+    // The agent reconnects (polling meanwhile) and listens again: a commit
+    // after that arrives.
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match log.recv_timeout(Duration::from_millis(100)) {
+            Ok(line) => {
+                let again = line.contains("listening for cloud changes again");
+                seen.push(line);
+                if again {
+                    break;
+                }
+            }
+            Err(_) => assert!(
+                Instant::now() < deadline,
+                "the agent did not listen again:\n{}",
+                seen.join("\n")
+            ),
+        }
+    }
+    c.batch_execute("INSERT INTO camera_config VALUES ('cam-2', 'acme', NULL, 'fps=12')")
+        .unwrap();
+    wait_for_rows(
+        &b.conn,
+        &["cam-1=fps=10", "cam-2=fps=12"],
+        Duration::from_secs(30),
+        &mut child,
+        &log,
+    );
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    assert!(child.wait().unwrap().success());
+}
