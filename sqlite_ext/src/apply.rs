@@ -137,7 +137,7 @@ fn apply_in(conn: &Connection, batch: &Batch, changes: Changes) -> Res<serde_jso
                 h.base_seq, info.name, sub.checkpoint
             )));
         } else {
-            let (upserted, deleted) = plan.write(conn, batch, None)?;
+            let (upserted, deleted) = plan.write(conn, batch, None, false)?;
             subscriptions::record(
                 conn,
                 &info.name,
@@ -165,23 +165,45 @@ fn apply_in(conn: &Connection, batch: &Batch, changes: Changes) -> Res<serde_jso
     } else {
         let progress = progress_of(conn, &info.name)?;
         let keys = keys_table(&info.name);
-        if page == 1 {
+        // Whether the keys received are recorded (else the table was empty
+        // when the snapshot began and nothing else has written since: every
+        // row in it came from a page, and the sweep has nothing to do).
+        let recorded = if page == 1 {
             forget_snapshot(conn, &info.name)?;
-            create_keys(conn, &info, &sub.key, &keys)?;
+            if is_empty(conn, &info)? {
+                false
+            } else {
+                create_keys(conn, &info, &sub.key, &keys)?;
+                true
+            }
         } else {
             match progress {
-                Some((s, l, p)) if s == stream && l == h.last_seq && page <= p => {
+                Some(p) if p.stream == stream && p.last_seq == h.last_seq && page <= p.page => {
                     // A page this snapshot already applied.
                     return Ok(Outcome::replay(sub.checkpoint).json(&info.name, page, false));
                 }
-                Some((s, l, p)) if s == stream && l == h.last_seq && page == p + 1 => {}
-                Some((s, l, p)) if s == stream && l == h.last_seq => {
+                Some(p) if p.stream == stream && p.last_seq == h.last_seq && page == p.page + 1 => {
+                    match p.unwritten_since {
+                        Some(mark) if mark == Mark::now(conn)? => false,
+                        Some(_) => {
+                            // Something else wrote between the pages: from
+                            // here on the keys are recorded, and the rows
+                            // the table has now count as carried.
+                            create_keys(conn, &info, &sub.key, &keys)?;
+                            record_present(conn, &info, &sub.key, &keys)?;
+                            true
+                        }
+                        None => true,
+                    }
+                }
+                Some(p) if p.stream == stream && p.last_seq == h.last_seq => {
                     return Err(Fail(format!(
                         "page {page} of the snapshot of '{}' at checkpoint {} follows page {}, \
-                         but page {p} is the last applied on this connection",
+                         but page {} is the last applied on this connection",
                         info.name,
                         h.last_seq,
-                        page - 1
+                        page - 1,
+                        p.page
                     )))
                 }
                 _ => {
@@ -195,10 +217,13 @@ fn apply_in(conn: &Connection, batch: &Batch, changes: Changes) -> Res<serde_jso
                     )))
                 }
             }
-        }
-        let (upserted, mut deleted) = plan.write(conn, batch, Some(&keys))?;
+        };
+        let (upserted, mut deleted) =
+            plan.write(conn, batch, recorded.then_some(keys.as_str()), !recorded)?;
         if changes.last_page {
-            deleted += sweep(conn, &info, &sub.key, &keys)?;
+            if recorded {
+                deleted += sweep(conn, &info, &sub.key, &keys)?;
+            }
             forget_snapshot(conn, &info.name)?;
             subscriptions::record(
                 conn,
@@ -220,8 +245,8 @@ fn apply_in(conn: &Connection, batch: &Batch, changes: Changes) -> Res<serde_jso
                 complete: true,
             }
         } else {
-            set_progress(conn, &info.name, stream, h.last_seq, page)?;
             subscriptions::record_page(conn, &info.name, upserted, &now)?;
+            set_progress(conn, &info.name, stream, h.last_seq, page, !recorded)?;
             Outcome {
                 upserted,
                 deleted,
@@ -262,7 +287,14 @@ impl Outcome {
 /// How the batch's rows are written: the statements and which batch column
 /// is which.
 struct Plan {
-    upsert: String,
+    /// `INSERT INTO main."t" (columns)`.
+    head: String,
+    /// The VALUES of one row: `(?, ?, ...)`.
+    row: String,
+    /// `ON CONFLICT (key) DO UPDATE SET` the batch's other columns: an
+    /// upsert. Left out for a snapshot into a table that was empty (no
+    /// conflict to resolve).
+    on_conflict: String,
     delete: String,
     /// The batch's column index of each key column, in key order.
     key_at: Vec<usize>,
@@ -325,7 +357,7 @@ impl Plan {
         let quoted: Vec<String> = names.iter().map(|n| quote_ident(n)).collect();
         let key_q: Vec<String> = key_at.iter().map(|&i| quoted[i].clone()).collect();
         let mut cols = quoted.clone();
-        let mut values: Vec<String> = (1..=quoted.len()).map(|i| format!("?{i}")).collect();
+        let mut values: Vec<String> = vec!["?".to_string(); quoted.len()];
         if tracked_mutable {
             // Below any watermark: not pending (the quiet rule).
             cols.push(quote_ident(VERSION_COLUMN));
@@ -346,11 +378,6 @@ impl Plan {
                 set.join(", ")
             )
         };
-        let upsert = format!(
-            "INSERT INTO main.{t} ({}) VALUES ({}) {on_conflict}",
-            cols.join(", "),
-            values.join(", ")
-        );
         let cond: Vec<String> = key_q
             .iter()
             .enumerate()
@@ -358,7 +385,9 @@ impl Plan {
             .collect();
         let delete = format!("DELETE FROM main.{t} WHERE {}", cond.join(" AND "));
         Ok(Plan {
-            upsert,
+            head: format!("INSERT INTO main.{t} ({})", cols.join(", ")),
+            row: format!("({})", values.join(", ")),
+            on_conflict,
             delete,
             key_names: key_at.iter().map(|&i| names[i].clone()).collect(),
             key_at,
@@ -366,23 +395,34 @@ impl Plan {
     }
 
     /// Writes the rows; with `keys`, records each upserted key in that TEMP
-    /// table (a snapshot page). Returns (upserted, deleted).
-    fn write(&self, conn: &Connection, batch: &Batch, keys: Option<&str>) -> Res<(i64, i64)> {
+    /// table (a snapshot page); `fresh`: every row is new (a snapshot into
+    /// a table empty when it began, keys not recorded): plain INSERTs.
+    /// Upserts go many rows to a statement ([`chunk`]), in batch
+    /// order with the deletes. Returns (upserted, deleted).
+    // `r` indexes every column of the batch (stored by column).
+    #[allow(clippy::needless_range_loop)]
+    fn write(
+        &self,
+        conn: &Connection,
+        batch: &Batch,
+        keys: Option<&str>,
+        fresh: bool,
+    ) -> Res<(i64, i64)> {
         let rows = batch.versions.len();
         let cols = &batch.columns;
-        let mut upsert: Option<Statement<'_>> = None;
-        let mut delete: Option<Statement<'_>> = None;
-        let mut record: Option<Statement<'_>> = match keys {
-            Some(k) => Some(conn.prepare(&format!(
-                "INSERT OR IGNORE INTO temp.{} VALUES ({})",
-                quote_ident(k),
-                (1..=self.key_at.len())
-                    .map(|i| format!("?{i}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ))?),
-            None => None,
+        let per = chunk(conn, cols.len());
+        let mut w = Writer {
+            plan: self,
+            conn,
+            batch,
+            keys,
+            fresh,
+            statements: Vec::new(),
+            records: Vec::new(),
+            single: None,
         };
+        let mut delete: Option<Statement<'_>> = None;
+        let mut waiting: Vec<usize> = Vec::with_capacity(per);
         let (mut upserted, mut deleted) = (0i64, 0i64);
         for r in 0..rows {
             for (k, &c) in self.key_at.iter().enumerate() {
@@ -394,16 +434,10 @@ impl Plan {
                     )));
                 }
             }
-            let is_delete = batch.deleted.get(r).copied().unwrap_or(false);
-            let row_err = |e: rusqlite::Error| {
-                Fail(format!(
-                    "row {} of the batch ({}): {}",
-                    r + 1,
-                    self.describe_key(batch, r),
-                    crate::glue::sqlite_message(&e)
-                ))
-            };
-            if is_delete {
+            if batch.deleted.get(r).copied().unwrap_or(false) {
+                w.flush(&waiting)?;
+                upserted += waiting.len() as i64;
+                waiting.clear();
                 let stmt = match &mut delete {
                     Some(s) => s,
                     None => delete.insert(conn.prepare(&self.delete)?),
@@ -411,26 +445,48 @@ impl Plan {
                 for (k, &c) in self.key_at.iter().enumerate() {
                     stmt.raw_bind_parameter(k + 1, Bind(&cols[c][r]))?;
                 }
-                deleted += stmt.raw_execute().map_err(row_err)? as i64;
+                deleted += stmt.raw_execute().map_err(|e| self.row_err(batch, r, &e))? as i64;
             } else {
-                let stmt = match &mut upsert {
-                    Some(s) => s,
-                    None => upsert.insert(conn.prepare(&self.upsert)?),
-                };
-                for (c, col) in cols.iter().enumerate() {
-                    stmt.raw_bind_parameter(c + 1, Bind(&col[r]))?;
-                }
-                stmt.raw_execute().map_err(row_err)?;
-                upserted += 1;
-                if let Some(rec) = &mut record {
-                    for (k, &c) in self.key_at.iter().enumerate() {
-                        rec.raw_bind_parameter(k + 1, Bind(&cols[c][r]))?;
-                    }
-                    rec.raw_execute()?;
+                waiting.push(r);
+                if waiting.len() == per {
+                    w.flush(&waiting)?;
+                    upserted += waiting.len() as i64;
+                    waiting.clear();
                 }
             }
         }
+        w.flush(&waiting)?;
+        upserted += waiting.len() as i64;
         Ok((upserted, deleted))
+    }
+
+    fn row_err(&self, batch: &Batch, r: usize, e: &rusqlite::Error) -> Fail {
+        Fail(format!(
+            "row {} of the batch ({}): {}",
+            r + 1,
+            self.describe_key(batch, r),
+            crate::glue::sqlite_message(e)
+        ))
+    }
+
+    /// The INSERT of `n` rows (plain or upsert).
+    fn insert_sql(&self, n: usize, fresh: bool) -> String {
+        let rows = vec![self.row.as_str(); n].join(", ");
+        if fresh {
+            format!("{} VALUES {rows}", self.head)
+        } else {
+            format!("{} VALUES {rows} {}", self.head, self.on_conflict)
+        }
+    }
+
+    /// The INSERT of `n` received keys into the TEMP table `keys`.
+    fn record_sql(&self, n: usize, keys: &str) -> String {
+        let one = format!("({})", vec!["?"; self.key_at.len()].join(", "));
+        format!(
+            "INSERT OR IGNORE INTO temp.{} VALUES {}",
+            quote_ident(keys),
+            vec![one.as_str(); n].join(", ")
+        )
     }
 
     fn describe_key(&self, batch: &Batch, r: usize) -> String {
@@ -440,6 +496,116 @@ impl Plan {
             .map(|(&c, n)| format!("{n} = {}", show(&batch.columns[c][r])))
             .collect::<Vec<_>>()
             .join(", ")
+    }
+}
+
+/// Most rows one INSERT statement carries: as many as the connection's
+/// limit of bound parameters allows, up to 256. SQLite opens a statement
+/// journal for each statement of an upsert, or of a table with triggers;
+/// one for many rows costs little.
+fn chunk(conn: &Connection, columns: usize) -> usize {
+    // SAFETY: reading a limit of an open connection.
+    let limit = unsafe {
+        rusqlite::ffi::sqlite3_limit(
+            conn.handle(),
+            rusqlite::ffi::SQLITE_LIMIT_VARIABLE_NUMBER,
+            -1,
+        )
+    };
+    let limit = usize::try_from(limit).unwrap_or(999);
+    (limit / columns.max(1)).clamp(1, 256)
+}
+
+/// The statements of one call's upserts, by number of rows.
+struct Writer<'p, 'c> {
+    plan: &'p Plan,
+    conn: &'c Connection,
+    batch: &'p Batch,
+    keys: Option<&'p str>,
+    fresh: bool,
+    statements: Vec<(usize, Statement<'c>)>,
+    records: Vec<(usize, Statement<'c>)>,
+    single: Option<Statement<'c>>,
+}
+
+impl<'c> Writer<'_, 'c> {
+    /// Upserts the rows `rows` of the batch with one statement (and records
+    /// their keys with another).
+    fn flush(&mut self, rows: &[usize]) -> Res<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let n = rows.len();
+        let cols = &self.batch.columns;
+        let i = match self.statements.iter().position(|(m, _)| *m == n) {
+            Some(i) => i,
+            None => {
+                let sql = self.plan.insert_sql(n, self.fresh);
+                self.statements.push((n, self.conn.prepare(&sql)?));
+                self.statements.len() - 1
+            }
+        };
+        let stmt = &mut self.statements[i].1;
+        let mut p = 1;
+        for &r in rows {
+            for col in cols {
+                stmt.raw_bind_parameter(p, Bind(&col[r]))?;
+                p += 1;
+            }
+        }
+        if let Err(e) = stmt.raw_execute() {
+            return Err(self.locate(rows, &e));
+        }
+        if let Some(keys) = self.keys {
+            let i = match self.records.iter().position(|(m, _)| *m == n) {
+                Some(i) => i,
+                None => {
+                    let sql = self.plan.record_sql(n, keys);
+                    self.records.push((n, self.conn.prepare(&sql)?));
+                    self.records.len() - 1
+                }
+            };
+            let rec = &mut self.records[i].1;
+            let mut p = 1;
+            for &r in rows {
+                for &c in &self.plan.key_at {
+                    rec.raw_bind_parameter(p, Bind(&cols[c][r]))?;
+                    p += 1;
+                }
+            }
+            rec.raw_execute()?;
+        }
+        Ok(())
+    }
+
+    /// The statement of many rows failed (and undid its rows): which row
+    /// fails, tried one by one, for an error that names it.
+    fn locate(&mut self, rows: &[usize], e: &rusqlite::Error) -> Fail {
+        let cols = &self.batch.columns;
+        for &r in rows {
+            let stmt = match &mut self.single {
+                Some(s) => s,
+                None => match self.conn.prepare(&self.plan.insert_sql(1, self.fresh)) {
+                    Ok(s) => self.single.insert(s),
+                    Err(e) => return e.into(),
+                },
+            };
+            for (c, col) in cols.iter().enumerate() {
+                if let Err(e) = stmt.raw_bind_parameter(c + 1, Bind(&col[r])) {
+                    return e.into();
+                }
+            }
+            if let Err(e) = stmt.raw_execute() {
+                return self.plan.row_err(self.batch, r, &e);
+            }
+        }
+        // The rows pass one by one (two of them conflict with each other).
+        Fail(format!(
+            "rows {} to {} of the batch: {}",
+            rows.first().map_or(0, |r| r + 1),
+            rows.last().map_or(0, |r| r + 1),
+            crate::glue::sqlite_message(e)
+        ))
     }
 }
 
@@ -484,33 +650,136 @@ fn keys_table(tbl: &str) -> String {
     format!("sluice_snapshot_keys:{tbl}")
 }
 
-/// The snapshot in progress on this connection for `tbl`: (stream,
-/// checkpoint, last page applied).
-fn progress_of(conn: &Connection, tbl: &str) -> Res<Option<(i64, i64, u32)>> {
+/// A snapshot in progress on this connection.
+struct Progress {
+    stream: i64,
+    last_seq: i64,
+    /// The last page applied.
+    page: u32,
+    /// `Some` while the keys are not recorded: the mark the database had
+    /// when the last page was applied.
+    unwritten_since: Option<Mark>,
+}
+
+/// What tells that nothing but `sluice_apply` wrote to the database: this
+/// connection's count of changed rows (`sqlite3_total_changes`) and
+/// `PRAGMA data_version` (which moves when another connection commits).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Mark {
+    changes: i64,
+    data_version: i64,
+}
+
+/// The rows a call changes after [`set_progress`]'s statement and before
+/// the next call looks at its mark: the end of this call's
+/// [`tombstones::quietly`] (a DELETE) and the start of the next one's (an
+/// INSERT).
+const CHANGES_BETWEEN_CALLS: i64 = 2;
+
+impl Mark {
+    fn now(conn: &Connection) -> Res<Mark> {
+        Ok(Mark {
+            changes: i64::try_from(conn.total_changes()).unwrap_or(i64::MAX),
+            data_version: conn.query_row("PRAGMA main.data_version", [], |r| r.get(0))?,
+        })
+    }
+}
+
+/// The snapshot in progress on this connection for `tbl`.
+fn progress_of(conn: &Connection, tbl: &str) -> Res<Option<Progress>> {
     if !temp_exists(conn, PROGRESS)? {
         return Ok(None);
     }
     Ok(conn
         .query_row(
-            &format!("SELECT stream_id, last_seq, page FROM temp.{PROGRESS} WHERE tbl = ?1"),
+            &format!(
+                "SELECT stream_id, last_seq, page, fresh, changes, data_version \
+                   FROM temp.{PROGRESS} WHERE tbl = ?1"
+            ),
             [tbl],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            |r| {
+                Ok(Progress {
+                    stream: r.get(0)?,
+                    last_seq: r.get(1)?,
+                    page: r.get(2)?,
+                    unwritten_since: if r.get::<_, bool>(3)? {
+                        Some(Mark {
+                            changes: r.get(4)?,
+                            data_version: r.get(5)?,
+                        })
+                    } else {
+                        None
+                    },
+                })
+            },
         )
         .optional()?)
 }
 
-fn set_progress(conn: &Connection, tbl: &str, stream: i64, last_seq: i64, page: u32) -> Res<()> {
+/// Records that `page` was applied. `fresh`: the keys are not recorded;
+/// the progress then keeps the mark the next page must find. This is the
+/// last statement of the call that writes (see [`CHANGES_BETWEEN_CALLS`]).
+fn set_progress(
+    conn: &Connection,
+    tbl: &str,
+    stream: i64,
+    last_seq: i64,
+    page: u32,
+    fresh: bool,
+) -> Res<()> {
     conn.execute_batch(&format!(
         "CREATE TEMP TABLE IF NOT EXISTS {PROGRESS} (
              tbl TEXT PRIMARY KEY,
              stream_id INTEGER NOT NULL,
              last_seq INTEGER NOT NULL,
-             page INTEGER NOT NULL
+             page INTEGER NOT NULL,
+             fresh INTEGER NOT NULL,
+             changes INTEGER,
+             data_version INTEGER
          )"
     ))?;
+    let mark = Mark::now(conn)?;
+    // This statement changes one row.
     conn.execute(
-        &format!("INSERT OR REPLACE INTO temp.{PROGRESS} VALUES (?1, ?2, ?3, ?4)"),
-        params![tbl, stream, last_seq, page],
+        &format!(
+            "INSERT INTO temp.{PROGRESS} VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
+             ON CONFLICT (tbl) DO UPDATE SET stream_id = excluded.stream_id, \
+                 last_seq = excluded.last_seq, page = excluded.page, fresh = excluded.fresh, \
+                 changes = excluded.changes, data_version = excluded.data_version"
+        ),
+        params![
+            tbl,
+            stream,
+            last_seq,
+            page,
+            fresh,
+            mark.changes + 1 + CHANGES_BETWEEN_CALLS,
+            mark.data_version
+        ],
+    )?;
+    Ok(())
+}
+
+/// Whether the table has no row.
+fn is_empty(conn: &Connection, info: &TableInfo) -> Res<bool> {
+    Ok(conn.query_row(
+        &format!("SELECT NOT EXISTS (SELECT 1 FROM main.{})", info.quoted()),
+        [],
+        |r| r.get(0),
+    )?)
+}
+
+/// Records the keys of every row the table has as received.
+fn record_present(conn: &Connection, info: &TableInfo, key: &[String], keys: &str) -> Res<()> {
+    let cols: Vec<String> = key.iter().map(|k| quote_ident(k)).collect();
+    conn.execute(
+        &format!(
+            "INSERT OR IGNORE INTO temp.{} SELECT {} FROM main.{}",
+            quote_ident(keys),
+            cols.join(", "),
+            info.quoted()
+        ),
+        [],
     )?;
     Ok(())
 }

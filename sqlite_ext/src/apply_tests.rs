@@ -958,3 +958,78 @@ fn a_page_applied_twice_in_one_snapshot_is_a_replay() {
         (Some(true), Some(50))
     );
 }
+
+/// Whether a TEMP table of received keys exists on the connection.
+fn keys_recorded(db: &Connection) -> bool {
+    one::<i64>(
+        db,
+        "SELECT count(*) FROM temp.sqlite_master WHERE name LIKE 'sluice_snapshot_keys%'",
+    ) > 0
+}
+
+#[test]
+fn a_snapshot_into_an_empty_table_records_no_keys_until_something_else_writes() {
+    let db = edge();
+    db.execute_batch("BEGIN").unwrap();
+    apply(
+        &db,
+        &B::page(10, 1, false, vec![cam(1, "door", 15), cam(2, "bar", 30)]),
+    );
+    // Every row comes from a page: nothing to record, nothing to sweep.
+    assert!(!keys_recorded(&db));
+    apply(&db, &B::page(10, 2, false, vec![cam(3, "terrace", 10)]));
+    assert!(!keys_recorded(&db));
+    let r = apply(&db, &B::page(10, 3, true, vec![cam(4, "hall", 5)]));
+    db.execute_batch("COMMIT").unwrap();
+    assert_eq!(
+        (r["deleted"].as_i64(), r["complete"].as_bool()),
+        (Some(0), Some(true))
+    );
+    assert_eq!(cameras(&db).len(), 4);
+    assert_eq!(sub(&db).1, 10);
+
+    // A write between the pages (on this connection): from then on the
+    // keys are recorded; the rows present count as carried, the rows
+    // deleted since are gone, and the sweep deletes what came after.
+    let db = edge();
+    apply(
+        &db,
+        &B::page(10, 1, false, vec![cam(1, "door", 15), cam(2, "bar", 30)]),
+    );
+    db.execute_batch(
+        "INSERT INTO cameras (id, name) VALUES (7, 'local'); DELETE FROM cameras WHERE id = 2;",
+    )
+    .unwrap();
+    apply(&db, &B::page(10, 2, false, vec![cam(3, "terrace", 10)]));
+    assert!(keys_recorded(&db));
+    let r = apply(&db, &B::page(10, 3, true, vec![cam(4, "hall", 5)]));
+    assert_eq!(r["deleted"].as_i64(), Some(0));
+    assert_eq!(
+        cameras(&db).iter().map(|c| c.0).collect::<Vec<_>>(),
+        vec![1, 3, 4, 7]
+    );
+
+    // Another connection's commit between the pages: the same.
+    let dir = std::env::temp_dir().join(format!("sluice-apply-fresh-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("edge.db").to_string_lossy().into_owned();
+    let a = crate::testdb::open(&path);
+    a.execute_batch(
+        "SELECT sluice_device('box-1');
+         CREATE TABLE cameras (id INTEGER PRIMARY KEY, name TEXT NOT NULL, fps INTEGER,
+                               status TEXT NOT NULL DEFAULT 'new');
+         SELECT sluice_subscribe('cameras');",
+    )
+    .unwrap();
+    apply(&a, &B::page(10, 1, false, vec![cam(1, "door", 15)]));
+    let b = crate::testdb::open(&path);
+    b.execute_batch("INSERT INTO cameras (id, name) VALUES (8, 'other')")
+        .unwrap();
+    apply(&a, &B::page(10, 2, true, vec![cam(3, "terrace", 10)]));
+    assert_eq!(
+        cameras(&a).iter().map(|c| c.0).collect::<Vec<_>>(),
+        vec![1, 3, 8]
+    );
+    drop((a, b));
+    std::fs::remove_dir_all(dir).unwrap();
+}

@@ -15,7 +15,12 @@
 //! - tracking: `sluice_insert` into a tracked (append-only) table;
 //! - ack: `sluice_ack` of a 10-row and of a 100,000-row batch;
 //! - rollup: ROWS raw metrics rolled up (count, avg, max, p95, sketch; with
-//!   and without pack) against a plain GROUP BY with count, avg, max.
+//!   and without pack) against a plain GROUP BY with count, avg, max;
+//! - apply: `sluice_apply` of a snapshot of ROWS rows in pages of 10,000 in
+//!   one transaction against a prepared INSERT of the same rows
+//!   (`BENCH_ONLY=apply` runs only this; [`apply`]).
+
+mod apply;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -271,6 +276,11 @@ fn main() -> R<()> {
     std::fs::create_dir_all(&dir)?;
     let db = dir.join("bench-edge.db");
 
+    if std::env::var("BENCH_ONLY").is_ok_and(|v| v == "apply") {
+        println!("| measurement | sluice | baseline | ratio | goal |");
+        println!("| --- | ---: | ---: | ---: | --- |");
+        return apply::bench(&dir, &ext, n);
+    }
     let data = rows(n);
     let batches = json_batches(&data);
     let compact = compact_batches(&data);
@@ -435,6 +445,9 @@ fn main() -> R<()> {
 
     // (d) rollup of n raw metrics vs a plain GROUP BY.
     rollup_bench(&dir.join("bench-rollup.db"), &ext, n)?;
+
+    // (e) sluice_apply of a snapshot vs a prepared INSERT.
+    apply::bench(&dir, &ext, n)?;
     Ok(())
 }
 
