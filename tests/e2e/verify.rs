@@ -249,3 +249,61 @@ fn verify_counts_a_row_deleted_by_the_lost_future_of_a_restore_apart_from_missin
         "{text}"
     );
 }
+
+/// Defect (fault trial seed 20261751): a box restored from a backup and a
+/// copy of its database (a clone under the same device id) each began an
+/// epoch of their own, with the same rows pending. The copy sent them first;
+/// the box's own batches carried its fork, and the cloud left those rows out
+/// as sent by another stream of the lineage (the same content: nothing
+/// twice). `sluice verify` on the box looked under its own epochs only and
+/// reported every such row missing. It also looks under the streams the
+/// cloud records as descending from this database's epochs; the copy's own
+/// rows are still not this database's.
+#[test]
+fn verify_finds_the_rows_a_copy_of_the_database_sent_first() {
+    let cloud = CloudDb::create("verify_copy_first");
+    let dir = tempfile::tempdir().unwrap();
+    let a_path = dir.path().join("edge.db");
+    let dir_b = dir.path().join("copy");
+    std::fs::create_dir(&dir_b).unwrap();
+    let b_path = dir_b.join("edge.db");
+    let config_a = write_config(dir.path(), &a_path, &cloud.url, DEVICE, 100);
+    let config_b = write_config(&dir_b, &b_path, &cloud.url, DEVICE, 100);
+    let sync = |config: &std::path::Path| {
+        run_ok(&["sync", "--config", config.to_str().unwrap(), "--quiet"])
+    };
+    let a = edge_db(&a_path, true);
+    insert_rows(&a, "division_states", &division_states(0, 300, 3), 100);
+    sync(&config_a);
+    // 200 rows pending when the database is copied.
+    insert_rows(&a, "division_states", &division_states(300, 200, 3), 100);
+    a.execute("VACUUM INTO ?1", [b_path.to_str().unwrap()])
+        .unwrap();
+    let b = edge_db(&b_path, false);
+    a.execute_batch("SELECT sluice_new_epoch('restored from a backup')")
+        .unwrap();
+    b.execute_batch("SELECT sluice_new_epoch('copied')").unwrap();
+    // The copy's own rows, then it sends first.
+    insert_rows(&b, "division_states", &division_states(500, 50, 3), 50);
+    sync(&config_b);
+    sync(&config_a);
+    let mut c = cloud.client();
+    let per_stream: Vec<i64> = c
+        .query(
+            "SELECT count(*) FROM division_states GROUP BY sluice_stream ORDER BY 1",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    // Under the first stream 300, under the copy's 250; nothing under the
+    // box's new epoch: its pending rows were the copy's.
+    assert_eq!(per_stream, [250, 300]);
+    let (ok, text) = verify(&config_a, "division_states", &[]);
+    assert!(ok, "{text}");
+    assert!(text.contains("500 edge rows compared"), "{text}");
+    let (ok, text) = verify(&config_b, "division_states", &[]);
+    assert!(ok, "{text}");
+    assert!(text.contains("550 edge rows compared"), "{text}");
+}
