@@ -335,6 +335,8 @@ async fn pull_table(
     let mut phase = Phase::Idle;
     let mut acknowledged = false;
     let mut stalls = 0u32;
+    // The next page of a snapshot, asked for while this one was applied.
+    let mut prefetched: Option<PullReply> = None;
     let result: anyhow::Result<()> = async {
         loop {
             if shutdown.requested() {
@@ -354,7 +356,10 @@ async fn pull_table(
                 cursor: cursor.as_deref(),
                 tenant: cfg.pull.tenant.as_deref(),
             };
-            let reply = pull_with_retry(cfg, cloud, &req, shutdown).await?;
+            let reply = match prefetched.take() {
+                Some(r) => r,
+                None => pull_with_retry(cfg, cloud, &req, shutdown).await?,
+            };
             let info = reply
                 .batch
                 .as_deref()
@@ -369,13 +374,38 @@ async fn pull_table(
             if action == Action::BeginSnapshot {
                 edge.run(|e| e.begin()).await?;
             }
-            let applied = edge.run(move |e| e.apply(&batch)).await.with_context(|| {
-                format!(
-                    "the edge refused batch {} ({}; at checkpoint {checkpoint}); nothing of it was applied",
-                    b.id,
-                    describe_batch(&b)
-                )
-            })?;
+            let apply = async {
+                edge.run(move |e| e.apply(&batch)).await.with_context(|| {
+                    format!(
+                        "the edge refused batch {} ({}; at checkpoint {checkpoint}); nothing of it was applied",
+                        b.id,
+                        describe_batch(&b)
+                    )
+                })
+            };
+            // A snapshot's next page is asked for while this one is applied
+            // (the cursor is in the reply; the checkpoint passed is still the
+            // one applied before the snapshot, so nothing is acknowledged
+            // early). Incremental batches go one after another: the next
+            // call acknowledges what this one applied.
+            let next_cursor = reply
+                .cursor
+                .as_deref()
+                .filter(|_| b.snapshot_page > 0 && !b.last_page && reply.more);
+            let applied = match next_cursor {
+                Some(next) => {
+                    let next_req = PullRequest {
+                        cursor: Some(next),
+                        ..req.clone()
+                    };
+                    let (applied, next) =
+                        tokio::join!(apply, pull_with_retry(cfg, cloud, &next_req, shutdown));
+                    let applied = applied?;
+                    prefetched = Some(next?);
+                    applied
+                }
+                None => apply.await?,
+            };
             tp.batches += 1;
             tp.upserted += applied.upserted;
             tp.deleted += applied.deleted;
