@@ -341,7 +341,7 @@ fn apply(
             args.push(f.fork_seq.into());
             args.len()
         });
-        let check = sqlgen::fork_check_sql(
+        let check = sqlgen::fork_check_sql_keeping(
             &reg.target_sql,
             &plan.columns,
             &arrays,
@@ -350,6 +350,7 @@ fn apply(
             reg.policy,
             dedup,
             after_fork,
+            &cloud_owned,
         );
         if let Some(check) = check {
             let found = run_cached(client, &check, &types, &args)?;

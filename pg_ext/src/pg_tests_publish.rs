@@ -224,6 +224,36 @@ mod tests {
         assert!(e.contains("a batch of cloud changes (flag bit 4) cannot be ingested"), "{e}");
     }
 
+    /// A batch cut again with other boundaries carries a row the cloud has
+    /// (same version and device) with the edge's older copy of a column the
+    /// cloud changed since: not a fork (no 55000), and the cloud's value stays.
+    #[pg_test]
+    fn a_cloud_owned_column_changed_since_is_no_evidence_of_a_fork() {
+        setup();
+        Spi::run(
+            "SELECT sluice.register_table('configs', 'public.configs', ARRAY['location_id', 'camera_id']);
+             SELECT sluice.publish('public.configs', columns => ARRAY['location_id', 'camera_id', 'settings'],
+                 tenant_column => 'location_id');",
+        )
+        .unwrap();
+        let first = config_batch(false, &[(1, "c1", "{\"fps\": 10}", "success")]);
+        Spi::run_with_args("SELECT sluice.ingest($1)", &[first.into()]).unwrap();
+        Spi::run("UPDATE public.configs SET settings = '{\"fps\": 30}'").unwrap();
+        // (0, 2]: the same row 1 and a new row 2.
+        let again = config_batch(false, &[(1, "c1", "{\"fps\": 10}", "success"), (2, "c2", "{}", "pending")]);
+        let r = Spi::get_one_with_args::<String>(
+            "SELECT public.try_sql(format('SELECT sluice.ingest(%L::bytea)', $1::text))",
+            &[again.into()],
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(r, "ok");
+        assert_eq!(
+            text("SELECT string_agg(camera_id || ' ' || settings::text || ' ' || status, ', ' ORDER BY camera_id) FROM public.configs"),
+            "c1 {\"fps\": 30} success, c2 {} pending"
+        );
+    }
+
     #[pg_test]
     fn publishing_again_changes_the_settings_and_the_stream_only_when_needed() {
         setup();

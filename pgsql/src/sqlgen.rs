@@ -553,10 +553,22 @@ fn push_src_where(
 /// columns are left out (they are equal where this is used). `None` when
 /// every column is a key column.
 fn content_rows(alias: &str, columns: &[TargetColumn], keys: &[usize]) -> Option<(String, String)> {
+    content_rows_without(alias, columns, keys, &[])
+}
+
+/// [`content_rows`] without the columns named in `skip` (a published
+/// target's cloud-owned columns: the cloud changes them, the edge's copy may
+/// be older, and neither is evidence of a fork).
+fn content_rows_without(
+    alias: &str,
+    columns: &[TargetColumn],
+    keys: &[usize],
+    skip: &[String],
+) -> Option<(String, String)> {
     let (stored, incoming): (Vec<String>, Vec<String>) = columns
         .iter()
         .enumerate()
-        .filter(|(i, _)| !keys.contains(i))
+        .filter(|(i, c)| !keys.contains(i) && !skip.contains(&c.name))
         .map(|(i, c)| {
             (
                 format!("{alias}.{}::text", quote_ident(&c.name)),
@@ -600,8 +612,27 @@ pub fn fork_check_sql(
     dedup: bool,
     after_fork: Option<usize>,
 ) -> Option<String> {
+    fork_check_sql_keeping(target, columns, arrays, keys, bk, policy, dedup, after_fork, &[])
+}
+
+/// [`fork_check_sql`] into a published target: its cloud-owned columns
+/// (`cloud_owned`) are left out of the comparison, since the cloud changes
+/// them and the edge's copy of a row may be older ([`upsert_sql_keeping`]
+/// never writes them either). `None` also when no other column is left.
+#[allow(clippy::too_many_arguments)]
+pub fn fork_check_sql_keeping(
+    target: &str,
+    columns: &[TargetColumn],
+    arrays: &[&str],
+    keys: &[usize],
+    bk: Bookkeeping,
+    policy: Policy,
+    dedup: bool,
+    after_fork: Option<usize>,
+    cloud_owned: &[String],
+) -> Option<String> {
     let n = columns.len();
-    let (stored, incoming) = content_rows("t", columns, keys)?;
+    let (stored, incoming) = content_rows_without("t", columns, keys, cloud_owned)?;
     let mut sql = String::with_capacity(256 + 64 * n);
     sql.push_str("WITH ");
     push_src(&mut sql, columns, arrays, keys, policy, dedup);
@@ -1296,6 +1327,19 @@ WHERE t."sluice_device" = $6::text AND t."sluice_version" >= s.v
   AND ROW(t."x"::text, t."j"::text) IS DISTINCT FROM ROW(CAST(s.c3 AS numeric(6,2))::text, CAST(s.c4 AS json)::text)
 ORDER BY s.v LIMIT 1"#
         );
+        // A published target: its cloud-owned columns are not compared, and
+        // with none left there is no check.
+        let kept = fork_check_sql_keeping(
+            "t", &cols, &arrays, &[0, 1], NO_BK, Policy::LastWriterWins, true, None,
+            &["j".to_string()],
+        )
+        .unwrap();
+        assert!(kept.contains("AND ROW(t.\"x\"::text) IS DISTINCT FROM ROW(CAST(s.c3 AS numeric(6,2))::text)"), "{kept}");
+        assert!(fork_check_sql_keeping(
+            "t", &cols, &arrays, &[0, 1], NO_BK, Policy::LastWriterWins, true, None,
+            &["j".to_string(), "x".to_string()],
+        )
+        .is_none());
         // Append-only table: the device and stream are in the key.
         let sql = fork_check_sql(
             "t",
