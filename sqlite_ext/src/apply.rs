@@ -54,9 +54,9 @@ fn apply(ctx: &Context<'_>) -> Res<Value> {
         sluice_wire::decode(bytes).map_err(|e| Fail(format!("the batch is damaged: {e}")))?;
     let Some(changes) = batch.header.changes else {
         return Err(Fail(format!(
-            "not a batch of cloud changes (flag bit 4 is not set): batch {} is a batch of the \
-             edge's rows, which only the cloud ingests",
-            batch.header.id()
+            "not a batch of cloud changes (flag bit 4 is not set): a batch of the edge's rows \
+             of '{}', which only the cloud ingests",
+            batch.header.table
         )));
     };
     let conn = connection(ctx)?;

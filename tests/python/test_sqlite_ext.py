@@ -72,6 +72,11 @@ EXPECTED_FUNCTIONS = {
     ("sluice_quarantine", 4): DIRECTONLY,
     ("sluice_release", 1): DIRECTONLY,
     ("sluice_release", 2): DIRECTONLY,
+    # cloud to edge (sqlite_ext/src/apply_tests.rs, docs/sqlite.md "Cloud to edge")
+    ("sluice_subscribe", 1): DIRECTONLY,
+    ("sluice_subscribe", 2): DIRECTONLY,
+    ("sluice_unsubscribe", 1): DIRECTONLY,
+    ("sluice_apply", 1): DIRECTONLY,
 }
 
 

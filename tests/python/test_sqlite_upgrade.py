@@ -12,6 +12,9 @@ import pytest
 
 from conftest import connect, parse_batch
 
+# The bookkeeping version this extension writes (sqlite_ext/src/bookkeeping).
+BOOKKEEPING_VERSION = 6
+
 FIXTURE = os.path.join(os.path.dirname(__file__), "..", "fixtures", "edge-v0.1.0.db")
 # What v0.1.0 itself reported on the fixture (pending rows by table).
 PENDING = {"cameras": 1, "readings": 11, "samples_5m": 75}
@@ -67,7 +70,7 @@ def test_read_only_calls_read_it_as_it_is(old):
 def test_the_first_write_upgrades_in_place_and_keeps_everything(old):
     before = state(old)
     old.execute("SELECT sluice_device('fixture-box')")
-    assert version(old) == 5
+    assert version(old) == BOOKKEEPING_VERSION
     after = state(old)
     assert after == before
     tables = {r[0] for r in old.execute("SELECT name FROM sqlite_master WHERE name LIKE 'sluice%'")}
@@ -76,16 +79,16 @@ def test_the_first_write_upgrades_in_place_and_keeps_everything(old):
     # Upgrading again changes nothing; every upgrade step may run again on
     # what it made (a schema_version deleted by hand).
     old.execute("SELECT sluice_device('fixture-box')")
-    assert version(old) == 5 and state(old) == before
+    assert version(old) == BOOKKEEPING_VERSION and state(old) == before
     old.execute("DELETE FROM sluice_meta WHERE key = 'schema_version'")
     old.execute("SELECT sluice_device('fixture-box')")
-    assert version(old) == 5 and state(old) == before
+    assert version(old) == BOOKKEEPING_VERSION and state(old) == before
     assert old.execute("PRAGMA integrity_check").fetchone() == ("ok",)
 
 
 def test_sync_rollups_and_budget_go_on_after_the_upgrade(old):
     old.execute("SELECT sluice_track('readings')")  # a write: upgrades
-    assert version(old) == 5
+    assert version(old) == BOOKKEEPING_VERSION
     # The newest-first range is kept: the next batches fill the gap below it.
     b = parse_batch(old.execute("SELECT sluice_batch('readings', 100)").fetchone()[0])
     assert (b["base_seq"], b["last_seq"], b["row_count"]) == (5, 16, 11)
@@ -148,7 +151,7 @@ def test_the_existing_stream_becomes_the_first_epoch(old):
         ],
     }
     old.execute("SELECT sluice_device('fixture-box')")
-    assert version(old) == 5
+    assert version(old) == BOOKKEEPING_VERSION
     assert identity(old) == before
     cols = {r[1] for r in old.execute("PRAGMA table_info(sluice_tables)")}
     assert {"fork_parent", "fork_seq"} <= cols
