@@ -1,6 +1,7 @@
 //! `sluice_apply(batch)`: applies a batch of cloud changes (flag bit 4,
 //! built by the cloud's `sluice.pull`) to the subscribed local table, all or
-//! nothing, exactly once (issue 13; docs/sync-protocol.md, "Cloud to edge").
+//! nothing, exactly once (issue 13; docs/sqlite.md and docs/sync-protocol.md,
+//! "Cloud to edge").
 //!
 //! - Refused whole, nothing applied, with an error that names the problem:
 //!   a damaged batch, a batch that is not of cloud changes, of another
@@ -516,6 +517,22 @@ fn chunk(conn: &Connection, columns: usize) -> usize {
     (limit / columns.max(1)).clamp(1, 256)
 }
 
+/// Whether `e` is a conflict on the primary key or a unique index.
+fn is_key_conflict(e: &rusqlite::Error) -> bool {
+    // The extended code when the connection reports them, else the
+    // message (both kinds say "UNIQUE constraint failed").
+    match e {
+        rusqlite::Error::SqliteFailure(f, m) => {
+            f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY
+                || f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
+                || (f.code == rusqlite::ErrorCode::ConstraintViolation
+                    && m.as_deref()
+                        .is_some_and(|m| m.starts_with("UNIQUE constraint failed")))
+        }
+        _ => false,
+    }
+}
+
 /// The statements of one call's upserts, by number of rows.
 struct Writer<'p, 'c> {
     plan: &'p Plan,
@@ -554,6 +571,14 @@ impl<'c> Writer<'_, 'c> {
             }
         }
         if let Err(e) = stmt.raw_execute() {
+            if self.fresh && is_key_conflict(&e) {
+                // The batch carries a key twice (the statement undid its
+                // rows): upserts from here on, so the later row wins.
+                self.fresh = false;
+                self.statements.clear();
+                self.single = None;
+                return self.flush(rows);
+            }
             return Err(self.locate(rows, &e));
         }
         if let Some(keys) = self.keys {

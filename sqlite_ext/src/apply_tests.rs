@@ -1033,3 +1033,25 @@ fn a_snapshot_into_an_empty_table_records_no_keys_until_something_else_writes() 
     drop((a, b));
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn a_snapshot_into_an_empty_table_that_carries_a_key_twice_keeps_the_later_row() {
+    let db = edge();
+    let r = apply(
+        &db,
+        &B::page(
+            10,
+            1,
+            true,
+            vec![cam(1, "door", 15), cam(2, "bar", 30), cam(1, "door 2", 20)],
+        ),
+    );
+    assert_eq!(r["upserted"].as_i64(), Some(3));
+    assert_eq!(
+        cameras(&db),
+        vec![
+            (1, "door 2".into(), Some(20), "new".into()),
+            (2, "bar".into(), Some(30), "new".into())
+        ]
+    );
+}

@@ -294,8 +294,9 @@ fn setup_mutable(conn: &Connection, info: &TableInfo) -> Res<()> {
     };
     let bump = clock::next_version_sql(&t, &v, &this_row);
     // Updates that sluice_apply makes (quietly) keep the row's version: a
-    // row the cloud wrote is not pending for the way up (the quiet rule of
-    // docs/sync-protocol.md); the edge's own later updates bump it.
+    // row the cloud wrote is not pending for the way up (the quiet rule,
+    // docs/sqlite.md "Cloud to edge"); the edge's own later updates bump
+    // it.
     let quiet = tombstones::not_quiet_sql();
     conn.execute_batch(&format!(
         "CREATE INDEX IF NOT EXISTS main.{index} ON {t} ({v});"
