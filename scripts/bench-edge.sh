@@ -5,7 +5,8 @@
 # BENCH_ONLY=insert stops both parts after the insert measurements.
 #   - bench/edge (Rust, built on its own so its rusqlite is not unified with
 #     the extension's): insert vs a prepared statement and json_each,
-#     tracked vs untracked, ack cost, rollup vs GROUP BY;
+#     tracked vs untracked, ack cost, rollup vs GROUP BY, sluice_apply of a
+#     snapshot vs a prepared INSERT (issue 13; BENCH_ONLY=apply: only that);
 #   - bench/edge/bench_edge.py (Debian's python3): insert vs executemany at
 #     10, 100 and 1,000 rows a call (a commit each; the JSON built in the
 #     timing, and beforehand), local storage of one camera-day (skipped with
