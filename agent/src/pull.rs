@@ -337,6 +337,8 @@ async fn pull_table(
     let mut stalls = 0u32;
     // The next page of a snapshot, asked for while this one was applied.
     let mut prefetched: Option<PullReply> = None;
+    // A snapshot's edge transaction is open (begun, not yet committed).
+    let mut open = false;
     let result: anyhow::Result<()> = async {
         loop {
             if shutdown.requested() {
@@ -373,6 +375,7 @@ async fn pull_table(
             };
             if action == Action::BeginSnapshot {
                 edge.run(|e| e.begin()).await?;
+                open = true;
             }
             let apply = async {
                 edge.run(move |e| e.apply(&batch)).await.with_context(|| {
@@ -422,6 +425,7 @@ async fn pull_table(
                     .map_err(|e| anyhow::anyhow!("{e} (at checkpoint {checkpoint})"))?;
             if commit {
                 edge.run(|e| e.commit()).await?;
+                open = false;
                 tp.snapshots += 1;
                 stream_id = b.stream_id;
                 info!(table = %table, checkpoint = b.last_seq, pages = b.snapshot_page, "snapshot applied");
@@ -452,8 +456,9 @@ async fn pull_table(
         }
     }
     .await;
-    if phase != Phase::Idle {
-        // A snapshot did not complete: nothing of it stays.
+    if open {
+        // A snapshot did not complete (its first page refused, a later one,
+        // the cloud gone, shutdown): nothing of it stays.
         edge.run(|e| {
             e.rollback();
             Ok(())

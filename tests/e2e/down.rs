@@ -578,3 +578,68 @@ fn the_daemon_listens_again_after_its_connection_is_killed() {
     }
     assert!(child.wait().unwrap().success());
 }
+
+#[test]
+fn a_batch_the_edge_refuses_stops_its_table_and_names_it_and_the_others_go_on() {
+    let cloud = published_cloud("down_refused");
+    let mut c = cloud.client();
+    // A second published table with a column the edge's table lacks.
+    c.batch_execute(
+        "INSERT INTO camera_config VALUES ('cam-1', 'acme', 'box-1', 'fps=10');
+         CREATE TABLE zones (zone_id text PRIMARY KEY, tenant text NOT NULL, name text, polygon text);
+         SELECT sluice.publish('zones'::regclass, tenant_column => 'tenant');
+         INSERT INTO zones VALUES ('z-1', 'acme', 'bar', '0,0 1,1');",
+    )
+    .unwrap();
+    let b = edge_box(&cloud, "box-1", "", "", &[]);
+    b.conn
+        .execute_batch(
+            "CREATE TABLE zones (zone_id TEXT PRIMARY KEY, tenant TEXT, name TEXT);
+             INSERT INTO zones VALUES ('z-0', 'acme', 'kept');",
+        )
+        .unwrap();
+    b.conn
+        .query_row("SELECT sluice_subscribe('zones')", [], |_| Ok(()))
+        .unwrap();
+    let out = agent(&["sync", "--config", b.config.to_str().unwrap(), "--quiet"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{stdout}");
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("pull zones"))
+        .unwrap_or_else(|| panic!("no line of zones in\n{stdout}"));
+    assert!(line.contains("FAILED"), "{line}");
+    assert!(line.contains("'zones'"), "{line}");
+    assert!(line.contains("at checkpoint 0"), "{line}");
+    assert!(line.contains("nothing of it was applied"), "{line}");
+    assert!(
+        line.contains("polygon"),
+        "the edge's reason names the column: {line}"
+    );
+    // Nothing of the snapshot was applied; the other table got its rows.
+    let zones: Vec<String> = b
+        .conn
+        .prepare("SELECT zone_id || '=' || name FROM zones ORDER BY zone_id")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(zones, ["z-0=kept"]);
+    assert_eq!(edge_rows(&b.conn), ["cam-1=fps=10"]);
+    // The sync log says which table failed (and the run was recorded at all:
+    // a refused first page once left the snapshot's transaction open, and
+    // the log's end with it, uncommitted).
+    let (status, error): (String, String) = b
+        .conn
+        .query_row(
+            "SELECT status, error FROM sluice_sync_log ORDER BY id DESC LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(status, "partial");
+    assert!(error.starts_with("pull zones: "), "{error}");
+}
