@@ -1055,3 +1055,29 @@ fn a_snapshot_into_an_empty_table_that_carries_a_key_twice_keeps_the_later_row()
         ]
     );
 }
+
+#[test]
+fn a_new_key_forgets_the_snapshot_in_progress() {
+    let db = synced();
+    apply(&db, &B::page(50, 1, false, vec![cam(1, "door", 20)]));
+    db.execute_batch(
+        "CREATE UNIQUE INDEX cameras_name ON cameras (name);
+         SELECT sluice_subscribe('cameras', '{\"key\": [\"name\"]}');",
+    )
+    .unwrap();
+    let e = refused(&db, &B::page(50, 2, true, vec![cam(2, "bar", 1)]).bytes());
+    assert!(e.contains("without its page 1 applied"), "{e}");
+    // A snapshot by the new key starts at page 1.
+    let r = apply(
+        &db,
+        &B::page(60, 1, true, vec![cam(1, "door", 20), cam(5, "hall", 1)]),
+    );
+    assert_eq!(
+        (r["complete"].as_bool(), r["checkpoint"].as_i64()),
+        (Some(true), Some(60))
+    );
+    assert_eq!(
+        cameras(&db).iter().map(|c| c.0).collect::<Vec<_>>(),
+        vec![1, 5]
+    );
+}

@@ -102,6 +102,11 @@ fn subscribe(ctx: &Context<'_>) -> Res<Value> {
             ensure_quiet_triggers(&conn, &info)?;
         }
         let reset = existing.as_ref().is_some_and(|e| e.key != key);
+        if reset {
+            // A snapshot in progress on this connection recorded the old
+            // key's values.
+            crate::apply::forget_snapshot(&conn, &info.name)?;
+        }
         subscriptions::upsert(
             &conn,
             &info.name,
