@@ -643,3 +643,65 @@ fn a_batch_the_edge_refuses_stops_its_table_and_names_it_and_the_others_go_on() 
     assert_eq!(status, "partial");
     assert!(error.starts_with("pull zones: "), "{error}");
 }
+
+#[test]
+fn a_device_role_pulls_its_own_rows_without_naming_the_tenant_and_no_others() {
+    let cloud = published_cloud("down_role");
+    let mut c = cloud.client();
+    c.batch_execute(
+        "INSERT INTO camera_config VALUES
+             ('cam-1', 'acme', 'box-1', 'fps=10'),
+             ('cam-2', 'acme', NULL,    'fps=12'),
+             ('cam-3', 'acme', 'box-2', 'fps=15'),
+             ('cam-4', 'other', NULL,   'fps=30');
+         DO $$ BEGIN
+             IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'down_box_1') THEN
+                 CREATE ROLE down_box_1 LOGIN;
+             END IF;
+         END $$;
+         SELECT sluice.grant_device('down_box_1', 'acme', 'box-1');",
+    )
+    .unwrap_or_else(|e| panic!("{}", pg_error(&e)));
+    let url = cloud.url.replacen("postgres@", "down_box_1@", 1);
+    assert_ne!(
+        url, cloud.url,
+        "the test server's URL names the user postgres"
+    );
+    // No [pull] tenant: the grant's.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("edge.db");
+    let conn = edge_db(&path, false);
+    conn.execute_batch(
+        "CREATE TABLE camera_config (camera_id TEXT PRIMARY KEY, tenant TEXT, device TEXT, setting TEXT);
+         SELECT sluice_subscribe('camera_config');",
+    )
+    .unwrap();
+    let config = write_config_with(dir.path(), &path, &url, "box-1", 1000, "");
+    let out = sync(&config);
+    assert!(out.contains("pull camera_config"), "{out}");
+    assert_eq!(edge_rows(&conn), ["cam-1=fps=10", "cam-2=fps=12"]);
+
+    // The same role as another device: refused, nothing applied.
+    let other = tempfile::tempdir().unwrap();
+    let path2 = other.path().join("edge.db");
+    let conn2 = edge_db(&path2, false);
+    conn2
+        .execute_batch(
+            "CREATE TABLE camera_config (camera_id TEXT PRIMARY KEY, tenant TEXT, device TEXT, setting TEXT);
+             SELECT sluice_subscribe('camera_config');",
+        )
+        .unwrap();
+    let config2 = write_config_with(other.path(), &path2, &url, "box-2", 1000, "");
+    let out = agent(&["sync", "--config", config2.to_str().unwrap(), "--quiet"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{stdout}");
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("pull camera_config"))
+        .unwrap_or_else(|| panic!("no pull line in\n{stdout}"));
+    assert!(line.contains("FAILED") && line.contains("42501"), "{line}");
+    assert!(line.contains("at checkpoint 0"), "{line}");
+    assert_eq!(edge_rows(&conn2), Vec::<String>::new());
+}
