@@ -152,6 +152,16 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// The current time as the bookkeeping writes it: ISO-8601 UTC with
+/// milliseconds, SQLite's clock.
+pub fn now_iso(conn: &Connection) -> Res<String> {
+    Ok(
+        conn.query_row("SELECT strftime('%Y-%m-%dT%H:%M:%fZ', 'now')", [], |r| {
+            r.get(0)
+        })?,
+    )
+}
+
 /// Microseconds since the Unix epoch (0 if the clock is before 1970).
 pub fn now_us() -> i64 {
     std::time::SystemTime::now()

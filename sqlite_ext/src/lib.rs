@@ -26,7 +26,9 @@
 //!   declaration), [`sequence`] (the sequence column of a tracked table),
 //!   [`acked`] (acknowledged ranges above the watermark), [`fork`] (the
 //!   fork a new epoch leaves on a table), [`resend_rows`] (the rows of
-//!   re-send requests);
+//!   re-send requests), [`mutable`] (the version column and triggers of a
+//!   mutable table, quiet while `sluice_apply` writes), [`snapshot`] (the
+//!   snapshot a connection is applying);
 //! - the database: [`bookkeeping`] (every `sluice_*` table: DDL, versioned
 //!   upgrades, typed accessors) and [`schema`] (the user's tables);
 //! - pure: [`time`], [`options`], [`origin`] (machine ids, zones), and
@@ -52,6 +54,7 @@ pub mod fork;
 pub mod glue;
 pub mod insert;
 pub mod insert_cache;
+pub mod mutable;
 pub mod options;
 pub mod origin;
 pub mod pack;
@@ -70,6 +73,7 @@ pub mod rows;
 pub mod schema;
 pub mod seal;
 pub mod sequence;
+pub mod snapshot;
 pub mod status;
 pub mod subscribe;
 #[cfg(test)]

@@ -15,6 +15,12 @@ use crate::schema::{find_table, TableInfo};
 /// Name of the version column of mutable tables.
 pub const VERSION_COLUMN: &str = "sluice_version";
 
+/// Whether `name` is one of the columns sluice adds to a user's table (the
+/// cloud never owns them).
+pub fn is_sluice_column(name: &str) -> bool {
+    name.eq_ignore_ascii_case(VERSION_COLUMN)
+}
+
 /// The sequence column of a tracked table: the rowid alias of an
 /// append-only table, `sluice_version` of a mutable one. Displayed, it is
 /// the quoted name.

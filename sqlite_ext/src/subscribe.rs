@@ -16,11 +16,12 @@ use rusqlite::Connection;
 use serde_json::json;
 
 use crate::bookkeeping::{self, subscriptions, tables};
-use crate::glue::{arg_opt_text, arg_text, atomic, connection, finish, Fail, Res};
+use crate::glue::{arg_opt_text, arg_text, atomic, connection, finish, now_iso, Fail, Res};
+use crate::mutable::ensure_quiet_triggers;
 use crate::options::{parse_subscribe_options, SubscribeOptions};
 use crate::schema::{table_info, TableInfo};
-use crate::sequence::VERSION_COLUMN;
-use crate::track::ensure_quiet_triggers;
+use crate::sequence::is_sluice_column;
+use crate::snapshot::forget_snapshot;
 
 /// `sluice_subscribe(table [, options])` → the subscription as JSON.
 pub fn sluice_subscribe(ctx: &Context<'_>) -> rusqlite::Result<Value> {
@@ -30,21 +31,6 @@ pub fn sluice_subscribe(ctx: &Context<'_>) -> rusqlite::Result<Value> {
 /// `sluice_unsubscribe(table)` → 1 if the table was subscribed, else 0.
 pub fn sluice_unsubscribe(ctx: &Context<'_>) -> rusqlite::Result<Value> {
     finish("sluice_unsubscribe", unsubscribe(ctx))
-}
-
-/// Whether `name` is one of the columns sluice adds to a user's table (the
-/// cloud never owns them).
-pub fn is_sluice_column(name: &str) -> bool {
-    name.eq_ignore_ascii_case(VERSION_COLUMN)
-}
-
-/// The current time as the bookkeeping writes it (ISO-8601 UTC, ms).
-pub fn now_iso(conn: &Connection) -> Res<String> {
-    Ok(
-        conn.query_row("SELECT strftime('%Y-%m-%dT%H:%M:%fZ', 'now')", [], |r| {
-            r.get(0)
-        })?,
-    )
 }
 
 fn subscribe(ctx: &Context<'_>) -> Res<Value> {
@@ -105,7 +91,7 @@ fn subscribe(ctx: &Context<'_>) -> Res<Value> {
         if reset {
             // A snapshot in progress on this connection recorded the old
             // key's values.
-            crate::apply::forget_snapshot(&conn, &info.name)?;
+            forget_snapshot(&conn, &info.name)?;
         }
         subscriptions::upsert(
             &conn,
@@ -135,7 +121,7 @@ fn unsubscribe(ctx: &Context<'_>) -> Res<Value> {
         let Some(s) = subscriptions::get(&conn, table)? else {
             return Ok(false);
         };
-        crate::apply::forget_snapshot(&conn, &s.tbl)?;
+        forget_snapshot(&conn, &s.tbl)?;
         subscriptions::remove(&conn, &s.tbl)
     })?;
     Ok(Value::Integer(i64::from(removed)))
