@@ -254,6 +254,21 @@ mod tests {
         );
     }
 
+    /// `sluice.device_streams` and `sluice.pull` run the same statement
+    /// text with other parameter types (a table name, an OID): the plan of
+    /// one was taken for the other, and the pull read an OID as text (the
+    /// backend crashed, found by the agent's down tests).
+    #[pg_test]
+    fn one_statement_text_with_other_parameter_types_is_another_plan() {
+        setup();
+        Spi::run("SELECT sluice.publish('public.configs', tenant_column => 'location_id')").unwrap();
+        assert_eq!(Spi::get_one::<i64>("SELECT count(*) FROM sluice.device_streams('box-1')").unwrap(), Some(0));
+        assert_eq!(
+            Spi::get_one::<i32>("SELECT rows FROM sluice.pull('configs', 'box-1', 0, 0, 10, NULL, 'lyon')").unwrap(),
+            Some(0)
+        );
+    }
+
     #[pg_test]
     fn publishing_again_changes_the_settings_and_the_stream_only_when_needed() {
         setup();
