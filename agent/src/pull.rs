@@ -859,26 +859,41 @@ pub async fn daemon(cfg: &Config, metrics: &Metrics, shutdown: &Shutdown) -> any
                 }
             };
             tokio::select! {
-                heard = rx.recv(), if heard_open => match heard {
-                    None => heard_open = false,
-                    Some(Heard::Listening) => {
-                        listening = true;
-                        all = true;
-                    }
-                    Some(Heard::NotListening) => {
-                        if listening {
-                            next_poll = Instant::now();
+                heard = rx.recv(), if heard_open => {
+                    let mut heard = heard;
+                    // What else was heard meanwhile (during a pull) makes
+                    // the same next pull.
+                    loop {
+                        match heard {
+                            None => {
+                                heard_open = false;
+                                break;
+                            }
+                            Some(Heard::Listening) => {
+                                listening = true;
+                                all = true;
+                            }
+                            Some(Heard::NotListening) => {
+                                if listening {
+                                    next_poll = Instant::now();
+                                }
+                                listening = false;
+                            }
+                            Some(Heard::Changed { tables, horizon }) => {
+                                let now = Instant::now();
+                                for t in tables {
+                                    // Without a horizon: one pull.
+                                    waiting.notified(&t, horizon.unwrap_or(i64::MIN), now);
+                                }
+                            }
                         }
-                        listening = false;
+                        heard = match rx.try_recv() {
+                            Ok(h) => Some(h),
+                            Err(mpsc::error::TryRecvError::Empty) => break,
+                            Err(mpsc::error::TryRecvError::Disconnected) => None,
+                        };
                     }
-                    Some(Heard::Changed { tables, horizon }) => {
-                        let now = Instant::now();
-                        for t in tables {
-                            // Without a horizon: one pull.
-                            waiting.notified(&t, horizon.unwrap_or(i64::MIN), now);
-                        }
-                    }
-                },
+                }
                 _ = sleep => {}
                 _ = shutdown.cancelled() => {}
             }
