@@ -705,3 +705,62 @@ fn a_device_role_pulls_its_own_rows_without_naming_the_tenant_and_no_others() {
     assert!(line.contains("at checkpoint 0"), "{line}");
     assert_eq!(edge_rows(&conn2), Vec::<String>::new());
 }
+
+#[test]
+fn the_scheduled_pull_applies_changes_and_logs_only_the_runs_that_did_something() {
+    let cloud = published_cloud("down_schedule");
+    let mut c = cloud.client();
+    c.batch_execute("INSERT INTO camera_config VALUES ('cam-1', 'acme', 'box-1', 'fps=10')")
+        .unwrap();
+    // Neither listening nor polling: only the schedule (every second) pulls.
+    let b = edge_box(
+        &cloud,
+        "box-1",
+        "schedule = \"* * * * * *\"\nlisten = false\npoll_interval = \"1h\"",
+        QUIET_JOBS,
+        &[],
+    );
+    let (mut child, log) = daemon(&b.config);
+    wait_for_rows(
+        &b.conn,
+        &["cam-1=fps=10"],
+        Duration::from_secs(30),
+        &mut child,
+        &log,
+    );
+    c.batch_execute("INSERT INTO camera_config VALUES ('cam-2', 'acme', 'box-1', 'fps=12')")
+        .unwrap();
+    wait_for_rows(
+        &b.conn,
+        &["cam-1=fps=10", "cam-2=fps=12"],
+        Duration::from_secs(30),
+        &mut child,
+        &log,
+    );
+    let pull_runs = |conn: &Connection| -> (i64, i64) {
+        conn.query_row(
+            "SELECT count(*), coalesce(sum(rows), 0) FROM sluice_sync_log WHERE kind = 'pull'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap_or((0, 0))
+    };
+    // The run that brought cam-2 is in the log (written when it ended).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (runs, rows) = loop {
+        let (runs, rows) = pull_runs(&b.conn);
+        if rows >= 1 || Instant::now() > deadline {
+            break (runs, rows);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(rows >= 1 && runs >= 1, "{runs} runs, {rows} rows");
+    // Runs that applied nothing are not written: three idle seconds (three
+    // scheduled runs) add no row.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(pull_runs(&b.conn), (runs, rows));
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    assert!(child.wait().unwrap().success());
+}
