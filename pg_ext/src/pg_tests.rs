@@ -2004,6 +2004,75 @@ mod tests {
     }
 
     #[pg_test]
+    fn a_copy_of_a_young_epoch_skips_the_originals_rows_not_the_other_way() {
+        // Found by the fault trials (seed 20261751): a box restored from a
+        // backup (a new epoch, its batches carrying the fork) was cloned
+        // before it had sent its rows up to the fork; the clone sent them
+        // first under its own stream, and the original's fork batches then
+        // skipped them as rows of its lineage: the original's rows were in
+        // the cloud only under the clone's stream (its verify: missing).
+        setup_counts();
+        const S1: u64 = 11;
+        const S5: u64 = 55;
+        const S7: u64 = 77;
+        assert_eq!(
+            ingest(&counts_batch(S1, None, &[(1, 10), (2, 20), (3, 30)], None)),
+            (3, 0, 0, false)
+        );
+        // S5: S1's backup restored (row 1 was pending in it), forked at 6;
+        // it sends up to 3.
+        assert_eq!(
+            ingest(&counts_batch(
+                S5,
+                Some((S1, 6)),
+                &[(1, 10), (2, 22), (3, 33)],
+                None
+            )),
+            (2, 0, 1, false)
+        );
+        // S7: a clone of S5's database, forked from S5 at 8. Row 3 its
+        // original sent (an acknowledgement the copy did not get); rows 4
+        // to 6 were pending in S5 when it was copied; 7 and 8 are its own.
+        assert_eq!(
+            ingest(&counts_batch(
+                S7,
+                Some((S5, 8)),
+                &[(3, 33), (4, 40), (5, 50), (6, 60), (7, 70), (8, 80)],
+                Some(2)
+            )),
+            (5, 0, 1, false)
+        );
+        // S5 sends its rows 4 to 6: its own, under its stream, though its
+        // copy sent the same first (the copy's are the copy's, as when the
+        // original sends first and the copy's batch skips nothing of them).
+        assert_eq!(
+            ingest(&counts_batch(
+                S5,
+                Some((S1, 6)),
+                &[(4, 40), (5, 50), (6, 60)],
+                Some(3)
+            )),
+            (3, 0, 0, false)
+        );
+        assert_eq!(
+            counts(),
+            "11:1=10 11:2=20 11:3=30 55:2=22 55:3=33 55:4=40 55:5=50 55:6=60 \
+             77:4=40 77:5=50 77:6=60 77:7=70 77:8=80"
+        );
+        // A second restore of S1's backup still leaves out what any other
+        // epoch of the backup sent, its sibling's copy included.
+        assert_eq!(
+            ingest(&counts_batch(
+                66,
+                Some((S1, 6)),
+                &[(1, 10), (4, 40), (6, 61)],
+                None
+            )),
+            (1, 0, 2, false)
+        );
+    }
+
+    #[pg_test]
     fn device_streams_follow_the_tenancy_rule() {
         setup_counts();
         Spi::run(
