@@ -64,8 +64,9 @@ pub fn pull(a: &PullArgs<'_>) -> Result<Pulled> {
         // those that committed.
         let horizon = run_cached(client, HORIZON_SQL, &[], &[])?;
         let h = horizon.first();
+        let next_xid = h.get::<i64>(1)?.unwrap_or(1);
         let xmin = serve_below(
-            h.get::<i64>(1)?.unwrap_or(1),
+            next_xid,
             &h.get::<Vec<i64>>(2)?.unwrap_or_default(),
             &h.get::<Vec<i64>>(3)?.unwrap_or_default(),
             h.get::<i64>(4)?,
@@ -90,7 +91,7 @@ pub fn pull(a: &PullArgs<'_>) -> Result<Pulled> {
                 let mode = if a.cursor.is_some() {
                     PullMode::Snapshot(SnapshotReason::Stream)
                 } else {
-                    pull_mode(a.checkpoint, a.stream_id, p.stream_id, p.purged_through, served)
+                    pull_mode(a.checkpoint, a.stream_id, p.stream_id, p.purged_through, next_xid)
                 };
                 match mode {
                     PullMode::Incremental => (incremental(client, a, &p, tenant, xmin)?, false),

@@ -737,20 +737,25 @@ pub enum SnapshotReason {
     /// The changes after its checkpoint were purged (offline past the
     /// horizon).
     Purged,
-    /// Its checkpoint lies ahead of what the cloud has served (a cloud
-    /// restored from a backup).
+    /// Its checkpoint lies at or above every transaction id the cloud has
+    /// handed out (a cloud restored from a backup).
     Ahead,
 }
 
 /// The mode of a pull without a cursor: `checkpoint` and `stream_id` as the
 /// device sent them, the publication's `pub_stream` and `purged_through`,
-/// and `served` = the current xmin - 1.
+/// and `next_xid`, the snapshot's `xmax` (no transaction id at or above it
+/// was ever handed out). A checkpoint at or above `next_xid` is one this
+/// cloud never served: a cloud restored from a backup. (A checkpoint above
+/// what this call may serve but below `next_xid` is not: the bound can move
+/// down a little, when a transaction of another database is no longer
+/// found there, [`serve_below`]; such a pull serves nothing.)
 pub fn pull_mode(
     checkpoint: i64,
     stream_id: i64,
     pub_stream: i64,
     purged_through: i64,
-    served: i64,
+    next_xid: i64,
 ) -> PullMode {
     if checkpoint <= 0 {
         PullMode::Snapshot(SnapshotReason::First)
@@ -758,7 +763,7 @@ pub fn pull_mode(
         PullMode::Snapshot(SnapshotReason::Stream)
     } else if checkpoint < purged_through {
         PullMode::Snapshot(SnapshotReason::Purged)
-    } else if checkpoint > served {
+    } else if checkpoint >= next_xid {
         PullMode::Snapshot(SnapshotReason::Ahead)
     } else {
         PullMode::Incremental

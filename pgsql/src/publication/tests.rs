@@ -234,8 +234,8 @@ fn modes_of_a_pull() {
     assert_eq!(pull_mode(10, 4, 5, 0, 100), Snapshot(Stream));
     assert_eq!(pull_mode(10, 5, 5, 11, 100), Snapshot(Purged));
     assert_eq!(pull_mode(11, 5, 5, 11, 100), Incremental);
-    assert_eq!(pull_mode(101, 5, 5, 0, 100), Snapshot(Ahead));
-    assert_eq!(pull_mode(100, 5, 5, 0, 100), Incremental);
+    assert_eq!(pull_mode(100, 5, 5, 0, 100), Snapshot(Ahead));
+    assert_eq!(pull_mode(99, 5, 5, 0, 100), Incremental);
 }
 
 #[test]
