@@ -31,7 +31,9 @@ mod tests {
     }
 
     fn text(q: &str) -> String {
-        Spi::get_one::<String>(q).unwrap().unwrap_or_else(|| "NULL".into())
+        Spi::get_one::<String>(q)
+            .unwrap()
+            .unwrap_or_else(|| "NULL".into())
     }
 
     #[pg_test]
@@ -57,9 +59,15 @@ mod tests {
         for (q, want) in cases {
             assert_eq!(try_sql(q), want, "{q}");
         }
-        assert_eq!(Spi::get_one::<i64>("SELECT count(*) FROM sluice.publications").unwrap(), Some(0));
         assert_eq!(
-            Spi::get_one::<i64>("SELECT count(*) FROM pg_trigger WHERE tgrelid = 'public.configs'::regclass").unwrap(),
+            Spi::get_one::<i64>("SELECT count(*) FROM sluice.publications").unwrap(),
+            Some(0)
+        );
+        assert_eq!(
+            Spi::get_one::<i64>(
+                "SELECT count(*) FROM pg_trigger WHERE tgrelid = 'public.configs'::regclass"
+            )
+            .unwrap(),
             Some(0)
         );
     }
@@ -84,7 +92,10 @@ mod tests {
             "true"
         );
         assert_eq!(
-            Spi::get_one::<i64>(r#"SELECT count(*) FROM pg_trigger WHERE tgrelid = 'public."we""ird; x"'::regclass"#).unwrap(),
+            Spi::get_one::<i64>(
+                r#"SELECT count(*) FROM pg_trigger WHERE tgrelid = 'public."we""ird; x"'::regclass"#
+            )
+            .unwrap(),
             Some(0)
         );
     }
@@ -111,9 +122,15 @@ mod tests {
             "lyon/*:lyon.c1 lyon/b2:lyon.c2 lyon/*:lyon.c1 paris/b2:paris.c2 lyon/b2:lyon.c2 lyon/*:lyon.c9 lyon/*:lyon.c1 lyon/*:lyon.c9"
         );
         // One position per transaction: the test's own.
-        assert_eq!(Spi::get_one::<i64>("SELECT count(DISTINCT position) FROM sluice.changes").unwrap(), Some(1));
         assert_eq!(
-            try_sql("TRUNCATE public.configs").split(':').next().unwrap(),
+            Spi::get_one::<i64>("SELECT count(DISTINCT position) FROM sluice.changes").unwrap(),
+            Some(1)
+        );
+        assert_eq!(
+            try_sql("TRUNCATE public.configs")
+                .split(':')
+                .next()
+                .unwrap(),
             "0A000"
         );
     }
@@ -126,8 +143,12 @@ mod tests {
              INSERT INTO public.configs (location_id, camera_id) VALUES ('lyon', 'c1');",
         )
         .unwrap();
-        let stream = Spi::get_one::<i64>("SELECT stream_id FROM sluice.publications").unwrap().unwrap();
-        let own = Spi::get_one::<i64>("SELECT pg_current_xact_id()::text::bigint").unwrap().unwrap();
+        let stream = Spi::get_one::<i64>("SELECT stream_id FROM sluice.publications")
+            .unwrap()
+            .unwrap();
+        let own = Spi::get_one::<i64>("SELECT pg_current_xact_id()::text::bigint")
+            .unwrap()
+            .unwrap();
         // A snapshot: the row is visible to this transaction, but its
         // checkpoint stays below the transaction's own position.
         let (cp, rows) = Spi::get_two_with_args::<i64, i32>(
@@ -200,7 +221,13 @@ mod tests {
         .unwrap();
         let entries = Spi::get_one::<i64>("SELECT count(*) FROM sluice.changes").unwrap();
         // The edge reports its status, with its (older) copy of settings.
-        let b = config_batch(false, &[(1, "c1", "{\"fps\": 10}", "success"), (2, "c2", "{\"new\": 1}", "pending")]);
+        let b = config_batch(
+            false,
+            &[
+                (1, "c1", "{\"fps\": 10}", "success"),
+                (2, "c2", "{\"new\": 1}", "pending"),
+            ],
+        );
         Spi::run_with_args("SELECT sluice.ingest($1)", &[b.into()]).unwrap();
         assert_eq!(
             text("SELECT string_agg(camera_id || ' ' || settings::text || ' ' || status, ', ' ORDER BY camera_id) FROM public.configs"),
@@ -220,8 +247,14 @@ mod tests {
         )
         .unwrap()
         .unwrap();
-        assert!(e.starts_with("22P03: sluice.ingest: batch box-1/configs/"), "{e}");
-        assert!(e.contains("a batch of cloud changes (flag bit 4) cannot be ingested"), "{e}");
+        assert!(
+            e.starts_with("22P03: sluice.ingest: batch box-1/configs/"),
+            "{e}"
+        );
+        assert!(
+            e.contains("a batch of cloud changes (flag bit 4) cannot be ingested"),
+            "{e}"
+        );
     }
 
     /// A batch cut again with other boundaries carries a row the cloud has
@@ -240,7 +273,13 @@ mod tests {
         Spi::run_with_args("SELECT sluice.ingest($1)", &[first.into()]).unwrap();
         Spi::run("UPDATE public.configs SET settings = '{\"fps\": 30}'").unwrap();
         // (0, 2]: the same row 1 and a new row 2.
-        let again = config_batch(false, &[(1, "c1", "{\"fps\": 10}", "success"), (2, "c2", "{}", "pending")]);
+        let again = config_batch(
+            false,
+            &[
+                (1, "c1", "{\"fps\": 10}", "success"),
+                (2, "c2", "{}", "pending"),
+            ],
+        );
         let r = Spi::get_one_with_args::<String>(
             "SELECT public.try_sql(format('SELECT sluice.ingest(%L::bytea)', $1::text))",
             &[again.into()],
@@ -261,10 +300,17 @@ mod tests {
     #[pg_test]
     fn one_statement_text_with_other_parameter_types_is_another_plan() {
         setup();
-        Spi::run("SELECT sluice.publish('public.configs', tenant_column => 'location_id')").unwrap();
-        assert_eq!(Spi::get_one::<i64>("SELECT count(*) FROM sluice.device_streams('box-1')").unwrap(), Some(0));
+        Spi::run("SELECT sluice.publish('public.configs', tenant_column => 'location_id')")
+            .unwrap();
         assert_eq!(
-            Spi::get_one::<i32>("SELECT rows FROM sluice.pull('configs', 'box-1', 0, 0, 10, NULL, 'lyon')").unwrap(),
+            Spi::get_one::<i64>("SELECT count(*) FROM sluice.device_streams('box-1')").unwrap(),
+            Some(0)
+        );
+        assert_eq!(
+            Spi::get_one::<i32>(
+                "SELECT rows FROM sluice.pull('configs', 'box-1', 0, 0, 10, NULL, 'lyon')"
+            )
+            .unwrap(),
             Some(0)
         );
     }
@@ -272,13 +318,23 @@ mod tests {
     #[pg_test]
     fn publishing_again_changes_the_settings_and_the_stream_only_when_needed() {
         setup();
-        Spi::run("SELECT sluice.publish('public.configs', tenant_column => 'location_id')").unwrap();
+        Spi::run("SELECT sluice.publish('public.configs', tenant_column => 'location_id')")
+            .unwrap();
         let s1 = Spi::get_one::<i64>("SELECT stream_id FROM sluice.publications").unwrap();
         Spi::run("SELECT sluice.publish('public.configs', tenant_column => 'location_id', horizon => '1 day')").unwrap();
-        assert_eq!(Spi::get_one::<i64>("SELECT stream_id FROM sluice.publications").unwrap(), s1);
-        assert_eq!(text("SELECT horizon::text FROM sluice.publications"), "1 day");
+        assert_eq!(
+            Spi::get_one::<i64>("SELECT stream_id FROM sluice.publications").unwrap(),
+            s1
+        );
+        assert_eq!(
+            text("SELECT horizon::text FROM sluice.publications"),
+            "1 day"
+        );
         Spi::run("SELECT sluice.publish('public.configs', tenant_column => 'location_id', device_column => 'device')").unwrap();
-        assert_ne!(Spi::get_one::<i64>("SELECT stream_id FROM sluice.publications").unwrap(), s1);
+        assert_ne!(
+            Spi::get_one::<i64>("SELECT stream_id FROM sluice.publications").unwrap(),
+            s1
+        );
         assert_eq!(
             try_sql("SELECT sluice.publish('public.configs', 'other')"),
             "22023: sluice.publish: public.configs is already published as edge table 'configs'; unpublish it first"

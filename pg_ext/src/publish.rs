@@ -123,7 +123,9 @@ pub fn publish(target: pg_sys::Oid, args: PublishArgs, horizon: Option<Interval>
             let name = other.first().get::<String>(1)?.unwrap_or_default();
             return Err(fail(
                 PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
-                format!("{target_name} is already published as edge table '{name}'; unpublish it first"),
+                format!(
+                    "{target_name} is already published as edge table '{name}'; unpublish it first"
+                ),
             ));
         }
 
@@ -223,7 +225,10 @@ fn drop_capture(client: &mut SpiClient<'_>, target: pg_sys::Oid) -> Result<()> {
 /// Drops the capture triggers `target` has (without a NOTICE for those it
 /// has not).
 fn drop_triggers(client: &mut SpiClient<'_>, target: pg_sys::Oid, target_sql: &str) -> Result<()> {
-    let names: Vec<String> = Publication::TRIGGERS.iter().map(|s| s.to_string()).collect();
+    let names: Vec<String> = Publication::TRIGGERS
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
     let mut found = Vec::new();
     for r in client.select(
         "SELECT tgname::text FROM pg_catalog.pg_trigger WHERE tgrelid = $1 AND tgname = ANY ($2)",
@@ -256,7 +261,9 @@ pub fn unpublish(edge_table: &str) -> Result<bool> {
         if owner != Some(true) {
             return Err(SluiceError::new(
                 PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
-                format!("sluice.unpublish: only the owner of the target may unpublish '{edge_table}'"),
+                format!(
+                    "sluice.unpublish: only the owner of the target may unpublish '{edge_table}'"
+                ),
             ));
         }
         drop_capture(client, target.unwrap_or(pg_sys::InvalidOid))?;

@@ -91,7 +91,13 @@ pub fn pull(a: &PullArgs<'_>) -> Result<Pulled> {
                 let mode = if a.cursor.is_some() {
                     PullMode::Snapshot(SnapshotReason::Stream)
                 } else {
-                    pull_mode(a.checkpoint, a.stream_id, p.stream_id, p.purged_through, next_xid)
+                    pull_mode(
+                        a.checkpoint,
+                        a.stream_id,
+                        p.stream_id,
+                        p.purged_through,
+                        next_xid,
+                    )
                 };
                 match mode {
                     PullMode::Incremental => (incremental(client, a, &p, tenant, xmin)?, false),
@@ -275,7 +281,10 @@ fn encode(
     encode_with_deletes(h, versions, deleted, columns, EncodeOptions::default()).map_err(|e| {
         fail(
             PgSqlErrorCode::ERRCODE_PROGRAM_LIMIT_EXCEEDED,
-            format!("cannot encode the batch of '{}': {e}; pass a smaller max_rows", h.table),
+            format!(
+                "cannot encode the batch of '{}': {e}; pass a smaller max_rows",
+                h.table
+            ),
         )
     })
 }
@@ -445,7 +454,10 @@ fn snapshot_page(
             columns[i].push(value(&row, 1 + i, col.kind)?);
         }
         last_key = (0..pb.key.len())
-            .map(|k| row.get::<String>(1 + ncols + k).map(Option::unwrap_or_default))
+            .map(|k| {
+                row.get::<String>(1 + ncols + k)
+                    .map(Option::unwrap_or_default)
+            })
             .collect::<std::result::Result<Vec<_>, _>>()?;
         n += 1;
     }

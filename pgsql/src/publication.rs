@@ -183,7 +183,13 @@ pub struct Publication {
 
 /// Is `name` one of sluice's bookkeeping columns (never published)?
 pub fn is_bookkeeping(name: &str) -> bool {
-    [DEVICE_COLUMN, VERSION_COLUMN, STREAM_COLUMN, DELETED_AT_COLUMN].contains(&name)
+    [
+        DEVICE_COLUMN,
+        VERSION_COLUMN,
+        STREAM_COLUMN,
+        DELETED_AT_COLUMN,
+    ]
+    .contains(&name)
 }
 
 impl Publication {
@@ -201,7 +207,10 @@ impl Publication {
         args: &PublishArgs,
     ) -> Result<Publication, PublishError> {
         let invalid = |m: String| PublishError::new(SqlState::InvalidParameterValue, m);
-        let edge_table = args.edge_table.clone().unwrap_or_else(|| relname.to_owned());
+        let edge_table = args
+            .edge_table
+            .clone()
+            .unwrap_or_else(|| relname.to_owned());
         if edge_table.is_empty() {
             return Err(invalid("the edge table name is empty".into()));
         }
@@ -209,7 +218,10 @@ impl Publication {
         let names: Vec<String> = match &args.columns {
             Some(cols) => {
                 if cols.is_empty() {
-                    return Err(invalid("columns is empty; name the published columns or pass NULL for all of them".into()));
+                    return Err(invalid(
+                        "columns is empty; name the published columns or pass NULL for all of them"
+                            .into(),
+                    ));
                 }
                 cols.clone()
             }
@@ -224,7 +236,10 @@ impl Publication {
             let Some(c) = find(name) else {
                 return Err(PublishError::new(
                     SqlState::UndefinedColumn,
-                    format!("column {} does not exist in {target_name}", quote_ident(name)),
+                    format!(
+                        "column {} does not exist in {target_name}",
+                        quote_ident(name)
+                    ),
                 ));
             };
             if is_bookkeeping(name) {
@@ -264,7 +279,10 @@ impl Publication {
             let Some(c) = find(k) else {
                 return Err(PublishError::new(
                     SqlState::UndefinedColumn,
-                    format!("key column {} does not exist in {target_name}", quote_ident(k)),
+                    format!(
+                        "key column {} does not exist in {target_name}",
+                        quote_ident(k)
+                    ),
                 ));
             };
             let Some(i) = columns.iter().position(|p| &p.name == k) else {
@@ -308,7 +326,10 @@ impl Publication {
             if find(name).is_none() {
                 return Err(PublishError::new(
                     SqlState::UndefinedColumn,
-                    format!("{what} column {} does not exist in {target_name}", quote_ident(name)),
+                    format!(
+                        "{what} column {} does not exist in {target_name}",
+                        quote_ident(name)
+                    ),
                 ));
             }
             match columns.iter().position(|p| &p.name == name) {
@@ -322,7 +343,9 @@ impl Publication {
         let tenant = scope("tenant", &args.tenant_column)?;
         let device = scope("device", &args.device_column)?;
         if tenant.is_some() && tenant == device {
-            return Err(invalid("the tenant and the device column are the same column".into()));
+            return Err(invalid(
+                "the tenant and the device column are the same column".into(),
+            ));
         }
         Ok(Publication {
             edge_table,
@@ -341,7 +364,10 @@ impl Publication {
 
     /// The key columns' names, in key order.
     pub fn key_names(&self) -> Vec<String> {
-        self.key.iter().map(|&k| self.columns[k].name.clone()).collect()
+        self.key
+            .iter()
+            .map(|&k| self.columns[k].name.clone())
+            .collect()
     }
 
     fn col(&self, i: usize) -> String {
@@ -453,7 +479,13 @@ END
         );
         // A dollar quote that no column name in the body contains.
         let tag = (0..)
-            .map(|n| if n == 0 { "$sluice$".to_owned() } else { format!("$sluice{n}$") })
+            .map(|n| {
+                if n == 0 {
+                    "$sluice$".to_owned()
+                } else {
+                    format!("$sluice{n}$")
+                }
+            })
             .find(|t| !sql.contains(t.as_str()))
             .unwrap_or_default();
         format!(
@@ -511,7 +543,11 @@ END
             let _ = write!(s, " AND t.{}::text = ${t}", self.col(i));
         }
         if let Some(i) = self.device {
-            let _ = write!(s, " AND (t.{c}::text = ${d} OR t.{c} IS NULL)", c = self.col(i));
+            let _ = write!(
+                s,
+                " AND (t.{c}::text = ${d} OR t.{c} IS NULL)",
+                c = self.col(i)
+            );
         }
         s
     }
@@ -578,7 +614,12 @@ END
             .iter()
             .enumerate()
             .map(|(n, &k)| {
-                format!("t.{} = (k.key[{}])::{}", self.col(k), n + 1, self.columns[k].type_sql)
+                format!(
+                    "t.{} = (k.key[{}])::{}",
+                    self.col(k),
+                    n + 1,
+                    self.columns[k].type_sql
+                )
             })
             .collect();
         sql.push_str(&on.join(" AND "));
@@ -595,14 +636,26 @@ END
     /// the cursor).
     pub fn snapshot_sql(&self, after: bool) -> String {
         let cols: Vec<String> = (0..self.columns.len())
-            .map(|i| self.columns[i].kind.select_sql(&format!("t.{}", self.col(i))))
+            .map(|i| {
+                self.columns[i]
+                    .kind
+                    .select_sql(&format!("t.{}", self.col(i)))
+            })
             .chain(self.key.iter().map(|&k| format!("t.{}::text", self.col(k))))
             .collect();
-        let mut sql = format!("SELECT {} FROM {} t WHERE true", cols.join(", "), self.target_sql);
+        let mut sql = format!(
+            "SELECT {} FROM {} t WHERE true",
+            cols.join(", "),
+            self.target_sql
+        );
         sql.push_str(&self.row_scope(1, 2));
         let mut next = 3;
         if after {
-            let left: Vec<String> = self.key.iter().map(|&k| format!("t.{}", self.col(k))).collect();
+            let left: Vec<String> = self
+                .key
+                .iter()
+                .map(|&k| format!("t.{}", self.col(k)))
+                .collect();
             let right: Vec<String> = self
                 .key
                 .iter()
@@ -614,7 +667,11 @@ END
                 .collect();
             let _ = write!(sql, " AND ({}) > ({})", left.join(", "), right.join(", "));
         }
-        let order: Vec<String> = self.key.iter().map(|&k| format!("t.{}", self.col(k))).collect();
+        let order: Vec<String> = self
+            .key
+            .iter()
+            .map(|&k| format!("t.{}", self.col(k)))
+            .collect();
         let _ = write!(sql, " ORDER BY {} LIMIT ${next}", order.join(", "));
         sql
     }
@@ -680,12 +737,22 @@ impl Cursor {
 
     /// Reads a cursor [`Cursor::encode`] wrote; `key_len` key values.
     pub fn decode(text: &str, key_len: usize) -> Result<Cursor, String> {
-        let bad = || format!("cursor '{}' is not one sluice.pull returned for this publication", text.chars().take(80).collect::<String>());
+        let bad = || {
+            format!(
+                "cursor '{}' is not one sluice.pull returned for this publication",
+                text.chars().take(80).collect::<String>()
+            )
+        };
         let mut parts = text.split(':');
         if parts.next() != Some("s1") {
             return Err(bad());
         }
-        let mut num = || parts.next().and_then(|p| p.parse::<i64>().ok()).ok_or_else(bad);
+        let mut num = || {
+            parts
+                .next()
+                .and_then(|p| p.parse::<i64>().ok())
+                .ok_or_else(bad)
+        };
         let stream_id = num()?;
         let checkpoint = num()?;
         let page = u32::try_from(num()?).map_err(|_| bad())?;
@@ -699,7 +766,9 @@ impl Cursor {
                 }
                 let bytes = (0..h.len())
                     .step_by(2)
-                    .map(|i| u8::from_str_radix(h.get(i..i + 2).unwrap_or("zz"), 16).map_err(|_| bad()))
+                    .map(|i| {
+                        u8::from_str_radix(h.get(i..i + 2).unwrap_or("zz"), 16).map_err(|_| bad())
+                    })
                     .collect::<Result<Vec<u8>, String>>()?;
                 String::from_utf8(bytes).map_err(|_| bad())
             })

@@ -324,7 +324,17 @@ pub fn upsert_sql_with(
     resend: bool,
 ) -> String {
     upsert_sql_keeping(
-        target, columns, arrays, keys, bk, policy, dedup, fork, deletes, resend, &[],
+        target,
+        columns,
+        arrays,
+        keys,
+        bk,
+        policy,
+        dedup,
+        fork,
+        deletes,
+        resend,
+        &[],
     )
 }
 
@@ -612,7 +622,17 @@ pub fn fork_check_sql(
     dedup: bool,
     after_fork: Option<usize>,
 ) -> Option<String> {
-    fork_check_sql_keeping(target, columns, arrays, keys, bk, policy, dedup, after_fork, &[])
+    fork_check_sql_keeping(
+        target,
+        columns,
+        arrays,
+        keys,
+        bk,
+        policy,
+        dedup,
+        after_fork,
+        &[],
+    )
 }
 
 /// [`fork_check_sql`] into a published target: its cloud-owned columns
@@ -1330,13 +1350,32 @@ ORDER BY s.v LIMIT 1"#
         // A published target: its cloud-owned columns are not compared, and
         // with none left there is no check.
         let kept = fork_check_sql_keeping(
-            "t", &cols, &arrays, &[0, 1], NO_BK, Policy::LastWriterWins, true, None,
+            "t",
+            &cols,
+            &arrays,
+            &[0, 1],
+            NO_BK,
+            Policy::LastWriterWins,
+            true,
+            None,
             &["j".to_string()],
         )
         .unwrap();
-        assert!(kept.contains("AND ROW(t.\"x\"::text) IS DISTINCT FROM ROW(CAST(s.c3 AS numeric(6,2))::text)"), "{kept}");
+        assert!(
+            kept.contains(
+                "AND ROW(t.\"x\"::text) IS DISTINCT FROM ROW(CAST(s.c3 AS numeric(6,2))::text)"
+            ),
+            "{kept}"
+        );
         assert!(fork_check_sql_keeping(
-            "t", &cols, &arrays, &[0, 1], NO_BK, Policy::LastWriterWins, true, None,
+            "t",
+            &cols,
+            &arrays,
+            &[0, 1],
+            NO_BK,
+            Policy::LastWriterWins,
+            true,
+            None,
             &["j".to_string(), "x".to_string()],
         )
         .is_none());
@@ -1550,9 +1589,16 @@ WHERE t."sluice_version" >= s.v"#),
             &[cols[1].name.clone()],
         );
         let set = kept.split("DO UPDATE SET").nth(1).unwrap();
-        assert!(!set.contains(&format!("{} =", quote_ident(&cols[1].name))), "{kept}");
+        assert!(
+            !set.contains(&format!("{} =", quote_ident(&cols[1].name))),
+            "{kept}"
+        );
         assert!(set.contains("\"sluice_version\" = EXCLUDED"), "{kept}");
-        assert!(kept.split("DO UPDATE SET").next().unwrap().contains(&quote_ident(&cols[1].name)));
+        assert!(kept
+            .split("DO UPDATE SET")
+            .next()
+            .unwrap()
+            .contains(&quote_ident(&cols[1].name)));
         let sql = upsert_sql_with(
             "t",
             &cols,

@@ -41,13 +41,28 @@ fn wire_kinds_follow_the_postgres_type() {
     assert_eq!(WireKind::of("boolean"), WireKind::Boolean);
     assert_eq!(WireKind::of("double precision"), WireKind::Real);
     assert_eq!(WireKind::of("bytea"), WireKind::Blob);
-    assert_eq!(WireKind::of("timestamp with time zone"), WireKind::Timestamptz);
-    for t in ["numeric", "text", "uuid", "date", "jsonb", "vector", "integer[]", "timestamp without time zone"] {
+    assert_eq!(
+        WireKind::of("timestamp with time zone"),
+        WireKind::Timestamptz
+    );
+    for t in [
+        "numeric",
+        "text",
+        "uuid",
+        "date",
+        "jsonb",
+        "vector",
+        "integer[]",
+        "timestamp without time zone",
+    ] {
         assert_eq!(WireKind::of(t), WireKind::Text, "{t}");
     }
     assert_eq!(WireKind::Boolean.column_type(), ColumnType::Integer);
     assert_eq!(WireKind::Timestamptz.column_type(), ColumnType::Text);
-    assert_eq!(WireKind::Boolean.select_sql("t.\"on\""), "(t.\"on\")::integer::bigint");
+    assert_eq!(
+        WireKind::Boolean.select_sql("t.\"on\""),
+        "(t.\"on\")::integer::bigint"
+    );
     assert!(WireKind::Timestamptz
         .select_sql("t.at")
         .contains("'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'"));
@@ -64,7 +79,10 @@ fn literals_are_quoted_for_either_string_setting() {
 fn defaults_publish_every_column_but_the_bookkeeping_keyed_by_the_primary_key() {
     let p = check(&PublishArgs::default()).unwrap();
     assert_eq!(p.edge_table, "cameras");
-    assert_eq!(p.column_names(), ["location_id", "camera", "settings", "raw", "device"]);
+    assert_eq!(
+        p.column_names(),
+        ["location_id", "camera", "settings", "raw", "device"]
+    );
     assert_eq!(p.key_names(), ["location_id", "camera"]);
     assert_eq!(p.columns[2].kind, WireKind::Text);
     assert_eq!((p.tenant, p.device), (None, None));
@@ -115,7 +133,11 @@ fn refusals_name_the_problem() {
     })
     .unwrap_err();
     assert_eq!(e.sqlstate, SqlState::InvalidParameterValue);
-    assert!(e.message.contains("not among the published"), "{}", e.message);
+    assert!(
+        e.message.contains("not among the published"),
+        "{}",
+        e.message
+    );
     let e = check(&PublishArgs {
         columns: Some(vec!["camera".into(), "location_id".into(), "camera".into()]),
         ..Default::default()
@@ -123,7 +145,11 @@ fn refusals_name_the_problem() {
     .unwrap_err();
     assert_eq!(e.sqlstate, SqlState::DuplicateColumn);
     let e = check(&PublishArgs {
-        columns: Some(vec!["camera".into(), "location_id".into(), "sluice_version".into()]),
+        columns: Some(vec![
+            "camera".into(),
+            "location_id".into(),
+            "sluice_version".into(),
+        ]),
         ..Default::default()
     })
     .unwrap_err();
@@ -139,7 +165,11 @@ fn refusals_name_the_problem() {
 #[test]
 fn hostile_names_are_quoted_everywhere() {
     let evil = "a\"; DROP TABLE x; --";
-    let t = vec![col(evil, "text", true), col("v", "integer", false), col("x$sluice$", "text", false)];
+    let t = vec![
+        col(evil, "text", true),
+        col("v", "integer", false),
+        col("x$sluice$", "text", false),
+    ];
     let p = Publication::check(
         "public.t",
         "\"public\".\"t\"",
@@ -155,7 +185,11 @@ fn hostile_names_are_quoted_everywhere() {
     )
     .unwrap();
     let q = quote_ident(evil);
-    for sql in [p.capture_function_sql("sluice.f"), p.changes_sql(), p.snapshot_sql(true)] {
+    for sql in [
+        p.capture_function_sql("sluice.f"),
+        p.changes_sql(),
+        p.snapshot_sql(true),
+    ] {
         assert!(sql.contains(&q), "{sql}");
         assert!(!sql.replace(&q, "").contains("DROP TABLE"), "{sql}");
     }
@@ -165,7 +199,10 @@ fn hostile_names_are_quoted_everywhere() {
     let f = p.capture_function_sql("sluice.f");
     assert!(!f.contains("it''s"));
     // The body's dollar quote is one no column name contains.
-    assert!(f.contains("AS $sluice1$\n") && f.ends_with("$sluice1$"), "{f}");
+    assert!(
+        f.contains("AS $sluice1$\n") && f.ends_with("$sluice1$"),
+        "{f}"
+    );
     assert_eq!(f.matches("$sluice1$").count(), 2);
 }
 
@@ -177,16 +214,38 @@ fn the_pull_statements_keep_to_the_scope() {
         ..Default::default()
     })
     .unwrap();
-    assert!(p.cut_sql().contains("c.tenant = $5 AND (c.device = $6 OR c.device IS NULL)"));
-    assert!(p.last_before_sql().contains("SELECT max(c.position)") && p.last_before_sql().contains("c.tenant = $4"));
-    assert!(p.more_sql().contains("c.tenant = $4 AND (c.device = $5 OR c.device IS NULL)"));
+    assert!(p
+        .cut_sql()
+        .contains("c.tenant = $5 AND (c.device = $6 OR c.device IS NULL)"));
+    assert!(
+        p.last_before_sql().contains("SELECT max(c.position)")
+            && p.last_before_sql().contains("c.tenant = $4")
+    );
+    assert!(p
+        .more_sql()
+        .contains("c.tenant = $4 AND (c.device = $5 OR c.device IS NULL)"));
     let changes = p.changes_sql();
-    assert!(changes.contains("t.\"location_id\"::text = $4"), "{changes}");
-    assert!(changes.contains("(t.\"device\"::text = $5 OR t.\"device\" IS NULL)"), "{changes}");
-    assert!(changes.contains("t.\"camera\" = (k.key[2])::text"), "{changes}");
+    assert!(
+        changes.contains("t.\"location_id\"::text = $4"),
+        "{changes}"
+    );
+    assert!(
+        changes.contains("(t.\"device\"::text = $5 OR t.\"device\" IS NULL)"),
+        "{changes}"
+    );
+    assert!(
+        changes.contains("t.\"camera\" = (k.key[2])::text"),
+        "{changes}"
+    );
     let snap = p.snapshot_sql(true);
-    assert!(snap.contains("(t.\"location_id\", t.\"camera\") > (($3)::text, ($4)::text)"), "{snap}");
-    assert!(snap.ends_with("ORDER BY t.\"location_id\", t.\"camera\" LIMIT $5"), "{snap}");
+    assert!(
+        snap.contains("(t.\"location_id\", t.\"camera\") > (($3)::text, ($4)::text)"),
+        "{snap}"
+    );
+    assert!(
+        snap.ends_with("ORDER BY t.\"location_id\", t.\"camera\" LIMIT $5"),
+        "{snap}"
+    );
     assert!(p.snapshot_sql(false).ends_with("LIMIT $3"));
 
     let global = check(&PublishArgs::default()).unwrap();
@@ -205,7 +264,10 @@ fn an_update_writes_entries_for_changed_published_values_and_for_old_scopes() {
     let f = p.capture_function_sql("sluice.\"_capture_1\"");
     assert!(f.contains("SECURITY DEFINER"));
     assert!(f.contains("WHERE o.\"location_id\" = n.\"location_id\" AND o.\"camera\" = n.\"camera\" AND o.\"settings\" IS NOT DISTINCT FROM n.\"settings\" AND o.\"raw\"::text IS NOT DISTINCT FROM n.\"raw\"::text AND o.\"device\" IS NOT DISTINCT FROM n.\"device\")"), "{f}");
-    assert!(f.contains("o.\"device\" IS NOT DISTINCT FROM n.\"device\""), "{f}");
+    assert!(
+        f.contains("o.\"device\" IS NOT DISTINCT FROM n.\"device\""),
+        "{f}"
+    );
     assert!(f.contains("pg_catalog.pg_notify('sluice_changes', TG_ARGV[0])"));
     assert!(!f.contains("sluice_version"));
 }
@@ -221,7 +283,16 @@ fn cursors_round_trip_and_refuse_anything_else() {
     let text = c.encode();
     assert_eq!(Cursor::decode(&text, 2).unwrap(), c);
     assert!(Cursor::decode(&text, 1).is_err());
-    for bad in ["", "s2:1:1:1:61", "s1:x:1:1:61", "s1:1:1:0:61", "s1:1:0:1:61", "s1:1:1:1:6", "s1:1:1:1:zz", "s1:1:1:1:ff"] {
+    for bad in [
+        "",
+        "s2:1:1:1:61",
+        "s1:x:1:1:61",
+        "s1:1:1:0:61",
+        "s1:1:0:1:61",
+        "s1:1:1:1:6",
+        "s1:1:1:1:zz",
+        "s1:1:1:1:ff",
+    ] {
         assert!(Cursor::decode(bad, 1).is_err(), "{bad}");
     }
 }
