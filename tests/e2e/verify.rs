@@ -282,7 +282,8 @@ fn verify_finds_the_rows_a_copy_of_the_database_sent_first() {
     let b = edge_db(&b_path, false);
     a.execute_batch("SELECT sluice_new_epoch('restored from a backup')")
         .unwrap();
-    b.execute_batch("SELECT sluice_new_epoch('copied')").unwrap();
+    b.execute_batch("SELECT sluice_new_epoch('copied')")
+        .unwrap();
     // The copy's own rows, then it sends first.
     insert_rows(&b, "division_states", &division_states(500, 50, 3), 50);
     sync(&config_b);
