@@ -30,6 +30,9 @@ use std::time::{Duration, Instant};
 use sluice_tests::fault::FaultProxy;
 use sluice_tests::*;
 
+/// The down direction of each trial (cloud to edge, issue 13).
+mod faults_down;
+
 const DEVICE: &str = "box-fault";
 
 /// The line of a row deleted at the edge: expected absent in the cloud.
@@ -474,6 +477,8 @@ struct Tally {
     /// Rows the budget dropped at a full disk before they were sent,
     /// counted in `sluice_drops` (docs/agent.md, full disk).
     dropped: u64,
+    /// The down direction's figures (faults_down.rs).
+    down: faults_down::DownTally,
 }
 
 /// `drops`: the budget's drops of rows not yet sent (`unsynced_drops`): a
@@ -1115,7 +1120,8 @@ fn box_config(
 /// `sluice sync --mode hourly` (within the bandwidth cap, so that a sync
 /// lasts long enough to be hit).
 /// Its output (warnings and errors) goes to `log` for a post-mortem.
-fn spawn_sync(config: &Path, log: &Path) -> Child {
+/// `failpoint`: the agent's `SLUICE_FAILPOINT` (agent/src/failpoint.rs).
+fn spawn_sync(config: &Path, log: &Path, failpoint: Option<&str>) -> Child {
     let out = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -1129,10 +1135,35 @@ fn spawn_sync(config: &Path, log: &Path) -> Child {
         "hourly",
         "--quiet",
     ])
+    .envs(failpoint.map(|f| ("SLUICE_FAILPOINT", f)))
     .stdout(Stdio::null())
     .stderr(out)
     .spawn()
     .unwrap()
+}
+
+/// Waits until the agent's log `log` (from byte `from` on) says that the
+/// failpoint `name` was reached (true), or the agent ended or `deadline`
+/// passed (false).
+fn failpoint_reached(
+    child: &mut Child,
+    log: &Path,
+    from: u64,
+    name: &str,
+    deadline: Instant,
+) -> bool {
+    let text = format!("failpoint {name} reached");
+    loop {
+        let bytes = std::fs::read(log).unwrap_or_default();
+        let tail = bytes.get(from as usize..).unwrap_or_default();
+        if String::from_utf8_lossy(tail).contains(&text) {
+            return true;
+        }
+        if child.try_wait().unwrap().is_some() || Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 fn wait_for(child: &mut Child, deadline: Instant) -> String {
@@ -1363,14 +1394,22 @@ fn run_trial(server: &OwnServer, trial: u64, seed: u64) -> (Tally, Vec<String>, 
     let edge_path = edge_dir.join("edge.db");
     let mut edge = edge_db(&edge_path, true);
     let batch_rows = [25, 100, 250][rng.below(3)];
+    // The down direction draws from a generator of its own: a seed's plan
+    // of the up direction stays what it was.
+    let mut drng = Rng(seed ^ 0xd0e0_0000_0000_0000);
+    let pull = faults_down::pull_config(&mut drng);
     let config = box_config(
         dir.path(),
         &edge_path,
         &url,
         batch_rows,
         "machine-a",
-        budget,
+        &format!("{budget}{pull}"),
     );
+    let mut writer = faults_down::CloudWriter::new(&direct);
+    // SLUICE_DOWN=0: the trials of the up direction alone (no cloud writes,
+    // the final pull and its check skipped), e.g. to time them.
+    let down = std::env::var("SLUICE_DOWN").map_or(true, |v| v != "0");
     let mut model = Model::default();
     let mut w = Workload {
         seed,
@@ -1422,6 +1461,7 @@ fn run_trial(server: &OwnServer, trial: u64, seed: u64) -> (Tally, Vec<String>, 
             // commit: the restore notes what the cloud holds once it is done.
             quiesce(&mut c);
             model.restore(&edge, &cloud_rows(&mut c));
+            writer.restored();
             log.push("Restore".to_owned());
         }
         if let Some((kind, _)) = second_at.filter(|(_, at)| *at == round) {
@@ -1449,6 +1489,7 @@ fn run_trial(server: &OwnServer, trial: u64, seed: u64) -> (Tally, Vec<String>, 
                 assert!(status.success(), "cp of the edge database failed");
                 let edge2 = edge_db(&path2, false);
                 model.cloned(&edge2);
+                writer.cloned(&edge2);
                 let w2 = Workload {
                     seed: seed ^ 0xc10e_0000_0000_0000,
                     ..w.clone()
@@ -1462,7 +1503,7 @@ fn run_trial(server: &OwnServer, trial: u64, seed: u64) -> (Tally, Vec<String>, 
                 };
                 (edge_db(&path2, true), w2)
             };
-            let config2 = box_config(&dir2, &path2, &url, batch_rows, "machine-b", "");
+            let config2 = box_config(&dir2, &path2, &url, batch_rows, "machine-b", &pull);
             second = Some(SecondBox {
                 kind,
                 edge: edge2,
@@ -1511,23 +1552,67 @@ fn run_trial(server: &OwnServer, trial: u64, seed: u64) -> (Tally, Vec<String>, 
                 budget_job(&edge, &mut log, &mut report);
             }
         }
+        // The cloud's changes to the published table, the box's own
+        // columns of it, and now and then the box offline past the horizon.
+        let mut snapshot_due = round == 0;
+        if down && round == 0 {
+            log.push(writer.initial(&mut drng));
+        }
+        if down && drng.chance(80) {
+            log.push(writer.work(&mut drng));
+        }
+        if down && drng.chance(60) {
+            match writer.edge_work(&mut drng, &edge) {
+                Ok(l) => log.push(l),
+                Err(e) => log.push(format!("edge statuses refused: {e}")),
+            }
+        }
+        if down && round > 0 && drng.chance(25) {
+            log.push(writer.past_horizon());
+            snapshot_due = true;
+        }
+        // The agent killed in the middle of the snapshot (inside its edge
+        // transaction), after page N.
+        let mid_snapshot = (down && snapshot_due && drng.chance(50))
+            .then(|| format!("after-snapshot-page:{}", drng.range(1, 2)));
         let fault = FAULTS[rng.below(FAULTS.len())];
         let delay = Duration::from_millis(rng.range(0, 800));
         let started = Instant::now();
         let round_start_ms = now_ms();
-        let mut child = spawn_sync(&config, &dir.path().join("agent.log"));
+        let agent_log = dir.path().join("agent.log");
+        let log_from = std::fs::metadata(&agent_log).map_or(0, |m| m.len());
+        let mut child = spawn_sync(&config, &agent_log, mid_snapshot.as_deref());
         let mut child2 = second
             .as_ref()
-            .map(|b| spawn_sync(&b.config, &dir.path().join("agent-box2.log")));
-        // Edge work while the agent syncs: rows inserted and updated with a batch in flight.
-        let concurrent = rng.below(2) == 0;
+            .map(|b| spawn_sync(&b.config, &dir.path().join("agent-box2.log"), None));
+        // Edge work while the agent syncs: rows inserted and updated with a
+        // batch in flight. (Not while the agent waits at a failpoint inside
+        // its edge transaction: the write would wait for ever.)
+        let concurrent = rng.below(2) == 0 && mid_snapshot.is_none();
         if concurrent {
             if let Some(label) = work(&mut rng, &edge, &mut w, &mut model) {
                 log.push(format!("{label} (while syncing)"));
             }
         }
         std::thread::sleep(delay.saturating_sub(started.elapsed()));
+        if let Some(fp) = &mid_snapshot {
+            let deadline = Instant::now() + Duration::from_secs(120);
+            let reached = failpoint_reached(&mut child, &agent_log, log_from, fp, deadline);
+            if reached {
+                unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+                writer.tally.killed_mid_snapshot += 1;
+            }
+            log.push(format!(
+                "Kill in the middle of the snapshot ({fp}): {}",
+                if reached {
+                    "killed there"
+                } else {
+                    "not reached"
+                }
+            ));
+        }
         match fault {
+            _ if mid_snapshot.is_some() => {}
             Fault::None => {}
             Fault::Kill => unsafe {
                 libc::kill(child.id() as i32, libc::SIGKILL);
@@ -1560,6 +1645,9 @@ fn run_trial(server: &OwnServer, trial: u64, seed: u64) -> (Tally, Vec<String>, 
             "{fault:?} after {delay:?}{}: {status}",
             if concurrent { " (edge writing)" } else { "" }
         ));
+        if let Some(l) = writer.finish_held() {
+            log.push(l);
+        }
         if w.clock_ahead {
             // The agent recorded its acknowledgements by the clock that was ahead.
             edge.execute(
@@ -1627,6 +1715,19 @@ fn run_trial(server: &OwnServer, trial: u64, seed: u64) -> (Tally, Vec<String>, 
         std::fs::remove_file(b).unwrap();
         log.push("disk freed".into());
     }
+    // The down direction: once no session the killed agents left is in the
+    // middle of a transaction (it would hold the pulls back), a final clean
+    // pull of each box; then each edge holds exactly its scope of the cloud.
+    let boxes = std::iter::once(("box 1", &config, &edge))
+        .chain(second.as_ref().map(|b| ("box 2", &b.config, &b.edge)));
+    for (name, cfg, e) in boxes.filter(|_| down) {
+        quiesce(&mut c);
+        settle(name, cfg, e, &mut report);
+        let n = writer.compare(name, e, &mut c, DEVICE, name == "box 1", &mut report);
+        log.push(format!("{name}: {n} configurations in its scope"));
+    }
+    let mut tally = tally;
+    tally.down = writer.tally;
     if report.is_empty() {
         frees_everything(&mut rng, &edge, &mut log, &mut report);
     }
@@ -1749,6 +1850,7 @@ fn every_row_survives_random_faults_exactly_once_at_its_latest_version() {
         total.different += t.different;
         total.sent_by_clone += t.sent_by_clone;
         total.dropped += t.dropped;
+        total.down.add(&t.down);
         let ok = report.is_empty();
         println!(
             "trial {i} seed {seed}: {}  [{}]",
@@ -1763,8 +1865,12 @@ fn every_row_survives_random_faults_exactly_once_at_its_latest_version() {
         }
     }
     println!(
-        "{trials} trials, {} lost, {} duplicated, {} reverted, {} otherwise different ({} rows of a clone's copy sent by both boxes, {} unsent rows dropped by the budget at a full disk and counted, as documented); failed seeds: {failed:?}",
-        total.lost, total.duplicated, total.reverted, total.different, total.sent_by_clone, total.dropped
+        "{trials} trials, {} lost, {} duplicated, {} reverted, {} otherwise different ({} rows of a clone's copy sent by both boxes, {} unsent rows dropped by the budget at a full disk and counted, as documented); \
+         down: {} lost, {} extra, {} reverted, {} otherwise different at the edge, {} edge-owned values missing in the cloud \
+         ({} snapshots killed in the middle, {} rounds offline past the horizon, {} rows the cloud deleted inserted again by an edge status, as documented); failed seeds: {failed:?}",
+        total.lost, total.duplicated, total.reverted, total.different, total.sent_by_clone, total.dropped,
+        total.down.lost, total.down.extra, total.down.reverted, total.down.different, total.down.status_lost,
+        total.down.killed_mid_snapshot, total.down.past_horizon, total.down.reinserted
     );
     if !failed.is_empty() && keep_failed {
         println!(
