@@ -99,6 +99,30 @@ SELECT sluice_track('metrics', '{"time": "recorded_at"}');
 SELECT sluice_track('key_frames', '{"mutable": true, "time": "captured_at", "key": ["location_id", "id"]}');
 SELECT sluice_track('health_metrics', '{"time": "recorded_at"}');
 
+-- Configurations from the cloud (published by the cloud's migration 0006)
+-- and what this box did with them. The cloud owns the desired settings
+-- (location_id .. created_at): sluice_apply writes only those. The box owns
+-- status, received_at, applied_at and error_message: the pipeline writes
+-- them (sql/edge_configs.sql says how), and the sync takes them up. Rows
+-- that sluice_apply writes are not sent back up; the pipeline's writes are.
+CREATE TABLE IF NOT EXISTS applied_configs (
+  location_id   TEXT NOT NULL,
+  config_id     TEXT NOT NULL,
+  camera_id     TEXT NOT NULL,
+  device_id     TEXT,
+  version       INTEGER NOT NULL,
+  settings      TEXT NOT NULL,             -- JSON
+  deadline      TEXT,
+  created_at    TEXT NOT NULL,
+  status        TEXT NOT NULL DEFAULT 'pending',
+  received_at   TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+  applied_at    TEXT,
+  error_message TEXT,
+  PRIMARY KEY (location_id, config_id)
+);
+SELECT sluice_subscribe('applied_configs', '{"key": ["location_id", "config_id"]}');
+SELECT sluice_track('applied_configs', '{"mutable": true, "key": ["location_id", "config_id"]}');
+
 -- Five-minute rollup of the raw metrics (about 100 samples per camera and
 -- window become one row): count, avg, max and p95 of both measurements, a
 -- mergeable sketch of the processing time, and the raw rows packed. Run by

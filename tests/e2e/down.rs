@@ -667,7 +667,8 @@ fn a_device_role_pulls_its_own_rows_without_naming_the_tenant_and_no_others() {
         url, cloud.url,
         "the test server's URL names the user postgres"
     );
-    // No [pull] tenant: the grant's.
+    // No [pull] tenant: the grant's (an empty [pull] section keeps the
+    // harness from naming its own).
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("edge.db");
     let conn = edge_db(&path, false);
@@ -676,7 +677,7 @@ fn a_device_role_pulls_its_own_rows_without_naming_the_tenant_and_no_others() {
          SELECT sluice_subscribe('camera_config');",
     )
     .unwrap();
-    let config = write_config_with(dir.path(), &path, &url, "box-1", 1000, "");
+    let config = write_config_with(dir.path(), &path, &url, "box-1", 1000, "\n[pull]\n");
     let out = sync(&config);
     assert!(out.contains("pull camera_config"), "{out}");
     assert_eq!(edge_rows(&conn), ["cam-1=fps=10", "cam-2=fps=12"]);
@@ -691,7 +692,7 @@ fn a_device_role_pulls_its_own_rows_without_naming_the_tenant_and_no_others() {
              SELECT sluice_subscribe('camera_config');",
         )
         .unwrap();
-    let config2 = write_config_with(other.path(), &path2, &url, "box-2", 1000, "");
+    let config2 = write_config_with(other.path(), &path2, &url, "box-2", 1000, "\n[pull]\n");
     let out = agent(&["sync", "--config", config2.to_str().unwrap(), "--quiet"])
         .output()
         .unwrap();

@@ -159,7 +159,14 @@ pub fn write_config(
 /// (replace this line in the written file).
 pub const WINDOW_LINE: &str = "hourly_window_secs = 0\n";
 
+/// The location of the test data, and the tenant the agent names when it
+/// pulls the default schema's published tables (`applied_configs`) as the
+/// superuser the harness connects as (a device role's grant names its own).
+pub const TEST_TENANT: &str = "store-042";
+
 /// [`write_config`] with more TOML appended (e.g. a `[schedule]` section).
+/// Without a `[pull]` section in `extra`, the config gets one naming
+/// [`TEST_TENANT`].
 pub fn write_config_with(
     dir: &Path,
     edge: &Path,
@@ -173,7 +180,13 @@ pub fn write_config_with(
         "[device]\nid = \"{device}\"\n\n[edge]\ndatabase = \"{}\"\nextension = \"{}\"\n\n[cloud]\nurl = \"{cloud_url}\"\n\n[sync]\nbatch_rows = {batch_rows}\nbackoff_initial_ms = 50\nbackoff_max_ms = 500\n{WINDOW_LINE}",
         edge.display(),
         sqlite_extension().display()
-    ) + extra;
+    ) + extra
+        + if extra.contains("[pull]") {
+            String::new()
+        } else {
+            format!("\n[pull]\ntenant = \"{TEST_TENANT}\"\n")
+        }
+        .as_str();
     std::fs::write(&path, text).unwrap();
     path
 }
