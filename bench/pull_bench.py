@@ -7,7 +7,10 @@
 2. the initial download of BENCH_ROWS rows (default 200000) into an empty
    edge table by `sluice sync` (a snapshot), beside psql's `COPY ... TO
    STDOUT` piped into SQLite (python3's sqlite3, `executemany` in one
-   transaction), best of three interleaved rounds.
+   transaction), best of three interleaved rounds;
+3. the fraction of the fleet that has applied a change, over time after
+   the cloud's commit (every box and round of 1., LISTEN and polling): a
+   table, and with BENCH_CHART=<file.svg> a chart of it.
 
 Needs a running PostgreSQL with the sluice extension (PGHOST/PGPORT, as
 `scripts/pg.sh start` exports), the built agent and sluice0.so
@@ -113,7 +116,39 @@ def latency(mode, work):
         p.wait()
     lat.sort()
     q = lambda x: lat[min(len(lat) - 1, int(x * len(lat)))] * 1000
-    return q(0.5), q(0.99), lat[-1] * 1000, missing
+    return q(0.5), q(0.99), lat[-1] * 1000, missing, lat, BOXES * ROUNDS
+
+
+def fraction_at(lat, total, t):
+    """Share of (box, change) pairs applied within t seconds of the commit."""
+    return sum(1 for x in lat if x <= t) / total
+
+
+def chart(path, curves, horizon):
+    """An SVG line chart of the fleet's applied fraction over time."""
+    w, h, left, bottom = 640, 320, 60, 40
+    pw, ph = w - left - 20, h - bottom - 20
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">',
+           f'<rect width="{w}" height="{h}" fill="white"/>']
+    for i in range(0, 11, 2):
+        y = 20 + ph - ph * i / 10
+        out.append(f'<line x1="{left}" y1="{y:.1f}" x2="{left + pw}" y2="{y:.1f}" stroke="#ddd"/>')
+        out.append(f'<text x="{left - 8}" y="{y + 4:.1f}" text-anchor="end">{i * 10}%</text>')
+    for i in range(0, 11):
+        x = left + pw * i / 10
+        out.append(f'<text x="{x:.1f}" y="{h - bottom + 16}" text-anchor="middle">{horizon * i / 10:.1f}</text>')
+    out.append(f'<text x="{left + pw / 2}" y="{h - 6}" text-anchor="middle">seconds after the cloud commit</text>')
+    for k, (name, colour, lat, total) in enumerate(curves):
+        pts = []
+        for i in range(0, 201):
+            t = horizon * i / 200
+            pts.append(f"{left + pw * i / 200:.1f},{20 + ph - ph * fraction_at(lat, total, t):.1f}")
+        out.append(f'<polyline fill="none" stroke="{colour}" stroke-width="2" points="{" ".join(pts)}"/>')
+        out.append(f'<text x="{left + pw - 150}" y="{ph - 10 - 16 * k}" fill="{colour}">{name}</text>')
+    out.append(f'<text x="{left}" y="14">share of a {BOXES}-box fleet that has applied a cloud change</text>')
+    out.append("</svg>")
+    with open(path, "w") as f:
+        f.write("\n".join(out) + "\n")
 
 
 def download(work):
@@ -171,6 +206,15 @@ def main():
         print(f"| p99 | {l[1]:.0f} ms | {p[1]:.0f} ms |")
         print(f"| max | {l[2]:.0f} ms | {p[2]:.0f} ms |")
         print(f"| rows not seen within 30 s | {l[3]} | {p[3]} |")
+        print()
+        print(f"| share of the {BOXES}-box fleet that has applied a change, after | LISTEN | polling every 1 s |")
+        print(f"| --- | ---: | ---: |")
+        for t in (0.1, 0.25, 0.5, 1.0, 2.0):
+            print(f"| {t * 1000:.0f} ms | {fraction_at(l[4], l[5], t):.0%} | {fraction_at(p[4], p[5], t):.0%} |")
+        if os.environ.get("BENCH_CHART"):
+            chart(os.environ["BENCH_CHART"], [("LISTEN", "#1f77b4", l[4], l[5]),
+                                              ("polling every 1 s", "#d62728", p[4], p[5])], 1.5)
+            print(f"\n(chart: {os.environ['BENCH_CHART']})")
         a, b = download(work)
         print()
         print(f"| initial download of {ROWS} rows | seconds | rows/s |")

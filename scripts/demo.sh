@@ -8,6 +8,8 @@
 #   5. updates at the edge and more data, synced again
 #   6. what arrived, queried in PostgreSQL: rollups, sketches merged into
 #      hourly percentiles, key frames found by meaning
+#   7. cloud to edge: camera configurations published by the cloud, received
+#      by the box, applied by its pipeline, their statuses back in the cloud
 # Options: --keep leaves PostgreSQL running and prints how to connect.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -34,6 +36,9 @@ extension = "$SLUICE_ROOT/target/release/sluice0.so"
 [cloud]
 url = "postgres://postgres@127.0.0.1:$PGPORT/cloud"
 migrations = "$SLUICE_ROOT/migrations"
+
+[pull]
+tenant = "store-042"
 
 [embed]
 [embed.model]
@@ -105,6 +110,32 @@ SQL
 q="a courier bringing parcels"
 echo "key frames nearest in meaning to \"$q\" (embedded by the same model at the edge):"
 "${PSQL[@]}" -d cloud -c "SELECT description, count(*) AS frames, round(min(distance)::numeric, 3) AS distance FROM (SELECT row_data->>'description' AS description, distance FROM sluice.nearest('key_frames', '$("${agent[@]}" embed "${cfg[@]}" --query "$q")', 40)) s GROUP BY 1 ORDER BY 3 LIMIT 3"
+echo
+echo "== 7. cloud to edge: the cloud publishes camera configurations (applied_configs);"
+echo "      the box receives them on its next sync, its pipeline applies what is due"
+echo "      (sql/edge_configs.sql), and the statuses come back with the sync after"
+"${PSQL[@]}" -d cloud <<'SQL'
+INSERT INTO applied_configs (location_id, config_id, camera_id, device_id, version, settings, deadline) VALUES
+  ('store-042', 'cfg-1', 'cam-01', NULL, 1, '{"fps": 10}', NULL),
+  ('store-042', 'cfg-2', 'cam-01', NULL, 2, '{"fps": 15}', NULL),
+  ('store-042', 'cfg-3', 'cam-02', 'store-042-box-1', 1, '{"fps": 5}', now() - interval '1 minute'),
+  ('store-042', 'cfg-4', 'cam-03', 'store-042-box-1', 1, '{"zones": [1, 2, 3]}', now() + interval '1 hour'),
+  ('store-042', 'cfg-5', 'cam-01', 'store-042-box-2', 1, '{"fps": 30}', NULL);
+SQL
+"${agent[@]}" sync "${cfg[@]}" --quiet | grep -E '^(pull |applied_configs )' | sed 's/^/   /'
+sqlite3 -header -column "$work/edge.db" ".load target/release/sluice0" \
+  "SELECT config_id, camera_id, version, settings, status FROM applied_configs ORDER BY config_id;" | sed 's/^/   received: /'
+sqlite3 "$work/edge.db" ".load target/release/sluice0" ".read sql/edge_configs.sql" \
+  "UPDATE applied_configs SET status = 'success', applied_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') WHERE status = 'pending';" >/dev/null
+"${agent[@]}" sync "${cfg[@]}" --quiet | grep -E '^(pull |applied_configs )' | sed 's/^/   /'
+"${PSQL[@]}" -d cloud <<'SQL'
+\echo configurations as the cloud sees them (cfg-1 superseded by cfg-2, cfg-3 too late, cfg-5 for another box)
+SELECT config_id, camera_id, device_id, version, status, applied_at IS NOT NULL AS applied FROM applied_configs ORDER BY config_id;
+\echo which box runs which version
+SELECT camera_id, device_id, version FROM config_versions ORDER BY camera_id;
+\echo subscriptions as the cloud sees them
+SELECT device_id, edge_table, checkpoint > 0 AS synced, pending FROM sluice.subscription_status;
+SQL
 if [ "$keep" = 1 ]; then
   echo; echo "PostgreSQL keeps running: psql -h 127.0.0.1 -p $PGPORT -U postgres cloud   (stop: scripts/pg.sh stop demo)"
 fi
