@@ -1648,6 +1648,9 @@ fn run_trial(server: &OwnServer, trial: u64, seed: u64) -> (Tally, Vec<String>, 
         if let Some(l) = writer.finish_held() {
             log.push(l);
         }
+        if down {
+            writer.observe(&edge, &mut report);
+        }
         if w.clock_ahead {
             // The agent recorded its acknowledgements by the clock that was ahead.
             edge.execute(

@@ -178,6 +178,9 @@ pub struct CloudWriter {
     /// sends them too, over the first box's.
     cloned_pending: BTreeSet<String>,
     statuses: u64,
+    /// The version of each row the first box held when last observed
+    /// (since its last restore): a row's version only grows in the cloud.
+    seen: BTreeMap<String, i64>,
     pub tally: DownTally,
 }
 
@@ -196,6 +199,7 @@ impl CloudWriter {
             written: BTreeMap::new(),
             cloned_pending: BTreeSet::new(),
             statuses: 0,
+            seen: BTreeMap::new(),
             tally: DownTally::default(),
         }
     }
@@ -336,8 +340,8 @@ impl CloudWriter {
                         let to: Option<&str> =
                             *rng.pick(&[None, Some(super_device()), Some("box-other")]);
                         let sql = match to {
-                            None => "UPDATE applied_configs SET device_id = NULL".to_owned(),
-                            Some(d) => format!("UPDATE applied_configs SET device_id = '{d}'"),
+                            None => "UPDATE applied_configs SET version = version + 1, device_id = NULL".to_owned(),
+                            Some(d) => format!("UPDATE applied_configs SET version = version + 1, device_id = '{d}'"),
                         };
                         lines.extend(one(&mut tx, &sql));
                         done.push("move to a box");
@@ -346,10 +350,10 @@ impl CloudWriter {
                         // To the other location (the key changes), or a new config_id.
                         self.next += 1;
                         let sql = if rng.chance(50) {
-                            "UPDATE applied_configs SET location_id = CASE location_id WHEN 'store-042' THEN 'store-043' ELSE 'store-042' END".to_owned()
+                            "UPDATE applied_configs SET version = version + 1, location_id = CASE location_id WHEN 'store-042' THEN 'store-043' ELSE 'store-042' END".to_owned()
                         } else {
                             format!(
-                                "UPDATE applied_configs SET config_id = 'cfg-{:04}'",
+                                "UPDATE applied_configs SET version = version + 1, config_id = 'cfg-{:04}'",
                                 self.next
                             )
                         };
@@ -470,6 +474,34 @@ impl CloudWriter {
     /// of its own columns since is no longer its latest word.
     pub fn restored(&mut self) {
         self.written.clear();
+        self.seen.clear();
+    }
+
+    /// After each agent run of the first box: no edge row ever goes back
+    /// to an older version of its cloud row (every change of a row gives it
+    /// a higher `version`), and every edge row is a value the cloud
+    /// committed.
+    pub fn observe(&mut self, edge: &rusqlite::Connection, report: &mut Vec<String>) {
+        for (k, line) in edge_lines(edge) {
+            let version: i64 = line
+                .split('|')
+                .nth(4)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(-1);
+            if let Some(prev) = self.seen.get(&k).filter(|p| **p > version) {
+                self.tally.reverted += 1;
+                report.push(format!(
+                    "went back at the edge during the trial {k}: version {prev}, then {line}"
+                ));
+            }
+            if !self.history.get(&k).is_some_and(|h| h.contains(&line)) {
+                self.tally.different += 1;
+                report.push(format!(
+                    "at the edge during the trial, never committed in the cloud {k}: {line}"
+                ));
+            }
+            self.seen.insert(k, version);
+        }
     }
 
     /// A clone was copied from the first box: its pending edge-owned values.
