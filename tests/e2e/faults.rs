@@ -16,7 +16,10 @@
 //! difference as lost, duplicated, reverted or otherwise different.
 //! `sluice verify` must agree, `sluice status` must warn of the second box,
 //! and once everything is acknowledged cleanup (or the storage budget) must
-//! free the rows whatever their times.
+//! free the rows whatever their times. The down direction runs in the same
+//! rounds (`faults_down.rs`): a cloud writer changes the published
+//! `applied_configs`, and after a final clean pull each box holds exactly
+//! its scope of it.
 //!
 //! `SLUICE_TRIALS` (default 20) trials; `SLUICE_SEED` fixes the first seed
 //! (trial i uses seed + i). `scripts/soak.sh N` runs N trials. Each trial
