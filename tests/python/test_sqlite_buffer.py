@@ -318,7 +318,7 @@ def test_status_view(edge):
     edge.execute("SELECT sluice_rollup_run()")
     s = status(edge)
     assert set(s) == {"cameras", "sessions", "division_states", "table_states", "metrics", "key_frames",
-                      "health_metrics", "metrics_5m"}
+                      "health_metrics", "metrics_5m", "applied_configs"}
     assert list(s["metrics"]) == ["table", "pending_rows", "oldest_pending_age_secs", "last_ack_at",
                                   "acked_rows", "rows_dropped", "quarantined_rows"]
     now = datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
