@@ -407,7 +407,15 @@ fn valid_calls(corpus: &[(String, Vec<u8>)]) -> Vec<(&'static str, Vec<String>)>
         ),
         (
             "pull",
-            s(&["'fuzz_t'", "'box-1'", "0::bigint", "0::bigint", "10", "NULL::text", "'lyon'"]),
+            s(&[
+                "'fuzz_t'",
+                "'box-1'",
+                "0::bigint",
+                "0::bigint",
+                "10",
+                "NULL::text",
+                "'lyon'",
+            ]),
         ),
         ("subscription_lag", s(&["'box-1'"])),
         ("unpublish", s(&["'fuzz_t'"])),

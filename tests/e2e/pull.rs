@@ -75,9 +75,12 @@ fn pull(c: &mut Client, device: &str, checkpoint: i64, stream: i64, tenant: &str
 }
 
 fn stream(c: &mut Client) -> i64 {
-    c.query_one("SELECT stream_id FROM sluice.publications WHERE edge_table = 'configs'", &[])
-        .unwrap()
-        .get(0)
+    c.query_one(
+        "SELECT stream_id FROM sluice.publications WHERE edge_table = 'configs'",
+        &[],
+    )
+    .unwrap()
+    .get(0)
 }
 
 fn text(v: &Value) -> String {
@@ -97,7 +100,10 @@ fn rows(b: &Batch) -> Vec<String> {
         .map(|r| {
             let v: Vec<String> = b.columns.iter().map(|c| text(&c[r])).collect();
             if b.deleted.get(r).copied().unwrap_or(false) {
-                assert!(v[2..].iter().all(|x| x == "-"), "a tombstone carries the key only: {v:?}");
+                assert!(
+                    v[2..].iter().all(|x| x == "-"),
+                    "a tombstone carries the key only: {v:?}"
+                );
                 format!("-{}/{}", v[0], v[1])
             } else {
                 format!("+{}/{} {}", v[0], v[1], v[2..].join(" "))
@@ -156,10 +162,15 @@ fn incremental_pulls_carry_upserts_tombstones_key_changes_and_moves() {
     let p = pull(&mut c, "box-1", cp, s, "lyon");
     assert!(p.batch.is_none() || p.rows == 0);
 
-    c.batch_execute("UPDATE configs SET threshold = 0.75 WHERE camera_id = 'cam-1'").unwrap();
-    c.batch_execute("INSERT INTO configs VALUES ('lyon', 'cam-3', NULL, 2, true, NULL, NULL, NULL)").unwrap();
+    c.batch_execute("UPDATE configs SET threshold = 0.75 WHERE camera_id = 'cam-1'")
+        .unwrap();
+    c.batch_execute(
+        "INSERT INTO configs VALUES ('lyon', 'cam-3', NULL, 2, true, NULL, NULL, NULL)",
+    )
+    .unwrap();
     // An edge-owned column only: nothing to send.
-    c.batch_execute("UPDATE configs SET status = 'applied'").unwrap();
+    c.batch_execute("UPDATE configs SET status = 'applied'")
+        .unwrap();
     let p = pull(&mut c, "box-1", cp, s, "lyon");
     let b = p.batch.unwrap();
     assert_eq!((b.header.base_seq, b.header.last_seq), (cp, p.checkpoint));
@@ -168,7 +179,10 @@ fn incremental_pulls_carry_upserts_tombstones_key_changes_and_moves() {
     assert_eq!(b.header.device_id, "box-1");
     assert_eq!(
         rows(&b),
-        ["+lyon/cam-1 {\"fps\": 10} 0.75 1 - 2026-11-22T10:15:03.250Z", "+lyon/cam-3 - 2 1 - -"]
+        [
+            "+lyon/cam-1 {\"fps\": 10} 0.75 1 - 2026-11-22T10:15:03.250Z",
+            "+lyon/cam-3 - 2 1 - -"
+        ]
     );
     assert!(b.versions[0] < b.versions[1] && b.versions[0] > cp);
     let cp = p.checkpoint;
@@ -186,7 +200,11 @@ fn incremental_pulls_carry_upserts_tombstones_key_changes_and_moves() {
     let p = pull(&mut c, "box-1", cp, s, "lyon");
     assert_eq!(
         sorted(rows(&p.batch.unwrap())),
-        ["+lyon/cam-2 {} - 0 box-1 -", "+lyon/cam-9 - 2 1 - -", "-lyon/cam-3"]
+        [
+            "+lyon/cam-2 {} - 0 box-1 -",
+            "+lyon/cam-9 - 2 1 - -",
+            "-lyon/cam-3"
+        ]
     );
     let cp1 = p.checkpoint;
     c.batch_execute(
@@ -195,20 +213,34 @@ fn incremental_pulls_carry_upserts_tombstones_key_changes_and_moves() {
     )
     .unwrap();
     let p = pull(&mut c, "box-1", cp1, s, "lyon");
-    assert_eq!(sorted(rows(&p.batch.unwrap())), ["-lyon/cam-1", "-lyon/cam-9"]);
+    assert_eq!(
+        sorted(rows(&p.batch.unwrap())),
+        ["-lyon/cam-1", "-lyon/cam-9"]
+    );
     // Paris sees its new row, box-2 of lyon its own.
     let (paris, _, _) = snapshot(&mut c, "box-7", "paris", 10);
     assert_eq!(paris, ["+paris/cam-9 - 2 1 - -"]);
     let (box2, _, _) = snapshot(&mut c, "box-2", "lyon", 10);
-    assert_eq!(box2, ["+lyon/cam-1 {\"fps\": 10} 0.75 1 box-2 2026-11-22T10:15:03.250Z"]);
+    assert_eq!(
+        box2,
+        ["+lyon/cam-1 {\"fps\": 10} 0.75 1 box-2 2026-11-22T10:15:03.250Z"]
+    );
 
     // Replay safety: the same checkpoint gives the same changes.
     let again = pull(&mut c, "box-1", cp1, s, "lyon");
-    assert_eq!(sorted(rows(&again.batch.unwrap())), ["-lyon/cam-1", "-lyon/cam-9"]);
+    assert_eq!(
+        sorted(rows(&again.batch.unwrap())),
+        ["-lyon/cam-1", "-lyon/cam-9"]
+    );
     let again = pull(&mut c, "box-1", cp, s, "lyon");
     assert_eq!(
         sorted(rows(&again.batch.unwrap())),
-        ["+lyon/cam-2 {} - 0 box-1 -", "-lyon/cam-1", "-lyon/cam-3", "-lyon/cam-9"],
+        [
+            "+lyon/cam-2 {} - 0 box-1 -",
+            "-lyon/cam-1",
+            "-lyon/cam-3",
+            "-lyon/cam-9"
+        ],
         "every key once, as it is now"
     );
 
@@ -239,14 +271,25 @@ fn batches_are_cut_between_transactions() {
         c.batch_execute(sql).unwrap();
     }
     let p = try_pull(&mut c, "box-1", cp, s, 2, None, Some("lyon")).unwrap();
-    assert_eq!((p.rows, p.more), (3, true), "a transaction larger than max_rows goes whole");
+    assert_eq!(
+        (p.rows, p.more),
+        (3, true),
+        "a transaction larger than max_rows goes whole"
+    );
     let b = p.batch.unwrap();
     assert!(b.versions.iter().all(|&v| v == p.checkpoint));
     let p = try_pull(&mut c, "box-1", p.checkpoint, s, 2, None, Some("lyon")).unwrap();
-    assert_eq!((p.rows, p.more), (1, true), "never split a transaction to fill a batch");
+    assert_eq!(
+        (p.rows, p.more),
+        (1, true),
+        "never split a transaction to fill a batch"
+    );
     let p = try_pull(&mut c, "box-1", p.checkpoint, s, 2, None, Some("lyon")).unwrap();
     assert_eq!((p.rows, p.more), (2, false));
-    assert_eq!(rows(&p.batch.unwrap()), ["+lyon/e - - - - -", "+lyon/f - - - - -"]);
+    assert_eq!(
+        rows(&p.batch.unwrap()),
+        ["+lyon/e - - - - -", "+lyon/f - - - - -"]
+    );
     let p2 = try_pull(&mut c, "box-1", p.checkpoint, s, 2, None, Some("lyon")).unwrap();
     assert_eq!(p2.rows, 0);
 }
@@ -312,9 +355,11 @@ fn snapshots_page_in_key_order_and_come_again_when_needed() {
     let b = p.batch.unwrap();
     assert_eq!(b.header.changes.unwrap().snapshot_page, 1);
     assert_eq!(b.header.columns.len(), 6);
-    assert!(try_pull(&mut c, "box-1", 0, 0, 10, Some("s1:nonsense"), Some("lyon"))
-        .unwrap_err()
-        .contains("(22023)"));
+    assert!(
+        try_pull(&mut c, "box-1", 0, 0, 10, Some("s1:nonsense"), Some("lyon"))
+            .unwrap_err()
+            .contains("(22023)")
+    );
 
     // Purged past the device's checkpoint (no subscription pulled within
     // the horizon): a snapshot.
@@ -326,7 +371,10 @@ fn snapshots_page_in_key_order_and_come_again_when_needed() {
          UPDATE sluice.subscriptions SET last_pulled = now() - interval '30 days';",
     )
     .unwrap();
-    let purged: i64 = c.query_one("SELECT sluice.purge_changes()", &[]).unwrap().get(0);
+    let purged: i64 = c
+        .query_one("SELECT sluice.purge_changes()", &[])
+        .unwrap()
+        .get(0);
     assert!(purged >= 2, "{purged}");
     let through: i64 = c
         .query_one("SELECT purged_through FROM sluice.publications", &[])
@@ -336,7 +384,10 @@ fn snapshots_page_in_key_order_and_come_again_when_needed() {
     let p = pull(&mut c, "box-1", cp3, s3, "lyon");
     assert_eq!(p.batch.unwrap().header.changes.unwrap().snapshot_page, 1);
     let snapshots: i64 = c
-        .query_one("SELECT snapshots FROM sluice.subscriptions WHERE device_id = 'box-1'", &[])
+        .query_one(
+            "SELECT snapshots FROM sluice.subscriptions WHERE device_id = 'box-1'",
+            &[],
+        )
         .unwrap()
         .get(0);
     assert!(snapshots >= 5, "{snapshots}");
@@ -349,15 +400,31 @@ fn purge_keeps_what_a_recent_subscription_has_not_acknowledged() {
     let (_, cp, _) = snapshot(&mut c, "box-1", "lyon", 10);
     // Acknowledge the snapshot's checkpoint, then changes arrive.
     pull(&mut c, "box-1", cp, s, "lyon");
-    c.batch_execute("INSERT INTO configs (location_id, camera_id) VALUES ('lyon', 'a')").unwrap();
-    assert_eq!(c.query_one("SELECT sluice.purge_changes()", &[]).unwrap().get::<_, i64>(0), 0);
+    c.batch_execute("INSERT INTO configs (location_id, camera_id) VALUES ('lyon', 'a')")
+        .unwrap();
+    assert_eq!(
+        c.query_one("SELECT sluice.purge_changes()", &[])
+            .unwrap()
+            .get::<_, i64>(0),
+        0
+    );
     let p = pull(&mut c, "box-1", cp, s, "lyon");
     assert_eq!(rows(&p.batch.unwrap()), ["+lyon/a - - - - -"]);
     // Acknowledged: purged.
     pull(&mut c, "box-1", p.checkpoint, s, "lyon");
-    assert_eq!(c.query_one("SELECT sluice.purge_changes()", &[]).unwrap().get::<_, i64>(0), 1);
+    assert_eq!(
+        c.query_one("SELECT sluice.purge_changes()", &[])
+            .unwrap()
+            .get::<_, i64>(0),
+        1
+    );
     let p = pull(&mut c, "box-1", p.checkpoint, s, "lyon");
-    assert_eq!(p.batch.map(|b| b.header.changes.unwrap().snapshot_page).unwrap_or(0), 0);
+    assert_eq!(
+        p.batch
+            .map(|b| b.header.changes.unwrap().snapshot_page)
+            .unwrap_or(0),
+        0
+    );
 }
 
 #[test]
@@ -386,11 +453,16 @@ fn a_device_role_reads_its_own_scope_only() {
     let e = try_pull(&mut c, "lyon-1", 0, 0, 10, None, Some("paris")).unwrap_err();
     assert!(e.contains("(42501)"), "{e}");
     let lag = c
-        .query("SELECT edge_table, checkpoint FROM sluice.subscription_lag('lyon-1')", &[])
+        .query(
+            "SELECT edge_table, checkpoint FROM sluice.subscription_lag('lyon-1')",
+            &[],
+        )
         .unwrap();
     assert_eq!(lag.len(), 1);
     assert_eq!(lag[0].get::<_, i64>(1), 0);
-    let e = c.query("SELECT * FROM sluice.subscription_lag('lyon-2')", &[]).unwrap_err();
+    let e = c
+        .query("SELECT * FROM sluice.subscription_lag('lyon-2')", &[])
+        .unwrap_err();
     assert!(pg_error(&e).contains("(42501)"));
     // The change of a lyon-2 row and of a paris row never reach lyon-1.
     c.batch_execute("RESET ROLE").unwrap();
@@ -413,10 +485,16 @@ fn a_device_role_reads_its_own_scope_only() {
     // A role that is not a device role needs SELECT on the table; without a
     // tenant it is told to name one (no grant names device 'zz').
     let e = try_pull(&mut c, "zz", 0, 0, 10, None, None).unwrap_err();
-    assert!(e.contains("(22023)") && e.contains("name the tenant"), "{e}");
+    assert!(
+        e.contains("(22023)") && e.contains("name the tenant"),
+        "{e}"
+    );
     // ... and finds the tenant of the grant naming the device.
     let p = try_pull(&mut c, "lyon-1", 0, 0, 10, None, None).unwrap();
-    assert_eq!(rows(&p.batch.unwrap()), ["+lyon/a - - - - -", "+lyon/b - 1 - lyon-1 -"]);
+    assert_eq!(
+        rows(&p.batch.unwrap()),
+        ["+lyon/a - - - - -", "+lyon/b - 1 - lyon-1 -"]
+    );
     c.batch_execute(&format!(
         "SELECT sluice.revoke_device('{role}'); SELECT sluice.revoke_device('{other}');
          DROP ROLE {role}; DROP ROLE {other};"
@@ -448,18 +526,29 @@ fn a_transaction_that_commits_later_with_a_lower_position_is_never_skipped() {
         .unwrap()
         .get(0);
     assert!(xa < xb);
-    b.batch_execute("INSERT INTO configs (location_id, camera_id) VALUES ('lyon', 'from-b'); COMMIT")
-        .unwrap();
+    b.batch_execute(
+        "INSERT INTO configs (location_id, camera_id) VALUES ('lyon', 'from-b'); COMMIT",
+    )
+    .unwrap();
     let p = pull(&mut c, "box-1", cp, s, "lyon");
-    assert!(p.checkpoint < xa, "checkpoint {} must stay below A's position {xa}", p.checkpoint);
+    assert!(
+        p.checkpoint < xa,
+        "checkpoint {} must stay below A's position {xa}",
+        p.checkpoint
+    );
     assert!(p.batch.is_none() || p.rows == 0, "B's row waits for A");
     let cp = p.checkpoint;
 
-    a.batch_execute("INSERT INTO configs (location_id, camera_id) VALUES ('lyon', 'from-a'); COMMIT")
-        .unwrap();
+    a.batch_execute(
+        "INSERT INTO configs (location_id, camera_id) VALUES ('lyon', 'from-a'); COMMIT",
+    )
+    .unwrap();
     let p = pull(&mut c, "box-1", cp, s, "lyon");
     let batch = p.batch.unwrap();
-    assert_eq!(rows(&batch), ["+lyon/from-a - - - - -", "+lyon/from-b - - - - -"]);
+    assert_eq!(
+        rows(&batch),
+        ["+lyon/from-a - - - - -", "+lyon/from-b - - - - -"]
+    );
     assert_eq!(batch.versions, [xa, xb]);
     assert!(p.checkpoint >= xb);
 }

@@ -184,7 +184,11 @@ fn the_retention_worker_runs_on_its_interval_follows_sighup_and_survives_errors(
     });
     assert_eq!(count(&mut c, "SELECT count(*) FROM public.events"), 100);
     wait_for_log(&server, ": events: deleted 5000 expired rows", 0);
-    wait_for_log(&server, "purged 10 change entries every device has acknowledged", 0);
+    wait_for_log(
+        &server,
+        "purged 10 change entries every device has acknowledged",
+        0,
+    );
     assert_eq!(count(&mut c, "SELECT count(*) FROM sluice.changes"), 0);
     wait_for_log(&server, "retention of a_broken failed", 0);
     let log = server_log(&server);
