@@ -233,6 +233,19 @@ fn apply(
     let rows = batch.versions.len() as i64;
     let resend = batch.header.resend != 0;
 
+    // A published target: the cloud owns the published columns but the key,
+    // and a row whose cloud delete the edge had not pulled is left out.
+    let published = publish::of_target(client, reg.target)?;
+    let cloud_owned = published
+        .as_ref()
+        .map(|p| p.cloud_owned.clone())
+        .unwrap_or_default();
+    let unseen_param = plan.columns.len() + 3 + usize::from(has_stream) + 2 * usize::from(fork.is_some());
+    let unseen = published.as_ref().zip(batch.header.pulled).and_then(|(p, pulled)| {
+        p.unseen_deletes(&plan.columns, pulled, unseen_param)
+            .map(|(u, checkpoint)| (u, p.edge_table.clone(), checkpoint))
+    });
+
     let shape = plan.key_shape(batch, &params);
     let mut plain = false;
     if let Some(shape) = &shape {
@@ -248,7 +261,11 @@ fn apply(
                 )
                 .into()],
         )?;
-        if shape.distinct && fork.is_none() && deletes.tombstones_of.is_none() {
+        if shape.distinct
+            && fork.is_none()
+            && deletes.tombstones_of.is_none()
+            && unseen.is_none()
+        {
             let sql = sqlgen::probe_sql(
                 &reg.target_sql,
                 &plan.columns,
@@ -302,8 +319,6 @@ fn apply(
         return Ok((rows, 0));
     }
     let dedup = !shape.as_ref().is_some_and(|s| s.distinct);
-    // A published target: the cloud owns the published columns but the key.
-    let cloud_owned = publish::cloud_owned(client, reg.target)?;
     let sql = sqlgen::upsert_sql_keeping(
         &reg.target_sql,
         &plan.columns,
@@ -316,12 +331,18 @@ fn apply(
         deletes,
         resend,
         &cloud_owned,
+        unseen.as_ref().map(|(u, _, _)| u),
     );
     // The fork check takes the upsert's parameters, without the fork's.
     let check_len = args.len();
     if let Some(f) = fork {
         types.extend([PgBuiltInOids::INT8OID, PgBuiltInOids::INT8OID]);
         args.extend([(f.parent_stream as i64).into(), f.fork_seq.into()]);
+    }
+    if let Some((_, edge_table, checkpoint)) = &unseen {
+        debug_assert_eq!(args.len() + 1, unseen_param);
+        types.extend([PgBuiltInOids::TEXTOID, PgBuiltInOids::INT8OID]);
+        args.extend([edge_table.as_str().into(), (*checkpoint).into()]);
     }
     let counts = write_rows(batch, id, reg, plan, || {
         Ok(run_cached(client, &sql, &types, &args)?

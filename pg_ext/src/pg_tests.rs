@@ -37,6 +37,7 @@ mod tests {
             }
         }
         let header = BatchHeader {
+            pulled: None,
             device_id: device.into(),
             stream_id: 0x1234_5678_9abc,
             table: table.into(),
@@ -2332,6 +2333,7 @@ mod tests {
                 .collect(),
         ];
         let header = BatchHeader {
+            pulled: None,
             device_id: device.into(),
             stream_id: 0x1234_5678_9abc,
             table: "cameras".into(),

@@ -9,7 +9,9 @@
 #[pgrx::pg_schema]
 mod tests {
     use pgrx::prelude::*;
-    use sluice_wire::{encode, BatchHeader, Changes, Column, ColumnType, EncodeOptions, Value};
+    use sluice_wire::{
+        encode, BatchHeader, Changes, Column, ColumnType, EncodeOptions, Pulled, Value,
+    };
 
     fn setup() {
         Spi::run(
@@ -173,6 +175,14 @@ mod tests {
     }
 
     fn config_batch(flags_changes: bool, rows: &[(i64, &str, &str, &str)]) -> Vec<u8> {
+        config_batch_pulled(flags_changes, None, rows)
+    }
+
+    fn config_batch_pulled(
+        flags_changes: bool,
+        pulled: Option<Pulled>,
+        rows: &[(i64, &str, &str, &str)],
+    ) -> Vec<u8> {
         let columns = vec![
             Column::new("location_id", ColumnType::Text),
             Column::new("camera_id", ColumnType::Text),
@@ -188,6 +198,7 @@ mod tests {
             by_col[3].push(Value::Text(status.into()));
         }
         let header = BatchHeader {
+            pulled,
             device_id: "box-1".into(),
             stream_id: 77,
             table: "configs".into(),
@@ -255,6 +266,69 @@ mod tests {
             e.contains("a batch of cloud changes (flag bit 4) cannot be ingested"),
             "{e}"
         );
+    }
+
+    /// The cloud deletes a configuration while the box holds a status of it
+    /// that it has not sent: the box's status report must not insert the
+    /// row again (the delete wins; the box removes the row when it pulls the
+    /// tombstone). A row the box wrote after it had applied the delete is
+    /// new, and inserted; so is a row of a box that does not say what it
+    /// pulled (a table that is not subscribed), as before.
+    #[pg_test]
+    fn a_status_report_of_a_row_the_cloud_deleted_unseen_does_not_bring_it_back() {
+        setup();
+        Spi::run(
+            "SELECT sluice.register_table('configs', 'public.configs', ARRAY['location_id', 'camera_id']);
+             SELECT sluice.publish('public.configs', columns => ARRAY['location_id', 'camera_id', 'settings'],
+                 tenant_column => 'location_id');
+             INSERT INTO public.configs (location_id, camera_id, settings, status) VALUES
+                 ('lyon', 'c1', '{}', 'pending'), ('lyon', 'c2', '{}', 'pending'),
+                 ('lyon', 'c3', '{}', 'pending'), ('lyon', 'c4', '{}', 'pending');
+             DELETE FROM public.configs WHERE camera_id IN ('c1', 'c2', 'c4');",
+        )
+        .unwrap();
+        // Every change of this test has the position of its one transaction.
+        let position = Spi::get_one::<i64>("SELECT max(position) FROM sluice.changes")
+            .unwrap()
+            .unwrap();
+        let stream = Spi::get_one::<i64>("SELECT stream_id FROM sluice.publications")
+            .unwrap()
+            .unwrap() as u64;
+        let ingest = |b: Vec<u8>| Spi::run_with_args("SELECT sluice.ingest($1)", &[b.into()]).unwrap();
+        let rows = || text("SELECT string_agg(camera_id || ' ' || status, ', ' ORDER BY camera_id) FROM public.configs");
+        // Cut before the box had pulled the deletes: c1 stays deleted; c3
+        // (still there) takes the status; c9 (never in the cloud) is new.
+        let before = Some(Pulled {
+            stream_id: stream,
+            checkpoint: position - 1,
+        });
+        ingest(config_batch_pulled(
+            false,
+            before,
+            &[
+                (1, "c1", "{}", "success"),
+                (2, "c3", "{}", "success"),
+                (3, "c9", "{}", "pending"),
+            ],
+        ));
+        assert_eq!(rows(), "c3 success, c9 pending");
+        // Cut after it had applied them: c2 is a row the box made again.
+        let after = Some(Pulled {
+            stream_id: stream,
+            checkpoint: position,
+        });
+        ingest(config_batch_pulled(false, after, &[(4, "c2", "{}", "failed")]));
+        assert_eq!(rows(), "c2 failed, c3 success, c9 pending");
+        // A checkpoint of another stream of the table is no checkpoint.
+        let other = Some(Pulled {
+            stream_id: stream ^ 1,
+            checkpoint: position,
+        });
+        ingest(config_batch_pulled(false, other, &[(5, "c4", "{}", "success")]));
+        assert_eq!(rows(), "c2 failed, c3 success, c9 pending");
+        // A batch that does not say what its edge pulled: as before.
+        ingest(config_batch(false, &[(6, "c1", "{}", "success")]));
+        assert_eq!(rows(), "c1 success, c2 failed, c3 success, c9 pending");
     }
 
     /// A batch cut again with other boundaries carries a row the cloud has

@@ -2,8 +2,9 @@
 //! table against [`Publication::check`], creates its capture trigger
 //! (the SQL is [`sluice_pgsql::publication`]'s) and records the
 //! publication; `sluice.unpublish` takes it back; [`publication`] reads one
-//! back for `sluice.pull`, and [`cloud_owned`] tells `sluice.ingest` which
-//! columns of a target are the cloud's.
+//! back for `sluice.pull`, and [`of_target`] tells `sluice.ingest` which
+//! columns of a target are the cloud's and which rows of an edge batch a
+//! cloud delete the edge had not pulled yet overtakes.
 
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
@@ -357,19 +358,74 @@ pub fn publication(client: &mut SpiClient<'_>, edge_table: &str) -> Result<Publi
     })
 }
 
-/// The columns of `target` that a publication makes the cloud's (the
-/// published columns but the key): an upsert of `sluice.ingest` never
-/// updates them. Empty when the target is not published.
-pub fn cloud_owned(client: &mut SpiClient<'_>, target: pg_sys::Oid) -> Result<Vec<String>> {
+/// What `sluice.ingest` needs of the publication of its target (a table
+/// both sides write: published down, registered up).
+pub struct OfTarget {
+    /// The columns the publication makes the cloud's (the published
+    /// columns but the key): an upsert of `sluice.ingest` never updates
+    /// them.
+    pub cloud_owned: Vec<String>,
+    pub edge_table: String,
+    pub stream_id: i64,
+    pub key: Vec<String>,
+    pub tenant_column: Option<String>,
+}
+
+impl OfTarget {
+    /// The rows to leave out of a batch whose edge had applied the
+    /// publication's changes up to `pulled` ([`sqlgen::UnseenDeletes`];
+    /// `columns`: the batch's columns as the target has them; `first_param`:
+    /// where the edge table and the checkpoint are bound). A checkpoint of
+    /// another stream (the table was published again, or the edge applied
+    /// no snapshot yet) counts as none. `None` when the batch lacks a key
+    /// column of the publication (its rows could not be inserted anyway).
+    pub fn unseen_deletes(
+        &self,
+        columns: &[sqlgen::TargetColumn],
+        pulled: sluice_wire::Pulled,
+        first_param: usize,
+    ) -> Option<(sqlgen::UnseenDeletes, i64)> {
+        let pos = |n: &str| columns.iter().position(|c| c.name == n);
+        let key = self.key.iter().map(|k| pos(k)).collect::<Option<Vec<_>>>()?;
+        let tenant = match &self.tenant_column {
+            None => sqlgen::ChangeTenant::Unscoped,
+            Some(t) => pos(t).map_or(sqlgen::ChangeTenant::Any, sqlgen::ChangeTenant::Column),
+        };
+        let checkpoint = if pulled.stream_id as i64 == self.stream_id {
+            pulled.checkpoint
+        } else {
+            0
+        };
+        Some((
+            sqlgen::UnseenDeletes {
+                key,
+                tenant,
+                first_param,
+            },
+            checkpoint,
+        ))
+    }
+}
+
+/// The publication of `target`, when it is published.
+pub fn of_target(client: &mut SpiClient<'_>, target: pg_sys::Oid) -> Result<Option<OfTarget>> {
     let found = run_cached(
         client,
-        "SELECT ARRAY(SELECT c FROM unnest(p.columns) AS c WHERE c <> ALL (p.key_columns))
+        "SELECT ARRAY(SELECT c FROM unnest(p.columns) AS c WHERE c <> ALL (p.key_columns)),
+                p.edge_table, p.stream_id, p.key_columns, p.tenant_column
          FROM sluice.publications p WHERE p.target = $1::regclass",
         &[PgBuiltInOids::OIDOID],
         &[target.into()],
     )?;
     if found.is_empty() {
-        return Ok(Vec::new());
+        return Ok(None);
     }
-    Ok(found.first().get::<Vec<String>>(1)?.unwrap_or_default())
+    let r = found.first();
+    Ok(Some(OfTarget {
+        cloud_owned: r.get::<Vec<String>>(1)?.unwrap_or_default(),
+        edge_table: r.get::<String>(2)?.unwrap_or_default(),
+        stream_id: r.get::<i64>(3)?.unwrap_or(0),
+        key: r.get::<Vec<String>>(4)?.unwrap_or_default(),
+        tenant_column: r.get::<String>(5)?,
+    }))
 }

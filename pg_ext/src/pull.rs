@@ -251,6 +251,7 @@ fn header(a: &PullArgs<'_>, p: &Published, base: i64, last: i64, changes: Change
         .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
         .unwrap_or(0);
     BatchHeader {
+        pulled: None,
         device_id: a.device_id.to_owned(),
         stream_id: p.stream_id as u64,
         table: a.edge_table.to_owned(),

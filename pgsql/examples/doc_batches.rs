@@ -28,6 +28,7 @@ fn print(s: Spec<'_>) {
         }
     }
     let header = BatchHeader {
+        pulled: None,
         device_id: s.device.into(),
         stream_id: s.stream,
         table: s.table.into(),

@@ -180,6 +180,76 @@ pub struct DeleteOptions {
     pub clear_mark: bool,
 }
 
+/// Rows of a batch the edge cut before it had applied a cloud delete of
+/// their key: the target is published (cloud to edge) and the edge table
+/// subscribed, so the batch says how far the edge had pulled
+/// (`BatchHeader::pulled`). A row whose key the target no longer has and
+/// whose key has a change entry after that checkpoint was deleted (or
+/// re-keyed away) by the cloud while the edge still held it: the edge's copy
+/// (a status report of a row the cloud has removed) is left out, and the
+/// edge removes the row when it pulls the tombstone. A row whose key came
+/// back at the edge after it had applied the delete is inserted as usual.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct UnseenDeletes {
+    /// Indexes into the batch's columns of the publication's key columns,
+    /// in key order.
+    pub key: Vec<usize>,
+    /// Where `sluice.changes` keeps the rows' tenant.
+    pub tenant: ChangeTenant,
+    /// The number of the first of two parameters: `$m` the publication's
+    /// edge table (`text`), `$m+1` the checkpoint the edge had applied
+    /// (`bigint`; 0 when it had none of the publication's current stream).
+    pub first_param: usize,
+}
+
+/// How [`UnseenDeletes`] finds the change entries of a row's tenant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ChangeTenant {
+    /// The publication has no tenant column: entries have `tenant IS NULL`.
+    Unscoped,
+    /// The publication's tenant column is the batch's column at this index.
+    Column(usize),
+    /// The publication has a tenant column the batch lacks: any tenant.
+    Any,
+}
+
+impl UnseenDeletes {
+    /// The condition on a typed row `s` (columns `cN`) of `target` (quoted):
+    /// true unless the row is one to leave out.
+    fn condition_sql(&self, target: &str, columns: &[TargetColumn]) -> String {
+        let live: Vec<String> = self
+            .key
+            .iter()
+            .map(|&k| format!("live.{} = s.c{}", quote_ident(&columns[k].name), k + 1))
+            .collect();
+        let key: Vec<String> = self
+            .key
+            .iter()
+            .map(|&k| format!("CAST(s.c{} AS {})::text", k + 1, columns[k].stored_sql))
+            .collect();
+        let tenant = match self.tenant {
+            ChangeTenant::Unscoped => " AND ch.tenant IS NULL".to_owned(),
+            ChangeTenant::Column(i) => format!(
+                " AND ch.tenant = CAST(s.c{} AS {})::text",
+                i + 1,
+                columns[i].stored_sql
+            ),
+            ChangeTenant::Any => String::new(),
+        };
+        // CASE: the cheap probe of the target first, the change entries
+        // only for a key the target lacks.
+        format!(
+            "CASE WHEN EXISTS (SELECT 1 FROM {target} AS live WHERE {live}) THEN true \
+             ELSE NOT EXISTS (SELECT 1 FROM sluice.changes AS ch WHERE ch.edge_table = ${m}::text{tenant} \
+             AND ch.position > ${p}::bigint AND ch.key = ARRAY[{key}]::text[]) END",
+            live = live.join(" AND "),
+            key = key.join(", "),
+            m = self.first_param,
+            p = self.first_param + 1,
+        )
+    }
+}
+
 /// A column of the target table that a batch column maps to.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct TargetColumn {
@@ -335,13 +405,16 @@ pub fn upsert_sql_with(
         deletes,
         resend,
         &[],
+        None,
     )
 }
 
 /// [`upsert_sql_with`] into a target that is also published (cloud to
 /// edge): the columns named in `cloud_owned` are the cloud's, so an update
 /// of an existing row leaves them as they are (a new row is inserted with
-/// every column of the batch).
+/// every column of the batch), and with `unseen` the rows the edge cut
+/// before it had applied a cloud delete of their key are left out
+/// ([`UnseenDeletes`]).
 #[allow(clippy::too_many_arguments)]
 pub fn upsert_sql_keeping(
     target: &str,
@@ -355,13 +428,18 @@ pub fn upsert_sql_keeping(
     deletes: DeleteOptions,
     resend: bool,
     cloud_owned: &[String],
+    unseen: Option<&UnseenDeletes>,
 ) -> String {
     let n = columns.len();
     let fork = fork && bk.stream != StreamColumn::None;
     let mut sql = String::with_capacity(256 + 64 * n);
-    let buried = deletes
+    let filters: Vec<String> = deletes
         .tombstones_of
-        .map(|oid| not_buried_sql(oid, columns, keys, bk));
+        .map(|oid| not_buried_sql(oid, columns, keys, bk))
+        .into_iter()
+        .chain(unseen.map(|u| u.condition_sql(target, columns)))
+        .collect();
+    let buried = (!filters.is_empty()).then(|| filters.join("\n  AND "));
     // Typed rows.
     if fork {
         push_lineage(&mut sql, n);
@@ -1587,6 +1665,7 @@ WHERE t."sluice_version" >= s.v"#),
             DeleteOptions::default(),
             false,
             &[cols[1].name.clone()],
+            None,
         );
         let set = kept.split("DO UPDATE SET").nth(1).unwrap();
         assert!(
@@ -1779,5 +1858,57 @@ SELECT count(*) FILTER (WHERE ins), count(*) FILTER (WHERE NOT ins) FROM up"#;
             c.contains(r#"ROW(t."x""); DROP TABLE y; --"::text)"#),
             "{c}"
         );
+    }
+
+    #[test]
+    fn rows_cut_before_a_cloud_delete_was_pulled_are_left_out() {
+        let cols = vec![
+            col("site", "text"),
+            col("id", "bigint"),
+            col("status", "text"),
+        ];
+        let arrays = TEXT;
+        let unseen = UnseenDeletes {
+            key: vec![0, 1],
+            tenant: ChangeTenant::Column(0),
+            first_param: 6,
+        };
+        let sql = upsert_sql_keeping(
+            "t",
+            &cols,
+            &arrays,
+            &[0, 1],
+            NO_BK,
+            Policy::LastWriterWins,
+            true,
+            false,
+            DeleteOptions {
+                tombstones_of: Some(99),
+                clear_mark: false,
+            },
+            false,
+            &[],
+            Some(&unseen),
+        );
+        let cond = "CASE WHEN EXISTS (SELECT 1 FROM t AS live WHERE live.\"site\" = s.c1 AND live.\"id\" = s.c2) THEN true \
+             ELSE NOT EXISTS (SELECT 1 FROM sluice.changes AS ch WHERE ch.edge_table = $6::text AND ch.tenant = CAST(s.c1 AS text)::text \
+             AND ch.position > $7::bigint AND ch.key = ARRAY[CAST(s.c1 AS text)::text, CAST(s.c2 AS bigint)::text]::text[]) END";
+        assert!(sql.contains(cond), "{sql}");
+        // Beside the tombstones' filter, in the rows' WHERE.
+        assert!(sql.contains("(s.v, $5::text))\n  AND CASE WHEN"), "{sql}");
+        let unscoped = UnseenDeletes {
+            tenant: ChangeTenant::Unscoped,
+            ..unseen.clone()
+        };
+        assert!(unscoped
+            .condition_sql("t", &cols)
+            .contains("ch.edge_table = $6::text AND ch.tenant IS NULL AND ch.position > $7::bigint"));
+        let any = UnseenDeletes {
+            tenant: ChangeTenant::Any,
+            ..unseen
+        };
+        assert!(any
+            .condition_sql("t", &cols)
+            .contains("ch.edge_table = $6::text AND ch.position > $7::bigint"));
     }
 }

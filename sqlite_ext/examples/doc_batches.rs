@@ -50,6 +50,7 @@ fn print(name: &str, base: i64, last: i64, page: u32, rows: Vec<(bool, Vec<Value
         }
     }
     let header = BatchHeader {
+        pulled: None,
         device_id: "store-7-box-1".into(),
         stream_id: STREAM,
         table: "camera_configs".into(),

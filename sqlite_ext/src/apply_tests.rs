@@ -79,6 +79,7 @@ impl<'a> B<'a> {
             }
         }
         let header = BatchHeader {
+            pulled: None,
             device_id: self.device.into(),
             stream_id: self.stream,
             table: self.table.into(),
@@ -423,6 +424,7 @@ fn every_refusal_names_the_problem_and_applies_nothing() {
     let edge_batch = {
         let columns = vec![Column::new("id", ColumnType::Integer)];
         let header = BatchHeader {
+            pulled: None,
             device_id: DEVICE.into(),
             stream_id: STREAM,
             table: "cameras".into(),
@@ -799,9 +801,17 @@ fn rows_the_cloud_writes_are_not_sent_back_and_the_edges_own_writes_are() {
          SELECT sluice_track('cameras', '{\"mutable\": true}');",
     )
     .unwrap();
-    // The edge's own row is pending; send it.
+    // The edge's own row is pending; send it (before any snapshot: it had
+    // applied nothing of the cloud's).
     assert_eq!(pending(&db), 1);
     let b: Vec<u8> = one(&db, "SELECT sluice_batch('cameras')");
+    assert_eq!(
+        sluice_wire::decode(&b).unwrap().header.pulled,
+        Some(sluice_wire::Pulled {
+            stream_id: 0,
+            checkpoint: 0,
+        })
+    );
     db.query_row("SELECT sluice_ack(?1)", [&b], |_| Ok(()))
         .unwrap();
     assert_eq!(pending(&db), 0);
@@ -835,6 +845,15 @@ fn rows_the_cloud_writes_are_not_sent_back_and_the_edges_own_writes_are() {
     let b: Vec<u8> = one(&db, "SELECT sluice_batch('cameras')");
     let batch = sluice_wire::decode(&b).unwrap();
     assert_eq!(batch.header.row_count, 1);
+    // The batch says how far the edge had applied the cloud's changes, so
+    // that the cloud lets a delete the edge had not seen win over it.
+    assert_eq!(
+        batch.header.pulled,
+        Some(sluice_wire::Pulled {
+            stream_id: sub(&db).0 as u64,
+            checkpoint: 13,
+        })
+    );
     let names: Vec<&str> = batch
         .header
         .columns

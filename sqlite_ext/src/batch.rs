@@ -9,12 +9,14 @@ use rusqlite::functions::Context;
 use rusqlite::types::{Value, ValueRef};
 use rusqlite::{params, Connection, OptionalExtension};
 use sluice_wire::names::{quote_ident, DrainOrder};
-use sluice_wire::{encode_with_deletes, BatchHeader, Column, ColumnType, EncodeOptions};
+use sluice_wire::{encode_with_deletes, BatchHeader, Column, ColumnType, EncodeOptions, Pulled};
 
 use crate::acked;
 use crate::bookkeeping::resends::Request;
 use crate::bookkeeping::tables::Tracked;
-use crate::bookkeeping::{self, meta, quarantine, ranges, tables, tombstones, Table};
+use crate::bookkeeping::{
+    self, meta, quarantine, ranges, subscriptions, tables, tombstones, Table,
+};
 use crate::fork;
 use crate::glue::{
     arg_int, arg_opt_text, arg_raw, arg_text, atomic, connection, finish, now_ms, Fail, Res,
@@ -220,6 +222,14 @@ fn batch(ctx: &Context<'_>) -> Res<Value> {
         },
         resend,
         changes: None,
+        // A subscribed table (both sides write it): how far the edge had
+        // applied the cloud's changes, read in the same statement as the
+        // rows, so that the cloud lets a delete the edge had not seen win
+        // over the edge's copy of the row.
+        pulled: subscriptions::get(&conn, &info.name)?.map(|s| Pulled {
+            stream_id: s.stream_id as u64,
+            checkpoint: s.checkpoint,
+        }),
     };
     let bytes = encode_with_deletes(
         &header,

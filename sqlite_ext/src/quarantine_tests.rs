@@ -259,6 +259,8 @@ fn a_released_mutable_row_updated_since_flows_under_its_new_version() {
     let d = decode(&batch(&db, "cameras", 1000).unwrap()).unwrap();
     assert_eq!(d.header.resend, 0);
     assert_eq!(d.versions.len(), 1);
+    // Not subscribed: the batch says nothing of a pull.
+    assert_eq!(d.header.pulled, None);
 }
 
 #[test]

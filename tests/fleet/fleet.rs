@@ -61,6 +61,7 @@ fn batch(device: usize, b: usize, rows: usize) -> Vec<u8> {
         }
     }
     let header = BatchHeader {
+        pulled: None,
         device_id: format!("fleet-{device:03}"),
         stream_id: 0xf1ee_7000 + device as u64,
         table: "division_states".into(),

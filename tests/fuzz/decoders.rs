@@ -115,6 +115,7 @@ pub fn division_batch(
         }
     }
     let header = BatchHeader {
+        pulled: None,
         device_id: device.into(),
         stream_id: 0x1234_5678_9abc_def0 ^ seed,
         table: "division_states".into(),
@@ -178,6 +179,7 @@ fn odd_batch(compressed: bool) -> Vec<u8> {
         ],
     ];
     let header = BatchHeader {
+        pulled: None,
         device_id: "fuzz-odd".into(),
         stream_id: 42,
         table: "odd".into(),

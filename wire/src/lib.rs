@@ -26,7 +26,7 @@ pub mod sketch;
 
 pub use batch::{
     column_fingerprint, content_digest, decode, decode_header, encode, encode_with_deletes, Batch,
-    BatchHeader, BatchId, Changes, Column, ColumnType, EncodeOptions, Fork, Origin, Value,
+    BatchHeader, BatchId, Changes, Column, ColumnType, EncodeOptions, Fork, Origin, Pulled, Value,
     FORMAT_VERSION, MAGIC, MAX_BODY_BYTES, MAX_COLUMNS, MAX_ZONE_BYTES, OLDEST_READABLE_VERSION,
 };
 pub use error::WireError;

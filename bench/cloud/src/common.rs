@@ -124,6 +124,7 @@ pub fn batches(rows: &[Row], stream_id: u64) -> Vec<Vec<u8>> {
                 }
             }
             let header = BatchHeader {
+                pulled: None,
                 device_id: DEVICE.into(),
                 stream_id,
                 table: "division_states".into(),

@@ -65,6 +65,7 @@ fn batch(data: &[Row], first: usize, changes: Changes, base: i64, last: i64) -> 
             .collect()
     };
     let header = BatchHeader {
+        pulled: None,
         device_id: "bench".into(),
         stream_id: STREAM,
         table: "t".into(),

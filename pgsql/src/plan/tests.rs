@@ -15,6 +15,7 @@ fn batch(columns: &[(&str, ColumnType)], rows: Vec<Vec<Value>>) -> Batch {
     }
     Batch {
         header: BatchHeader {
+            pulled: None,
             device_id: "cam-1".into(),
             stream_id: 7,
             table: "readings".into(),

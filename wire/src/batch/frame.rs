@@ -44,6 +44,9 @@ const FLAG_RESEND: u8 = 8;
 /// The batch carries changes from the cloud to a device and its header ends
 /// with their fields ([`BatchHeader::changes`]); format version 2 only.
 const FLAG_CHANGES: u8 = 16;
+/// The header ends with what the edge had pulled of the table's
+/// publication ([`BatchHeader::pulled`]); format version 2 only.
+const FLAG_PULLED: u8 = 32;
 /// magic + version + flags + header_len + raw_len + body_len + crc.
 const MIN_BATCH_BYTES: usize = 3 + 1 + 1 + 4 + 4 + 4 + 4;
 
@@ -124,6 +127,11 @@ pub fn encode_with_deletes(
             0
         } else {
             FLAG_CHANGES
+        }
+        | if header.pulled.is_none() {
+            0
+        } else {
+            FLAG_PULLED
         };
     let (flags, stored) = match opts.brotli_quality {
         Some(q) => (
@@ -196,7 +204,12 @@ fn parse_frame(bytes: &[u8]) -> Result<Frame<'_>, WireError> {
     r.take(4, "magic")?;
     let flags = r.u8("flags")?;
     let known = if version >= 2 {
-        FLAG_BROTLI | FLAG_COMPACT_VALUES | FLAG_ROW_OPS | FLAG_RESEND | FLAG_CHANGES
+        FLAG_BROTLI
+            | FLAG_COMPACT_VALUES
+            | FLAG_ROW_OPS
+            | FLAG_RESEND
+            | FLAG_CHANGES
+            | FLAG_PULLED
     } else {
         FLAG_BROTLI | FLAG_COMPACT_VALUES
     };
@@ -210,6 +223,7 @@ fn parse_frame(bytes: &[u8]) -> Result<Frame<'_>, WireError> {
         version,
         flags & FLAG_RESEND != 0,
         flags & FLAG_CHANGES != 0,
+        flags & FLAG_PULLED != 0,
     )?;
     let raw_len = r.u32("body length")?;
     if raw_len > MAX_BODY_BYTES {

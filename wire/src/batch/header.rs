@@ -7,8 +7,8 @@ use crate::codec::{self, Reader};
 use crate::error::WireError;
 
 use super::model::{
-    column_fingerprint, BatchHeader, Changes, Column, ColumnType, Fork, Origin, MAX_COLUMNS,
-    MAX_ZONE_BYTES,
+    column_fingerprint, BatchHeader, Changes, Column, ColumnType, Fork, Origin, Pulled,
+    MAX_COLUMNS, MAX_ZONE_BYTES,
 };
 
 /// The header's bytes (format version 2), with `row_count`, `digest` and a
@@ -53,9 +53,18 @@ pub(super) fn write_header(
     if header.resend != 0 {
         codec::put_u32(&mut head, header.resend);
     }
+    if header.changes.is_some() && header.pulled.is_some() {
+        return Err(WireError::invalid(
+            "a batch of cloud changes cannot say what its edge had pulled",
+        ));
+    }
     if let Some(c) = header.changes {
         codec::put_u32(&mut head, c.snapshot_page);
         head.push(u8::from(c.last_page));
+    }
+    if let Some(p) = header.pulled {
+        codec::put_u64(&mut head, p.stream_id);
+        codec::put_u64(&mut head, p.checkpoint as u64);
     }
     Ok(head)
 }
@@ -63,12 +72,14 @@ pub(super) fn write_header(
 /// Parses a header of format `version` (1 or 2, checked by the frame);
 /// `resend`: the frame's flag says the header ends with a re-send number;
 /// `changes`: that it ends with the fields of a batch of cloud changes
-/// ([`Changes`]), after the re-send number if both are set.
+/// ([`Changes`]), after the re-send number if both are set; `pulled`: that
+/// it ends with what the edge had pulled ([`Pulled`]; never with `changes`).
 pub(super) fn parse_header(
     head: &[u8],
     version: u8,
     resend: bool,
     changes: bool,
+    pulled: bool,
 ) -> Result<BatchHeader, WireError> {
     let mut r = Reader::new(head);
     let device_id = r.str16("device id")?;
@@ -163,6 +174,26 @@ pub(super) fn parse_header(
     } else {
         None
     };
+    let pulled = if pulled {
+        if changes.is_some() {
+            return Err(WireError::malformed(
+                "a batch of cloud changes cannot say what its edge had pulled",
+            ));
+        }
+        let stream_id = r.u64("pulled stream")?;
+        let checkpoint = r.i64("pulled checkpoint")?;
+        if checkpoint < 0 {
+            return Err(WireError::malformed(format!(
+                "the pulled checkpoint is negative ({checkpoint})"
+            )));
+        }
+        Some(Pulled {
+            stream_id,
+            checkpoint,
+        })
+    } else {
+        None
+    };
     if r.remaining() != 0 {
         return Err(WireError::malformed(format!(
             "{} unexpected bytes at the end of the header",
@@ -196,5 +227,6 @@ pub(super) fn parse_header(
         origin,
         resend,
         changes,
+        pulled,
     })
 }

@@ -33,7 +33,8 @@ pub use frame::{
 };
 pub use model::{
     column_fingerprint, content_digest, Batch, BatchHeader, BatchId, Changes, Column, ColumnType,
-    EncodeOptions, Fork, Origin, Value, DEFAULT_BROTLI_QUALITY, MAX_COLUMNS, MAX_ZONE_BYTES,
+    EncodeOptions, Fork, Origin, Pulled, Value, DEFAULT_BROTLI_QUALITY, MAX_COLUMNS,
+    MAX_ZONE_BYTES,
 };
 
 #[cfg(test)]

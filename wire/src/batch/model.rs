@@ -154,6 +154,24 @@ pub struct BatchHeader {
     /// ingested by the cloud; a batch without it is never applied at the
     /// edge.
     pub changes: Option<Changes>,
+    /// `Some`: the edge table of this (up) batch is subscribed to a
+    /// published cloud table, and this is how far the edge had applied its
+    /// changes when the batch was cut (flag bit 5, format version 2). The
+    /// cloud uses it to tell a row the edge wrote before it knew of a cloud
+    /// delete (the delete wins) from one it wrote after (a new row). Never
+    /// with `changes`.
+    pub pulled: Option<Pulled>,
+}
+
+/// What an up batch of a subscribed edge table says about the cloud
+/// changes the edge had applied when it was cut ([`BatchHeader::pulled`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pulled {
+    /// The publication's stream id the checkpoint belongs to (0: the edge
+    /// has applied no snapshot yet).
+    pub stream_id: u64,
+    /// The last cloud position applied (0: none).
+    pub checkpoint: i64,
 }
 
 /// What a batch of cloud changes says beyond the common header. In such a

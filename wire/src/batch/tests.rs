@@ -8,6 +8,7 @@ use proptest::prelude::*;
 
 fn header(columns: Vec<Column>, base: i64, last: i64) -> BatchHeader {
     BatchHeader {
+        pulled: None,
         device_id: "box-1".into(),
         stream_id: 0xdead_beef,
         table: "division_states".into(),
@@ -711,6 +712,63 @@ fn a_batch_of_cloud_changes_carries_its_page_and_readers_refuse_nonsense() {
     assert!(e.contains("snapshot page"), "{e}");
     let mut v1 = as_version_1(&plain);
     v1[4] |= 16;
+    let e = decode(&resign(v1)).unwrap_err().to_string();
+    assert!(e.contains("unknown flags"), "{e}");
+}
+
+#[test]
+fn an_up_batch_says_what_its_edge_had_pulled_and_readers_refuse_nonsense() {
+    let (mut h, v, d) = sample();
+    let plain = encode(&h, &v, &d, EncodeOptions::default()).unwrap();
+    assert_eq!(plain[4] & 32, 0, "no pulled flag on a batch of a table not subscribed");
+    assert_eq!(decode(&plain).unwrap().header.pulled, None);
+    h.pulled = Some(Pulled {
+        stream_id: u64::MAX - 6,
+        checkpoint: 7_412,
+    });
+    let bytes = encode(&h, &v, &d, EncodeOptions::default()).unwrap();
+    assert_eq!(bytes[4] & 32, 32);
+    assert_eq!(decode(&bytes).unwrap().header.pulled, h.pulled);
+    assert_eq!(decode_header(&bytes).unwrap().pulled, h.pulled);
+    // Not part of the identity nor of the content.
+    let back = decode(&bytes).unwrap();
+    let before = decode(&plain).unwrap();
+    assert_eq!(back.header.id(), before.header.id());
+    assert_eq!(back.header.digest, before.header.digest);
+    // With a re-send number too, both fields in order.
+    h.resend = 3;
+    let both = decode(&encode(&h, &v, &d, EncodeOptions::default()).unwrap())
+        .unwrap()
+        .header;
+    assert_eq!((both.resend, both.pulled), (3, h.pulled));
+    h.resend = 0;
+    // Never on a batch of cloud changes, written or read.
+    let mut c = h.clone();
+    c.changes = Some(Changes {
+        snapshot_page: 0,
+        last_page: true,
+    });
+    let e = encode(&c, &v, &d, EncodeOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("cannot say what its edge had pulled"), "{e}");
+    c.pulled = None;
+    let mut down = encode(&c, &v, &d, EncodeOptions::default()).unwrap();
+    down[4] |= 32;
+    let e = decode(&resign(down)).unwrap_err().to_string();
+    assert!(e.contains("pulled stream") || e.contains("cannot say"), "{e}");
+    // The flag without the fields, a negative checkpoint, version 1.
+    let mut cut = plain.clone();
+    cut[4] |= 32;
+    let e = decode(&resign(cut)).unwrap_err().to_string();
+    assert!(e.contains("pulled stream"), "{e}");
+    let mut neg = bytes.clone();
+    let end = 9 + u32::from_le_bytes([neg[5], neg[6], neg[7], neg[8]]) as usize;
+    neg[end - 1] = 0xff;
+    let e = decode(&resign(neg)).unwrap_err().to_string();
+    assert!(e.contains("negative"), "{e}");
+    let mut v1 = as_version_1(&plain);
+    v1[4] |= 32;
     let e = decode(&resign(v1)).unwrap_err().to_string();
     assert!(e.contains("unknown flags"), "{e}");
 }
