@@ -240,11 +240,15 @@ fn apply(
         .as_ref()
         .map(|p| p.cloud_owned.clone())
         .unwrap_or_default();
-    let unseen_param = plan.columns.len() + 3 + usize::from(has_stream) + 2 * usize::from(fork.is_some());
-    let unseen = published.as_ref().zip(batch.header.pulled).and_then(|(p, pulled)| {
-        p.unseen_deletes(&plan.columns, pulled, unseen_param)
-            .map(|(u, checkpoint)| (u, p.edge_table.clone(), checkpoint))
-    });
+    let unseen_param =
+        plan.columns.len() + 3 + usize::from(has_stream) + 2 * usize::from(fork.is_some());
+    let unseen = published
+        .as_ref()
+        .zip(batch.header.pulled)
+        .and_then(|(p, pulled)| {
+            p.unseen_deletes(&plan.columns, pulled, unseen_param)
+                .map(|(u, checkpoint)| (u, p.edge_table.clone(), checkpoint))
+        });
 
     let shape = plan.key_shape(batch, &params);
     let mut plain = false;
@@ -261,11 +265,7 @@ fn apply(
                 )
                 .into()],
         )?;
-        if shape.distinct
-            && fork.is_none()
-            && deletes.tombstones_of.is_none()
-            && unseen.is_none()
-        {
+        if shape.distinct && fork.is_none() && deletes.tombstones_of.is_none() && unseen.is_none() {
             let sql = sqlgen::probe_sql(
                 &reg.target_sql,
                 &plan.columns,

@@ -294,8 +294,11 @@ mod tests {
         let stream = Spi::get_one::<i64>("SELECT stream_id FROM sluice.publications")
             .unwrap()
             .unwrap() as u64;
-        let ingest = |b: Vec<u8>| Spi::run_with_args("SELECT sluice.ingest($1)", &[b.into()]).unwrap();
-        let rows = || text("SELECT string_agg(camera_id || ' ' || status, ', ' ORDER BY camera_id) FROM public.configs");
+        let ingest =
+            |b: Vec<u8>| Spi::run_with_args("SELECT sluice.ingest($1)", &[b.into()]).unwrap();
+        let rows = || {
+            text("SELECT string_agg(camera_id || ' ' || status, ', ' ORDER BY camera_id) FROM public.configs")
+        };
         // Cut before the box had pulled the deletes: c1 stays deleted; c3
         // (still there) takes the status; c9 (never in the cloud) is new.
         let before = Some(Pulled {
@@ -317,14 +320,22 @@ mod tests {
             stream_id: stream,
             checkpoint: position,
         });
-        ingest(config_batch_pulled(false, after, &[(4, "c2", "{}", "failed")]));
+        ingest(config_batch_pulled(
+            false,
+            after,
+            &[(4, "c2", "{}", "failed")],
+        ));
         assert_eq!(rows(), "c2 failed, c3 success, c9 pending");
         // A checkpoint of another stream of the table is no checkpoint.
         let other = Some(Pulled {
             stream_id: stream ^ 1,
             checkpoint: position,
         });
-        ingest(config_batch_pulled(false, other, &[(5, "c4", "{}", "success")]));
+        ingest(config_batch_pulled(
+            false,
+            other,
+            &[(5, "c4", "{}", "success")],
+        ));
         assert_eq!(rows(), "c2 failed, c3 success, c9 pending");
         // A batch that does not say what its edge pulled: as before.
         ingest(config_batch(false, &[(6, "c1", "{}", "success")]));

@@ -386,7 +386,11 @@ impl OfTarget {
         first_param: usize,
     ) -> Option<(sqlgen::UnseenDeletes, i64)> {
         let pos = |n: &str| columns.iter().position(|c| c.name == n);
-        let key = self.key.iter().map(|k| pos(k)).collect::<Option<Vec<_>>>()?;
+        let key = self
+            .key
+            .iter()
+            .map(|k| pos(k))
+            .collect::<Option<Vec<_>>>()?;
         let tenant = match &self.tenant_column {
             None => sqlgen::ChangeTenant::Unscoped,
             Some(t) => pos(t).map_or(sqlgen::ChangeTenant::Any, sqlgen::ChangeTenant::Column),

@@ -1900,9 +1900,9 @@ SELECT count(*) FILTER (WHERE ins), count(*) FILTER (WHERE NOT ins) FROM up"#;
             tenant: ChangeTenant::Unscoped,
             ..unseen.clone()
         };
-        assert!(unscoped
-            .condition_sql("t", &cols)
-            .contains("ch.edge_table = $6::text AND ch.tenant IS NULL AND ch.position > $7::bigint"));
+        assert!(unscoped.condition_sql("t", &cols).contains(
+            "ch.edge_table = $6::text AND ch.tenant IS NULL AND ch.position > $7::bigint"
+        ));
         let any = UnseenDeletes {
             tenant: ChangeTenant::Any,
             ..unseen

@@ -221,3 +221,72 @@ fn configurations_go_down_statuses_come_up_and_neither_side_overwrites_the_other
         .collect();
     assert_eq!(got, [("cam-01".into(), DEVICE.into(), 2)]);
 }
+
+/// The cloud withdraws a configuration while the box holds a status of it
+/// that it has not sent: the next sync's push (cut before the box had
+/// pulled the delete) must not bring the row back into the cloud, and its
+/// pull removes the box's copy. A configuration the cloud inserts again
+/// afterwards, and one the box receives and reports after that, go through
+/// as usual.
+#[test]
+fn a_configuration_the_cloud_withdrew_stays_withdrawn_whatever_the_box_had_pending() {
+    let cloud = CloudDb::create("configs_withdrawn");
+    let dir = tempfile::tempdir().unwrap();
+    let edge_path = dir.path().join("edge.db");
+    let edge = edge_db(&edge_path, true);
+    let config = write_config_with(
+        dir.path(),
+        &edge_path,
+        &cloud.url,
+        DEVICE,
+        100,
+        &format!("\n[pull]\ntenant = \"{LOCATION}\"\n"),
+    );
+    cloud
+        .client()
+        .batch_execute(&format!(
+            "INSERT INTO applied_configs (location_id, config_id, camera_id, device_id, version, settings, deadline) VALUES
+             ('{LOCATION}', 'c1', 'cam-01', NULL, 1, '{{\"fps\": 10}}', NULL),
+             ('{LOCATION}', 'c2', 'cam-02', NULL, 1, '{{\"fps\": 15}}', NULL)"
+        ))
+        .unwrap();
+    sync(&config);
+    assert_eq!(pipeline(&edge), ["c1", "c2"]);
+    assert_eq!(pending(&edge, "applied_configs"), 2);
+    // Before the statuses go up, the cloud withdraws c1.
+    cloud
+        .client()
+        .batch_execute("DELETE FROM applied_configs WHERE config_id = 'c1'")
+        .unwrap();
+    sync(&config);
+    assert_eq!(
+        cloud_statuses(&cloud),
+        [("c2".into(), "success".into(), None)],
+        "c1's status report did not insert it again"
+    );
+    assert_eq!(
+        edge_statuses(&edge),
+        [("c2".into(), "success".into())],
+        "the pull removed the box's copy"
+    );
+    assert_eq!(pending(&edge, "applied_configs"), 0);
+    // The cloud issues c1 again: the box receives it, applies it, reports.
+    cloud
+        .client()
+        .batch_execute(&format!(
+            "INSERT INTO applied_configs (location_id, config_id, camera_id, device_id, version, settings, deadline) VALUES
+             ('{LOCATION}', 'c1', 'cam-01', NULL, 2, '{{\"fps\": 12}}', NULL)"
+        ))
+        .unwrap();
+    sync(&config);
+    assert_eq!(pipeline(&edge), ["c1"]);
+    sync(&config);
+    assert_eq!(
+        cloud_statuses(&cloud),
+        [
+            ("c1".into(), "success".into(), None),
+            ("c2".into(), "success".into(), None)
+        ],
+        "a configuration issued again after the delete reports as usual"
+    );
+}

@@ -131,8 +131,8 @@ pub struct DownTally {
     /// An edge-owned value the trial wrote at the edge that the cloud lacks.
     pub status_lost: u64,
     /// Rows the cloud deleted (or re-keyed away) that an edge status report
-    /// inserted again (the ownership rule: a new row is inserted with every
-    /// column the batch has): counted, as documented, not a failure.
+    /// inserted again (a failure: the report was cut before the box had
+    /// pulled the delete, and the delete wins).
     pub reinserted: u64,
     /// Snapshots the agent was killed in the middle of.
     pub killed_mid_snapshot: u64,
@@ -584,8 +584,17 @@ impl CloudWriter {
                 ));
             }
         }
+        // A row the cloud deleted (or re-keyed away) stays gone: the box's
+        // status report of it, cut before the box had pulled the delete,
+        // must not insert it again.
         let all = cloud_lines(c, "true");
-        t.reinserted += self.gone.iter().filter(|k| all.contains_key(*k)).count() as u64;
+        for k in self.gone.iter().filter(|k| all.contains_key(*k)) {
+            t.reinserted += 1;
+            report.push(format!(
+                "{name}: the cloud deleted {k}, an edge status inserted it again: {}",
+                all[k]
+            ));
+        }
         want.len()
     }
 }

@@ -204,12 +204,7 @@ fn parse_frame(bytes: &[u8]) -> Result<Frame<'_>, WireError> {
     r.take(4, "magic")?;
     let flags = r.u8("flags")?;
     let known = if version >= 2 {
-        FLAG_BROTLI
-            | FLAG_COMPACT_VALUES
-            | FLAG_ROW_OPS
-            | FLAG_RESEND
-            | FLAG_CHANGES
-            | FLAG_PULLED
+        FLAG_BROTLI | FLAG_COMPACT_VALUES | FLAG_ROW_OPS | FLAG_RESEND | FLAG_CHANGES | FLAG_PULLED
     } else {
         FLAG_BROTLI | FLAG_COMPACT_VALUES
     };

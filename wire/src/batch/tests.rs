@@ -720,7 +720,11 @@ fn a_batch_of_cloud_changes_carries_its_page_and_readers_refuse_nonsense() {
 fn an_up_batch_says_what_its_edge_had_pulled_and_readers_refuse_nonsense() {
     let (mut h, v, d) = sample();
     let plain = encode(&h, &v, &d, EncodeOptions::default()).unwrap();
-    assert_eq!(plain[4] & 32, 0, "no pulled flag on a batch of a table not subscribed");
+    assert_eq!(
+        plain[4] & 32,
+        0,
+        "no pulled flag on a batch of a table not subscribed"
+    );
     assert_eq!(decode(&plain).unwrap().header.pulled, None);
     h.pulled = Some(Pulled {
         stream_id: u64::MAX - 6,
@@ -756,7 +760,10 @@ fn an_up_batch_says_what_its_edge_had_pulled_and_readers_refuse_nonsense() {
     let mut down = encode(&c, &v, &d, EncodeOptions::default()).unwrap();
     down[4] |= 32;
     let e = decode(&resign(down)).unwrap_err().to_string();
-    assert!(e.contains("pulled stream") || e.contains("cannot say"), "{e}");
+    assert!(
+        e.contains("pulled stream") || e.contains("cannot say"),
+        "{e}"
+    );
     // The flag without the fields, a negative checkpoint, version 1.
     let mut cut = plain.clone();
     cut[4] |= 32;
