@@ -552,3 +552,116 @@ fn a_transaction_that_commits_later_with_a_lower_position_is_never_skipped() {
     assert_eq!(batch.versions, [xa, xb]);
     assert!(p.checkpoint >= xb);
 }
+
+/// A box's status report of a row the cloud deleted, cut before the box
+/// had pulled the delete, from a box that comes back after the horizon:
+/// the purge kept the delete for it (every other entry of the key and the
+/// entries of keys the table still has went), so the report does not bring
+/// the row back; once the box has pulled past it, the delete is purged too.
+#[test]
+fn purge_keeps_a_delete_a_box_past_the_horizon_has_not_pulled() {
+    use sluice_wire::{encode, BatchHeader, Column, ColumnType, EncodeOptions, Pulled};
+    let (_db, mut c) = setup("pull_purge_delete");
+    c.batch_execute(
+        "SELECT sluice.register_table('configs', 'configs', ARRAY['location_id', 'camera_id']);
+         INSERT INTO configs (location_id, camera_id) VALUES ('lyon', 'gone-1'), ('lyon', 'kept');",
+    )
+    .unwrap();
+    let s = stream(&mut c);
+    let (_, cp_a, _) = snapshot(&mut c, "box-1", "lyon", 100);
+    pull(&mut c, "box-1", cp_a, s, "lyon");
+    let (_, cp, _) = snapshot(&mut c, "box-2", "lyon", 100);
+    pull(&mut c, "box-2", cp, s, "lyon");
+    c.batch_execute(
+        "DELETE FROM configs WHERE camera_id = 'gone-1';
+         UPDATE configs SET threshold = 1 WHERE camera_id = 'kept';",
+    )
+    .unwrap();
+    // box-2 pulls and acknowledges past both; box-1 stays behind, away for
+    // longer than the horizon.
+    let p = pull(&mut c, "box-2", cp, s, "lyon");
+    pull(&mut c, "box-2", p.checkpoint, s, "lyon");
+    c.batch_execute(
+        "UPDATE sluice.subscriptions SET last_pulled = now() - interval '30 days' WHERE device_id = 'box-1'",
+    )
+    .unwrap();
+    let entries = |c: &mut Client| -> Vec<String> {
+        c.query(
+            "SELECT array_to_string(key, '/') FROM sluice.changes ORDER BY position, key",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+    };
+    let purged: i64 = c
+        .query_one("SELECT sluice.purge_changes()", &[])
+        .unwrap()
+        .get(0);
+    assert!(purged >= 3, "{purged}");
+    assert_eq!(entries(&mut c), ["lyon/gone-1"], "only the delete stays");
+    let through: i64 = c
+        .query_one("SELECT purged_through FROM sluice.publications", &[])
+        .unwrap()
+        .get(0);
+    assert!(
+        through > cp_a,
+        "box-1 is behind the purge: its next pull is a snapshot"
+    );
+
+    // box-1's report of both rows, cut at its old checkpoint.
+    let header = BatchHeader {
+        pulled: Some(Pulled {
+            stream_id: s as u64,
+            checkpoint: cp_a,
+        }),
+        device_id: "box-1".into(),
+        stream_id: 4242,
+        table: "configs".into(),
+        base_seq: 0,
+        last_seq: 2,
+        row_count: 0,
+        sent_at_ms: 1_795_000_000_000,
+        columns: vec![
+            Column::new("location_id", ColumnType::Text),
+            Column::new("camera_id", ColumnType::Text),
+            Column::new("status", ColumnType::Text),
+        ],
+        fingerprint: 0,
+        digest: None,
+        origin: sluice_wire::Origin::default(),
+        resend: 0,
+        changes: None,
+    };
+    let text = |s: &str| Value::Text(s.into());
+    let bytes = encode(
+        &header,
+        &[1, 2],
+        &[
+            vec![text("lyon"), text("lyon")],
+            vec![text("gone-1"), text("kept")],
+            vec![text("applied"), text("applied")],
+        ],
+        EncodeOptions::default(),
+    )
+    .unwrap();
+    c.execute("SELECT sluice.ingest($1)", &[&bytes]).unwrap();
+    let cloud: Vec<String> = c
+        .query(
+            "SELECT camera_id || ' ' || coalesce(status, '-') FROM configs ORDER BY camera_id",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(cloud, ["kept applied"], "the deleted row did not come back");
+
+    // box-1 takes its snapshot and acknowledges it: the delete goes.
+    let (rows_now, cp_b, _) = snapshot(&mut c, "box-1", "lyon", 100);
+    assert_eq!(rows_now.len(), 1, "{rows_now:?}");
+    pull(&mut c, "box-1", cp_b, s, "lyon");
+    c.query_one("SELECT sluice.purge_changes()", &[]).unwrap();
+    assert_eq!(entries(&mut c), Vec::<String>::new());
+}

@@ -65,12 +65,19 @@ $fn$;
 -- Per publication: deletes the entries up to the least checkpoint of the
 -- subscriptions on its stream that pulled within its horizon (none: up to
 -- the current xmin - 1), and raises purged_through. A device behind it
--- takes a snapshot at its next pull. Returns the entries deleted.
+-- takes a snapshot at its next pull. A delete (the newest entry of a key
+-- the table no longer has) stays until every subscription of the stream,
+-- those past the horizon too, has pulled past it: sluice.ingest reads it
+-- to leave out a device's report of the row it cut before it knew of the
+-- delete (a device back after the horizon must not bring the row back).
+-- Returns the entries deleted.
 CREATE FUNCTION sluice.purge_changes()
 RETURNS bigint LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
 DECLARE
     p record;
     upto bigint;
+    everyone bigint;
+    live text;
     snap pg_snapshot := pg_current_snapshot();
     xmax bigint := pg_snapshot_xmax(snap)::text::bigint;
     served bigint;
@@ -85,15 +92,38 @@ BEGIN
         WHERE a.backend_xid IS NOT NULL AND a.datid IS NOT NULL
           AND a.datid <> (SELECT d.oid FROM pg_database d WHERE d.datname = current_database()));
     served := least(coalesce(served, xmax), coalesce(pg_current_xact_id_if_assigned()::text::bigint, xmax)) - 1;
-    FOR p IN SELECT edge_table, stream_id, horizon, purged_through FROM sluice.publications ORDER BY edge_table LOOP
+    FOR p IN SELECT edge_table, stream_id, horizon, purged_through, target, key_columns
+             FROM sluice.publications ORDER BY edge_table LOOP
         SELECT least(min(s.checkpoint), served) INTO upto FROM sluice.subscriptions s
         WHERE s.edge_table = p.edge_table AND s.stream_id = p.stream_id
           AND s.last_pulled > now() - p.horizon;
         upto := coalesce(upto, served);
-        IF upto > p.purged_through THEN
+        SELECT least(min(s.checkpoint), upto) INTO everyone FROM sluice.subscriptions s
+        WHERE s.edge_table = p.edge_table AND s.stream_id = p.stream_id;
+        everyone := coalesce(everyone, upto);
+        -- The entry's key cast back to the key columns' types (as the
+        -- pulls read it), so that the probe of the table uses its key.
+        SELECT string_agg(format('t.%I = e.key[%s]::%s', u.k, u.i, format_type(a.atttypid, a.atttypmod)),
+                          ' AND ' ORDER BY u.i)
+        INTO live
+        FROM unnest(p.key_columns) WITH ORDINALITY AS u(k, i)
+        JOIN pg_attribute a ON a.attrelid = p.target AND a.attname = u.k AND a.attnum > 0 AND NOT a.attisdropped;
+        IF live IS NULL OR everyone >= upto THEN
             DELETE FROM sluice.changes c WHERE c.edge_table = p.edge_table AND c.position <= upto;
-            GET DIAGNOSTICS n = ROW_COUNT;
-            total := total + n;
+        ELSE
+            EXECUTE format(
+                'DELETE FROM sluice.changes c USING (
+                     SELECT e.ctid AS id FROM (
+                         SELECT ch.ctid, ch.key, ch.position,
+                                row_number() OVER (PARTITION BY ch.key ORDER BY ch.position DESC) AS newest
+                         FROM sluice.changes ch WHERE ch.edge_table = $1 AND ch.position <= $2) AS e
+                     WHERE e.position <= $3 OR e.newest > 1 OR EXISTS (SELECT 1 FROM %s AS t WHERE %s)) AS d
+                 WHERE c.ctid = d.id', p.target, live)
+            USING p.edge_table, upto, everyone;
+        END IF;
+        GET DIAGNOSTICS n = ROW_COUNT;
+        total := total + n;
+        IF upto > p.purged_through THEN
             UPDATE sluice.publications SET purged_through = upto WHERE edge_table = p.edge_table;
         END IF;
     END LOOP;
