@@ -115,6 +115,44 @@ enum Absent {
     Extra,
 }
 
+/// Of the cloud rows of `device` in `table` that no epoch of this database
+/// explains (`rows`: key and version), the versions that a batch of
+/// another stream of the device covers in the ledger (`sluice.batches`), so
+/// another database sent them; `own`: this database's streams. Empty where
+/// the ledger may not be read (a device role), or `own` is not known.
+async fn other_databases_rows(
+    client: &tokio_postgres::Client,
+    device: &str,
+    table: &str,
+    rows: &[(String, i64)],
+    own: Vec<i64>,
+) -> anyhow::Result<BTreeSet<i64>> {
+    if rows.is_empty() || own.is_empty() {
+        return Ok(BTreeSet::new());
+    }
+    let readable: bool = client
+        .query_one(
+            "SELECT has_table_privilege('sluice.batches', 'SELECT')",
+            &[],
+        )
+        .await?
+        .get(0);
+    if !readable {
+        return Ok(BTreeSet::new());
+    }
+    let versions: Vec<i64> = rows.iter().map(|(_, v)| *v).collect();
+    let found = client
+        .query(
+            "SELECT v FROM unnest($3::bigint[]) AS v WHERE EXISTS (
+                 SELECT 1 FROM sluice.batches b
+                 WHERE b.device_id = $1 AND b.edge_table = $2
+                   AND v > b.base_seq AND v <= b.last_seq AND b.stream_id <> ALL ($4::bigint[]))",
+            &[&device, &table, &versions, &own],
+        )
+        .await?;
+    Ok(found.iter().map(|r| r.get(0)).collect())
+}
+
 /// `own` (this database's streams) and every stream of `device` that the
 /// cloud records (`sluice.device_streams`) as descending from one of them,
 /// as `sluice.ingest` follows the lineage of a fork batch. Where the cloud
@@ -628,6 +666,8 @@ pub async fn run(cfg: &Config, opts: &VerifyOptions) -> anyhow::Result<ExitCode>
         .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
         .map(|t| t.timestamp_millis().saturating_mul(1000));
     let mut deleted = 0u64;
+    let mut other_database = 0u64;
+    let mut unexplained: Vec<(String, i64)> = Vec::new();
     if has_device && has_version {
         let marked = if cloud_types.contains_key(DELETED_AT_COLUMN) {
             format!("t.{DELETED_AT_COLUMN} IS NOT NULL")
@@ -701,10 +741,29 @@ pub async fn run(cfg: &Config, opts: &VerifyOptions) -> anyhow::Result<ExitCode>
                 Absent::EarlierEpoch => earlier += 1,
                 Absent::CleanedUp => cleaned += 1,
                 Absent::Deleted => deleted += 1,
-                Absent::Extra => findings.extra.push(format!(
+                Absent::Extra => unexplained.push((key, version)),
+            }
+        }
+        // A row no stream of this database sent may be another database's
+        // under the same device id (a copy of this one, or a box given the
+        // same id), where the key holds no stream: the ledger says which
+        // stream's batch covered its version.
+        let others = other_databases_rows(
+            &client,
+            &cfg.device.id,
+            table,
+            &unexplained,
+            identity.as_ref().map(|i| i.streams()).unwrap_or_default(),
+        )
+        .await?;
+        for (key, version) in unexplained {
+            if others.contains(&version) {
+                other_database += 1;
+            } else {
+                findings.extra.push(format!(
                     "{key} (version {version}, edge acknowledged up to {})",
                     tracked.acked_seq
-                )),
+                ));
             }
         }
     }
@@ -732,6 +791,11 @@ pub async fn run(cfg: &Config, opts: &VerifyOptions) -> anyhow::Result<ExitCode>
     if deletes_unchecked > 0 {
         println!(
             "  {deletes_unchecked} rows missing in the cloud not checked against its deletes: this role may not read sluice.tombstones"
+        );
+    }
+    if other_database > 0 {
+        println!(
+            "  {other_database} cloud rows were sent by another database under this device id (a copy of this database, or another box given the same id: sluice status warns)"
         );
     }
     if earlier > 0 {

@@ -308,3 +308,57 @@ fn verify_finds_the_rows_a_copy_of_the_database_sent_first() {
     assert!(ok, "{text}");
     assert!(text.contains("550 edge rows compared"), "{text}");
 }
+
+/// A copy of the database sending under the same device id writes rows of
+/// a mutable table (no stream in its cloud key) that the original never
+/// held: the original's verify says another database sent them (the
+/// ledger's batches of the copy's stream cover their versions), not that
+/// the cloud has rows it should not (a fault trial, seed 169373, failed on
+/// this: `extra in the cloud: 3` of key_frames).
+#[test]
+fn verify_tells_a_copys_rows_of_a_mutable_table_from_extra_ones() {
+    let cloud = CloudDb::create("verify_copy_mutable");
+    let dir = tempfile::tempdir().unwrap();
+    let a_path = dir.path().join("edge.db");
+    let dir_b = dir.path().join("copy");
+    std::fs::create_dir(&dir_b).unwrap();
+    let b_path = dir_b.join("edge.db");
+    let config_a = write_config(dir.path(), &a_path, &cloud.url, DEVICE, 100);
+    let config_b = write_config(&dir_b, &b_path, &cloud.url, DEVICE, 100);
+    let sync = |config: &std::path::Path| {
+        run_ok(&["sync", "--config", config.to_str().unwrap(), "--quiet"])
+    };
+    let a = edge_db(&a_path, true);
+    a.execute_batch(
+        "INSERT INTO cameras (camera_id, location_id, name) VALUES
+             ('cam-1', 'store-042', 'door'), ('cam-2', 'store-042', 'bar');",
+    )
+    .unwrap();
+    sync(&config_a);
+    a.execute("VACUUM INTO ?1", [b_path.to_str().unwrap()])
+        .unwrap();
+    let b = edge_db(&b_path, false);
+    b.execute_batch(
+        "SELECT sluice_new_epoch('copied');
+         INSERT INTO cameras (camera_id, location_id, name) VALUES ('cam-9', 'store-042', 'terrace');",
+    )
+    .unwrap();
+    sync(&config_b);
+    let (ok, text) = verify(&config_a, "cameras", &[]);
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("1 cloud rows were sent by another database under this device id"),
+        "{text}"
+    );
+    // A row no database sent is still extra.
+    cloud
+        .client()
+        .batch_execute(&format!(
+            "INSERT INTO cameras (location_id, camera_id, id, name, sluice_device, sluice_version)
+             VALUES ('store-042', 'cam-x', 99, 'by hand', '{DEVICE}', 9000000000000000)"
+        ))
+        .unwrap();
+    let (ok, text) = verify(&config_a, "cameras", &[]);
+    assert!(!ok, "{text}");
+    assert!(text.contains("extra in the cloud: 1"), "{text}");
+}
