@@ -1873,10 +1873,10 @@ fn every_row_survives_random_faults_exactly_once_at_its_latest_version() {
     println!(
         "{trials} trials, {} lost, {} duplicated, {} reverted, {} otherwise different ({} rows of a clone's copy sent by both boxes, {} unsent rows dropped by the budget at a full disk and counted, as documented); \
          down: {} lost, {} extra, {} reverted, {} otherwise different at the edge, {} edge-owned values missing in the cloud, \
-         {} rows the cloud deleted inserted again by an edge status ({} snapshots killed in the middle, {} rounds offline past the horizon); failed seeds: {failed:?}",
+         {} rows the cloud deleted inserted again by an edge status ({} brought back by a restored or copied database after the purge dropped the delete, as documented; {} snapshots killed in the middle, {} rounds offline past the horizon); failed seeds: {failed:?}",
         total.lost, total.duplicated, total.reverted, total.different, total.sent_by_clone, total.dropped,
         total.down.lost, total.down.extra, total.down.reverted, total.down.different, total.down.status_lost,
-        total.down.reinserted, total.down.killed_mid_snapshot, total.down.past_horizon
+        total.down.reinserted, total.down.revived, total.down.killed_mid_snapshot, total.down.past_horizon
     );
     if !failed.is_empty() && keep_failed {
         println!(

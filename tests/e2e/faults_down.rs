@@ -134,6 +134,11 @@ pub struct DownTally {
     /// inserted again (a failure: the report was cut before the box had
     /// pulled the delete, and the delete wins).
     pub reinserted: u64,
+    /// Rows the cloud deleted that a database restored from a backup (or a
+    /// copy of the box's database) brought back with its status report,
+    /// where a purge past the horizon had dropped the delete: counted, as
+    /// documented (docs/sync-protocol.md, "Tables both sides write").
+    pub revived: u64,
     /// Snapshots the agent was killed in the middle of.
     pub killed_mid_snapshot: u64,
     /// Rounds offline past the horizon.
@@ -148,6 +153,7 @@ impl DownTally {
         self.different += t.different;
         self.status_lost += t.status_lost;
         self.reinserted += t.reinserted;
+        self.revived += t.revived;
         self.killed_mid_snapshot += t.killed_mid_snapshot;
         self.past_horizon += t.past_horizon;
     }
@@ -169,6 +175,12 @@ pub struct CloudWriter {
     history: BTreeMap<String, Vec<String>>,
     /// Keys the writer deleted or re-keyed away, not inserted again since.
     gone: BTreeSet<String>,
+    /// Of `gone`, the keys a purge past the horizon ran over since their
+    /// delete, and those a restore or a copy of the first box's database
+    /// happened to since: both, and the delete may be gone while a database
+    /// that still holds the row sends its status.
+    purged_since_delete: BTreeSet<String>,
+    restored_since_delete: BTreeSet<String>,
     /// The transaction held open across the agent's run.
     held: Option<Open>,
     /// Edge-owned values the trial wrote at the first box (key -> line),
@@ -195,6 +207,8 @@ impl CloudWriter {
             next: 0,
             history: BTreeMap::new(),
             gone: BTreeSet::new(),
+            purged_since_delete: BTreeSet::new(),
+            restored_since_delete: BTreeSet::new(),
             held: None,
             written: BTreeMap::new(),
             cloned_pending: BTreeSet::new(),
@@ -210,10 +224,14 @@ impl CloudWriter {
 
     fn commit(&mut self, lines: Vec<(String, String)>, deleted: Vec<String>) {
         for k in deleted {
+            self.purged_since_delete.remove(&k);
+            self.restored_since_delete.remove(&k);
             self.gone.insert(k);
         }
         for (k, line) in lines {
             self.gone.remove(&k);
+            self.purged_since_delete.remove(&k);
+            self.restored_since_delete.remove(&k);
             let h = self.history.entry(k).or_default();
             if h.last() != Some(&line) {
                 h.push(line);
@@ -421,6 +439,7 @@ impl CloudWriter {
         )
         .unwrap();
         self.tally.past_horizon += 1;
+        self.purged_since_delete.extend(self.gone.iter().cloned());
         format!("offline past the horizon ({purged} changes purged)")
     }
 
@@ -475,6 +494,7 @@ impl CloudWriter {
     pub fn restored(&mut self) {
         self.written.clear();
         self.seen.clear();
+        self.restored_since_delete.extend(self.gone.iter().cloned());
     }
 
     /// After each agent run of the first box: no edge row ever goes back
@@ -518,6 +538,7 @@ impl CloudWriter {
             .map(Result::unwrap)
             .collect();
         self.cloned_pending.extend(keys);
+        self.restored_since_delete.extend(self.gone.iter().cloned());
     }
 
     /// The edge `edge` of box `name` against the cloud, after its final
@@ -589,6 +610,10 @@ impl CloudWriter {
         // must not insert it again.
         let all = cloud_lines(c, "true");
         for k in self.gone.iter().filter(|k| all.contains_key(*k)) {
+            if self.purged_since_delete.contains(k) && self.restored_since_delete.contains(k) {
+                t.revived += 1;
+                continue;
+            }
             t.reinserted += 1;
             report.push(format!(
                 "{name}: the cloud deleted {k}, an edge status inserted it again: {}",

@@ -557,7 +557,8 @@ fn a_transaction_that_commits_later_with_a_lower_position_is_never_skipped() {
 /// had pulled the delete, from a box that comes back after the horizon:
 /// the purge kept the delete for it (every other entry of the key and the
 /// entries of keys the table still has went), so the report does not bring
-/// the row back; once the box has pulled past it, the delete is purged too.
+/// the row back; once the box has pulled past it and the horizon has passed
+/// since the delete, it is purged too.
 #[test]
 fn purge_keeps_a_delete_a_box_past_the_horizon_has_not_pulled() {
     use sluice_wire::{encode, BatchHeader, Column, ColumnType, EncodeOptions, Pulled};
@@ -658,10 +659,16 @@ fn purge_keeps_a_delete_a_box_past_the_horizon_has_not_pulled() {
         .collect();
     assert_eq!(cloud, ["kept applied"], "the deleted row did not come back");
 
-    // box-1 takes its snapshot and acknowledges it: the delete goes.
+    // box-1 takes its snapshot and acknowledges it: the delete stays for
+    // the horizon after it was made (a box restored from a backup younger
+    // than that still has the row), then goes.
     let (rows_now, cp_b, _) = snapshot(&mut c, "box-1", "lyon", 100);
     assert_eq!(rows_now.len(), 1, "{rows_now:?}");
     pull(&mut c, "box-1", cp_b, s, "lyon");
+    c.query_one("SELECT sluice.purge_changes()", &[]).unwrap();
+    assert_eq!(entries(&mut c), ["lyon/gone-1"]);
+    c.batch_execute("UPDATE sluice.changes SET changed_at = now() - interval '8 days'")
+        .unwrap();
     c.query_one("SELECT sluice.purge_changes()", &[]).unwrap();
     assert_eq!(entries(&mut c), Vec::<String>::new());
 }

@@ -67,10 +67,11 @@ $fn$;
 -- the current xmin - 1), and raises purged_through. A device behind it
 -- takes a snapshot at its next pull. A delete (the newest entry of a key
 -- the table no longer has) stays until every subscription of the stream,
--- those past the horizon too, has pulled past it: sluice.ingest reads it
--- to leave out a device's report of the row it cut before it knew of the
--- delete (a device back after the horizon must not bring the row back).
--- Returns the entries deleted.
+-- those past the horizon too, has pulled past it, and for the horizon
+-- after it was made: sluice.ingest reads it to leave out a device's report
+-- of the row cut before the device knew of the delete (a device back after
+-- the horizon, or one restored from a backup younger than the horizon,
+-- must not bring the row back). Returns the entries deleted.
 CREATE FUNCTION sluice.purge_changes()
 RETURNS bigint LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
 DECLARE
@@ -108,18 +109,19 @@ BEGIN
         INTO live
         FROM unnest(p.key_columns) WITH ORDINALITY AS u(k, i)
         JOIN pg_attribute a ON a.attrelid = p.target AND a.attname = u.k AND a.attnum > 0 AND NOT a.attisdropped;
-        IF live IS NULL OR everyone >= upto THEN
+        IF live IS NULL THEN
             DELETE FROM sluice.changes c WHERE c.edge_table = p.edge_table AND c.position <= upto;
         ELSE
             EXECUTE format(
                 'DELETE FROM sluice.changes c USING (
                      SELECT e.ctid AS id FROM (
-                         SELECT ch.ctid, ch.key, ch.position,
+                         SELECT ch.ctid, ch.key, ch.position, ch.changed_at,
                                 row_number() OVER (PARTITION BY ch.key ORDER BY ch.position DESC) AS newest
                          FROM sluice.changes ch WHERE ch.edge_table = $1 AND ch.position <= $2) AS e
-                     WHERE e.position <= $3 OR e.newest > 1 OR EXISTS (SELECT 1 FROM %s AS t WHERE %s)) AS d
+                     WHERE (e.position <= $3 AND coalesce(e.changed_at, ''-infinity'') <= now() - $4) OR e.newest > 1
+                        OR EXISTS (SELECT 1 FROM %s AS t WHERE %s)) AS d
                  WHERE c.ctid = d.id', p.target, live)
-            USING p.edge_table, upto, everyone;
+            USING p.edge_table, upto, everyone, p.horizon;
         END IF;
         GET DIAGNOSTICS n = ROW_COUNT;
         total := total + n;
