@@ -749,7 +749,7 @@ pub async fn run(cfg: &Config, opts: &VerifyOptions) -> anyhow::Result<ExitCode>
         // same id), where the key holds no stream: the ledger says which
         // stream's batch covered its version.
         let others = other_databases_rows(
-            &client,
+            client,
             &cfg.device.id,
             table,
             &unexplained,
