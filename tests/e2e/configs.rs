@@ -92,9 +92,10 @@ fn cloud_statuses(cloud: &CloudDb) -> Vec<(String, String, Option<String>)> {
         .collect()
 }
 
-#[test]
-fn configurations_go_down_statuses_come_up_and_neither_side_overwrites_the_other() {
-    let cloud = CloudDb::create("configs");
+/// A cloud database `name` with the default schema, an edge database with
+/// the default edge schema, and the box's config pulling for its location.
+fn setup(name: &str) -> (CloudDb, tempfile::TempDir, Connection, std::path::PathBuf) {
+    let cloud = CloudDb::create(name);
     let dir = tempfile::tempdir().unwrap();
     let edge_path = dir.path().join("edge.db");
     let edge = edge_db(&edge_path, true);
@@ -106,6 +107,12 @@ fn configurations_go_down_statuses_come_up_and_neither_side_overwrites_the_other
         100,
         &format!("\n[pull]\ntenant = \"{LOCATION}\"\n"),
     );
+    (cloud, dir, edge, config)
+}
+
+#[test]
+fn configurations_go_down_statuses_come_up_and_neither_side_overwrites_the_other() {
+    let (cloud, _dir, edge, config) = setup("configs");
     cloud
         .client()
         .batch_execute(&format!(
@@ -230,18 +237,7 @@ fn configurations_go_down_statuses_come_up_and_neither_side_overwrites_the_other
 /// as usual.
 #[test]
 fn a_configuration_the_cloud_withdrew_stays_withdrawn_whatever_the_box_had_pending() {
-    let cloud = CloudDb::create("configs_withdrawn");
-    let dir = tempfile::tempdir().unwrap();
-    let edge_path = dir.path().join("edge.db");
-    let edge = edge_db(&edge_path, true);
-    let config = write_config_with(
-        dir.path(),
-        &edge_path,
-        &cloud.url,
-        DEVICE,
-        100,
-        &format!("\n[pull]\ntenant = \"{LOCATION}\"\n"),
-    );
+    let (cloud, _dir, edge, config) = setup("configs_withdrawn");
     cloud
         .client()
         .batch_execute(&format!(

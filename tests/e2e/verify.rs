@@ -2,6 +2,8 @@
 //! row, gets a changed row and an extra row, each is reported (exit 1); a
 //! row that a newer delete removed from the cloud is no difference.
 
+use std::path::PathBuf;
+
 use sluice_tests::*;
 
 const DEVICE: &str = "box-verify";
@@ -259,9 +261,9 @@ fn verify_counts_a_row_deleted_by_the_lost_future_of_a_restore_apart_from_missin
 /// reported every such row missing. It also looks under the streams the
 /// cloud records as descending from this database's epochs; the copy's own
 /// rows are still not this database's.
-#[test]
-fn verify_finds_the_rows_a_copy_of_the_database_sent_first() {
-    let cloud = CloudDb::create("verify_copy_first");
+/// Paths and configs of two edge databases of the same device (`edge.db`
+/// and `copy/edge.db` in one temporary folder), both sending to `cloud`.
+fn two_databases(cloud: &CloudDb) -> (tempfile::TempDir, [PathBuf; 2], [PathBuf; 2]) {
     let dir = tempfile::tempdir().unwrap();
     let a_path = dir.path().join("edge.db");
     let dir_b = dir.path().join("copy");
@@ -269,6 +271,13 @@ fn verify_finds_the_rows_a_copy_of_the_database_sent_first() {
     let b_path = dir_b.join("edge.db");
     let config_a = write_config(dir.path(), &a_path, &cloud.url, DEVICE, 100);
     let config_b = write_config(&dir_b, &b_path, &cloud.url, DEVICE, 100);
+    (dir, [a_path, b_path], [config_a, config_b])
+}
+
+#[test]
+fn verify_finds_the_rows_a_copy_of_the_database_sent_first() {
+    let cloud = CloudDb::create("verify_copy_first");
+    let (_dir, [a_path, b_path], [config_a, config_b]) = two_databases(&cloud);
     let sync = |config: &std::path::Path| {
         run_ok(&["sync", "--config", config.to_str().unwrap(), "--quiet"])
     };
@@ -318,13 +327,7 @@ fn verify_finds_the_rows_a_copy_of_the_database_sent_first() {
 #[test]
 fn verify_tells_a_copys_rows_of_a_mutable_table_from_extra_ones() {
     let cloud = CloudDb::create("verify_copy_mutable");
-    let dir = tempfile::tempdir().unwrap();
-    let a_path = dir.path().join("edge.db");
-    let dir_b = dir.path().join("copy");
-    std::fs::create_dir(&dir_b).unwrap();
-    let b_path = dir_b.join("edge.db");
-    let config_a = write_config(dir.path(), &a_path, &cloud.url, DEVICE, 100);
-    let config_b = write_config(&dir_b, &b_path, &cloud.url, DEVICE, 100);
+    let (_dir, [a_path, b_path], [config_a, config_b]) = two_databases(&cloud);
     let sync = |config: &std::path::Path| {
         run_ok(&["sync", "--config", config.to_str().unwrap(), "--quiet"])
     };
