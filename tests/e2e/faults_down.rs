@@ -181,6 +181,11 @@ pub struct CloudWriter {
     /// that still holds the row sends its status.
     purged_since_delete: BTreeSet<String>,
     restored_since_delete: BTreeSet<String>,
+    /// A copy of the first box's database sends under the same device id
+    /// (from the clone on): the two share one subscription in the cloud, so
+    /// one's pulls move the checkpoint the purge goes by past what the
+    /// other has applied, and every later delete is as if restored.
+    clone_alive: bool,
     /// The transaction held open across the agent's run.
     held: Option<Open>,
     /// Edge-owned values the trial wrote at the first box (key -> line),
@@ -209,6 +214,7 @@ impl CloudWriter {
             gone: BTreeSet::new(),
             purged_since_delete: BTreeSet::new(),
             restored_since_delete: BTreeSet::new(),
+            clone_alive: false,
             held: None,
             written: BTreeMap::new(),
             cloned_pending: BTreeSet::new(),
@@ -225,7 +231,11 @@ impl CloudWriter {
     fn commit(&mut self, lines: Vec<(String, String)>, deleted: Vec<String>) {
         for k in deleted {
             self.purged_since_delete.remove(&k);
-            self.restored_since_delete.remove(&k);
+            if self.clone_alive {
+                self.restored_since_delete.insert(k.clone());
+            } else {
+                self.restored_since_delete.remove(&k);
+            }
             self.gone.insert(k);
         }
         for (k, line) in lines {
@@ -539,6 +549,7 @@ impl CloudWriter {
             .collect();
         self.cloned_pending.extend(keys);
         self.restored_since_delete.extend(self.gone.iter().cloned());
+        self.clone_alive = true;
     }
 
     /// The edge `edge` of box `name` against the cloud, after its final
