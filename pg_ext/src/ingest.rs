@@ -234,16 +234,18 @@ fn apply(
     let resend = batch.header.resend != 0;
 
     // A published target: the cloud owns the published columns but the key,
-    // and a row whose cloud delete the edge had not pulled is left out.
-    let published = publish::of_target(client, reg.target)?;
-    let cloud_owned = published
-        .as_ref()
-        .map(|p| p.cloud_owned.clone())
-        .unwrap_or_default();
+    // and a row whose cloud delete the edge had not pulled is left out. The
+    // publication is read here for a batch that says what its edge pulled
+    // (the plain path must not be taken then), else on the upsert path only.
+    let mut published = match batch.header.pulled {
+        Some(_) => Some(publish::of_target(client, reg.target)?),
+        None => None,
+    };
     let unseen_param =
         plan.columns.len() + 3 + usize::from(has_stream) + 2 * usize::from(fork.is_some());
     let unseen = published
         .as_ref()
+        .and_then(Option::as_ref)
         .zip(batch.header.pulled)
         .and_then(|(p, pulled)| {
             p.unseen_deletes(&plan.columns, pulled, unseen_param)
@@ -319,6 +321,11 @@ fn apply(
         return Ok((rows, 0));
     }
     let dedup = !shape.as_ref().is_some_and(|s| s.distinct);
+    let published = match published.take() {
+        Some(p) => p,
+        None => publish::of_target(client, reg.target)?,
+    };
+    let cloud_owned = published.map(|p| p.cloud_owned).unwrap_or_default();
     let sql = sqlgen::upsert_sql_keeping(
         &reg.target_sql,
         &plan.columns,
